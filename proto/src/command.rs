@@ -1,0 +1,187 @@
+//! Commands: the closed set of things the conductor asks of an agent.
+//!
+//! One enum, one `match` in the agent's dispatcher: adding a variant is a compile error
+//! until every side handles it. A command this build does not know (sent by a newer
+//! conductor) decodes to [`Command::Unknown`] and is answered `unsupported`, instead of
+//! failing the whole message.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{InstanceId, Position, ProtocolVersion};
+
+/// A replication password. Its `Debug` never shows the secret, so it cannot leak into a
+/// log line through `{:?}` of a command.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where a replica connects to read the replication stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceEndpoint {
+    pub instance: InstanceId,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationCredentials {
+    pub user: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BackupKind {
+    Full,
+    Incremental { parent: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRequest {
+    pub backup_id: String,
+    pub kind: BackupKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    pub backup_id: String,
+}
+
+/// Everything the conductor can ask of an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// Liveness and version check; answered with a pong.
+    Ping,
+    /// Answered with a fresh status report.
+    GetStatus,
+    /// Refuse writes from ordinary users.
+    SetReadOnly,
+    /// Accept writes.
+    SetWritable,
+    /// Prepare to be the source of a replica set (binary log, heartbeat writer).
+    EnableAsMaster,
+    /// Create (or return the existing) replication account for one replica.
+    CreateReplicationUser { replica: InstanceId },
+    /// Drop the replication account of one replica.
+    DropReplicationUser { replica: InstanceId },
+    /// Replicate from `source`, starting at `position` (or where the engine stands).
+    AttachToSource {
+        source: SourceEndpoint,
+        credentials: ReplicationCredentials,
+        #[serde(default)]
+        position: Option<Position>,
+    },
+    /// Stop replicating and forget the source; the server becomes standalone.
+    Detach,
+    /// Stop acting as a master: read-only, heartbeat writer stopped.
+    Demote,
+    /// The engine's current position.
+    GetLatestPosition,
+    /// Wait until the engine has applied `position`, for at most `timeout_ms`.
+    WaitForPosition { position: Position, timeout_ms: u64 },
+    /// Take a backup; long-running, acknowledged on acceptance.
+    TakeBackup(BackupRequest),
+    /// Restore (seed) the data directory from a backup; long-running.
+    Restore(RestoreRequest),
+    StopEngine,
+    StartEngine,
+    /// A command this build does not know. Never sent; produced by decoding.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Command {
+    /// A stable name for logs, audit rows and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Ping => "ping",
+            Command::GetStatus => "get_status",
+            Command::SetReadOnly => "set_read_only",
+            Command::SetWritable => "set_writable",
+            Command::EnableAsMaster => "enable_as_master",
+            Command::CreateReplicationUser { .. } => "create_replication_user",
+            Command::DropReplicationUser { .. } => "drop_replication_user",
+            Command::AttachToSource { .. } => "attach_to_source",
+            Command::Detach => "detach",
+            Command::Demote => "demote",
+            Command::GetLatestPosition => "get_latest_position",
+            Command::WaitForPosition { .. } => "wait_for_position",
+            Command::TakeBackup(_) => "take_backup",
+            Command::Restore(_) => "restore",
+            Command::StopEngine => "stop_engine",
+            Command::StartEngine => "start_engine",
+            Command::Unknown => "unknown",
+        }
+    }
+
+    /// The protocol version that introduced this command (see [`crate::version`]).
+    pub fn introduced_in(&self) -> ProtocolVersion {
+        match self {
+            Command::Ping
+            | Command::GetStatus
+            | Command::SetReadOnly
+            | Command::SetWritable
+            | Command::EnableAsMaster
+            | Command::CreateReplicationUser { .. }
+            | Command::DropReplicationUser { .. }
+            | Command::AttachToSource { .. }
+            | Command::Detach
+            | Command::Demote
+            | Command::GetLatestPosition
+            | Command::WaitForPosition { .. }
+            | Command::TakeBackup(_)
+            | Command::Restore(_)
+            | Command::StopEngine
+            | Command::StartEngine
+            | Command::Unknown => ProtocolVersion::V1,
+        }
+    }
+
+    /// Long commands are acknowledged on acceptance and report their result as an
+    /// event, so that no broker delivery is held open for minutes.
+    pub fn is_long_running(&self) -> bool {
+        matches!(self, Command::TakeBackup(_) | Command::Restore(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_do_not_leak_through_debug() {
+        let c = Command::AttachToSource {
+            source: SourceEndpoint {
+                instance: InstanceId::new("db-1").unwrap(),
+                host: "10.0.0.1".into(),
+                port: 3306,
+            },
+            credentials: ReplicationCredentials {
+                user: "tandem_repl_db2".into(),
+                password: Secret::new("hunter2"),
+            },
+            position: None,
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"));
+    }
+}

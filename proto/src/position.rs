@@ -1,0 +1,355 @@
+//! Replication positions and their one comparison.
+//!
+//! "Which replica is most advanced", "has the candidate applied everything the old
+//! master wrote" and "does this returning master hold errant transactions" are all
+//! questions to the partial order defined here, and nowhere else.
+//!
+//! * MariaDB: a [`GtidSet`] holds, per replication domain, the last GTID
+//!   `domain-server-sequence` (the shape of `@@gtid_binlog_pos`, `@@gtid_slave_pos`,
+//!   `@@gtid_current_pos`). Within a domain sequence numbers grow monotonically under
+//!   `gtid_strict_mode`, so a higher sequence is further ahead. Two sets that hold the
+//!   same sequence in a domain from *different* servers have diverged: neither contains
+//!   the other.
+//! * PostgreSQL: an [`Lsn`] is a byte offset into the WAL, totally ordered.
+//!
+//! Positions of different engines are never comparable.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PositionError {
+    #[error("{input:?} is not a GTID (expected domain-server-sequence, e.g. 0-1-42)")]
+    BadGtid { input: String },
+    #[error("GTID set {input:?} names domain {domain} twice")]
+    DuplicateDomain { input: String, domain: u32 },
+    #[error("{input:?} is not an LSN (expected two hex numbers, e.g. 16/B374D848)")]
+    BadLsn { input: String },
+}
+
+/// One MariaDB global transaction id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Gtid {
+    pub domain: u32,
+    pub server_id: u32,
+    pub sequence: u64,
+}
+
+impl FromStr for Gtid {
+    type Err = PositionError;
+    fn from_str(s: &str) -> Result<Self, PositionError> {
+        let bad = || PositionError::BadGtid {
+            input: s.to_owned(),
+        };
+        let mut parts = s.trim().splitn(3, '-');
+        let domain = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let server_id = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let sequence = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        Ok(Gtid {
+            domain,
+            server_id,
+            sequence,
+        })
+    }
+}
+
+impl fmt::Display for Gtid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}-{}", self.domain, self.server_id, self.sequence)
+    }
+}
+
+/// The last GTID of each replication domain, as MariaDB reports a position.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
+pub struct GtidSet {
+    by_domain: BTreeMap<u32, Gtid>,
+}
+
+impl GtidSet {
+    pub fn empty() -> Self {
+        Self::default()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_domain.is_empty()
+    }
+    pub fn get(&self, domain: u32) -> Option<Gtid> {
+        self.by_domain.get(&domain).copied()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = Gtid> + '_ {
+        self.by_domain.values().copied()
+    }
+    /// Records `gtid` as the last of its domain, replacing what was there.
+    pub fn insert(&mut self, gtid: Gtid) {
+        self.by_domain.insert(gtid.domain, gtid);
+    }
+
+    /// True when every transaction this set stands for is also in `self`.
+    pub fn contains(&self, other: &GtidSet) -> bool {
+        matches!(
+            self.partial_cmp(other),
+            Some(Ordering::Greater | Ordering::Equal)
+        )
+    }
+
+    /// The total number of transactions `self` is behind `target`, summed over the
+    /// domains (a lag measured in transactions). `None` when the two have diverged.
+    pub fn transactions_behind(&self, target: &GtidSet) -> Option<u64> {
+        if self.partial_cmp(target).is_none() {
+            return None;
+        }
+        Some(
+            target
+                .iter()
+                .map(|t| {
+                    let mine = self.get(t.domain).map_or(0, |g| g.sequence);
+                    t.sequence.saturating_sub(mine)
+                })
+                .sum(),
+        )
+    }
+}
+
+impl PartialOrd for GtidSet {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        let mut self_ahead = false;
+        let mut other_ahead = false;
+        let domains = self.by_domain.keys().chain(other.by_domain.keys());
+        for domain in domains {
+            match (self.get(*domain), other.get(*domain)) {
+                (Some(_), None) => self_ahead = true,
+                (None, Some(_)) => other_ahead = true,
+                (Some(a), Some(b)) => match a.sequence.cmp(&b.sequence) {
+                    Ordering::Greater => self_ahead = true,
+                    Ordering::Less => other_ahead = true,
+                    // The same sequence written by two servers: two histories.
+                    Ordering::Equal if a.server_id != b.server_id => return None,
+                    Ordering::Equal => {}
+                },
+                (None, None) => unreachable!("domain came from one of the two sets"),
+            }
+        }
+        match (self_ahead, other_ahead) {
+            (false, false) => Some(Ordering::Equal),
+            (true, false) => Some(Ordering::Greater),
+            (false, true) => Some(Ordering::Less),
+            (true, true) => None,
+        }
+    }
+}
+
+impl FromStr for GtidSet {
+    type Err = PositionError;
+    fn from_str(s: &str) -> Result<Self, PositionError> {
+        let mut set = GtidSet::empty();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let gtid: Gtid = part.parse()?;
+            if set.by_domain.insert(gtid.domain, gtid).is_some() {
+                return Err(PositionError::DuplicateDomain {
+                    input: s.to_owned(),
+                    domain: gtid.domain,
+                });
+            }
+        }
+        Ok(set)
+    }
+}
+
+impl fmt::Display for GtidSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, g) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            g.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for GtidSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for GtidSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A PostgreSQL write-ahead-log position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl FromStr for Lsn {
+    type Err = PositionError;
+    fn from_str(s: &str) -> Result<Self, PositionError> {
+        let bad = || PositionError::BadLsn {
+            input: s.to_owned(),
+        };
+        let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| bad())?;
+        Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A replication position of either engine.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Position {
+    Gtid(GtidSet),
+    Lsn(Lsn),
+}
+
+impl PartialOrd for Position {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match (self, other) {
+            (Position::Gtid(a), Position::Gtid(b)) => a.partial_cmp(b),
+            (Position::Lsn(a), Position::Lsn(b)) => a.partial_cmp(b),
+            _ => None,
+        }
+    }
+}
+
+impl Position {
+    /// True when `self` holds everything `other` does.
+    pub fn contains(&self, other: &Position) -> bool {
+        matches!(
+            self.partial_cmp(other),
+            Some(Ordering::Greater | Ordering::Equal)
+        )
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Position::Gtid(g) if g.is_empty() => f.write_str("gtid:(empty)"),
+            Position::Gtid(g) => write!(f, "gtid:{g}"),
+            Position::Lsn(l) => write!(f, "lsn:{l}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Ordering::*;
+
+    fn gs(s: &str) -> GtidSet {
+        s.parse().unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    #[test]
+    fn gtid_set_order() {
+        // (left, right, expected partial_cmp(left, right))
+        let cases: &[(&str, &str, Option<Ordering>)] = &[
+            ("", "", Some(Equal)),
+            ("0-1-5", "0-1-5", Some(Equal)),
+            ("0-1-6", "0-1-5", Some(Greater)),
+            ("0-1-4", "0-1-5", Some(Less)),
+            // A failover moved writes to server 2; its later sequence is ahead.
+            ("0-2-7", "0-1-5", Some(Greater)),
+            // Same sequence from two servers: an errant transaction, diverged.
+            ("0-1-6", "0-2-6", None),
+            ("", "0-1-1", Some(Less)),
+            ("0-1-5,1-3-2", "0-1-5", Some(Greater)),
+            ("0-1-5,1-3-2", "0-1-6", None),
+            ("0-1-6,1-3-2", "0-1-5,1-3-2", Some(Greater)),
+            ("1-3-2,0-1-6", "0-1-6,1-3-2", Some(Equal)),
+        ];
+        for (a, b, expect) in cases {
+            assert_eq!(gs(a).partial_cmp(&gs(b)), *expect, "{a:?} vs {b:?}");
+            let reversed = expect.map(Ordering::reverse);
+            assert_eq!(gs(b).partial_cmp(&gs(a)), reversed, "{b:?} vs {a:?}");
+        }
+    }
+
+    #[test]
+    fn gtid_set_parse_and_print() {
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("0-1-5", Ok("0-1-5")),
+            (" 1-2-3 ,0-1-5\n", Ok("0-1-5,1-2-3")),
+            ("", Ok("")),
+            ("0-1", Err("not a GTID")),
+            ("0-1-x", Err("not a GTID")),
+            ("-1-1-1", Err("not a GTID")),
+            ("0-1-5,0-2-6", Err("names domain 0 twice")),
+        ];
+        for (input, expect) in cases {
+            let got = input
+                .parse::<GtidSet>()
+                .map(|s| s.to_string())
+                .map_err(|e| e.to_string());
+            match (got, expect) {
+                (Ok(s), Ok(e)) => assert_eq!(s, *e, "{input:?}"),
+                (Err(msg), Err(part)) => assert!(msg.contains(part), "{input:?}: {msg}"),
+                (got, expect) => panic!("{input:?}: got {got:?}, expected {expect:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn transactions_behind() {
+        assert_eq!(gs("0-1-5").transactions_behind(&gs("0-1-9")), Some(4));
+        assert_eq!(gs("0-1-9").transactions_behind(&gs("0-1-5")), Some(0));
+        assert_eq!(gs("").transactions_behind(&gs("0-1-3,1-1-2")), Some(5));
+        assert_eq!(gs("0-1-6").transactions_behind(&gs("0-2-6")), None);
+    }
+
+    #[test]
+    fn lsn_parse_print_order() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("0/0", Some(0)),
+            ("16/B374D848", Some(0x16_B374_D848)),
+            ("FFFFFFFF/FFFFFFFF", Some(u64::MAX)),
+            ("16B374D848", None),
+            ("x/1", None),
+            ("1/100000000", None),
+        ];
+        for (input, expect) in cases {
+            let got = input.parse::<Lsn>().ok().map(|l| l.0);
+            assert_eq!(got, *expect, "{input:?}");
+            if let Some(n) = expect {
+                assert_eq!(Lsn(*n).to_string(), *input);
+            }
+        }
+        assert!("0/10".parse::<Lsn>().unwrap() > "0/F".parse::<Lsn>().unwrap());
+        assert!("1/0".parse::<Lsn>().unwrap() > "0/FFFFFFFF".parse::<Lsn>().unwrap());
+    }
+
+    #[test]
+    fn positions_of_different_engines_do_not_compare() {
+        let g = Position::Gtid(gs("0-1-1"));
+        let l = Position::Lsn(Lsn(1));
+        assert_eq!(g.partial_cmp(&l), None);
+        assert!(!g.contains(&l));
+        assert!(g.contains(&g));
+    }
+}

@@ -1,0 +1,138 @@
+//! Status reports: what an agent publishes on its own, every interval and on change.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Epoch, InstanceId, Position, Timestamp, VersionRange};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    Mariadb,
+    Postgresql,
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineKind::Mariadb => "mariadb",
+            EngineKind::Postgresql => "postgresql",
+        })
+    }
+}
+
+/// The replication role the *engine* is in, as observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Neither replicates from anyone nor feeds a replica.
+    Standalone,
+    /// The source of a replica set.
+    Master,
+    /// Replicates from a source.
+    Replica,
+    /// The engine could not be asked (it is down, or the agent is starting).
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Starting,
+    Healthy,
+    /// The engine runs but something needs attention (a replication thread stopped…).
+    Degraded,
+    /// The engine's process or socket is gone.
+    EngineDown,
+    /// The agent is shutting down; this is its last report.
+    Stopping,
+}
+
+/// How a lag figure was obtained; they differ in what they can see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LagSource {
+    /// Age of the newest heartbeat row the master's agent wrote and this replica applied:
+    /// true lag, also when the master is idle or the applier is stopped.
+    HeartbeatTable,
+    /// MariaDB's `Seconds_Behind_Master`: blind when the SQL thread is stopped.
+    SecondsBehindMaster,
+    /// PostgreSQL `now() - pg_last_xact_replay_timestamp()`.
+    ReplayTimestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lag {
+    pub seconds: f64,
+    pub source: LagSource,
+}
+
+/// The state of the replica's replication threads (MariaDB IO/SQL, PostgreSQL
+/// WAL receiver/replay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationState {
+    /// Receives from the source (IO thread / WAL receiver streaming).
+    pub receiving: bool,
+    /// Applies what it received (SQL thread / replay not paused).
+    pub applying: bool,
+    #[serde(default)]
+    pub last_receive_error: Option<String>,
+    #[serde(default)]
+    pub last_apply_error: Option<String>,
+    /// Position received but perhaps not yet applied.
+    #[serde(default)]
+    pub received: Option<Position>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct HostMetrics {
+    pub cpu_percent: f32,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    /// Free bytes on the file system of the engine's data directory.
+    #[serde(default)]
+    pub data_dir_free_bytes: Option<u64>,
+    /// The agent's own resident memory.
+    #[serde(default)]
+    pub agent_rss_bytes: Option<u64>,
+}
+
+/// One agent's view of its instance, published every interval and on every change.
+///
+/// Reports are ordered by `sequence` (per agent, monotonic across restarts): a
+/// receiver ignores a report older than one it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub instance: InstanceId,
+    #[serde(default)]
+    pub zone: String,
+    pub agent_version: String,
+    pub protocol: VersionRange,
+    pub engine: EngineKind,
+    #[serde(default)]
+    pub engine_version: Option<String>,
+    pub role: Role,
+    /// Whether the engine accepts writes from ordinary users; `None` when unknown.
+    #[serde(default)]
+    pub writable: Option<bool>,
+    #[serde(default)]
+    pub replicates_from: Option<InstanceId>,
+    #[serde(default)]
+    pub replicates_to: Vec<InstanceId>,
+    #[serde(default)]
+    pub position: Option<Position>,
+    #[serde(default)]
+    pub lag: Option<Lag>,
+    /// MariaDB's own figure beside ours, for comparison.
+    #[serde(default)]
+    pub seconds_behind_master: Option<u64>,
+    #[serde(default)]
+    pub replication: Option<ReplicationState>,
+    pub health: Health,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub host: HostMetrics,
+    pub highest_epoch: Epoch,
+    pub sequence: u64,
+    pub taken_at: Timestamp,
+}
