@@ -79,9 +79,13 @@ pub enum Command {
     /// Prepare to be the source of a replica set (binary log, heartbeat writer).
     EnableAsMaster,
     /// Create (or return the existing) replication account for one replica.
-    CreateReplicationUser { replica: InstanceId },
+    CreateReplicationUser {
+        replica: InstanceId,
+    },
     /// Drop the replication account of one replica.
-    DropReplicationUser { replica: InstanceId },
+    DropReplicationUser {
+        replica: InstanceId,
+    },
     /// Replicate from `source`, starting at `position` (or where the engine stands).
     AttachToSource {
         source: SourceEndpoint,
@@ -96,7 +100,10 @@ pub enum Command {
     /// The engine's current position.
     GetLatestPosition,
     /// Wait until the engine has applied `position`, for at most `timeout_ms`.
-    WaitForPosition { position: Position, timeout_ms: u64 },
+    WaitForPosition {
+        position: Position,
+        timeout_ms: u64,
+    },
     /// Take a backup; long-running, acknowledged on acceptance.
     TakeBackup(BackupRequest),
     /// Restore (seed) the data directory from a backup; long-running.

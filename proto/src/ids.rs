@@ -199,7 +199,9 @@ mod tests {
             ("db 1", Err("contains ' '")),
         ];
         for (input, expect) in cases {
-            let got = InstanceId::new(*input).map(|_| ()).map_err(|e| e.to_string());
+            let got = InstanceId::new(*input)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
             match (got, expect) {
                 (Ok(()), Ok(())) => {}
                 (Err(msg), Err(part)) => assert!(msg.contains(part), "{input:?}: {msg}"),

@@ -67,21 +67,18 @@ fn command() -> impl Strategy<Value = Command> {
         Just(Command::Detach),
         Just(Command::Demote),
         Just(Command::GetLatestPosition),
-        (position(), any::<u64>())
-            .prop_map(|(position, timeout_ms)| Command::WaitForPosition {
-                position,
-                timeout_ms
-            }),
+        (position(), any::<u64>()).prop_map(|(position, timeout_ms)| Command::WaitForPosition {
+            position,
+            timeout_ms
+        }),
         ".{0,10}".prop_map(|backup_id| Command::TakeBackup(BackupRequest {
             backup_id,
             kind: BackupKind::Full
         })),
-        (".{0,10}", ".{0,10}").prop_map(|(backup_id, parent)| Command::TakeBackup(
-            BackupRequest {
-                backup_id,
-                kind: BackupKind::Incremental { parent }
-            }
-        )),
+        (".{0,10}", ".{0,10}").prop_map(|(backup_id, parent)| Command::TakeBackup(BackupRequest {
+            backup_id,
+            kind: BackupKind::Incremental { parent }
+        })),
         ".{0,10}".prop_map(|backup_id| Command::Restore(RestoreRequest { backup_id })),
         Just(Command::StopEngine),
         Just(Command::StartEngine),
@@ -181,7 +178,9 @@ fn reply() -> impl Strategy<Value = Reply> {
         Just(Reply::Ok(ReplyBody::Done)),
         position().prop_map(|p| Reply::Ok(ReplyBody::Position { position: p })),
         credentials().prop_map(|c| Reply::Ok(ReplyBody::Credentials { credentials: c })),
-        status_report().prop_map(|s| Reply::Ok(ReplyBody::Status { report: Box::new(s) })),
+        status_report().prop_map(|s| Reply::Ok(ReplyBody::Status {
+            report: Box::new(s)
+        })),
         Just(Reply::Ok(ReplyBody::Pong {
             agent_version: "0.1.0".into(),
             protocol: VersionRange::OURS

@@ -1,0 +1,68 @@
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+
+/// A RabbitMQ virtual host of the local broker, private to one test and deleted when
+/// dropped (with everything in it).
+pub struct Broker {
+    vhost: String,
+    uri: String,
+}
+
+impl Broker {
+    pub fn new() -> Result<Broker> {
+        let vhost = format!("tandem-test-{}", uuid::Uuid::new_v4().simple());
+        rabbitmqctl(&["add_vhost", &vhost])?;
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"])?;
+        let uri = format!("{}/{}", crate::amqp_base().trim_end_matches('/'), vhost);
+        Ok(Broker { vhost, uri })
+    }
+
+    /// `amqp://…/<vhost>` for this test.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
+    /// Drops every client connection to this test's virtual host, as a broker restart
+    /// would (other tests' connections are left alone).
+    pub fn close_all_connections(&self) -> Result<()> {
+        rabbitmqctl(&[
+            "close_all_connections",
+            "-p",
+            &self.vhost,
+            "tandem test: simulated broker failure",
+        ])
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // Detached: deleting a vhost takes most of a second and nothing waits for it.
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_vhost", &self.vhost])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) -> Result<()> {
+    let out = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .context("run rabbitmqctl (is rabbitmq-server installed? see scripts/install-deps)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "rabbitmqctl {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

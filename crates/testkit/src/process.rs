@@ -1,0 +1,188 @@
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// A port nothing listens on right now. Another process may take it before we bind it,
+/// so starters retry with a new port when the bind fails.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the loopback interface has a free port")
+}
+
+/// Makes `cmd` die with the thread that spawned it (SIGKILL on parent death). Set after
+/// any uid change, which would clear it.
+pub(crate) fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        })
+    }
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Process {
+    name: String,
+    child: Option<Child>,
+    log: Option<PathBuf>,
+    stop_grace: Duration,
+}
+
+impl Process {
+    /// Spawns `cmd`, with stdout and stderr appended to `log` when given.
+    pub fn spawn(name: impl Into<String>, mut cmd: Command, log: Option<PathBuf>) -> Result<Self> {
+        let name = name.into();
+        if let Some(path) = &log {
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("open log {}", path.display()))?;
+            cmd.stdout(out.try_clone()?).stderr(out);
+        }
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {name} ({:?})", cmd.get_program()))?;
+        Ok(Process {
+            name,
+            child: Some(child),
+            log,
+            stop_grace: Duration::from_secs(10),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log_path(&self) -> Option<&PathBuf> {
+        self.log.as_ref()
+    }
+
+    /// The last `lines` lines of the log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let Some(path) = &self.log else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The exit status if the process has ended.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        kill(Pid::from_raw(self.pid() as i32), sig)
+            .with_context(|| format!("send {sig} to {} (pid {})", self.name, self.pid()))
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, wait up to the grace period, then SIGKILL. Returns the exit status.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + self.stop_grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `ready` every 25 ms until it returns true, the process exits, or `limit` passes.
+pub(crate) fn wait_until_ready(
+    process: &mut Process,
+    limit: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if let Some(status) = process.try_wait() {
+            anyhow::bail!(
+                "{} exited ({status}) before it was ready; log tail:\n{}",
+                process.name,
+                process.log_tail(30)
+            );
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{} was not ready within {limit:?}; log tail:\n{}",
+                process.name,
+                process.log_tail(30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A stable short hash (FNV-1a), to key caches by tool version.
+pub(crate) fn short_hash(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// A directory under the shared test cache, built once by `build` and reused by every
+/// later test process. Built in a scratch directory and renamed into place, so two
+/// processes racing to build it never see a half-made one.
+pub(crate) fn cached_dir(
+    name: &str,
+    build: impl FnOnce(&std::path::Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let root = std::env::temp_dir().join("tandem-testkit-cache");
+    std::fs::create_dir_all(&root)?;
+    let dest = root.join(name);
+    if dest.exists() {
+        return Ok(dest);
+    }
+    let scratch = root.join(format!("{name}.building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    build(&scratch).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&scratch);
+    })?;
+    if std::fs::rename(&scratch, &dest).is_err() {
+        // Another process won the race; its copy is as good as ours.
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    Ok(dest)
+}

@@ -1,0 +1,78 @@
+use std::time::Duration;
+
+/// The queue type of agents' command queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    /// Replicated, with a delivery limit: a message that crashes its consumer over and
+    /// over is dead-lettered after `delivery_limit` attempts instead of looping forever.
+    Quorum,
+    /// Classic durable queue; undecodable messages are still dead-lettered, but a
+    /// message that kills its consumer is redelivered without limit.
+    Classic,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// `amqp://user:pass@host:port/vhost`.
+    pub uri: String,
+    /// Shown in the broker's connection list (`rabbitmqctl list_connections client_properties`).
+    pub connection_name: String,
+    /// How many unacknowledged commands one agent holds at once.
+    pub prefetch: u16,
+    pub queue_type: QueueType,
+    /// Attempts before a message is dead-lettered (quorum queues only).
+    pub delivery_limit: u32,
+    /// How long [`crate::Transport::connect`] waits for the first connection.
+    pub connect_timeout: Duration,
+    /// The longest pause between two reconnection attempts.
+    pub max_reconnect_delay: Duration,
+}
+
+impl TransportConfig {
+    pub fn new(uri: impl Into<String>, connection_name: impl Into<String>) -> Self {
+        TransportConfig {
+            uri: uri.into(),
+            connection_name: connection_name.into(),
+            prefetch: 64,
+            queue_type: QueueType::Quorum,
+            delivery_limit: 5,
+            connect_timeout: Duration::from_secs(10),
+            max_reconnect_delay: Duration::from_secs(2),
+        }
+    }
+
+    /// The URI with any password replaced, for logs and errors.
+    pub fn redacted_uri(&self) -> String {
+        redact_uri(&self.uri)
+    }
+}
+
+fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return uri.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        for (input, expect) in [
+            (
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                "amqp://guest:***@127.0.0.1:5672/%2f",
+            ),
+            ("amqp://127.0.0.1:5672", "amqp://127.0.0.1:5672"),
+            ("amqp://user@h/v", "amqp://user@h/v"),
+        ] {
+            assert_eq!(super::redact_uri(input), expect);
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The agent side: consume one instance's command queue and answer each command.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use tandem_proto::codec::{self, CONTENT_TYPE};
+use tandem_proto::{Command, Envelope, InstanceId, Reply};
+use tokio::task::JoinSet;
+
+use crate::session::Session;
+use crate::topology::{agent_queue, kind, Declaration, COMMAND_EXCHANGE};
+use crate::{Transport, TransportError};
+
+/// What an agent does with a command. The transport decodes, calls this, publishes the
+/// reply and acknowledges the delivery, in that order: a crash in between leaves the
+/// message unacknowledged, so the broker redelivers it (with `redelivered` set) and the
+/// handler must answer a repeat from what it recorded.
+pub trait CommandHandler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        command: Envelope<Command>,
+        redelivered: bool,
+    ) -> impl Future<Output = Envelope<Reply>> + Send;
+}
+
+/// How long in-flight commands may run after shutdown before they are abandoned
+/// (unacknowledged, so the broker redelivers them to the next agent process).
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+impl Transport {
+    /// Declares `instance`'s command queue (now and after every reconnection).
+    pub async fn declare_agent_queue(&self, instance: &InstanceId) -> Result<(), TransportError> {
+        let session = self
+            .session_within(self.inner.config.connect_timeout)
+            .await?;
+        self.inner
+            .supervisor
+            .add_declaration(&session, Declaration::AgentQueue(instance.clone()))
+            .await
+    }
+
+    /// Serves `instance`'s command queue until shutdown, re-subscribing after every
+    /// reconnection. Returns once shutdown is requested and in-flight commands finished
+    /// (or [`DRAIN_DEADLINE`] passed).
+    pub async fn serve_commands<H: CommandHandler>(
+        &self,
+        instance: &InstanceId,
+        handler: Arc<H>,
+    ) -> Result<(), TransportError> {
+        self.declare_agent_queue(instance).await?;
+        let queue = agent_queue(instance);
+        let mut in_flight = JoinSet::new();
+        loop {
+            let session = tokio::select! {
+                s = self.session_within(Duration::MAX) => match s {
+                    Ok(s) => s,
+                    Err(TransportError::ShutDown) => break,
+                    Err(e) => return Err(e),
+                },
+                _ = self.inner.shutdown.cancelled() => break,
+            };
+            if let Err(e) = self
+                .consume(&session, &queue, &handler, &mut in_flight)
+                .await
+            {
+                tracing::warn!(queue, error = %e, "command consumer stopped; will re-subscribe");
+                // A failure on a live connection (say, the queue was deleted) must not
+                // become a hot loop.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if self.inner.shutdown.is_cancelled() {
+                break;
+            }
+        }
+        let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                abandoned = in_flight.len(),
+                "commands still running at the shutdown deadline were abandoned; the broker \
+                 will redeliver them"
+            );
+        }
+        Ok(())
+    }
+
+    async fn consume<H: CommandHandler>(
+        &self,
+        session: &Session,
+        queue: &str,
+        handler: &Arc<H>,
+        in_flight: &mut JoinSet<()>,
+    ) -> Result<(), TransportError> {
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(TransportError::amqp("channel.open"))?;
+        channel
+            .basic_qos(self.inner.config.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(TransportError::amqp("basic.qos"))?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(TransportError::amqp("basic.consume"))?;
+        tracing::debug!(queue, generation = session.generation, "consuming commands");
+        loop {
+            let delivery = tokio::select! {
+                d = consumer.next() => d,
+                _ = session.lost.cancelled() => return Ok(()),
+                _ = self.inner.shutdown.cancelled() => {
+                    // Stop intake; what was delivered but not started is requeued by the
+                    // broker when the channel closes.
+                    let _ = channel.close(200, "shutting down".into()).await;
+                    return Ok(());
+                }
+            };
+            let delivery = match delivery {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    return Err(TransportError::Amqp {
+                        op: "consume",
+                        source: e,
+                    })
+                }
+                None => return Ok(()),
+            };
+            // Reap finished tasks so the set does not grow without bound.
+            while in_flight.try_join_next().is_some() {}
+            match codec::decode::<Envelope<Command>>(&delivery.data) {
+                Ok(command) => {
+                    let handler = handler.clone();
+                    let channel = channel.clone();
+                    in_flight.spawn(async move {
+                        answer(&channel, delivery, command, &*handler).await;
+                    });
+                }
+                Err(e) => dead_letter(queue, delivery, &e).await,
+            }
+        }
+    }
+
+    /// Publishes raw bytes to the command exchange, as a command would be. For tools
+    /// (replaying dead letters) and for tests of what agents do with bad input.
+    pub async fn publish_raw_command(
+        &self,
+        instance: &InstanceId,
+        bytes: &[u8],
+    ) -> Result<(), TransportError> {
+        let session = self
+            .session_within(self.inner.config.connect_timeout)
+            .await?;
+        let confirm = session
+            .rpc_channel
+            .basic_publish(
+                COMMAND_EXCHANGE.into(),
+                instance.as_str().into(),
+                BasicPublishOptions::default(),
+                bytes,
+                BasicProperties::default().with_type(kind::COMMAND.into()),
+            )
+            .await
+            .map_err(TransportError::amqp("basic.publish"))?
+            .await
+            .map_err(TransportError::amqp("publisher confirm"))?;
+        if confirm.is_nack() {
+            return Err(TransportError::Nacked {
+                exchange: COMMAND_EXCHANGE.into(),
+                routing_key: instance.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Messages ready in `queue` (a passive declare: it never creates the queue).
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, TransportError> {
+        let session = self
+            .session_within(self.inner.config.connect_timeout)
+            .await?;
+        // A passive declare of a missing queue closes the channel, so use a throwaway one.
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(TransportError::amqp("channel.open"))?;
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(TransportError::amqp("queue.declare passive"))?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(q.message_count())
+    }
+}
+
+async fn answer<H: CommandHandler>(
+    channel: &Channel,
+    delivery: Delivery,
+    command: Envelope<Command>,
+    handler: &H,
+) {
+    let message_id = command.message_id;
+    let reply = handler.handle(command, delivery.redelivered).await;
+    if let Some(reply_to) = delivery.properties.reply_to() {
+        let published = match codec::encode(&reply) {
+            Ok(bytes) => {
+                let mut props = BasicProperties::default()
+                    .with_content_type(CONTENT_TYPE.into())
+                    .with_type(kind::REPLY.into());
+                if let Some(c) = delivery.properties.correlation_id() {
+                    props = props.with_correlation_id(c.clone());
+                }
+                channel
+                    .basic_publish(
+                        "".into(),
+                        reply_to.clone(),
+                        BasicPublishOptions::default(),
+                        &bytes,
+                        props,
+                    )
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = published {
+            // Leave the delivery unacknowledged: it comes back after the reconnect and
+            // the handler answers the repeat from its record.
+            tracing::warn!(%message_id, error = %e, "could not publish a reply");
+            return;
+        }
+    }
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        tracing::warn!(%message_id, error = %e, "could not acknowledge a command");
+    }
+}
+
+async fn dead_letter(queue: &str, delivery: Delivery, error: &tandem_proto::CodecError) {
+    tracing::warn!(
+        queue,
+        bytes = delivery.data.len(),
+        message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str())
+            .unwrap_or("none"),
+        %error,
+        "dead-lettering a message that cannot be decoded"
+    );
+    if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
+        tracing::warn!(queue, error = %e, "could not reject an undecodable message");
+    }
+}

@@ -1,0 +1,238 @@
+//! One live connection (a session) and the supervisor that replaces it when it dies.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_lite::StreamExt;
+use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, Event};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::rpc::Pending;
+use crate::topology::{self, Declaration, REPLY_TO};
+use crate::{TransportConfig, TransportError};
+
+/// A live connection with the channels every user shares.
+pub(crate) struct Session {
+    pub connection: Connection,
+    /// Confirm mode, consuming direct reply-to: every `call` publishes here, because
+    /// RabbitMQ delivers direct replies only to the channel that sent the request.
+    pub rpc_channel: Channel,
+    /// No confirms: status reports, whose loss the next report repairs.
+    pub plain_channel: Channel,
+    pub generation: u64,
+    /// Cancelled when the connection is lost; consumers watch it to re-subscribe.
+    pub lost: CancellationToken,
+}
+
+impl Session {
+    pub fn is_alive(&self) -> bool {
+        !self.lost.is_cancelled() && self.connection.status().connected()
+    }
+}
+
+pub(crate) struct Supervisor {
+    config: TransportConfig,
+    declarations: Mutex<Vec<Declaration>>,
+    last_error: Mutex<Option<String>>,
+    generation: AtomicU64,
+}
+
+impl Supervisor {
+    pub fn start(
+        config: TransportConfig,
+        pending: Pending,
+        shutdown: CancellationToken,
+    ) -> (Arc<Supervisor>, watch::Receiver<Option<Arc<Session>>>) {
+        let (tx, rx) = watch::channel(None);
+        let supervisor = Arc::new(Supervisor {
+            config,
+            declarations: Mutex::new(vec![Declaration::Base]),
+            last_error: Mutex::new(None),
+            generation: AtomicU64::new(0),
+        });
+        tokio::spawn(supervisor.clone().run(tx, pending, shutdown));
+        (supervisor, rx)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("poisoned").clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn record_error(&self, e: impl ToString) {
+        *self.last_error.lock().expect("poisoned") = Some(e.to_string());
+    }
+
+    /// Declares `what` now on `session` and again on every later reconnection.
+    pub async fn add_declaration(
+        &self,
+        session: &Session,
+        what: Declaration,
+    ) -> Result<(), TransportError> {
+        topology::declare(&session.plain_channel, &self.config, &what).await?;
+        let mut list = self.declarations.lock().expect("poisoned");
+        if !list.contains(&what) {
+            list.push(what);
+        }
+        Ok(())
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        tx: watch::Sender<Option<Arc<Session>>>,
+        pending: Pending,
+        shutdown: CancellationToken,
+    ) {
+        let backoff = || {
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_delay(self.config.max_reconnect_delay)
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut delays = backoff();
+        while !shutdown.is_cancelled() {
+            let opened = tokio::select! {
+                r = self.open(&pending) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            match opened {
+                Ok(session) => {
+                    delays = backoff();
+                    let session = Arc::new(session);
+                    tracing::info!(
+                        broker = %self.config.redacted_uri(),
+                        generation = session.generation,
+                        "connected to the broker"
+                    );
+                    tx.send_replace(Some(session.clone()));
+                    tokio::select! {
+                        _ = session.lost.cancelled() => {
+                            tracing::warn!(
+                                last_error = self.last_error().as_deref().unwrap_or("none"),
+                                "lost the broker connection; reconnecting"
+                            );
+                            tx.send_replace(None);
+                        }
+                        _ = shutdown.cancelled() => {
+                            tx.send_replace(None);
+                            let _ = session.connection.close(200, "shutting down".into()).await;
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "broker connection attempt failed");
+                    self.record_error(&e);
+                    let delay = delays.next().unwrap_or(self.config.max_reconnect_delay);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        tx.send_replace(None);
+    }
+
+    async fn open(self: &Arc<Self>, pending: &Pending) -> Result<Session, TransportError> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(self.config.connection_name.as_str().into());
+        let connection = Connection::connect(&self.config.uri, props)
+            .await
+            .map_err(TransportError::amqp("connect"))?;
+        let plain_channel = connection
+            .create_channel()
+            .await
+            .map_err(TransportError::amqp("channel.open"))?;
+        let declarations = self.declarations.lock().expect("poisoned").clone();
+        for what in &declarations {
+            topology::declare(&plain_channel, &self.config, what).await?;
+        }
+        let rpc_channel = connection
+            .create_channel()
+            .await
+            .map_err(TransportError::amqp("channel.open"))?;
+        rpc_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(TransportError::amqp("confirm.select"))?;
+        let mut replies = rpc_channel
+            .basic_consume(
+                REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(TransportError::amqp("basic.consume direct reply-to"))?;
+
+        let lost = CancellationToken::new();
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+
+        // Replies: hand each to the call waiting for it.
+        {
+            let lost = lost.clone();
+            let pending = pending.clone();
+            tokio::spawn(async move {
+                while let Some(delivery) = replies.next().await {
+                    match delivery {
+                        Ok(d) => pending.deliver(d.properties.correlation_id().as_ref(), d.data),
+                        Err(_) => break,
+                    }
+                }
+                lost.cancel();
+            });
+        }
+        // Connection errors end the session; the supervisor then reconnects.
+        {
+            let lost = lost.clone();
+            let mut events = connection.events_listener();
+            let status = connection.status().clone();
+            let supervisor = self.clone();
+            tokio::spawn(async move {
+                // The events stream reports protocol errors; the status poll catches a
+                // connection that closed without one (a server-initiated close).
+                let mut check = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    tokio::select! {
+                        ev = events.next() => match ev {
+                            Some(Event::Error(e)) => {
+                                supervisor.record_error(&e);
+                                break;
+                            }
+                            Some(_) => {}
+                            None => break,
+                        },
+                        _ = check.tick() => if !status.connected() {
+                            supervisor.record_error("the broker closed the connection");
+                            break;
+                        },
+                        _ = lost.cancelled() => break,
+                    }
+                }
+                lost.cancel();
+            });
+        }
+        *self.last_error.lock().expect("poisoned") = None;
+        Ok(Session {
+            connection,
+            rpc_channel,
+            plain_channel,
+            generation,
+            lost,
+        })
+    }
+}

@@ -1,0 +1,146 @@
+//! Names and declarations of everything Tandem puts on the broker.
+//!
+//! ```text
+//!  conductor ──publish(key = instance id, mandatory)──▶ tandem.commands (direct)
+//!                                                        └─▶ tandem.agent.<id>  (durable, one per agent)
+//!                                                              │ x-dead-letter-exchange
+//!                                                              ▼
+//!                                              tandem.dead (fanout) ─▶ tandem.dead-letters
+//!  agent ──reply to amq.rabbitmq.reply-to (direct reply-to, correlation id)──▶ conductor
+//!  agent ──publish(key = <zone>.<instance>)──▶ tandem.status (topic) ─▶ conductor / `tandem status --follow`
+//! ```
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, ExchangeKind};
+use tandem_proto::InstanceId;
+
+use crate::{QueueType, TransportConfig, TransportError};
+
+pub const COMMAND_EXCHANGE: &str = "tandem.commands";
+pub const STATUS_EXCHANGE: &str = "tandem.status";
+pub const DEAD_LETTER_EXCHANGE: &str = "tandem.dead";
+pub const DEAD_LETTER_QUEUE: &str = "tandem.dead-letters";
+/// RabbitMQ's direct reply-to pseudo-queue: no queue to declare, no queue to leak.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// The AMQP `type` property of each kind of message.
+pub mod kind {
+    pub const COMMAND: &str = "command";
+    pub const REPLY: &str = "reply";
+    pub const STATUS: &str = "status";
+}
+
+pub fn agent_queue(instance: &InstanceId) -> String {
+    format!("tandem.agent.{instance}")
+}
+
+/// The status routing key: `<zone>.<instance>`, so a follower can bind `zone-a.*` or `#`.
+pub fn status_key(zone: &str, instance: &InstanceId) -> String {
+    let zone = if zone.is_empty() { "default" } else { zone };
+    format!("{zone}.{instance}")
+}
+
+/// Something the supervisor declares on every (re)connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Declaration {
+    /// The exchanges and the dead-letter queue everyone needs.
+    Base,
+    /// One agent's durable command queue, bound to its instance id.
+    AgentQueue(InstanceId),
+}
+
+pub(crate) async fn declare(
+    channel: &Channel,
+    config: &TransportConfig,
+    what: &Declaration,
+) -> Result<(), TransportError> {
+    match what {
+        Declaration::Base => declare_base(channel).await,
+        Declaration::AgentQueue(id) => declare_agent_queue(channel, config, id).await,
+    }
+}
+
+async fn declare_base(channel: &Channel) -> Result<(), TransportError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for (name, kind) in [
+        (COMMAND_EXCHANGE, ExchangeKind::Direct),
+        (STATUS_EXCHANGE, ExchangeKind::Topic),
+        (DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
+    ] {
+        channel
+            .exchange_declare(name.into(), kind, durable, FieldTable::default())
+            .await
+            .map_err(TransportError::amqp("exchange.declare"))?;
+    }
+    channel
+        .queue_declare(
+            DEAD_LETTER_QUEUE.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(TransportError::amqp("queue.declare dead letters"))?;
+    channel
+        .queue_bind(
+            DEAD_LETTER_QUEUE.into(),
+            DEAD_LETTER_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(TransportError::amqp("queue.bind dead letters"))?;
+    Ok(())
+}
+
+async fn declare_agent_queue(
+    channel: &Channel,
+    config: &TransportConfig,
+    id: &InstanceId,
+) -> Result<(), TransportError> {
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+    );
+    if config.queue_type == QueueType::Quorum {
+        args.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            ShortString::from("x-delivery-limit"),
+            AMQPValue::LongUInt(config.delivery_limit),
+        );
+    }
+    let queue = agent_queue(id);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .map_err(TransportError::amqp("queue.declare agent queue"))?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            COMMAND_EXCHANGE.into(),
+            id.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(TransportError::amqp("queue.bind agent queue"))?;
+    Ok(())
+}
