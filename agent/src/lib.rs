@@ -1,1 +1,136 @@
+//! Tandem's guest agent.
+//!
+//! [`run`] is the whole daemon: it loads its durable [state](state), applies the managed
+//! engine configuration, connects to the broker, serves its command queue through the
+//! [dispatcher](dispatch) and publishes status reports until `shutdown` is cancelled.
+//! `main.rs` only parses arguments and signals.
+//!
+//! Architecture invariant: the agent never decides a role. It obeys the highest epoch it
+//! has seen and reports what its engine says.
 
+pub mod config;
+mod dispatch;
+pub mod engine;
+mod host;
+mod notify;
+mod state;
+mod status;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tandem_proto::EngineKind;
+use tandem_transport::{Transport, TransportConfig};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{AgentConfig, Settings};
+pub use engine::{server_id_for, Engine};
+
+use engine::mariadb::MariaDb;
+use state::{State, StateFile};
+
+/// One agent: its settings, its engine and its memory.
+pub struct Agent<E: Engine> {
+    settings: Settings,
+    engine: E,
+    /// Serializes commands that change anything (and the master's heartbeat write).
+    exec_lock: tokio::sync::Mutex<()>,
+    state: std::sync::Mutex<State>,
+    state_file: StateFile,
+    /// Wakes the status loop for an immediate report.
+    status_now: Notify,
+    sequence: AtomicU64,
+    host: std::sync::Mutex<host::HostProbe>,
+}
+
+/// Runs the agent until `shutdown` is cancelled: then it stops taking commands, lets the
+/// one in flight finish (bounded), publishes a final `stopping` report and returns.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match settings.engine.kind {
+        EngineKind::Mariadb => {
+            let engine = MariaDb::new(settings.engine.clone(), settings.admin_password.clone());
+            run_with(settings, engine, shutdown).await
+        }
+        EngineKind::Postgresql => anyhow::bail!(
+            "field `engine.kind` is \"postgresql\", which this agent version does not support yet"
+        ),
+    }
+}
+
+async fn run_with<E: Engine>(
+    settings: Settings,
+    engine: E,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state_file = StateFile::new(&settings.state_dir)?;
+    let mut state = state_file.load()?;
+    state.boot_count += 1;
+    state_file
+        .save(&state)
+        .context("record the agent's start")?;
+    let id = settings.instance_id.clone();
+    tracing::info!(
+        instance_id = %id,
+        highest_epoch = state.highest_epoch.get(),
+        boot = state.boot_count,
+        "tandem-agent starting"
+    );
+
+    match engine.apply_managed_config(&id).await {
+        Ok(o) if !o.restart_needed.is_empty() => tracing::warn!(
+            settings = ?o.restart_needed,
+            "managed settings need an engine restart to take effect"
+        ),
+        Ok(o) if !o.applied_live.is_empty() => {
+            tracing::info!(settings = ?o.applied_live, "managed settings applied")
+        }
+        Ok(_) => {}
+        // The engine may be down at boot; the status reports say so until it is back.
+        Err(e) => tracing::warn!(error = %e, "managed configuration not applied"),
+    }
+
+    // The transport outlives command intake, so the last report still gets out.
+    let transport_shutdown = CancellationToken::new();
+    let mut transport_config =
+        TransportConfig::new(&settings.broker_uri, format!("tandem-agent {id}"));
+    transport_config.queue_type = settings.queue_type;
+    transport_config.prefetch = settings.prefetch;
+    let transport = tokio::select! {
+        t = Transport::connect(transport_config, transport_shutdown.clone()) => t?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+
+    let agent = Arc::new(Agent {
+        settings,
+        engine,
+        exec_lock: tokio::sync::Mutex::new(()),
+        state: std::sync::Mutex::new(state),
+        state_file,
+        status_now: Notify::new(),
+        sequence: AtomicU64::new(0),
+        host: std::sync::Mutex::new(host::HostProbe::new()),
+    });
+
+    transport.declare_agent_queue(&id).await?;
+    let status_stop = CancellationToken::new();
+    let status = {
+        let agent = agent.clone();
+        let transport = transport.clone();
+        let stop = status_stop.clone();
+        tokio::spawn(async move { agent.status_loop(&transport, stop).await })
+    };
+    notify::ready();
+    tracing::info!(instance_id = %id, "tandem-agent ready");
+
+    let served = transport
+        .serve_commands(&id, agent.clone(), &shutdown)
+        .await;
+    notify::stopping();
+    status_stop.cancel();
+    let _ = status.await;
+    transport_shutdown.cancel();
+    tracing::info!(instance_id = %id, "tandem-agent stopped");
+    served.map_err(Into::into)
+}

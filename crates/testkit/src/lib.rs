@@ -10,11 +10,13 @@
 //! test panics. Children are started with a parent-death signal, so even a test process
 //! killed with SIGKILL leaves no engine running.
 
+mod agent;
 mod broker;
 mod mariadb;
 mod postgres;
 mod process;
 
+pub use agent::AgentProcess;
 pub use broker::Broker;
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use postgres::Postgres;

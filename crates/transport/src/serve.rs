@@ -15,6 +15,7 @@ use lapin::{BasicProperties, Channel};
 use tandem_proto::codec::{self, CONTENT_TYPE};
 use tandem_proto::{Command, Envelope, InstanceId, Reply};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::session::Session;
 use crate::topology::{agent_queue, kind, Declaration, COMMAND_EXCHANGE};
@@ -48,14 +49,29 @@ impl Transport {
             .await
     }
 
-    /// Serves `instance`'s command queue until shutdown, re-subscribing after every
-    /// reconnection. Returns once shutdown is requested and in-flight commands finished
-    /// (or [`DRAIN_DEADLINE`] passed).
+    /// Serves `instance`'s command queue until `stop` (or the transport's shutdown),
+    /// re-subscribing after every reconnection. Returns once intake has stopped and
+    /// in-flight commands finished (or [`DRAIN_DEADLINE`] passed); the connection stays
+    /// open, so the caller can still publish a last status report.
     pub async fn serve_commands<H: CommandHandler>(
         &self,
         instance: &InstanceId,
         handler: Arc<H>,
+        stop: &CancellationToken,
     ) -> Result<(), TransportError> {
+        let stop = {
+            // Either token stops intake.
+            let both = stop.child_token();
+            let transport_down = self.inner.shutdown.clone();
+            let b = both.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = transport_down.cancelled() => b.cancel(),
+                    _ = b.cancelled() => {}
+                }
+            });
+            both
+        };
         self.declare_agent_queue(instance).await?;
         let queue = agent_queue(instance);
         let mut in_flight = JoinSet::new();
@@ -66,10 +82,10 @@ impl Transport {
                     Err(TransportError::ShutDown) => break,
                     Err(e) => return Err(e),
                 },
-                _ = self.inner.shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
             };
             if let Err(e) = self
-                .consume(&session, &queue, &handler, &mut in_flight)
+                .consume(&session, &queue, &handler, &mut in_flight, &stop)
                 .await
             {
                 tracing::warn!(queue, error = %e, "command consumer stopped; will re-subscribe");
@@ -77,7 +93,7 @@ impl Transport {
                 // become a hot loop.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            if self.inner.shutdown.is_cancelled() {
+            if stop.is_cancelled() {
                 break;
             }
         }
@@ -101,6 +117,7 @@ impl Transport {
         queue: &str,
         handler: &Arc<H>,
         in_flight: &mut JoinSet<()>,
+        stop: &CancellationToken,
     ) -> Result<(), TransportError> {
         let channel = session
             .connection
@@ -125,7 +142,7 @@ impl Transport {
             let delivery = tokio::select! {
                 d = consumer.next() => d,
                 _ = session.lost.cancelled() => return Ok(()),
-                _ = self.inner.shutdown.cancelled() => {
+                _ = stop.cancelled() => {
                     // Stop intake; what was delivered but not started is requeued by the
                     // broker when the channel closes.
                     let _ = channel.close(200, "shutting down".into()).await;

@@ -94,7 +94,8 @@ async fn setup(instance: &str, queue_type: QueueType) -> Setup {
         let t = agent_transport.clone();
         let a = agent.clone();
         let instance = id(instance);
-        tokio::spawn(async move { t.serve_commands(&instance, a).await.unwrap() })
+        let stop = shutdown.clone();
+        tokio::spawn(async move { t.serve_commands(&instance, a, &stop).await.unwrap() })
     };
     let client = Transport::connect(
         TransportConfig::new(broker.uri(), "test-conductor"),

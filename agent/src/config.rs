@@ -1,0 +1,296 @@
+//! The agent's configuration: TOML file, then `TANDEM_AGENT_*` environment overrides
+//! (`__` separates nested keys: `TANDEM_AGENT_BROKER__URI`), then secrets read from the
+//! `*_file` paths. Unknown fields are ignored and every field but the instance id has a
+//! default, so an old agent reads a new configuration.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use tandem_proto::{EngineKind, InstanceId};
+
+pub const DEFAULT_PATH: &str = "/etc/tandem/agent.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentConfig {
+    /// This instance's id; required. Names the command queue: `[a-z0-9_-]{1,64}`.
+    pub instance_id: String,
+    pub zone: String,
+    /// Where the agent keeps its durable state (highest epoch, command results).
+    pub state_dir: PathBuf,
+    /// A status report every this many milliseconds (and at once on any change).
+    pub status_interval_ms: u64,
+    /// How often the engine is probed for liveness, in milliseconds.
+    pub probe_interval_ms: u64,
+    pub broker: BrokerConfig,
+    pub engine: EngineConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BrokerConfig {
+    /// `amqp://host:port/vhost`; credentials may be given here or as user + password_file.
+    pub uri: String,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// `quorum` (default) or `classic`.
+    pub queue_type: String,
+    pub prefetch: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    pub kind: EngineKind,
+    /// The address replicas use to reach this engine (advertised to the conductor).
+    pub host: String,
+    pub port: u16,
+    /// The local admin socket the agent connects through.
+    pub socket: Option<PathBuf>,
+    pub admin_user: String,
+    pub admin_password_file: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub backup_dir: PathBuf,
+    /// The configuration include the agent owns (MariaDB: a `.cnf` in `conf.d`).
+    pub managed_config: Option<PathBuf>,
+    /// How the agent stops and starts the engine (e.g. `systemctl stop mariadb`).
+    pub stop_command: Option<Vec<String>>,
+    pub start_command: Option<Vec<String>>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            instance_id: String::new(),
+            zone: "default".into(),
+            state_dir: "/var/lib/tandem-agent".into(),
+            status_interval_ms: 1000,
+            probe_interval_ms: 200,
+            broker: BrokerConfig::default(),
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            uri: "amqp://127.0.0.1:5672/%2f".into(),
+            user: None,
+            password_file: None,
+            queue_type: "quorum".into(),
+            prefetch: 16,
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            kind: EngineKind::Mariadb,
+            host: "127.0.0.1".into(),
+            port: 3306,
+            socket: Some("/run/mysqld/mysqld.sock".into()),
+            admin_user: "root".into(),
+            admin_password_file: None,
+            data_dir: "/var/lib/mysql".into(),
+            backup_dir: "/var/lib/tandem-agent/backups".into(),
+            managed_config: Some("/etc/mysql/mariadb.conf.d/90-tandem.cnf".into()),
+            stop_command: None,
+            start_command: None,
+        }
+    }
+}
+
+/// The configuration after validation: typed, secrets loaded.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub instance_id: InstanceId,
+    pub zone: String,
+    pub state_dir: PathBuf,
+    pub status_interval: Duration,
+    pub probe_interval: Duration,
+    pub broker_uri: String,
+    pub queue_type: tandem_transport::QueueType,
+    pub prefetch: u16,
+    pub engine: EngineConfig,
+    pub admin_password: Option<String>,
+}
+
+impl AgentConfig {
+    /// Reads `path` (a missing file is an error only when it was named explicitly),
+    /// then the environment.
+    pub fn load(path: Option<&Path>) -> Result<AgentConfig> {
+        let mut figment = Figment::from(Serialized::defaults(AgentConfig::default()));
+        match path {
+            Some(p) => {
+                anyhow::ensure!(
+                    p.exists(),
+                    "configuration file {} does not exist",
+                    p.display()
+                );
+                figment = figment.merge(Toml::file(p));
+            }
+            None if Path::new(DEFAULT_PATH).exists() => {
+                figment = figment.merge(Toml::file(DEFAULT_PATH));
+            }
+            None => {}
+        }
+        figment = figment.merge(Env::prefixed("TANDEM_AGENT_").split("__"));
+        figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid agent configuration: {e}"))
+    }
+
+    pub fn validate(self) -> Result<Settings> {
+        let instance_id = InstanceId::new(self.instance_id.clone())
+            .with_context(|| "field `instance_id` (env TANDEM_AGENT_INSTANCE_ID) is invalid")?;
+        anyhow::ensure!(
+            self.status_interval_ms >= 50,
+            "field `status_interval_ms` is {}; it must be at least 50",
+            self.status_interval_ms
+        );
+        anyhow::ensure!(
+            self.probe_interval_ms >= 10 && self.probe_interval_ms <= self.status_interval_ms,
+            "field `probe_interval_ms` is {}; it must be between 10 and status_interval_ms ({})",
+            self.probe_interval_ms,
+            self.status_interval_ms
+        );
+        let queue_type = match self.broker.queue_type.as_str() {
+            "quorum" => tandem_transport::QueueType::Quorum,
+            "classic" => tandem_transport::QueueType::Classic,
+            other => anyhow::bail!(
+                "field `broker.queue_type` is {other:?}; it must be \"quorum\" or \"classic\""
+            ),
+        };
+        let broker_uri = match (&self.broker.user, &self.broker.password_file) {
+            (Some(user), Some(file)) => {
+                let password = read_secret(file, "broker.password_file")?;
+                with_credentials(&self.broker.uri, user, &password)?
+            }
+            (Some(_), None) | (None, Some(_)) => anyhow::bail!(
+                "fields `broker.user` and `broker.password_file` go together; set both or neither"
+            ),
+            (None, None) => self.broker.uri.clone(),
+        };
+        let admin_password = self
+            .engine
+            .admin_password_file
+            .as_deref()
+            .map(|f| read_secret(f, "engine.admin_password_file"))
+            .transpose()?;
+        Ok(Settings {
+            instance_id,
+            zone: self.zone,
+            state_dir: self.state_dir,
+            status_interval: Duration::from_millis(self.status_interval_ms),
+            probe_interval: Duration::from_millis(self.probe_interval_ms),
+            broker_uri,
+            queue_type,
+            prefetch: self.broker.prefetch.max(1),
+            engine: self.engine,
+            admin_password,
+        })
+    }
+}
+
+fn read_secret(path: &Path, field: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("field `{field}`: cannot read {}", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+fn with_credentials(uri: &str, user: &str, password: &str) -> Result<String> {
+    let (scheme, rest) = uri.split_once("://").with_context(|| {
+        format!("field `broker.uri` ({uri:?}) has no scheme; use amqp://host:port/vhost")
+    })?;
+    anyhow::ensure!(
+        !rest.contains('@'),
+        "field `broker.uri` already holds credentials; drop them or drop broker.user"
+    );
+    Ok(format!(
+        "{scheme}://{}:{}@{rest}",
+        percent_encode(user),
+        percent_encode(password)
+    ))
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str) -> Result<Settings> {
+        let f =
+            Figment::from(Serialized::defaults(AgentConfig::default())).merge(Toml::string(toml));
+        let c: AgentConfig = f.extract().map_err(|e| anyhow::anyhow!("{e}"))?;
+        c.validate()
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_the_instance_id() {
+        let s = config("instance_id = \"db-1\"\nunknown_future_field = 3").unwrap();
+        assert_eq!(s.instance_id.as_str(), "db-1");
+        assert_eq!(s.status_interval, Duration::from_secs(1));
+        let err = config("").unwrap_err().to_string();
+        assert!(err.contains("instance_id"), "{err}");
+    }
+
+    #[test]
+    fn wrong_values_name_their_field() {
+        let cases = [
+            ("instance_id = \"DB 1\"", "instance_id"),
+            (
+                "instance_id = \"db\"\nstatus_interval_ms = 1",
+                "status_interval_ms",
+            ),
+            (
+                "instance_id = \"db\"\n[broker]\nqueue_type = \"fast\"",
+                "broker.queue_type",
+            ),
+            (
+                "instance_id = \"db\"\n[broker]\nuser = \"u\"",
+                "broker.password_file",
+            ),
+            (
+                "instance_id = \"db\"\n[broker]\nuser = \"u\"\npassword_file = \"/nonexistent\"",
+                "broker.password_file",
+            ),
+            (
+                "instance_id = \"db\"\nstatus_interval_ms = \"soon\"",
+                "status_interval_ms",
+            ),
+        ];
+        for (toml, field) in cases {
+            let err = format!("{:#}", config(toml).unwrap_err());
+            assert!(err.contains(field), "{toml:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn broker_secret_comes_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cr:t/\n").unwrap();
+        let s = config(&format!(
+            "instance_id = \"db\"\n[broker]\nuri = \"amqp://h:5672/v\"\nuser = \"tandem\"\npassword_file = {:?}",
+            pw
+        ))
+        .unwrap();
+        assert_eq!(s.broker_uri, "amqp://tandem:s3cr%3At%2F@h:5672/v");
+    }
+}

@@ -1,0 +1,231 @@
+//! The one dispatcher over the command enum.
+//!
+//! Order of checks for every command: deadline, protocol version, known command; then,
+//! for commands that change anything: the epoch fence, the record of earlier results
+//! (a repeat is answered from it, never re-run), execution, and the record written
+//! before the reply leaves.
+
+use std::time::Duration;
+
+use tandem_proto::{
+    Command, CommandError, Envelope, ErrorKind, Reply, ReplyBody, Sender, Timestamp, VersionRange,
+};
+use tandem_transport::CommandHandler;
+
+use crate::engine::Engine;
+use crate::Agent;
+
+impl<E: Engine> CommandHandler for Agent<E> {
+    async fn handle(&self, command: Envelope<Command>, redelivered: bool) -> Envelope<Reply> {
+        let started = std::time::Instant::now();
+        let reply = self.execute(&command).await;
+        let outcome = match &reply {
+            Reply::Ok(_) => "ok".to_string(),
+            Reply::Err(e) => format!("{:?}", e.kind),
+        };
+        tracing::info!(
+            command = command.body.name(),
+            command_id = %command.message_id,
+            epoch = command.epoch.get(),
+            redelivered,
+            outcome,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "command handled"
+        );
+        let me = Sender::Agent {
+            instance: self.settings.instance_id.clone(),
+        };
+        command.answer(me, self.highest_epoch(), reply)
+    }
+}
+
+impl<E: Engine> Agent<E> {
+    async fn execute(&self, command: &Envelope<Command>) -> Reply {
+        if command.is_expired(Timestamp::now()) {
+            return Reply::Err(CommandError::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "command {} arrived after its deadline and was not run",
+                    command.body.name()
+                ),
+            ));
+        }
+        if !VersionRange::OURS.contains(command.protocol_version) {
+            return Reply::Err(CommandError::unsupported(format!(
+                "this agent speaks protocol {}, the command was sent as {}",
+                VersionRange::OURS,
+                command.protocol_version
+            )));
+        }
+        if command.target != self.settings.instance_id {
+            return Reply::Err(CommandError::bad_request(format!(
+                "command for {} reached the agent of {}",
+                command.target, self.settings.instance_id
+            )));
+        }
+        match &command.body {
+            Command::Unknown => Reply::Err(CommandError::unsupported(format!(
+                "tandem-agent {} does not know this command; upgrade the agent",
+                env!("CARGO_PKG_VERSION")
+            ))),
+            // Questions: answered whatever the epoch, never recorded.
+            Command::Ping => Reply::Ok(ReplyBody::Pong {
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+                protocol: VersionRange::OURS,
+            }),
+            Command::GetStatus => Reply::Ok(ReplyBody::Status {
+                report: Box::new(self.report().await),
+            }),
+            Command::GetLatestPosition => self
+                .engine
+                .latest_position()
+                .await
+                .map(|position| ReplyBody::Position { position })
+                .map_err(CommandError::from)
+                .into(),
+            Command::WaitForPosition {
+                position,
+                timeout_ms,
+            } => {
+                let mut timeout = Duration::from_millis(*timeout_ms);
+                if let Some(deadline) = command.expires_at {
+                    timeout = timeout.min(deadline.remaining());
+                }
+                self.engine
+                    .wait_for_position(position, timeout)
+                    .await
+                    .map(|()| ReplyBody::Done)
+                    .map_err(CommandError::from)
+                    .into()
+            }
+            _ => self.execute_change(command).await,
+        }
+    }
+
+    /// Commands that change the engine or the agent: fenced, serialized, recorded.
+    async fn execute_change(&self, command: &Envelope<Command>) -> Reply {
+        let _one_at_a_time = self.exec_lock.lock().await;
+        {
+            let mut state = self.state.lock().expect("poisoned");
+            if command.epoch < state.highest_epoch {
+                return Reply::Err(CommandError::new(
+                    ErrorKind::Fenced,
+                    format!(
+                        "command {} carries epoch {} but this agent has seen epoch {}; it \
+                         comes from before a topology change and was not run",
+                        command.body.name(),
+                        command.epoch,
+                        state.highest_epoch
+                    ),
+                ));
+            }
+            if let Some(recorded) = state.result_of(&command.message_id) {
+                return recorded.clone();
+            }
+            if command.epoch > state.highest_epoch {
+                state.highest_epoch = command.epoch;
+                if let Err(e) = self.state_file.save(&state) {
+                    return internal(e.context("persist the new epoch"));
+                }
+            }
+        }
+
+        let reply: Reply = self.run_change(&command.body).await.into();
+
+        // Retryable failures are not recorded: a re-send must try again.
+        let keep = match &reply {
+            Reply::Ok(_) => true,
+            Reply::Err(e) => !e.retryable,
+        };
+        if keep {
+            let mut state = self.state.lock().expect("poisoned");
+            state.record(command.message_id, reply.clone());
+            if let Err(e) = self.state_file.save(&state) {
+                tracing::error!(error = %format!("{e:#}"), "could not persist a command result");
+            }
+        }
+        self.status_now.notify_one();
+        reply
+    }
+
+    async fn run_change(&self, command: &Command) -> Result<ReplyBody, CommandError> {
+        let me = &self.settings.instance_id;
+        match command {
+            Command::SetReadOnly => {
+                self.engine.set_writable(false).await?;
+            }
+            Command::SetWritable => {
+                self.engine.set_writable(true).await?;
+            }
+            Command::EnableAsMaster => {
+                self.engine.prepare_master().await?;
+                self.update_state(|s| s.master = true)?;
+            }
+            Command::Demote => {
+                self.update_state(|s| s.master = false)?;
+                self.engine.set_writable(false).await?;
+            }
+            Command::CreateReplicationUser { replica } => {
+                if replica == me {
+                    return Err(CommandError::bad_request(format!(
+                        "{me} cannot be its own replica"
+                    )));
+                }
+                let credentials = self.engine.ensure_replication_user(replica).await?;
+                return Ok(ReplyBody::Credentials { credentials });
+            }
+            Command::DropReplicationUser { replica } => {
+                self.engine.drop_replication_user(replica).await?;
+            }
+            Command::AttachToSource {
+                source,
+                credentials,
+                position,
+            } => {
+                self.engine
+                    .attach(me, source, credentials, position.as_ref())
+                    .await?;
+                self.update_state(|s| {
+                    s.source = Some(source.clone());
+                    s.master = false;
+                })?;
+            }
+            Command::Detach => {
+                self.engine.detach(me).await?;
+                self.update_state(|s| s.source = None)?;
+                self.engine.set_writable(true).await?;
+            }
+            Command::StopEngine => self.engine.stop().await?,
+            Command::StartEngine => self.engine.start().await?,
+            Command::TakeBackup(_) | Command::Restore(_) => {
+                return Err(CommandError::unsupported(
+                    "backups and restores are not implemented by this agent version",
+                ))
+            }
+            Command::Ping
+            | Command::GetStatus
+            | Command::GetLatestPosition
+            | Command::WaitForPosition { .. }
+            | Command::Unknown => unreachable!("answered before the change path"),
+        }
+        Ok(ReplyBody::Done)
+    }
+
+    fn update_state(
+        &self,
+        change: impl FnOnce(&mut crate::state::State),
+    ) -> Result<(), CommandError> {
+        let mut state = self.state.lock().expect("poisoned");
+        change(&mut state);
+        self.state_file.save(&state).map_err(|e| {
+            CommandError::new(
+                ErrorKind::Internal,
+                format!("the change was made but could not be recorded: {e:#}"),
+            )
+        })
+    }
+}
+
+fn internal(e: anyhow::Error) -> Reply {
+    Reply::Err(CommandError::new(ErrorKind::Internal, format!("{e:#}")))
+}

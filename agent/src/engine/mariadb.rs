@@ -1,0 +1,683 @@
+//! MariaDB with GTID replication, over mysql_async.
+//!
+//! Replication: `MASTER_USE_GTID=slave_pos` under `gtid_strict_mode`, `log_slave_updates`
+//! on every server so any replica can be promoted and others can chain from it.
+//! Durability: `sync_binlog=1`, `innodb_flush_log_at_trx_commit=1`.
+//! Lag: a heartbeat row the master's agent rewrites every interval; a replica's lag is
+//! the age of the newest heartbeat it has applied (true also when the master is idle or
+//! the replica's SQL thread is stopped, where `Seconds_Behind_Master` is blind).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row};
+use rand::distr::{Alphanumeric, SampleString};
+use tandem_proto::command::Secret;
+use tandem_proto::{
+    EngineKind, GtidSet, InstanceId, Lag, LagSource, Position, ReplicationCredentials,
+    ReplicationState, SourceEndpoint,
+};
+
+use super::{
+    replica_of_user, replication_user, server_id_for, ConfigOutcome, Engine, EngineError,
+    Observation,
+};
+use crate::config::EngineConfig;
+
+/// The longest any single statement may take before the engine counts as hung.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the source gets to accept our credentials during an attach check.
+const SOURCE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an attach waits for both replication threads to run.
+const ATTACH_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct MariaDb {
+    pool: Pool,
+    config: EngineConfig,
+}
+
+impl MariaDb {
+    pub fn new(config: EngineConfig, admin_password: Option<String>) -> MariaDb {
+        let mut opts = OptsBuilder::default()
+            .user(Some(config.admin_user.clone()))
+            .pass(admin_password)
+            .pool_opts(
+                PoolOpts::default()
+                    .with_constraints(PoolConstraints::new(0, 4).expect("0 <= 4"))
+                    .with_inactive_connection_ttl(Duration::from_secs(30)),
+            );
+        opts = match &config.socket {
+            Some(s) => opts.socket(Some(s.to_string_lossy().into_owned())),
+            None => opts
+                .ip_or_hostname(config.host.clone())
+                .tcp_port(config.port),
+        };
+        MariaDb {
+            pool: Pool::new(opts),
+            config,
+        }
+    }
+
+    async fn conn(&self) -> Result<Conn, EngineError> {
+        timed("connect", self.pool.get_conn()).await
+    }
+
+    async fn exec(&self, conn: &mut Conn, sql: &str) -> Result<(), EngineError> {
+        timed("statement", conn.query_drop(sql)).await
+    }
+
+    async fn slave_status(&self, conn: &mut Conn) -> Result<Option<Row>, EngineError> {
+        timed(
+            "SHOW SLAVE STATUS",
+            conn.query_first::<Row, _>("SHOW SLAVE STATUS"),
+        )
+        .await
+    }
+
+    async fn gtid(&self, conn: &mut Conn, variable: &str) -> Result<GtidSet, EngineError> {
+        let text: Option<String> = timed(
+            "read GTID",
+            conn.query_first(format!("SELECT @@{variable}")),
+        )
+        .await?;
+        parse_gtid(text.as_deref().unwrap_or(""))
+    }
+}
+
+async fn timed<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, mysql_async::Error>>,
+) -> Result<T, EngineError> {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, fut).await {
+        Ok(r) => r.map_err(classify),
+        Err(_) => Err(EngineError::Unavailable(format!(
+            "MariaDB did not answer ({what}) within {STATEMENT_TIMEOUT:?}; it may be hung"
+        ))),
+    }
+}
+
+fn classify(e: mysql_async::Error) -> EngineError {
+    match e {
+        mysql_async::Error::Io(io) => EngineError::Unavailable(format!("MariaDB: {io}")),
+        mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed) => {
+            EngineError::Unavailable("MariaDB closed the connection".into())
+        }
+        mysql_async::Error::Server(s) => EngineError::Refused(format!("MariaDB refused: {s}")),
+        other => EngineError::Internal(anyhow::anyhow!(other).context("MariaDB")),
+    }
+}
+
+fn parse_gtid(text: &str) -> Result<GtidSet, EngineError> {
+    text.parse()
+        .map_err(|e| EngineError::Internal(anyhow::anyhow!("MariaDB reported a bad GTID: {e}")))
+}
+
+fn col<T: mysql_async::prelude::FromValue>(row: &Row, name: &str) -> Option<T> {
+    row.get_opt::<Option<T>, _>(name)
+        .and_then(|r| r.ok())
+        .flatten()
+}
+
+/// Only what we generate or validate is ever put into SQL text; this is the check for
+/// values that arrive in a command.
+fn safe_token(what: &str, s: &str) -> Result<(), EngineError> {
+    if s.is_empty()
+        || s.len() > 128
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    {
+        return Err(EngineError::BadRequest(format!(
+            "{what} must be 1-128 characters of letters, digits, '_', '-' and '.'"
+        )));
+    }
+    Ok(())
+}
+
+/// The settings the agent owns, as (variable, wanted value, can be set live).
+fn managed_settings(instance: &InstanceId) -> Vec<(&'static str, String, bool)> {
+    vec![
+        ("server_id", server_id_for(instance).to_string(), true),
+        ("log_bin", "1".into(), false),
+        ("log_slave_updates", "1".into(), false),
+        ("binlog_format", "ROW".into(), true),
+        ("gtid_strict_mode", "1".into(), true),
+        ("sync_binlog", "1".into(), true),
+        ("innodb_flush_log_at_trx_commit", "1".into(), true),
+    ]
+}
+
+impl Engine for MariaDb {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Mariadb
+    }
+
+    async fn probe(&self) -> Result<(), EngineError> {
+        let mut c = self.conn().await?;
+        self.exec(&mut c, "DO 1").await
+    }
+
+    async fn observe(&self) -> Result<Observation, EngineError> {
+        let mut c = self.conn().await?;
+        let (version, read_only, sync_binlog, flush, strict, slave_updates, binlog_format): (
+            String,
+            u8,
+            u32,
+            u32,
+            u8,
+            u8,
+            String,
+        ) = timed(
+            "read variables",
+            c.query_first(
+                "SELECT @@version, @@read_only, @@sync_binlog, @@innodb_flush_log_at_trx_commit, \
+                 @@gtid_strict_mode, @@log_slave_updates, @@binlog_format",
+            ),
+        )
+        .await?
+        .ok_or_else(|| EngineError::Internal(anyhow::anyhow!("no row from SELECT @@version")))?;
+        let position = self.gtid(&mut c, "gtid_current_pos").await?;
+
+        let slave = self.slave_status(&mut c).await?;
+        let (source, replication, seconds_behind_master) = match &slave {
+            None => (None, None, None),
+            Some(row) => {
+                let host: String = col(row, "Master_Host").unwrap_or_default();
+                let port: u16 = col(row, "Master_Port").unwrap_or(0);
+                let io: String = col(row, "Slave_IO_Running").unwrap_or_default();
+                let sql: String = col(row, "Slave_SQL_Running").unwrap_or_default();
+                let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+                let received = col::<String>(row, "Gtid_IO_Pos")
+                    .and_then(|g| g.parse::<GtidSet>().ok())
+                    .map(Position::Gtid);
+                (
+                    Some((host, port)),
+                    Some(ReplicationState {
+                        receiving: io == "Yes",
+                        applying: sql == "Yes",
+                        last_receive_error: nonempty(col(row, "Last_IO_Error")),
+                        last_apply_error: nonempty(col(row, "Last_SQL_Error")),
+                        received,
+                    }),
+                    col::<u64>(row, "Seconds_Behind_Master"),
+                )
+            }
+        };
+
+        let users: Vec<String> = timed(
+            "list replicas",
+            c.query(
+                "SELECT USER FROM information_schema.PROCESSLIST \
+                 WHERE COMMAND LIKE 'Binlog Dump%' AND USER LIKE 'tandem\\_repl\\_%'",
+            ),
+        )
+        .await?;
+        let mut replicas: Vec<InstanceId> =
+            users.iter().filter_map(|u| replica_of_user(u)).collect();
+        replicas.sort();
+        replicas.dedup();
+
+        let lag = if slave.is_some() {
+            // The table may not exist yet (master never enabled): no heartbeat lag then.
+            let age: Option<Option<i64>> = c
+                .query_first(
+                    "SELECT TIMESTAMPDIFF(MICROSECOND, ts, UTC_TIMESTAMP(6)) \
+                     FROM tandem.heartbeat WHERE id = 1",
+                )
+                .await
+                .ok();
+            age.flatten().map(|micros| Lag {
+                seconds: (micros.max(0) as f64) / 1e6,
+                source: LagSource::HeartbeatTable,
+            })
+        } else {
+            None
+        };
+
+        let mut settings = BTreeMap::new();
+        settings.insert("sync_binlog".into(), sync_binlog.to_string());
+        settings.insert("innodb_flush_log_at_trx_commit".into(), flush.to_string());
+        settings.insert("gtid_strict_mode".into(), strict.to_string());
+        settings.insert("log_slave_updates".into(), slave_updates.to_string());
+        settings.insert("binlog_format".into(), binlog_format);
+        settings.insert("read_only".into(), read_only.to_string());
+
+        Ok(Observation {
+            version,
+            writable: read_only == 0,
+            source,
+            replicas,
+            position: Position::Gtid(position),
+            replication,
+            lag,
+            seconds_behind_master,
+            settings,
+        })
+    }
+
+    async fn apply_managed_config(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<ConfigOutcome, EngineError> {
+        let wanted = managed_settings(instance);
+        if let Some(path) = &self.config.managed_config {
+            write_include(path, &wanted).map_err(EngineError::Internal)?;
+        }
+        let mut c = self.conn().await?;
+        let mut outcome = ConfigOutcome::default();
+        for (name, value, live) in &wanted {
+            let current: Option<String> = timed(
+                "read setting",
+                c.query_first(format!("SELECT @@GLOBAL.{name}")),
+            )
+            .await?;
+            let current = current.unwrap_or_default();
+            let same = current.eq_ignore_ascii_case(value)
+                || (value == "1" && current.eq_ignore_ascii_case("ON"));
+            if same {
+                continue;
+            }
+            if *live {
+                self.exec(&mut c, &format!("SET GLOBAL {name} = '{value}'"))
+                    .await?;
+                outcome.applied_live.push(format!("{name}={value}"));
+            } else {
+                outcome
+                    .restart_needed
+                    .push(format!("{name} is {current}, wants {value}"));
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn set_writable(&self, writable: bool) -> Result<(), EngineError> {
+        let mut c = self.conn().await?;
+        if writable {
+            if let Some(row) = self.slave_status(&mut c).await? {
+                let host: String = col(&row, "Master_Host").unwrap_or_default();
+                let port: u16 = col(&row, "Master_Port").unwrap_or(0);
+                return Err(EngineError::BadRequest(format!(
+                    "this server replicates from {host}:{port}; a replica is never made \
+                     writable: detach it first"
+                )));
+            }
+        }
+        self.exec(
+            &mut c,
+            if writable {
+                "SET GLOBAL read_only = 0"
+            } else {
+                "SET GLOBAL read_only = 1"
+            },
+        )
+        .await
+    }
+
+    async fn prepare_master(&self) -> Result<(), EngineError> {
+        let mut c = self.conn().await?;
+        if self.slave_status(&mut c).await?.is_some() {
+            return Err(EngineError::BadRequest(
+                "this server is a replica; detach it before enabling it as a master".into(),
+            ));
+        }
+        let log_bin: u8 = timed("read log_bin", c.query_first("SELECT @@log_bin"))
+            .await?
+            .unwrap_or(0);
+        if log_bin != 1 {
+            return Err(EngineError::Refused(
+                "the binary log is off; a master needs log_bin (restart with the managed \
+                 configuration)"
+                    .into(),
+            ));
+        }
+        self.exec(&mut c, "CREATE DATABASE IF NOT EXISTS tandem")
+            .await?;
+        self.exec(
+            &mut c,
+            "CREATE TABLE IF NOT EXISTS tandem.heartbeat (id TINYINT UNSIGNED PRIMARY KEY, \
+             ts DATETIME(6) NOT NULL, server_id INT UNSIGNED NOT NULL) ENGINE=InnoDB",
+        )
+        .await
+    }
+
+    async fn write_heartbeat(&self) -> Result<(), EngineError> {
+        let mut c = self.conn().await?;
+        // The agent's account bypasses read_only; a heartbeat on a read-only server
+        // would be a transaction the new master never saw.
+        let read_only: u8 = timed("read read_only", c.query_first("SELECT @@read_only"))
+            .await?
+            .unwrap_or(1);
+        if read_only != 0 || self.slave_status(&mut c).await?.is_some() {
+            return Ok(());
+        }
+        self.exec(
+            &mut c,
+            "INSERT INTO tandem.heartbeat (id, ts, server_id) VALUES (1, UTC_TIMESTAMP(6), @@server_id) \
+             ON DUPLICATE KEY UPDATE ts = VALUES(ts), server_id = VALUES(server_id)",
+        )
+        .await
+    }
+
+    async fn ensure_replication_user(
+        &self,
+        replica: &InstanceId,
+    ) -> Result<ReplicationCredentials, EngineError> {
+        let mut c = self.conn().await?;
+        if self.slave_status(&mut c).await?.is_some() {
+            // A write here would be an errant transaction on a replica.
+            return Err(EngineError::BadRequest(
+                "this server is a replica; replication users are created on the master".into(),
+            ));
+        }
+        let user = replication_user(replica);
+        let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
+        self.exec(
+            &mut c,
+            &format!("CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{password}'"),
+        )
+        .await?;
+        self.exec(
+            &mut c,
+            &format!("ALTER USER '{user}'@'%' IDENTIFIED BY '{password}'"),
+        )
+        .await?;
+        self.exec(
+            &mut c,
+            &format!("GRANT REPLICATION SLAVE ON *.* TO '{user}'@'%'"),
+        )
+        .await?;
+        Ok(ReplicationCredentials {
+            user,
+            password: Secret::new(password),
+        })
+    }
+
+    async fn drop_replication_user(&self, replica: &InstanceId) -> Result<(), EngineError> {
+        let mut c = self.conn().await?;
+        let user = replication_user(replica);
+        self.exec(&mut c, &format!("DROP USER IF EXISTS '{user}'@'%'"))
+            .await?;
+        // Dropping a user does not end its sessions: end the binlog dump so the replica
+        // really loses access now.
+        let ids: Vec<u64> = timed(
+            "list sessions",
+            c.query(format!(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{user}'"
+            )),
+        )
+        .await?;
+        for id in ids {
+            let _ = c.query_drop(format!("KILL CONNECTION {id}")).await;
+        }
+        Ok(())
+    }
+
+    async fn attach(
+        &self,
+        me: &InstanceId,
+        source: &SourceEndpoint,
+        credentials: &ReplicationCredentials,
+        position: Option<&Position>,
+    ) -> Result<(), EngineError> {
+        if &source.instance == me {
+            return Err(EngineError::BadRequest(format!(
+                "{me} cannot replicate from itself"
+            )));
+        }
+        safe_token("the source host", &source.host)?;
+        safe_token("the replication user", &credentials.user)?;
+        safe_token("the replication password", credentials.password.expose())?;
+        let gtid = match position {
+            None => None,
+            Some(Position::Gtid(g)) => Some(g.clone()),
+            Some(other) => {
+                return Err(EngineError::BadRequest(format!(
+                    "MariaDB positions are GTID sets, not {other}"
+                )))
+            }
+        };
+
+        // Everything that can be wrong with the request is checked before anything
+        // changes: reachability, credentials, and that the source is not this server.
+        let mut c = self.conn().await?;
+        let my_server_id: u32 = timed("read server_id", c.query_first("SELECT @@server_id"))
+            .await?
+            .unwrap_or(0);
+        let source_server_id = check_source(source, credentials).await?;
+        if source_server_id == my_server_id {
+            return Err(EngineError::BadRequest(format!(
+                "source {} at {}:{} is this server itself (server_id {my_server_id})",
+                source.instance, source.host, source.port
+            )));
+        }
+
+        let was_read_only: u8 = timed("read read_only", c.query_first("SELECT @@read_only"))
+            .await?
+            .unwrap_or(1);
+        // Read-only first: from here on no client write can become an errant transaction.
+        self.exec(&mut c, "SET GLOBAL read_only = 1").await?;
+        self.exec(&mut c, "STOP SLAVE").await?;
+        let start_at = match &gtid {
+            Some(g) => g.to_string(),
+            // What this server holds already; with log_slave_updates that is everything
+            // it applied as a replica too.
+            None => self.gtid(&mut c, "gtid_binlog_pos").await?.to_string(),
+        };
+        self.exec(&mut c, &format!("SET GLOBAL gtid_slave_pos = '{start_at}'"))
+            .await?;
+        self.exec(
+            &mut c,
+            &format!(
+                "CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = {}, MASTER_USER = '{}', \
+                 MASTER_PASSWORD = '{}', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, \
+                 MASTER_HEARTBEAT_PERIOD = 1",
+                source.host,
+                source.port,
+                credentials.user,
+                credentials.password.expose()
+            ),
+        )
+        .await?;
+        self.exec(&mut c, "START SLAVE").await?;
+
+        let deadline = tokio::time::Instant::now() + ATTACH_START_TIMEOUT;
+        loop {
+            let row = self.slave_status(&mut c).await?;
+            let (io, sql, io_err, sql_err) = match &row {
+                Some(r) => (
+                    col::<String>(r, "Slave_IO_Running").unwrap_or_default(),
+                    col::<String>(r, "Slave_SQL_Running").unwrap_or_default(),
+                    col::<String>(r, "Last_IO_Error").unwrap_or_default(),
+                    col::<String>(r, "Last_SQL_Error").unwrap_or_default(),
+                ),
+                None => Default::default(),
+            };
+            if io == "Yes" && sql == "Yes" {
+                return Ok(());
+            }
+            let failure = if !sql_err.is_empty() {
+                Some(sql_err)
+            } else if !io_err.is_empty() && io != "Connecting" {
+                Some(io_err)
+            } else if tokio::time::Instant::now() > deadline {
+                Some(format!(
+                    "replication did not start within {ATTACH_START_TIMEOUT:?} (IO {io}, SQL {sql})"
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = failure {
+                // Undo: the server goes back to what it was.
+                let _ = c.query_drop("STOP SLAVE").await;
+                let _ = c.query_drop("RESET SLAVE ALL").await;
+                if was_read_only == 0 {
+                    let _ = c.query_drop("SET GLOBAL read_only = 0").await;
+                }
+                return Err(EngineError::Refused(format!(
+                    "replication from {} did not start: {why}",
+                    source.instance
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn detach(&self, me: &InstanceId) -> Result<(), EngineError> {
+        let mut c = self.conn().await?;
+        if self.slave_status(&mut c).await?.is_none() {
+            return Err(EngineError::BadRequest(format!(
+                "{me} is not a replica; there is nothing to detach"
+            )));
+        }
+        self.exec(&mut c, "STOP SLAVE").await?;
+        self.exec(&mut c, "RESET SLAVE ALL").await?;
+        // Our own copy of our replication account arrived through replication; it must
+        // not outlive the attachment. Not binlogged: it is nobody else's business.
+        self.exec(&mut c, "SET SESSION sql_log_bin = 0").await?;
+        let dropped = c
+            .query_drop(format!(
+                "DROP USER IF EXISTS '{}'@'%'",
+                replication_user(me)
+            ))
+            .await;
+        let _ = c.query_drop("SET SESSION sql_log_bin = 1").await;
+        dropped.map_err(classify)
+    }
+
+    async fn latest_position(&self) -> Result<Position, EngineError> {
+        let mut c = self.conn().await?;
+        Ok(Position::Gtid(self.gtid(&mut c, "gtid_current_pos").await?))
+    }
+
+    async fn wait_for_position(
+        &self,
+        position: &Position,
+        timeout: Duration,
+    ) -> Result<(), EngineError> {
+        let Position::Gtid(target) = position else {
+            return Err(EngineError::BadRequest(format!(
+                "MariaDB positions are GTID sets, not {position}"
+            )));
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Polled rather than MASTER_GTID_WAIT: it also works on a server that is not (or
+        // no longer) a replica, and a hung engine cannot hold the command past its deadline.
+        loop {
+            let mut c = self.conn().await?;
+            let current = self.gtid(&mut c, "gtid_current_pos").await?;
+            match current.partial_cmp(target) {
+                Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal) => return Ok(()),
+                None => {
+                    return Err(EngineError::Refused(format!(
+                        "this server's position {current} has diverged from {target}: it holds \
+                         transactions the target does not"
+                    )))
+                }
+                Some(std::cmp::Ordering::Less) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(EngineError::TimedOut(format!(
+                    "position {target} not reached within {timeout:?} (at {current})"
+                )));
+            }
+            drop(c);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(&self) -> Result<(), EngineError> {
+        run_command("stop", self.config.stop_command.as_deref()).await
+    }
+
+    async fn start(&self) -> Result<(), EngineError> {
+        run_command("start", self.config.start_command.as_deref()).await
+    }
+}
+
+/// Connects to the source as the replica will, and returns its server_id.
+async fn check_source(
+    source: &SourceEndpoint,
+    credentials: &ReplicationCredentials,
+) -> Result<u32, EngineError> {
+    let opts = OptsBuilder::default()
+        .ip_or_hostname(source.host.clone())
+        .tcp_port(source.port)
+        .user(Some(credentials.user.clone()))
+        .pass(Some(credentials.password.expose().to_owned()))
+        .prefer_socket(false);
+    let at = format!("{} at {}:{}", source.instance, source.host, source.port);
+    let mut conn = match tokio::time::timeout(SOURCE_CHECK_TIMEOUT, Conn::new(opts)).await {
+        Err(_) => {
+            return Err(EngineError::BadRequest(format!(
+                "cannot reach source {at}: no answer within {SOURCE_CHECK_TIMEOUT:?}"
+            )))
+        }
+        Ok(Err(mysql_async::Error::Server(e))) if e.code == 1045 => {
+            return Err(EngineError::Refused(format!(
+                "source {at} refused the replication credentials of user {}: {}",
+                credentials.user, e.message
+            )))
+        }
+        Ok(Err(e)) => {
+            return Err(EngineError::BadRequest(format!(
+                "cannot reach source {at}: {e}"
+            )))
+        }
+        Ok(Ok(c)) => c,
+    };
+    let id: Option<u32> = conn
+        .query_first("SELECT @@server_id")
+        .await
+        .map_err(classify)?;
+    let _ = conn.disconnect().await;
+    Ok(id.unwrap_or(0))
+}
+
+fn write_include(path: &PathBuf, settings: &[(&str, String, bool)]) -> anyhow::Result<()> {
+    let mut text = String::from(
+        "# Managed by tandem-agent: rewritten at every agent start; edits are lost.\n\
+         # Servers start read-only: only the conductor, through the agent, makes one writable.\n\
+         [mariadbd]\nread_only = 1\n",
+    );
+    for (name, value, _) in settings {
+        let value = if *name == "log_bin" {
+            "mysql-bin"
+        } else {
+            value.as_str()
+        };
+        text.push_str(&format!("{name} = {value}\n"));
+    }
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename into {}", path.display()))
+}
+
+async fn run_command(what: &str, argv: Option<&[String]>) -> Result<(), EngineError> {
+    let Some((program, args)) = argv.and_then(|a| a.split_first()) else {
+        return Err(EngineError::Unsupported(format!(
+            "no engine.{what}_command is configured for this agent"
+        )));
+    };
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| EngineError::Internal(anyhow::anyhow!("run {program}: {e}")))?;
+    if !out.status.success() {
+        return Err(EngineError::Refused(format!(
+            "engine {what} command {program} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! The one interface every engine adapter implements.
+//!
+//! Shaped for both engines: a position is a [`Position`] (GTID set or LSN); "attach"
+//! covers MariaDB's `CHANGE MASTER … MASTER_USE_GTID` and PostgreSQL's
+//! `primary_conninfo` + `standby.signal`; "detach" covers `RESET SLAVE ALL` and
+//! `pg_promote()`; a restart-requiring setting is reported rather than silently applied.
+
+pub mod mariadb;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use tandem_proto::{
+    CommandError, EngineKind, ErrorKind, InstanceId, Lag, Position, ReplicationCredentials,
+    ReplicationState, SourceEndpoint,
+};
+
+/// What the engine says about itself, right now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub version: String,
+    /// Accepts writes from ordinary users.
+    pub writable: bool,
+    /// `(host, port)` the engine replicates from, if it is a replica.
+    pub source: Option<(String, u16)>,
+    /// Replicas currently streaming from this engine.
+    pub replicas: Vec<InstanceId>,
+    pub position: Position,
+    pub replication: Option<ReplicationState>,
+    pub lag: Option<Lag>,
+    pub seconds_behind_master: Option<u64>,
+    /// Safety-relevant settings as the engine reports them (durability, GTID mode…).
+    pub settings: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    TimedOut(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0:#}")]
+    Internal(anyhow::Error),
+}
+
+impl From<EngineError> for CommandError {
+    fn from(e: EngineError) -> CommandError {
+        let kind = match &e {
+            EngineError::Unavailable(_) => ErrorKind::EngineUnavailable,
+            EngineError::Refused(_) => ErrorKind::EngineRefused,
+            EngineError::BadRequest(_) => ErrorKind::BadRequest,
+            EngineError::TimedOut(_) => ErrorKind::TimedOut,
+            EngineError::Unsupported(_) => ErrorKind::Unsupported,
+            EngineError::Internal(_) => ErrorKind::Internal,
+        };
+        CommandError::new(kind, e.to_string())
+    }
+}
+
+/// What applying the managed configuration did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigOutcome {
+    /// Settings changed on the running engine.
+    pub applied_live: Vec<String>,
+    /// Settings that only take effect after a restart, with their live and wanted values.
+    pub restart_needed: Vec<String>,
+}
+
+pub trait Engine: Send + Sync + 'static {
+    fn kind(&self) -> EngineKind;
+
+    /// A cheap liveness check, run every probe interval.
+    fn probe(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Everything a status report needs.
+    fn observe(&self) -> impl Future<Output = Result<Observation, EngineError>> + Send;
+
+    /// Writes the settings the agent owns to the managed include and applies what can be
+    /// applied live.
+    fn apply_managed_config(
+        &self,
+        instance: &InstanceId,
+    ) -> impl Future<Output = Result<ConfigOutcome, EngineError>> + Send;
+
+    fn set_writable(&self, writable: bool) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Prepares this engine to be a source: the heartbeat table, binary log checks.
+    fn prepare_master(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Records "now" in the heartbeat table (master only), for replicas' true lag.
+    fn write_heartbeat(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Creates (or re-keys) the replication account of one replica.
+    fn ensure_replication_user(
+        &self,
+        replica: &InstanceId,
+    ) -> impl Future<Output = Result<ReplicationCredentials, EngineError>> + Send;
+
+    /// Drops one replica's replication account and ends its sessions.
+    fn drop_replication_user(
+        &self,
+        replica: &InstanceId,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Replicates from `source`, read-only. Checks the source is reachable with these
+    /// credentials before changing anything.
+    fn attach(
+        &self,
+        me: &InstanceId,
+        source: &SourceEndpoint,
+        credentials: &ReplicationCredentials,
+        position: Option<&Position>,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Stops replicating and forgets the source. Leaves writability alone.
+    fn detach(&self, me: &InstanceId) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    fn latest_position(&self) -> impl Future<Output = Result<Position, EngineError>> + Send;
+
+    /// Waits until everything up to `position` has been applied.
+    fn wait_for_position(
+        &self,
+        position: &Position,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    fn stop(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
+    fn start(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
+}
+
+/// The replication account name for one replica: per replica, so that detaching one
+/// drops exactly its access, and so that a source can tell its replicas apart.
+pub fn replication_user(replica: &InstanceId) -> String {
+    format!("tandem_repl_{replica}")
+}
+
+/// The inverse of [`replication_user`].
+pub fn replica_of_user(user: &str) -> Option<InstanceId> {
+    user.strip_prefix("tandem_repl_")
+        .and_then(|id| InstanceId::new(id).ok())
+}
+
+/// MariaDB `server_id` for an instance: derived from the id (FNV-1a), so it is the same
+/// on every start and on every host, never 0.
+pub fn server_id_for(instance: &InstanceId) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in instance.as_str().bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    // MariaDB's server_id is 1..=2^32-1.
+    h.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_ids_are_stable_and_distinct_for_neighbours() {
+        let id = |s: &str| server_id_for(&InstanceId::new(s).unwrap());
+        assert_eq!(id("db-1"), id("db-1"));
+        let ids: std::collections::HashSet<u32> =
+            (1..=200).map(|n| id(&format!("db-{n}"))).collect();
+        assert_eq!(ids.len(), 200);
+        assert!(!ids.contains(&0));
+    }
+
+    #[test]
+    fn replication_user_names_round_trip() {
+        let i = InstanceId::new("db_7-x").unwrap();
+        assert_eq!(replica_of_user(&replication_user(&i)), Some(i));
+        assert_eq!(replica_of_user("root"), None);
+    }
+}

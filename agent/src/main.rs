@@ -1,0 +1,57 @@
+use std::path::PathBuf;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// Tandem's guest agent: obeys the conductor's replication commands for the database
+/// engine on this host and reports its status.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Configuration file (TOML). Default /etc/tandem/agent.toml when it exists;
+    /// TANDEM_AGENT_* environment variables override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+// One thread: the agent does little at a time, and it must stay small inside every VM.
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,lapin=off".into()),
+        )
+        .init();
+    let settings = match tandem_agent::AgentConfig::load(args.config.as_deref())
+        .and_then(tandem_agent::AgentConfig::validate)
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tandem-agent: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    match tandem_agent::run(settings, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping on signal");
+    shutdown.cancel();
+}

@@ -1,0 +1,127 @@
+//! The agent's durable memory: the highest epoch it has seen, the results of the
+//! commands it ran (so a redelivered command is answered, not re-run, also after a
+//! restart), where it replicates from, and its boot count (which orders status reports
+//! across restarts).
+//!
+//! Written atomically (temporary file, fsync, rename, fsync of the directory) before a
+//! command's reply is sent: a reply the conductor saw is always backed by a record.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tandem_proto::{Epoch, MessageId, Reply, SourceEndpoint};
+
+/// How many command results are kept for answering repeats. The conductor re-sends
+/// within minutes, so the newest thousand are plenty.
+const KEPT_RESULTS: usize = 1000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct State {
+    pub highest_epoch: Epoch,
+    pub boot_count: u64,
+    /// The source this instance was told to replicate from, to name it in status
+    /// (the engine itself only knows a host and a port).
+    pub source: Option<SourceEndpoint>,
+    /// Set by `enable_as_master`, cleared by `demote`: whether this agent writes
+    /// heartbeats. Never true on a replica.
+    pub master: bool,
+    results: VecDeque<(MessageId, Reply)>,
+}
+
+impl State {
+    pub fn result_of(&self, id: &MessageId) -> Option<&Reply> {
+        self.results.iter().find(|(m, _)| m == id).map(|(_, r)| r)
+    }
+
+    pub fn record(&mut self, id: MessageId, reply: Reply) {
+        if self.result_of(&id).is_none() {
+            self.results.push_back((id, reply));
+            while self.results.len() > KEPT_RESULTS {
+                self.results.pop_front();
+            }
+        }
+    }
+}
+
+/// The state file on disk.
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    pub fn new(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("create state directory {}", dir.display()))?;
+        Ok(StateFile {
+            path: dir.join("state.json"),
+        })
+    }
+
+    pub fn load(&self) -> Result<State> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "state file {} is corrupt; move it away to start fresh (the agent then \
+                     forgets its highest epoch until the conductor tells it again)",
+                    self.path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(e).with_context(|| format!("read {}", self.path.display())),
+        }
+    }
+
+    pub fn save(&self, state: &State) -> Result<()> {
+        let dir = self.path.parent().expect("state file has a directory");
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(state)?;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("write {}", tmp.display()))?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("rename into {}", self.path.display()))?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_proto::ReplyBody;
+
+    #[test]
+    fn state_survives_a_reload_and_keeps_a_bounded_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path()).unwrap();
+        let mut s = file.load().unwrap();
+        assert_eq!(s.highest_epoch, Epoch::ZERO);
+        s.highest_epoch = Epoch::new(7);
+        let first = MessageId::random();
+        s.record(first, Reply::Ok(ReplyBody::Done));
+        for _ in 0..KEPT_RESULTS {
+            s.record(MessageId::random(), Reply::Ok(ReplyBody::Done));
+        }
+        file.save(&s).unwrap();
+        let back = file.load().unwrap();
+        assert_eq!(back.highest_epoch, Epoch::new(7));
+        assert!(back.result_of(&first).is_none(), "oldest result evicted");
+        assert_eq!(back.results.len(), KEPT_RESULTS);
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("state.json"), b"{not json").unwrap();
+        let err = format!(
+            "{:#}",
+            StateFile::new(dir.path()).unwrap().load().unwrap_err()
+        );
+        assert!(err.contains("is corrupt"), "{err}");
+    }
+}

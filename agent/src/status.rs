@@ -1,0 +1,225 @@
+//! Status reports: built from one engine observation plus the agent's own memory,
+//! published every interval and at once when something changes.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tandem_proto::{
+    Envelope, Health, ReplicationState, Role, Sender, StatusReport, Timestamp, VersionRange,
+};
+use tandem_transport::Transport;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, Observation};
+use crate::Agent;
+
+/// The parts of a report whose change is news: published at once, not at the next tick.
+#[derive(PartialEq)]
+struct Significant {
+    role: Role,
+    writable: Option<bool>,
+    health: Health,
+    replicates_from: Option<tandem_proto::InstanceId>,
+    replicates_to: Vec<tandem_proto::InstanceId>,
+    threads: Option<(bool, bool)>,
+}
+
+impl Significant {
+    fn of(r: &StatusReport) -> Self {
+        Significant {
+            role: r.role,
+            writable: r.writable,
+            health: r.health,
+            replicates_from: r.replicates_from.clone(),
+            replicates_to: r.replicates_to.clone(),
+            threads: r.replication.as_ref().map(|s| (s.receiving, s.applying)),
+        }
+    }
+}
+
+impl<E: Engine> Agent<E> {
+    pub(crate) fn highest_epoch(&self) -> tandem_proto::Epoch {
+        self.state.lock().expect("poisoned").highest_epoch
+    }
+
+    /// A fresh report. Never fails: an engine that cannot be observed is reported down.
+    pub(crate) async fn report(&self) -> StatusReport {
+        let observed = self.engine.observe().await;
+        let (boot, source, master, epoch) = {
+            let s = self.state.lock().expect("poisoned");
+            (s.boot_count, s.source.clone(), s.master, s.highest_epoch)
+        };
+        let sequence = (boot << 32) | self.sequence.fetch_add(1, Ordering::SeqCst);
+        let host = self
+            .host
+            .lock()
+            .expect("poisoned")
+            .sample(&self.settings.engine.data_dir);
+        let mut report = StatusReport {
+            instance: self.settings.instance_id.clone(),
+            zone: self.settings.zone.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            protocol: VersionRange::OURS,
+            engine: self.engine.kind(),
+            engine_version: None,
+            role: Role::Unknown,
+            writable: None,
+            replicates_from: None,
+            replicates_to: vec![],
+            position: None,
+            lag: None,
+            seconds_behind_master: None,
+            replication: None,
+            health: Health::EngineDown,
+            last_error: None,
+            host,
+            highest_epoch: epoch,
+            sequence,
+            taken_at: Timestamp::now(),
+        };
+        match observed {
+            Err(e) => report.last_error = Some(e.to_string()),
+            Ok(o) => fill(&mut report, o, source.as_ref(), master),
+        }
+        report
+    }
+
+    /// Runs until `stop`: probes the engine every probe interval, writes the master's
+    /// heartbeat and publishes a report every status interval, and publishes at once on
+    /// a command's change or the engine's death. Ends with a `stopping` report.
+    pub(crate) async fn status_loop(&self, transport: &Transport, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.probe_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_report = Instant::now() - self.settings.status_interval * 2;
+        let mut last: Option<Significant> = None;
+        let mut engine_up: Option<bool> = None;
+        let watchdog = crate::notify::watchdog_interval();
+        let mut last_watchdog = Instant::now();
+        loop {
+            let forced = tokio::select! {
+                _ = tick.tick() => false,
+                _ = self.status_now.notified() => true,
+                _ = stop.cancelled() => break,
+            };
+            if watchdog.is_some_and(|w| last_watchdog.elapsed() >= w) {
+                crate::notify::watchdog();
+                last_watchdog = Instant::now();
+            }
+            let up = self.engine.probe().await.is_ok();
+            let liveness_changed = engine_up.is_some_and(|was| was != up);
+            engine_up = Some(up);
+            let due = last_report.elapsed() >= self.settings.status_interval;
+            if !(due || forced || liveness_changed) {
+                continue;
+            }
+            if due && up {
+                self.heartbeat().await;
+            }
+            let report = self.report().await;
+            let significant = Significant::of(&report);
+            if due || forced || last.as_ref() != Some(&significant) {
+                if last
+                    .as_ref()
+                    .is_some_and(|l| l.health != significant.health)
+                {
+                    tracing::warn!(
+                        health = ?significant.health,
+                        error = report.last_error.as_deref().unwrap_or(""),
+                        "engine health changed"
+                    );
+                }
+                self.publish(transport, report).await;
+                last = Some(significant);
+                last_report = Instant::now();
+            }
+        }
+        let mut last_words = self.report().await;
+        last_words.health = Health::Stopping;
+        self.publish(transport, last_words).await;
+    }
+
+    async fn heartbeat(&self) {
+        if !self.state.lock().expect("poisoned").master {
+            return;
+        }
+        // Under the command lock: a `set_read_only` or `demote` waits for an in-flight
+        // heartbeat, so no heartbeat is written after the master was told to stop
+        // writing (it would be an errant transaction on a demoted master).
+        let Ok(_guard) = self.exec_lock.try_lock() else {
+            return;
+        };
+        if let Err(e) = self.engine.write_heartbeat().await {
+            tracing::debug!(error = %e, "heartbeat not written");
+        }
+    }
+
+    async fn publish(&self, transport: &Transport, report: StatusReport) {
+        let envelope = Envelope::new(
+            Sender::Agent {
+                instance: self.settings.instance_id.clone(),
+            },
+            self.settings.instance_id.clone(),
+            report.highest_epoch,
+            report,
+        );
+        if let Err(e) = transport.publish_status(&envelope).await {
+            tracing::debug!(error = %e, "status report not published");
+        }
+    }
+}
+
+fn fill(
+    report: &mut StatusReport,
+    o: Observation,
+    source: Option<&tandem_proto::SourceEndpoint>,
+    master: bool,
+) {
+    report.engine_version = Some(o.version);
+    report.writable = Some(o.writable);
+    report.position = Some(o.position);
+    report.lag = o.lag;
+    report.seconds_behind_master = o.seconds_behind_master;
+    report.replicates_to = o.replicas;
+    report.health = Health::Healthy;
+    report.role = match (&o.source, master || !report.replicates_to.is_empty()) {
+        (Some(_), _) => Role::Replica,
+        (None, true) => Role::Master,
+        (None, false) => Role::Standalone,
+    };
+    if let Some((host, port)) = &o.source {
+        // The engine knows an address; the agent knows which instance it asked for.
+        match source {
+            Some(s) if &s.host == host && s.port == *port => {
+                report.replicates_from = Some(s.instance.clone())
+            }
+            _ => {
+                report.health = Health::Degraded;
+                report.last_error = Some(format!(
+                    "the engine replicates from {host}:{port}, which no command of the \
+                     conductor asked for"
+                ));
+            }
+        }
+    }
+    if let Some(ReplicationState {
+        receiving,
+        applying,
+        last_receive_error,
+        last_apply_error,
+        ..
+    }) = &o.replication
+    {
+        if !receiving || !applying {
+            report.health = Health::Degraded;
+            report.last_error = last_apply_error
+                .clone()
+                .or_else(|| last_receive_error.clone())
+                .or_else(|| {
+                    Some(format!(
+                        "replication threads: receiving={receiving}, applying={applying}"
+                    ))
+                });
+        }
+    }
+    report.replication = o.replication;
+}

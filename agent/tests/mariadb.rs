@@ -1,0 +1,545 @@
+//! The agent binary against real `mariadbd` instances and the real broker. A test plays
+//! the conductor: it sends commands through the transport and reads replies and reports.
+
+use std::time::{Duration, Instant};
+
+use tandem_proto::{
+    Command, CommandError, Envelope, Epoch, ErrorKind, Health, InstanceId, ReplicationCredentials,
+    ReplyBody, Role, Sender, SourceEndpoint, StatusReport,
+};
+use tandem_testkit::{AgentProcess, Broker, MariaDb, MariaDbOptions};
+use tandem_transport::{Transport, TransportConfig};
+use tokio_util::sync::CancellationToken;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_tandem-agent");
+
+fn id(s: &str) -> InstanceId {
+    InstanceId::new(s).unwrap()
+}
+
+struct Node {
+    db: MariaDb,
+    agent: AgentProcess,
+}
+
+struct Harness {
+    _broker: Broker,
+    client: Transport,
+    nodes: Vec<Node>,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+impl Harness {
+    async fn new(instances: &[&str]) -> Harness {
+        tandem_testkit::init_tracing();
+        let broker = Broker::new().unwrap();
+        let shutdown = CancellationToken::new();
+        let client = Transport::connect(
+            TransportConfig::new(broker.uri(), "test-conductor"),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let mut nodes = Vec::new();
+        for name in instances {
+            let db = MariaDb::start(MariaDbOptions {
+                server_id: tandem_agent::server_id_for(&id(name)),
+                ..Default::default()
+            })
+            .unwrap();
+            let agent =
+                AgentProcess::start_mariadb(AGENT.as_ref(), name, "zone-a", broker.uri(), &db)
+                    .unwrap();
+            nodes.push(Node { db, agent });
+        }
+        let h = Harness {
+            _broker: broker,
+            client,
+            nodes,
+            _shutdown: shutdown.drop_guard(),
+        };
+        for name in instances {
+            h.wait_ready(name).await;
+        }
+        h
+    }
+
+    fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.agent.instance == name)
+            .unwrap()
+    }
+
+    fn node_mut(&mut self, name: &str) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.agent.instance == name)
+            .unwrap()
+    }
+
+    async fn wait_ready(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let env = envelope(name, Epoch::ZERO, Command::Ping);
+            if self.client.call(&env, Duration::from_secs(2)).await.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent {name} never answered; its log:\n{}",
+                self.node(name).agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn send(&self, env: &Envelope<Command>) -> Result<ReplyBody, CommandError> {
+        let reply = self
+            .client
+            .call(env, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{} to {}: {e}", env.body.name(), env.target));
+        reply.body.into_result()
+    }
+
+    async fn cmd(
+        &self,
+        target: &str,
+        epoch: u64,
+        body: Command,
+    ) -> Result<ReplyBody, CommandError> {
+        self.send(&envelope(target, Epoch::new(epoch), body)).await
+    }
+
+    async fn ok(&self, target: &str, epoch: u64, body: Command) -> ReplyBody {
+        let name = body.name();
+        self.cmd(target, epoch, body)
+            .await
+            .unwrap_or_else(|e| panic!("{name} on {target}: {e}"))
+    }
+
+    async fn status(&self, target: &str) -> StatusReport {
+        match self.ok(target, 0, Command::GetStatus).await {
+            ReplyBody::Status { report } => *report,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn endpoint(&self, name: &str) -> SourceEndpoint {
+        SourceEndpoint {
+            instance: id(name),
+            host: "127.0.0.1".into(),
+            port: self.node(name).db.port(),
+        }
+    }
+
+    /// Makes `master` a writable master and `replica` its replica.
+    async fn attach(&self, master: &str, replica: &str, epoch: u64) -> ReplicationCredentials {
+        self.ok(master, epoch, Command::EnableAsMaster).await;
+        self.ok(master, epoch, Command::SetWritable).await;
+        let credentials = match self
+            .ok(
+                master,
+                epoch,
+                Command::CreateReplicationUser {
+                    replica: id(replica),
+                },
+            )
+            .await
+        {
+            ReplyBody::Credentials { credentials } => credentials,
+            other => panic!("{other:?}"),
+        };
+        self.ok(
+            replica,
+            epoch,
+            Command::AttachToSource {
+                source: self.endpoint(master),
+                credentials: credentials.clone(),
+                position: None,
+            },
+        )
+        .await;
+        credentials
+    }
+}
+
+fn envelope(target: &str, epoch: Epoch, body: Command) -> Envelope<Command> {
+    Envelope::new(
+        Sender::Conductor {
+            name: "test".into(),
+        },
+        id(target),
+        epoch,
+        body,
+    )
+    .expires_in(Duration::from_secs(30))
+}
+
+/// Polls `f` every 50 ms until it returns Some, for at most `limit`.
+async fn eventually<T>(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn attach_replicates_and_the_contract_is_reported_then_detach_makes_it_standalone() {
+    let h = Harness::new(&["db-1", "db-2"]).await;
+    h.attach("db-1", "db-2", 1).await;
+
+    let master = &h.node("db-1").db;
+    master
+        .sql(
+            "CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY, v TEXT); \
+              INSERT INTO app.t VALUES (1,'a'),(2,'b'),(3,'c')",
+        )
+        .unwrap();
+    let replica = &h.node("db-2").db;
+    eventually(Duration::from_secs(10), "rows on the replica", async || {
+        (replica.sql("SELECT count(*) FROM app.t").ok()? == "3").then_some(())
+    })
+    .await;
+
+    // Both status reports tell the replication contract the engines hold.
+    let (m, r) = eventually(Duration::from_secs(5), "matching positions", async || {
+        let m = h.status("db-1").await;
+        let r = h.status("db-2").await;
+        (m.position == r.position && m.replicates_to == vec![id("db-2")]).then_some((m, r))
+    })
+    .await;
+    assert_eq!(
+        (m.role, m.writable, m.replicates_from.clone()),
+        (Role::Master, Some(true), None)
+    );
+    assert_eq!(m.health, Health::Healthy);
+    assert_eq!(
+        (
+            r.role,
+            r.writable,
+            r.replicates_from.clone(),
+            r.replicates_to.clone()
+        ),
+        (Role::Replica, Some(false), Some(id("db-1")), vec![])
+    );
+    assert_eq!(r.health, Health::Healthy, "{:?}", r.last_error);
+    let expected_pos = master.sql("SELECT @@gtid_current_pos").unwrap();
+    assert_eq!(
+        m.position.clone().unwrap(),
+        tandem_proto::Position::Gtid(expected_pos.parse().unwrap())
+    );
+    let rep = r.replication.unwrap();
+    assert!(rep.receiving && rep.applying);
+    assert_eq!(
+        r.engine_version.as_deref().map(|v| v.contains("MariaDB")),
+        Some(true)
+    );
+    assert_eq!(m.highest_epoch, Epoch::new(1));
+
+    // A write on the replica by an ordinary user is refused.
+    master
+        .sql("CREATE USER app@'%' IDENTIFIED BY 'apppw'; GRANT ALL ON app.* TO app@'%'")
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the app user on the replica",
+        async || {
+            (replica
+                .sql("SELECT count(*) FROM mysql.user WHERE user='app'")
+                .ok()?
+                == "1")
+                .then_some(())
+        },
+    )
+    .await;
+    let out = std::process::Command::new("mariadb")
+        .args(["--no-defaults", "-h127.0.0.1", "-uapp", "-papppw"])
+        .arg(format!("-P{}", replica.port()))
+        .args(["-e", "INSERT INTO app.t VALUES (9,'x')"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the replica accepted a write");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("read-only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Detach: the master drops the replica's account, the replica becomes standalone.
+    h.ok(
+        "db-1",
+        2,
+        Command::DropReplicationUser {
+            replica: id("db-2"),
+        },
+    )
+    .await;
+    h.ok("db-2", 2, Command::Detach).await;
+    let r = h.status("db-2").await;
+    assert_eq!(
+        (r.role, r.writable, r.replicates_from),
+        (Role::Standalone, Some(true), None)
+    );
+    replica.sql("INSERT INTO app.t VALUES (4,'d')").unwrap();
+    for db in [master, replica] {
+        assert_eq!(
+            db.sql("SELECT count(*) FROM mysql.user WHERE user='tandem_repl_db-2'")
+                .unwrap(),
+            "0"
+        );
+    }
+    assert_eq!(replica.sql("SHOW SLAVE STATUS").unwrap(), "");
+    let m = h.status("db-1").await;
+    assert!(m.replicates_to.is_empty(), "{:?}", m.replicates_to);
+
+    // The managed configuration include was written, with durable settings.
+    let cnf = std::fs::read_to_string(h.node("db-1").agent.managed_config_path()).unwrap();
+    assert!(
+        cnf.contains("sync_binlog = 1") && cnf.contains("read_only = 1"),
+        "{cnf}"
+    );
+}
+
+#[tokio::test]
+async fn lag_comes_from_the_heartbeat_table_while_the_sql_thread_is_stopped() {
+    let h = Harness::new(&["db-1", "db-2"]).await;
+    h.attach("db-1", "db-2", 1).await;
+    let replica = &h.node("db-2").db;
+    eventually(
+        Duration::from_secs(10),
+        "the first heartbeat on the replica",
+        async || {
+            replica
+                .sql("SELECT count(*) FROM tandem.heartbeat")
+                .ok()
+                .filter(|c| c == "1")
+        },
+    )
+    .await;
+    replica.sql("STOP SLAVE SQL_THREAD").unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let report = h.status("db-2").await;
+    let truth: f64 = replica
+        .sql("SELECT TIMESTAMPDIFF(MICROSECOND, ts, UTC_TIMESTAMP(6)) / 1e6 FROM tandem.heartbeat")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let lag = report.lag.expect("a lag figure");
+    assert_eq!(lag.source, tandem_proto::LagSource::HeartbeatTable);
+    assert!(
+        lag.seconds >= 3.5,
+        "the applier stopped 4 s ago, lag says {}",
+        lag.seconds
+    );
+    assert!(
+        (lag.seconds - truth).abs() <= 1.0,
+        "reported {} vs heartbeat truth {truth}",
+        lag.seconds
+    );
+    assert_eq!(report.health, Health::Degraded);
+    let rep = report.replication.unwrap();
+    assert!(rep.receiving && !rep.applying);
+
+    replica.sql("START SLAVE SQL_THREAD").unwrap();
+    let caught_up = eventually(Duration::from_secs(10), "lag to fall", async || {
+        let r = h.status("db-2").await;
+        r.lag.as_ref().is_some_and(|l| l.seconds < 1.5).then_some(r)
+    })
+    .await;
+    assert_eq!(caught_up.health, Health::Healthy);
+}
+
+#[tokio::test]
+async fn stale_epochs_are_fenced_and_repeats_are_answered_from_the_record() {
+    let mut h = Harness::new(&["db-1"]).await;
+    h.ok("db-1", 5, Command::EnableAsMaster).await;
+    h.ok("db-1", 5, Command::SetWritable).await;
+
+    // Older epoch: refused, and nothing changes.
+    let err = h.cmd("db-1", 4, Command::SetReadOnly).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Fenced);
+    assert!(
+        err.message.contains("epoch e4") && err.message.contains("e5"),
+        "{}",
+        err.message
+    );
+    assert_eq!(h.node("db-1").db.sql("SELECT @@read_only").unwrap(), "0");
+
+    // The same message twice: the second answer is the recorded one (a re-run would
+    // have made a new password).
+    let create = envelope(
+        "db-1",
+        Epoch::new(5),
+        Command::CreateReplicationUser {
+            replica: id("db-9"),
+        },
+    );
+    let first = h.send(&create).await.unwrap();
+    let second = h.send(&create).await.unwrap();
+    assert_eq!(first, second);
+
+    // Also after an agent restart: the record and the epoch are on disk.
+    let agent = &mut h.node_mut("db-1").agent;
+    assert!(agent.stop().unwrap().success());
+    agent.start().unwrap();
+    h.wait_ready("db-1").await;
+    assert_eq!(h.send(&create).await.unwrap(), first);
+    let err = h.cmd("db-1", 4, Command::SetReadOnly).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Fenced);
+    assert_eq!(h.status("db-1").await.highest_epoch, Epoch::new(5));
+    let other = h
+        .ok(
+            "db-1",
+            5,
+            Command::CreateReplicationUser {
+                replica: id("db-9"),
+            },
+        )
+        .await;
+    assert_ne!(other, first, "a new message id is a new command");
+}
+
+#[tokio::test]
+async fn a_killed_engine_is_reported_within_one_interval() {
+    let mut h = Harness::new(&["db-1"]).await;
+    let mut follow = h.client.subscribe_status("#");
+    eventually(Duration::from_secs(5), "a healthy report", async || {
+        let r = tokio::time::timeout(Duration::from_secs(2), follow.next())
+            .await
+            .ok()??;
+        (r.body.health == Health::Healthy).then_some(())
+    })
+    .await;
+    h.node_mut("db-1").db.kill();
+    let killed_at = Instant::now();
+    let down = loop {
+        let r = tokio::time::timeout(Duration::from_secs(3), follow.next())
+            .await
+            .expect("a report within one interval of the kill")
+            .unwrap();
+        if r.body.health == Health::EngineDown {
+            break r;
+        }
+    };
+    // One status interval is 1 s; the probe runs every 200 ms.
+    assert!(
+        killed_at.elapsed() <= Duration::from_millis(1500),
+        "engine death reported after {:?}",
+        killed_at.elapsed()
+    );
+    assert_eq!(down.body.role, Role::Unknown);
+    assert_eq!(down.body.writable, None);
+    assert!(down.body.last_error.is_some());
+    // The agent stays up and keeps answering.
+    let err = h
+        .cmd("db-1", 0, Command::GetLatestPosition)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::EngineUnavailable);
+    assert!(err.retryable);
+}
+
+#[tokio::test]
+async fn wrong_input_gets_a_clear_error_and_changes_nothing() {
+    let h = Harness::new(&["db-1", "db-2"]).await;
+    h.ok("db-1", 1, Command::EnableAsMaster).await;
+    h.ok("db-1", 1, Command::SetWritable).await;
+    let creds = match h
+        .ok(
+            "db-1",
+            1,
+            Command::CreateReplicationUser {
+                replica: id("db-2"),
+            },
+        )
+        .await
+    {
+        ReplyBody::Credentials { credentials } => credentials,
+        other => panic!("{other:?}"),
+    };
+    let replica = &h.node("db-2").db;
+    let before = (
+        replica.sql("SELECT @@read_only, @@gtid_slave_pos").unwrap(),
+        replica.sql("SHOW SLAVE STATUS").unwrap(),
+    );
+    let attach =
+        |source: SourceEndpoint, credentials: ReplicationCredentials| Command::AttachToSource {
+            source,
+            credentials,
+            position: None,
+        };
+
+    // A source nothing listens on.
+    let nowhere = SourceEndpoint {
+        instance: id("db-404"),
+        host: "127.0.0.1".into(),
+        port: tandem_testkit::free_port(),
+    };
+    let err = h
+        .cmd("db-2", 1, attach(nowhere, creds.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadRequest, "{err}");
+    assert!(
+        err.message.contains("cannot reach source db-404"),
+        "{}",
+        err.message
+    );
+
+    // Wrong credentials.
+    let mut wrong = creds.clone();
+    wrong.password = tandem_proto::command::Secret::new("not-the-password");
+    let err = h
+        .cmd("db-2", 1, attach(h.endpoint("db-1"), wrong))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::EngineRefused, "{err}");
+    assert!(
+        err.message.contains("refused the replication credentials"),
+        "{}",
+        err.message
+    );
+    assert!(!err.message.contains("not-the-password"));
+
+    // Itself, by id and by address.
+    let err = h
+        .cmd("db-2", 1, attach(h.endpoint("db-2"), creds.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadRequest);
+    assert!(
+        err.message.contains("cannot replicate from itself"),
+        "{}",
+        err.message
+    );
+
+    // Detach a server that is not a replica.
+    let err = h.cmd("db-2", 1, Command::Detach).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadRequest);
+    assert!(err.message.contains("not a replica"), "{}", err.message);
+
+    // A command this agent does not know (what a newer conductor's command decodes to:
+    // see proto's codec tests), and one past its deadline.
+    let future = envelope("db-2", Epoch::new(1), Command::Unknown);
+    let err = h.send(&future).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Unsupported);
+    let mut late = envelope("db-2", Epoch::new(1), Command::SetWritable);
+    late.expires_at = Some(tandem_proto::Timestamp(late.issued_at.0 - 1));
+    let err = h.send(&late).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::TimedOut);
+
+    let after = (
+        replica.sql("SELECT @@read_only, @@gtid_slave_pos").unwrap(),
+        replica.sql("SHOW SLAVE STATUS").unwrap(),
+    );
+    assert_eq!(before, after, "a refused command changed the server");
+    let r = h.status("db-2").await;
+    assert_eq!((r.role, r.replicates_from), (Role::Standalone, None));
+}

@@ -1,0 +1,103 @@
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::{MariaDb, Process};
+
+/// A `tandem-agent` process for one instance, configured through its environment.
+pub struct AgentProcess {
+    pub instance: String,
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
+    process: Option<Process>,
+}
+
+impl AgentProcess {
+    /// Starts `binary` as the agent of `instance`, managing `db`, reporting to `broker_uri`.
+    pub fn start_mariadb(
+        binary: &Path,
+        instance: &str,
+        zone: &str,
+        broker_uri: &str,
+        db: &MariaDb,
+    ) -> Result<AgentProcess> {
+        let dir = tempfile::Builder::new().prefix("tandem-agent-").tempdir()?;
+        let env = vec![
+            ("TANDEM_AGENT_INSTANCE_ID".into(), instance.into()),
+            ("TANDEM_AGENT_ZONE".into(), zone.into()),
+            (
+                "TANDEM_AGENT_STATE_DIR".into(),
+                dir.path().join("state").display().to_string(),
+            ),
+            ("TANDEM_AGENT_STATUS_INTERVAL_MS".into(), "1000".into()),
+            ("TANDEM_AGENT_PROBE_INTERVAL_MS".into(), "200".into()),
+            ("TANDEM_AGENT_BROKER__URI".into(), broker_uri.into()),
+            ("TANDEM_AGENT_ENGINE__KIND".into(), "mariadb".into()),
+            ("TANDEM_AGENT_ENGINE__HOST".into(), "127.0.0.1".into()),
+            ("TANDEM_AGENT_ENGINE__PORT".into(), db.port().to_string()),
+            (
+                "TANDEM_AGENT_ENGINE__SOCKET".into(),
+                db.socket().display().to_string(),
+            ),
+            (
+                "TANDEM_AGENT_ENGINE__DATA_DIR".into(),
+                db.datadir().display().to_string(),
+            ),
+            (
+                "TANDEM_AGENT_ENGINE__MANAGED_CONFIG".into(),
+                dir.path().join("90-tandem.cnf").display().to_string(),
+            ),
+        ];
+        let mut agent = AgentProcess {
+            instance: instance.into(),
+            binary: binary.into(),
+            env,
+            dir,
+            process: None,
+        };
+        agent.start()?;
+        Ok(agent)
+    }
+
+    /// Starts the process again (after [`AgentProcess::kill`] or [`AgentProcess::stop`]),
+    /// with the same state directory.
+    pub fn start(&mut self) -> Result<()> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info,lapin=off");
+        }
+        let log = self.dir.path().join("agent.log");
+        self.process = Some(Process::spawn(
+            format!("tandem-agent:{}", self.instance),
+            cmd,
+            Some(log),
+        )?);
+        Ok(())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.process.take().and_then(|mut p| p.stop())
+    }
+
+    pub fn process(&self) -> Option<&Process> {
+        self.process.as_ref()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn managed_config_path(&self) -> PathBuf {
+        self.dir.path().join("90-tandem.cnf")
+    }
+}
