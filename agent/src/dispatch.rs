@@ -130,6 +130,34 @@ impl<E: Engine> Agent<E> {
             }
         }
 
+        if command.body.is_long_running() {
+            // What can be judged now is judged now, not in an event a minute later.
+            if let Command::TakeBackup(request) = &command.body {
+                if let Err(e) =
+                    crate::engine::mariadb::safe_token("the backup id", &request.backup_id)
+                {
+                    return Reply::Err(e.into());
+                }
+            }
+            let operation = command.message_id;
+            let accepted = Reply::Ok(ReplyBody::Accepted { operation });
+            {
+                let mut state = self.state.lock().expect("poisoned");
+                state.record(operation, accepted.clone());
+                if let Err(e) = self.state_file.save(&state) {
+                    return internal(e.context("record an accepted long command"));
+                }
+            }
+            if let Err(e) = self.operations.submit(crate::operations::Job {
+                operation,
+                command: command.body.clone(),
+                epoch: command.epoch,
+            }) {
+                return Reply::Err(e);
+            }
+            return accepted;
+        }
+
         let reply: Reply = self.run_change(&command.body).await.into();
 
         // Retryable failures are not recorded: a re-send must try again.
@@ -198,9 +226,7 @@ impl<E: Engine> Agent<E> {
             Command::StopEngine => self.engine.stop().await?,
             Command::StartEngine => self.engine.start().await?,
             Command::TakeBackup(_) | Command::Restore(_) => {
-                return Err(CommandError::unsupported(
-                    "backups and restores are not implemented by this agent version",
-                ))
+                unreachable!("long commands go to the operation runner")
             }
             Command::Ping
             | Command::GetStatus

@@ -13,6 +13,7 @@ mod dispatch;
 pub mod engine;
 mod host;
 mod notify;
+mod operations;
 mod state;
 mod status;
 
@@ -43,6 +44,7 @@ pub struct Agent<E: Engine> {
     status_now: Notify,
     sequence: AtomicU64,
     host: std::sync::Mutex<host::HostProbe>,
+    operations: operations::Operations,
 }
 
 /// Runs the agent until `shutdown` is cancelled: then it stops taking commands, lets the
@@ -67,6 +69,13 @@ async fn run_with<E: Engine>(
     let state_file = StateFile::new(&settings.state_dir)?;
     let mut state = state_file.load()?;
     state.boot_count += 1;
+    let interrupted = state.forget_interrupted();
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "long commands were interrupted by the last stop; a re-send runs them again"
+        );
+    }
     state_file
         .save(&state)
         .context("record the agent's start")?;
@@ -111,7 +120,10 @@ async fn run_with<E: Engine>(
         status_now: Notify::new(),
         sequence: AtomicU64::new(0),
         host: std::sync::Mutex::new(host::HostProbe::new()),
+        operations: operations::Operations::default(),
     });
+    let jobs = agent.operations.open();
+    let runner = tokio::spawn(agent.clone().run_operations(jobs, transport.clone()));
 
     transport.declare_agent_queue(&id).await?;
     let status_stop = CancellationToken::new();
@@ -128,6 +140,9 @@ async fn run_with<E: Engine>(
         .serve_commands(&id, agent.clone(), &shutdown)
         .await;
     notify::stopping();
+    // A long command still running is abandoned: its record is forgotten at the next
+    // start, so the conductor's re-send runs it again.
+    runner.abort();
     status_stop.cancel();
     let _ = status.await;
     transport_shutdown.cancel();

@@ -37,6 +37,23 @@ impl State {
         self.results.iter().find(|(m, _)| m == id).map(|(_, r)| r)
     }
 
+    /// Replaces the record of a long command (its `accepted`) with its final result.
+    pub fn finish(&mut self, id: MessageId, reply: Reply) {
+        match self.results.iter_mut().find(|(m, _)| *m == id) {
+            Some(entry) => entry.1 = reply,
+            None => self.record(id, reply),
+        }
+    }
+
+    /// Forgets long commands that were still running when the agent stopped: they were
+    /// interrupted, and a re-send must run them again rather than be told "accepted".
+    pub fn forget_interrupted(&mut self) -> usize {
+        let before = self.results.len();
+        self.results
+            .retain(|(_, r)| !matches!(r, Reply::Ok(tandem_proto::ReplyBody::Accepted { .. })));
+        before - self.results.len()
+    }
+
     pub fn record(&mut self, id: MessageId, reply: Reply) {
         if self.result_of(&id).is_none() {
             self.results.push_back((id, reply));

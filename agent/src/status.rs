@@ -76,6 +76,8 @@ impl<E: Engine> Agent<E> {
             highest_epoch: epoch,
             sequence,
             taken_at: Timestamp::now(),
+            operations: self.operations.snapshot(),
+            engine_settings: Default::default(),
         };
         match observed {
             Err(e) => report.last_error = Some(e.to_string()),
@@ -222,4 +224,5 @@ fn fill(
         }
     }
     report.replication = o.replication;
+    report.engine_settings = o.settings;
 }

@@ -543,3 +543,135 @@ async fn wrong_input_gets_a_clear_error_and_changes_nothing() {
     let r = h.status("db-2").await;
     assert_eq!((r.role, r.replicates_from), (Role::Standalone, None));
 }
+
+#[tokio::test]
+async fn a_backup_is_accepted_at_once_finished_by_an_event_and_verifiable() {
+    let h = Harness::new(&["db-1"]).await;
+    let db = &h.node("db-1").db;
+    db.sql("CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY); INSERT INTO app.t VALUES (1),(2)")
+        .unwrap();
+    let mut events = h.client.subscribe_events("#");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let take = envelope(
+        "db-1",
+        Epoch::new(1),
+        Command::TakeBackup(tandem_proto::BackupRequest {
+            backup_id: "b1".into(),
+            kind: tandem_proto::BackupKind::Full,
+        }),
+    );
+    let accepted = h.send(&take).await.unwrap();
+    assert_eq!(
+        accepted,
+        ReplyBody::Accepted {
+            operation: take.message_id
+        }
+    );
+
+    let event = tokio::time::timeout(Duration::from_secs(60), events.next())
+        .await
+        .expect("the backup finishes within a minute")
+        .unwrap();
+    let tandem_proto::Event::OperationFinished {
+        operation,
+        command,
+        result,
+    } = event.body
+    else {
+        panic!("{event:?}")
+    };
+    assert_eq!(
+        (operation, command.as_str()),
+        (take.message_id, "take_backup")
+    );
+    let backup = match result.into_result() {
+        Ok(ReplyBody::Backup { backup }) => backup,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(backup.instance, id("db-1"));
+    assert_eq!(
+        backup.position,
+        Some(tandem_proto::Position::Gtid(
+            db.sql("SELECT @@gtid_current_pos")
+                .unwrap()
+                .parse()
+                .unwrap()
+        ))
+    );
+
+    // The stored bytes are what the metadata says, and they restore with mbstream.
+    let file = std::path::Path::new(&backup.location);
+    assert_eq!(std::fs::metadata(file).unwrap().len(), backup.size_bytes);
+    let sum = std::process::Command::new("sha256sum")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&sum.stdout).starts_with(&backup.sha256));
+    let out = tempfile::tempdir().unwrap();
+    let restored = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -dc '{}' | mbstream -x -C '{}'",
+            file.display(),
+            out.path().display()
+        ))
+        .status()
+        .unwrap();
+    assert!(restored.success());
+    assert!(out.path().join("xtrabackup_checkpoints").exists());
+    assert!(out.path().join("app").exists());
+
+    // A re-send is answered with the result on record, and runs nothing.
+    let again = h.send(&take).await.unwrap();
+    assert_eq!(
+        again,
+        ReplyBody::Backup {
+            backup: backup.clone()
+        }
+    );
+    let status = h.status("db-1").await;
+    assert!(status.operations.is_empty());
+    assert_eq!(
+        status
+            .engine_settings
+            .get("sync_binlog")
+            .map(String::as_str),
+        Some("1")
+    );
+
+    // The same backup id again is refused in the result; a bad id at once.
+    let dup = h
+        .ok(
+            "db-1",
+            1,
+            Command::TakeBackup(tandem_proto::BackupRequest {
+                backup_id: "b1".into(),
+                kind: tandem_proto::BackupKind::Full,
+            }),
+        )
+        .await;
+    assert!(matches!(dup, ReplyBody::Accepted { .. }));
+    let event = tokio::time::timeout(Duration::from_secs(60), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let tandem_proto::Event::OperationFinished { result, .. } = event.body else {
+        panic!()
+    };
+    let err = result.into_result().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadRequest);
+    assert!(err.message.contains("already exists"), "{}", err.message);
+    let err = h
+        .cmd(
+            "db-1",
+            1,
+            Command::TakeBackup(tandem_proto::BackupRequest {
+                backup_id: "../etc".into(),
+                kind: tandem_proto::BackupKind::Full,
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadRequest);
+}

@@ -1,1 +1,71 @@
+//! Tandem's conductor.
+//!
+//! [`run`] connects to the broker, follows every agent's status reports into the
+//! [registry], and serves the [HTTP API](api) until `shutdown` is cancelled.
+//!
+//! Architecture invariant: only the conductor decides roles; agents obey the highest
+//! epoch they have seen and report what their engines say.
 
+pub mod api;
+pub mod config;
+pub mod registry;
+
+use std::sync::Arc;
+
+use tandem_transport::{Transport, TransportConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ConductorConfig, Settings};
+
+pub struct Conductor {
+    pub settings: Settings,
+    pub transport: Transport,
+    pub registry: registry::Registry,
+}
+
+/// Runs the conductor on `settings.listen` until `shutdown`.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+    run_with_listener(settings, listener, shutdown).await
+}
+
+/// As [`run`], on a listener the caller bound (tests bind port 0).
+pub async fn run_with_listener(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let transport = Transport::connect(
+        TransportConfig::new(
+            &settings.broker_uri,
+            format!("tandem-conductor {}", settings.name),
+        ),
+        shutdown.clone(),
+    )
+    .await?;
+    let conductor = Arc::new(Conductor {
+        settings,
+        transport,
+        registry: registry::Registry::default(),
+    });
+
+    let mut reports = conductor.transport.subscribe_status("#");
+    let follower = {
+        let c = conductor.clone();
+        tokio::spawn(async move {
+            while let Some(report) = reports.next().await {
+                c.registry.record(report.body);
+            }
+        })
+    };
+
+    tracing::info!(listen = %listener.local_addr()?, "tandem-conductor serving");
+    let serve = axum::serve(listener, api::router(conductor.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let result = serve.await;
+    follower.abort();
+    result.map_err(Into::into)
+}

@@ -26,8 +26,9 @@ pub use command::{
 pub use envelope::{Envelope, Sender, Timestamp};
 pub use ids::{Epoch, IdError, InstanceId, MessageId, ReplicaSetId};
 pub use position::{Gtid, GtidSet, Lsn, Position, PositionError};
-pub use reply::{CommandError, ErrorKind, Reply, ReplyBody};
+pub use reply::{BackupInfo, CommandError, ErrorKind, Event, Reply, ReplyBody};
 pub use status::{
-    EngineKind, Health, HostMetrics, Lag, LagSource, ReplicationState, Role, StatusReport,
+    EngineKind, Health, HostMetrics, Lag, LagSource, OperationProgress, ReplicationState, Role,
+    StatusReport,
 };
 pub use version::{ProtocolVersion, VersionError, VersionRange};

@@ -4,7 +4,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{MessageId, Position, ReplicationCredentials, StatusReport, VersionRange};
+use crate::{
+    BackupKind, EngineKind, InstanceId, MessageId, Position, ReplicationCredentials, StatusReport,
+    Timestamp, VersionRange,
+};
 
 /// Why a command failed. Closed: a caller branches on it (retry, give up, re-fence).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -91,11 +94,49 @@ pub enum ReplyBody {
     Credentials {
         credentials: ReplicationCredentials,
     },
-    /// A long command was accepted; its result comes later as an event.
+    /// A long command was accepted; its result comes later as an event, and a re-send
+    /// of the same command (same message id) returns it once it is there.
     Accepted {
         operation: MessageId,
     },
+    Backup {
+        backup: BackupInfo,
+    },
     /// A result this build does not know (sent by a newer agent).
+    #[serde(other)]
+    Unknown,
+}
+
+/// What a finished backup is: enough to find it, verify it and seed from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    pub backup_id: String,
+    pub kind: BackupKind,
+    pub instance: InstanceId,
+    pub engine: EngineKind,
+    pub engine_version: String,
+    /// The position the backup is consistent at (where a replica seeded from it starts).
+    #[serde(default)]
+    pub position: Option<Position>,
+    pub size_bytes: u64,
+    /// SHA-256 of the stored (compressed) bytes, hex.
+    pub sha256: String,
+    pub created_at: Timestamp,
+    /// Where the agent stored it (a path in its backup directory).
+    pub location: String,
+}
+
+/// Something that happened on an agent, published on the events exchange.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A long command finished; `result` is what a re-send of the command now returns.
+    OperationFinished {
+        operation: MessageId,
+        command: String,
+        result: Reply,
+    },
+    /// An event this build does not know (sent by a newer agent).
     #[serde(other)]
     Unknown,
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Epoch, InstanceId, Position, Timestamp, VersionRange};
+use crate::{Epoch, InstanceId, MessageId, Position, Timestamp, VersionRange};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -96,6 +96,20 @@ pub struct HostMetrics {
     pub agent_rss_bytes: Option<u64>,
 }
 
+/// A long-running command in progress (a backup, a restore): acknowledged on
+/// acceptance, reported here while it runs, and finished by an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationProgress {
+    /// The message id of the command that started it.
+    pub operation: MessageId,
+    pub command: String,
+    pub phase: String,
+    pub bytes_done: u64,
+    #[serde(default)]
+    pub bytes_total: Option<u64>,
+    pub started_at: Timestamp,
+}
+
 /// One agent's view of its instance, published every interval and on every change.
 ///
 /// Reports are ordered by `sequence` (per agent, monotonic across restarts): a
@@ -135,4 +149,11 @@ pub struct StatusReport {
     pub highest_epoch: Epoch,
     pub sequence: u64,
     pub taken_at: Timestamp,
+    /// Long commands running now.
+    #[serde(default)]
+    pub operations: Vec<OperationProgress>,
+    /// Safety-relevant engine settings as the engine reports them (durability, GTID
+    /// mode, read_only…), so an operator sees what "no loss" rests on.
+    #[serde(default)]
+    pub engine_settings: std::collections::BTreeMap<String, String>,
 }

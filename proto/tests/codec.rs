@@ -169,6 +169,15 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                 highest_epoch: Epoch::new(seq / 2),
                 sequence: seq,
                 taken_at: Timestamp::now(),
+                operations: vec![OperationProgress {
+                    operation: MessageId::random(),
+                    command: "take_backup".into(),
+                    phase: "copying".into(),
+                    bytes_done: seq,
+                    bytes_total: Some(seq.saturating_add(1)),
+                    started_at: Timestamp(seq),
+                }],
+                engine_settings: [("sync_binlog".to_string(), "1".to_string())].into(),
             },
         )
 }
@@ -178,6 +187,22 @@ fn reply() -> impl Strategy<Value = Reply> {
         Just(Reply::Ok(ReplyBody::Done)),
         position().prop_map(|p| Reply::Ok(ReplyBody::Position { position: p })),
         credentials().prop_map(|c| Reply::Ok(ReplyBody::Credentials { credentials: c })),
+        (".{0,12}", any::<u64>(), prop::option::of(position())).prop_map(|(id, size, position)| {
+            Reply::Ok(ReplyBody::Backup {
+                backup: BackupInfo {
+                    backup_id: id,
+                    kind: BackupKind::Full,
+                    instance: InstanceId::new("db-1").unwrap(),
+                    engine: EngineKind::Mariadb,
+                    engine_version: "10.11".into(),
+                    position,
+                    size_bytes: size,
+                    sha256: "ab".repeat(32),
+                    created_at: Timestamp(size),
+                    location: "/var/lib/tandem-agent/backups/x.xb.zst".into(),
+                },
+            })
+        }),
         status_report().prop_map(|s| Reply::Ok(ReplyBody::Status {
             report: Box::new(s)
         })),
@@ -221,6 +246,16 @@ proptest! {
         prop_assert_eq!(&decode::<Envelope<Reply>>(&bytes).unwrap(), &e);
         let text = to_json(&e).unwrap();
         prop_assert_eq!(&from_json::<Envelope<Reply>>(&text).unwrap(), &e);
+    }
+
+    #[test]
+    fn events_round_trip(e in envelope(reply().prop_map(|result| Event::OperationFinished {
+        operation: MessageId::random(),
+        command: "take_backup".into(),
+        result,
+    }))) {
+        let bytes = encode(&e).unwrap();
+        prop_assert_eq!(&decode::<Envelope<Event>>(&bytes).unwrap(), &e);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! the replica's SQL thread is stopped, where `Seconds_Behind_Master` is blind).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,9 +17,11 @@ use mysql_async::{Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row};
 use rand::distr::{Alphanumeric, SampleString};
 use tandem_proto::command::Secret;
 use tandem_proto::{
-    EngineKind, GtidSet, InstanceId, Lag, LagSource, Position, ReplicationCredentials,
-    ReplicationState, SourceEndpoint,
+    BackupInfo, BackupRequest, EngineKind, GtidSet, InstanceId, Lag, LagSource, Position,
+    ReplicationCredentials, ReplicationState, SourceEndpoint,
 };
+
+use crate::operations::Progress;
 
 use super::{
     replica_of_user, replication_user, server_id_for, ConfigOutcome, Engine, EngineError,
@@ -37,13 +39,14 @@ const ATTACH_START_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct MariaDb {
     pool: Pool,
     config: EngineConfig,
+    admin_password: Option<String>,
 }
 
 impl MariaDb {
     pub fn new(config: EngineConfig, admin_password: Option<String>) -> MariaDb {
         let mut opts = OptsBuilder::default()
             .user(Some(config.admin_user.clone()))
-            .pass(admin_password)
+            .pass(admin_password.clone())
             .pool_opts(
                 PoolOpts::default()
                     .with_constraints(PoolConstraints::new(0, 4).expect("0 <= 4"))
@@ -57,6 +60,7 @@ impl MariaDb {
         };
         MariaDb {
             pool: Pool::new(opts),
+            admin_password,
             config,
         }
     }
@@ -123,7 +127,7 @@ fn col<T: mysql_async::prelude::FromValue>(row: &Row, name: &str) -> Option<T> {
 
 /// Only what we generate or validate is ever put into SQL text; this is the check for
 /// values that arrive in a command.
-fn safe_token(what: &str, s: &str) -> Result<(), EngineError> {
+pub(crate) fn safe_token(what: &str, s: &str) -> Result<(), EngineError> {
     if s.is_empty()
         || s.len() > 128
         || !s
@@ -586,6 +590,31 @@ impl Engine for MariaDb {
             drop(c);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    async fn take_backup(
+        &self,
+        me: &InstanceId,
+        request: &BackupRequest,
+        dir: &Path,
+        progress: &Progress,
+    ) -> Result<BackupInfo, EngineError> {
+        let version: String = {
+            let mut c = self.conn().await?;
+            timed("read version", c.query_first("SELECT @@version"))
+                .await?
+                .unwrap_or_default()
+        };
+        super::mariadb_backup::take(
+            &self.config,
+            self.admin_password.as_deref(),
+            me,
+            version,
+            request,
+            dir,
+            progress,
+        )
+        .await
     }
 
     async fn stop(&self) -> Result<(), EngineError> {

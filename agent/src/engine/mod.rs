@@ -6,15 +6,19 @@
 //! `pg_promote()`; a restart-requiring setting is reported rather than silently applied.
 
 pub mod mariadb;
+mod mariadb_backup;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use tandem_proto::{
-    CommandError, EngineKind, ErrorKind, InstanceId, Lag, Position, ReplicationCredentials,
-    ReplicationState, SourceEndpoint,
+    BackupInfo, BackupRequest, CommandError, EngineKind, ErrorKind, InstanceId, Lag, Position,
+    ReplicationCredentials, ReplicationState, SourceEndpoint,
 };
+
+use crate::operations::Progress;
 
 /// What the engine says about itself, right now.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +134,16 @@ pub trait Engine: Send + Sync + 'static {
         position: &Position,
         timeout: Duration,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Takes a backup into `dir`, compressed and checksummed, reporting bytes written to
+    /// `progress`. Long-running: called by the operation runner, never inline.
+    fn take_backup(
+        &self,
+        me: &InstanceId,
+        request: &BackupRequest,
+        dir: &Path,
+        progress: &Progress,
+    ) -> impl Future<Output = Result<BackupInfo, EngineError>> + Send;
 
     fn stop(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
     fn start(&self) -> impl Future<Output = Result<(), EngineError>> + Send;

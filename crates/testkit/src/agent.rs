@@ -46,6 +46,10 @@ impl AgentProcess {
                 db.datadir().display().to_string(),
             ),
             (
+                "TANDEM_AGENT_ENGINE__BACKUP_DIR".into(),
+                dir.path().join("backups").display().to_string(),
+            ),
+            (
                 "TANDEM_AGENT_ENGINE__MANAGED_CONFIG".into(),
                 dir.path().join("90-tandem.cnf").display().to_string(),
             ),
@@ -99,5 +103,107 @@ impl AgentProcess {
 
     pub fn managed_config_path(&self) -> PathBuf {
         self.dir.path().join("90-tandem.cnf")
+    }
+}
+
+/// The path of a workspace binary (`tandem-agent`, `tandem-conductor`, `tandem`), next to
+/// the running test executable's `deps/` directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} does not exist: build the binaries first (`cargo build --workspace --bins`, which \
+         scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A `tandem-conductor` process with its API on a free local port.
+pub struct ConductorProcess {
+    pub url: String,
+    env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
+    process: Option<Process>,
+}
+
+impl ConductorProcess {
+    pub fn start(broker_uri: &str) -> Result<ConductorProcess> {
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-conductor-")
+            .tempdir()?;
+        let port = crate::free_port();
+        let env = vec![
+            ("TANDEM_CONDUCTOR_BROKER_URI".into(), broker_uri.into()),
+            (
+                "TANDEM_CONDUCTOR_LISTEN".into(),
+                format!("127.0.0.1:{port}"),
+            ),
+            (
+                "TANDEM_CONDUCTOR_DATA_DIR".into(),
+                dir.path().join("data").display().to_string(),
+            ),
+        ];
+        let mut c = ConductorProcess {
+            url: format!("http://127.0.0.1:{port}"),
+            env,
+            dir,
+            process: None,
+        };
+        c.start_again()?;
+        Ok(c)
+    }
+
+    pub fn start_again(&mut self) -> Result<()> {
+        let mut cmd = Command::new(binary("tandem-conductor"));
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info,lapin=off");
+        }
+        let mut process = Process::spawn(
+            "tandem-conductor",
+            cmd,
+            Some(self.dir.path().join("conductor.log")),
+        )?;
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        crate::process::wait_until_ready(&mut process, std::time::Duration::from_secs(30), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        })?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.process.take().and_then(|mut p| p.stop())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("conductor.log")).unwrap_or_default()
+    }
+
+    /// Runs the `tandem` CLI against this conductor; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(binary("tandem"))
+            .arg("--conductor")
+            .arg(&self.url)
+            .args(args)
+            .output()
+            .expect("run tandem");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }

@@ -16,7 +16,7 @@ mod mariadb;
 mod postgres;
 mod process;
 
-pub use agent::AgentProcess;
+pub use agent::{binary, AgentProcess, ConductorProcess};
 pub use broker::Broker;
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use postgres::Postgres;

@@ -25,7 +25,7 @@ pub mod topology;
 pub use config::{QueueType, TransportConfig};
 pub use error::{CallError, TransportError};
 pub use serve::CommandHandler;
-pub use status::StatusSubscription;
+pub use status::Subscription;
 
 use std::sync::Arc;
 

@@ -35,6 +35,18 @@ impl Session {
     }
 }
 
+/// lapin keeps two buffers of 32 frames each; at RabbitMQ's default `frame_max` (128 KiB)
+/// that is 8 MiB of zeroed memory per connection, for messages that are under 1 KiB. An
+/// agent must stay small inside every VM, so ask for 16 KiB frames (1 MiB of buffers)
+/// unless the URI says otherwise; larger messages are simply split into more frames.
+fn with_small_frames(uri: &str) -> String {
+    if uri.contains("frame_max=") {
+        return uri.to_owned();
+    }
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{sep}frame_max=16384")
+}
+
 pub(crate) struct Supervisor {
     config: TransportConfig,
     declarations: Mutex<Vec<Declaration>>,
@@ -147,7 +159,7 @@ impl Supervisor {
     async fn open(self: &Arc<Self>, pending: &Pending) -> Result<Session, TransportError> {
         let props = ConnectionProperties::default()
             .with_connection_name(self.config.connection_name.as_str().into());
-        let connection = Connection::connect(&self.config.uri, props)
+        let connection = Connection::connect(&with_small_frames(&self.config.uri), props)
             .await
             .map_err(TransportError::amqp("connect"))?;
         let plain_channel = connection

@@ -1,5 +1,6 @@
-//! Status reports on the topic exchange.
+//! Status reports and events on their topic exchanges, and followers of either.
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
@@ -8,21 +9,25 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
+use serde::de::DeserializeOwned;
 use tandem_proto::codec::{self, CONTENT_TYPE};
-use tandem_proto::{Envelope, StatusReport};
+use tandem_proto::{Envelope, Event, StatusReport};
 use tokio::sync::mpsc;
 
-use crate::topology::{kind, status_key, STATUS_EXCHANGE};
+use crate::session::Session;
+use crate::topology::{kind, status_key, EVENTS_EXCHANGE, STATUS_EXCHANGE};
 use crate::{Transport, TransportError};
 
-/// A live feed of status reports; survives reconnections.
-pub struct StatusSubscription {
-    rx: mpsc::Receiver<Envelope<StatusReport>>,
+/// A live feed of messages from a topic exchange; survives reconnections (messages
+/// published while the connection was down are not seen: reports are repeated every
+/// second, and events are also answered by re-sending their command).
+pub struct Subscription<T> {
+    rx: mpsc::Receiver<Envelope<T>>,
 }
 
-impl StatusSubscription {
-    /// The next report, or `None` once the transport shuts down.
-    pub async fn next(&mut self) -> Option<Envelope<StatusReport>> {
+impl<T> Subscription<T> {
+    /// The next message, or `None` once the transport shuts down.
+    pub async fn next(&mut self) -> Option<Envelope<T>> {
         self.rx.recv().await
     }
 }
@@ -53,9 +58,58 @@ impl Transport {
         Ok(())
     }
 
+    /// Publishes an event with a publisher confirm, waiting for the connection up to
+    /// `within`.
+    pub async fn publish_event(
+        &self,
+        zone: &str,
+        event: &Envelope<Event>,
+        within: Duration,
+    ) -> Result<(), TransportError> {
+        let session = self.session_within(within).await?;
+        let bytes = codec::encode(event)?;
+        let key = status_key(zone, &event.target);
+        let confirm = session
+            .rpc_channel
+            .basic_publish(
+                EVENTS_EXCHANGE.into(),
+                key.as_str().into(),
+                BasicPublishOptions::default(),
+                &bytes,
+                BasicProperties::default()
+                    .with_content_type(CONTENT_TYPE.into())
+                    .with_type(kind::EVENT.into())
+                    .with_delivery_mode(2),
+            )
+            .await
+            .map_err(TransportError::amqp("basic.publish event"))?
+            .await
+            .map_err(TransportError::amqp("publisher confirm"))?;
+        if confirm.is_nack() {
+            return Err(TransportError::Nacked {
+                exchange: EVENTS_EXCHANGE.into(),
+                routing_key: key,
+            });
+        }
+        Ok(())
+    }
+
     /// Follows status reports whose routing key (`<zone>.<instance>`) matches `pattern`
     /// (`#` for all). The queue is private to this subscriber and vanishes with it.
-    pub fn subscribe_status(&self, pattern: &str) -> StatusSubscription {
+    pub fn subscribe_status(&self, pattern: &str) -> Subscription<StatusReport> {
+        self.subscribe(STATUS_EXCHANGE, pattern)
+    }
+
+    /// Follows events, as [`Transport::subscribe_status`] follows reports.
+    pub fn subscribe_events(&self, pattern: &str) -> Subscription<Event> {
+        self.subscribe(EVENTS_EXCHANGE, pattern)
+    }
+
+    fn subscribe<T: DeserializeOwned + Send + 'static>(
+        &self,
+        exchange: &'static str,
+        pattern: &str,
+    ) -> Subscription<T> {
         let (tx, rx) = mpsc::channel(1024);
         let transport = self.clone();
         let pattern = pattern.to_owned();
@@ -64,23 +118,22 @@ impl Transport {
                 let Ok(session) = transport.session_within(Duration::MAX).await else {
                     break;
                 };
-                match follow(&session, &pattern, &tx).await {
-                    Ok(()) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "status subscription interrupted");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                if let Err(e) = follow(&session, exchange, &pattern, &tx, PhantomData).await {
+                    tracing::debug!(exchange, error = %e, "subscription interrupted");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         });
-        StatusSubscription { rx }
+        Subscription { rx }
     }
 }
 
-async fn follow(
-    session: &crate::session::Session,
+async fn follow<T: DeserializeOwned>(
+    session: &Session,
+    exchange: &'static str,
     pattern: &str,
-    tx: &mpsc::Sender<Envelope<StatusReport>>,
+    tx: &mpsc::Sender<Envelope<T>>,
+    _: PhantomData<T>,
 ) -> Result<(), TransportError> {
     let channel = session
         .connection
@@ -98,17 +151,17 @@ async fn follow(
             FieldTable::default(),
         )
         .await
-        .map_err(TransportError::amqp("queue.declare status follower"))?;
+        .map_err(TransportError::amqp("queue.declare follower"))?;
     channel
         .queue_bind(
             queue.name().clone(),
-            STATUS_EXCHANGE.into(),
+            exchange.into(),
             pattern.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await
-        .map_err(TransportError::amqp("queue.bind status follower"))?;
+        .map_err(TransportError::amqp("queue.bind follower"))?;
     let mut consumer = channel
         .basic_consume(
             queue.name().clone(),
@@ -120,19 +173,19 @@ async fn follow(
             FieldTable::default(),
         )
         .await
-        .map_err(TransportError::amqp("basic.consume status"))?;
+        .map_err(TransportError::amqp("basic.consume follower"))?;
     loop {
         tokio::select! {
             d = consumer.next() => match d {
-                Some(Ok(d)) => match codec::decode::<Envelope<StatusReport>>(&d.data) {
-                    Ok(report) => {
-                        if tx.send(report).await.is_err() {
+                Some(Ok(d)) => match codec::decode::<Envelope<T>>(&d.data) {
+                    Ok(message) => {
+                        if tx.send(message).await.is_err() {
                             return Ok(());
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "ignoring an undecodable status report"),
+                    Err(e) => tracing::warn!(exchange, error = %e, "ignoring an undecodable message"),
                 },
-                Some(Err(e)) => return Err(TransportError::Amqp { op: "consume status", source: e }),
+                Some(Err(e)) => return Err(TransportError::Amqp { op: "consume", source: e }),
                 None => return Ok(()),
             },
             _ = session.lost.cancelled() => return Ok(()),

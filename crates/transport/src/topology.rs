@@ -8,6 +8,7 @@
 //!                                              tandem.dead (fanout) ─▶ tandem.dead-letters
 //!  agent ──reply to amq.rabbitmq.reply-to (direct reply-to, correlation id)──▶ conductor
 //!  agent ──publish(key = <zone>.<instance>)──▶ tandem.status (topic) ─▶ conductor / `tandem status --follow`
+//!  agent ──publish(key = <zone>.<instance>, confirmed)──▶ tandem.events (topic) ─▶ conductor
 //! ```
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -19,6 +20,8 @@ use crate::{QueueType, TransportConfig, TransportError};
 
 pub const COMMAND_EXCHANGE: &str = "tandem.commands";
 pub const STATUS_EXCHANGE: &str = "tandem.status";
+/// Events (a long command finished…), keyed like status reports.
+pub const EVENTS_EXCHANGE: &str = "tandem.events";
 pub const DEAD_LETTER_EXCHANGE: &str = "tandem.dead";
 pub const DEAD_LETTER_QUEUE: &str = "tandem.dead-letters";
 /// RabbitMQ's direct reply-to pseudo-queue: no queue to declare, no queue to leak.
@@ -29,6 +32,7 @@ pub mod kind {
     pub const COMMAND: &str = "command";
     pub const REPLY: &str = "reply";
     pub const STATUS: &str = "status";
+    pub const EVENT: &str = "event";
 }
 
 pub fn agent_queue(instance: &InstanceId) -> String {
@@ -69,6 +73,7 @@ async fn declare_base(channel: &Channel) -> Result<(), TransportError> {
     for (name, kind) in [
         (COMMAND_EXCHANGE, ExchangeKind::Direct),
         (STATUS_EXCHANGE, ExchangeKind::Topic),
+        (EVENTS_EXCHANGE, ExchangeKind::Topic),
         (DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
     ] {
         channel

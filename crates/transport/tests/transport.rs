@@ -283,7 +283,7 @@ async fn status_reports_reach_followers_by_zone_pattern() {
     s.shutdown.cancel();
 }
 
-async fn next(sub: &mut tandem_transport::StatusSubscription) -> Envelope<StatusReport> {
+async fn next(sub: &mut tandem_transport::Subscription<StatusReport>) -> Envelope<StatusReport> {
     tokio::time::timeout(Duration::from_secs(5), sub.next())
         .await
         .expect("a report within 5 s")
@@ -312,5 +312,7 @@ fn sample_report(zone: &str, instance: &str, sequence: u64) -> StatusReport {
         highest_epoch: Epoch::ZERO,
         sequence,
         taken_at: tandem_proto::Timestamp::now(),
+        operations: vec![],
+        engine_settings: Default::default(),
     }
 }

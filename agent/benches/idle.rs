@@ -1,0 +1,101 @@
+//! The agent's footprint: resident memory while idle and CPU time per status report,
+//! for the release binary managing a real MariaDB, reporting every second.
+//!
+//! `cargo bench -p tandem-agent --bench idle` (BENCH_SECONDS, default 30).
+
+use std::time::{Duration, Instant};
+
+use tandem_testkit::{AgentProcess, Broker, MariaDb, MariaDbOptions};
+use tandem_transport::{Transport, TransportConfig};
+use tokio_util::sync::CancellationToken;
+
+fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let broker = Broker::new().unwrap();
+    let id = tandem_proto::InstanceId::new("bench-1").unwrap();
+    let db = MariaDb::start(MariaDbOptions {
+        server_id: tandem_agent::server_id_for(&id),
+        ..Default::default()
+    })
+    .unwrap();
+    let agent = AgentProcess::start_mariadb(
+        env!("CARGO_BIN_EXE_tandem-agent").as_ref(),
+        "bench-1",
+        "zone-a",
+        broker.uri(),
+        &db,
+    )
+    .unwrap();
+    let pid = agent.process().unwrap().pid();
+    let shutdown = CancellationToken::new();
+    let client = Transport::connect(
+        TransportConfig::new(broker.uri(), "bench"),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let mut reports = client.subscribe_status("#");
+    // Warm up: first report, allocator settled.
+    tokio::time::timeout(Duration::from_secs(30), reports.next())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as f64;
+    let cpu0 = cpu_ticks(pid);
+    let start = Instant::now();
+    let mut count = 0u64;
+    let mut peak_rss = 0u64;
+    let mut rss_samples = Vec::new();
+    while start.elapsed() < Duration::from_secs(seconds) {
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), reports.next()).await
+        {
+            count += 1;
+        }
+        let rss = proc_field(pid, "status", "VmRSS:").unwrap_or(0);
+        peak_rss = peak_rss.max(proc_field(pid, "status", "VmHWM:").unwrap_or(0));
+        rss_samples.push(rss);
+    }
+    let cpu = (cpu_ticks(pid) - cpu0) as f64 / ticks_per_sec;
+    rss_samples.sort();
+    let median = rss_samples[rss_samples.len() / 2];
+    println!("agent footprint, release build, MariaDB engine, 1 s status interval, 200 ms probe, {seconds} s");
+    println!("| metric | value |");
+    println!("|---|---|");
+    println!(
+        "| idle RSS (median of samples) | {:.2} MiB |",
+        median as f64 / 1024.0
+    );
+    println!("| peak RSS (VmHWM) | {:.2} MiB |", peak_rss as f64 / 1024.0);
+    println!("| status reports received | {count} |");
+    println!("| CPU time total | {:.3} s |", cpu);
+    println!(
+        "| CPU time per status report (incl. 5 probes) | {:.2} ms |",
+        cpu * 1000.0 / count.max(1) as f64
+    );
+    println!(
+        "| CPU share | {:.2} % |",
+        cpu * 100.0 / start.elapsed().as_secs_f64()
+    );
+    shutdown.cancel();
+}

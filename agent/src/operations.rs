@@ -1,0 +1,188 @@
+//! Long commands (backups now, restores next): acknowledged on acceptance, run one at a
+//! time by a runner task, reported in every status while they run, finished by an event.
+//!
+//! The record of the command holds `accepted` while it runs and its final result after,
+//! so a re-send of the same command is answered "accepted" or with the result, never run
+//! twice. A command interrupted by an agent restart is forgotten at start, so a re-send
+//! runs it again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tandem_proto::{
+    Command, CommandError, Envelope, Event, MessageId, OperationProgress, Reply, Sender, Timestamp,
+};
+use tandem_transport::Transport;
+use tokio::sync::mpsc;
+
+use crate::engine::Engine;
+use crate::Agent;
+
+/// How far a running operation has got; shared between the engine and status reports.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes_done: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub phase: Mutex<String>,
+}
+
+impl Progress {
+    pub fn set_phase(&self, phase: &str) {
+        *self.phase.lock().expect("poisoned") = phase.to_owned();
+    }
+    pub fn add(&self, n: u64) {
+        self.bytes_done.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+pub struct Job {
+    pub operation: MessageId,
+    pub command: Command,
+    pub epoch: tandem_proto::Epoch,
+}
+
+pub(crate) struct Running {
+    operation: MessageId,
+    command: &'static str,
+    started_at: Timestamp,
+    progress: Arc<Progress>,
+}
+
+#[derive(Default)]
+pub(crate) struct Operations {
+    running: Mutex<Vec<Running>>,
+    queue: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+}
+
+impl Operations {
+    pub fn snapshot(&self) -> Vec<OperationProgress> {
+        self.running
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .map(|r| {
+                let total = r.progress.bytes_total.load(Ordering::Relaxed);
+                OperationProgress {
+                    operation: r.operation,
+                    command: r.command.into(),
+                    phase: r.progress.phase.lock().expect("poisoned").clone(),
+                    bytes_done: r.progress.bytes_done.load(Ordering::Relaxed),
+                    bytes_total: (total > 0).then_some(total),
+                    started_at: r.started_at,
+                }
+            })
+            .collect()
+    }
+
+    pub fn submit(&self, job: Job) -> Result<(), CommandError> {
+        let queue = self.queue.lock().expect("poisoned");
+        let tx = queue.as_ref().ok_or_else(|| {
+            CommandError::new(
+                tandem_proto::ErrorKind::Internal,
+                "the agent is not ready for long commands yet",
+            )
+        })?;
+        tx.send(job).map_err(|_| {
+            CommandError::new(tandem_proto::ErrorKind::Internal, "the agent is stopping")
+        })
+    }
+
+    pub fn open(&self) -> mpsc::UnboundedReceiver<Job> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.queue.lock().expect("poisoned") = Some(tx);
+        rx
+    }
+}
+
+impl<E: Engine> Agent<E> {
+    /// Runs submitted long commands one after another until the queue closes.
+    pub(crate) async fn run_operations(
+        self: Arc<Self>,
+        mut jobs: mpsc::UnboundedReceiver<Job>,
+        transport: Transport,
+    ) {
+        while let Some(job) = jobs.recv().await {
+            let progress = Arc::new(Progress::default());
+            self.operations
+                .running
+                .lock()
+                .expect("poisoned")
+                .push(Running {
+                    operation: job.operation,
+                    command: job.command.name(),
+                    started_at: Timestamp::now(),
+                    progress: progress.clone(),
+                });
+            self.status_now.notify_one();
+            tracing::info!(command = job.command.name(), operation = %job.operation, "long command started");
+
+            let result: Reply = self.run_long(&job.command, &progress).await.into();
+
+            {
+                let mut state = self.state.lock().expect("poisoned");
+                state.finish(job.operation, result.clone());
+                if let Err(e) = self.state_file.save(&state) {
+                    tracing::error!(error = %format!("{e:#}"), "could not persist a long command's result");
+                }
+            }
+            self.operations
+                .running
+                .lock()
+                .expect("poisoned")
+                .retain(|r| r.operation != job.operation);
+            self.status_now.notify_one();
+            let ok = matches!(result, Reply::Ok(_));
+            tracing::info!(command = job.command.name(), operation = %job.operation, ok, "long command finished");
+
+            let event = Envelope::new(
+                Sender::Agent {
+                    instance: self.settings.instance_id.clone(),
+                },
+                self.settings.instance_id.clone(),
+                job.epoch,
+                Event::OperationFinished {
+                    operation: job.operation,
+                    command: job.command.name().into(),
+                    result,
+                },
+            );
+            // If this is lost the result is still on record: a re-send of the command
+            // returns it.
+            if let Err(e) = transport
+                .publish_event(&self.settings.zone, &event, Duration::from_secs(10))
+                .await
+            {
+                tracing::warn!(error = %e, operation = %job.operation, "could not publish an operation's result");
+            }
+        }
+    }
+
+    async fn run_long(
+        &self,
+        command: &Command,
+        progress: &Progress,
+    ) -> Result<tandem_proto::ReplyBody, CommandError> {
+        match command {
+            Command::TakeBackup(request) => {
+                let backup = self
+                    .engine
+                    .take_backup(
+                        &self.settings.instance_id,
+                        request,
+                        &self.settings.engine.backup_dir,
+                        progress,
+                    )
+                    .await?;
+                Ok(tandem_proto::ReplyBody::Backup { backup })
+            }
+            Command::Restore(_) => Err(CommandError::unsupported(
+                "restores are not implemented by this agent version",
+            )),
+            other => Err(CommandError::new(
+                tandem_proto::ErrorKind::Internal,
+                format!("{} is not a long command", other.name()),
+            )),
+        }
+    }
+}

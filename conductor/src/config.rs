@@ -1,0 +1,91 @@
+//! The conductor's configuration: TOML, then `TANDEM_CONDUCTOR_*` environment overrides
+//! (`__` for nesting). Every field has a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_PATH: &str = "/etc/tandem/conductor.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConductorConfig {
+    /// Shown as the sender of every command.
+    pub name: String,
+    /// `amqp://user:pass@host:port/vhost`.
+    pub broker_uri: String,
+    /// Where the HTTP API listens.
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// How long a command waits for its reply, in milliseconds.
+    pub command_timeout_ms: u64,
+}
+
+impl Default for ConductorConfig {
+    fn default() -> Self {
+        ConductorConfig {
+            name: "conductor".into(),
+            broker_uri: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            listen: "127.0.0.1:8470".into(),
+            data_dir: "/var/lib/tandem".into(),
+            command_timeout_ms: 15_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub name: String,
+    pub broker_uri: String,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub command_timeout: Duration,
+}
+
+impl ConductorConfig {
+    pub fn load(path: Option<&Path>) -> Result<ConductorConfig> {
+        let mut figment = Figment::from(Serialized::defaults(ConductorConfig::default()));
+        match path {
+            Some(p) => {
+                anyhow::ensure!(
+                    p.exists(),
+                    "configuration file {} does not exist",
+                    p.display()
+                );
+                figment = figment.merge(Toml::file(p));
+            }
+            None if Path::new(DEFAULT_PATH).exists() => {
+                figment = figment.merge(Toml::file(DEFAULT_PATH))
+            }
+            None => {}
+        }
+        figment
+            .merge(Env::prefixed("TANDEM_CONDUCTOR_").split("__"))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid conductor configuration: {e}"))
+    }
+
+    pub fn validate(self) -> Result<Settings> {
+        let listen = self
+            .listen
+            .parse()
+            .with_context(|| format!("field `listen` ({:?}) is not host:port", self.listen))?;
+        anyhow::ensure!(
+            self.command_timeout_ms >= 100,
+            "field `command_timeout_ms` is {}; it must be at least 100",
+            self.command_timeout_ms
+        );
+        Ok(Settings {
+            name: self.name,
+            broker_uri: self.broker_uri,
+            listen,
+            data_dir: self.data_dir,
+            command_timeout: Duration::from_millis(self.command_timeout_ms),
+        })
+    }
+}

@@ -1,0 +1,86 @@
+//! The registry: every instance whose agent has reported, with its last report.
+//!
+//! Reports are ordered by their sequence number: one older than the report held (a
+//! redelivery, or a report overtaken on the wire) is ignored.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::time::Instant;
+
+use serde::Serialize;
+use tandem_proto::{InstanceId, StatusReport};
+
+#[derive(Default)]
+pub struct Registry {
+    instances: RwLock<BTreeMap<InstanceId, Entry>>,
+}
+
+struct Entry {
+    report: StatusReport,
+    received: Instant,
+}
+
+/// One instance as the API shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct InstanceView {
+    pub id: InstanceId,
+    pub zone: String,
+    pub engine: tandem_proto::EngineKind,
+    /// The replication contract as the engine reports it.
+    pub observed: Contract,
+    /// Milliseconds since the last report arrived.
+    pub last_seen_ms: u64,
+    pub status: StatusReport,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Contract {
+    pub replicates_from: Option<InstanceId>,
+    pub replicates_to: Vec<InstanceId>,
+    pub writable: Option<bool>,
+}
+
+impl Registry {
+    /// Records a report; returns false when it was older than the one held.
+    pub fn record(&self, report: StatusReport) -> bool {
+        let mut map = self.instances.write().expect("poisoned");
+        if let Some(held) = map.get(&report.instance) {
+            if report.sequence <= held.report.sequence {
+                return false;
+            }
+        }
+        map.insert(
+            report.instance.clone(),
+            Entry {
+                report,
+                received: Instant::now(),
+            },
+        );
+        true
+    }
+
+    pub fn list(&self) -> Vec<InstanceView> {
+        let map = self.instances.read().expect("poisoned");
+        map.values().map(view).collect()
+    }
+
+    pub fn get(&self, id: &InstanceId) -> Option<InstanceView> {
+        self.instances.read().expect("poisoned").get(id).map(view)
+    }
+}
+
+fn view(e: &Entry) -> InstanceView {
+    let r = &e.report;
+    InstanceView {
+        id: r.instance.clone(),
+        zone: r.zone.clone(),
+        engine: r.engine,
+        observed: Contract {
+            replicates_from: r.replicates_from.clone(),
+            replicates_to: r.replicates_to.clone(),
+            writable: r.writable,
+        },
+        last_seen_ms: e.received.elapsed().as_millis() as u64,
+        status: r.clone(),
+    }
+}
