@@ -106,14 +106,15 @@ impl AgentProcess {
     }
 }
 
-/// The path of a workspace binary (`tandem-agent`, `tandem-conductor`, `tandem`), next to
-/// the running test executable's `deps/` directory.
+/// The path of a workspace binary (`tandem-agent`, `tandem-conductor`, `tandem`) in the
+/// running executable's target directory: tests run from `target/<profile>/deps/`, the
+/// demo from `target/<profile>/`.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("tests run from target/<profile>/deps");
+    let exe = std::env::current_exe().expect("the program knows its own path");
+    let mut dir = exe.parent().expect("an executable lives in a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("deps/ has a parent");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),
