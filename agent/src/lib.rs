@@ -45,6 +45,9 @@ pub struct Agent<E: Engine> {
     sequence: AtomicU64,
     host: std::sync::Mutex<host::HostProbe>,
     operations: operations::Operations,
+    /// Managed settings the engine only takes after a restart, shown in every report
+    /// (the agent never restarts an engine on its own: that is the conductor's call).
+    restart_needed: Vec<String>,
 }
 
 /// Runs the agent until `shutdown` is cancelled: then it stops taking commands, lets the
@@ -87,11 +90,15 @@ async fn run_with<E: Engine>(
         "tandem-agent starting"
     );
 
+    let mut restart_needed = Vec::new();
     match engine.apply_managed_config(&id).await {
-        Ok(o) if !o.restart_needed.is_empty() => tracing::warn!(
-            settings = ?o.restart_needed,
-            "managed settings need an engine restart to take effect"
-        ),
+        Ok(o) if !o.restart_needed.is_empty() => {
+            tracing::warn!(
+                settings = ?o.restart_needed,
+                "managed settings need an engine restart to take effect"
+            );
+            restart_needed = o.restart_needed;
+        }
         Ok(o) if !o.applied_live.is_empty() => {
             tracing::info!(settings = ?o.applied_live, "managed settings applied")
         }
@@ -121,6 +128,7 @@ async fn run_with<E: Engine>(
         sequence: AtomicU64::new(0),
         host: std::sync::Mutex::new(host::HostProbe::new()),
         operations: operations::Operations::default(),
+        restart_needed,
     });
     let jobs = agent.operations.open();
     let runner = tokio::spawn(agent.clone().run_operations(jobs, transport.clone()));

@@ -62,6 +62,10 @@ impl<E: Engine> Agent<E> {
             protocol: VersionRange::OURS,
             engine: self.engine.kind(),
             engine_version: None,
+            endpoint: Some(tandem_proto::Endpoint {
+                host: self.settings.engine.host.clone(),
+                port: self.settings.engine.port,
+            }),
             role: Role::Unknown,
             writable: None,
             replicates_from: None,
@@ -82,6 +86,11 @@ impl<E: Engine> Agent<E> {
         match observed {
             Err(e) => report.last_error = Some(e.to_string()),
             Ok(o) => fill(&mut report, o, source.as_ref(), master),
+        }
+        if !self.restart_needed.is_empty() {
+            report
+                .engine_settings
+                .insert("restart_needed".into(), self.restart_needed.join("; "));
         }
         report
     }

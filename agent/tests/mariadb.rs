@@ -675,3 +675,60 @@ async fn a_backup_is_accepted_at_once_finished_by_an_event_and_verifiable() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::BadRequest);
 }
+
+#[tokio::test]
+async fn managed_settings_are_applied_live_and_restart_needs_are_reported() {
+    tandem_testkit::init_tracing();
+    let broker = Broker::new().unwrap();
+    let db = MariaDb::start(MariaDbOptions {
+        server_id: 4242, // not the derived one: the agent corrects it live
+        extra_args: vec!["--sync-binlog=0".into(), "--log-slave-updates=0".into()],
+    })
+    .unwrap();
+    assert_eq!(db.sql("SELECT @@sync_binlog").unwrap(), "0");
+    let agent =
+        AgentProcess::start_mariadb(AGENT.as_ref(), "db-7", "zone-a", broker.uri(), &db).unwrap();
+    let shutdown = CancellationToken::new();
+    let client = Transport::connect(TransportConfig::new(broker.uri(), "t"), shutdown.clone())
+        .await
+        .unwrap();
+    let report = eventually(Duration::from_secs(30), "a report", async || {
+        let env = envelope("db-7", Epoch::ZERO, Command::GetStatus);
+        match client
+            .call(&env, Duration::from_secs(2))
+            .await
+            .ok()?
+            .body
+            .into_result()
+            .ok()?
+        {
+            ReplyBody::Status { report } => Some(*report),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(db.sql("SELECT @@sync_binlog").unwrap(), "1");
+    assert_eq!(
+        db.sql("SELECT @@server_id").unwrap(),
+        tandem_agent::server_id_for(&id("db-7")).to_string()
+    );
+    let pending = report
+        .engine_settings
+        .get("restart_needed")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        pending.contains("log_slave_updates"),
+        "{pending:?} / {:?}",
+        report.engine_settings
+    );
+    assert_eq!(
+        report
+            .engine_settings
+            .get("sync_binlog")
+            .map(String::as_str),
+        Some("1")
+    );
+    drop(agent);
+    shutdown.cancel();
+}

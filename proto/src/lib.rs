@@ -28,7 +28,7 @@ pub use ids::{Epoch, IdError, InstanceId, MessageId, ReplicaSetId};
 pub use position::{Gtid, GtidSet, Lsn, Position, PositionError};
 pub use reply::{BackupInfo, CommandError, ErrorKind, Event, Reply, ReplyBody};
 pub use status::{
-    EngineKind, Health, HostMetrics, Lag, LagSource, OperationProgress, ReplicationState, Role,
-    StatusReport,
+    Endpoint, EngineKind, Health, HostMetrics, Lag, LagSource, OperationProgress, ReplicationState,
+    Role, StatusReport,
 };
 pub use version::{ProtocolVersion, VersionError, VersionRange};

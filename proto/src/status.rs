@@ -20,6 +20,13 @@ impl std::fmt::Display for EngineKind {
     }
 }
 
+/// A network address of an engine.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
 /// The replication role the *engine* is in, as observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -124,6 +131,9 @@ pub struct StatusReport {
     pub engine: EngineKind,
     #[serde(default)]
     pub engine_version: Option<String>,
+    /// Where replicas reach this engine (the agent's configured, advertised address).
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
     pub role: Role,
     /// Whether the engine accepts writes from ordinary users; `None` when unknown.
     #[serde(default)]

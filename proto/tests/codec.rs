@@ -132,6 +132,10 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                 protocol: VersionRange::OURS,
                 engine: EngineKind::Mariadb,
                 engine_version: Some("10.11.19-MariaDB".into()),
+                endpoint: Some(Endpoint {
+                    host: "10.0.0.1".into(),
+                    port: 3306,
+                }),
                 role: if from.is_some() {
                     Role::Replica
                 } else {

@@ -285,9 +285,22 @@ impl Engine for MariaDb {
                 continue;
             }
             if *live {
-                self.exec(&mut c, &format!("SET GLOBAL {name} = '{value}'"))
-                    .await?;
-                outcome.applied_live.push(format!("{name}={value}"));
+                // Numeric variables refuse a quoted value; enumerations take one.
+                let literal = if value.bytes().all(|b| b.is_ascii_digit()) {
+                    value.clone()
+                } else {
+                    format!("'{value}'")
+                };
+                match self
+                    .exec(&mut c, &format!("SET GLOBAL {name} = {literal}"))
+                    .await
+                {
+                    Ok(()) => outcome.applied_live.push(format!("{name}={value}")),
+                    // One refused setting must not keep the others from being applied.
+                    Err(e) => outcome.restart_needed.push(format!(
+                        "{name} is {current}, wants {value}, not settable live: {e}"
+                    )),
+                }
             } else {
                 outcome
                     .restart_needed

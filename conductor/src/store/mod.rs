@@ -1,0 +1,200 @@
+//! The conductor's store: the only source of truth for intent.
+//!
+//! Every workflow step is written here before its command is published; every topology
+//! change bumps its replica set's epoch in the same transaction that records it; at most
+//! one workflow per replica set is active, enforced by the store (a unique index), not by
+//! a check-then-set. SQLite by default ([`sqlite::SqliteStore`]); the trait is what a
+//! PostgreSQL store for several conductors will implement.
+
+pub mod sqlite;
+
+use serde::{Deserialize, Serialize};
+use tandem_proto::{Epoch, InstanceId, MessageId, ReplicaSetId, Timestamp};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("replica set {set} already has an active workflow ({active}); wait for it or look at it with `tandem workflow show {active}`")]
+    Busy { set: ReplicaSetId, active: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("store: {0}")]
+    Internal(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Internal(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Internal(format!("stored JSON: {e}"))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The role the conductor wants an instance to have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntendedRole {
+    Master,
+    Replica,
+}
+
+/// One member of a replica set, as intended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub instance: InstanceId,
+    pub role: IntendedRole,
+    pub replicates_from: Option<InstanceId>,
+    pub writable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSet {
+    pub id: ReplicaSetId,
+    pub epoch: Epoch,
+    pub master: InstanceId,
+    pub members: Vec<Member>,
+    pub created_at: Timestamp,
+}
+
+impl ReplicaSet {
+    pub fn replicas(&self) -> impl Iterator<Item = &InstanceId> {
+        self.members
+            .iter()
+            .filter(|m| m.role == IntendedRole::Replica)
+            .map(|m| &m.instance)
+    }
+}
+
+/// A change of a set's intended topology; applying one bumps the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopologyChange {
+    AddReplica { instance: InstanceId },
+    RemoveReplica { instance: InstanceId },
+    /// `new_master` becomes the writable master; every other member replicates from it.
+    NewMaster { new_master: InstanceId },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowState {
+    Running,
+    RollingBack,
+    Done,
+    RolledBack,
+    Failed,
+}
+
+impl WorkflowState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkflowState::Running => "running",
+            WorkflowState::RollingBack => "rolling_back",
+            WorkflowState::Done => "done",
+            WorkflowState::RolledBack => "rolled_back",
+            WorkflowState::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "running" => WorkflowState::Running,
+            "rolling_back" => WorkflowState::RollingBack,
+            "done" => WorkflowState::Done,
+            "rolled_back" => WorkflowState::RolledBack,
+            "failed" => WorkflowState::Failed,
+            other => return Err(StoreError::Internal(format!("unknown workflow state {other:?}"))),
+        })
+    }
+    pub fn is_active(self) -> bool {
+        matches!(self, WorkflowState::Running | WorkflowState::RollingBack)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowRow {
+    pub id: String,
+    pub kind: String,
+    pub set_id: ReplicaSetId,
+    pub params: serde_json::Value,
+    pub state: WorkflowState,
+    pub requested_by: String,
+    pub error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// One command a workflow sent (or is about to send), written before it is published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub workflow_id: String,
+    pub seq: u32,
+    pub step: String,
+    pub target: InstanceId,
+    pub command: String,
+    pub message_id: MessageId,
+    pub epoch: Epoch,
+    /// The reply, once it came (as JSON); `None` while the command is in flight.
+    pub result: Option<serde_json::Value>,
+    pub sent_at: Timestamp,
+}
+
+/// What the store keeps of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub id: InstanceId,
+    pub zone: String,
+    pub engine: String,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn upsert_instance(&self, record: &InstanceRecord) -> Result<()>;
+    fn instance(&self, id: &InstanceId) -> Result<Option<InstanceRecord>>;
+
+    fn metadata(&self, id: &InstanceId) -> Result<Vec<(String, String)>>;
+    fn set_metadata(&self, id: &InstanceId, key: &str, value: &str) -> Result<()>;
+    fn delete_metadata(&self, id: &InstanceId, key: &str) -> Result<bool>;
+
+    /// Creates a set with `master` as its only member, at a fresh epoch.
+    fn create_set(&self, id: &ReplicaSetId, master: &InstanceId) -> Result<ReplicaSet>;
+    fn set(&self, id: &ReplicaSetId) -> Result<Option<ReplicaSet>>;
+    fn sets(&self) -> Result<Vec<ReplicaSet>>;
+    /// The set `instance` belongs to, if any.
+    fn set_of(&self, instance: &InstanceId) -> Result<Option<ReplicaSetId>>;
+    /// Applies `change` and bumps the epoch, atomically; returns the set after it.
+    fn apply(&self, id: &ReplicaSetId, change: &TopologyChange) -> Result<ReplicaSet>;
+    /// As [`Store::apply`], and journals it as step `seq` of a workflow in the same
+    /// transaction; when that step is already journaled, changes nothing (a replayed
+    /// workflow never bumps an epoch twice).
+    fn apply_step(
+        &self,
+        workflow_id: &str,
+        seq: u32,
+        step: &str,
+        id: &ReplicaSetId,
+        change: &TopologyChange,
+    ) -> Result<ReplicaSet>;
+    /// Bumps the epoch without a membership change.
+    fn bump_epoch(&self, id: &ReplicaSetId) -> Result<Epoch>;
+    /// Removes a set and its membership (a failed creation).
+    fn delete_set(&self, id: &ReplicaSetId) -> Result<()>;
+
+    /// Starts a workflow; fails with [`StoreError::Busy`] when the set has an active one.
+    fn start_workflow(&self, row: &WorkflowRow) -> Result<()>;
+    fn workflow(&self, id: &str) -> Result<Option<WorkflowRow>>;
+    fn workflows(&self, limit: usize) -> Result<Vec<WorkflowRow>>;
+    fn active_workflows(&self) -> Result<Vec<WorkflowRow>>;
+    fn update_workflow(&self, id: &str, state: WorkflowState, error: Option<&str>) -> Result<()>;
+
+    fn journal_entry(&self, workflow_id: &str, seq: u32) -> Result<Option<JournalEntry>>;
+    fn journal_insert(&self, entry: &JournalEntry) -> Result<()>;
+    fn journal_result(&self, workflow_id: &str, seq: u32, result: &serde_json::Value) -> Result<()>;
+    fn journal(&self, workflow_id: &str) -> Result<Vec<JournalEntry>>;
+}

@@ -1,0 +1,623 @@
+//! The SQLite store: one file under the conductor's data directory, WAL mode, every
+//! change in a transaction.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tandem_proto::{Epoch, InstanceId, ReplicaSetId, Timestamp};
+
+use super::*;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY,
+    zone TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    host TEXT,
+    port INTEGER
+);
+CREATE TABLE IF NOT EXISTS metadata (
+    instance TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (instance, key)
+);
+CREATE TABLE IF NOT EXISTS replica_sets (
+    id TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    master TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS members (
+    instance TEXT PRIMARY KEY,          -- an instance is in at most one set
+    set_id TEXT NOT NULL REFERENCES replica_sets(id),
+    role TEXT NOT NULL CHECK (role IN ('master', 'replica')),
+    replicates_from TEXT,
+    writable INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workflows (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    set_id TEXT NOT NULL,
+    params TEXT NOT NULL,
+    state TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    error TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+-- At most one active workflow per set, enforced here rather than checked-then-set.
+CREATE UNIQUE INDEX IF NOT EXISTS one_active_workflow_per_set
+    ON workflows (set_id) WHERE state IN ('running', 'rolling_back');
+-- Epochs come from one sequence for all sets: an agent keeps a single highest epoch, and
+-- a server that leaves one set and joins another must never see a lower number.
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('epoch', 0);
+CREATE TABLE IF NOT EXISTS journal (
+    workflow_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    target TEXT NOT NULL,
+    command TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    result TEXT,
+    sent_at INTEGER NOT NULL,
+    PRIMARY KEY (workflow_id, seq)
+);
+";
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> anyhow::Result<SqliteStore> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| anyhow::anyhow!("open the store {}: {e}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a step recorded is a step on disk, before its command leaves.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().expect("poisoned");
+        f(&mut conn)
+    }
+}
+
+fn id<T: std::str::FromStr>(s: String) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse()
+        .map_err(|e: T::Err| StoreError::Internal(format!("stored id {s:?}: {e}")))
+}
+
+fn next_epoch(conn: &Connection) -> Result<Epoch> {
+    let v: i64 = conn.query_row(
+        "UPDATE counters SET value = value + 1 WHERE name = 'epoch' RETURNING value",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(Epoch::new(v as u64))
+}
+
+fn apply_in(conn: &Connection, set: &ReplicaSetId, change: &TopologyChange) -> Result<ReplicaSet> {
+    let current =
+        load_set(conn, set)?.ok_or_else(|| StoreError::NotFound(format!("no replica set {set}")))?;
+    match change {
+        TopologyChange::AddReplica { instance } => {
+            let n = conn.execute(
+                "INSERT INTO members (instance, set_id, role, replicates_from, writable) \
+                 VALUES (?1, ?2, 'replica', ?3, 0) ON CONFLICT (instance) DO NOTHING",
+                params![instance.as_str(), set.as_str(), current.master.as_str()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "{instance} is already a member of a replica set"
+                )));
+            }
+        }
+        TopologyChange::RemoveReplica { instance } => {
+            let n = conn.execute(
+                "DELETE FROM members WHERE instance = ?1 AND set_id = ?2 AND role = 'replica'",
+                params![instance.as_str(), set.as_str()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "{instance} is not a replica of set {set}"
+                )));
+            }
+        }
+        TopologyChange::NewMaster { new_master } => {
+            if !current.members.iter().any(|m| &m.instance == new_master) {
+                return Err(StoreError::NotFound(format!(
+                    "{new_master} is not a member of set {set}"
+                )));
+            }
+            conn.execute(
+                "UPDATE members SET role = 'replica', replicates_from = ?2, writable = 0 \
+                 WHERE set_id = ?1",
+                params![set.as_str(), new_master.as_str()],
+            )?;
+            conn.execute(
+                "UPDATE members SET role = 'master', replicates_from = NULL, writable = 1 \
+                 WHERE instance = ?1",
+                [new_master.as_str()],
+            )?;
+            conn.execute(
+                "UPDATE replica_sets SET master = ?2 WHERE id = ?1",
+                params![set.as_str(), new_master.as_str()],
+            )?;
+        }
+    }
+    let epoch = next_epoch(conn)?;
+    conn.execute(
+        "UPDATE replica_sets SET epoch = ?2 WHERE id = ?1",
+        params![set.as_str(), epoch.get() as i64],
+    )?;
+    Ok(load_set(conn, set)?.expect("exists"))
+}
+
+fn load_set(conn: &Connection, set: &ReplicaSetId) -> Result<Option<ReplicaSet>> {
+    let row = conn
+        .query_row(
+            "SELECT epoch, master, created_at FROM replica_sets WHERE id = ?1",
+            [set.as_str()],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)),
+        )
+        .optional()?;
+    let Some((epoch, master, created_at)) = row else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare(
+        "SELECT instance, role, replicates_from, writable FROM members WHERE set_id = ?1 \
+         ORDER BY role = 'replica', instance",
+    )?;
+    let members = stmt
+        .query_map([set.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, bool>(3)?,
+            ))
+        })?
+        .map(|row| {
+            let (instance, role, from, writable) = row?;
+            Ok(Member {
+                instance: id(instance)?,
+                role: if role == "master" {
+                    IntendedRole::Master
+                } else {
+                    IntendedRole::Replica
+                },
+                replicates_from: from.map(id).transpose()?,
+                writable,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(ReplicaSet {
+        id: set.clone(),
+        epoch: Epoch::new(epoch as u64),
+        master: id(master)?,
+        members,
+        created_at: Timestamp(created_at as u64),
+    }))
+}
+
+fn workflow_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, String, String, String, Option<String>, i64, i64)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn to_workflow(
+    raw: (String, String, String, String, String, String, Option<String>, i64, i64),
+) -> Result<WorkflowRow> {
+    let (wid, kind, set_id, params, state, requested_by, error, created, updated) = raw;
+    Ok(WorkflowRow {
+        id: wid,
+        kind,
+        set_id: id(set_id)?,
+        params: serde_json::from_str(&params)?,
+        state: WorkflowState::parse(&state)?,
+        requested_by,
+        error,
+        created_at: Timestamp(created as u64),
+        updated_at: Timestamp(updated as u64),
+    })
+}
+
+const WORKFLOW_COLUMNS: &str =
+    "id, kind, set_id, params, state, requested_by, error, created_at, updated_at";
+
+fn to_journal(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, u32, String, String, String, String, i64, Option<String>, i64)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn journal_from(
+    raw: (String, u32, String, String, String, String, i64, Option<String>, i64),
+) -> Result<JournalEntry> {
+    let (workflow_id, seq, step, target, command, message_id, epoch, result, sent_at) = raw;
+    Ok(JournalEntry {
+        workflow_id,
+        seq,
+        step,
+        target: id(target)?,
+        command,
+        message_id: id(message_id)?,
+        epoch: Epoch::new(epoch as u64),
+        result: result.map(|r| serde_json::from_str(&r)).transpose()?,
+        sent_at: Timestamp(sent_at as u64),
+    })
+}
+
+const JOURNAL_COLUMNS: &str =
+    "workflow_id, seq, step, target, command, message_id, epoch, result, sent_at";
+
+impl Store for SqliteStore {
+    fn upsert_instance(&self, r: &InstanceRecord) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO instances (id, zone, engine, host, port) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (id) DO UPDATE SET zone = ?2, engine = ?3, host = ?4, port = ?5",
+                params![r.id.as_str(), r.zone, r.engine, r.host, r.port],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn instance(&self, instance: &InstanceId) -> Result<Option<InstanceRecord>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT zone, engine, host, port FROM instances WHERE id = ?1",
+                [instance.as_str()],
+                |r| {
+                    Ok(InstanceRecord {
+                        id: instance.clone(),
+                        zone: r.get(0)?,
+                        engine: r.get(1)?,
+                        host: r.get(2)?,
+                        port: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(Into::into)
+        })
+    }
+
+    fn metadata(&self, instance: &InstanceId) -> Result<Vec<(String, String)>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT key, value FROM metadata WHERE instance = ?1 ORDER BY key")?;
+            let rows = stmt
+                .query_map([instance.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn set_metadata(&self, instance: &InstanceId, key: &str, value: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO metadata (instance, key, value) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (instance, key) DO UPDATE SET value = ?3",
+                params![instance.as_str(), key, value],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn delete_metadata(&self, instance: &InstanceId, key: &str) -> Result<bool> {
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM metadata WHERE instance = ?1 AND key = ?2",
+                params![instance.as_str(), key],
+            )? > 0)
+        })
+    }
+
+    fn create_set(&self, set: &ReplicaSetId, master: &InstanceId) -> Result<ReplicaSet> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if load_set(&tx, set)?.is_some() {
+                return Err(StoreError::Conflict(format!("replica set {set} already exists")));
+            }
+            let existing: Option<String> = tx
+                .query_row("SELECT set_id FROM members WHERE instance = ?1", [master.as_str()], |r| r.get(0))
+                .optional()?;
+            if let Some(other) = existing {
+                return Err(StoreError::Conflict(format!(
+                    "{master} is already a member of replica set {other}"
+                )));
+            }
+            let epoch = next_epoch(&tx)?;
+            tx.execute(
+                "INSERT INTO replica_sets (id, epoch, master, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![set.as_str(), epoch.get() as i64, master.as_str(), Timestamp::now().0 as i64],
+            )?;
+            tx.execute(
+                "INSERT INTO members (instance, set_id, role, replicates_from, writable) \
+                 VALUES (?1, ?2, 'master', NULL, 1)",
+                params![master.as_str(), set.as_str()],
+            )?;
+            let created = load_set(&tx, set)?.expect("just inserted");
+            tx.commit()?;
+            Ok(created)
+        })
+    }
+
+    fn set(&self, set: &ReplicaSetId) -> Result<Option<ReplicaSet>> {
+        self.with(|c| load_set(c, set))
+    }
+
+    fn sets(&self) -> Result<Vec<ReplicaSet>> {
+        self.with(|c| {
+            let ids: Vec<String> = c
+                .prepare("SELECT id FROM replica_sets ORDER BY id")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            ids.into_iter()
+                .map(|s| Ok(load_set(c, &id(s)?)?.expect("listed")))
+                .collect()
+        })
+    }
+
+    fn set_of(&self, instance: &InstanceId) -> Result<Option<ReplicaSetId>> {
+        self.with(|c| {
+            c.query_row("SELECT set_id FROM members WHERE instance = ?1", [instance.as_str()], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .map(id)
+            .transpose()
+        })
+    }
+
+    fn apply(&self, set: &ReplicaSetId, change: &TopologyChange) -> Result<ReplicaSet> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let after = apply_in(&tx, set, change)?;
+            tx.commit()?;
+            Ok(after)
+        })
+    }
+
+    fn apply_step(
+        &self,
+        workflow_id: &str,
+        seq: u32,
+        step: &str,
+        set: &ReplicaSetId,
+        change: &TopologyChange,
+    ) -> Result<ReplicaSet> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let done: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM journal WHERE workflow_id = ?1 AND seq = ?2",
+                    params![workflow_id, seq],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let after = if done.is_some() {
+                load_set(&tx, set)?.ok_or_else(|| StoreError::NotFound(format!("no replica set {set}")))?
+            } else {
+                let after = apply_in(&tx, set, change)?;
+                tx.execute(
+                    &format!("INSERT INTO journal ({JOURNAL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                    params![
+                        workflow_id,
+                        seq,
+                        step,
+                        after.master.as_str(),
+                        format!("store: {change:?}"),
+                        tandem_proto::MessageId::random().to_string(),
+                        after.epoch.get() as i64,
+                        serde_json::json!({"epoch": after.epoch}).to_string(),
+                        Timestamp::now().0 as i64
+                    ],
+                )?;
+                after
+            };
+            tx.commit()?;
+            Ok(after)
+        })
+    }
+
+    fn delete_set(&self, set: &ReplicaSetId) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("DELETE FROM members WHERE set_id = ?1", [set.as_str()])?;
+            tx.execute("DELETE FROM replica_sets WHERE id = ?1", [set.as_str()])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn bump_epoch(&self, set: &ReplicaSetId) -> Result<Epoch> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let epoch = next_epoch(&tx)?;
+            let n = tx.execute(
+                "UPDATE replica_sets SET epoch = ?2 WHERE id = ?1",
+                params![set.as_str(), epoch.get() as i64],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no replica set {set}")));
+            }
+            tx.commit()?;
+            Ok(epoch)
+        })
+    }
+
+    fn start_workflow(&self, w: &WorkflowRow) -> Result<()> {
+        self.with(|c| {
+            let inserted = c.execute(
+                &format!("INSERT INTO workflows ({WORKFLOW_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![
+                    w.id,
+                    w.kind,
+                    w.set_id.as_str(),
+                    serde_json::to_string(&w.params)?,
+                    w.state.as_str(),
+                    w.requested_by,
+                    w.error,
+                    w.created_at.0 as i64,
+                    w.updated_at.0 as i64
+                ],
+            );
+            match inserted {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    let active: String = c
+                        .query_row(
+                            "SELECT id FROM workflows WHERE set_id = ?1 AND state IN ('running', 'rolling_back')",
+                            [w.set_id.as_str()],
+                            |r| r.get(0),
+                        )
+                        .unwrap_or_else(|_| "unknown".into());
+                    Err(StoreError::Busy {
+                        set: w.set_id.clone(),
+                        active,
+                    })
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn workflow(&self, wid: &str) -> Result<Option<WorkflowRow>> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = ?1"),
+                [wid],
+                workflow_from,
+            )
+            .optional()?
+            .map(to_workflow)
+            .transpose()
+        })
+    }
+
+    fn workflows(&self, limit: usize) -> Result<Vec<WorkflowRow>> {
+        self.with(|c| {
+            c.prepare(&format!(
+                "SELECT {WORKFLOW_COLUMNS} FROM workflows ORDER BY created_at DESC, id LIMIT ?1"
+            ))?
+            .query_map([limit as i64], workflow_from)?
+            .map(|r| to_workflow(r?))
+            .collect()
+        })
+    }
+
+    fn active_workflows(&self) -> Result<Vec<WorkflowRow>> {
+        self.with(|c| {
+            c.prepare(&format!(
+                "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE state IN ('running', 'rolling_back') ORDER BY created_at"
+            ))?
+            .query_map([], workflow_from)?
+            .map(|r| to_workflow(r?))
+            .collect()
+        })
+    }
+
+    fn update_workflow(&self, wid: &str, state: WorkflowState, error: Option<&str>) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE workflows SET state = ?2, error = COALESCE(?3, error), updated_at = ?4 WHERE id = ?1",
+                params![wid, state.as_str(), error, Timestamp::now().0 as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn journal_entry(&self, wid: &str, seq: u32) -> Result<Option<JournalEntry>> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {JOURNAL_COLUMNS} FROM journal WHERE workflow_id = ?1 AND seq = ?2"),
+                params![wid, seq],
+                to_journal,
+            )
+            .optional()?
+            .map(journal_from)
+            .transpose()
+        })
+    }
+
+    fn journal_insert(&self, e: &JournalEntry) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                &format!("INSERT INTO journal ({JOURNAL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![
+                    e.workflow_id,
+                    e.seq,
+                    e.step,
+                    e.target.as_str(),
+                    e.command,
+                    e.message_id.to_string(),
+                    e.epoch.get() as i64,
+                    e.result.as_ref().map(|r| r.to_string()),
+                    e.sent_at.0 as i64
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn journal_result(&self, wid: &str, seq: u32, result: &serde_json::Value) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE journal SET result = ?3 WHERE workflow_id = ?1 AND seq = ?2",
+                params![wid, seq, result.to_string()],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn journal(&self, wid: &str) -> Result<Vec<JournalEntry>> {
+        self.with(|c| {
+            c.prepare(&format!("SELECT {JOURNAL_COLUMNS} FROM journal WHERE workflow_id = ?1 ORDER BY seq"))?
+                .query_map([wid], to_journal)?
+                .map(|r| journal_from(r?))
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,61 @@
+//! A server joins a replica set as a read-only replica of its master. For an empty
+//! server the master's binary log brings it up to date (seeding from a backup or a
+//! stream comes with issue 6).
+
+use tandem_proto::{Command, InstanceId};
+
+use super::{Ctx, Outcome, StepError};
+use crate::store::TopologyChange;
+
+pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, StepError> {
+    let set = ctx.apply(
+        "add to the set",
+        TopologyChange::AddReplica {
+            instance: instance.clone(),
+        },
+    )?;
+    let (master, epoch) = (set.master.clone(), set.epoch);
+    let attached = async {
+        let source = ctx.endpoint(&master)?;
+        ctx.send("make read-only", instance, epoch, Command::SetReadOnly)
+            .await?;
+        let credentials = ctx
+            .replication_credentials("create its replication user", &master, instance, epoch)
+            .await?;
+        ctx.send(
+            "attach to the master",
+            instance,
+            epoch,
+            Command::AttachToSource {
+                source,
+                credentials,
+                position: None,
+            },
+        )
+        .await
+    }
+    .await;
+    match attached {
+        Ok(_) => Ok(Outcome::Done),
+        Err(e) => {
+            let set = ctx.apply(
+                "take it out of the set again",
+                TopologyChange::RemoveReplica {
+                    instance: instance.clone(),
+                },
+            )?;
+            // Best effort: an account nobody uses is harmless, but not left on purpose.
+            let _ = ctx
+                .send(
+                    "drop its replication user",
+                    &master,
+                    set.epoch,
+                    Command::DropReplicationUser {
+                        replica: instance.clone(),
+                    },
+                )
+                .await;
+            Ok(Outcome::RolledBack(format!("{e}; {instance} was not attached")))
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Journaled workflows.
+//!
+//! A workflow is a function of its parameters and the results of its earlier steps. Each
+//! step is written to the store's journal (with the message id it will use) before its
+//! command is published, and its reply is written when it comes. After a conductor
+//! restart the function simply runs again from the top: steps with a recorded result
+//! return it without sending anything, a step that was in flight is re-sent with the
+//! same message id (the agent answers a repeat from its own record), and the first step
+//! never journaled runs for real. The same holds for topology changes, which are
+//! journaled in the transaction that applies them. So a crash between any two steps is
+//! survivable with no manual reset.
+
+mod attach;
+mod create_set;
+mod detach;
+mod switchover;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tandem_proto::{
+    Command, CommandError, Envelope, Epoch, ErrorKind, InstanceId, MessageId, Reply, ReplyBody,
+    ReplicaSetId, Sender, SourceEndpoint, Timestamp,
+};
+use tandem_transport::CallError;
+
+use crate::store::{JournalEntry, ReplicaSet, StoreError, TopologyChange, WorkflowRow, WorkflowState};
+use crate::Conductor;
+
+/// What a workflow was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Spec {
+    /// A standalone server becomes the master of a new set.
+    CreateSet { set: ReplicaSetId, master: InstanceId },
+    /// An existing or empty server becomes a read-only replica of the set's master.
+    Attach { set: ReplicaSetId, instance: InstanceId },
+    /// A replica leaves the set and becomes an independent writable server.
+    Detach { set: ReplicaSetId, instance: InstanceId },
+    /// Planned switchover: no data loss, the old master becomes a replica.
+    Switchover { set: ReplicaSetId, candidate: InstanceId },
+}
+
+impl Spec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Spec::CreateSet { .. } => "create_set",
+            Spec::Attach { .. } => "attach",
+            Spec::Detach { .. } => "detach",
+            Spec::Switchover { .. } => "switchover",
+        }
+    }
+    pub fn set(&self) -> &ReplicaSetId {
+        match self {
+            Spec::CreateSet { set, .. }
+            | Spec::Attach { set, .. }
+            | Spec::Detach { set, .. }
+            | Spec::Switchover { set, .. } => set,
+        }
+    }
+}
+
+/// How a workflow ended when it did not fail outright.
+pub enum Outcome {
+    Done,
+    /// It could not finish and put things back as they were; the reason is kept.
+    RolledBack(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("step {step}: {target} answered: {error}")]
+    Command {
+        step: String,
+        target: InstanceId,
+        error: CommandError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Precondition(String),
+}
+
+/// A named crash point, for proving that every step survives a conductor crash:
+/// `TANDEM_CONDUCTOR_FAILPOINT=<workflow kind>:<step number>:<before|after>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failpoint {
+    pub kind: String,
+    pub seq: u32,
+    pub after: bool,
+}
+
+impl std::str::FromStr for Failpoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        match parts.as_slice() {
+            [kind, seq, when @ ("before" | "after")] => Ok(Failpoint {
+                kind: (*kind).into(),
+                seq: seq.parse().map_err(|_| format!("failpoint step {seq:?} is not a number"))?,
+                after: *when == "after",
+            }),
+            _ => Err(format!("failpoint {s:?} is not <kind>:<step>:<before|after>")),
+        }
+    }
+}
+
+/// How long one step may keep retrying a retryable failure before it counts as failed.
+const STEP_BUDGET: Duration = Duration::from_secs(20);
+
+pub struct Ctx<'a> {
+    pub c: &'a Conductor,
+    pub wf: &'a WorkflowRow,
+    seq: u32,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(c: &'a Conductor, wf: &'a WorkflowRow) -> Self {
+        Ctx { c, wf, seq: 0 }
+    }
+
+    fn failpoint(&self, seq: u32, after: bool) {
+        if let Some(fp) = &self.c.settings.failpoint {
+            if fp.kind == self.wf.kind && fp.seq == seq && fp.after == after {
+                tracing::warn!(workflow = %self.wf.id, seq, after, "failpoint reached: exiting");
+                std::process::exit(86);
+            }
+        }
+    }
+
+    /// Sends one command as step `step`, once: journaled first, replayed after a restart.
+    pub async fn send(
+        &mut self,
+        step: &str,
+        target: &InstanceId,
+        epoch: Epoch,
+        command: Command,
+    ) -> Result<ReplyBody, StepError> {
+        let seq = self.seq;
+        self.seq += 1;
+        let store = &self.c.store;
+        let entry = match store.journal_entry(&self.wf.id, seq)? {
+            Some(JournalEntry {
+                result: Some(result),
+                ..
+            }) => return to_result(step, target, result),
+            Some(in_flight) => in_flight,
+            None => {
+                let e = JournalEntry {
+                    workflow_id: self.wf.id.clone(),
+                    seq,
+                    step: step.into(),
+                    target: target.clone(),
+                    command: command.name().into(),
+                    message_id: MessageId::random(),
+                    epoch,
+                    result: None,
+                    sent_at: Timestamp::now(),
+                };
+                store.journal_insert(&e)?;
+                e
+            }
+        };
+        self.failpoint(seq, false);
+        let reply = self
+            .c
+            .call_until(entry.message_id, target, entry.epoch, command, STEP_BUDGET)
+            .await;
+        let recorded = serde_json::to_value(&reply).map_err(StoreError::from)?;
+        store.journal_result(&self.wf.id, seq, &recorded)?;
+        tracing::info!(
+            workflow = %self.wf.id,
+            seq,
+            step,
+            target = %target,
+            command_id = %entry.message_id,
+            epoch = entry.epoch.get(),
+            ok = matches!(reply, Reply::Ok(_)),
+            "workflow step"
+        );
+        self.failpoint(seq, true);
+        to_result(step, target, recorded)
+    }
+
+    /// Applies a topology change (bumping the epoch) as a step.
+    pub fn apply(&mut self, step: &str, change: TopologyChange) -> Result<ReplicaSet, StepError> {
+        let seq = self.seq;
+        self.seq += 1;
+        self.failpoint(seq, false);
+        let set = self
+            .c
+            .store
+            .apply_step(&self.wf.id, seq, step, &self.wf.set_id, &change)?;
+        self.failpoint(seq, true);
+        Ok(set)
+    }
+
+    pub fn set(&self) -> Result<ReplicaSet, StepError> {
+        self.c
+            .store
+            .set(&self.wf.set_id)?
+            .ok_or_else(|| StepError::Precondition(format!("replica set {} does not exist", self.wf.set_id)))
+    }
+
+    /// Where replicas reach `instance`, as its agent last advertised.
+    pub fn endpoint(&self, instance: &InstanceId) -> Result<SourceEndpoint, StepError> {
+        let record = self.c.store.instance(instance)?;
+        match record.and_then(|r| Some((r.host?, r.port?))) {
+            Some((host, port)) => Ok(SourceEndpoint {
+                instance: instance.clone(),
+                host,
+                port,
+            }),
+            None => Err(StepError::Precondition(format!(
+                "the agent of {instance} has not reported its engine's address"
+            ))),
+        }
+    }
+
+    pub async fn replication_credentials(
+        &mut self,
+        step: &str,
+        master: &InstanceId,
+        replica: &InstanceId,
+        epoch: Epoch,
+    ) -> Result<tandem_proto::ReplicationCredentials, StepError> {
+        match self
+            .send(
+                step,
+                master,
+                epoch,
+                Command::CreateReplicationUser {
+                    replica: replica.clone(),
+                },
+            )
+            .await?
+        {
+            ReplyBody::Credentials { credentials } => Ok(credentials),
+            other => Err(StepError::Precondition(format!(
+                "{master} answered create_replication_user with {other:?}"
+            ))),
+        }
+    }
+}
+
+fn to_result(step: &str, target: &InstanceId, recorded: serde_json::Value) -> Result<ReplyBody, StepError> {
+    let reply: Reply = serde_json::from_value(recorded).map_err(StoreError::from)?;
+    reply.into_result().map_err(|error| StepError::Command {
+        step: step.into(),
+        target: target.clone(),
+        error,
+    })
+}
+
+impl Conductor {
+    /// Sends `command` with a fixed message id until it gets a reply that is not a
+    /// retryable failure, or `budget` runs out.
+    pub(crate) async fn call_until(
+        &self,
+        message_id: MessageId,
+        target: &InstanceId,
+        epoch: Epoch,
+        command: Command,
+        budget: Duration,
+    ) -> Reply {
+        let started = Instant::now();
+        let mut envelope = Envelope::new(
+            Sender::Conductor {
+                name: self.settings.name.clone(),
+            },
+            target.clone(),
+            epoch,
+            command,
+        );
+        envelope.message_id = message_id;
+        loop {
+            envelope.issued_at = Timestamp::now();
+            envelope.expires_at = Some(envelope.issued_at.plus(self.settings.command_timeout));
+            let outcome = match self.transport.call(&envelope, self.settings.command_timeout).await {
+                Ok(reply) => reply.body,
+                Err(CallError::UnknownInstance(i)) => Reply::Err(CommandError::new(
+                    ErrorKind::BadRequest,
+                    format!("no agent queue is bound for instance {i}"),
+                )),
+                Err(e) => Reply::Err(CommandError::new(ErrorKind::TimedOut, e.to_string())),
+            };
+            let retry = matches!(&outcome, Reply::Err(e) if e.retryable);
+            if !retry || started.elapsed() >= budget {
+                return outcome;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Runs (or resumes) one workflow to its end and records how it ended.
+pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
+    let spec: Spec = match serde_json::from_value(wf.params.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = c.store.update_workflow(&wf.id, WorkflowState::Failed, Some(&format!("unreadable parameters: {e}")));
+            return;
+        }
+    };
+    tracing::info!(workflow = %wf.id, kind = wf.kind, set = %wf.set_id, "workflow running");
+    let mut ctx = Ctx::new(&c, &wf);
+    let result = match &spec {
+        Spec::CreateSet { master, .. } => create_set::run(&mut ctx, master).await,
+        Spec::Attach { instance, .. } => attach::run(&mut ctx, instance).await,
+        Spec::Detach { instance, .. } => detach::run(&mut ctx, instance).await,
+        Spec::Switchover { candidate, .. } => switchover::run(&mut ctx, candidate).await,
+    };
+    let (state, error) = match result {
+        Ok(Outcome::Done) => (WorkflowState::Done, None),
+        Ok(Outcome::RolledBack(why)) => (WorkflowState::RolledBack, Some(why)),
+        Err(e) => (WorkflowState::Failed, Some(e.to_string())),
+    };
+    match &error {
+        None => tracing::info!(workflow = %wf.id, kind = wf.kind, "workflow done"),
+        Some(e) => tracing::warn!(workflow = %wf.id, kind = wf.kind, state = state.as_str(), error = %e, "workflow did not complete"),
+    }
+    if let Err(e) = c.store.update_workflow(&wf.id, state, error.as_deref()) {
+        tracing::error!(workflow = %wf.id, error = %e, "could not record a workflow's end");
+    }
+}
+
+/// Starts a workflow: recorded in the store (which refuses a second active one per set),
+/// then run in the background.
+pub fn start(c: &Arc<Conductor>, spec: Spec, requested_by: &str) -> Result<WorkflowRow, StoreError> {
+    let now = Timestamp::now();
+    let row = WorkflowRow {
+        id: format!("wf-{}", &MessageId::random().to_string()[..8]),
+        kind: spec.kind().into(),
+        set_id: spec.set().clone(),
+        params: serde_json::to_value(&spec)?,
+        state: WorkflowState::Running,
+        requested_by: requested_by.into(),
+        error: None,
+        created_at: now,
+        updated_at: now,
+    };
+    c.store.start_workflow(&row)?;
+    tokio::spawn(run(c.clone(), row.clone()));
+    Ok(row)
+}
+
+/// Resumes every workflow a previous conductor process left unfinished.
+pub fn resume_all(c: &Arc<Conductor>) -> Result<usize, StoreError> {
+    let active = c.store.active_workflows()?;
+    for wf in &active {
+        tracing::warn!(workflow = %wf.id, kind = wf.kind, "resuming a workflow left unfinished");
+        tokio::spawn(run(c.clone(), wf.clone()));
+    }
+    Ok(active.len())
+}

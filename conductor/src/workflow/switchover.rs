@@ -1,0 +1,211 @@
+//! Planned switchover, with no data loss:
+//!
+//! 1. old master read-only (from here no write is accepted anywhere);
+//! 2. read its latest position;
+//! 3. the candidate waits until it has applied that position;
+//! 4. the topology change is recorded: new epoch, candidate is master;
+//! 5. the candidate detaches and becomes writable — the point of no return;
+//! 6. the candidate is enabled as master; the other replicas are re-pointed to it;
+//! 7. the old master is demoted and attached to the candidate.
+//!
+//! A failure before step 5 completes rolls back: the old master is made writable again,
+//! under a new epoch when the change was already recorded, and only after the candidate
+//! confirmed it is read-only (never two writable servers). A failure after step 5 is
+//! not rolled back: the candidate is the master; the workflow fails and says which
+//! members still need re-pointing.
+
+use tandem_proto::{Command, Epoch, InstanceId, ReplyBody};
+
+use super::{Ctx, Outcome, StepError};
+use crate::store::TopologyChange;
+
+/// How long the candidate may take to apply the old master's last position.
+const CATCH_UP_MS: u64 = 10_000;
+
+pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, StepError> {
+    let (old, epoch) = match &ctx.wf.params.get("from").and_then(|v| v.as_str()) {
+        Some(from) => (
+            from.parse::<InstanceId>()
+                .map_err(|e| StepError::Precondition(e.to_string()))?,
+            Epoch::new(ctx.wf.params["epoch"].as_u64().unwrap_or(0)),
+        ),
+        None => return Err(StepError::Precondition("the request did not record the old master".into())),
+    };
+    let members: Vec<InstanceId> = ctx.set()?.members.into_iter().map(|m| m.instance).collect();
+    let others: Vec<InstanceId> = members
+        .into_iter()
+        .filter(|m| m != &old && m != candidate)
+        .collect();
+
+    // Steps 1-3: stop writes, let the candidate catch up.
+    let caught_up = async {
+        ctx.send("old master read-only", &old, epoch, Command::SetReadOnly)
+            .await?;
+        let position = match ctx
+            .send("read the old master's position", &old, epoch, Command::GetLatestPosition)
+            .await?
+        {
+            ReplyBody::Position { position } => position,
+            other => {
+                return Err(StepError::Precondition(format!(
+                    "{old} answered get_latest_position with {other:?}"
+                )))
+            }
+        };
+        ctx.send(
+            "candidate catches up",
+            candidate,
+            epoch,
+            Command::WaitForPosition {
+                position,
+                timeout_ms: CATCH_UP_MS,
+            },
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = caught_up {
+        return rollback_before_change(ctx, &old, epoch, e).await;
+    }
+
+    // Step 4: the change is recorded with a new epoch; everything after carries it.
+    let set = ctx.apply(
+        "record the new master",
+        TopologyChange::NewMaster {
+            new_master: candidate.clone(),
+        },
+    )?;
+    let new_epoch = set.epoch;
+
+    // Step 5: the point of no return.
+    if let Err(e) = ctx
+        .send("candidate detaches and becomes writable", candidate, new_epoch, Command::Detach)
+        .await
+    {
+        return rollback_after_change(ctx, &old, candidate, e).await;
+    }
+
+    // Steps 6-7: forward only.
+    ctx.send("enable the new master", candidate, new_epoch, Command::EnableAsMaster)
+        .await?;
+    let source = ctx.endpoint(candidate)?;
+    let mut left_behind = Vec::new();
+    for replica in &others {
+        let moved = async {
+            let credentials = ctx
+                .replication_credentials("replication user for a replica", candidate, replica, new_epoch)
+                .await?;
+            ctx.send(
+                "re-point a replica",
+                replica,
+                new_epoch,
+                Command::AttachToSource {
+                    source: source.clone(),
+                    credentials,
+                    position: None,
+                },
+            )
+            .await
+        }
+        .await;
+        if let Err(e) = moved {
+            left_behind.push(format!("{replica} ({e})"));
+        }
+    }
+    let demoted = async {
+        let credentials = ctx
+            .replication_credentials("replication user for the old master", candidate, &old, new_epoch)
+            .await?;
+        ctx.send("demote the old master", &old, new_epoch, Command::Demote)
+            .await?;
+        ctx.send(
+            "attach the old master",
+            &old,
+            new_epoch,
+            Command::AttachToSource {
+                source: source.clone(),
+                credentials,
+                position: None,
+            },
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = demoted {
+        left_behind.push(format!("{old} ({e})"));
+    }
+    if left_behind.is_empty() {
+        Ok(Outcome::Done)
+    } else {
+        Err(StepError::Precondition(format!(
+            "{candidate} is the writable master at epoch {new_epoch}, but these members are not \
+             replicating from it yet: {}",
+            left_behind.join("; ")
+        )))
+    }
+}
+
+async fn rollback_before_change(
+    ctx: &mut Ctx<'_>,
+    old: &InstanceId,
+    epoch: Epoch,
+    cause: StepError,
+) -> Result<Outcome, StepError> {
+    match ctx
+        .send("rollback: old master writable again", old, epoch, Command::SetWritable)
+        .await
+    {
+        Ok(_) => Ok(Outcome::RolledBack(format!(
+            "{cause}; rolled back: {old} is the writable master again"
+        ))),
+        Err(e) => Err(StepError::Precondition(format!(
+            "{cause}; and the rollback failed: {e}; {old} may be read-only: no member is writable"
+        ))),
+    }
+}
+
+async fn rollback_after_change(
+    ctx: &mut Ctx<'_>,
+    old: &InstanceId,
+    candidate: &InstanceId,
+    cause: StepError,
+) -> Result<Outcome, StepError> {
+    let set = ctx.apply(
+        "rollback: record the old master again",
+        TopologyChange::NewMaster {
+            new_master: old.clone(),
+        },
+    )?;
+    let epoch = set.epoch;
+    // Never two writable: the old master gets writes back only once the candidate has
+    // said it is read-only.
+    if let Err(e) = ctx
+        .send("rollback: candidate read-only", candidate, epoch, Command::SetReadOnly)
+        .await
+    {
+        return Err(StepError::Precondition(format!(
+            "{cause}; rollback stopped: {candidate} did not confirm it is read-only ({e}), so \
+             {old} stays read-only too; no member is writable until an operator looks"
+        )));
+    }
+    ctx.send("rollback: old master writable again", old, epoch, Command::SetWritable)
+        .await?;
+    let source = ctx.endpoint(old)?;
+    let credentials = ctx
+        .replication_credentials("rollback: replication user for the candidate", old, candidate, epoch)
+        .await?;
+    ctx.send(
+        "rollback: candidate replicates again",
+        candidate,
+        epoch,
+        Command::AttachToSource {
+            source,
+            credentials,
+            position: None,
+        },
+    )
+    .await?;
+    Ok(Outcome::RolledBack(format!(
+        "{cause}; rolled back at epoch {epoch}: {old} is the writable master again"
+    )))
+}
