@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
-use tandem_proto::{Command, Envelope, Epoch, InstanceId, ReplyBody, Sender};
+use tandem_proto::{Command, Envelope, Epoch, InstanceId, ReplicaSetId, ReplyBody, Sender};
 use tandem_transport::CallError;
 
 use crate::Conductor;
@@ -22,6 +22,18 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/instances", get(list_instances))
         .route("/v1/instances/{id}", get(get_instance))
         .route("/v1/instances/{id}/ping", post(ping_instance))
+        .route("/v1/instances/{id}/metadata", get(list_metadata))
+        .route(
+            "/v1/instances/{id}/metadata/{key}",
+            get(get_metadata).put(put_metadata).delete(delete_metadata),
+        )
+        .route("/v1/sets", get(list_sets).post(create_set))
+        .route("/v1/sets/{id}", get(get_set))
+        .route("/v1/sets/{id}/replicas", post(add_replica))
+        .route("/v1/sets/{id}/replicas/{instance}", delete(detach_replica))
+        .route("/v1/sets/{id}/switchover", post(switchover))
+        .route("/v1/workflows", get(list_workflows))
+        .route("/v1/workflows/{id}", get(get_workflow))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -64,6 +76,27 @@ impl From<CallError> for ApiError {
         };
         ApiError::new(status, kind, e.to_string())
     }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        let (status, kind) = match &e {
+            StoreError::Busy { .. } => (StatusCode::CONFLICT, "busy"),
+            StoreError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            StoreError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, kind, e.to_string())
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+fn parse_set(id: &str) -> Result<ReplicaSetId, ApiError> {
+    ReplicaSetId::new(id).map_err(|e| bad_request(format!("replica set id: {e}")))
 }
 
 fn parse_id(id: &str) -> Result<InstanceId, ApiError> {
@@ -147,5 +180,378 @@ async fn ping_instance(
             "agent_error",
             e.to_string(),
         )),
+    }
+}
+
+// ---- metadata (Trove's instance metadata: set, get, delete, list) ----
+
+async fn list_metadata(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Map<String, serde_json::Value>>, ApiError> {
+    let id = parse_id(&id)?;
+    Ok(Json(
+        c.store
+            .metadata(&id)?
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect(),
+    ))
+}
+
+async fn get_metadata(
+    State(c): State<Arc<Conductor>>,
+    Path((id, key)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let value = c.store.metadata(&id)?.into_iter().find(|(k, _)| *k == key);
+    match value {
+        Some((_, v)) => Ok(Json(json!({"key": key, "value": v}))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("instance {id} has no metadata key {key:?}"),
+        )),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MetadataValue {
+    value: String,
+}
+
+async fn put_metadata(
+    State(c): State<Arc<Conductor>>,
+    Path((id, key)): Path<(String, String)>,
+    body: Result<Json<MetadataValue>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let Json(body) =
+        body.map_err(|e| bad_request(format!("expected {{\"value\": \"...\"}}: {e}")))?;
+    if key.is_empty() || key.len() > 255 {
+        return Err(bad_request("a metadata key is 1 to 255 characters"));
+    }
+    c.store.set_metadata(&id, &key, &body.value)?;
+    Ok(Json(json!({"key": key, "value": body.value})))
+}
+
+async fn delete_metadata(
+    State(c): State<Arc<Conductor>>,
+    Path((id, key)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id)?;
+    if c.store.delete_metadata(&id, &key)? {
+        Ok(Json(json!({"deleted": key})))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("instance {id} has no metadata key {key:?}"),
+        ))
+    }
+}
+
+// ---- replica sets ----
+
+/// One member of a set: what the conductor wants, what the engine reports, and the
+/// difference between the two.
+#[derive(Serialize)]
+struct MemberView {
+    instance: InstanceId,
+    intended: crate::store::Member,
+    observed: Option<crate::registry::Contract>,
+    role: Option<tandem_proto::Role>,
+    health: Option<tandem_proto::Health>,
+    position: Option<tandem_proto::Position>,
+    lag_seconds: Option<f64>,
+    /// Empty when the engine does what the conductor wants.
+    drift: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct SetView {
+    id: ReplicaSetId,
+    epoch: Epoch,
+    master: InstanceId,
+    members: Vec<MemberView>,
+}
+
+fn set_view(c: &Conductor, set: crate::store::ReplicaSet) -> SetView {
+    let members = set
+        .members
+        .iter()
+        .map(|m| {
+            let report = c.registry.report(&m.instance);
+            let mut drift = Vec::new();
+            match &report {
+                None => drift.push("no status report yet".to_string()),
+                Some(r) => {
+                    if r.writable != Some(m.writable) {
+                        drift.push(format!(
+                            "writable: wanted {}, engine says {}",
+                            m.writable,
+                            r.writable
+                                .map(|w| w.to_string())
+                                .unwrap_or_else(|| "unknown".into())
+                        ));
+                    }
+                    if r.replicates_from != m.replicates_from {
+                        drift.push(format!(
+                            "replicates_from: wanted {}, engine says {}",
+                            m.replicates_from
+                                .as_ref()
+                                .map(|i| i.to_string())
+                                .unwrap_or_else(|| "none".into()),
+                            r.replicates_from
+                                .as_ref()
+                                .map(|i| i.to_string())
+                                .unwrap_or_else(|| "none".into()),
+                        ));
+                    }
+                }
+            }
+            MemberView {
+                instance: m.instance.clone(),
+                intended: m.clone(),
+                observed: report.as_ref().map(|r| crate::registry::Contract {
+                    replicates_from: r.replicates_from.clone(),
+                    replicates_to: r.replicates_to.clone(),
+                    writable: r.writable,
+                }),
+                role: report.as_ref().map(|r| r.role),
+                health: report.as_ref().map(|r| r.health),
+                position: report.as_ref().and_then(|r| r.position.clone()),
+                lag_seconds: report
+                    .as_ref()
+                    .and_then(|r| r.lag.as_ref().map(|l| l.seconds)),
+                drift,
+            }
+        })
+        .collect();
+    SetView {
+        id: set.id,
+        epoch: set.epoch,
+        master: set.master,
+        members,
+    }
+}
+
+async fn list_sets(State(c): State<Arc<Conductor>>) -> Result<Json<Vec<SetView>>, ApiError> {
+    Ok(Json(
+        c.store
+            .sets()?
+            .into_iter()
+            .map(|s| set_view(&c, s))
+            .collect(),
+    ))
+}
+
+async fn get_set(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+) -> Result<Json<SetView>, ApiError> {
+    let id = parse_set(&id)?;
+    let set = c.store.set(&id)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no replica set {id}"),
+        )
+    })?;
+    Ok(Json(set_view(&c, set)))
+}
+
+fn body<T>(
+    b: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+    shape: &str,
+) -> Result<T, ApiError> {
+    b.map(|Json(t)| t)
+        .map_err(|e| bad_request(format!("expected {shape}: {e}")))
+}
+
+/// The instance must have reported, and must not be in a set already.
+fn free_instance(c: &Conductor, id: &InstanceId) -> Result<(), ApiError> {
+    if c.registry.report(id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_instance",
+            format!("no agent of instance {id} has reported to this conductor"),
+        ));
+    }
+    if let Some(set) = c.store.set_of(id)? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("{id} is already a member of replica set {set}"),
+        ));
+    }
+    Ok(())
+}
+
+fn accepted(row: crate::store::WorkflowRow) -> (StatusCode, Json<crate::store::WorkflowRow>) {
+    (StatusCode::ACCEPTED, Json(row))
+}
+
+#[derive(serde::Deserialize)]
+struct CreateSet {
+    id: String,
+    master: String,
+}
+
+async fn create_set(
+    State(c): State<Arc<Conductor>>,
+    b: Result<Json<CreateSet>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<crate::store::WorkflowRow>), ApiError> {
+    let req = body(b, r#"{"id": "<set>", "master": "<instance>"}"#)?;
+    let id = parse_set(&req.id)?;
+    let master = parse_id(&req.master)?;
+    free_instance(&c, &master)?;
+    c.store.create_set(&id, &master)?;
+    let row = crate::workflow::start(
+        &c,
+        crate::workflow::Spec::CreateSet { set: id, master },
+        serde_json::Map::new(),
+        "api",
+    )?;
+    Ok(accepted(row))
+}
+
+#[derive(serde::Deserialize)]
+struct AddReplica {
+    instance: String,
+}
+
+async fn add_replica(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+    b: Result<Json<AddReplica>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<crate::store::WorkflowRow>), ApiError> {
+    let id = parse_set(&id)?;
+    let req = body(b, r#"{"instance": "<instance>"}"#)?;
+    let instance = parse_id(&req.instance)?;
+    c.store.set(&id)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no replica set {id}"),
+        )
+    })?;
+    free_instance(&c, &instance)?;
+    let row = crate::workflow::start(
+        &c,
+        crate::workflow::Spec::Attach { set: id, instance },
+        serde_json::Map::new(),
+        "api",
+    )?;
+    Ok(accepted(row))
+}
+
+async fn detach_replica(
+    State(c): State<Arc<Conductor>>,
+    Path((id, instance)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<crate::store::WorkflowRow>), ApiError> {
+    let id = parse_set(&id)?;
+    let instance = parse_id(&instance)?;
+    let set = c.store.set(&id)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no replica set {id}"),
+        )
+    })?;
+    if !set.replicas().any(|r| r == &instance) {
+        return Err(bad_request(format!(
+            "{instance} is not a replica of set {id}"
+        )));
+    }
+    let row = crate::workflow::start(
+        &c,
+        crate::workflow::Spec::Detach { set: id, instance },
+        serde_json::Map::new(),
+        "api",
+    )?;
+    Ok(accepted(row))
+}
+
+#[derive(serde::Deserialize)]
+struct Switchover {
+    candidate: String,
+}
+
+async fn switchover(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+    b: Result<Json<Switchover>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<crate::store::WorkflowRow>), ApiError> {
+    let id = parse_set(&id)?;
+    let req = body(b, r#"{"candidate": "<instance>"}"#)?;
+    let candidate = parse_id(&req.candidate)?;
+    let set = c.store.set(&id)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no replica set {id}"),
+        )
+    })?;
+    if !set.replicas().any(|r| r == &candidate) {
+        return Err(bad_request(format!(
+            "{candidate} is not a replica of set {id} (its master is {})",
+            set.master
+        )));
+    }
+    // The old master and the epoch are fixed when the request is accepted, so that a
+    // resumed workflow knows where it started.
+    let mut extra = serde_json::Map::new();
+    extra.insert("from".into(), json!(set.master));
+    extra.insert("epoch".into(), json!(set.epoch));
+    let row = crate::workflow::start(
+        &c,
+        crate::workflow::Spec::Switchover { set: id, candidate },
+        extra,
+        "api",
+    )?;
+    Ok(accepted(row))
+}
+
+// ---- workflows ----
+
+async fn list_workflows(
+    State(c): State<Arc<Conductor>>,
+) -> Result<Json<Vec<crate::store::WorkflowRow>>, ApiError> {
+    Ok(Json(c.store.workflows(100)?))
+}
+
+async fn get_workflow(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let row = c.store.workflow(&id)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no workflow {id}"),
+        )
+    })?;
+    let mut journal = serde_json::to_value(c.store.journal(&id)?)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    redact(&mut journal);
+    Ok(Json(json!({"workflow": row, "steps": journal})))
+}
+
+/// Replication passwords are in the journal (a resumed workflow needs them); never in
+/// an API answer.
+fn redact(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, val) in m.iter_mut() {
+                if k == "password" {
+                    *val = serde_json::Value::String("***".into());
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact),
+        _ => {}
     }
 }

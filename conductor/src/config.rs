@@ -24,6 +24,9 @@ pub struct ConductorConfig {
     pub data_dir: PathBuf,
     /// How long a command waits for its reply, in milliseconds.
     pub command_timeout_ms: u64,
+    /// For crash tests only: `<workflow kind>:<step>:<before|after>` makes the process
+    /// exit at that point of a workflow.
+    pub failpoint: Option<String>,
 }
 
 impl Default for ConductorConfig {
@@ -34,6 +37,7 @@ impl Default for ConductorConfig {
             listen: "127.0.0.1:8470".into(),
             data_dir: "/var/lib/tandem".into(),
             command_timeout_ms: 15_000,
+            failpoint: None,
         }
     }
 }
@@ -45,6 +49,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub command_timeout: Duration,
+    pub failpoint: Option<crate::workflow::Failpoint>,
 }
 
 impl ConductorConfig {
@@ -80,7 +85,14 @@ impl ConductorConfig {
             "field `command_timeout_ms` is {}; it must be at least 100",
             self.command_timeout_ms
         );
+        let failpoint = self
+            .failpoint
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| anyhow::anyhow!("field `failpoint`: {e}"))?;
         Ok(Settings {
+            failpoint,
             name: self.name,
             broker_uri: self.broker_uri,
             listen,

@@ -1,7 +1,8 @@
 //! Tandem's conductor.
 //!
-//! [`run`] connects to the broker, follows every agent's status reports into the
-//! [registry], and serves the [HTTP API](api) until `shutdown` is cancelled.
+//! [`run`] opens the [store] (the only source of truth for intent), resumes any
+//! [workflow] a previous process left unfinished, follows every agent's status reports
+//! into the [registry], and serves the [HTTP API](api) until `shutdown` is cancelled.
 //!
 //! Architecture invariant: only the conductor decides roles; agents obey the highest
 //! epoch they have seen and report what their engines say.
@@ -9,6 +10,8 @@
 pub mod api;
 pub mod config;
 pub mod registry;
+pub mod store;
+pub mod workflow;
 
 use std::sync::Arc;
 
@@ -17,11 +20,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ConductorConfig, Settings};
+use store::{InstanceRecord, Store};
 
 pub struct Conductor {
     pub settings: Settings,
     pub transport: Transport,
     pub registry: registry::Registry,
+    pub store: Box<dyn Store>,
 }
 
 /// Runs the conductor on `settings.listen` until `shutdown`.
@@ -38,6 +43,7 @@ pub async fn run_with_listener(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let store = store::sqlite::SqliteStore::open(&settings.data_dir.join("tandem.db"))?;
     let transport = Transport::connect(
         TransportConfig::new(
             &settings.broker_uri,
@@ -50,6 +56,7 @@ pub async fn run_with_listener(
         settings,
         transport,
         registry: registry::Registry::default(),
+        store: Box::new(store),
     });
 
     let mut reports = conductor.transport.subscribe_status("#");
@@ -57,10 +64,26 @@ pub async fn run_with_listener(
         let c = conductor.clone();
         tokio::spawn(async move {
             while let Some(report) = reports.next().await {
-                c.registry.record(report.body);
+                let r = report.body;
+                let record = InstanceRecord {
+                    id: r.instance.clone(),
+                    zone: r.zone.clone(),
+                    engine: r.engine.to_string(),
+                    host: r.endpoint.as_ref().map(|e| e.host.clone()),
+                    port: r.endpoint.as_ref().map(|e| e.port),
+                };
+                if c.registry.record(r) == Some(true) {
+                    if let Err(e) = c.store.upsert_instance(&record) {
+                        tracing::error!(instance = %record.id, error = %e, "could not record an instance");
+                    }
+                }
             }
         })
     };
+    let resumed = workflow::resume_all(&conductor)?;
+    if resumed > 0 {
+        tracing::warn!(resumed, "resumed unfinished workflows");
+    }
 
     tracing::info!(listen = %listener.local_addr()?, "tandem-conductor serving");
     let serve = axum::serve(listener, api::router(conductor.clone()))

@@ -41,13 +41,19 @@ pub struct Contract {
 }
 
 impl Registry {
-    /// Records a report; returns false when it was older than the one held.
-    pub fn record(&self, report: StatusReport) -> bool {
+    /// Records a report. Returns `None` when it was older than the one held, otherwise
+    /// whether the instance is new or moved (zone, engine or address changed), which is
+    /// when the store must hear of it.
+    pub fn record(&self, report: StatusReport) -> Option<bool> {
         let mut map = self.instances.write().expect("poisoned");
+        let mut changed = true;
         if let Some(held) = map.get(&report.instance) {
             if report.sequence <= held.report.sequence {
-                return false;
+                return None;
             }
+            let h = &held.report;
+            changed =
+                h.zone != report.zone || h.engine != report.engine || h.endpoint != report.endpoint;
         }
         map.insert(
             report.instance.clone(),
@@ -56,7 +62,16 @@ impl Registry {
                 received: Instant::now(),
             },
         );
-        true
+        Some(changed)
+    }
+
+    /// The last report of `id`.
+    pub fn report(&self, id: &InstanceId) -> Option<StatusReport> {
+        self.instances
+            .read()
+            .expect("poisoned")
+            .get(id)
+            .map(|e| e.report.clone())
     }
 
     pub fn list(&self) -> Vec<InstanceView> {

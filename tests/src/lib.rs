@@ -1,1 +1,174 @@
-//! End-to-end tests live in `tests/tests/`; this crate has no code of its own.
+//! Helpers for the end-to-end tests in `tests/tests/` (and the demo): a cluster of real
+//! processes, and checks made against what the engines say, not what Tandem says.
+
+use std::time::{Duration, Instant};
+
+use tandem_testkit::{binary, AgentProcess, Broker, ConductorProcess, MariaDb, MariaDbOptions};
+
+pub struct Node {
+    pub name: String,
+    pub db: MariaDb,
+    pub agent: AgentProcess,
+}
+
+/// A broker vhost, `n` MariaDB instances `db-1..db-n` with their agents, and a conductor.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub conductor: ConductorProcess,
+    pub broker: Broker,
+}
+
+impl Cluster {
+    pub fn start(n: usize) -> Cluster {
+        let broker = Broker::new().unwrap();
+        let nodes = (1..=n)
+            .map(|i| {
+                let name = format!("db-{i}");
+                let db = MariaDb::start(MariaDbOptions {
+                    server_id: tandem_agent::server_id_for(&name.parse().unwrap()),
+                    ..Default::default()
+                })
+                .unwrap();
+                let agent = AgentProcess::start_mariadb(
+                    &binary("tandem-agent"),
+                    &name,
+                    "zone-a",
+                    broker.uri(),
+                    &db,
+                )
+                .unwrap();
+                Node { name, db, agent }
+            })
+            .collect();
+        let conductor = ConductorProcess::start(broker.uri()).unwrap();
+        let c = Cluster {
+            nodes,
+            conductor,
+            broker,
+        };
+        let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+        eventually(Duration::from_secs(30), "every agent reported", || {
+            let (ok, out, _) = c.cli(&["status"]);
+            (ok && names.iter().all(|n| out.contains(n.as_str()))).then_some(())
+        });
+        c
+    }
+
+    pub fn db(&self, name: &str) -> &MariaDb {
+        &self.nodes.iter().find(|n| n.name == name).unwrap().db
+    }
+
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        self.conductor.cli(args)
+    }
+
+    /// Runs the CLI and panics with its stderr unless it succeeds.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.cli(args);
+        assert!(
+            ok,
+            "tandem {} failed: {err}\nconductor log tail:\n{}",
+            args.join(" "),
+            tail(&self.conductor.log(), 40)
+        );
+        out
+    }
+
+    pub fn set(&self, set: &str) -> serde_json::Value {
+        let out = self.cli_ok(&["--json", "set", "list"]);
+        let sets: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        sets.into_iter()
+            .find(|s| s["id"] == set)
+            .expect("the set exists")
+    }
+
+    /// Waits until the contract the API shows for `set` has no drift, then checks it
+    /// against the engines themselves: the master is the only writable member, and
+    /// every replica replicates from the master's port.
+    pub fn converged(&self, set: &str) -> String {
+        let view = eventually(
+            Duration::from_secs(20),
+            "the contract to match the intent",
+            || {
+                let view = self.set(set);
+                let members = view["members"].as_array()?;
+                members
+                    .iter()
+                    .all(|m| m["drift"].as_array().is_some_and(|d| d.is_empty()))
+                    .then_some(view)
+            },
+        );
+        let master = view["master"].as_str().unwrap().to_owned();
+        let master_port = self.db(&master).port().to_string();
+        for m in view["members"].as_array().unwrap() {
+            let name = m["instance"].as_str().unwrap();
+            let db = self.db(name);
+            let read_only = db.sql("SELECT @@read_only").unwrap();
+            let source = db
+                .sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND = 'Slave_IO'")
+                .unwrap();
+            if name == master {
+                assert_eq!(read_only, "0", "master {name} must be writable");
+                assert_eq!(
+                    db.sql("SHOW SLAVE STATUS").unwrap(),
+                    "",
+                    "master {name} replicates"
+                );
+                assert_eq!(m["observed"]["writable"], true);
+            } else {
+                assert_eq!(read_only, "1", "replica {name} must be read-only");
+                let status = db.sql("SHOW SLAVE STATUS").unwrap();
+                assert!(
+                    status.contains(&format!("\t{master_port}\t")),
+                    "{name} does not replicate from {master} ({master_port}): {status}"
+                );
+                assert_eq!(m["observed"]["writable"], false);
+                assert_eq!(m["observed"]["replicates_from"], master.as_str());
+                let _ = source;
+            }
+        }
+        master
+    }
+
+    /// Writes a row on the master and waits until every member has it.
+    pub fn write_and_see_everywhere(&self, set: &str, master: &str, id: u32) {
+        self.db(master)
+            .sql(&format!(
+                "CREATE DATABASE IF NOT EXISTS app; CREATE TABLE IF NOT EXISTS app.t (id INT PRIMARY KEY); \
+                 INSERT INTO app.t VALUES ({id})"
+            ))
+            .unwrap();
+        let view = self.set(set);
+        for m in view["members"].as_array().unwrap() {
+            let name = m["instance"].as_str().unwrap();
+            eventually(
+                Duration::from_secs(15),
+                &format!("row {id} on {name}"),
+                || {
+                    (self
+                        .db(name)
+                        .sql(&format!("SELECT COUNT(*) FROM app.t WHERE id = {id}"))
+                        .ok()?
+                        == "1")
+                        .then_some(())
+                },
+            );
+        }
+    }
+}
+
+pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

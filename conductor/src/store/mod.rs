@@ -75,10 +75,16 @@ impl ReplicaSet {
 /// A change of a set's intended topology; applying one bumps the epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopologyChange {
-    AddReplica { instance: InstanceId },
-    RemoveReplica { instance: InstanceId },
+    AddReplica {
+        instance: InstanceId,
+    },
+    RemoveReplica {
+        instance: InstanceId,
+    },
     /// `new_master` becomes the writable master; every other member replicates from it.
-    NewMaster { new_master: InstanceId },
+    NewMaster {
+        new_master: InstanceId,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,7 +114,11 @@ impl WorkflowState {
             "done" => WorkflowState::Done,
             "rolled_back" => WorkflowState::RolledBack,
             "failed" => WorkflowState::Failed,
-            other => return Err(StoreError::Internal(format!("unknown workflow state {other:?}"))),
+            other => {
+                return Err(StoreError::Internal(format!(
+                    "unknown workflow state {other:?}"
+                )))
+            }
         })
     }
     pub fn is_active(self) -> bool {
@@ -195,6 +205,7 @@ pub trait Store: Send + Sync + 'static {
 
     fn journal_entry(&self, workflow_id: &str, seq: u32) -> Result<Option<JournalEntry>>;
     fn journal_insert(&self, entry: &JournalEntry) -> Result<()>;
-    fn journal_result(&self, workflow_id: &str, seq: u32, result: &serde_json::Value) -> Result<()>;
+    fn journal_result(&self, workflow_id: &str, seq: u32, result: &serde_json::Value)
+        -> Result<()>;
     fn journal(&self, workflow_id: &str) -> Result<Vec<JournalEntry>>;
 }

@@ -118,8 +118,8 @@ fn next_epoch(conn: &Connection) -> Result<Epoch> {
 }
 
 fn apply_in(conn: &Connection, set: &ReplicaSetId, change: &TopologyChange) -> Result<ReplicaSet> {
-    let current =
-        load_set(conn, set)?.ok_or_else(|| StoreError::NotFound(format!("no replica set {set}")))?;
+    let current = load_set(conn, set)?
+        .ok_or_else(|| StoreError::NotFound(format!("no replica set {set}")))?;
     match change {
         TopologyChange::AddReplica { instance } => {
             let n = conn.execute(
@@ -179,7 +179,13 @@ fn load_set(conn: &Connection, set: &ReplicaSetId) -> Result<Option<ReplicaSet>>
         .query_row(
             "SELECT epoch, master, created_at FROM replica_sets WHERE id = ?1",
             [set.as_str()],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)),
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            },
         )
         .optional()?;
     let Some((epoch, master, created_at)) = row else {
@@ -221,7 +227,19 @@ fn load_set(conn: &Connection, set: &ReplicaSetId) -> Result<Option<ReplicaSet>>
     }))
 }
 
-fn workflow_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, String, String, String, Option<String>, i64, i64)> {
+fn workflow_from(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    i64,
+)> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -236,7 +254,17 @@ fn workflow_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, Str
 }
 
 fn to_workflow(
-    raw: (String, String, String, String, String, String, Option<String>, i64, i64),
+    raw: (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        i64,
+        i64,
+    ),
 ) -> Result<WorkflowRow> {
     let (wid, kind, set_id, params, state, requested_by, error, created, updated) = raw;
     Ok(WorkflowRow {
@@ -255,7 +283,19 @@ fn to_workflow(
 const WORKFLOW_COLUMNS: &str =
     "id, kind, set_id, params, state, requested_by, error, created_at, updated_at";
 
-fn to_journal(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, u32, String, String, String, String, i64, Option<String>, i64)> {
+fn to_journal(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(
+    String,
+    u32,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    i64,
+)> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -270,7 +310,17 @@ fn to_journal(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, u32, String, S
 }
 
 fn journal_from(
-    raw: (String, u32, String, String, String, String, i64, Option<String>, i64),
+    raw: (
+        String,
+        u32,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        Option<String>,
+        i64,
+    ),
 ) -> Result<JournalEntry> {
     let (workflow_id, seq, step, target, command, message_id, epoch, result, sent_at) = raw;
     Ok(JournalEntry {
@@ -356,10 +406,16 @@ impl Store for SqliteStore {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if load_set(&tx, set)?.is_some() {
-                return Err(StoreError::Conflict(format!("replica set {set} already exists")));
+                return Err(StoreError::Conflict(format!(
+                    "replica set {set} already exists"
+                )));
             }
             let existing: Option<String> = tx
-                .query_row("SELECT set_id FROM members WHERE instance = ?1", [master.as_str()], |r| r.get(0))
+                .query_row(
+                    "SELECT set_id FROM members WHERE instance = ?1",
+                    [master.as_str()],
+                    |r| r.get(0),
+                )
                 .optional()?;
             if let Some(other) = existing {
                 return Err(StoreError::Conflict(format!(
@@ -369,7 +425,12 @@ impl Store for SqliteStore {
             let epoch = next_epoch(&tx)?;
             tx.execute(
                 "INSERT INTO replica_sets (id, epoch, master, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![set.as_str(), epoch.get() as i64, master.as_str(), Timestamp::now().0 as i64],
+                params![
+                    set.as_str(),
+                    epoch.get() as i64,
+                    master.as_str(),
+                    Timestamp::now().0 as i64
+                ],
             )?;
             tx.execute(
                 "INSERT INTO members (instance, set_id, role, replicates_from, writable) \
@@ -400,9 +461,11 @@ impl Store for SqliteStore {
 
     fn set_of(&self, instance: &InstanceId) -> Result<Option<ReplicaSetId>> {
         self.with(|c| {
-            c.query_row("SELECT set_id FROM members WHERE instance = ?1", [instance.as_str()], |r| {
-                r.get::<_, String>(0)
-            })
+            c.query_row(
+                "SELECT set_id FROM members WHERE instance = ?1",
+                [instance.as_str()],
+                |r| r.get::<_, String>(0),
+            )
             .optional()?
             .map(id)
             .transpose()
@@ -572,7 +635,9 @@ impl Store for SqliteStore {
     fn journal_entry(&self, wid: &str, seq: u32) -> Result<Option<JournalEntry>> {
         self.with(|c| {
             c.query_row(
-                &format!("SELECT {JOURNAL_COLUMNS} FROM journal WHERE workflow_id = ?1 AND seq = ?2"),
+                &format!(
+                    "SELECT {JOURNAL_COLUMNS} FROM journal WHERE workflow_id = ?1 AND seq = ?2"
+                ),
                 params![wid, seq],
                 to_journal,
             )
@@ -614,10 +679,12 @@ impl Store for SqliteStore {
 
     fn journal(&self, wid: &str) -> Result<Vec<JournalEntry>> {
         self.with(|c| {
-            c.prepare(&format!("SELECT {JOURNAL_COLUMNS} FROM journal WHERE workflow_id = ?1 ORDER BY seq"))?
-                .query_map([wid], to_journal)?
-                .map(|r| journal_from(r?))
-                .collect()
+            c.prepare(&format!(
+                "SELECT {JOURNAL_COLUMNS} FROM journal WHERE workflow_id = ?1 ORDER BY seq"
+            ))?
+            .query_map([wid], to_journal)?
+            .map(|r| journal_from(r?))
+            .collect()
         })
     }
 }

@@ -55,7 +55,9 @@ pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, St
                     },
                 )
                 .await;
-            Ok(Outcome::RolledBack(format!("{e}; {instance} was not attached")))
+            Ok(Outcome::RolledBack(format!(
+                "{e}; {instance} was not attached"
+            )))
         }
     }
 }

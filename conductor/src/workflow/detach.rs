@@ -22,7 +22,12 @@ pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, St
         },
     )
     .await?;
-    ctx.send("detach and make writable", instance, set.epoch, Command::Detach)
-        .await?;
+    ctx.send(
+        "detach and make writable",
+        instance,
+        set.epoch,
+        Command::Detach,
+    )
+    .await?;
     Ok(Outcome::Done)
 }

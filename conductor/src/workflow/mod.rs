@@ -20,12 +20,14 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tandem_proto::{
-    Command, CommandError, Envelope, Epoch, ErrorKind, InstanceId, MessageId, Reply, ReplyBody,
-    ReplicaSetId, Sender, SourceEndpoint, Timestamp,
+    Command, CommandError, Envelope, Epoch, ErrorKind, InstanceId, MessageId, ReplicaSetId, Reply,
+    ReplyBody, Sender, SourceEndpoint, Timestamp,
 };
 use tandem_transport::CallError;
 
-use crate::store::{JournalEntry, ReplicaSet, StoreError, TopologyChange, WorkflowRow, WorkflowState};
+use crate::store::{
+    JournalEntry, ReplicaSet, StoreError, TopologyChange, WorkflowRow, WorkflowState,
+};
 use crate::Conductor;
 
 /// What a workflow was asked to do.
@@ -33,13 +35,25 @@ use crate::Conductor;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Spec {
     /// A standalone server becomes the master of a new set.
-    CreateSet { set: ReplicaSetId, master: InstanceId },
+    CreateSet {
+        set: ReplicaSetId,
+        master: InstanceId,
+    },
     /// An existing or empty server becomes a read-only replica of the set's master.
-    Attach { set: ReplicaSetId, instance: InstanceId },
+    Attach {
+        set: ReplicaSetId,
+        instance: InstanceId,
+    },
     /// A replica leaves the set and becomes an independent writable server.
-    Detach { set: ReplicaSetId, instance: InstanceId },
+    Detach {
+        set: ReplicaSetId,
+        instance: InstanceId,
+    },
     /// Planned switchover: no data loss, the old master becomes a replica.
-    Switchover { set: ReplicaSetId, candidate: InstanceId },
+    Switchover {
+        set: ReplicaSetId,
+        candidate: InstanceId,
+    },
 }
 
 impl Spec {
@@ -83,12 +97,21 @@ pub enum StepError {
 }
 
 /// A named crash point, for proving that every step survives a conductor crash:
-/// `TANDEM_CONDUCTOR_FAILPOINT=<workflow kind>:<step number>:<before|after>`.
+/// `TANDEM_CONDUCTOR_FAILPOINT=<workflow kind>:<step number>:<before|sent|after>`.
+/// `before`: journaled, not sent. `sent`: the agent ran it, the reply is not recorded
+/// (the hardest case: on resume the same message id goes out again). `after`: recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failpoint {
     pub kind: String,
     pub seq: u32,
-    pub after: bool,
+    pub at: Point,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    Before,
+    Sent,
+    After,
 }
 
 impl std::str::FromStr for Failpoint {
@@ -96,12 +119,20 @@ impl std::str::FromStr for Failpoint {
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split(':').collect();
         match parts.as_slice() {
-            [kind, seq, when @ ("before" | "after")] => Ok(Failpoint {
+            [kind, seq, when @ ("before" | "sent" | "after")] => Ok(Failpoint {
                 kind: (*kind).into(),
-                seq: seq.parse().map_err(|_| format!("failpoint step {seq:?} is not a number"))?,
-                after: *when == "after",
+                seq: seq
+                    .parse()
+                    .map_err(|_| format!("failpoint step {seq:?} is not a number"))?,
+                at: match *when {
+                    "before" => Point::Before,
+                    "sent" => Point::Sent,
+                    _ => Point::After,
+                },
             }),
-            _ => Err(format!("failpoint {s:?} is not <kind>:<step>:<before|after>")),
+            _ => Err(format!(
+                "failpoint {s:?} is not <kind>:<step>:<before|sent|after>"
+            )),
         }
     }
 }
@@ -120,10 +151,10 @@ impl<'a> Ctx<'a> {
         Ctx { c, wf, seq: 0 }
     }
 
-    fn failpoint(&self, seq: u32, after: bool) {
+    fn failpoint(&self, seq: u32, at: Point) {
         if let Some(fp) = &self.c.settings.failpoint {
-            if fp.kind == self.wf.kind && fp.seq == seq && fp.after == after {
-                tracing::warn!(workflow = %self.wf.id, seq, after, "failpoint reached: exiting");
+            if fp.kind == self.wf.kind && fp.seq == seq && fp.at == at {
+                tracing::warn!(workflow = %self.wf.id, seq, ?at, "failpoint reached: exiting");
                 std::process::exit(86);
             }
         }
@@ -162,11 +193,12 @@ impl<'a> Ctx<'a> {
                 e
             }
         };
-        self.failpoint(seq, false);
+        self.failpoint(seq, Point::Before);
         let reply = self
             .c
             .call_until(entry.message_id, target, entry.epoch, command, STEP_BUDGET)
             .await;
+        self.failpoint(seq, Point::Sent);
         let recorded = serde_json::to_value(&reply).map_err(StoreError::from)?;
         store.journal_result(&self.wf.id, seq, &recorded)?;
         tracing::info!(
@@ -179,7 +211,7 @@ impl<'a> Ctx<'a> {
             ok = matches!(reply, Reply::Ok(_)),
             "workflow step"
         );
-        self.failpoint(seq, true);
+        self.failpoint(seq, Point::After);
         to_result(step, target, recorded)
     }
 
@@ -187,20 +219,21 @@ impl<'a> Ctx<'a> {
     pub fn apply(&mut self, step: &str, change: TopologyChange) -> Result<ReplicaSet, StepError> {
         let seq = self.seq;
         self.seq += 1;
-        self.failpoint(seq, false);
+        self.failpoint(seq, Point::Before);
         let set = self
             .c
             .store
             .apply_step(&self.wf.id, seq, step, &self.wf.set_id, &change)?;
-        self.failpoint(seq, true);
+        // A store step is applied and journaled at once: "sent" and "after" coincide.
+        self.failpoint(seq, Point::Sent);
+        self.failpoint(seq, Point::After);
         Ok(set)
     }
 
     pub fn set(&self) -> Result<ReplicaSet, StepError> {
-        self.c
-            .store
-            .set(&self.wf.set_id)?
-            .ok_or_else(|| StepError::Precondition(format!("replica set {} does not exist", self.wf.set_id)))
+        self.c.store.set(&self.wf.set_id)?.ok_or_else(|| {
+            StepError::Precondition(format!("replica set {} does not exist", self.wf.set_id))
+        })
     }
 
     /// Where replicas reach `instance`, as its agent last advertised.
@@ -244,7 +277,11 @@ impl<'a> Ctx<'a> {
     }
 }
 
-fn to_result(step: &str, target: &InstanceId, recorded: serde_json::Value) -> Result<ReplyBody, StepError> {
+fn to_result(
+    step: &str,
+    target: &InstanceId,
+    recorded: serde_json::Value,
+) -> Result<ReplyBody, StepError> {
     let reply: Reply = serde_json::from_value(recorded).map_err(StoreError::from)?;
     reply.into_result().map_err(|error| StepError::Command {
         step: step.into(),
@@ -277,7 +314,11 @@ impl Conductor {
         loop {
             envelope.issued_at = Timestamp::now();
             envelope.expires_at = Some(envelope.issued_at.plus(self.settings.command_timeout));
-            let outcome = match self.transport.call(&envelope, self.settings.command_timeout).await {
+            let outcome = match self
+                .transport
+                .call(&envelope, self.settings.command_timeout)
+                .await
+            {
                 Ok(reply) => reply.body,
                 Err(CallError::UnknownInstance(i)) => Reply::Err(CommandError::new(
                     ErrorKind::BadRequest,
@@ -299,7 +340,11 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
     let spec: Spec = match serde_json::from_value(wf.params.clone()) {
         Ok(s) => s,
         Err(e) => {
-            let _ = c.store.update_workflow(&wf.id, WorkflowState::Failed, Some(&format!("unreadable parameters: {e}")));
+            let _ = c.store.update_workflow(
+                &wf.id,
+                WorkflowState::Failed,
+                Some(&format!("unreadable parameters: {e}")),
+            );
             return;
         }
     };
@@ -318,7 +363,9 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
     };
     match &error {
         None => tracing::info!(workflow = %wf.id, kind = wf.kind, "workflow done"),
-        Some(e) => tracing::warn!(workflow = %wf.id, kind = wf.kind, state = state.as_str(), error = %e, "workflow did not complete"),
+        Some(e) => {
+            tracing::warn!(workflow = %wf.id, kind = wf.kind, state = state.as_str(), error = %e, "workflow did not complete")
+        }
     }
     if let Err(e) = c.store.update_workflow(&wf.id, state, error.as_deref()) {
         tracing::error!(workflow = %wf.id, error = %e, "could not record a workflow's end");
@@ -327,13 +374,22 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
 
 /// Starts a workflow: recorded in the store (which refuses a second active one per set),
 /// then run in the background.
-pub fn start(c: &Arc<Conductor>, spec: Spec, requested_by: &str) -> Result<WorkflowRow, StoreError> {
+pub fn start(
+    c: &Arc<Conductor>,
+    spec: Spec,
+    extra: serde_json::Map<String, serde_json::Value>,
+    requested_by: &str,
+) -> Result<WorkflowRow, StoreError> {
     let now = Timestamp::now();
+    let mut params = serde_json::to_value(&spec)?;
+    if let serde_json::Value::Object(m) = &mut params {
+        m.extend(extra);
+    }
     let row = WorkflowRow {
         id: format!("wf-{}", &MessageId::random().to_string()[..8]),
         kind: spec.kind().into(),
         set_id: spec.set().clone(),
-        params: serde_json::to_value(&spec)?,
+        params,
         state: WorkflowState::Running,
         requested_by: requested_by.into(),
         error: None,

@@ -29,7 +29,11 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
                 .map_err(|e| StepError::Precondition(e.to_string()))?,
             Epoch::new(ctx.wf.params["epoch"].as_u64().unwrap_or(0)),
         ),
-        None => return Err(StepError::Precondition("the request did not record the old master".into())),
+        None => {
+            return Err(StepError::Precondition(
+                "the request did not record the old master".into(),
+            ))
+        }
     };
     let members: Vec<InstanceId> = ctx.set()?.members.into_iter().map(|m| m.instance).collect();
     let others: Vec<InstanceId> = members
@@ -42,7 +46,12 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
         ctx.send("old master read-only", &old, epoch, Command::SetReadOnly)
             .await?;
         let position = match ctx
-            .send("read the old master's position", &old, epoch, Command::GetLatestPosition)
+            .send(
+                "read the old master's position",
+                &old,
+                epoch,
+                Command::GetLatestPosition,
+            )
             .await?
         {
             ReplyBody::Position { position } => position,
@@ -79,21 +88,36 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
 
     // Step 5: the point of no return.
     if let Err(e) = ctx
-        .send("candidate detaches and becomes writable", candidate, new_epoch, Command::Detach)
+        .send(
+            "candidate detaches and becomes writable",
+            candidate,
+            new_epoch,
+            Command::Detach,
+        )
         .await
     {
         return rollback_after_change(ctx, &old, candidate, e).await;
     }
 
     // Steps 6-7: forward only.
-    ctx.send("enable the new master", candidate, new_epoch, Command::EnableAsMaster)
-        .await?;
+    ctx.send(
+        "enable the new master",
+        candidate,
+        new_epoch,
+        Command::EnableAsMaster,
+    )
+    .await?;
     let source = ctx.endpoint(candidate)?;
     let mut left_behind = Vec::new();
     for replica in &others {
         let moved = async {
             let credentials = ctx
-                .replication_credentials("replication user for a replica", candidate, replica, new_epoch)
+                .replication_credentials(
+                    "replication user for a replica",
+                    candidate,
+                    replica,
+                    new_epoch,
+                )
                 .await?;
             ctx.send(
                 "re-point a replica",
@@ -114,7 +138,12 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
     }
     let demoted = async {
         let credentials = ctx
-            .replication_credentials("replication user for the old master", candidate, &old, new_epoch)
+            .replication_credentials(
+                "replication user for the old master",
+                candidate,
+                &old,
+                new_epoch,
+            )
             .await?;
         ctx.send("demote the old master", &old, new_epoch, Command::Demote)
             .await?;
@@ -152,7 +181,12 @@ async fn rollback_before_change(
     cause: StepError,
 ) -> Result<Outcome, StepError> {
     match ctx
-        .send("rollback: old master writable again", old, epoch, Command::SetWritable)
+        .send(
+            "rollback: old master writable again",
+            old,
+            epoch,
+            Command::SetWritable,
+        )
         .await
     {
         Ok(_) => Ok(Outcome::RolledBack(format!(
@@ -180,7 +214,12 @@ async fn rollback_after_change(
     // Never two writable: the old master gets writes back only once the candidate has
     // said it is read-only.
     if let Err(e) = ctx
-        .send("rollback: candidate read-only", candidate, epoch, Command::SetReadOnly)
+        .send(
+            "rollback: candidate read-only",
+            candidate,
+            epoch,
+            Command::SetReadOnly,
+        )
         .await
     {
         return Err(StepError::Precondition(format!(
@@ -188,11 +227,21 @@ async fn rollback_after_change(
              {old} stays read-only too; no member is writable until an operator looks"
         )));
     }
-    ctx.send("rollback: old master writable again", old, epoch, Command::SetWritable)
-        .await?;
+    ctx.send(
+        "rollback: old master writable again",
+        old,
+        epoch,
+        Command::SetWritable,
+    )
+    .await?;
     let source = ctx.endpoint(old)?;
     let credentials = ctx
-        .replication_credentials("rollback: replication user for the candidate", old, candidate, epoch)
+        .replication_credentials(
+            "rollback: replication user for the candidate",
+            old,
+            candidate,
+            epoch,
+        )
         .await?;
     ctx.send(
         "rollback: candidate replicates again",

@@ -41,6 +41,85 @@ pub enum Cmd {
     },
     /// Ask one instance's agent for a pong, through the conductor and the broker.
     Ping { instance: String },
+    /// Replica sets as trees: master, replicas, role, writable, lag, position, drift.
+    Topology,
+    /// Create or list replica sets.
+    #[command(subcommand)]
+    Set(SetCmd),
+    /// Add or detach replicas.
+    #[command(subcommand)]
+    Replica(ReplicaCmd),
+    /// Planned switchover: make CANDIDATE the master of SET, with no data loss.
+    Promote {
+        set: String,
+        candidate: String,
+        /// Wait until the workflow ends; exit non-zero unless it is done.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Workflows: what the conductor did and is doing.
+    #[command(subcommand)]
+    Workflow(WorkflowCmd),
+    /// Instance metadata (key/value).
+    #[command(subcommand)]
+    Metadata(MetadataCmd),
+}
+
+#[derive(Subcommand)]
+pub enum SetCmd {
+    /// Make a standalone server the master of a new replica set.
+    Create {
+        set: String,
+        #[arg(long)]
+        master: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum ReplicaCmd {
+    /// Attach an existing (or empty) server as a read-only replica.
+    Add {
+        set: String,
+        instance: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Detach a replica into an independent writable server.
+    Detach {
+        set: String,
+        instance: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WorkflowCmd {
+    List,
+    Show { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum MetadataCmd {
+    List {
+        instance: String,
+    },
+    Get {
+        instance: String,
+        key: String,
+    },
+    Set {
+        instance: String,
+        key: String,
+        value: String,
+    },
+    Delete {
+        instance: String,
+        key: String,
+    },
 }
 
 pub struct Client {
@@ -92,11 +171,178 @@ impl Client {
                 .send_json(body),
         )
     }
+
+    pub fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
+        self.handle(
+            path,
+            self.agent
+                .put(format!("{}{path}", self.base))
+                .send_json(body),
+        )
+    }
+
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.handle(
+            path,
+            self.agent.delete(format!("{}{path}", self.base)).call(),
+        )
+    }
 }
 
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let client = Client::new(&cli.conductor);
+    let json = cli.json;
     match cli.command {
+        Cmd::Topology => {
+            let sets: Vec<Value> = client.get("/v1/sets")?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&sets)?)?;
+            } else {
+                write!(out, "{}", topology(&sets))?;
+            }
+        }
+        Cmd::Set(SetCmd::List) => {
+            let sets: Vec<Value> = client.get("/v1/sets")?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&sets)?)?;
+            } else {
+                for s in &sets {
+                    writeln!(
+                        out,
+                        "{}  master {}  epoch {}  members {}",
+                        s["id"].as_str().unwrap_or("?"),
+                        s["master"].as_str().unwrap_or("?"),
+                        s["epoch"],
+                        s["members"].as_array().map(Vec::len).unwrap_or(0)
+                    )?;
+                }
+            }
+        }
+        Cmd::Set(SetCmd::Create { set, master, wait }) => {
+            instance_id(&master)?;
+            let row: Value = client.post(
+                "/v1/sets",
+                &serde_json::json!({"id": set, "master": master}),
+            )?;
+            workflow_started(&client, out, json, row, wait)?;
+        }
+        Cmd::Replica(ReplicaCmd::Add {
+            set,
+            instance,
+            wait,
+        }) => {
+            instance_id(&instance)?;
+            let row: Value = client.post(
+                &format!("/v1/sets/{set}/replicas"),
+                &serde_json::json!({"instance": instance}),
+            )?;
+            workflow_started(&client, out, json, row, wait)?;
+        }
+        Cmd::Replica(ReplicaCmd::Detach {
+            set,
+            instance,
+            wait,
+        }) => {
+            instance_id(&instance)?;
+            let row: Value = client.delete(&format!("/v1/sets/{set}/replicas/{instance}"))?;
+            workflow_started(&client, out, json, row, wait)?;
+        }
+        Cmd::Promote {
+            set,
+            candidate,
+            wait,
+        } => {
+            instance_id(&candidate)?;
+            let row: Value = client.post(
+                &format!("/v1/sets/{set}/switchover"),
+                &serde_json::json!({"candidate": candidate}),
+            )?;
+            workflow_started(&client, out, json, row, wait)?;
+        }
+        Cmd::Workflow(WorkflowCmd::List) => {
+            let rows: Vec<Value> = client.get("/v1/workflows")?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+            } else {
+                for w in &rows {
+                    writeln!(out, "{}", workflow_line(w))?;
+                }
+            }
+        }
+        Cmd::Workflow(WorkflowCmd::Show { id }) => {
+            let w: Value = client.get(&format!("/v1/workflows/{id}"))?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&w)?)?;
+            } else {
+                writeln!(out, "{}", workflow_line(&w["workflow"]))?;
+                for s in w["steps"].as_array().into_iter().flatten() {
+                    let result = match &s["result"] {
+                        Value::Null => "in flight".to_string(),
+                        Value::Object(m) if m.contains_key("err") => {
+                            format!("error: {}", m["err"]["message"].as_str().unwrap_or("?"))
+                        }
+                        _ => "ok".to_string(),
+                    };
+                    writeln!(
+                        out,
+                        "  {:>2}. {:<45} {:<8} {:<24} e{:<4} {}",
+                        s["seq"],
+                        s["step"].as_str().unwrap_or("?"),
+                        s["target"].as_str().unwrap_or("?"),
+                        s["command"].as_str().unwrap_or("?"),
+                        s["epoch"],
+                        result
+                    )?;
+                }
+            }
+        }
+        Cmd::Metadata(m) => {
+            let (value, text): (Value, Option<String>) = match m {
+                MetadataCmd::List { instance } => {
+                    instance_id(&instance)?;
+                    let v: Value = client.get(&format!("/v1/instances/{instance}/metadata"))?;
+                    let text = v
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| format!("{k}={}\n", v.as_str().unwrap_or("")))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (v, Some(text))
+                }
+                MetadataCmd::Get { instance, key } => {
+                    instance_id(&instance)?;
+                    let v: Value =
+                        client.get(&format!("/v1/instances/{instance}/metadata/{key}"))?;
+                    let t = format!("{}\n", v["value"].as_str().unwrap_or(""));
+                    (v, Some(t))
+                }
+                MetadataCmd::Set {
+                    instance,
+                    key,
+                    value,
+                } => {
+                    instance_id(&instance)?;
+                    let v: Value = client.put(
+                        &format!("/v1/instances/{instance}/metadata/{key}"),
+                        &serde_json::json!({"value": value}),
+                    )?;
+                    (v, None)
+                }
+                MetadataCmd::Delete { instance, key } => {
+                    instance_id(&instance)?;
+                    let v: Value =
+                        client.delete(&format!("/v1/instances/{instance}/metadata/{key}"))?;
+                    (v, None)
+                }
+            };
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+            } else if let Some(t) = text {
+                write!(out, "{t}")?;
+            }
+        }
         Cmd::Status { follow: false } => {
             let instances: Vec<Value> = client.get("/v1/instances")?;
             if cli.json {
@@ -144,6 +390,137 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn workflow_line(w: &Value) -> String {
+    let mut line = format!(
+        "{}  {}  set {}  {}",
+        w["id"].as_str().unwrap_or("?"),
+        w["kind"].as_str().unwrap_or("?"),
+        w["set_id"].as_str().unwrap_or("?"),
+        w["state"].as_str().unwrap_or("?"),
+    );
+    if let Some(e) = w["error"].as_str() {
+        line.push_str(&format!(": {e}"));
+    }
+    line
+}
+
+/// Prints the accepted workflow; with `wait`, follows it to its end and fails unless it
+/// is done.
+fn workflow_started(
+    client: &Client,
+    out: &mut dyn Write,
+    json: bool,
+    row: Value,
+    wait: bool,
+) -> Result<()> {
+    let id = row["id"].as_str().unwrap_or_default().to_owned();
+    if !wait {
+        if json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&row)?)?;
+        } else {
+            writeln!(
+                out,
+                "workflow {id} started ({})",
+                row["kind"].as_str().unwrap_or("?")
+            )?;
+        }
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let w: Value = client.get(&format!("/v1/workflows/{id}"))?;
+        let state = w["workflow"]["state"].as_str().unwrap_or("?").to_owned();
+        if state != "running" && state != "rolling_back" {
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&w)?)?;
+            } else {
+                writeln!(out, "{}", workflow_line(&w["workflow"]))?;
+            }
+            anyhow::ensure!(
+                state == "done",
+                "workflow {id} {state}: {}",
+                w["workflow"]["error"].as_str().unwrap_or("no reason given")
+            );
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "workflow {id} still {state} after 5 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One tree per replica set.
+pub fn topology(sets: &[Value]) -> String {
+    let mut text = String::new();
+    for s in sets {
+        text.push_str(&format!(
+            "{} (epoch {})\n",
+            s["id"].as_str().unwrap_or("?"),
+            s["epoch"]
+        ));
+        let members = s["members"].as_array().cloned().unwrap_or_default();
+        let line = |m: &Value| {
+            let position = match &m["position"] {
+                Value::Object(p) => p
+                    .values()
+                    .next()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("-")
+                    .to_owned(),
+                _ => "-".into(),
+            };
+            let writable = match m["observed"]["writable"].as_bool() {
+                Some(true) => "writable",
+                Some(false) => "read-only",
+                None => "writable?",
+            };
+            let lag = m["lag_seconds"]
+                .as_f64()
+                .map(|l| format!(" lag {l:.1}s"))
+                .unwrap_or_default();
+            let drift: Vec<String> = m["drift"]
+                .as_array()
+                .map(|d| {
+                    d.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let drift = if drift.is_empty() {
+                String::new()
+            } else {
+                format!("  DRIFT: {}", drift.join("; "))
+            };
+            format!(
+                "{} [{} {} {}]{} {}{}",
+                m["instance"].as_str().unwrap_or("?"),
+                m["role"].as_str().unwrap_or("unknown"),
+                writable,
+                m["health"].as_str().unwrap_or("?"),
+                lag,
+                position,
+                drift
+            )
+        };
+        let master = s["master"].as_str().unwrap_or("");
+        if let Some(m) = members.iter().find(|m| m["instance"] == master) {
+            text.push_str(&format!("└─ {}\n", line(m)));
+        }
+        let replicas: Vec<&Value> = members.iter().filter(|m| m["instance"] != master).collect();
+        for (i, r) in replicas.iter().enumerate() {
+            let branch = if i + 1 == replicas.len() {
+                "└─"
+            } else {
+                "├─"
+            };
+            text.push_str(&format!("   {branch} {}\n", line(r)));
+        }
+    }
+    text
 }
 
 /// Checked here so that a typo is a clear error, not an HTTP one.

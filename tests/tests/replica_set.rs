@@ -1,0 +1,149 @@
+//! Issue 5's acceptance, end to end: the real broker, three `mariadbd`, three agent
+//! processes and the conductor process, driven through the `tandem` CLI; every state
+//! checked against the engines.
+
+use std::time::Duration;
+
+use tandem_e2e::{eventually, Cluster};
+
+#[test]
+fn a_replica_set_is_created_switched_over_and_detached_with_the_contract_true_at_every_step() {
+    let c = Cluster::start(3);
+
+    // Create the set and add two replicas.
+    c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
+    c.cli_ok(&["replica", "add", "s1", "db-2", "--wait"]);
+    c.cli_ok(&["replica", "add", "s1", "db-3", "--wait"]);
+    assert_eq!(c.converged("s1"), "db-1");
+    c.write_and_see_everywhere("s1", "db-1", 1);
+    let topology = c.cli_ok(&["topology"]);
+    assert!(
+        topology.contains("db-1 [master writable healthy]"),
+        "{topology}"
+    );
+    assert!(
+        topology.contains("db-2 [replica read-only healthy]"),
+        "{topology}"
+    );
+
+    // Switchover: db-2 becomes master, db-1 a read-only replica of it.
+    let epoch_before = c.set("s1")["epoch"].as_u64().unwrap();
+    c.cli_ok(&["promote", "s1", "db-2", "--wait"]);
+    assert_eq!(c.converged("s1"), "db-2");
+    assert!(c.set("s1")["epoch"].as_u64().unwrap() > epoch_before);
+    c.write_and_see_everywhere("s1", "db-2", 2);
+    // Nothing written before the switchover was lost.
+    assert_eq!(c.db("db-2").sql("SELECT COUNT(*) FROM app.t").unwrap(), "2");
+
+    // Detach db-3: it becomes an independent writable server.
+    c.cli_ok(&["replica", "detach", "s1", "db-3", "--wait"]);
+    assert_eq!(c.db("db-3").sql("SELECT @@read_only").unwrap(), "0");
+    assert_eq!(c.db("db-3").sql("SHOW SLAVE STATUS").unwrap(), "");
+    c.db("db-3").sql("INSERT INTO app.t VALUES (300)").unwrap();
+    let set = c.set("s1");
+    assert_eq!(set["members"].as_array().unwrap().len(), 2);
+    assert_eq!(c.converged("s1"), "db-2");
+
+    // The workflow history is there, step by step, with no password in it.
+    let list = c.cli_ok(&["workflow", "list"]);
+    assert_eq!(
+        list.lines().filter(|l| l.contains(" done")).count(),
+        5,
+        "{list}"
+    );
+    let id = list
+        .lines()
+        .find(|l| l.contains("switchover"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let shown = c.cli_ok(&["--json", "workflow", "show", id]);
+    assert!(shown.contains("candidate catches up"), "{shown}");
+    assert!(shown.contains("\"password\": \"***\""), "{shown}");
+}
+
+#[test]
+fn wrong_requests_are_refused_with_a_clear_message() {
+    let c = Cluster::start(2);
+    c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["set", "create", "s1", "--master", "db-2"],
+            "replica set s1 already exists",
+        ),
+        (
+            &["set", "create", "s2", "--master", "db-1"],
+            "db-1 is already a member of replica set s1",
+        ),
+        (
+            &["set", "create", "s2", "--master", "db-9"],
+            "no agent of instance db-9 has reported",
+        ),
+        (&["replica", "add", "nope", "db-2"], "no replica set nope"),
+        (
+            &["promote", "s1", "db-2"],
+            "db-2 is not a replica of set s1",
+        ),
+        (
+            &["replica", "detach", "s1", "db-1"],
+            "db-1 is not a replica of set s1",
+        ),
+        (
+            &["set", "create", "Bad Set", "--master", "db-2"],
+            "replica set id",
+        ),
+        (&["metadata", "get", "db-1", "owner"], "has no metadata key"),
+    ];
+    for (args, expected) in cases {
+        let (ok, _, err) = c.cli(args);
+        assert!(!ok, "tandem {args:?} succeeded");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains(expected), "tandem {args:?}: {err}");
+    }
+    // Metadata round trip.
+    c.cli_ok(&["metadata", "set", "db-1", "owner", "team-a"]);
+    assert_eq!(c.cli_ok(&["metadata", "get", "db-1", "owner"]), "team-a\n");
+    assert_eq!(c.cli_ok(&["metadata", "list", "db-1"]), "owner=team-a\n");
+    c.cli_ok(&["metadata", "delete", "db-1", "owner"]);
+    assert_eq!(c.cli_ok(&["metadata", "list", "db-1"]), "");
+}
+
+#[test]
+fn two_switchovers_at_once_one_runs_and_the_other_is_refused() {
+    let c = Cluster::start(3);
+    c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
+    c.cli_ok(&["replica", "add", "s1", "db-2", "--wait"]);
+    c.cli_ok(&["replica", "add", "s1", "db-3", "--wait"]);
+    c.converged("s1");
+    let barrier = std::sync::Barrier::new(2);
+    let results: Vec<(bool, String, String)> = std::thread::scope(|s| {
+        let a = s.spawn(|| {
+            barrier.wait();
+            c.cli(&["promote", "s1", "db-2"])
+        });
+        let b = s.spawn(|| {
+            barrier.wait();
+            c.cli(&["promote", "s1", "db-3"])
+        });
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    let accepted = results.iter().filter(|r| r.0).count();
+    assert_eq!(accepted, 1, "{results:?}");
+    let refused = results.iter().find(|r| !r.0).unwrap();
+    assert!(
+        refused.2.contains("already has an active workflow"),
+        "{}",
+        refused.2
+    );
+    let master = eventually(Duration::from_secs(30), "the switchover to end", || {
+        let list = c.cli_ok(&["workflow", "list"]);
+        list.lines()
+            .find(|l| l.contains("switchover"))
+            .filter(|l| l.contains(" done"))
+            .map(|_| ())
+    });
+    let _ = master;
+    let m = c.converged("s1");
+    assert!(m == "db-2" || m == "db-3");
+}
