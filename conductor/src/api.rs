@@ -476,6 +476,10 @@ async fn detach_replica(
 #[derive(serde::Deserialize)]
 struct Switchover {
     candidate: String,
+    /// How long the candidate may take to apply the old master's last write before the
+    /// switchover is rolled back (default 10 s).
+    #[serde(default)]
+    catch_up_timeout_ms: Option<u64>,
 }
 
 async fn switchover(
@@ -504,6 +508,14 @@ async fn switchover(
     let mut extra = serde_json::Map::new();
     extra.insert("from".into(), json!(set.master));
     extra.insert("epoch".into(), json!(set.epoch));
+    if let Some(ms) = req.catch_up_timeout_ms {
+        if !(100..=3_600_000).contains(&ms) {
+            return Err(bad_request(
+                "catch_up_timeout_ms must be between 100 and 3600000",
+            ));
+        }
+        extra.insert("catch_up_timeout_ms".into(), json!(ms));
+    }
     let row = crate::workflow::start(
         &c,
         crate::workflow::Spec::Switchover { set: id, candidate },

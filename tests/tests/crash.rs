@@ -13,7 +13,9 @@ fn newest_switchover(c: &Cluster) -> Option<String> {
     if !ok {
         return None;
     }
-    out.lines().find(|l| l.contains("switchover")).map(str::to_owned)
+    out.lines()
+        .find(|l| l.contains("switchover"))
+        .map(str::to_owned)
 }
 
 #[test]
@@ -40,13 +42,20 @@ fn a_conductor_killed_at_any_step_of_a_switchover_finishes_or_rolls_back_after_r
             let deadline = Instant::now() + Duration::from_secs(60);
             let crashed = loop {
                 if let Some(status) = c.conductor.wait_exit(Duration::from_millis(100)) {
-                    assert_eq!(status.code(), Some(86), "the conductor died of something else");
+                    assert_eq!(
+                        status.code(),
+                        Some(86),
+                        "the conductor died of something else"
+                    );
                     break true;
                 }
                 if newest_switchover(&c).is_some_and(|l| !l.contains(" running")) {
                     break false;
                 }
-                assert!(Instant::now() < deadline, "switchover {seq}:{point} neither crashed nor ended");
+                assert!(
+                    Instant::now() < deadline,
+                    "switchover {seq}:{point} neither crashed nor ended"
+                );
             };
 
             c.conductor.set_env(FAILPOINT, None);
@@ -54,9 +63,14 @@ fn a_conductor_killed_at_any_step_of_a_switchover_finishes_or_rolls_back_after_r
                 crashed_at.push(format!("{seq}:{point}"));
                 c.conductor.start_again().unwrap();
             }
-            let line = tandem_e2e::eventually(Duration::from_secs(60), "the resumed switchover to end", || {
-                newest_switchover(&c).filter(|l| !l.contains(" running") && !l.contains(" rolling_back"))
-            });
+            let line = tandem_e2e::eventually(
+                Duration::from_secs(60),
+                "the resumed switchover to end",
+                || {
+                    newest_switchover(&c)
+                        .filter(|l| !l.contains(" running") && !l.contains(" rolling_back"))
+                },
+            );
             assert!(
                 line.contains(" done") || line.contains(" rolled_back"),
                 "after a crash at {seq}:{point}: {line}\n{}",
@@ -75,9 +89,15 @@ fn a_conductor_killed_at_any_step_of_a_switchover_finishes_or_rolls_back_after_r
     }
     // Steps: read-only, position, catch-up, record, detach, enable, two re-points (user +
     // attach each) and demote: at least ten steps, each crashed at three points.
-    assert!(crashed_at.len() >= 30, "crash points covered: {crashed_at:?}");
+    assert!(
+        crashed_at.len() >= 30,
+        "crash points covered: {crashed_at:?}"
+    );
     // Every row written between crashes is on every member: nothing was lost.
     for node in ["db-1", "db-2", "db-3"] {
-        assert_eq!(c.db(node).sql("SELECT COUNT(*) FROM app.t").unwrap(), row.to_string());
+        assert_eq!(
+            c.db(node).sql("SELECT COUNT(*) FROM app.t").unwrap(),
+            row.to_string()
+        );
     }
 }

@@ -147,3 +147,35 @@ fn two_switchovers_at_once_one_runs_and_the_other_is_refused() {
     let m = c.converged("s1");
     assert!(m == "db-2" || m == "db-3");
 }
+
+#[test]
+fn a_switchover_whose_candidate_cannot_catch_up_rolls_back_and_says_so() {
+    let c = Cluster::start(2);
+    c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
+    c.cli_ok(&["replica", "add", "s1", "db-2", "--wait"]);
+    c.converged("s1");
+    c.write_and_see_everywhere("s1", "db-1", 1);
+    // The candidate stops applying; the master takes one more write it will not see.
+    c.db("db-2").sql("STOP SLAVE SQL_THREAD").unwrap();
+    c.db("db-1").sql("INSERT INTO app.t VALUES (2)").unwrap();
+
+    let (ok, _, err) = c.cli(&[
+        "promote",
+        "s1",
+        "db-2",
+        "--catch-up-timeout-ms",
+        "1000",
+        "--wait",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("rolled_back"), "{err}");
+    assert!(err.contains("not reached"), "{err}");
+    assert!(err.contains("db-1 is the writable master again"), "{err}");
+
+    // The old master takes writes again and the candidate is still its read-only replica.
+    assert_eq!(c.db("db-1").sql("SELECT @@read_only").unwrap(), "0");
+    assert_eq!(c.db("db-2").sql("SELECT @@read_only").unwrap(), "1");
+    c.db("db-2").sql("START SLAVE SQL_THREAD").unwrap();
+    assert_eq!(c.converged("s1"), "db-1");
+    c.write_and_see_everywhere("s1", "db-1", 3);
+}

@@ -596,7 +596,7 @@ impl Engine for MariaDb {
                 Some(std::cmp::Ordering::Less) => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(EngineError::TimedOut(format!(
+                return Err(EngineError::NotReached(format!(
                     "position {target} not reached within {timeout:?} (at {current})"
                 )));
             }

@@ -46,8 +46,12 @@ pub enum EngineError {
     Refused(String),
     #[error("{0}")]
     BadRequest(String),
+    /// The engine did not answer in time (may succeed if asked again).
     #[error("{0}")]
     TimedOut(String),
+    /// What was waited for did not happen within the caller's own deadline: final.
+    #[error("{0}")]
+    NotReached(String),
     #[error("{0}")]
     Unsupported(String),
     #[error("{0:#}")]
@@ -60,11 +64,15 @@ impl From<EngineError> for CommandError {
             EngineError::Unavailable(_) => ErrorKind::EngineUnavailable,
             EngineError::Refused(_) => ErrorKind::EngineRefused,
             EngineError::BadRequest(_) => ErrorKind::BadRequest,
-            EngineError::TimedOut(_) => ErrorKind::TimedOut,
+            EngineError::TimedOut(_) | EngineError::NotReached(_) => ErrorKind::TimedOut,
             EngineError::Unsupported(_) => ErrorKind::Unsupported,
             EngineError::Internal(_) => ErrorKind::Internal,
         };
-        CommandError::new(kind, e.to_string())
+        let mut error = CommandError::new(kind, e.to_string());
+        if matches!(e, EngineError::NotReached(_)) {
+            error.retryable = false;
+        }
+        error
     }
 }
 

@@ -19,7 +19,8 @@ use tandem_proto::{Command, Epoch, InstanceId, ReplyBody};
 use super::{Ctx, Outcome, StepError};
 use crate::store::TopologyChange;
 
-/// How long the candidate may take to apply the old master's last position.
+/// How long the candidate may take to apply the old master's last position, unless the
+/// request says otherwise.
 const CATCH_UP_MS: u64 = 10_000;
 
 pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, StepError> {
@@ -35,6 +36,9 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
             ))
         }
     };
+    let catch_up_ms = ctx.wf.params["catch_up_timeout_ms"]
+        .as_u64()
+        .unwrap_or(CATCH_UP_MS);
     let members: Vec<InstanceId> = ctx.set()?.members.into_iter().map(|m| m.instance).collect();
     let others: Vec<InstanceId> = members
         .into_iter()
@@ -67,7 +71,7 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
             epoch,
             Command::WaitForPosition {
                 position,
-                timeout_ms: CATCH_UP_MS,
+                timeout_ms: catch_up_ms,
             },
         )
         .await

@@ -53,6 +53,9 @@ pub enum Cmd {
     Promote {
         set: String,
         candidate: String,
+        /// How long the candidate may take to catch up before the switchover rolls back.
+        #[arg(long, value_name = "MS")]
+        catch_up_timeout_ms: Option<u64>,
         /// Wait until the workflow ends; exit non-zero unless it is done.
         #[arg(long)]
         wait: bool,
@@ -250,13 +253,15 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Cmd::Promote {
             set,
             candidate,
+            catch_up_timeout_ms,
             wait,
         } => {
             instance_id(&candidate)?;
-            let row: Value = client.post(
-                &format!("/v1/sets/{set}/switchover"),
-                &serde_json::json!({"candidate": candidate}),
-            )?;
+            let mut body = serde_json::json!({"candidate": candidate});
+            if let Some(ms) = catch_up_timeout_ms {
+                body["catch_up_timeout_ms"] = ms.into();
+            }
+            let row: Value = client.post(&format!("/v1/sets/{set}/switchover"), &body)?;
             workflow_started(&client, out, json, row, wait)?;
         }
         Cmd::Workflow(WorkflowCmd::List) => {
