@@ -87,6 +87,16 @@ pub enum TopologyChange {
     },
 }
 
+impl std::fmt::Display for TopologyChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TopologyChange::AddReplica { instance } => write!(f, "store: add replica {instance}"),
+            TopologyChange::RemoveReplica { instance } => write!(f, "store: remove replica {instance}"),
+            TopologyChange::NewMaster { new_master } => write!(f, "store: new master {new_master}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkflowState {

@@ -509,7 +509,7 @@ impl Store for SqliteStore {
                         seq,
                         step,
                         after.master.as_str(),
-                        format!("store: {change:?}"),
+                        change.to_string(),
                         tandem_proto::MessageId::random().to_string(),
                         after.epoch.get() as i64,
                         serde_json::json!({"epoch": after.epoch}).to_string(),
