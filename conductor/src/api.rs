@@ -34,6 +34,8 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/sets/{id}/switchover", post(switchover))
         .route("/v1/workflows", get(list_workflows))
         .route("/v1/workflows/{id}", get(get_workflow))
+        .route("/v1/audit", get(audit))
+        .route("/v1/events", get(events))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -566,4 +568,35 @@ fn redact(v: &mut serde_json::Value) {
         serde_json::Value::Array(a) => a.iter_mut().for_each(redact),
         _ => {}
     }
+}
+
+// ---- audit log and live events ----
+
+/// Every command the conductor's workflows sent, newest first: what, to whom, under
+/// which epoch, by which workflow, and the result (passwords redacted).
+async fn audit(State(c): State<Arc<Conductor>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut entries = serde_json::to_value(c.store.journal_recent(500)?)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    redact(&mut entries);
+    Ok(Json(entries))
+}
+
+/// Server-Sent Events: one `data:` line of JSON per event.
+async fn events(
+    State(c): State<Arc<Conductor>>,
+) -> axum::response::Sse<
+    impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+    use tokio_stream::StreamExt;
+    let stream = tokio_stream::wrappers::BroadcastStream::new(c.events.subscribe()).map(|item| {
+        let data = match item {
+            Ok(event) => serde_json::to_string(&event).unwrap_or_default(),
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                json!({"event": "lagged", "missed": n}).to_string()
+            }
+        };
+        Ok(axum::response::sse::Event::default().data(data))
+    });
+    axum::response::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default())
 }

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod config;
+pub mod events;
 pub mod registry;
 pub mod store;
 pub mod workflow;
@@ -27,6 +28,7 @@ pub struct Conductor {
     pub transport: Transport,
     pub registry: registry::Registry,
     pub store: Box<dyn Store>,
+    pub events: events::Events,
 }
 
 /// Runs the conductor on `settings.listen` until `shutdown`.
@@ -57,6 +59,7 @@ pub async fn run_with_listener(
         transport,
         registry: registry::Registry::default(),
         store: Box::new(store),
+        events: events::Events::default(),
     });
 
     let mut reports = conductor.transport.subscribe_status("#");
@@ -72,6 +75,10 @@ pub async fn run_with_listener(
                     host: r.endpoint.as_ref().map(|e| e.host.clone()),
                     port: r.endpoint.as_ref().map(|e| e.port),
                 };
+                let changed = c.registry.significant_change(&r);
+                if let Some(event) = changed {
+                    c.events.publish(event);
+                }
                 if c.registry.record(r) == Some(true) {
                     if let Err(e) = c.store.upsert_instance(&record) {
                         tracing::error!(instance = %record.id, error = %e, "could not record an instance");

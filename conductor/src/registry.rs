@@ -65,6 +65,28 @@ impl Registry {
         Some(changed)
     }
 
+    /// The event to publish when `report` changes what matters of its instance (role,
+    /// writability, source, health) compared with the report held.
+    pub fn significant_change(&self, report: &StatusReport) -> Option<crate::events::ApiEvent> {
+        let map = self.instances.read().expect("poisoned");
+        let same = map.get(&report.instance).is_some_and(|held| {
+            let h = &held.report;
+            report.sequence <= h.sequence
+                || (h.role == report.role
+                    && h.writable == report.writable
+                    && h.replicates_from == report.replicates_from
+                    && h.health == report.health)
+        });
+        (!same).then(|| crate::events::ApiEvent::InstanceChanged {
+            instance: report.instance.clone(),
+            role: report.role,
+            writable: report.writable,
+            replicates_from: report.replicates_from.clone(),
+            health: report.health,
+            at: report.taken_at,
+        })
+    }
+
     /// The last report of `id`.
     pub fn report(&self, id: &InstanceId) -> Option<StatusReport> {
         self.instances

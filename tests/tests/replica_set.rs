@@ -179,3 +179,63 @@ fn a_switchover_whose_candidate_cannot_catch_up_rolls_back_and_says_so() {
     assert_eq!(c.converged("s1"), "db-1");
     c.write_and_see_everywhere("s1", "db-1", 3);
 }
+
+#[test]
+fn the_event_stream_and_the_audit_log_show_what_happened() {
+    let c = Cluster::start(2);
+    let mut follower = std::process::Command::new(tandem_testkit::binary("tandem"))
+        .args(["--conductor", &c.conductor.url, "--json", "events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
+    c.cli_ok(&["replica", "add", "s1", "db-2", "--wait"]);
+    c.converged("s1");
+    std::thread::sleep(Duration::from_millis(1500));
+    follower.kill().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut follower.stdout.take().unwrap(), &mut out).unwrap();
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert!(kinds.contains(&"workflow_started"), "{kinds:?}");
+    assert!(kinds.contains(&"workflow_step"), "{kinds:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "workflow_ended" && e["state"] == "done"),
+        "{out}"
+    );
+    // db-2 turned from a writable standalone server into a read-only replica of db-1.
+    assert!(
+        events.iter().any(|e| e["event"] == "instance_changed"
+            && e["instance"] == "db-2"
+            && e["role"] == "replica"
+            && e["writable"] == false
+            && e["replicates_from"] == "db-1"),
+        "{out}"
+    );
+
+    let audit: Vec<serde_json::Value> =
+        serde_json::from_str(&c.cli_ok(&["--json", "audit"])).unwrap();
+    let attach = audit
+        .iter()
+        .find(|e| e["command"] == "attach_to_source")
+        .expect("the attach is in the audit log");
+    assert_eq!(attach["target"], "db-2");
+    assert!(attach["result"]["ok"].is_object(), "{attach}");
+    let creds = audit
+        .iter()
+        .find(|e| e["command"] == "create_replication_user")
+        .unwrap();
+    assert_eq!(creds["result"]["ok"]["credentials"]["password"], "***");
+    let text = c.cli_ok(&["audit"]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("attach_to_source") && l.contains("-> db-2")),
+        "{text}"
+    );
+}

@@ -91,7 +91,9 @@ impl std::fmt::Display for TopologyChange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TopologyChange::AddReplica { instance } => write!(f, "store: add replica {instance}"),
-            TopologyChange::RemoveReplica { instance } => write!(f, "store: remove replica {instance}"),
+            TopologyChange::RemoveReplica { instance } => {
+                write!(f, "store: remove replica {instance}")
+            }
             TopologyChange::NewMaster { new_master } => write!(f, "store: new master {new_master}"),
         }
     }
@@ -218,4 +220,6 @@ pub trait Store: Send + Sync + 'static {
     fn journal_result(&self, workflow_id: &str, seq: u32, result: &serde_json::Value)
         -> Result<()>;
     fn journal(&self, workflow_id: &str) -> Result<Vec<JournalEntry>>;
+    /// The newest journal entries of all workflows: the audit log.
+    fn journal_recent(&self, limit: usize) -> Result<Vec<JournalEntry>>;
 }

@@ -687,4 +687,15 @@ impl Store for SqliteStore {
             .collect()
         })
     }
+
+    fn journal_recent(&self, limit: usize) -> Result<Vec<JournalEntry>> {
+        self.with(|c| {
+            c.prepare(&format!(
+                "SELECT {JOURNAL_COLUMNS} FROM journal ORDER BY sent_at DESC, seq DESC LIMIT ?1"
+            ))?
+            .query_map([limit as i64], to_journal)?
+            .map(|r| journal_from(r?))
+            .collect()
+        })
+    }
 }

@@ -201,6 +201,16 @@ impl<'a> Ctx<'a> {
         self.failpoint(seq, Point::Sent);
         let recorded = serde_json::to_value(&reply).map_err(StoreError::from)?;
         store.journal_result(&self.wf.id, seq, &recorded)?;
+        self.c
+            .events
+            .publish(crate::events::ApiEvent::WorkflowStep {
+                workflow: self.wf.id.clone(),
+                seq,
+                step: step.into(),
+                target: target.clone(),
+                ok: matches!(reply, Reply::Ok(_)),
+                at: Timestamp::now(),
+            });
         tracing::info!(
             workflow = %self.wf.id,
             seq,
@@ -370,6 +380,12 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
     if let Err(e) = c.store.update_workflow(&wf.id, state, error.as_deref()) {
         tracing::error!(workflow = %wf.id, error = %e, "could not record a workflow's end");
     }
+    c.events.publish(crate::events::ApiEvent::WorkflowEnded {
+        workflow: wf.id.clone(),
+        state: state.as_str().into(),
+        error,
+        at: Timestamp::now(),
+    });
 }
 
 /// Starts a workflow: recorded in the store (which refuses a second active one per set),
@@ -397,6 +413,12 @@ pub fn start(
         updated_at: now,
     };
     c.store.start_workflow(&row)?;
+    c.events.publish(crate::events::ApiEvent::WorkflowStarted {
+        workflow: row.id.clone(),
+        kind: row.kind.clone(),
+        set: row.set_id.to_string(),
+        at: now,
+    });
     tokio::spawn(run(c.clone(), row.clone()));
     Ok(row)
 }

@@ -66,6 +66,10 @@ pub enum Cmd {
     /// Instance metadata (key/value).
     #[command(subcommand)]
     Metadata(MetadataCmd),
+    /// Follow the live event stream: status changes and workflow progress (Ctrl-C to stop).
+    Events,
+    /// Every command the conductor's workflows sent: what, to whom, epoch, result.
+    Audit,
 }
 
 #[derive(Subcommand)]
@@ -196,6 +200,58 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let client = Client::new(&cli.conductor);
     let json = cli.json;
     match cli.command {
+        Cmd::Events => {
+            let stream = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .new_agent()
+                .get(format!("{}/v1/events", client.base))
+                .call()
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot reach the conductor at {}: {e}", client.base)
+                })?;
+            let reader = std::io::BufReader::new(stream.into_body().into_reader());
+            for line in std::io::BufRead::lines(reader) {
+                let line = line.context("the event stream broke")?;
+                let Some(data) = line.strip_prefix("data:") else {
+                    continue;
+                };
+                let data = data.trim();
+                if json {
+                    writeln!(out, "{data}")?;
+                } else {
+                    let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                    writeln!(out, "{}", event_line(&v))?;
+                }
+                out.flush()?;
+            }
+        }
+        Cmd::Audit => {
+            let entries: Vec<Value> = client.get("/v1/audit")?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
+            } else {
+                for e in &entries {
+                    let result = match &e["result"] {
+                        Value::Null => "in flight".to_string(),
+                        Value::Object(m) if m.contains_key("err") => {
+                            format!("error: {}", m["err"]["message"].as_str().unwrap_or("?"))
+                        }
+                        _ => "ok".to_string(),
+                    };
+                    writeln!(
+                        out,
+                        "{}  {}  {:<24} -> {:<8} e{:<4} {}",
+                        e["workflow_id"].as_str().unwrap_or("?"),
+                        e["message_id"].as_str().unwrap_or("?"),
+                        e["command"].as_str().unwrap_or("?"),
+                        e["target"].as_str().unwrap_or("?"),
+                        e["epoch"],
+                        result
+                    )?;
+                }
+            }
+        }
         Cmd::Topology => {
             let sets: Vec<Value> = client.get("/v1/sets")?;
             if json {
@@ -395,6 +451,44 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn event_line(v: &Value) -> String {
+    let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
+    match v["event"].as_str().unwrap_or("") {
+        "instance_changed" => format!(
+            "instance {}: {} writable={} from={} health={}",
+            s("instance"),
+            s("role"),
+            v["writable"],
+            s("replicates_from"),
+            s("health")
+        ),
+        "workflow_started" => format!(
+            "workflow {} started: {} on set {}",
+            s("workflow"),
+            s("kind"),
+            s("set")
+        ),
+        "workflow_step" => format!(
+            "workflow {} step {} {} on {}: {}",
+            s("workflow"),
+            v["seq"],
+            s("step"),
+            s("target"),
+            if v["ok"] == true { "ok" } else { "failed" }
+        ),
+        "workflow_ended" => format!(
+            "workflow {} {}{}",
+            s("workflow"),
+            s("state"),
+            v["error"]
+                .as_str()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
+        other => format!("{other}: {v}"),
+    }
 }
 
 fn workflow_line(w: &Value) -> String {

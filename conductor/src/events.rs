@@ -1,0 +1,65 @@
+//! The live event stream: status changes and workflow progress, as they happen.
+//!
+//! A broadcast channel fans events out to every `GET /v1/events` subscriber (Server-Sent
+//! Events). A slow subscriber that falls behind is told how many events it missed rather
+//! than slowing the conductor down.
+
+use serde::Serialize;
+use tandem_proto::{Health, InstanceId, Role, Timestamp};
+use tokio::sync::broadcast;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ApiEvent {
+    /// An instance's role, writability, source or health changed (or it appeared).
+    InstanceChanged {
+        instance: InstanceId,
+        role: Role,
+        writable: Option<bool>,
+        replicates_from: Option<InstanceId>,
+        health: Health,
+        at: Timestamp,
+    },
+    WorkflowStarted {
+        workflow: String,
+        kind: String,
+        set: String,
+        at: Timestamp,
+    },
+    WorkflowStep {
+        workflow: String,
+        seq: u32,
+        step: String,
+        target: InstanceId,
+        ok: bool,
+        at: Timestamp,
+    },
+    WorkflowEnded {
+        workflow: String,
+        state: String,
+        error: Option<String>,
+        at: Timestamp,
+    },
+}
+
+pub struct Events {
+    tx: broadcast::Sender<ApiEvent>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        let (tx, _) = broadcast::channel(1024);
+        Events { tx }
+    }
+}
+
+impl Events {
+    pub fn publish(&self, event: ApiEvent) {
+        // No subscriber is fine: events are a view, not a record (the store is).
+        let _ = self.tx.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<ApiEvent> {
+        self.tx.subscribe()
+    }
+}
