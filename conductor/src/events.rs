@@ -20,6 +20,19 @@ pub enum ApiEvent {
         health: Health,
         at: Timestamp,
     },
+    /// A member's engine differs from what the conductor wants; raised again with every
+    /// report until it is closed.
+    Drift {
+        set: String,
+        instance: InstanceId,
+        differences: Vec<String>,
+        at: Timestamp,
+    },
+    DriftClosed {
+        set: String,
+        instance: InstanceId,
+        at: Timestamp,
+    },
     WorkflowStarted {
         workflow: String,
         kind: String,

@@ -29,6 +29,49 @@ pub struct Conductor {
     pub registry: registry::Registry,
     pub store: Box<dyn Store>,
     pub events: events::Events,
+    /// Instances with an open drift event.
+    open_drift: std::sync::Mutex<std::collections::HashSet<tandem_proto::InstanceId>>,
+}
+
+impl Conductor {
+    /// Raises a drift event for `instance` while its engine differs from the intent (a
+    /// workflow in progress on its set is expected drift, so none is raised then), and a
+    /// `drift_closed` event once they agree again.
+    fn check_drift(&self, instance: &tandem_proto::InstanceId) {
+        let Ok(Some(set_id)) = self.store.set_of(instance) else {
+            return;
+        };
+        let busy = self
+            .store
+            .active_workflows()
+            .map(|w| w.iter().any(|w| w.set_id == set_id))
+            .unwrap_or(true);
+        let Ok(Some(set)) = self.store.set(&set_id) else {
+            return;
+        };
+        let Some(member) = set.members.iter().find(|m| &m.instance == instance) else {
+            return;
+        };
+        let differences = api::drift(member, self.registry.report(instance).as_ref());
+        let mut open = self.open_drift.lock().expect("poisoned");
+        let now = tandem_proto::Timestamp::now();
+        if !differences.is_empty() && !busy {
+            open.insert(instance.clone());
+            tracing::warn!(set = %set_id, instance = %instance, ?differences, "drift between intent and engine");
+            self.events.publish(events::ApiEvent::Drift {
+                set: set_id.to_string(),
+                instance: instance.clone(),
+                differences,
+                at: now,
+            });
+        } else if differences.is_empty() && open.remove(instance) {
+            self.events.publish(events::ApiEvent::DriftClosed {
+                set: set_id.to_string(),
+                instance: instance.clone(),
+                at: now,
+            });
+        }
+    }
 }
 
 /// Runs the conductor on `settings.listen` until `shutdown`.
@@ -60,6 +103,7 @@ pub async fn run_with_listener(
         registry: registry::Registry::default(),
         store: Box::new(store),
         events: events::Events::default(),
+        open_drift: Default::default(),
     });
 
     let mut reports = conductor.transport.subscribe_status("#");
@@ -79,11 +123,13 @@ pub async fn run_with_listener(
                 if let Some(event) = changed {
                     c.events.publish(event);
                 }
+                let instance = r.instance.clone();
                 if c.registry.record(r) == Some(true) {
                     if let Err(e) = c.store.upsert_instance(&record) {
                         tracing::error!(instance = %record.id, error = %e, "could not record an instance");
                     }
                 }
+                c.check_drift(&instance);
             }
         })
     };

@@ -192,6 +192,17 @@ fn the_event_stream_and_the_audit_log_show_what_happened() {
     c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
     c.cli_ok(&["replica", "add", "s1", "db-2", "--wait"]);
     c.converged("s1");
+    // Someone sets the master read-only behind the conductor's back: drift, shown in the
+    // topology and raised as an event until it is put right.
+    c.db("db-1").sql("SET GLOBAL read_only = 1").unwrap();
+    let topology = eventually(Duration::from_secs(5), "the drift in the topology", || {
+        let t = c.cli_ok(&["topology"]);
+        t.contains("DRIFT: writable: wanted true, engine says false")
+            .then_some(t)
+    });
+    assert!(topology.contains("db-1"), "{topology}");
+    c.db("db-1").sql("SET GLOBAL read_only = 0").unwrap();
+    c.converged("s1");
     std::thread::sleep(Duration::from_millis(1500));
     follower.kill().unwrap();
     let mut out = String::new();
