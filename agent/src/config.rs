@@ -20,6 +20,8 @@ pub struct AgentConfig {
     /// This instance's id; required. Names the command queue: `[a-z0-9_-]{1,64}`.
     pub instance_id: String,
     pub zone: String,
+    /// Labels for placement rules and operators (e.g. "ssd", "rack-7").
+    pub tags: Vec<String>,
     /// Where the agent keeps its durable state (highest epoch, command results).
     pub state_dir: PathBuf,
     /// A status report every this many milliseconds (and at once on any change).
@@ -67,6 +69,7 @@ impl Default for AgentConfig {
         AgentConfig {
             instance_id: String::new(),
             zone: "default".into(),
+            tags: Vec::new(),
             state_dir: "/var/lib/tandem-agent".into(),
             status_interval_ms: 1000,
             probe_interval_ms: 200,
@@ -111,6 +114,7 @@ impl Default for EngineConfig {
 pub struct Settings {
     pub instance_id: InstanceId,
     pub zone: String,
+    pub tags: Vec<String>,
     pub state_dir: PathBuf,
     pub status_interval: Duration,
     pub probe_interval: Duration,
@@ -186,6 +190,7 @@ impl AgentConfig {
         Ok(Settings {
             instance_id,
             zone: self.zone,
+            tags: self.tags,
             state_dir: self.state_dir,
             status_interval: Duration::from_millis(self.status_interval_ms),
             probe_interval: Duration::from_millis(self.probe_interval_ms),
@@ -245,6 +250,9 @@ mod tests {
     fn defaults_fill_everything_but_the_instance_id() {
         let s = config("instance_id = \"db-1\"\nunknown_future_field = 3").unwrap();
         assert_eq!(s.instance_id.as_str(), "db-1");
+        assert!(s.tags.is_empty());
+        let s = config("instance_id = \"db-1\"\ntags = [\"ssd\", \"rack-7\"]").unwrap();
+        assert_eq!(s.tags, ["ssd", "rack-7"]);
         assert_eq!(s.status_interval, Duration::from_secs(1));
         let err = config("").unwrap_err().to_string();
         assert!(err.contains("instance_id"), "{err}");

@@ -58,6 +58,7 @@ impl<E: Engine> Agent<E> {
         let mut report = StatusReport {
             instance: self.settings.instance_id.clone(),
             zone: self.settings.zone.clone(),
+            tags: self.settings.tags.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             protocol: VersionRange::OURS,
             engine: self.engine.kind(),

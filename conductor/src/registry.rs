@@ -25,6 +25,7 @@ struct Entry {
 pub struct InstanceView {
     pub id: InstanceId,
     pub zone: String,
+    pub tags: Vec<String>,
     pub engine: tandem_proto::EngineKind,
     /// The replication contract as the engine reports it.
     pub observed: Contract,
@@ -111,6 +112,7 @@ fn view(e: &Entry) -> InstanceView {
     InstanceView {
         id: r.instance.clone(),
         zone: r.zone.clone(),
+        tags: r.tags.clone(),
         engine: r.engine,
         observed: Contract {
             replicates_from: r.replicates_from.clone(),

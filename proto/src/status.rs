@@ -126,6 +126,9 @@ pub struct StatusReport {
     pub instance: InstanceId,
     #[serde(default)]
     pub zone: String,
+    /// Operator-defined labels from the agent's configuration (placement rules match them).
+    #[serde(default)]
+    pub tags: Vec<String>,
     pub agent_version: String,
     pub protocol: VersionRange,
     pub engine: EngineKind,

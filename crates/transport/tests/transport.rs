@@ -294,6 +294,7 @@ fn sample_report(zone: &str, instance: &str, sequence: u64) -> StatusReport {
     StatusReport {
         instance: id(instance),
         zone: zone.into(),
+        tags: vec![],
         agent_version: "test".into(),
         protocol: VersionRange::OURS,
         engine: tandem_proto::EngineKind::Mariadb,
