@@ -123,3 +123,73 @@ fn view(e: &Entry) -> InstanceView {
         status: r.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_proto::*;
+
+    fn report(seq: u64, writable: bool) -> StatusReport {
+        StatusReport {
+            instance: InstanceId::new("db-1").unwrap(),
+            zone: "z".into(),
+            tags: vec![],
+            agent_version: "t".into(),
+            protocol: VersionRange::OURS,
+            engine: EngineKind::Mariadb,
+            engine_version: None,
+            endpoint: Some(Endpoint {
+                host: "h".into(),
+                port: 1,
+            }),
+            role: Role::Standalone,
+            writable: Some(writable),
+            replicates_from: None,
+            replicates_to: vec![],
+            position: None,
+            lag: None,
+            seconds_behind_master: None,
+            replication: None,
+            health: Health::Healthy,
+            last_error: None,
+            host: Default::default(),
+            highest_epoch: Epoch::ZERO,
+            sequence: seq,
+            taken_at: Timestamp(seq),
+            operations: vec![],
+            engine_settings: Default::default(),
+        }
+    }
+
+    #[test]
+    fn reports_are_ordered_by_sequence_and_changes_are_noticed() {
+        let r = Registry::default();
+        assert_eq!(r.record(report(5, true)), Some(true), "new instance");
+        assert_eq!(
+            r.record(report(4, false)),
+            None,
+            "an older report is ignored"
+        );
+        assert_eq!(
+            r.get(&InstanceId::new("db-1").unwrap())
+                .unwrap()
+                .observed
+                .writable,
+            Some(true)
+        );
+        assert_eq!(
+            r.record(report(6, true)),
+            Some(false),
+            "same address: nothing for the store"
+        );
+        assert!(r.significant_change(&report(7, true)).is_none());
+        assert!(
+            r.significant_change(&report(7, false)).is_some(),
+            "writability changed"
+        );
+        assert!(
+            r.significant_change(&report(3, false)).is_none(),
+            "older than held"
+        );
+    }
+}

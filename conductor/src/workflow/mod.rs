@@ -312,6 +312,16 @@ impl Conductor {
         budget: Duration,
     ) -> Reply {
         let started = Instant::now();
+        // The version rule: never send a command the agent's advertised protocol
+        // versions do not cover (an agent that has not reported yet is given the benefit:
+        // it will answer `unsupported` itself).
+        let mut version = tandem_proto::ProtocolVersion::CURRENT;
+        if let Some(report) = self.registry.report(target) {
+            match tandem_proto::version::ensure_supported(&command, &report.protocol) {
+                Ok(v) => version = v,
+                Err(e) => return Reply::Err(CommandError::unsupported(e.to_string())),
+            }
+        }
         let mut envelope = Envelope::new(
             Sender::Conductor {
                 name: self.settings.name.clone(),
@@ -321,6 +331,7 @@ impl Conductor {
             command,
         );
         envelope.message_id = message_id;
+        envelope.protocol_version = version;
         loop {
             envelope.issued_at = Timestamp::now();
             envelope.expires_at = Some(envelope.issued_at.plus(self.settings.command_timeout));
