@@ -19,6 +19,7 @@ use crate::Conductor;
 pub fn router(conductor: Arc<Conductor>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/instances", get(list_instances))
         .route("/v1/instances/{id}", get(get_instance))
         .route("/v1/instances/{id}/ping", post(ping_instance))
@@ -40,6 +41,66 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .with_state(conductor)
+}
+
+/// Every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// One line a person can act on.
+    pub error: String,
+    /// bad_request, not_found, unknown_instance, conflict, busy, timed_out, bad_reply,
+    /// agent_error, broker_unavailable, internal.
+    pub kind: String,
+}
+
+/// The OpenAPI document of this API, served at `/v1/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Tandem conductor API",
+        description = "Replica sets, workflows, instances and their replication contract."
+    ),
+    paths(
+        health,
+        list_instances,
+        get_instance,
+        ping_instance,
+        list_metadata,
+        get_metadata,
+        put_metadata,
+        delete_metadata,
+        list_sets,
+        get_set,
+        create_set,
+        add_replica,
+        detach_replica,
+        switchover,
+        list_workflows,
+        get_workflow,
+        audit,
+        events
+    ),
+    components(schemas(
+        ErrorBody,
+        PingResult,
+        MetadataValue,
+        MemberView,
+        SetView,
+        CreateSet,
+        AddReplica,
+        Switchover,
+        crate::registry::InstanceView,
+        crate::registry::Contract,
+        crate::store::Member,
+        crate::store::IntendedRole,
+        crate::store::WorkflowRow,
+        crate::store::WorkflowState
+    ))
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
 pub struct ApiError {
@@ -106,6 +167,7 @@ fn parse_id(id: &str) -> Result<InstanceId, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
 }
 
+#[utoipa::path(get, path = "/v1/health", tag = "conductor", responses((status = 200, description = "status, broker_connected, instances", body = Object)))]
 async fn health(State(c): State<Arc<Conductor>>) -> Json<serde_json::Value> {
     Json(json!({
         "status": "ok",
@@ -114,12 +176,14 @@ async fn health(State(c): State<Arc<Conductor>>) -> Json<serde_json::Value> {
     }))
 }
 
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", responses((status = 200, body = [crate::registry::InstanceView])))]
 async fn list_instances(
     State(c): State<Arc<Conductor>>,
 ) -> Json<Vec<crate::registry::InstanceView>> {
     Json(c.registry.list())
 }
 
+#[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", params(("id" = String, Path)), responses((status = 200, body = crate::registry::InstanceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_instance(
     State(c): State<Arc<Conductor>>,
     Path(id): Path<String>,
@@ -134,14 +198,16 @@ async fn get_instance(
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct PingResult {
+    #[schema(value_type = String)]
     instance: InstanceId,
     agent_version: String,
     protocol: String,
     round_trip_ms: f64,
 }
 
+#[utoipa::path(post, path = "/v1/instances/{id}/ping", tag = "instances", params(("id" = String, Path)), responses((status = 200, body = PingResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody), (status = 504, body = ErrorBody)))]
 async fn ping_instance(
     State(c): State<Arc<Conductor>>,
     Path(id): Path<String>,
@@ -187,6 +253,7 @@ async fn ping_instance(
 
 // ---- metadata (Trove's instance metadata: set, get, delete, list) ----
 
+#[utoipa::path(get, path = "/v1/instances/{id}/metadata", tag = "metadata", params(("id" = String, Path)), responses((status = 200, description = "key/value pairs", body = Object)))]
 async fn list_metadata(
     State(c): State<Arc<Conductor>>,
     Path(id): Path<String>,
@@ -201,6 +268,7 @@ async fn list_metadata(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/instances/{id}/metadata/{key}", tag = "metadata", params(("id" = String, Path), ("key" = String, Path)), responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_metadata(
     State(c): State<Arc<Conductor>>,
     Path((id, key)): Path<(String, String)>,
@@ -217,11 +285,12 @@ async fn get_metadata(
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 struct MetadataValue {
     value: String,
 }
 
+#[utoipa::path(put, path = "/v1/instances/{id}/metadata/{key}", tag = "metadata", params(("id" = String, Path), ("key" = String, Path)), request_body = MetadataValue, responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn put_metadata(
     State(c): State<Arc<Conductor>>,
     Path((id, key)): Path<(String, String)>,
@@ -237,6 +306,7 @@ async fn put_metadata(
     Ok(Json(json!({"key": key, "value": body.value})))
 }
 
+#[utoipa::path(delete, path = "/v1/instances/{id}/metadata/{key}", tag = "metadata", params(("id" = String, Path), ("key" = String, Path)), responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_metadata(
     State(c): State<Arc<Conductor>>,
     Path((id, key)): Path<(String, String)>,
@@ -257,23 +327,31 @@ async fn delete_metadata(
 
 /// One member of a set: what the conductor wants, what the engine reports, and the
 /// difference between the two.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct MemberView {
+    #[schema(value_type = String)]
     instance: InstanceId,
     intended: crate::store::Member,
     observed: Option<crate::registry::Contract>,
+    #[schema(value_type = Option<String>)]
     role: Option<tandem_proto::Role>,
+    #[schema(value_type = Option<String>)]
     health: Option<tandem_proto::Health>,
+    /// `{"gtid": "0-1-5"}` or `{"lsn": "16/B374D848"}`.
+    #[schema(value_type = Option<Object>)]
     position: Option<tandem_proto::Position>,
     lag_seconds: Option<f64>,
     /// Empty when the engine does what the conductor wants.
     drift: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct SetView {
+    #[schema(value_type = String)]
     id: ReplicaSetId,
+    #[schema(value_type = u64)]
     epoch: Epoch,
+    #[schema(value_type = String)]
     master: InstanceId,
     members: Vec<MemberView>,
 }
@@ -343,6 +421,7 @@ fn set_view(c: &Conductor, set: crate::store::ReplicaSet) -> SetView {
     }
 }
 
+#[utoipa::path(get, path = "/v1/sets", tag = "sets", responses((status = 200, body = [SetView])))]
 async fn list_sets(State(c): State<Arc<Conductor>>) -> Result<Json<Vec<SetView>>, ApiError> {
     Ok(Json(
         c.store
@@ -353,6 +432,7 @@ async fn list_sets(State(c): State<Arc<Conductor>>) -> Result<Json<Vec<SetView>>
     ))
 }
 
+#[utoipa::path(get, path = "/v1/sets/{id}", tag = "sets", params(("id" = String, Path)), responses((status = 200, body = SetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_set(
     State(c): State<Arc<Conductor>>,
     Path(id): Path<String>,
@@ -399,12 +479,13 @@ fn accepted(row: crate::store::WorkflowRow) -> (StatusCode, Json<crate::store::W
     (StatusCode::ACCEPTED, Json(row))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 struct CreateSet {
     id: String,
     master: String,
 }
 
+#[utoipa::path(post, path = "/v1/sets", tag = "sets", request_body = CreateSet, responses((status = 202, description = "the workflow that creates it", body = crate::store::WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_set(
     State(c): State<Arc<Conductor>>,
     b: Result<Json<CreateSet>, axum::extract::rejection::JsonRejection>,
@@ -423,11 +504,12 @@ async fn create_set(
     Ok(accepted(row))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 struct AddReplica {
     instance: String,
 }
 
+#[utoipa::path(post, path = "/v1/sets/{id}/replicas", tag = "sets", params(("id" = String, Path)), request_body = AddReplica, responses((status = 202, body = crate::store::WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn add_replica(
     State(c): State<Arc<Conductor>>,
     Path(id): Path<String>,
@@ -453,6 +535,7 @@ async fn add_replica(
     Ok(accepted(row))
 }
 
+#[utoipa::path(delete, path = "/v1/sets/{id}/replicas/{instance}", tag = "sets", params(("id" = String, Path), ("instance" = String, Path)), responses((status = 202, body = crate::store::WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn detach_replica(
     State(c): State<Arc<Conductor>>,
     Path((id, instance)): Path<(String, String)>,
@@ -480,7 +563,7 @@ async fn detach_replica(
     Ok(accepted(row))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 struct Switchover {
     candidate: String,
     /// How long the candidate may take to apply the old master's last write before the
@@ -489,6 +572,7 @@ struct Switchover {
     catch_up_timeout_ms: Option<u64>,
 }
 
+#[utoipa::path(post, path = "/v1/sets/{id}/switchover", tag = "sets", params(("id" = String, Path)), request_body = Switchover, responses((status = 202, body = crate::store::WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "another workflow is active on the set", body = ErrorBody)))]
 async fn switchover(
     State(c): State<Arc<Conductor>>,
     Path(id): Path<String>,
@@ -534,12 +618,14 @@ async fn switchover(
 
 // ---- workflows ----
 
+#[utoipa::path(get, path = "/v1/workflows", tag = "workflows", responses((status = 200, body = [crate::store::WorkflowRow])))]
 async fn list_workflows(
     State(c): State<Arc<Conductor>>,
 ) -> Result<Json<Vec<crate::store::WorkflowRow>>, ApiError> {
     Ok(Json(c.store.workflows(100)?))
 }
 
+#[utoipa::path(get, path = "/v1/workflows/{id}", tag = "workflows", params(("id" = String, Path)), responses((status = 200, description = "{workflow, steps}", body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_workflow(
     State(c): State<Arc<Conductor>>,
     Path(id): Path<String>,
@@ -579,6 +665,7 @@ fn redact(v: &mut serde_json::Value) {
 
 /// Every command the conductor's workflows sent, newest first: what, to whom, under
 /// which epoch, by which workflow, and the result (passwords redacted).
+#[utoipa::path(get, path = "/v1/audit", tag = "workflows", responses((status = 200, description = "journal entries, newest first", body = [Object])))]
 async fn audit(State(c): State<Arc<Conductor>>) -> Result<Json<serde_json::Value>, ApiError> {
     let mut entries = serde_json::to_value(c.store.journal_recent(500)?)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
@@ -587,6 +674,7 @@ async fn audit(State(c): State<Arc<Conductor>>) -> Result<Json<serde_json::Value
 }
 
 /// Server-Sent Events: one `data:` line of JSON per event.
+#[utoipa::path(get, path = "/v1/events", tag = "events", responses((status = 200, description = "text/event-stream; each data line is a JSON event", content_type = "text/event-stream", body = String)))]
 async fn events(
     State(c): State<Arc<Conductor>>,
 ) -> axum::response::Sse<
@@ -604,4 +692,53 @@ async fn events(
         Ok(axum::response::sse::Event::default().data(data))
     });
     axum::response::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The document names every route the router serves (and the router is the list
+    /// below): a route added without its documentation fails here.
+    #[test]
+    fn the_openapi_document_covers_every_route() {
+        let doc = <super::ApiDoc as utoipa::OpenApi>::openapi();
+        let json = serde_json::to_value(&doc).unwrap();
+        let paths = json["paths"].as_object().unwrap();
+        let expected = [
+            ("/v1/health", "get"),
+            ("/v1/instances", "get"),
+            ("/v1/instances/{id}", "get"),
+            ("/v1/instances/{id}/ping", "post"),
+            ("/v1/instances/{id}/metadata", "get"),
+            ("/v1/instances/{id}/metadata/{key}", "get"),
+            ("/v1/instances/{id}/metadata/{key}", "put"),
+            ("/v1/instances/{id}/metadata/{key}", "delete"),
+            ("/v1/sets", "get"),
+            ("/v1/sets", "post"),
+            ("/v1/sets/{id}", "get"),
+            ("/v1/sets/{id}/replicas", "post"),
+            ("/v1/sets/{id}/replicas/{instance}", "delete"),
+            ("/v1/sets/{id}/switchover", "post"),
+            ("/v1/workflows", "get"),
+            ("/v1/workflows/{id}", "get"),
+            ("/v1/audit", "get"),
+            ("/v1/events", "get"),
+        ];
+        for (path, method) in expected {
+            assert!(
+                paths.get(path).and_then(|p| p.get(method)).is_some(),
+                "{method} {path} undocumented"
+            );
+        }
+        let source = include_str!("api.rs");
+        let router =
+            &source[source.find("pub fn router").unwrap()..source.find(".fallback(").unwrap()];
+        let routes = router.matches("\"/v1/").count();
+        // One .route per path (methods chained), plus /v1/openapi.json itself.
+        assert_eq!(
+            paths.len() + 1,
+            routes,
+            "a route without its document, or the reverse"
+        );
+        assert!(json["components"]["schemas"]["SetView"].is_object());
+    }
 }

@@ -21,22 +21,29 @@ struct Entry {
 }
 
 /// One instance as the API shows it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct InstanceView {
+    #[schema(value_type = String)]
     pub id: InstanceId,
     pub zone: String,
     pub tags: Vec<String>,
+    #[schema(value_type = String)]
     pub engine: tandem_proto::EngineKind,
     /// The replication contract as the engine reports it.
     pub observed: Contract,
     /// Milliseconds since the last report arrived.
     pub last_seen_ms: u64,
+    /// The agent's last status report (see proto's `StatusReport`).
+    #[schema(value_type = Object)]
     pub status: StatusReport,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+/// The replication contract of one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Contract {
+    #[schema(value_type = Option<String>)]
     pub replicates_from: Option<InstanceId>,
+    #[schema(value_type = Vec<String>)]
     pub replicates_to: Vec<InstanceId>,
     pub writable: Option<bool>,
 }

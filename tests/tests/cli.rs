@@ -15,6 +15,22 @@ fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
+/// A plain HTTP/1.0 GET, so that the test does not share the CLI's client.
+fn http_get(base: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
 #[test]
 fn a_ping_travels_cli_to_conductor_to_agent_and_back_and_status_shows_the_instance() {
     let broker = Broker::new().unwrap();
@@ -74,6 +90,12 @@ fn a_ping_travels_cli_to_conductor_to_agent_and_back_and_status_shows_the_instan
             (row.split_whitespace().nth(3) == Some("no")).then_some(())
         },
     );
+
+    // The API documents itself.
+    let doc = http_get(&conductor.url, "/v1/openapi.json");
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(doc["info"]["title"], "Tandem conductor API");
+    assert!(doc["paths"]["/v1/sets/{id}/switchover"]["post"].is_object());
 
     let (ok, out, _) = conductor.cli(&["status", "--json"]);
     assert!(ok);

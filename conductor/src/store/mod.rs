@@ -38,7 +38,7 @@ impl From<serde_json::Error> for StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The role the conductor wants an instance to have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IntendedRole {
     Master,
@@ -46,10 +46,12 @@ pub enum IntendedRole {
 }
 
 /// One member of a replica set, as intended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
+    #[schema(value_type = String)]
     pub instance: InstanceId,
     pub role: IntendedRole,
+    #[schema(value_type = Option<String>)]
     pub replicates_from: Option<InstanceId>,
     pub writable: bool,
 }
@@ -99,7 +101,7 @@ impl std::fmt::Display for TopologyChange {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkflowState {
     Running,
@@ -138,16 +140,21 @@ impl WorkflowState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkflowRow {
     pub id: String,
     pub kind: String,
+    #[schema(value_type = String)]
     pub set_id: ReplicaSetId,
+    #[schema(value_type = Object)]
     pub params: serde_json::Value,
     pub state: WorkflowState,
     pub requested_by: String,
     pub error: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = u64)]
     pub created_at: Timestamp,
+    #[schema(value_type = u64)]
     pub updated_at: Timestamp,
 }
 
