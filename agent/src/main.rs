@@ -18,11 +18,17 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,lapin=off".into()),
-        )
+    // `Targets` rather than `EnvFilter`: the same RUST_LOG syntax for levels per target,
+    // without a regex engine in every VM's agent.
+    let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| "info,lapin=off".parse().expect("a valid default filter"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer())
+        .with(filter)
         .init();
     let settings = match tandem_agent::AgentConfig::load(args.config.as_deref())
         .and_then(tandem_agent::AgentConfig::validate)
