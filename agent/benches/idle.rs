@@ -1,7 +1,10 @@
 //! The agent's footprint: resident memory while idle and CPU time per status report,
 //! for the release binary managing a real MariaDB, reporting every second.
 //!
-//! `cargo bench -p tandem-agent --bench idle` (BENCH_SECONDS, default 30).
+//! The shipped agent is built with the `agent` profile; measure that one:
+//! `cargo build --profile agent -p tandem-agent && \
+//!  TANDEM_AGENT_BIN=target/agent/tandem-agent cargo bench -p tandem-agent --bench idle`
+//! (BENCH_SECONDS, default 30). Without TANDEM_AGENT_BIN the release build is measured.
 
 use std::time::{Duration, Instant};
 
@@ -36,14 +39,12 @@ async fn main() {
         ..Default::default()
     })
     .unwrap();
-    let agent = AgentProcess::start_mariadb(
-        env!("CARGO_BIN_EXE_tandem-agent").as_ref(),
-        "bench-1",
-        "zone-a",
-        broker.uri(),
-        &db,
-    )
-    .unwrap();
+    let binary = std::env::var("TANDEM_AGENT_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tandem-agent").to_owned());
+    println!("binary: {binary}");
+    let agent =
+        AgentProcess::start_mariadb(binary.as_ref(), "bench-1", "zone-a", broker.uri(), &db)
+            .unwrap();
     let pid = agent.process().unwrap().pid();
     let shutdown = CancellationToken::new();
     let client = Transport::connect(

@@ -438,14 +438,19 @@ async fn get_set(
     Path(id): Path<String>,
 ) -> Result<Json<SetView>, ApiError> {
     let id = parse_set(&id)?;
-    let set = c.store.set(&id)?.ok_or_else(|| {
+    let set = existing_set(&c, &id)?;
+    Ok(Json(set_view(&c, set)))
+}
+
+/// The set `id`, or a 404 that names it.
+fn existing_set(c: &Conductor, id: &ReplicaSetId) -> Result<crate::store::ReplicaSet, ApiError> {
+    c.store.set(id)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no replica set {id}"),
         )
-    })?;
-    Ok(Json(set_view(&c, set)))
+    })
 }
 
 fn body<T>(
@@ -518,13 +523,7 @@ async fn add_replica(
     let id = parse_set(&id)?;
     let req = body(b, r#"{"instance": "<instance>"}"#)?;
     let instance = parse_id(&req.instance)?;
-    c.store.set(&id)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no replica set {id}"),
-        )
-    })?;
+    existing_set(&c, &id)?;
     free_instance(&c, &instance)?;
     let row = crate::workflow::start(
         &c,
@@ -542,13 +541,7 @@ async fn detach_replica(
 ) -> Result<(StatusCode, Json<crate::store::WorkflowRow>), ApiError> {
     let id = parse_set(&id)?;
     let instance = parse_id(&instance)?;
-    let set = c.store.set(&id)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no replica set {id}"),
-        )
-    })?;
+    let set = existing_set(&c, &id)?;
     if !set.replicas().any(|r| r == &instance) {
         return Err(bad_request(format!(
             "{instance} is not a replica of set {id}"
@@ -581,13 +574,7 @@ async fn switchover(
     let id = parse_set(&id)?;
     let req = body(b, r#"{"candidate": "<instance>"}"#)?;
     let candidate = parse_id(&req.candidate)?;
-    let set = c.store.set(&id)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no replica set {id}"),
-        )
-    })?;
+    let set = existing_set(&c, &id)?;
     if !set.replicas().any(|r| r == &candidate) {
         return Err(bad_request(format!(
             "{candidate} is not a replica of set {id} (its master is {})",

@@ -16,23 +16,10 @@ pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, St
     )?;
     let (master, epoch) = (set.master.clone(), set.epoch);
     let attached = async {
-        let source = ctx.endpoint(&master)?;
         ctx.send("make read-only", instance, epoch, Command::SetReadOnly)
             .await?;
-        let credentials = ctx
-            .replication_credentials("create its replication user", &master, instance, epoch)
-            .await?;
-        ctx.send(
-            "attach to the master",
-            instance,
-            epoch,
-            Command::AttachToSource {
-                source,
-                credentials,
-                position: None,
-            },
-        )
-        .await
+        ctx.attach_to("replicate from the master", &master, instance, epoch)
+            .await
     }
     .await;
     match attached {

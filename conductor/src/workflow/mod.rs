@@ -261,7 +261,33 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    pub async fn replication_credentials(
+    /// Gives `replica` its own replication account on `source` and attaches it there
+    /// (two journaled steps, named after `what`).
+    pub async fn attach_to(
+        &mut self,
+        what: &str,
+        source: &InstanceId,
+        replica: &InstanceId,
+        epoch: Epoch,
+    ) -> Result<ReplyBody, StepError> {
+        let endpoint = self.endpoint(source)?;
+        let credentials = self
+            .replication_credentials(&format!("{what}: replication user"), source, replica, epoch)
+            .await?;
+        self.send(
+            &format!("{what}: attach"),
+            replica,
+            epoch,
+            Command::AttachToSource {
+                source: endpoint,
+                credentials,
+                position: None,
+            },
+        )
+        .await
+    }
+
+    async fn replication_credentials(
         &mut self,
         step: &str,
         master: &InstanceId,

@@ -111,57 +111,20 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
         Command::EnableAsMaster,
     )
     .await?;
-    let source = ctx.endpoint(candidate)?;
     let mut left_behind = Vec::new();
     for replica in &others {
-        let moved = async {
-            let credentials = ctx
-                .replication_credentials(
-                    "replication user for a replica",
-                    candidate,
-                    replica,
-                    new_epoch,
-                )
-                .await?;
-            ctx.send(
-                "re-point a replica",
-                replica,
-                new_epoch,
-                Command::AttachToSource {
-                    source: source.clone(),
-                    credentials,
-                    position: None,
-                },
-            )
+        if let Err(e) = ctx
+            .attach_to("re-point a replica", candidate, replica, new_epoch)
             .await
-        }
-        .await;
-        if let Err(e) = moved {
+        {
             left_behind.push(format!("{replica} ({e})"));
         }
     }
     let demoted = async {
-        let credentials = ctx
-            .replication_credentials(
-                "replication user for the old master",
-                candidate,
-                &old,
-                new_epoch,
-            )
-            .await?;
         ctx.send("demote the old master", &old, new_epoch, Command::Demote)
             .await?;
-        ctx.send(
-            "attach the old master",
-            &old,
-            new_epoch,
-            Command::AttachToSource {
-                source: source.clone(),
-                credentials,
-                position: None,
-            },
-        )
-        .await
+        ctx.attach_to("attach the old master", candidate, &old, new_epoch)
+            .await
     }
     .await;
     if let Err(e) = demoted {
@@ -238,24 +201,11 @@ async fn rollback_after_change(
         Command::SetWritable,
     )
     .await?;
-    let source = ctx.endpoint(old)?;
-    let credentials = ctx
-        .replication_credentials(
-            "rollback: replication user for the candidate",
-            old,
-            candidate,
-            epoch,
-        )
-        .await?;
-    ctx.send(
+    ctx.attach_to(
         "rollback: candidate replicates again",
+        old,
         candidate,
         epoch,
-        Command::AttachToSource {
-            source,
-            credentials,
-            position: None,
-        },
     )
     .await?;
     Ok(Outcome::RolledBack(format!(

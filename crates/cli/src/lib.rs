@@ -232,13 +232,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
             } else {
                 for e in &entries {
-                    let result = match &e["result"] {
-                        Value::Null => "in flight".to_string(),
-                        Value::Object(m) if m.contains_key("err") => {
-                            format!("error: {}", m["err"]["message"].as_str().unwrap_or("?"))
-                        }
-                        _ => "ok".to_string(),
-                    };
+                    let result = step_result(&e["result"]);
                     writeln!(
                         out,
                         "{}  {}  {:<24} -> {:<8} e{:<4} {}",
@@ -337,13 +331,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             } else {
                 writeln!(out, "{}", workflow_line(&w["workflow"]))?;
                 for s in w["steps"].as_array().into_iter().flatten() {
-                    let result = match &s["result"] {
-                        Value::Null => "in flight".to_string(),
-                        Value::Object(m) if m.contains_key("err") => {
-                            format!("error: {}", m["err"]["message"].as_str().unwrap_or("?"))
-                        }
-                        _ => "ok".to_string(),
-                    };
+                    let result = step_result(&s["result"]);
                     writeln!(
                         out,
                         "  {:>2}. {:<45} {:<8} {:<24} e{:<4} {}",
@@ -451,6 +439,17 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A journaled step's result in a word or a line: in flight, ok, or the error.
+fn step_result(result: &Value) -> String {
+    match result {
+        Value::Null => "in flight".to_string(),
+        Value::Object(m) if m.contains_key("err") => {
+            format!("error: {}", m["err"]["message"].as_str().unwrap_or("?"))
+        }
+        _ => "ok".to_string(),
+    }
 }
 
 fn event_line(v: &Value) -> String {

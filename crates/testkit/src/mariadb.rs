@@ -5,10 +5,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid, User};
 
-use crate::process::{free_port, wait_until_ready, Process};
+use crate::process::{wait_until_ready, EngineProcess, Process};
 
 #[derive(Debug, Clone)]
 pub struct MariaDbOptions {
@@ -32,9 +31,8 @@ impl Default for MariaDbOptions {
 /// without a password over the socket or TCP. Stopped and removed on drop.
 pub struct MariaDb {
     dir: tempfile::TempDir,
-    port: u16,
     options: MariaDbOptions,
-    process: Option<Process>,
+    engine: EngineProcess,
 }
 
 impl MariaDb {
@@ -54,9 +52,8 @@ impl MariaDb {
         chown_tree(&run, &mysql)?;
         let mut db = MariaDb {
             dir,
-            port: 0,
             options,
-            process: None,
+            engine: EngineProcess::new(),
         };
         db.start_process()?;
         Ok(db)
@@ -70,30 +67,20 @@ impl MariaDb {
     }
 
     fn start_process(&mut self) -> Result<()> {
-        let mut last_err = None;
-        for attempt in 0..3 {
-            if self.port == 0 || attempt > 0 {
-                self.port = free_port();
-            }
-            match self.spawn_and_wait() {
-                Ok(p) => {
-                    self.process = Some(p);
-                    return Ok(());
-                }
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(last_err.expect("three attempts were made"))
+        let mut engine = std::mem::replace(&mut self.engine, EngineProcess::new());
+        let started = engine.start(|port| self.spawn_and_wait(port));
+        self.engine = engine;
+        started
     }
 
-    fn spawn_and_wait(&self) -> Result<Process> {
+    fn spawn_and_wait(&self, port: u16) -> Result<Process> {
         let mysql = system_user("mysql")?;
         let mut cmd = Command::new(mariadbd()?);
         // --no-defaults must come first: the distribution's my.cnf would otherwise move
         // the pid file and socket to shared paths.
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", self.datadir().display()))
-            .arg(format!("--port={}", self.port))
+            .arg(format!("--port={}", port))
             .arg(format!("--socket={}", self.socket().display()))
             .arg("--bind-address=127.0.0.1")
             .arg(format!(
@@ -119,7 +106,7 @@ impl MariaDb {
             .uid(mysql.uid.as_raw())
             .gid(mysql.gid.as_raw());
         let stdout_log = self.dir.path().join("mariadbd.out");
-        let mut process = Process::spawn(format!("mariadbd:{}", self.port), cmd, Some(stdout_log))?;
+        let mut process = Process::spawn(format!("mariadbd:{}", port), cmd, Some(stdout_log))?;
         let socket = self.socket();
         wait_until_ready(&mut process, Duration::from_secs(60), || {
             Command::new("mariadb-admin")
@@ -134,7 +121,7 @@ impl MariaDb {
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.engine.port
     }
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("run/mariadbd.sock")
@@ -152,12 +139,10 @@ impl MariaDb {
         self.options.server_id
     }
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(Process::pid)
+        self.engine.pid()
     }
     pub fn is_running(&mut self) -> bool {
-        self.process
-            .as_mut()
-            .is_some_and(|p| p.try_wait().is_none())
+        self.engine.is_running()
     }
 
     /// Runs SQL as root through the `mariadb` client; returns tab-separated rows.
@@ -171,36 +156,26 @@ impl MariaDb {
         anyhow::ensure!(
             out.status.success(),
             "SQL on port {} failed: {sql}\n{}",
-            self.port,
+            self.engine.port,
             String::from_utf8_lossy(&out.stderr).trim()
         );
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
     }
 
-    /// SIGKILL: the engine crashes without a chance to flush anything.
+    /// SIGKILL: the server crashes without a chance to flush anything.
     pub fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill();
-        }
+        self.engine.kill()
     }
-    /// SIGSTOP: the engine hangs, connections stay open and time out.
+    /// SIGSTOP: the server hangs; its connections stay open and time out.
     pub fn pause(&self) -> Result<()> {
-        self.process
-            .as_ref()
-            .context("not running")?
-            .signal(Signal::SIGSTOP)
+        self.engine.pause()
     }
     pub fn resume(&self) -> Result<()> {
-        self.process
-            .as_ref()
-            .context("not running")?
-            .signal(Signal::SIGCONT)
+        self.engine.resume()
     }
     /// A clean shutdown.
     pub fn stop(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.stop();
-        }
+        self.engine.stop()
     }
 }
 

@@ -5,18 +5,16 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nix::sys::signal::Signal;
 
 use crate::mariadb::{chown_tree, copy_tree, set_mode, system_user};
-use crate::process::{free_port, wait_until_ready, Process};
+use crate::process::{wait_until_ready, EngineProcess, Process};
 
 /// A private PostgreSQL server: its own data directory, port and socket directory under
 /// a temporary directory, trust authentication on loopback, `wal_level=replica` and
 /// `wal_log_hints=on` (so pg_rewind works later). Stopped and removed on drop.
 pub struct Postgres {
     dir: tempfile::TempDir,
-    port: u16,
-    process: Option<Process>,
+    engine: EngineProcess,
 }
 
 impl Postgres {
@@ -36,8 +34,7 @@ impl Postgres {
         chown_tree(&sockets, &postgres)?;
         let mut pg = Postgres {
             dir,
-            port: 0,
-            process: None,
+            engine: EngineProcess::new(),
         };
         pg.start_process()?;
         Ok(pg)
@@ -49,29 +46,19 @@ impl Postgres {
     }
 
     fn start_process(&mut self) -> Result<()> {
-        let mut last_err = None;
-        for attempt in 0..3 {
-            if self.port == 0 || attempt > 0 {
-                self.port = free_port();
-            }
-            match self.spawn_and_wait() {
-                Ok(p) => {
-                    self.process = Some(p);
-                    return Ok(());
-                }
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(last_err.expect("three attempts were made"))
+        let mut engine = std::mem::replace(&mut self.engine, EngineProcess::new());
+        let started = engine.start(|port| self.spawn_and_wait(port));
+        self.engine = engine;
+        started
     }
 
-    fn spawn_and_wait(&self) -> Result<Process> {
+    fn spawn_and_wait(&self, port: u16) -> Result<Process> {
         let postgres = system_user("postgres")?;
         let mut cmd = Command::new(bin_dir()?.join("postgres"));
         cmd.arg("-D")
             .arg(self.datadir())
             .arg("-p")
-            .arg(self.port.to_string())
+            .arg(port.to_string())
             .arg("-k")
             .arg(self.socket_dir())
             .args([
@@ -90,12 +77,8 @@ impl Postgres {
             ])
             .uid(postgres.uid.as_raw())
             .gid(postgres.gid.as_raw());
-        let mut process = Process::spawn(
-            format!("postgres:{}", self.port),
-            cmd,
-            Some(self.log_path()),
-        )?;
-        let (sock, port) = (self.socket_dir(), self.port);
+        let mut process = Process::spawn(format!("postgres:{}", port), cmd, Some(self.log_path()))?;
+        let (sock, port) = (self.socket_dir(), port);
         wait_until_ready(&mut process, Duration::from_secs(60), || {
             Command::new("pg_isready")
                 .arg("-h")
@@ -108,7 +91,7 @@ impl Postgres {
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.engine.port
     }
     pub fn datadir(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -120,12 +103,10 @@ impl Postgres {
         self.dir.path().join("postgres.log")
     }
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(Process::pid)
+        self.engine.pid()
     }
     pub fn is_running(&mut self) -> bool {
-        self.process
-            .as_mut()
-            .is_some_and(|p| p.try_wait().is_none())
+        self.engine.is_running()
     }
 
     /// Runs SQL as the postgres superuser through `psql`; returns unaligned rows.
@@ -135,7 +116,7 @@ impl Postgres {
             .arg(self.socket_dir())
             .args([
                 "-p",
-                &self.port.to_string(),
+                &self.engine.port.to_string(),
                 "-U",
                 "postgres",
                 "-d",
@@ -147,34 +128,26 @@ impl Postgres {
         anyhow::ensure!(
             out.status.success(),
             "SQL on port {} failed: {sql}\n{}",
-            self.port,
+            self.engine.port,
             String::from_utf8_lossy(&out.stderr).trim()
         );
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
     }
 
+    /// SIGKILL: the server crashes without a chance to flush anything.
     pub fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill();
-        }
+        self.engine.kill()
     }
+    /// SIGSTOP: the server hangs; its connections stay open and time out.
     pub fn pause(&self) -> Result<()> {
-        self.process
-            .as_ref()
-            .context("not running")?
-            .signal(Signal::SIGSTOP)
+        self.engine.pause()
     }
     pub fn resume(&self) -> Result<()> {
-        self.process
-            .as_ref()
-            .context("not running")?
-            .signal(Signal::SIGCONT)
+        self.engine.resume()
     }
+    /// A clean shutdown.
     pub fn stop(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            // SIGTERM is PostgreSQL's "smart" shutdown; Process::stop escalates if needed.
-            p.stop();
-        }
+        self.engine.stop()
     }
 }
 

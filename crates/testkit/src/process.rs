@@ -186,3 +186,77 @@ pub(crate) fn cached_dir(
     }
     Ok(dest)
 }
+
+/// A database server process on a local port: started with a few retries on fresh
+/// ports (another process may take a port between our probe and the server's bind),
+/// killed, paused, resumed or stopped. Shared by [`crate::MariaDb`] and [`crate::Postgres`].
+pub(crate) struct EngineProcess {
+    pub port: u16,
+    process: Option<Process>,
+}
+
+impl EngineProcess {
+    pub fn new() -> Self {
+        EngineProcess {
+            port: 0,
+            process: None,
+        }
+    }
+
+    /// Starts the server with `spawn(port)`, which must return once it is ready.
+    pub fn start(&mut self, mut spawn: impl FnMut(u16) -> Result<Process>) -> Result<()> {
+        let mut last_err = None;
+        for attempt in 0..3 {
+            if self.port == 0 || attempt > 0 {
+                self.port = free_port();
+            }
+            match spawn(self.port) {
+                Ok(p) => {
+                    self.process = Some(p);
+                    return Ok(());
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.expect("three attempts were made"))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_some_and(|p| p.try_wait().is_none())
+    }
+
+    /// SIGKILL: the server crashes without a chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// SIGSTOP: the server hangs; its connections stay open and time out.
+    pub fn pause(&self) -> Result<()> {
+        self.process
+            .as_ref()
+            .context("not running")?
+            .signal(Signal::SIGSTOP)
+    }
+
+    pub fn resume(&self) -> Result<()> {
+        self.process
+            .as_ref()
+            .context("not running")?
+            .signal(Signal::SIGCONT)
+    }
+
+    /// A clean shutdown (SIGTERM, escalating to SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop();
+        }
+    }
+}
