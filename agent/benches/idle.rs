@@ -41,7 +41,6 @@ async fn main() {
     .unwrap();
     let binary = std::env::var("TANDEM_AGENT_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tandem-agent").to_owned());
-    println!("binary: {binary}");
     let agent =
         AgentProcess::start_mariadb(binary.as_ref(), "bench-1", "zone-a", broker.uri(), &db)
             .unwrap();
@@ -80,7 +79,14 @@ async fn main() {
     let cpu = (cpu_ticks(pid) - cpu0) as f64 / ticks_per_sec;
     rss_samples.sort();
     let median = rss_samples[rss_samples.len() / 2];
-    println!("agent footprint, release build, MariaDB engine, 1 s status interval, 200 ms probe, {seconds} s");
+    println!(
+        "agent footprint ({}), MariaDB engine, 1 s status interval, 200 ms probe, {seconds} s",
+        if std::env::var("TANDEM_AGENT_BIN").is_ok() {
+            "TANDEM_AGENT_BIN"
+        } else {
+            "release profile"
+        }
+    );
     println!("| metric | value |");
     println!("|---|---|");
     println!(

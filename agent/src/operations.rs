@@ -176,9 +176,20 @@ impl<E: Engine> Agent<E> {
                     .await?;
                 Ok(tandem_proto::ReplyBody::Backup { backup })
             }
-            Command::Restore(_) => Err(CommandError::unsupported(
-                "restores are not implemented by this agent version",
-            )),
+            Command::Restore(request) => {
+                // Verified first, so that a broken, truncated, foreign or missing backup
+                // is refused before anything is touched.
+                progress.set_phase("verifying");
+                let backup = self
+                    .engine
+                    .verify_backup(&self.settings.engine.backup_dir, &request.backup_id)
+                    .await?;
+                Err(CommandError::unsupported(format!(
+                    "backup {} verified ({} bytes, SHA-256 ok), but restoring into the data \
+                     directory is not implemented by this agent version",
+                    backup.backup_id, backup.size_bytes
+                )))
+            }
             other => Err(CommandError::new(
                 tandem_proto::ErrorKind::Internal,
                 format!("{} is not a long command", other.name()),

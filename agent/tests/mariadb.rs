@@ -640,6 +640,43 @@ async fn a_backup_is_accepted_at_once_finished_by_an_event_and_verifiable() {
         Some("1")
     );
 
+    // A restore verifies first: one flipped byte is refused, and nothing changes.
+    let mut bytes = std::fs::read(file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(file, &bytes).unwrap();
+    let restore = h
+        .ok(
+            "db-1",
+            1,
+            Command::Restore(tandem_proto::RestoreRequest {
+                backup_id: "b1".into(),
+            }),
+        )
+        .await;
+    assert!(matches!(restore, ReplyBody::Accepted { .. }));
+    let event = tokio::time::timeout(Duration::from_secs(60), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let tandem_proto::Event::OperationFinished {
+        result, command, ..
+    } = event.body
+    else {
+        panic!()
+    };
+    assert_eq!(command, "restore");
+    let err = result.into_result().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::EngineRefused, "{err}");
+    assert!(
+        err.message.contains("backup b1 is corrupt"),
+        "{}",
+        err.message
+    );
+    assert_eq!(db.sql("SELECT COUNT(*) FROM app.t").unwrap(), "2");
+    bytes[middle] ^= 0x40;
+    std::fs::write(file, &bytes).unwrap();
+
     // The same backup id again is refused in the result; a bad id at once.
     let dup = h
         .ok(

@@ -630,6 +630,10 @@ impl Engine for MariaDb {
         .await
     }
 
+    async fn verify_backup(&self, dir: &Path, backup_id: &str) -> Result<BackupInfo, EngineError> {
+        super::mariadb_backup::verify(dir, backup_id, EngineKind::Mariadb).await
+    }
+
     async fn stop(&self) -> Result<(), EngineError> {
         run_command("stop", self.config.stop_command.as_deref()).await
     }

@@ -203,8 +203,78 @@ impl Drop for Cleanup {
     }
 }
 
+/// Checks a stored backup before anything touches a data directory: its metadata is
+/// there and readable, it is a backup of `engine`, and the stored bytes are all there
+/// and hash to the recorded SHA-256. Any failure leaves everything as it was.
+pub async fn verify(
+    dir: &Path,
+    backup_id: &str,
+    engine: EngineKind,
+) -> Result<BackupInfo, EngineError> {
+    super::mariadb::safe_token("the backup id", backup_id)?;
+    let meta_path = dir.join(format!("{backup_id}.json"));
+    let meta = match tokio::fs::read(&meta_path).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(EngineError::BadRequest(format!(
+                "there is no backup {backup_id} in {}",
+                dir.display()
+            )))
+        }
+        Err(e) => return Err(internal(format!("read {}: {e}", meta_path.display()))),
+    };
+    let info: BackupInfo = serde_json::from_slice(&meta).map_err(|e| {
+        EngineError::Refused(format!(
+            "the metadata of backup {backup_id} is unreadable: {e}"
+        ))
+    })?;
+    if info.engine != engine {
+        return Err(EngineError::BadRequest(format!(
+            "backup {backup_id} is a {} backup; this is a {engine} server",
+            info.engine
+        )));
+    }
+    let data_path = dir.join(format!("{backup_id}.xb.zst"));
+    let mut file = tokio::fs::File::open(&data_path).await.map_err(|e| {
+        EngineError::Refused(format!(
+            "the data of backup {backup_id} is missing ({}): {e}",
+            data_path.display()
+        ))
+    })?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| internal(format!("read {}: {e}", data_path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    if size != info.size_bytes {
+        return Err(EngineError::Refused(format!(
+            "backup {backup_id} is truncated or grown: {size} bytes stored, {} recorded",
+            info.size_bytes
+        )));
+    }
+    let sum = format!("{:x}", hasher.finalize());
+    if sum != info.sha256 {
+        return Err(EngineError::Refused(format!(
+            "backup {backup_id} is corrupt: its SHA-256 is {sum}, {} was recorded",
+            info.sha256
+        )));
+    }
+    Ok(info)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_backup_position_is_read_from_the_log() {
         let log =
@@ -212,5 +282,74 @@ mod tests {
                    position '1234', GTID of the last change '0-7-42'\n[00] completed OK!";
         assert_eq!(super::gtid_of(log).unwrap().to_string(), "0-7-42");
         assert_eq!(super::gtid_of("no position here"), None);
+    }
+
+    fn sample(dir: &std::path::Path, id: &str, bytes: &[u8], engine: EngineKind) {
+        use sha2::Digest;
+        let info = BackupInfo {
+            backup_id: id.into(),
+            kind: BackupKind::Full,
+            instance: "db-1".parse().unwrap(),
+            engine,
+            engine_version: "10.11".into(),
+            position: None,
+            size_bytes: bytes.len() as u64,
+            sha256: format!("{:x}", sha2::Sha256::digest(bytes)),
+            created_at: Timestamp(1),
+            location: dir.join(format!("{id}.xb.zst")).display().to_string(),
+        };
+        std::fs::write(dir.join(format!("{id}.xb.zst")), bytes).unwrap();
+        std::fs::write(
+            dir.join(format!("{id}.json")),
+            serde_json::to_vec(&info).unwrap(),
+        )
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_broken_backup_is_refused_before_anything_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for id in ["good", "flipped", "truncated", "foreign", "nodata"] {
+            sample(
+                d,
+                id,
+                &data,
+                if id == "foreign" {
+                    EngineKind::Postgresql
+                } else {
+                    EngineKind::Mariadb
+                },
+            );
+        }
+        let mut flipped = data.clone();
+        flipped[50_000] ^= 0x01;
+        std::fs::write(d.join("flipped.xb.zst"), &flipped).unwrap();
+        std::fs::write(d.join("truncated.xb.zst"), &data[..99_000]).unwrap();
+        std::fs::remove_file(d.join("nodata.xb.zst")).unwrap();
+        std::fs::write(d.join("garbled.json"), b"{not json").unwrap();
+
+        let ok = super::verify(d, "good", EngineKind::Mariadb).await.unwrap();
+        assert_eq!(ok.size_bytes, 100_000);
+        let cases = [
+            ("flipped", "is corrupt: its SHA-256"),
+            ("truncated", "99000 bytes stored, 100000 recorded"),
+            (
+                "foreign",
+                "is a postgresql backup; this is a mariadb server",
+            ),
+            ("nodata", "the data of backup nodata is missing"),
+            ("missing", "there is no backup missing in"),
+            ("garbled", "the metadata of backup garbled is unreadable"),
+            ("../etc", "the backup id must be"),
+        ];
+        for (id, expected) in cases {
+            let err = super::verify(d, id, EngineKind::Mariadb)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{id}: {err}");
+        }
     }
 }

@@ -153,6 +153,13 @@ pub trait Engine: Send + Sync + 'static {
         progress: &Progress,
     ) -> impl Future<Output = Result<BackupInfo, EngineError>> + Send;
 
+    /// Checks a stored backup (metadata, engine, size, SHA-256) without touching anything.
+    fn verify_backup(
+        &self,
+        dir: &Path,
+        backup_id: &str,
+    ) -> impl Future<Output = Result<BackupInfo, EngineError>> + Send;
+
     fn stop(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
     fn start(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
 }

@@ -247,6 +247,28 @@ where
     }
 }
 
+fn median(rounds: &[Figures]) -> Figures {
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let secs = |f: &dyn Fn(&Figures) -> Duration| {
+        Duration::from_secs_f64(mid(rounds.iter().map(|r| f(r).as_secs_f64()).collect()))
+    };
+    Figures {
+        p50: secs(&|r| r.p50),
+        p99: secs(&|r| r.p99),
+        throughput: (0..rounds[0].throughput.len())
+            .map(|i| {
+                (
+                    rounds[0].throughput[i].0,
+                    mid(rounds.iter().map(|r| r.throughput[i].1).collect()),
+                )
+            })
+            .collect(),
+    }
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -289,32 +311,46 @@ async fn main() {
     let bare =
         Arc::new(Bare::start(broker.uri(), queue_type, config.prefetch, payload.clone()).await);
 
-    let b = bare.clone();
-    let bare_figures = measure(
-        move || {
-            let b = b.clone();
-            async move { b.call().await }
-        },
-        serial,
-        calls,
-    )
-    .await;
-    let c = client.clone();
-    let ours = measure(
-        move || {
-            let c = c.clone();
-            async move {
-                let r = c.call(&ping(), Duration::from_secs(10)).await.unwrap();
-                assert!(matches!(r.body, Reply::Ok(ReplyBody::Pong { .. })));
-            }
-        },
-        serial,
-        calls,
-    )
-    .await;
+    // Interleaved rounds, medians: the broker drifts over a run (its logs grow, it
+    // collects garbage), and measuring one side after the other would charge the drift
+    // to one of them.
+    let rounds = env_usize("BENCH_ROUNDS", 3);
+    let mut bare_rounds = Vec::new();
+    let mut our_rounds = Vec::new();
+    for _ in 0..rounds {
+        let b = bare.clone();
+        bare_rounds.push(
+            measure(
+                move || {
+                    let b = b.clone();
+                    async move { b.call().await }
+                },
+                serial,
+                calls,
+            )
+            .await,
+        );
+        let c = client.clone();
+        our_rounds.push(
+            measure(
+                move || {
+                    let c = c.clone();
+                    async move {
+                        let r = c.call(&ping(), Duration::from_secs(10)).await.unwrap();
+                        assert!(matches!(r.body, Reply::Ok(ReplyBody::Pong { .. })));
+                    }
+                },
+                serial,
+                calls,
+            )
+            .await,
+        );
+    }
+    let bare_figures = median(&bare_rounds);
+    let ours = median(&our_rounds);
 
     println!(
-        "request/reply, {:?} queue, {} byte command, {serial} serial calls, {calls} calls per concurrency level",
+        "request/reply, {:?} queue, {} byte command, {serial} serial calls, {calls} calls per concurrency level, median of {rounds} interleaved rounds",
         queue_type,
         payload.len()
     );
