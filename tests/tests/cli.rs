@@ -15,20 +15,29 @@ fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-/// A plain HTTP/1.0 GET, so that the test does not share the CLI's client.
-fn http_get(base: &str, path: &str) -> String {
+/// A plain HTTP/1.0 request, so that the test does not share the CLI's client.
+/// Returns the status code and the body.
+fn http(base: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    body.to_owned()
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_owned())
+}
+
+fn http_get(base: &str, path: &str) -> String {
+    let (code, body) = http(base, "GET", path, "");
+    assert_eq!(code, 200, "{body}");
+    body
 }
 
 #[test]
@@ -90,6 +99,36 @@ fn a_ping_travels_cli_to_conductor_to_agent_and_back_and_status_shows_the_instan
             (row.split_whitespace().nth(3) == Some("no")).then_some(())
         },
     );
+
+    // Malformed bodies get a 400 that says what was expected, and change nothing.
+    for (method, path, body, expected) in [
+        (
+            "POST",
+            "/v1/sets",
+            "{nope",
+            "expected {\\\"id\\\": \\\"<set>\\\"",
+        ),
+        ("POST", "/v1/sets", "{\"id\": 7}", "expected"),
+        (
+            "PUT",
+            "/v1/instances/db-1/metadata/k",
+            "[1,2]",
+            "expected {\\\"value\\\"",
+        ),
+        (
+            "POST",
+            "/v1/sets/s1/switchover",
+            "{}",
+            "expected {\\\"candidate\\\"",
+        ),
+    ] {
+        let (code, answer) = http(&conductor.url, method, path, body);
+        assert_eq!(code, 400, "{method} {path} {body}: {answer}");
+        assert!(answer.contains(expected), "{method} {path}: {answer}");
+        assert!(answer.contains("\"kind\":\"bad_request\""), "{answer}");
+    }
+    assert_eq!(http(&conductor.url, "GET", "/v1/sets", "").1, "[]");
+    assert_eq!(http(&conductor.url, "GET", "/v1/nowhere", "").0, 404);
 
     // The API documents itself.
     let doc = http_get(&conductor.url, "/v1/openapi.json");
