@@ -227,112 +227,65 @@ fn load_set(conn: &Connection, set: &ReplicaSetId) -> Result<Option<ReplicaSet>>
     }))
 }
 
-fn workflow_from(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    i64,
-    i64,
-)> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-    ))
+/// A stored id parsed back into its type; a bad one is a conversion error of its column.
+fn col_id<T: std::str::FromStr>(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = r.get(idx)?;
+    text.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
-fn to_workflow(
-    raw: (
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-        Option<String>,
-        i64,
-        i64,
-    ),
-) -> Result<WorkflowRow> {
-    let (wid, kind, set_id, params, state, requested_by, error, created, updated) = raw;
+fn col_json(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Value> {
+    let text: String = r.get(idx)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// One row of `SELECT {WORKFLOW_COLUMNS}`.
+fn workflow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WorkflowRow> {
+    let state: String = r.get(4)?;
     Ok(WorkflowRow {
-        id: wid,
-        kind,
-        set_id: id(set_id)?,
-        params: serde_json::from_str(&params)?,
-        state: WorkflowState::parse(&state)?,
-        requested_by,
-        error,
-        created_at: Timestamp(created as u64),
-        updated_at: Timestamp(updated as u64),
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        set_id: col_id(r, 2)?,
+        params: col_json(r, 3)?,
+        state: WorkflowState::parse(&state).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(
+                4,
+                rusqlite::types::Type::Text,
+                e.to_string().into(),
+            )
+        })?,
+        requested_by: r.get(5)?,
+        error: r.get(6)?,
+        created_at: Timestamp(r.get::<_, i64>(7)? as u64),
+        updated_at: Timestamp(r.get::<_, i64>(8)? as u64),
     })
 }
 
 const WORKFLOW_COLUMNS: &str =
     "id, kind, set_id, params, state, requested_by, error, created_at, updated_at";
 
-fn to_journal(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(
-    String,
-    u32,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    Option<String>,
-    i64,
-)> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-    ))
-}
-
-fn journal_from(
-    raw: (
-        String,
-        u32,
-        String,
-        String,
-        String,
-        String,
-        i64,
-        Option<String>,
-        i64,
-    ),
-) -> Result<JournalEntry> {
-    let (workflow_id, seq, step, target, command, message_id, epoch, result, sent_at) = raw;
+/// One row of `SELECT {JOURNAL_COLUMNS}`.
+fn journal_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
+    let result: Option<String> = r.get(7)?;
     Ok(JournalEntry {
-        workflow_id,
-        seq,
-        step,
-        target: id(target)?,
-        command,
-        message_id: id(message_id)?,
-        epoch: Epoch::new(epoch as u64),
-        result: result.map(|r| serde_json::from_str(&r)).transpose()?,
-        sent_at: Timestamp(sent_at as u64),
+        workflow_id: r.get(0)?,
+        seq: r.get(1)?,
+        step: r.get(2)?,
+        target: col_id(r, 3)?,
+        command: r.get(4)?,
+        message_id: col_id(r, 5)?,
+        epoch: Epoch::new(r.get::<_, i64>(6)? as u64),
+        result: match result {
+            Some(_) => Some(col_json(r, 7)?),
+            None => None,
+        },
+        sent_at: Timestamp(r.get::<_, i64>(8)? as u64),
     })
 }
 
@@ -592,11 +545,10 @@ impl Store for SqliteStore {
             c.query_row(
                 &format!("SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = ?1"),
                 [wid],
-                workflow_from,
+                workflow_row,
             )
-            .optional()?
-            .map(to_workflow)
-            .transpose()
+            .optional()
+            .map_err(Into::into)
         })
     }
 
@@ -605,9 +557,9 @@ impl Store for SqliteStore {
             c.prepare(&format!(
                 "SELECT {WORKFLOW_COLUMNS} FROM workflows ORDER BY created_at DESC, id LIMIT ?1"
             ))?
-            .query_map([limit as i64], workflow_from)?
-            .map(|r| to_workflow(r?))
-            .collect()
+            .query_map([limit as i64], workflow_row)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(Into::into)
         })
     }
 
@@ -616,9 +568,9 @@ impl Store for SqliteStore {
             c.prepare(&format!(
                 "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE state IN ('running', 'rolling_back') ORDER BY created_at"
             ))?
-            .query_map([], workflow_from)?
-            .map(|r| to_workflow(r?))
-            .collect()
+            .query_map([], workflow_row)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(Into::into)
         })
     }
 
@@ -639,11 +591,10 @@ impl Store for SqliteStore {
                     "SELECT {JOURNAL_COLUMNS} FROM journal WHERE workflow_id = ?1 AND seq = ?2"
                 ),
                 params![wid, seq],
-                to_journal,
+                journal_row,
             )
-            .optional()?
-            .map(journal_from)
-            .transpose()
+            .optional()
+            .map_err(Into::into)
         })
     }
 
@@ -682,9 +633,9 @@ impl Store for SqliteStore {
             c.prepare(&format!(
                 "SELECT {JOURNAL_COLUMNS} FROM journal WHERE workflow_id = ?1 ORDER BY seq"
             ))?
-            .query_map([wid], to_journal)?
-            .map(|r| journal_from(r?))
-            .collect()
+            .query_map([wid], journal_row)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(Into::into)
         })
     }
 
@@ -693,9 +644,9 @@ impl Store for SqliteStore {
             c.prepare(&format!(
                 "SELECT {JOURNAL_COLUMNS} FROM journal ORDER BY sent_at DESC, seq DESC LIMIT ?1"
             ))?
-            .query_map([limit as i64], to_journal)?
-            .map(|r| journal_from(r?))
-            .collect()
+            .query_map([limit as i64], journal_row)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(Into::into)
         })
     }
 }
