@@ -147,19 +147,12 @@ impl MariaDb {
 
     /// Runs SQL as root through the `mariadb` client; returns tab-separated rows.
     pub fn sql(&self, sql: &str) -> Result<String> {
-        let out = Command::new("mariadb")
+        let mut client = Command::new("mariadb");
+        client
             .args(["--no-defaults", "-uroot", "-N", "-B"])
             .arg(format!("--socket={}", self.socket().display()))
-            .args(["-e", sql])
-            .output()
-            .context("run the mariadb client")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "SQL on port {} failed: {sql}\n{}",
-            self.engine.port,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+            .args(["-e", sql]);
+        self.engine.run_sql(client, sql)
     }
 
     /// SIGKILL: the server crashes without a chance to flush anything.

@@ -111,27 +111,14 @@ impl Postgres {
 
     /// Runs SQL as the postgres superuser through `psql`; returns unaligned rows.
     pub fn sql(&self, sql: &str) -> Result<String> {
-        let out = Command::new("psql")
+        let mut client = Command::new("psql");
+        client
             .arg("-h")
             .arg(self.socket_dir())
-            .args([
-                "-p",
-                &self.engine.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .context("run psql")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "SQL on port {} failed: {sql}\n{}",
-            self.engine.port,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+            .args(["-p", &self.engine.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres"])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        self.engine.run_sql(client, sql)
     }
 
     /// SIGKILL: the server crashes without a chance to flush anything.

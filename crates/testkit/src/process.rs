@@ -253,6 +253,21 @@ impl EngineProcess {
             .signal(Signal::SIGCONT)
     }
 
+    /// Runs `client` (a SQL client already given `sql`); its stdout, or an error with
+    /// the statement and the client's stderr.
+    pub fn run_sql(&self, mut client: Command, sql: &str) -> Result<String> {
+        let out = client
+            .output()
+            .with_context(|| format!("run {:?}", client.get_program()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "SQL on port {} failed: {sql}\n{}",
+            self.port,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    }
+
     /// A clean shutdown (SIGTERM, escalating to SIGKILL).
     pub fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {
