@@ -119,11 +119,7 @@ impl Transport {
         in_flight: &mut JoinSet<()>,
         stop: &CancellationToken,
     ) -> Result<(), TransportError> {
-        let channel = session
-            .connection
-            .create_channel()
-            .await
-            .map_err(TransportError::amqp("channel.open"))?;
+        let channel = crate::session::open_channel(&session.connection).await?;
         channel
             .basic_qos(self.inner.config.prefetch, BasicQosOptions::default())
             .await
@@ -212,11 +208,7 @@ impl Transport {
             .session_within(self.inner.config.connect_timeout)
             .await?;
         // A passive declare of a missing queue closes the channel, so use a throwaway one.
-        let channel = session
-            .connection
-            .create_channel()
-            .await
-            .map_err(TransportError::amqp("channel.open"))?;
+        let channel = crate::session::open_channel(&session.connection).await?;
         let q = channel
             .queue_declare(
                 queue.into(),

@@ -35,6 +35,35 @@ impl Session {
     }
 }
 
+/// A new channel on `connection`.
+pub(crate) async fn open_channel(connection: &Connection) -> Result<Channel, TransportError> {
+    connection
+        .create_channel()
+        .await
+        .map_err(TransportError::amqp("channel.open"))
+}
+
+/// Consumes `queue` without acknowledgements: for feeds where a lost message is
+/// repaired by the next (replies to a caller that waits, status reports, events).
+pub(crate) async fn consume_no_ack(
+    channel: &Channel,
+    queue: lapin::types::ShortString,
+    what: &'static str,
+) -> Result<lapin::Consumer, TransportError> {
+    channel
+        .basic_consume(
+            queue,
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(TransportError::amqp(what))
+}
+
 /// lapin keeps two buffers of 32 frames each; at RabbitMQ's default `frame_max` (128 KiB)
 /// that is 8 MiB of zeroed memory per connection, for messages that are under 1 KiB. An
 /// agent must stay small inside every VM, so ask for 16 KiB frames (1 MiB of buffers)
@@ -162,34 +191,22 @@ impl Supervisor {
         let connection = Connection::connect(&with_small_frames(&self.config.uri), props)
             .await
             .map_err(TransportError::amqp("connect"))?;
-        let plain_channel = connection
-            .create_channel()
-            .await
-            .map_err(TransportError::amqp("channel.open"))?;
+        let plain_channel = open_channel(&connection).await?;
         let declarations = self.declarations.lock().expect("poisoned").clone();
         for what in &declarations {
             topology::declare(&plain_channel, &self.config, what).await?;
         }
-        let rpc_channel = connection
-            .create_channel()
-            .await
-            .map_err(TransportError::amqp("channel.open"))?;
+        let rpc_channel = open_channel(&connection).await?;
         rpc_channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(TransportError::amqp("confirm.select"))?;
-        let mut replies = rpc_channel
-            .basic_consume(
-                REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(TransportError::amqp("basic.consume direct reply-to"))?;
+        let mut replies = consume_no_ack(
+            &rpc_channel,
+            REPLY_TO.into(),
+            "basic.consume direct reply-to",
+        )
+        .await?;
 
         let lost = CancellationToken::new();
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;

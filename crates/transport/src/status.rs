@@ -4,9 +4,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use serde::de::DeserializeOwned;
@@ -135,11 +133,7 @@ async fn follow<T: DeserializeOwned>(
     tx: &mpsc::Sender<Envelope<T>>,
     _: PhantomData<T>,
 ) -> Result<(), TransportError> {
-    let channel = session
-        .connection
-        .create_channel()
-        .await
-        .map_err(TransportError::amqp("channel.open"))?;
+    let channel = crate::session::open_channel(&session.connection).await?;
     let queue = channel
         .queue_declare(
             "".into(),
@@ -162,18 +156,9 @@ async fn follow<T: DeserializeOwned>(
         )
         .await
         .map_err(TransportError::amqp("queue.bind follower"))?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(TransportError::amqp("basic.consume follower"))?;
+    let mut consumer =
+        crate::session::consume_no_ack(&channel, queue.name().clone(), "basic.consume follower")
+            .await?;
     loop {
         tokio::select! {
             d = consumer.next() => match d {
