@@ -30,6 +30,92 @@ pub struct AgentConfig {
     pub probe_interval_ms: u64,
     pub broker: BrokerConfig,
     pub engine: EngineConfig,
+    pub backup_store: BackupStoreConfig,
+    pub seed: SeedConfig,
+}
+
+/// Where backups are kept. One store per deployment: every agent of a replica set must
+/// reach the same one for a replica to be seeded from another server's backup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackupStoreConfig {
+    /// `local` (a directory; also an NFS mount), `swift` (OpenStack Swift) or `s3`.
+    pub kind: String,
+    /// `local`: the directory (default: `engine.backup_dir`). `swift`/`s3`: a prefix
+    /// inside the container or bucket.
+    pub path: Option<String>,
+    /// Swift container or S3 bucket.
+    pub container: Option<String>,
+    /// Swift: the v1 auth URL (`http://proxy:8080/auth/v1.0`), user (`account:user`)
+    /// and a file holding the key.
+    pub swift_auth_url: Option<String>,
+    pub swift_user: Option<String>,
+    pub swift_key_file: Option<PathBuf>,
+    /// S3: endpoint (empty for AWS), region, access key id and a file holding the secret.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key_file: Option<PathBuf>,
+}
+
+impl Default for BackupStoreConfig {
+    fn default() -> Self {
+        BackupStoreConfig {
+            kind: "local".into(),
+            path: None,
+            container: None,
+            swift_auth_url: None,
+            swift_user: None,
+            swift_key_file: None,
+            s3_endpoint: None,
+            s3_region: None,
+            s3_access_key_id: None,
+            s3_secret_access_key_file: None,
+        }
+    }
+}
+
+/// The seeding listener: other agents pull a live copy of this server from here, each
+/// connection presenting a one-time token the conductor issued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SeedConfig {
+    /// Address to listen on; port 0 picks a free one (advertised in status reports).
+    pub listen: String,
+    /// The host other agents connect to (default: `engine.host`).
+    pub advertise_host: Option<String>,
+}
+
+impl Default for SeedConfig {
+    fn default() -> Self {
+        SeedConfig {
+            listen: "0.0.0.0:0".into(),
+            advertise_host: None,
+        }
+    }
+}
+
+/// A validated backup store configuration, secrets loaded.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    Local {
+        dir: PathBuf,
+    },
+    Swift {
+        auth_url: String,
+        user: String,
+        key: tandem_proto::command::Secret,
+        container: String,
+        prefix: String,
+    },
+    S3 {
+        endpoint: Option<String>,
+        region: String,
+        bucket: String,
+        access_key_id: String,
+        secret_access_key: tandem_proto::command::Secret,
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +161,8 @@ impl Default for AgentConfig {
             probe_interval_ms: 200,
             broker: BrokerConfig::default(),
             engine: EngineConfig::default(),
+            backup_store: BackupStoreConfig::default(),
+            seed: SeedConfig::default(),
         }
     }
 }
@@ -123,6 +211,9 @@ pub struct Settings {
     pub prefetch: u16,
     pub engine: EngineConfig,
     pub admin_password: Option<String>,
+    pub backup_store: StoreSettings,
+    pub seed_listen: std::net::SocketAddr,
+    pub seed_advertise_host: String,
 }
 
 impl AgentConfig {
@@ -187,7 +278,22 @@ impl AgentConfig {
             .as_deref()
             .map(|f| read_secret(f, "engine.admin_password_file"))
             .transpose()?;
+        let backup_store = self.backup_store.validate(&self.engine)?;
+        let seed_listen = self.seed.listen.parse().with_context(|| {
+            format!(
+                "field `seed.listen` is {:?}; it must be an address like 0.0.0.0:3307",
+                self.seed.listen
+            )
+        })?;
+        let seed_advertise_host = self
+            .seed
+            .advertise_host
+            .clone()
+            .unwrap_or_else(|| self.engine.host.clone());
         Ok(Settings {
+            backup_store,
+            seed_listen,
+            seed_advertise_host,
             instance_id,
             zone: self.zone,
             tags: self.tags,
@@ -199,6 +305,57 @@ impl AgentConfig {
             prefetch: self.broker.prefetch.max(1),
             engine: self.engine,
             admin_password,
+        })
+    }
+}
+
+impl BackupStoreConfig {
+    fn validate(&self, engine: &EngineConfig) -> Result<StoreSettings> {
+        let need = |v: &Option<String>, field: &str| -> Result<String> {
+            v.clone().filter(|s| !s.is_empty()).with_context(|| {
+                format!(
+                    "field `backup_store.{field}` is required for a {} store",
+                    self.kind
+                )
+            })
+        };
+        let prefix = self.path.clone().unwrap_or_default();
+        Ok(match self.kind.as_str() {
+            "local" => StoreSettings::Local {
+                dir: self
+                    .path
+                    .as_ref()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| engine.backup_dir.clone()),
+            },
+            "swift" => StoreSettings::Swift {
+                auth_url: need(&self.swift_auth_url, "swift_auth_url")?,
+                user: need(&self.swift_user, "swift_user")?,
+                key: tandem_proto::command::Secret::new(read_secret(
+                    self.swift_key_file
+                        .as_deref()
+                        .context("field `backup_store.swift_key_file` is required for a swift store")?,
+                    "backup_store.swift_key_file",
+                )?),
+                container: need(&self.container, "container")?,
+                prefix,
+            },
+            "s3" => StoreSettings::S3 {
+                endpoint: self.s3_endpoint.clone().filter(|s| !s.is_empty()),
+                region: self.s3_region.clone().unwrap_or_else(|| "us-east-1".into()),
+                bucket: need(&self.container, "container")?,
+                access_key_id: need(&self.s3_access_key_id, "s3_access_key_id")?,
+                secret_access_key: tandem_proto::command::Secret::new(read_secret(
+                    self.s3_secret_access_key_file.as_deref().context(
+                        "field `backup_store.s3_secret_access_key_file` is required for an s3 store",
+                    )?,
+                    "backup_store.s3_secret_access_key_file",
+                )?),
+                prefix,
+            },
+            other => anyhow::bail!(
+                "field `backup_store.kind` is {other:?}; it must be \"local\", \"swift\" or \"s3\""
+            ),
         })
     }
 }
@@ -281,6 +438,18 @@ mod tests {
             (
                 "instance_id = \"db\"\nstatus_interval_ms = \"soon\"",
                 "status_interval_ms",
+            ),
+            (
+                "instance_id = \"db\"\n[backup_store]\nkind = \"tape\"",
+                "backup_store.kind",
+            ),
+            (
+                "instance_id = \"db\"\n[backup_store]\nkind = \"swift\"",
+                "backup_store.swift_auth_url",
+            ),
+            (
+                "instance_id = \"db\"\n[seed]\nlisten = \"everywhere\"",
+                "seed.listen",
             ),
         ];
         for (toml, field) in cases {

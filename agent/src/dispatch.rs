@@ -132,11 +132,22 @@ impl<E: Engine> Agent<E> {
 
         if command.body.is_long_running() {
             // What can be judged now is judged now, not in an event a minute later.
-            if let Command::TakeBackup(request) = &command.body {
-                if let Err(e) =
-                    crate::engine::mariadb::safe_token("the backup id", &request.backup_id)
-                {
+            let backup_id = match &command.body {
+                Command::TakeBackup(request) => Some(&request.backup_id),
+                Command::Restore(request) => Some(&request.backup_id),
+                _ => None,
+            };
+            if let Some(id) = backup_id {
+                if let Err(e) = crate::engine::mariadb::safe_token("the backup id", id) {
                     return Reply::Err(e.into());
+                }
+            }
+            if let Command::SeedFrom(source) = &command.body {
+                if &source.instance == &self.settings.instance_id {
+                    return Reply::Err(CommandError::bad_request(format!(
+                        "{} cannot be seeded from itself",
+                        source.instance
+                    )));
                 }
             }
             let operation = command.message_id;
@@ -223,9 +234,13 @@ impl<E: Engine> Agent<E> {
                 self.update_state(|s| s.source = None)?;
                 self.engine.set_writable(true).await?;
             }
+            Command::DeleteBackup { backup_id } => self.delete_backup(backup_id).await?,
+            Command::OfferSeed { token, ttl_ms } => self
+                .seed
+                .offer(token.expose(), Duration::from_millis(*ttl_ms))?,
             Command::StopEngine => self.engine.stop().await?,
             Command::StartEngine => self.engine.start().await?,
-            Command::TakeBackup(_) | Command::Restore(_) => {
+            Command::TakeBackup(_) | Command::Restore(_) | Command::SeedFrom(_) => {
                 unreachable!("long commands go to the operation runner")
             }
             Command::Ping
@@ -237,7 +252,7 @@ impl<E: Engine> Agent<E> {
         Ok(ReplyBody::Done)
     }
 
-    fn update_state(
+    pub(crate) fn update_state(
         &self,
         change: impl FnOnce(&mut crate::state::State),
     ) -> Result<(), CommandError> {

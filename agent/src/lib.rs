@@ -8,12 +8,15 @@
 //! Architecture invariant: the agent never decides a role. It obeys the highest epoch it
 //! has seen and reports what its engine says.
 
+mod backup;
+mod backup_store;
 pub mod config;
 mod dispatch;
 pub mod engine;
 mod host;
 mod notify;
 mod operations;
+mod seed;
 mod state;
 mod status;
 
@@ -48,11 +51,16 @@ pub struct Agent<E: Engine> {
     /// Managed settings the engine only takes after a restart, shown in every report
     /// (the agent never restarts an engine on its own: that is the conductor's call).
     restart_needed: Vec<String>,
+    /// One-time tokens for seeding connections, and where they are accepted.
+    seed: seed::SeedOffers,
 }
 
 /// Runs the agent until `shutdown` is cancelled: then it stops taking commands, lets the
 /// one in flight finish (bounded), publishes a final `stopping` report and returns.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // HTTPS to Swift/S3 uses the ring provider lapin already brings; a second call (a
+    // test running two agents in one process) finds it installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match settings.engine.kind {
         EngineKind::Mariadb => {
             let engine = MariaDb::new(settings.engine.clone(), settings.admin_password.clone());
@@ -107,6 +115,21 @@ async fn run_with<E: Engine>(
         Err(e) => tracing::warn!(error = %e, "managed configuration not applied"),
     }
 
+    // The seeding listener is bound before anything is advertised, so a wrong address
+    // stops the agent at start, not at the first seeding.
+    let seed_listener = tokio::net::TcpListener::bind(settings.seed_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "field `seed.listen`: cannot listen on {}",
+                settings.seed_listen
+            )
+        })?;
+    let seed_endpoint = tandem_proto::Endpoint {
+        host: settings.seed_advertise_host.clone(),
+        port: seed_listener.local_addr()?.port(),
+    };
+
     // The transport outlives command intake, so the last report still gets out.
     let transport_shutdown = CancellationToken::new();
     let mut transport_config =
@@ -129,9 +152,13 @@ async fn run_with<E: Engine>(
         host: std::sync::Mutex::new(host::HostProbe::new()),
         operations: operations::Operations::default(),
         restart_needed,
+        seed: seed::SeedOffers::new(seed_endpoint),
     });
     let jobs = agent.operations.open();
     let runner = tokio::spawn(agent.clone().run_operations(jobs, transport.clone()));
+
+    let seed_stop = CancellationToken::new();
+    tokio::spawn(agent.clone().serve_seeds(seed_listener, seed_stop.clone()));
 
     transport.declare_agent_queue(&id).await?;
     let status_stop = CancellationToken::new();
@@ -151,6 +178,7 @@ async fn run_with<E: Engine>(
     // A long command still running is abandoned: its record is forgotten at the next
     // start, so the conductor's re-send runs it again.
     runner.abort();
+    seed_stop.cancel();
     status_stop.cancel();
     let _ = status.await;
     transport_shutdown.cancel();

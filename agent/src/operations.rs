@@ -25,11 +25,23 @@ pub struct Progress {
     pub bytes_done: AtomicU64,
     pub bytes_total: AtomicU64,
     pub phase: Mutex<String>,
+    /// (when, bytes done) at the start of the current phase, for the rate.
+    phase_start: Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 impl Progress {
     pub fn set_phase(&self, phase: &str) {
         *self.phase.lock().expect("poisoned") = phase.to_owned();
+        *self.phase_start.lock().expect("poisoned") = Some((
+            std::time::Instant::now(),
+            self.bytes_done.load(Ordering::Relaxed),
+        ));
+    }
+    /// Bytes per second since the phase began (None in its first half second).
+    fn rate(&self, done: u64) -> Option<u64> {
+        let (since, from) = (*self.phase_start.lock().expect("poisoned"))?;
+        let secs = since.elapsed().as_secs_f64();
+        (secs >= 0.5).then(|| (done.saturating_sub(from) as f64 / secs) as u64)
     }
     pub fn add(&self, n: u64) {
         self.bytes_done.fetch_add(n, Ordering::Relaxed);
@@ -63,13 +75,20 @@ impl Operations {
             .iter()
             .map(|r| {
                 let total = r.progress.bytes_total.load(Ordering::Relaxed);
+                let done = r.progress.bytes_done.load(Ordering::Relaxed);
+                let rate = r.progress.rate(done);
                 OperationProgress {
                     operation: r.operation,
                     command: r.command.into(),
                     phase: r.progress.phase.lock().expect("poisoned").clone(),
-                    bytes_done: r.progress.bytes_done.load(Ordering::Relaxed),
+                    bytes_done: done,
                     bytes_total: (total > 0).then_some(total),
                     started_at: r.started_at,
+                    rate_bytes_per_sec: rate,
+                    eta_seconds: match rate {
+                        Some(rate) if rate > 0 && total > done => Some((total - done) / rate),
+                        _ => None,
+                    },
                 }
             })
             .collect()
@@ -165,30 +184,16 @@ impl<E: Engine> Agent<E> {
     ) -> Result<tandem_proto::ReplyBody, CommandError> {
         match command {
             Command::TakeBackup(request) => {
-                let backup = self
-                    .engine
-                    .take_backup(
-                        &self.settings.instance_id,
-                        request,
-                        &self.settings.engine.backup_dir,
-                        progress,
-                    )
-                    .await?;
+                let backup = self.take_backup(request, progress).await?;
                 Ok(tandem_proto::ReplyBody::Backup { backup })
             }
             Command::Restore(request) => {
-                // Verified first, so that a broken, truncated, foreign or missing backup
-                // is refused before anything is touched.
-                progress.set_phase("verifying");
-                let backup = self
-                    .engine
-                    .verify_backup(&self.settings.engine.backup_dir, &request.backup_id)
-                    .await?;
-                Err(CommandError::unsupported(format!(
-                    "backup {} verified ({} bytes, SHA-256 ok), but restoring into the data \
-                     directory is not implemented by this agent version",
-                    backup.backup_id, backup.size_bytes
-                )))
+                let position = self.restore(&request.backup_id, progress).await?;
+                Ok(tandem_proto::ReplyBody::Position { position })
+            }
+            Command::SeedFrom(source) => {
+                let position = self.seed_from(source, progress).await?;
+                Ok(tandem_proto::ReplyBody::Position { position })
             }
             other => Err(CommandError::new(
                 tandem_proto::ErrorKind::Internal,

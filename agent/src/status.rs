@@ -63,6 +63,7 @@ impl<E: Engine> Agent<E> {
             protocol: VersionRange::OURS,
             engine: self.engine.kind(),
             engine_version: None,
+            seed_endpoint: Some(self.seed.endpoint.clone()),
             endpoint: Some(tandem_proto::Endpoint {
                 host: self.settings.engine.host.clone(),
                 port: self.settings.engine.port,

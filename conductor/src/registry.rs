@@ -145,6 +145,7 @@ mod tests {
             protocol: VersionRange::OURS,
             engine: EngineKind::Mariadb,
             engine_version: None,
+            seed_endpoint: None,
             endpoint: Some(Endpoint {
                 host: "h".into(),
                 port: 1,

@@ -64,6 +64,16 @@ pub struct RestoreRequest {
     pub backup_id: String,
 }
 
+/// Where a seeding target connects to pull a live copy from a source agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedSource {
+    pub instance: InstanceId,
+    pub host: String,
+    pub port: u16,
+    /// One-time token the conductor issued to the source with [`Command::OfferSeed`].
+    pub token: Secret,
+}
+
 /// Everything the conductor can ask of an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -106,8 +116,21 @@ pub enum Command {
     },
     /// Take a backup; long-running, acknowledged on acceptance.
     TakeBackup(BackupRequest),
-    /// Restore (seed) the data directory from a backup; long-running.
+    /// Replace the data directory with a backup's (verified first); long-running.
+    /// Answered with the position the restored server stands at.
     Restore(RestoreRequest),
+    /// Delete one stored backup (its data and metadata).
+    DeleteBackup {
+        backup_id: String,
+    },
+    /// Accept one seeding connection presenting `token` within `ttl_ms` (source side).
+    OfferSeed {
+        token: Secret,
+        ttl_ms: u64,
+    },
+    /// Replace the data directory with a live copy streamed from another agent;
+    /// long-running. Nothing is touched until the copy is complete and prepared.
+    SeedFrom(SeedSource),
     StopEngine,
     StartEngine,
     /// A command this build does not know. Never sent; produced by decoding.
@@ -133,6 +156,9 @@ impl Command {
             Command::WaitForPosition { .. } => "wait_for_position",
             Command::TakeBackup(_) => "take_backup",
             Command::Restore(_) => "restore",
+            Command::DeleteBackup { .. } => "delete_backup",
+            Command::OfferSeed { .. } => "offer_seed",
+            Command::SeedFrom(_) => "seed_from",
             Command::StopEngine => "stop_engine",
             Command::StartEngine => "start_engine",
             Command::Unknown => "unknown",
@@ -156,6 +182,9 @@ impl Command {
             | Command::WaitForPosition { .. }
             | Command::TakeBackup(_)
             | Command::Restore(_)
+            | Command::DeleteBackup { .. }
+            | Command::OfferSeed { .. }
+            | Command::SeedFrom(_)
             | Command::StopEngine
             | Command::StartEngine
             | Command::Unknown => ProtocolVersion::V1,
@@ -165,7 +194,10 @@ impl Command {
     /// Long commands are acknowledged on acceptance and report their result as an
     /// event, so that no broker delivery is held open for minutes.
     pub fn is_long_running(&self) -> bool {
-        matches!(self, Command::TakeBackup(_) | Command::Restore(_))
+        matches!(
+            self,
+            Command::TakeBackup(_) | Command::Restore(_) | Command::SeedFrom(_)
+        )
     }
 }
 

@@ -21,7 +21,8 @@ pub mod version;
 
 pub use codec::{CodecError, Format};
 pub use command::{
-    BackupKind, BackupRequest, Command, ReplicationCredentials, RestoreRequest, SourceEndpoint,
+    BackupKind, BackupRequest, Command, ReplicationCredentials, RestoreRequest, Secret, SeedSource,
+    SourceEndpoint,
 };
 pub use envelope::{Envelope, Sender, Timestamp};
 pub use ids::{Epoch, IdError, InstanceId, MessageId, ReplicaSetId};

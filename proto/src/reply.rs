@@ -122,8 +122,12 @@ pub struct BackupInfo {
     /// SHA-256 of the stored (compressed) bytes, hex.
     pub sha256: String,
     pub created_at: Timestamp,
-    /// Where the agent stored it (a path in its backup directory).
+    /// Where the agent stored it (store kind and object path).
     pub location: String,
+    /// Engine-specific point an incremental child continues from (MariaDB: the
+    /// InnoDB LSN the backup ends at).
+    #[serde(default)]
+    pub checkpoint: Option<String>,
 }
 
 /// Something that happened on an agent, published on the events exchange.

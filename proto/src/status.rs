@@ -115,6 +115,12 @@ pub struct OperationProgress {
     #[serde(default)]
     pub bytes_total: Option<u64>,
     pub started_at: Timestamp,
+    /// Bytes per second over the last few seconds.
+    #[serde(default)]
+    pub rate_bytes_per_sec: Option<u64>,
+    /// Seconds left at the current rate, when the total is known.
+    #[serde(default)]
+    pub eta_seconds: Option<u64>,
 }
 
 /// One agent's view of its instance, published every interval and on every change.
@@ -137,6 +143,9 @@ pub struct StatusReport {
     /// Where replicas reach this engine (the agent's configured, advertised address).
     #[serde(default)]
     pub endpoint: Option<Endpoint>,
+    /// Where this agent accepts seeding connections (with a token from the conductor).
+    #[serde(default)]
+    pub seed_endpoint: Option<Endpoint>,
     pub role: Role,
     /// Whether the engine accepts writes from ordinary users; `None` when unknown.
     #[serde(default)]

@@ -80,6 +80,21 @@ fn command() -> impl Strategy<Value = Command> {
             kind: BackupKind::Incremental { parent }
         })),
         ".{0,10}".prop_map(|backup_id| Command::Restore(RestoreRequest { backup_id })),
+        ".{0,10}".prop_map(|backup_id| Command::DeleteBackup { backup_id }),
+        (".{0,40}", any::<u64>()).prop_map(|(t, ttl_ms)| Command::OfferSeed {
+            token: Secret::new(t),
+            ttl_ms
+        }),
+        (instance_id(), ".{0,10}", any::<u16>(), ".{0,40}").prop_map(
+            |(instance, host, port, t)| {
+                Command::SeedFrom(SeedSource {
+                    instance,
+                    host,
+                    port,
+                    token: Secret::new(t),
+                })
+            }
+        ),
         Just(Command::StopEngine),
         Just(Command::StartEngine),
     ]
@@ -133,6 +148,10 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                 protocol: VersionRange::OURS,
                 engine: EngineKind::Mariadb,
                 engine_version: Some("10.11.19-MariaDB".into()),
+                seed_endpoint: Some(Endpoint {
+                    host: "10.0.0.7".into(),
+                    port: 4444,
+                }),
                 endpoint: Some(Endpoint {
                     host: "10.0.0.1".into(),
                     port: 3306,
@@ -181,6 +200,8 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                     bytes_done: seq,
                     bytes_total: Some(seq.saturating_add(1)),
                     started_at: Timestamp(seq),
+                    rate_bytes_per_sec: Some(seq / 3),
+                    eta_seconds: None,
                 }],
                 engine_settings: [("sync_binlog".to_string(), "1".to_string())].into(),
             },
@@ -203,6 +224,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                     position,
                     size_bytes: size,
                     sha256: "ab".repeat(32),
+                    checkpoint: Some(size.to_string()),
                     created_at: Timestamp(size),
                     location: "/var/lib/tandem-agent/backups/x.xb.zst".into(),
                 },

@@ -17,15 +17,15 @@ use mysql_async::{Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row};
 use rand::distr::{Alphanumeric, SampleString};
 use tandem_proto::command::Secret;
 use tandem_proto::{
-    BackupInfo, BackupRequest, EngineKind, GtidSet, InstanceId, Lag, LagSource, Position,
-    ReplicationCredentials, ReplicationState, SourceEndpoint,
+    EngineKind, GtidSet, InstanceId, Lag, LagSource, Position, ReplicationCredentials,
+    ReplicationState, SourceEndpoint,
 };
 
 use crate::operations::Progress;
 
 use super::{
-    replica_of_user, replication_user, server_id_for, ConfigOutcome, Engine, EngineError,
-    Observation,
+    replica_of_user, replication_user, server_id_for, BackupStream, ConfigOutcome, Engine,
+    EngineError, Observation,
 };
 use crate::config::EngineConfig;
 
@@ -605,33 +605,105 @@ impl Engine for MariaDb {
         }
     }
 
-    async fn take_backup(
+    async fn backup_stream(
         &self,
-        me: &InstanceId,
-        request: &BackupRequest,
-        dir: &Path,
-        progress: &Progress,
-    ) -> Result<BackupInfo, EngineError> {
+        scratch: &Path,
+        since: Option<&str>,
+    ) -> Result<BackupStream, EngineError> {
         let version: String = {
             let mut c = self.conn().await?;
             timed("read version", c.query_first("SELECT @@version"))
                 .await?
                 .unwrap_or_default()
         };
-        super::mariadb_backup::take(
+        super::mariadb_backup::stream(
             &self.config,
             self.admin_password.as_deref(),
-            me,
             version,
-            request,
-            dir,
-            progress,
+            scratch,
+            since,
         )
         .await
     }
 
-    async fn verify_backup(&self, dir: &Path, backup_id: &str) -> Result<BackupInfo, EngineError> {
-        super::mariadb_backup::verify(dir, backup_id, EngineKind::Mariadb).await
+    async fn unpack(
+        &self,
+        from: &mut (dyn tokio::io::AsyncRead + Unpin + Send),
+        dir: &Path,
+        progress: &Progress,
+    ) -> Result<(), EngineError> {
+        super::mariadb_backup::unpack(from, dir, progress).await
+    }
+
+    async fn prepare(
+        &self,
+        full: &Path,
+        incrementals: &[PathBuf],
+    ) -> Result<Position, EngineError> {
+        super::mariadb_backup::prepare(full, incrementals).await
+    }
+
+    fn staging_dir(&self, name: &str) -> PathBuf {
+        sibling(&self.config.data_dir, name)
+    }
+
+    async fn install(&self, prepared: &Path) -> Result<(), EngineError> {
+        let data = self.config.data_dir.clone();
+        let previous = sibling(&data, "tandem-previous");
+        let failed = sibling(&data, "tandem-failed");
+        // The new directory gets the old one's owner and mode before the engine stops,
+        // to keep the stopped window short.
+        let owner = std::fs::metadata(&data)
+            .map_err(|e| EngineError::Internal(anyhow::anyhow!("stat {}: {e}", data.display())))?;
+        let prepared_owned = prepared.to_owned();
+        tokio::task::spawn_blocking(move || give_owner(&prepared_owned, &owner))
+            .await
+            .map_err(|e| EngineError::Internal(e.into()))?
+            .map_err(EngineError::Internal)?;
+        let _ = tokio::fs::remove_dir_all(&previous).await;
+        let _ = tokio::fs::remove_dir_all(&failed).await;
+
+        self.stop().await?;
+        let swapped = std::fs::rename(&data, &previous).and_then(|()| {
+            std::fs::rename(prepared, &data).inspect_err(|_| {
+                let _ = std::fs::rename(&previous, &data);
+            })
+        });
+        if let Err(e) = swapped {
+            let _ = self.start().await;
+            return Err(EngineError::Internal(anyhow::anyhow!(
+                "could not swap {} for the prepared copy {}: {e}; the old data directory \
+                 is in place",
+                data.display(),
+                prepared.display()
+            )));
+        }
+        match self.start().await {
+            Ok(()) => {
+                let _ = tokio::fs::remove_dir_all(&previous).await;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.stop().await;
+                let back = std::fs::rename(&data, &failed)
+                    .and_then(|()| std::fs::rename(&previous, &data));
+                let restarted = self.start().await;
+                Err(EngineError::Refused(format!(
+                    "the engine did not start on the new data ({e}); {}",
+                    match (back, restarted) {
+                        (Ok(()), Ok(())) => format!(
+                            "the previous data directory was put back and started; the new \
+                             one is kept in {}",
+                            failed.display()
+                        ),
+                        (Err(b), _) => format!("the previous data could not be put back: {b}"),
+                        (Ok(()), Err(r)) => {
+                            format!("the previous data was put back but did not start: {r}")
+                        }
+                    }
+                )))
+            }
+        }
     }
 
     async fn stop(&self) -> Result<(), EngineError> {
@@ -680,6 +752,40 @@ async fn check_source(
         .map_err(classify)?;
     let _ = conn.disconnect().await;
     Ok(id.unwrap_or(0))
+}
+
+/// `/var/lib/mysql` + "x" -> `/var/lib/mysql.x`: same parent, same filesystem.
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+/// Gives every file below `dir` the owner, group and (for `dir` itself) the mode of
+/// `like`: files unpacked by the agent belong to the engine's user.
+fn give_owner(dir: &Path, like: &std::fs::Metadata) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (uid, gid) = (
+        Some(nix::unistd::Uid::from_raw(like.uid())),
+        Some(nix::unistd::Gid::from_raw(like.gid())),
+    );
+    fn walk(
+        p: &Path,
+        uid: Option<nix::unistd::Uid>,
+        gid: Option<nix::unistd::Gid>,
+    ) -> anyhow::Result<()> {
+        nix::unistd::chown(p, uid, gid).with_context(|| format!("chown {}", p.display()))?;
+        if p.is_dir() {
+            for e in std::fs::read_dir(p)? {
+                walk(&e?.path(), uid, gid)?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir, uid, gid)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(like.mode() & 0o7777))
+        .with_context(|| format!("chmod {}", dir.display()))
 }
 
 fn write_include(path: &PathBuf, settings: &[(&str, String, bool)]) -> anyhow::Result<()> {

@@ -1,62 +1,31 @@
-//! MariaDB backups: `mariabackup --backup --stream=xbstream | zstd`, hashed with SHA-256
-//! as the bytes are written, stored as `<backup_id>.xb.zst` with a `<backup_id>.json`
-//! beside it. Written under a temporary name and renamed when complete, so a half-made
-//! backup never looks like a backup.
+//! MariaDB's physical copies: `mariabackup --backup --stream=xbstream` out,
+//! `mbstream -x` in, `mariabackup --prepare` (with `--incremental-dir` for each
+//! incremental) to make them consistent. What is done with the bytes in between
+//! (compressed into a store, or sent to another agent) is not this module's business.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use sha2::{Digest, Sha256};
-use tandem_proto::{
-    BackupInfo, BackupKind, BackupRequest, EngineKind, InstanceId, Position, Timestamp,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tandem_proto::{GtidSet, Position};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::EngineError;
+use super::{BackupStream, EngineError, StreamEnd};
 use crate::config::EngineConfig;
 use crate::operations::Progress;
 
-pub async fn take(
+/// Starts `mariabackup --backup --stream=xbstream`. `scratch` holds its log and the
+/// checkpoint file; it is removed when the stream finishes.
+pub async fn stream(
     config: &EngineConfig,
     admin_password: Option<&str>,
-    me: &InstanceId,
     engine_version: String,
-    request: &BackupRequest,
-    dir: &Path,
-    progress: &Progress,
-) -> Result<BackupInfo, EngineError> {
-    super::mariadb::safe_token("the backup id", &request.backup_id)?;
-    if let BackupKind::Incremental { .. } = request.kind {
-        return Err(EngineError::Unsupported(
-            "incremental backups are not implemented by this agent version".into(),
-        ));
-    }
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| internal(format!("create backup directory {}: {e}", dir.display())))?;
-    let final_path = dir.join(format!("{}.xb.zst", request.backup_id));
-    let meta_path = dir.join(format!("{}.json", request.backup_id));
-    if final_path.exists() {
-        return Err(EngineError::BadRequest(format!(
-            "backup {} already exists at {}",
-            request.backup_id,
-            final_path.display()
-        )));
-    }
-    let partial = dir.join(format!(".{}.partial", request.backup_id));
-    let scratch = dir.join(format!(".{}.scratch", request.backup_id));
-    let _ = tokio::fs::remove_dir_all(&scratch).await;
-    tokio::fs::create_dir_all(&scratch)
+    scratch: &Path,
+    since: Option<&str>,
+) -> Result<BackupStream, EngineError> {
+    let _ = tokio::fs::remove_dir_all(scratch).await;
+    tokio::fs::create_dir_all(scratch)
         .await
         .map_err(|e| internal(format!("create {}: {e}", scratch.display())))?;
-    let cleanup = Cleanup(vec![partial.clone(), scratch.clone()]);
-
-    progress.set_phase("copying");
-    progress.bytes_total.store(
-        dir_size(&config.data_dir),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-
     let log_path = scratch.join("mariabackup.log");
     let log = std::fs::File::create(&log_path).map_err(|e| internal(format!("{e}")))?;
     let mut backup = tokio::process::Command::new("mariabackup");
@@ -65,8 +34,18 @@ pub async fn take(
         .arg("--backup")
         .arg("--stream=xbstream")
         .arg(format!("--target-dir={}", scratch.display()))
+        // The checkpoint file (to_lsn) lands here too, for the next incremental.
+        .arg(format!("--extra-lsndir={}", scratch.display()))
         .arg(format!("--datadir={}", config.data_dir.display()))
         .arg(format!("--user={}", config.admin_user));
+    if let Some(lsn) = since {
+        if lsn.is_empty() || !lsn.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(EngineError::BadRequest(format!(
+                "the parent backup's checkpoint {lsn:?} is not an InnoDB LSN"
+            )));
+        }
+        backup.arg(format!("--incremental-lsn={lsn}"));
+    }
     if let Some(socket) = &config.socket {
         backup.arg(format!("--socket={}", socket.display()));
     } else {
@@ -78,7 +57,8 @@ pub async fn take(
         // Through the environment, not argv: argv is visible to every local user.
         backup.env("MYSQL_PWD", pw);
     }
-    let mut backup = backup
+    let mut child = backup
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
         .kill_on_drop(true)
@@ -88,193 +68,174 @@ pub async fn take(
                 "run mariabackup (is mariadb-backup installed?): {e}"
             ))
         })?;
-    let stream: Stdio = backup
-        .stdout
-        .take()
-        .expect("piped")
-        .try_into()
-        .map_err(|e| internal(format!("{e}")))?;
-    let mut zstd = tokio::process::Command::new("zstd")
-        .args(["-q", "-3", "-T0", "-c"])
-        .stdin(stream)
-        .stdout(Stdio::piped())
+    let output = child.stdout.take().expect("piped");
+    let scratch = scratch.to_owned();
+    let finish = async move {
+        let status = child.wait().await.map_err(|e| internal(format!("{e}")));
+        let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let checkpoints =
+            std::fs::read_to_string(scratch.join("xtrabackup_checkpoints")).unwrap_or_default();
+        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        let status = status?;
+        if !status.success() || !log_text.contains("completed OK!") {
+            return Err(EngineError::Refused(format!(
+                "mariabackup failed ({status}): {}",
+                last_lines(&log_text, 5)
+            )));
+        }
+        Ok(StreamEnd {
+            position: gtid_of(&log_text).map(Position::Gtid),
+            checkpoint: to_lsn(&checkpoints),
+            engine_version,
+        })
+    };
+    Ok(BackupStream {
+        output,
+        finish: Box::pin(finish),
+    })
+}
+
+/// `mbstream -x -C dir`, fed from `from` until it ends.
+pub async fn unpack(
+    from: &mut (dyn AsyncRead + Unpin + Send),
+    dir: &Path,
+    progress: &Progress,
+) -> Result<(), EngineError> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| internal(format!("create {}: {e}", dir.display())))?;
+    let mut mbstream = tokio::process::Command::new("mbstream")
+        .arg("-x")
+        .arg("-C")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| internal(format!("run zstd: {e}")))?;
-
-    let mut compressed = zstd.stdout.take().expect("piped");
-    let mut file = tokio::fs::File::create(&partial)
-        .await
-        .map_err(|e| internal(format!("create {}: {e}", partial.display())))?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = compressed
-            .read(&mut buf)
-            .await
-            .map_err(|e| internal(format!("read the compressed stream: {e}")))?;
-        if n == 0 {
-            break;
+        .map_err(|e| internal(format!("run mbstream (is mariadb-backup installed?): {e}")))?;
+    let mut stdin = mbstream.stdin.take().expect("piped");
+    let mut buf = vec![0u8; 1 << 20];
+    let copied: Result<(), EngineError> = async {
+        loop {
+            let n = from
+                .read(&mut buf)
+                .await
+                .map_err(|e| EngineError::Refused(format!("the copy stream broke: {e}")))?;
+            if n == 0 {
+                return Ok(());
+            }
+            stdin
+                .write_all(&buf[..n])
+                .await
+                .map_err(|e| internal(format!("write to mbstream: {e}")))?;
+            progress.add(n as u64);
         }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])
-            .await
-            .map_err(|e| internal(format!("write {}: {e}", partial.display())))?;
-        size += n as u64;
-        progress.add(n as u64);
     }
-    file.sync_all()
+    .await;
+    drop(stdin);
+    let out = mbstream
+        .wait_with_output()
         .await
-        .map_err(|e| internal(format!("sync {}: {e}", partial.display())))?;
-    let backup_status = backup.wait().await.map_err(|e| internal(format!("{e}")))?;
-    let zstd_status = zstd.wait().await.map_err(|e| internal(format!("{e}")))?;
-    let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
-    if !backup_status.success() || !log_text.contains("completed OK!") {
-        let tail: Vec<&str> = log_text.lines().rev().take(5).collect();
+        .map_err(|e| internal(format!("{e}")))?;
+    copied?;
+    if !out.status.success() {
         return Err(EngineError::Refused(format!(
-            "mariabackup failed ({backup_status}): {}",
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            "mbstream could not unpack the copy ({}): {}",
+            out.status,
+            last_lines(&String::from_utf8_lossy(&out.stderr), 3)
         )));
     }
-    if !zstd_status.success() {
-        return Err(internal(format!("zstd failed ({zstd_status})")));
-    }
+    Ok(())
+}
 
-    let info = BackupInfo {
-        backup_id: request.backup_id.clone(),
-        kind: request.kind.clone(),
-        instance: me.clone(),
-        engine: EngineKind::Mariadb,
-        engine_version,
-        position: gtid_of(&log_text).map(Position::Gtid),
-        size_bytes: size,
-        sha256: format!("{:x}", hasher.finalize()),
-        created_at: Timestamp::now(),
-        location: final_path.display().to_string(),
-    };
-    let meta = serde_json::to_vec_pretty(&info).map_err(|e| internal(format!("{e}")))?;
-    tokio::fs::write(&meta_path, meta)
+/// `mariabackup --prepare` on the full copy, then once per incremental with
+/// `--incremental-dir`, in order. Returns the position of the last one applied.
+pub async fn prepare(full: &Path, incrementals: &[PathBuf]) -> Result<Position, EngineError> {
+    run_prepare(full, None).await?;
+    for inc in incrementals {
+        run_prepare(full, Some(inc)).await?;
+    }
+    let last = incrementals.last().map(PathBuf::as_path).unwrap_or(full);
+    binlog_position(last).map(Position::Gtid)
+}
+
+async fn run_prepare(full: &Path, incremental: Option<&Path>) -> Result<(), EngineError> {
+    let mut cmd = tokio::process::Command::new("mariabackup");
+    cmd.arg("--no-defaults")
+        .arg("--prepare")
+        .arg(format!("--target-dir={}", full.display()));
+    if let Some(inc) = incremental {
+        cmd.arg(format!("--incremental-dir={}", inc.display()));
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
         .await
-        .map_err(|e| internal(format!("write {}: {e}", meta_path.display())))?;
-    tokio::fs::rename(&partial, &final_path)
-        .await
-        .map_err(|e| internal(format!("rename into {}: {e}", final_path.display())))?;
-    progress.set_phase("done");
-    drop(cleanup);
-    Ok(info)
+        .map_err(|e| internal(format!("run mariabackup --prepare: {e}")))?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || !log.contains("completed OK!") {
+        let what = match incremental {
+            Some(inc) => format!("applying incremental {}", inc.display()),
+            None => "preparing the full copy".into(),
+        };
+        return Err(EngineError::Refused(format!(
+            "mariabackup --prepare failed {what} ({}): {}",
+            out.status,
+            last_lines(&log, 5)
+        )));
+    }
+    Ok(())
+}
+
+/// The GTID position an unpacked copy is consistent at, from the binlog info file
+/// mariabackup puts in the stream (`<binlog file>\t<offset>\t<gtid>`). A copy of a
+/// server that never wrote a transaction has no GTID: the empty set.
+pub fn binlog_position(dir: &Path) -> Result<GtidSet, EngineError> {
+    for name in ["mariadb_backup_binlog_info", "xtrabackup_binlog_info"] {
+        if let Ok(text) = std::fs::read_to_string(dir.join(name)) {
+            let gtid = text.trim().split('\t').nth(2).unwrap_or("").trim();
+            return gtid.parse().map_err(|e| {
+                EngineError::Refused(format!(
+                    "the copy's binlog position {gtid:?} in {name} is unreadable: {e}"
+                ))
+            });
+        }
+    }
+    Err(EngineError::Refused(format!(
+        "the copy in {} has no binlog position (mariadb_backup_binlog_info); it cannot \
+         be attached at a known GTID",
+        dir.display()
+    )))
 }
 
 /// mariabackup logs "GTID of the last change '0-1-5'" for the position it is consistent at.
-fn gtid_of(log: &str) -> Option<tandem_proto::GtidSet> {
+fn gtid_of(log: &str) -> Option<GtidSet> {
     let marker = "GTID of the last change '";
     let start = log.rfind(marker)? + marker.len();
     let end = log[start..].find('\'')? + start;
     log[start..end].parse().ok()
 }
 
-fn dir_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
+/// `to_lsn = 123` from an `xtrabackup_checkpoints` file.
+fn to_lsn(checkpoints: &str) -> Option<String> {
+    checkpoints.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == "to_lsn").then(|| v.trim().to_owned())
+    })
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().rev().take(n).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 fn internal(msg: String) -> EngineError {
     EngineError::Internal(anyhow::anyhow!(msg))
 }
 
-/// Removes scratch files whichever way the backup ends.
-struct Cleanup(Vec<PathBuf>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-}
-
-/// Checks a stored backup before anything touches a data directory: its metadata is
-/// there and readable, it is a backup of `engine`, and the stored bytes are all there
-/// and hash to the recorded SHA-256. Any failure leaves everything as it was.
-pub async fn verify(
-    dir: &Path,
-    backup_id: &str,
-    engine: EngineKind,
-) -> Result<BackupInfo, EngineError> {
-    super::mariadb::safe_token("the backup id", backup_id)?;
-    let meta_path = dir.join(format!("{backup_id}.json"));
-    let meta = match tokio::fs::read(&meta_path).await {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(EngineError::BadRequest(format!(
-                "there is no backup {backup_id} in {}",
-                dir.display()
-            )))
-        }
-        Err(e) => return Err(internal(format!("read {}: {e}", meta_path.display()))),
-    };
-    let info: BackupInfo = serde_json::from_slice(&meta).map_err(|e| {
-        EngineError::Refused(format!(
-            "the metadata of backup {backup_id} is unreadable: {e}"
-        ))
-    })?;
-    if info.engine != engine {
-        return Err(EngineError::BadRequest(format!(
-            "backup {backup_id} is a {} backup; this is a {engine} server",
-            info.engine
-        )));
-    }
-    let data_path = dir.join(format!("{backup_id}.xb.zst"));
-    let mut file = tokio::fs::File::open(&data_path).await.map_err(|e| {
-        EngineError::Refused(format!(
-            "the data of backup {backup_id} is missing ({}): {e}",
-            data_path.display()
-        ))
-    })?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .await
-            .map_err(|e| internal(format!("read {}: {e}", data_path.display())))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    if size != info.size_bytes {
-        return Err(EngineError::Refused(format!(
-            "backup {backup_id} is truncated or grown: {size} bytes stored, {} recorded",
-            info.size_bytes
-        )));
-    }
-    let sum = format!("{:x}", hasher.finalize());
-    if sum != info.sha256 {
-        return Err(EngineError::Refused(format!(
-            "backup {backup_id} is corrupt: its SHA-256 is {sum}, {} was recorded",
-            info.sha256
-        )));
-    }
-    Ok(info)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn the_backup_position_is_read_from_the_log() {
         let log =
@@ -284,72 +245,30 @@ mod tests {
         assert_eq!(super::gtid_of("no position here"), None);
     }
 
-    fn sample(dir: &std::path::Path, id: &str, bytes: &[u8], engine: EngineKind) {
-        use sha2::Digest;
-        let info = BackupInfo {
-            backup_id: id.into(),
-            kind: BackupKind::Full,
-            instance: "db-1".parse().unwrap(),
-            engine,
-            engine_version: "10.11".into(),
-            position: None,
-            size_bytes: bytes.len() as u64,
-            sha256: format!("{:x}", sha2::Sha256::digest(bytes)),
-            created_at: Timestamp(1),
-            location: dir.join(format!("{id}.xb.zst")).display().to_string(),
-        };
-        std::fs::write(dir.join(format!("{id}.xb.zst")), bytes).unwrap();
+    #[test]
+    fn the_checkpoint_and_binlog_position_are_read_from_their_files() {
+        let cp = "backup_type = full-backuped\nfrom_lsn = 0\nto_lsn = 47426\nlast_lsn = 47426\n";
+        assert_eq!(super::to_lsn(cp).as_deref(), Some("47426"));
+        assert_eq!(super::to_lsn("nothing"), None);
+
+        let dir = tempfile::tempdir().unwrap();
         std::fs::write(
-            dir.join(format!("{id}.json")),
-            serde_json::to_vec(&info).unwrap(),
+            dir.path().join("mariadb_backup_binlog_info"),
+            "mysql-bin.000002\t385\t0-1-5,1-2-9\n",
         )
         .unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_broken_backup_is_refused_before_anything_is_touched() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        for id in ["good", "flipped", "truncated", "foreign", "nodata"] {
-            sample(
-                d,
-                id,
-                &data,
-                if id == "foreign" {
-                    EngineKind::Postgresql
-                } else {
-                    EngineKind::Mariadb
-                },
-            );
-        }
-        let mut flipped = data.clone();
-        flipped[50_000] ^= 0x01;
-        std::fs::write(d.join("flipped.xb.zst"), &flipped).unwrap();
-        std::fs::write(d.join("truncated.xb.zst"), &data[..99_000]).unwrap();
-        std::fs::remove_file(d.join("nodata.xb.zst")).unwrap();
-        std::fs::write(d.join("garbled.json"), b"{not json").unwrap();
-
-        let ok = super::verify(d, "good", EngineKind::Mariadb).await.unwrap();
-        assert_eq!(ok.size_bytes, 100_000);
-        let cases = [
-            ("flipped", "is corrupt: its SHA-256"),
-            ("truncated", "99000 bytes stored, 100000 recorded"),
-            (
-                "foreign",
-                "is a postgresql backup; this is a mariadb server",
-            ),
-            ("nodata", "the data of backup nodata is missing"),
-            ("missing", "there is no backup missing in"),
-            ("garbled", "the metadata of backup garbled is unreadable"),
-            ("../etc", "the backup id must be"),
-        ];
-        for (id, expected) in cases {
-            let err = super::verify(d, id, EngineKind::Mariadb)
-                .await
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(expected), "{id}: {err}");
-        }
+        let at = super::binlog_position(dir.path()).unwrap();
+        assert_eq!(at.to_string(), "0-1-5,1-2-9");
+        std::fs::write(
+            dir.path().join("mariadb_backup_binlog_info"),
+            "mysql-bin.000001\t328\t\n",
+        )
+        .unwrap();
+        assert!(super::binlog_position(dir.path()).unwrap().is_empty());
+        let empty = tempfile::tempdir().unwrap();
+        let err = super::binlog_position(empty.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has no binlog position"), "{err}");
     }
 }

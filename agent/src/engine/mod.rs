@@ -10,12 +10,13 @@ mod mariadb_backup;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
 
 use tandem_proto::{
-    BackupInfo, BackupRequest, CommandError, EngineKind, ErrorKind, InstanceId, Lag, Position,
-    ReplicationCredentials, ReplicationState, SourceEndpoint,
+    CommandError, EngineKind, ErrorKind, InstanceId, Lag, Position, ReplicationCredentials,
+    ReplicationState, SourceEndpoint,
 };
 
 use crate::operations::Progress;
@@ -143,25 +144,58 @@ pub trait Engine: Send + Sync + 'static {
         timeout: Duration,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
 
-    /// Takes a backup into `dir`, compressed and checksummed, reporting bytes written to
-    /// `progress`. Long-running: called by the operation runner, never inline.
-    fn take_backup(
+    /// Starts a consistent physical copy of the live data as a byte stream (MariaDB:
+    /// `mariabackup --stream=xbstream`), changes only since `since` (a checkpoint of an
+    /// earlier copy) for an incremental. The caller reads `output` to its end, then
+    /// awaits `finish`, which says whether the copy is good and where it stands.
+    fn backup_stream(
         &self,
-        me: &InstanceId,
-        request: &BackupRequest,
+        scratch: &Path,
+        since: Option<&str>,
+    ) -> impl Future<Output = Result<BackupStream, EngineError>> + Send;
+
+    /// Unpacks one stream made by [`Engine::backup_stream`] into the empty directory `dir`.
+    fn unpack(
+        &self,
+        from: &mut (dyn tokio::io::AsyncRead + Unpin + Send),
         dir: &Path,
         progress: &Progress,
-    ) -> impl Future<Output = Result<BackupInfo, EngineError>> + Send;
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
 
-    /// Checks a stored backup (metadata, engine, size, SHA-256) without touching anything.
-    fn verify_backup(
+    /// Makes an unpacked full copy consistent, applying unpacked incrementals on it in
+    /// order; returns the position the result stands at.
+    fn prepare(
         &self,
-        dir: &Path,
-        backup_id: &str,
-    ) -> impl Future<Output = Result<BackupInfo, EngineError>> + Send;
+        full: &Path,
+        incrementals: &[PathBuf],
+    ) -> impl Future<Output = Result<Position, EngineError>> + Send;
+
+    /// Replaces the data directory with the prepared copy `prepared`: stops the engine,
+    /// swaps the directories, starts it read-only. If the new one does not start, the
+    /// old one is put back and started, and the error says so.
+    fn install(&self, prepared: &Path) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Where a prepared copy is built: beside the data directory (one filesystem, so
+    /// that installing it is a rename).
+    fn staging_dir(&self, name: &str) -> PathBuf;
 
     fn stop(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
     fn start(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
+}
+
+/// A physical copy in flight: read `output` to its end, then await `finish`.
+pub struct BackupStream {
+    pub output: tokio::process::ChildStdout,
+    pub finish: Pin<Box<dyn Future<Output = Result<StreamEnd, EngineError>> + Send>>,
+}
+
+/// What a finished copy is consistent at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEnd {
+    pub position: Option<Position>,
+    /// Where an incremental taken after this copy starts (MariaDB: the InnoDB LSN).
+    pub checkpoint: Option<String>,
+    pub engine_version: String,
 }
 
 /// The replication account name for one replica: per replica, so that detaching one

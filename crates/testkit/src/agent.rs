@@ -23,8 +23,23 @@ impl AgentProcess {
         broker_uri: &str,
         db: &MariaDb,
     ) -> Result<AgentProcess> {
+        Self::start_mariadb_with(binary, instance, zone, broker_uri, db, &[])
+    }
+
+    /// As [`AgentProcess::start_mariadb`], with more `TANDEM_AGENT_*` settings (a
+    /// shared backup store, say).
+    pub fn start_mariadb_with(
+        binary: &Path,
+        instance: &str,
+        zone: &str,
+        broker_uri: &str,
+        db: &MariaDb,
+        extra_env: &[(String, String)],
+    ) -> Result<AgentProcess> {
         let dir = tempfile::Builder::new().prefix("tandem-agent-").tempdir()?;
-        let env = vec![
+        let (start, stop) = db.control_commands();
+        let toml_list = |v: Vec<String>| format!("{v:?}");
+        let mut env: Vec<(String, String)> = vec![
             ("TANDEM_AGENT_INSTANCE_ID".into(), instance.into()),
             ("TANDEM_AGENT_ZONE".into(), zone.into()),
             (
@@ -53,7 +68,17 @@ impl AgentProcess {
                 "TANDEM_AGENT_ENGINE__MANAGED_CONFIG".into(),
                 dir.path().join("90-tandem.cnf").display().to_string(),
             ),
+            (
+                "TANDEM_AGENT_ENGINE__START_COMMAND".into(),
+                toml_list(start),
+            ),
+            ("TANDEM_AGENT_ENGINE__STOP_COMMAND".into(), toml_list(stop)),
+            ("TANDEM_AGENT_SEED__LISTEN".into(), "127.0.0.1:0".into()),
         ];
+        for (k, v) in extra_env {
+            env.retain(|(key, _)| key != k);
+            env.push((k.clone(), v.clone()));
+        }
         let mut agent = AgentProcess {
             instance: instance.into(),
             binary: binary.into(),

@@ -73,23 +73,22 @@ impl MariaDb {
         started
     }
 
-    fn spawn_and_wait(&self, port: u16) -> Result<Process> {
-        let mysql = system_user("mysql")?;
-        let mut cmd = Command::new(mariadbd()?);
+    /// mariadbd's arguments (after the program) for `port`.
+    fn args(&self, port: u16) -> Vec<String> {
         // --no-defaults must come first: the distribution's my.cnf would otherwise move
         // the pid file and socket to shared paths.
-        cmd.arg("--no-defaults")
-            .arg(format!("--datadir={}", self.datadir().display()))
-            .arg(format!("--port={}", port))
-            .arg(format!("--socket={}", self.socket().display()))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!(
-                "--pid-file={}",
-                self.dir.path().join("run/mariadbd.pid").display()
-            ))
-            .arg(format!("--log-error={}", self.error_log().display()))
-            .arg(format!("--server-id={}", self.options.server_id))
-            .args([
+        let mut args = vec![
+            "--no-defaults".to_string(),
+            format!("--datadir={}", self.datadir().display()),
+            format!("--port={port}"),
+            format!("--socket={}", self.socket().display()),
+            "--bind-address=127.0.0.1".into(),
+            format!("--pid-file={}", self.pid_file().display()),
+            format!("--log-error={}", self.error_log().display()),
+            format!("--server-id={}", self.options.server_id),
+        ];
+        args.extend(
+            [
                 "--log-bin=mysql-bin",
                 "--binlog-format=ROW",
                 "--gtid-strict-mode=1",
@@ -101,10 +100,20 @@ impl MariaDb {
                 "--innodb-buffer-pool-size=32M",
                 "--innodb-log-file-size=16M",
                 "--max-connections=50",
-            ])
-            .args(&self.options.extra_args)
+            ]
+            .map(String::from),
+        );
+        args.extend(self.options.extra_args.iter().cloned());
+        args
+    }
+
+    fn spawn_and_wait(&self, port: u16) -> Result<Process> {
+        let mysql = system_user("mysql")?;
+        let mut cmd = Command::new(mariadbd()?);
+        cmd.args(self.args(port))
             .uid(mysql.uid.as_raw())
             .gid(mysql.gid.as_raw());
+        self.write_control_scripts(port)?;
         let stdout_log = self.dir.path().join("mariadbd.out");
         let mut process = Process::spawn(format!("mariadbd:{}", port), cmd, Some(stdout_log))?;
         let socket = self.socket();
@@ -118,6 +127,102 @@ impl MariaDb {
         })
         .map_err(|e| e.context(format!("error log:\n{}", tail(&self.error_log(), 20))))?;
         Ok(process)
+    }
+
+    /// Writes `engine-start` and `engine-stop`: how this server's agent stops and
+    /// starts it, as `systemctl stop/start mariadb` would on a VM. A server the agent
+    /// starts is not this process's child; [`MariaDb`]'s drop still stops it (by its
+    /// pid file).
+    fn write_control_scripts(&self, port: u16) -> Result<()> {
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let args: Vec<String> = self.args(port).iter().map(|a| quote(a)).collect();
+        let socket = quote(&self.socket().display().to_string());
+        let ping = format!(
+            "mariadb-admin --no-defaults -uroot --socket={socket} --connect-timeout=1 ping >/dev/null 2>&1"
+        );
+        let start = format!(
+            "#!/bin/sh\n\
+             # Written by tandem-testkit: starts this test server in the background.\n\
+             {ping} && exit 0\n\
+             setsid {mariadbd} {args} --user=mysql </dev/null >>{out} 2>&1 &\n\
+             i=0\n\
+             while [ $i -lt 600 ]; do\n\
+               {ping} && exit 0\n\
+               i=$((i+1)); sleep 0.1\n\
+             done\n\
+             echo 'mariadbd did not start within 60 s' >&2\n\
+             tail -n 20 {err} >&2\n\
+             exit 1\n",
+            mariadbd = quote(&mariadbd()?.display().to_string()),
+            args = args.join(" "),
+            out = quote(&self.dir.path().join("mariadbd.out").display().to_string()),
+            err = quote(&self.error_log().display().to_string()),
+        );
+        let stop = format!(
+            "#!/bin/sh\n\
+             # Written by tandem-testkit: a clean shutdown, waiting until the server is gone.\n\
+             {ping} || exit 0\n\
+             mariadb-admin --no-defaults -uroot --socket={socket} shutdown || exit 1\n\
+             i=0\n\
+             while [ -e {pid} ] && [ $i -lt 600 ]; do i=$((i+1)); sleep 0.1; done\n\
+             [ ! -e {pid} ]\n",
+            pid = quote(&self.pid_file().display().to_string()),
+        );
+        for (name, text) in [("engine-start", start), ("engine-stop", stop)] {
+            let path = self.dir.path().join(name);
+            std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+            set_mode(&path, 0o755)?;
+        }
+        Ok(())
+    }
+
+    /// The commands an agent runs to start and stop this server.
+    pub fn control_commands(&self) -> (Vec<String>, Vec<String>) {
+        let p = |n: &str| vec![self.dir.path().join(n).display().to_string()];
+        (p("engine-start"), p("engine-stop"))
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir.path().join("run/mariadbd.pid")
+    }
+
+    /// The pid of a server running on this data directory that this process did not
+    /// start itself (one its agent started).
+    fn adopted_pid(&self) -> Option<nix::unistd::Pid> {
+        let pid: i32 = std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        if Some(pid as u32) == self.engine.pid() {
+            return None;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let datadir = format!("--datadir={}", self.datadir().display());
+        String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .any(|a| a == datadir)
+            .then(|| nix::unistd::Pid::from_raw(pid))
+    }
+
+    fn signal_adopted(&self, sig: nix::sys::signal::Signal) -> bool {
+        match self.adopted_pid() {
+            Some(pid) => nix::sys::signal::kill(pid, sig).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Waits up to 30 s for an adopted server to exit.
+    fn wait_adopted_gone(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while let Some(pid) = self.adopted_pid() {
+            if std::time::Instant::now() > deadline
+                || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -139,10 +244,13 @@ impl MariaDb {
         self.options.server_id
     }
     pub fn pid(&self) -> Option<u32> {
-        self.engine.pid()
+        match self.adopted_pid() {
+            Some(pid) => Some(pid.as_raw() as u32),
+            None => self.engine.pid(),
+        }
     }
     pub fn is_running(&mut self) -> bool {
-        self.engine.is_running()
+        self.engine.is_running() || self.adopted_pid().is_some()
     }
 
     /// Runs SQL as root through the `mariadb` client; returns tab-separated rows.
@@ -157,18 +265,32 @@ impl MariaDb {
 
     /// SIGKILL: the server crashes without a chance to flush anything.
     pub fn kill(&mut self) {
-        self.engine.kill()
+        self.engine.kill();
+        if self.signal_adopted(nix::sys::signal::Signal::SIGKILL) {
+            self.wait_adopted_gone();
+        }
     }
     /// SIGSTOP: the server hangs; its connections stay open and time out.
     pub fn pause(&self) -> Result<()> {
+        if self.signal_adopted(nix::sys::signal::Signal::SIGSTOP) {
+            return Ok(());
+        }
         self.engine.pause()
     }
     pub fn resume(&self) -> Result<()> {
+        if self.signal_adopted(nix::sys::signal::Signal::SIGCONT) {
+            return Ok(());
+        }
         self.engine.resume()
     }
-    /// A clean shutdown.
+    /// A clean shutdown (also of a server its agent started).
     pub fn stop(&mut self) {
-        self.engine.stop()
+        self.engine.stop();
+        self.signal_adopted(nix::sys::signal::Signal::SIGCONT);
+        if self.signal_adopted(nix::sys::signal::Signal::SIGTERM) {
+            self.wait_adopted_gone();
+            self.signal_adopted(nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 

@@ -299,6 +299,7 @@ fn sample_report(zone: &str, instance: &str, sequence: u64) -> StatusReport {
         protocol: VersionRange::OURS,
         engine: tandem_proto::EngineKind::Mariadb,
         engine_version: None,
+        seed_endpoint: None,
         endpoint: None,
         role: tandem_proto::Role::Standalone,
         writable: Some(true),

@@ -1,0 +1,308 @@
+//! Backups, restores and seeding, for any engine: the engine supplies the primitives
+//! (a copy stream, unpack, prepare, install); this module chains them, with the rule
+//! that nothing touches the data directory until a complete, verified, prepared copy
+//! is ready beside it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+
+use tandem_proto::{
+    BackupInfo, BackupKind, BackupRequest, CommandError, ErrorKind, Position, Timestamp,
+};
+
+use crate::backup_store::BackupStore;
+use crate::engine::{Engine, EngineError};
+use crate::operations::Progress;
+use crate::Agent;
+
+/// Removes staging directories and files whichever way an operation ends.
+pub(crate) struct Scratch(Vec<PathBuf>);
+
+impl Scratch {
+    pub fn new() -> Self {
+        Scratch(Vec::new())
+    }
+    /// Registers `path` for removal and clears whatever an earlier attempt left there.
+    pub fn add(&mut self, path: PathBuf) -> PathBuf {
+        remove(&path);
+        self.0.push(path.clone());
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            remove(p);
+        }
+    }
+}
+
+fn remove(p: &Path) {
+    let _ = std::fs::remove_dir_all(p);
+    let _ = std::fs::remove_file(p);
+}
+
+impl<E: Engine> Agent<E> {
+    async fn store(&self) -> Result<BackupStore, EngineError> {
+        BackupStore::open(&self.settings.backup_store).await
+    }
+
+    /// A full or incremental backup, compressed with zstd, into the store.
+    pub(crate) async fn take_backup(
+        &self,
+        request: &BackupRequest,
+        progress: &Progress,
+    ) -> Result<BackupInfo, CommandError> {
+        let id = &request.backup_id;
+        crate::engine::mariadb::safe_token("the backup id", id)?;
+        let store = self.store().await?;
+        if store.exists(id).await? {
+            return Err(CommandError::bad_request(format!(
+                "backup {id} already exists in {}",
+                store.name()
+            )));
+        }
+        let me = &self.settings.instance_id;
+        let since = match &request.kind {
+            BackupKind::Full => None,
+            BackupKind::Incremental { parent } => {
+                let parent_info = store.info(parent, self.engine.kind()).await?;
+                if &parent_info.instance != me {
+                    return Err(CommandError::bad_request(format!(
+                        "backup {parent} was taken on {}; an incremental must continue a \
+                         backup of this server ({me})",
+                        parent_info.instance
+                    )));
+                }
+                Some(parent_info.checkpoint.ok_or_else(|| {
+                    CommandError::bad_request(format!(
+                        "backup {parent} has no checkpoint to continue from"
+                    ))
+                })?)
+            }
+        };
+        let mut scratch = Scratch::new();
+        let work = scratch.add(self.settings.engine.backup_dir.join(format!(".work-{id}")));
+        progress.set_phase("copying");
+        if since.is_none() {
+            progress
+                .bytes_total
+                .store(dir_size(&self.settings.engine.data_dir), Ordering::Relaxed);
+        }
+        let stream = self.engine.backup_stream(&work, since.as_deref()).await?;
+        let output: Stdio = stream
+            .output
+            .try_into()
+            .map_err(|e| internal(format!("hand the copy to zstd: {e}")))?;
+        let mut zstd = tokio::process::Command::new("zstd")
+            .args(["-q", "-3", "-T0", "-c"])
+            .stdin(output)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| internal(format!("run zstd: {e}")))?;
+        let mut compressed = zstd.stdout.take().expect("piped");
+        let stored = store.put_data(id, &mut compressed, progress).await;
+        let end = stream.finish.await;
+        let zstd_status = zstd.wait().await.map_err(|e| internal(e.to_string()))?;
+        let (size_bytes, sha256) = stored?;
+        let end = end?;
+        if !zstd_status.success() {
+            return Err(internal(format!("zstd failed ({zstd_status})")).into());
+        }
+        let info = BackupInfo {
+            backup_id: id.clone(),
+            kind: request.kind.clone(),
+            instance: me.clone(),
+            engine: self.engine.kind(),
+            engine_version: end.engine_version,
+            position: end.position,
+            size_bytes,
+            sha256,
+            created_at: Timestamp::now(),
+            location: store.location(id),
+            checkpoint: end.checkpoint,
+        };
+        store.commit(&info).await?;
+        progress.set_phase("done");
+        Ok(info)
+    }
+
+    /// Replaces this server's data with a backup (a full, or an incremental and the
+    /// chain below it). Every link is verified before anything is unpacked, and the
+    /// data directory is only swapped once the copy is prepared.
+    pub(crate) async fn restore(
+        &self,
+        backup_id: &str,
+        progress: &Progress,
+    ) -> Result<Position, CommandError> {
+        let store = self.store().await?;
+        let chain = self.chain(&store, backup_id).await?;
+        let mut scratch = Scratch::new();
+        let downloads = scratch.add(self.engine.staging_dir("tandem-download"));
+
+        progress.set_phase("verifying");
+        progress
+            .bytes_total
+            .store(chain.iter().map(|b| b.size_bytes).sum(), Ordering::Relaxed);
+        let mut files = Vec::new();
+        for info in &chain {
+            files.push(store.fetch_verified(info, &downloads, progress).await?);
+        }
+
+        progress.set_phase("unpacking");
+        progress.bytes_done.store(0, Ordering::Relaxed);
+        progress.bytes_total.store(0, Ordering::Relaxed);
+        let full = scratch.add(self.engine.staging_dir("tandem-restore"));
+        let mut incrementals = Vec::new();
+        for (n, file) in files.iter().enumerate() {
+            let dir = if n == 0 {
+                full.clone()
+            } else {
+                let d = scratch.add(self.engine.staging_dir(&format!("tandem-restore-inc{n}")));
+                incrementals.push(d.clone());
+                d
+            };
+            self.unpack_compressed(file, &dir, progress).await?;
+        }
+        drop(files);
+        self.prepare_and_install(&full, &incrementals, progress)
+            .await
+    }
+
+    /// The backup and its parents, full first; every link checked to exist, belong to
+    /// the same server and be of this engine.
+    async fn chain(
+        &self,
+        store: &BackupStore,
+        backup_id: &str,
+    ) -> Result<Vec<BackupInfo>, CommandError> {
+        let mut chain = vec![store.info(backup_id, self.engine.kind()).await?];
+        while let BackupKind::Incremental { parent } = &chain.last().expect("non-empty").kind {
+            if chain.len() > 64 {
+                return Err(CommandError::bad_request(format!(
+                    "the chain of backup {backup_id} is longer than 64 links (or loops)"
+                )));
+            }
+            let child = chain.last().expect("non-empty");
+            let parent_info = store.info(parent, self.engine.kind()).await.map_err(|e| {
+                CommandError::new(
+                    ErrorKind::EngineRefused,
+                    format!(
+                        "the chain of backup {backup_id} is broken at {}: its parent: {e}",
+                        child.backup_id
+                    ),
+                )
+            })?;
+            if parent_info.instance != child.instance {
+                return Err(CommandError::new(
+                    ErrorKind::EngineRefused,
+                    format!(
+                        "the chain of backup {backup_id} is broken: {} ({}) names parent {} \
+                         of another server ({})",
+                        child.backup_id, child.instance, parent, parent_info.instance
+                    ),
+                ));
+            }
+            chain.push(parent_info);
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
+    async fn unpack_compressed(
+        &self,
+        file: &Path,
+        dir: &Path,
+        progress: &Progress,
+    ) -> Result<(), EngineError> {
+        let mut zstd = tokio::process::Command::new("zstd")
+            .args(["-d", "-c", "-q"])
+            .arg(file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| internal(format!("run zstd: {e}")))?;
+        let mut out = zstd.stdout.take().expect("piped");
+        let unpacked = self.engine.unpack(&mut out, dir, progress).await;
+        let status = zstd
+            .wait_with_output()
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+        unpacked?;
+        if !status.status.success() {
+            return Err(EngineError::Refused(format!(
+                "zstd could not decompress {}: {}",
+                file.display(),
+                String::from_utf8_lossy(&status.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Prepares an unpacked copy, swaps it in, and leaves the server a read-only
+    /// standalone with no memory of an old source.
+    pub(crate) async fn prepare_and_install(
+        &self,
+        full: &Path,
+        incrementals: &[PathBuf],
+        progress: &Progress,
+    ) -> Result<Position, CommandError> {
+        progress.set_phase("preparing");
+        let position = self.engine.prepare(full, incrementals).await?;
+        progress.set_phase("installing");
+        {
+            // Nothing else may run against the engine while it is swapped.
+            let _one_at_a_time = self.exec_lock.lock().await;
+            self.engine.install(full).await?;
+            self.update_state(|s| {
+                s.source = None;
+                s.master = false;
+            })?;
+            // The engine just restarted: give it a moment to take statements again.
+            let mut last = None;
+            for _ in 0..50 {
+                match self.engine.set_writable(false).await {
+                    Ok(()) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            if let Some(e) = last {
+                return Err(e.into());
+            }
+        }
+        self.status_now.notify_one();
+        progress.set_phase("done");
+        Ok(position)
+    }
+
+    pub(crate) async fn delete_backup(&self, backup_id: &str) -> Result<(), CommandError> {
+        self.store().await?.delete(backup_id).await?;
+        Ok(())
+    }
+}
+
+pub(crate) fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn internal(msg: String) -> EngineError {
+    EngineError::Internal(anyhow::anyhow!(msg))
+}

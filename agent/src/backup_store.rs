@@ -1,0 +1,454 @@
+//! The backup store: one interface over a local directory (or NFS mount), OpenStack
+//! Swift and S3, through OpenDAL.
+//!
+//! A backup is two objects: `<id>.xb.zst` (the compressed stream) and `<id>.json` (its
+//! [`BackupInfo`]). The metadata is written last and is the commit point: data without
+//! metadata is a backup that never finished, and is not listed or restorable.
+
+use std::path::{Path, PathBuf};
+
+use opendal::Operator;
+use sha2::{Digest, Sha256};
+use tandem_proto::{BackupInfo, EngineKind};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use crate::config::StoreSettings;
+use crate::engine::EngineError;
+use crate::operations::Progress;
+
+/// Chunks of this size go to the store (Swift and S3 upload them as segments/parts).
+const CHUNK: usize = 8 << 20;
+
+pub struct BackupStore {
+    op: Operator,
+    /// `local:/path`, `swift:container/prefix`, `s3:bucket/prefix`: for messages.
+    name: String,
+    /// For a local store, the directory: backups are read in place instead of copied.
+    local_dir: Option<PathBuf>,
+}
+
+impl BackupStore {
+    /// Connects to the configured store (for Swift: authenticates now, so a token never
+    /// expires in the middle of an operation that opened the store).
+    pub async fn open(settings: &StoreSettings) -> Result<BackupStore, EngineError> {
+        let failed = |e: opendal::Error| EngineError::Internal(anyhow::anyhow!("{e}"));
+        match settings {
+            StoreSettings::Local { dir } => {
+                let partial = dir.join(".partial");
+                tokio::fs::create_dir_all(&partial).await.map_err(|e| {
+                    EngineError::Internal(anyhow::anyhow!(
+                        "create the backup directory {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+                let builder = opendal::services::Fs::default()
+                    .root(&dir.to_string_lossy())
+                    .atomic_write_dir(&partial.to_string_lossy());
+                Ok(BackupStore {
+                    op: Operator::new(builder).map_err(failed)?,
+                    name: format!("local:{}", dir.display()),
+                    local_dir: Some(dir.clone()),
+                })
+            }
+            StoreSettings::Swift {
+                auth_url,
+                user,
+                key,
+                container,
+                prefix,
+            } => {
+                let (storage_url, token) = swift_auth(auth_url, user, key.expose()).await?;
+                let builder = opendal::services::Swift::default()
+                    .endpoint(&storage_url)
+                    .container(container)
+                    .root(&format!("/{prefix}"))
+                    .token(&token);
+                Ok(BackupStore {
+                    op: Operator::new(builder).map_err(failed)?,
+                    name: format!("swift:{container}/{prefix}"),
+                    local_dir: None,
+                })
+            }
+            StoreSettings::S3 {
+                endpoint,
+                region,
+                bucket,
+                access_key_id,
+                secret_access_key,
+                prefix,
+            } => {
+                let mut builder = opendal::services::S3::default()
+                    .bucket(bucket)
+                    .region(region)
+                    .root(&format!("/{prefix}"))
+                    .access_key_id(access_key_id)
+                    .secret_access_key(secret_access_key.expose());
+                if let Some(e) = endpoint {
+                    builder = builder.endpoint(e);
+                }
+                Ok(BackupStore {
+                    op: Operator::new(builder).map_err(failed)?,
+                    name: format!("s3:{bucket}/{prefix}"),
+                    local_dir: None,
+                })
+            }
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn location(&self, backup_id: &str) -> String {
+        format!(
+            "{}/{}",
+            self.name.trim_end_matches('/'),
+            data_key(backup_id)
+        )
+    }
+
+    /// Streams `from` into the backup's data object, hashing as it goes. Returns the
+    /// size and SHA-256 of what was stored.
+    pub async fn put_data(
+        &self,
+        backup_id: &str,
+        from: &mut (dyn AsyncRead + Unpin + Send),
+        progress: &Progress,
+    ) -> Result<(u64, String), EngineError> {
+        let key = data_key(backup_id);
+        let mut writer = self
+            .op
+            .writer_with(&key)
+            .chunk(CHUNK)
+            .await
+            .map_err(|e| self.error(&format!("open {key} for writing"), e))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = from.read(&mut buf).await.map_err(|e| {
+                EngineError::Internal(anyhow::anyhow!("read the backup stream: {e}"))
+            })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            writer
+                .write(buf[..n].to_vec())
+                .await
+                .map_err(|e| self.error(&format!("write {key}"), e))?;
+            size += n as u64;
+            progress.add(n as u64);
+        }
+        writer
+            .close()
+            .await
+            .map_err(|e| self.error(&format!("finish {key}"), e))?;
+        Ok((size, format!("{:x}", hasher.finalize())))
+    }
+
+    /// Writes the metadata: from now on the backup exists.
+    pub async fn commit(&self, info: &BackupInfo) -> Result<(), EngineError> {
+        let json = serde_json::to_vec_pretty(info)
+            .map_err(|e| EngineError::Internal(anyhow::anyhow!("{e}")))?;
+        let key = meta_key(&info.backup_id);
+        self.op
+            .write(&key, json)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(&format!("write {key}"), e))
+    }
+
+    pub async fn exists(&self, backup_id: &str) -> Result<bool, EngineError> {
+        self.op
+            .exists(&meta_key(backup_id))
+            .await
+            .map_err(|e| self.error("look up a backup", e))
+    }
+
+    /// The metadata of one backup, checked to be of `engine`.
+    pub async fn info(
+        &self,
+        backup_id: &str,
+        engine: EngineKind,
+    ) -> Result<BackupInfo, EngineError> {
+        crate::engine::mariadb::safe_token("the backup id", backup_id)?;
+        let key = meta_key(backup_id);
+        let bytes = match self.op.read(&key).await {
+            Ok(b) => b.to_vec(),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
+                return Err(EngineError::BadRequest(format!(
+                    "there is no backup {backup_id} in {}",
+                    self.name
+                )))
+            }
+            Err(e) => return Err(self.error(&format!("read {key}"), e)),
+        };
+        let info: BackupInfo = serde_json::from_slice(&bytes).map_err(|e| {
+            EngineError::Refused(format!(
+                "the metadata of backup {backup_id} is unreadable: {e}"
+            ))
+        })?;
+        if info.engine != engine {
+            return Err(EngineError::BadRequest(format!(
+                "backup {backup_id} is a {} backup; this is a {engine} server",
+                info.engine
+            )));
+        }
+        Ok(info)
+    }
+
+    /// Makes the backup's data available as a local file whose size and SHA-256 match
+    /// the metadata: in place for a local store, downloaded into `staging` otherwise.
+    pub async fn fetch_verified(
+        &self,
+        info: &BackupInfo,
+        staging: &Path,
+        progress: &Progress,
+    ) -> Result<PathBuf, EngineError> {
+        let id = &info.backup_id;
+        let key = data_key(id);
+        let missing = |e: String| {
+            EngineError::Refused(format!(
+                "the data of backup {id} is missing ({}): {e}",
+                self.location(id)
+            ))
+        };
+        let path = match &self.local_dir {
+            Some(dir) => {
+                let path = dir.join(&key);
+                let mut file = tokio::fs::File::open(&path)
+                    .await
+                    .map_err(|e| missing(e.to_string()))?;
+                let (size, sum) = hash_all(&mut file, None, progress).await?;
+                check(info, size, &sum)?;
+                path
+            }
+            None => {
+                let reader = match self.op.reader(&key).await {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
+                        return Err(missing("no such object".into()))
+                    }
+                    Err(e) => return Err(self.error(&format!("open {key}"), e)),
+                };
+                let mut stream =
+                    reader
+                        .into_futures_async_read(..)
+                        .await
+                        .map_err(|e| match e.kind() {
+                            opendal::ErrorKind::NotFound => missing("no such object".into()),
+                            _ => self.error(&format!("read {key}"), e),
+                        })?;
+                tokio::fs::create_dir_all(staging).await.map_err(|e| {
+                    EngineError::Internal(anyhow::anyhow!("create {}: {e}", staging.display()))
+                })?;
+                let path = staging.join(&key);
+                let mut file = tokio::fs::File::create(&path).await.map_err(|e| {
+                    EngineError::Internal(anyhow::anyhow!("create {}: {e}", path.display()))
+                })?;
+                let mut compat = tokio_util::compat::FuturesAsyncReadCompatExt::compat(&mut stream);
+                let (size, sum) = hash_all(&mut compat, Some(&mut file), progress).await?;
+                check(info, size, &sum)?;
+                path
+            }
+        };
+        Ok(path)
+    }
+
+    pub async fn delete(&self, backup_id: &str) -> Result<(), EngineError> {
+        crate::engine::mariadb::safe_token("the backup id", backup_id)?;
+        if !self.exists(backup_id).await? {
+            return Err(EngineError::BadRequest(format!(
+                "there is no backup {backup_id} in {}",
+                self.name
+            )));
+        }
+        // Metadata first: a half-deleted backup is then simply not a backup.
+        for key in [meta_key(backup_id), data_key(backup_id)] {
+            self.op
+                .delete(&key)
+                .await
+                .map_err(|e| self.error(&format!("delete {key}"), e))?;
+        }
+        Ok(())
+    }
+
+    fn error(&self, what: &str, e: opendal::Error) -> EngineError {
+        EngineError::Unavailable(format!("backup store {}: {what}: {e}", self.name))
+    }
+}
+
+fn data_key(backup_id: &str) -> String {
+    format!("{backup_id}.xb.zst")
+}
+
+fn meta_key(backup_id: &str) -> String {
+    format!("{backup_id}.json")
+}
+
+fn check(info: &BackupInfo, size: u64, sum: &str) -> Result<(), EngineError> {
+    let id = &info.backup_id;
+    if size != info.size_bytes {
+        return Err(EngineError::Refused(format!(
+            "backup {id} is truncated or grown: {size} bytes stored, {} recorded",
+            info.size_bytes
+        )));
+    }
+    if sum != info.sha256 {
+        return Err(EngineError::Refused(format!(
+            "backup {id} is corrupt: its SHA-256 is {sum}, {} was recorded",
+            info.sha256
+        )));
+    }
+    Ok(())
+}
+
+async fn hash_all(
+    from: &mut (dyn AsyncRead + Unpin + Send),
+    mut copy_to: Option<&mut tokio::fs::File>,
+    progress: &Progress,
+) -> Result<(u64, String), EngineError> {
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = from
+            .read(&mut buf)
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("read a stored backup: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if let Some(f) = copy_to.as_mut() {
+            f.write_all(&buf[..n]).await.map_err(|e| {
+                EngineError::Internal(anyhow::anyhow!("write a downloaded backup: {e}"))
+            })?;
+        }
+        size += n as u64;
+        progress.add(n as u64);
+    }
+    if let Some(f) = copy_to {
+        f.flush()
+            .await
+            .map_err(|e| EngineError::Internal(anyhow::anyhow!("{e}")))?;
+    }
+    Ok((size, format!("{:x}", hasher.finalize())))
+}
+
+/// Swift v1 authentication (tempauth, swauth, and Keystone deployments that keep the
+/// v1 endpoint): `X-Auth-User`/`X-Auth-Key` in, storage URL and token out.
+async fn swift_auth(
+    auth_url: &str,
+    user: &str,
+    key: &str,
+) -> Result<(String, String), EngineError> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(15))
+        .build()
+        .map_err(|e| EngineError::Internal(e.into()))?;
+    let response = client
+        .get(auth_url)
+        .header("X-Auth-User", user)
+        .header("X-Auth-Key", key)
+        .send()
+        .await
+        .map_err(|e| EngineError::Unavailable(format!("Swift auth at {auth_url}: {e}")))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(EngineError::Refused(format!(
+            "Swift auth at {auth_url} refused user {user}: {status}"
+        )));
+    }
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                EngineError::Refused(format!("Swift auth at {auth_url} answered without {name}"))
+            })
+    };
+    Ok((header("X-Storage-Url")?, header("X-Auth-Token")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_proto::{BackupKind, Timestamp};
+
+    async fn sample(store: &BackupStore, id: &str, bytes: &[u8], engine: EngineKind) {
+        let p = Progress::default();
+        let (size, sha256) = store.put_data(id, &mut &bytes[..], &p).await.unwrap();
+        store
+            .commit(&BackupInfo {
+                backup_id: id.into(),
+                kind: BackupKind::Full,
+                instance: "db-1".parse().unwrap(),
+                engine,
+                engine_version: "10.11".into(),
+                position: None,
+                size_bytes: size,
+                sha256,
+                created_at: Timestamp(1),
+                location: store.location(id),
+                checkpoint: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_broken_backup_is_refused_before_anything_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let store = BackupStore::open(&StoreSettings::Local { dir: d.into() })
+            .await
+            .unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for id in ["good", "flipped", "truncated", "foreign", "nodata"] {
+            let engine = if id == "foreign" {
+                EngineKind::Postgresql
+            } else {
+                EngineKind::Mariadb
+            };
+            sample(&store, id, &data, engine).await;
+        }
+        let mut flipped = data.clone();
+        flipped[50_000] ^= 0x01;
+        std::fs::write(d.join("flipped.xb.zst"), &flipped).unwrap();
+        std::fs::write(d.join("truncated.xb.zst"), &data[..99_000]).unwrap();
+        std::fs::remove_file(d.join("nodata.xb.zst")).unwrap();
+        std::fs::write(d.join("garbled.json"), b"{not json").unwrap();
+
+        let p = Progress::default();
+        let staging = d.join("staging");
+        let ok = store.info("good", EngineKind::Mariadb).await.unwrap();
+        store.fetch_verified(&ok, &staging, &p).await.unwrap();
+        let cases = [
+            ("flipped", "is corrupt: its SHA-256"),
+            ("truncated", "99000 bytes stored, 100000 recorded"),
+            (
+                "foreign",
+                "is a postgresql backup; this is a mariadb server",
+            ),
+            ("nodata", "the data of backup nodata is missing"),
+            ("missing", "there is no backup missing in"),
+            ("garbled", "the metadata of backup garbled is unreadable"),
+            ("../etc", "the backup id must be"),
+        ];
+        for (id, expected) in cases {
+            let result = match store.info(id, EngineKind::Mariadb).await {
+                Ok(info) => store.fetch_verified(&info, &staging, &p).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains(expected), "{id}: {err}");
+        }
+        store.delete("good").await.unwrap();
+        let err = store.delete("good").await.unwrap_err().to_string();
+        assert!(err.contains("there is no backup good"), "{err}");
+    }
+}

@@ -1,0 +1,206 @@
+//! A test harness playing the conductor: real `mariadbd` instances, their agents (the
+//! real binary) and the real broker; commands go through the transport.
+#![allow(dead_code, unused_imports)]
+
+pub use std::time::{Duration, Instant};
+
+pub use tandem_proto::{
+    Command, CommandError, Envelope, Epoch, ErrorKind, Health, InstanceId, ReplicationCredentials,
+    ReplyBody, Role, Sender, SourceEndpoint, StatusReport,
+};
+pub use tandem_testkit::{AgentProcess, Broker, MariaDb, MariaDbOptions};
+pub use tandem_transport::{Transport, TransportConfig};
+pub use tokio_util::sync::CancellationToken;
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_tandem-agent");
+
+pub fn id(s: &str) -> InstanceId {
+    InstanceId::new(s).unwrap()
+}
+
+pub struct Node {
+    pub db: MariaDb,
+    pub agent: AgentProcess,
+}
+
+pub struct Harness {
+    pub broker: Broker,
+    pub client: Transport,
+    pub nodes: Vec<Node>,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+impl Harness {
+    pub async fn new(instances: &[&str]) -> Harness {
+        Self::with_env(instances, &[]).await
+    }
+
+    /// Agents with extra `TANDEM_AGENT_*` settings (a shared backup store, say).
+    pub async fn with_env(instances: &[&str], env: &[(String, String)]) -> Harness {
+        tandem_testkit::init_tracing();
+        let broker = Broker::new().unwrap();
+        let shutdown = CancellationToken::new();
+        let client = Transport::connect(
+            TransportConfig::new(broker.uri(), "test-conductor"),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let mut nodes = Vec::new();
+        for name in instances {
+            let db = MariaDb::start(MariaDbOptions {
+                server_id: tandem_agent::server_id_for(&id(name)),
+                ..Default::default()
+            })
+            .unwrap();
+            let agent = AgentProcess::start_mariadb_with(
+                AGENT.as_ref(),
+                name,
+                "zone-a",
+                broker.uri(),
+                &db,
+                env,
+            )
+            .unwrap();
+            nodes.push(Node { db, agent });
+        }
+        let h = Harness {
+            broker,
+            client,
+            nodes,
+            _shutdown: shutdown.drop_guard(),
+        };
+        for name in instances {
+            h.wait_ready(name).await;
+        }
+        h
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.agent.instance == name)
+            .unwrap()
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.agent.instance == name)
+            .unwrap()
+    }
+
+    pub async fn wait_ready(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let env = envelope(name, Epoch::ZERO, Command::Ping);
+            if self.client.call(&env, Duration::from_secs(2)).await.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent {name} never answered; its log:\n{}",
+                self.node(name).agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn send(&self, env: &Envelope<Command>) -> Result<ReplyBody, CommandError> {
+        let reply = self
+            .client
+            .call(env, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{} to {}: {e}", env.body.name(), env.target));
+        reply.body.into_result()
+    }
+
+    pub async fn cmd(
+        &self,
+        target: &str,
+        epoch: u64,
+        body: Command,
+    ) -> Result<ReplyBody, CommandError> {
+        self.send(&envelope(target, Epoch::new(epoch), body)).await
+    }
+
+    pub async fn ok(&self, target: &str, epoch: u64, body: Command) -> ReplyBody {
+        let name = body.name();
+        self.cmd(target, epoch, body)
+            .await
+            .unwrap_or_else(|e| panic!("{name} on {target}: {e}"))
+    }
+
+    pub async fn status(&self, target: &str) -> StatusReport {
+        match self.ok(target, 0, Command::GetStatus).await {
+            ReplyBody::Status { report } => *report,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    pub fn endpoint(&self, name: &str) -> SourceEndpoint {
+        SourceEndpoint {
+            instance: id(name),
+            host: "127.0.0.1".into(),
+            port: self.node(name).db.port(),
+        }
+    }
+
+    /// Makes `master` a writable master and `replica` its replica.
+    pub async fn attach(&self, master: &str, replica: &str, epoch: u64) -> ReplicationCredentials {
+        self.ok(master, epoch, Command::EnableAsMaster).await;
+        self.ok(master, epoch, Command::SetWritable).await;
+        let credentials = match self
+            .ok(
+                master,
+                epoch,
+                Command::CreateReplicationUser {
+                    replica: id(replica),
+                },
+            )
+            .await
+        {
+            ReplyBody::Credentials { credentials } => credentials,
+            other => panic!("{other:?}"),
+        };
+        self.ok(
+            replica,
+            epoch,
+            Command::AttachToSource {
+                source: self.endpoint(master),
+                credentials: credentials.clone(),
+                position: None,
+            },
+        )
+        .await;
+        credentials
+    }
+}
+
+pub fn envelope(target: &str, epoch: Epoch, body: Command) -> Envelope<Command> {
+    Envelope::new(
+        Sender::Conductor {
+            name: "test".into(),
+        },
+        id(target),
+        epoch,
+        body,
+    )
+    .expires_in(Duration::from_secs(30))
+}
+
+/// Polls `f` every 50 ms until it returns Some, for at most `limit`.
+pub async fn eventually<T>(
+    limit: Duration,
+    what: &str,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
