@@ -31,6 +31,14 @@ impl BackupStore {
     /// Connects to the configured store (for Swift: authenticates now, so a token never
     /// expires in the middle of an operation that opened the store).
     pub async fn open(settings: &StoreSettings) -> Result<BackupStore, EngineError> {
+        // OpenDAL's HTTP services need a transport installed once per process; ours is
+        // reqwest over the rustls provider the agent installs at start.
+        static TRANSPORT: std::sync::Once = std::sync::Once::new();
+        TRANSPORT.call_once(|| {
+            opendal::HttpTransporter::install_default(
+                opendal_http_transport_reqwest::ReqwestTransport::new(reqwest::Client::new()),
+            )
+        });
         let failed = |e: opendal::Error| EngineError::Internal(anyhow::anyhow!("{e}"));
         match settings {
             StoreSettings::Local { dir } => {

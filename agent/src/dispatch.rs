@@ -143,7 +143,7 @@ impl<E: Engine> Agent<E> {
                 }
             }
             if let Command::SeedFrom(source) = &command.body {
-                if &source.instance == &self.settings.instance_id {
+                if source.instance == self.settings.instance_id {
                     return Reply::Err(CommandError::bad_request(format!(
                         "{} cannot be seeded from itself",
                         source.instance

@@ -127,28 +127,47 @@ async fn attach_at(h: &Harness, master: &str, replica: &str, position: Position)
     .await;
 }
 
+/// The objects of a store as the test sees them, bypassing the agent.
+enum Raw<'a> {
+    Local(&'a std::path::Path),
+    Swift(&'a tandem_testkit::Swift),
+}
+
+impl Raw<'_> {
+    fn get(&self, key: &str) -> Vec<u8> {
+        match self {
+            Raw::Local(dir) => std::fs::read(dir.join(key)).unwrap(),
+            Raw::Swift(s) => s
+                .get(key)
+                .unwrap()
+                .unwrap_or_else(|| panic!("no object {key}")),
+        }
+    }
+    fn put(&self, key: &str, data: &[u8]) {
+        match self {
+            Raw::Local(dir) => std::fs::write(dir.join(key), data).unwrap(),
+            Raw::Swift(s) => s.put(key, data).unwrap(),
+        }
+    }
+}
+
 /// Copies stored backup `from` as `to`, with its data passed through `damage` and its
 /// metadata through `edit`: how a broken backup is made without a broken disk.
 fn forge(
-    store: &std::path::Path,
+    store: &Raw,
     from: &str,
     to: &str,
     damage: impl FnOnce(&mut Vec<u8>),
     edit: impl FnOnce(&mut serde_json::Value),
 ) {
-    let mut data = std::fs::read(store.join(format!("{from}.xb.zst"))).unwrap();
+    let mut data = store.get(&format!("{from}.xb.zst"));
     damage(&mut data);
-    std::fs::write(store.join(format!("{to}.xb.zst")), data).unwrap();
+    store.put(&format!("{to}.xb.zst"), &data);
     let mut meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(store.join(format!("{from}.json"))).unwrap())
-            .unwrap();
+        serde_json::from_slice(&store.get(&format!("{from}.json"))).unwrap();
     meta["backup_id"] = to.into();
     edit(&mut meta);
-    std::fs::write(
-        store.join(format!("{to}.json")),
-        serde_json::to_vec(&meta).unwrap(),
-    )
-    .unwrap();
+    store.put(&format!("{to}.json"), &serde_json::to_vec(&meta).unwrap());
 }
 
 fn local_store(dir: &std::path::Path) -> Vec<(String, String)> {
@@ -292,7 +311,7 @@ async fn backup_err(h: &Harness, id: &str) -> CommandError {
 /// broken chain are refused with db-2 left exactly as it was.
 async fn restores_verify_and_incrementals_apply_on_their_full(
     env: Vec<(String, String)>,
-    local: Option<&std::path::Path>,
+    store: Raw<'_>,
 ) {
     let h = Harness::with_env(&["db-1", "db-2"], &env).await;
     master_with_rows(&h, "db-1", 3).await;
@@ -319,7 +338,8 @@ async fn restores_verify_and_incrementals_apply_on_their_full(
     mark(target);
     let target_pid = target.pid();
 
-    if let Some(store) = local {
+    {
+        let store = &store;
         forge(
             store,
             "full-1",
@@ -413,9 +433,17 @@ async fn restores_verify_and_incrementals_apply_on_their_full_in_a_local_store()
     let store = tempfile::tempdir().unwrap();
     restores_verify_and_incrementals_apply_on_their_full(
         local_store(store.path()),
-        Some(store.path()),
+        Raw::Local(store.path()),
     )
     .await;
+}
+
+#[tokio::test]
+async fn restores_verify_and_incrementals_apply_on_their_full_in_a_swift_store() {
+    let swift = tandem_testkit::Swift::start().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let env = swift.agent_env(keys.path()).unwrap();
+    restores_verify_and_incrementals_apply_on_their_full(env, Raw::Swift(&swift)).await;
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 //!   in parallel without sharing a queue.
 //! * [`MariaDb`] / [`Postgres`]: private engine instances with their own data directory,
 //!   port and socket in a temporary directory.
+//! * [`Swift`]: a private OpenStack Swift (proxy, account, container, object server) for
+//!   backup store tests.
 //! * [`Process`]: a spawned binary (an agent, the conductor) that dies with the test.
 //!
 //! Every value stops and removes what it started when dropped, which also happens when a
@@ -15,12 +17,14 @@ mod broker;
 mod mariadb;
 mod postgres;
 mod process;
+mod swift;
 
 pub use agent::{binary, AgentProcess, ConductorProcess};
 pub use broker::Broker;
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use postgres::Postgres;
 pub use process::{free_port, Process};
+pub use swift::Swift;
 
 /// Where tests find the broker: `AMQP_ADDR` without a vhost, default the local guest account.
 pub fn amqp_base() -> String {
