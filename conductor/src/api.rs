@@ -11,7 +11,9 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
-use tandem_proto::{Command, Envelope, Epoch, InstanceId, ReplicaSetId, ReplyBody, Sender};
+use tandem_proto::{
+    Command, Envelope, Epoch, InstanceId, ReplicaSetId, ReplyBody, Sender, Timestamp,
+};
 use tandem_transport::CallError;
 
 use crate::Conductor;
@@ -33,6 +35,9 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/sets/{id}/replicas", post(add_replica))
         .route("/v1/sets/{id}/replicas/{instance}", delete(detach_replica))
         .route("/v1/sets/{id}/switchover", post(switchover))
+        .route("/v1/instances/{id}/backups", post(take_backup))
+        .route("/v1/backups", get(list_backups))
+        .route("/v1/backups/{id}", get(get_backup).delete(delete_backup))
         .route("/v1/workflows", get(list_workflows))
         .route("/v1/workflows/{id}", get(get_workflow))
         .route("/v1/audit", get(audit))
@@ -75,6 +80,10 @@ pub struct ErrorBody {
         add_replica,
         detach_replica,
         switchover,
+        take_backup,
+        list_backups,
+        get_backup,
+        delete_backup,
         list_workflows,
         get_workflow,
         audit,
@@ -511,7 +520,21 @@ async fn create_set(
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 struct AddReplica {
-    instance: String,
+    /// One instance; or several in `instances` (seeded in parallel).
+    #[serde(default)]
+    instance: Option<String>,
+    #[serde(default)]
+    instances: Vec<String>,
+    /// `none` (default: attach as it is; the binary log brings it up to date),
+    /// `stream` (a live copy from `from`, default the master), `backup` (`backup`,
+    /// default the set's newest), or `auto` (a recent backup if there is one, else
+    /// stream).
+    #[serde(default)]
+    seed: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    backup: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/sets/{id}/replicas", tag = "sets", params(("id" = String, Path)), request_body = AddReplica, responses((status = 202, body = crate::store::WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -521,17 +544,265 @@ async fn add_replica(
     b: Result<Json<AddReplica>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<crate::store::WorkflowRow>), ApiError> {
     let id = parse_set(&id)?;
-    let req = body(b, r#"{"instance": "<instance>"}"#)?;
-    let instance = parse_id(&req.instance)?;
-    existing_set(&c, &id)?;
-    free_instance(&c, &instance)?;
+    let req = body(
+        b,
+        r#"{"instance": "<instance>"} or {"instances": [...], "seed": "stream|backup|auto|none"}"#,
+    )?;
+    let mut names = req.instances.clone();
+    names.extend(req.instance.clone());
+    if names.is_empty() {
+        return Err(bad_request(
+            "name the new replica in `instance` (or several in `instances`)",
+        ));
+    }
+    let mut instances = Vec::new();
+    for n in &names {
+        let i = parse_id(n)?;
+        if instances.contains(&i) {
+            return Err(bad_request(format!("{i} is named twice")));
+        }
+        free_instance(&c, &i)?;
+        instances.push(i);
+    }
+    let set = existing_set(&c, &id)?;
+    let seed = match req.seed.as_deref().unwrap_or("none") {
+        "none" => {
+            let [instance] = <[InstanceId; 1]>::try_from(instances).map_err(|_| {
+                bad_request("several replicas at once need a seed method (stream, backup or auto)")
+            })?;
+            let row = crate::workflow::start(
+                &c,
+                crate::workflow::Spec::Attach { set: id, instance },
+                serde_json::Map::new(),
+                "api",
+            )?;
+            return Ok(accepted(row));
+        }
+        "stream" => stream_from(&set, req.from.as_deref())?,
+        "backup" => crate::workflow::provision::Seed::Backup {
+            backup_id: match &req.backup {
+                Some(b) => recorded_backup(&c, &set, b)?,
+                None => {
+                    newest_backup(&c, &set)?
+                        .ok_or_else(|| {
+                            bad_request(format!(
+                                "set {id} has no recorded backup; take one or seed by stream"
+                            ))
+                        })?
+                        .backup_id
+                }
+            },
+        },
+        "auto" => match newest_backup(&c, &set)? {
+            Some(b)
+                if Timestamp::now().0.saturating_sub(b.created_at.0)
+                    <= c.settings.seed_backup_max_age.as_millis() as u64 =>
+            {
+                crate::workflow::provision::Seed::Backup {
+                    backup_id: b.backup_id,
+                }
+            }
+            _ => stream_from(&set, req.from.as_deref())?,
+        },
+        other => {
+            return Err(bad_request(format!(
+                "seed {other:?} is not one of none, stream, backup, auto"
+            )))
+        }
+    };
     let row = crate::workflow::start(
         &c,
-        crate::workflow::Spec::Attach { set: id, instance },
+        crate::workflow::Spec::Provision {
+            set: id,
+            instances,
+            seed,
+        },
         serde_json::Map::new(),
         "api",
     )?;
     Ok(accepted(row))
+}
+
+fn stream_from(
+    set: &crate::store::ReplicaSet,
+    from: Option<&str>,
+) -> Result<crate::workflow::provision::Seed, ApiError> {
+    let from = match from {
+        Some(f) => parse_id(f)?,
+        None => set.master.clone(),
+    };
+    if from != set.master && !set.replicas().any(|r| r == &from) {
+        return Err(bad_request(format!(
+            "{from} is not a member of set {}; a copy comes from the master or a replica",
+            set.id
+        )));
+    }
+    Ok(crate::workflow::provision::Seed::Stream { from })
+}
+
+/// The newest recorded backup of any member of `set`.
+fn newest_backup(
+    c: &Conductor,
+    set: &crate::store::ReplicaSet,
+) -> Result<Option<tandem_proto::BackupInfo>, ApiError> {
+    let members: Vec<&InstanceId> = std::iter::once(&set.master).chain(set.replicas()).collect();
+    Ok(c.store
+        .backups(None)?
+        .into_iter()
+        .find(|b| members.contains(&&b.instance)))
+}
+
+fn recorded_backup(
+    c: &Conductor,
+    set: &crate::store::ReplicaSet,
+    backup_id: &str,
+) -> Result<String, ApiError> {
+    let b = c
+        .store
+        .backups(None)?
+        .into_iter()
+        .find(|b| b.backup_id == backup_id)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no backup {backup_id} is recorded"),
+            )
+        })?;
+    if b.instance != set.master && !set.replicas().any(|r| r == &b.instance) {
+        return Err(bad_request(format!(
+            "backup {backup_id} is of {}, which is not a member of set {}",
+            b.instance, set.id
+        )));
+    }
+    Ok(b.backup_id)
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct TakeBackup {
+    /// `full` (default) or `incremental`.
+    #[serde(default)]
+    kind: Option<String>,
+    /// For an incremental: the backup it continues (default: this instance's newest).
+    #[serde(default)]
+    parent: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/instances/{id}/backups", tag = "backups", params(("id" = String, Path)), request_body = TakeBackup, responses((status = 202, description = "{backup_id, instance}", body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn take_backup(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+    b: Result<Json<TakeBackup>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let instance = parse_id(&id)?;
+    let req = body(
+        b,
+        r#"{"kind": "full|incremental", "parent": "<backup id>"}"#,
+    )?;
+    if c.registry.report(&instance).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_instance",
+            format!("no agent of instance {instance} has reported to this conductor"),
+        ));
+    }
+    let kind = match req.kind.as_deref().unwrap_or("full") {
+        "full" => tandem_proto::BackupKind::Full,
+        "incremental" => {
+            let parent = match req.parent {
+                Some(p) => p,
+                None => {
+                    c.store
+                        .backups(Some(&instance))?
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| {
+                            bad_request(format!(
+                                "{instance} has no backup to continue; take a full one first"
+                            ))
+                        })?
+                        .backup_id
+                }
+            };
+            tandem_proto::BackupKind::Incremental { parent }
+        }
+        other => {
+            return Err(bad_request(format!(
+                "kind {other:?} is not full or incremental"
+            )))
+        }
+    };
+    let backup_id = crate::backups::start(&c, &instance, kind)
+        .await
+        .map_err(agent_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"backup_id": backup_id, "instance": instance})),
+    ))
+}
+
+fn agent_error(e: tandem_proto::CommandError) -> ApiError {
+    let status = match e.kind {
+        tandem_proto::ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        tandem_proto::ErrorKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    ApiError::new(status, "agent_error", e.to_string())
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+struct BackupFilter {
+    instance: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/backups", tag = "backups", params(BackupFilter), responses((status = 200, description = "{backups: [BackupInfo], running: {id: {instance, state, error}}}", body = Object)))]
+async fn list_backups(
+    State(c): State<Arc<Conductor>>,
+    axum::extract::Query(f): axum::extract::Query<BackupFilter>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let instance = f.instance.as_deref().map(parse_id).transpose()?;
+    let backups = c.store.backups(instance.as_ref())?;
+    let running = c.backups_running.lock().expect("poisoned").clone();
+    Ok(Json(json!({"backups": backups, "running": running})))
+}
+
+#[utoipa::path(get, path = "/v1/backups/{id}", tag = "backups", params(("id" = String, Path)), responses((status = 200, description = "{state: done|running|failed, backup?, error?}", body = Object), (status = 404, body = ErrorBody)))]
+async fn get_backup(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(b) = c
+        .store
+        .backups(None)?
+        .into_iter()
+        .find(|b| b.backup_id == id)
+    {
+        return Ok(Json(json!({"state": "done", "backup": b})));
+    }
+    match c.backups_running.lock().expect("poisoned").get(&id) {
+        Some(run) => Ok(Json(
+            json!({"state": run.state, "instance": run.instance, "error": run.error}),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no backup {id}"),
+        )),
+    }
+}
+
+#[utoipa::path(delete, path = "/v1/backups/{id}", tag = "backups", params(("id" = String, Path)), responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_backup(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::backups::DeleteError;
+    crate::backups::delete(&c, &id).await.map_err(|e| match e {
+        DeleteError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+        DeleteError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+        DeleteError::Other(m) => ApiError::new(StatusCode::BAD_GATEWAY, "agent_error", m),
+    })?;
+    Ok(Json(json!({"deleted": id})))
 }
 
 #[utoipa::path(delete, path = "/v1/sets/{id}/replicas/{instance}", tag = "sets", params(("id" = String, Path), ("instance" = String, Path)), responses((status = 202, body = crate::store::WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -705,6 +976,10 @@ mod tests {
             ("/v1/sets/{id}/replicas", "post"),
             ("/v1/sets/{id}/replicas/{instance}", "delete"),
             ("/v1/sets/{id}/switchover", "post"),
+            ("/v1/instances/{id}/backups", "post"),
+            ("/v1/backups", "get"),
+            ("/v1/backups/{id}", "get"),
+            ("/v1/backups/{id}", "delete"),
             ("/v1/workflows", "get"),
             ("/v1/workflows/{id}", "get"),
             ("/v1/audit", "get"),

@@ -24,6 +24,12 @@ pub struct ConductorConfig {
     pub data_dir: PathBuf,
     /// How long a command waits for its reply, in milliseconds.
     pub command_timeout_ms: u64,
+    /// Full backups kept per instance (each with its incrementals); older chains are
+    /// deleted when a new full backup is recorded.
+    pub backup_keep: usize,
+    /// `seed: auto` restores the newest backup of the set when it is younger than
+    /// this many seconds, and streams from the master otherwise.
+    pub seed_backup_max_age_s: u64,
     /// For crash tests only: `<workflow kind>:<step>:<before|after>` makes the process
     /// exit at that point of a workflow.
     pub failpoint: Option<String>,
@@ -37,6 +43,8 @@ impl Default for ConductorConfig {
             listen: "127.0.0.1:8470".into(),
             data_dir: "/var/lib/tandem".into(),
             command_timeout_ms: 15_000,
+            backup_keep: 7,
+            seed_backup_max_age_s: 86_400,
             failpoint: None,
         }
     }
@@ -49,6 +57,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub command_timeout: Duration,
+    pub backup_keep: usize,
+    pub seed_backup_max_age: Duration,
     pub failpoint: Option<crate::workflow::Failpoint>,
 }
 
@@ -98,6 +108,8 @@ impl ConductorConfig {
             listen,
             data_dir: self.data_dir,
             command_timeout: Duration::from_millis(self.command_timeout_ms),
+            backup_keep: self.backup_keep.max(1),
+            seed_backup_max_age: Duration::from_secs(self.seed_backup_max_age_s),
         })
     }
 }

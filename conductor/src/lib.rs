@@ -8,6 +8,7 @@
 //! epoch they have seen and report what their engines say.
 
 pub mod api;
+pub mod backups;
 pub mod config;
 pub mod events;
 pub mod registry;
@@ -23,12 +24,26 @@ use tokio_util::sync::CancellationToken;
 pub use config::{ConductorConfig, Settings};
 use store::{InstanceRecord, Store};
 
+/// A backup the conductor asked for and has not recorded yet.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct BackupRun {
+    #[schema(value_type = String)]
+    pub instance: tandem_proto::InstanceId,
+    /// `running` or `failed`.
+    pub state: String,
+    pub error: Option<String>,
+}
+
 pub struct Conductor {
     pub settings: Settings,
     pub transport: Transport,
     pub registry: registry::Registry,
     pub store: Box<dyn Store>,
     pub events: events::Events,
+    /// Random bytes kept in the data directory: seed tokens are derived from it.
+    pub secret: [u8; 32],
+    /// Backups being taken, by backup id (see [`api`]).
+    pub backups_running: std::sync::Mutex<std::collections::HashMap<String, BackupRun>>,
     /// Instances with an open drift event.
     open_drift: std::sync::Mutex<std::collections::HashSet<tandem_proto::InstanceId>>,
 }
@@ -97,7 +112,10 @@ pub async fn run_with_listener(
         shutdown.clone(),
     )
     .await?;
+    let secret = load_secret(&settings.data_dir.join("secret.key"))?;
     let conductor = Arc::new(Conductor {
+        secret,
+        backups_running: Default::default(),
         settings,
         transport,
         registry: registry::Registry::default(),
@@ -144,4 +162,32 @@ pub async fn run_with_listener(
     let result = serve.await;
     follower.abort();
     result.map_err(Into::into)
+}
+
+/// The conductor's secret: made once (0600) and kept, so tokens derived from it survive
+/// a restart.
+fn load_secret(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(bytes) = std::fs::read(path) {
+        return bytes.try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not 32 bytes; remove it to make a new one",
+                path.display()
+            )
+        });
+    }
+    let secret: [u8; 32] = rand::random();
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| anyhow::anyhow!("create {}: {e}", tmp.display()))?;
+    f.write_all(&secret)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(secret)
 }

@@ -16,11 +16,21 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub conductor: ConductorProcess,
     pub broker: Broker,
+    /// The backup store every agent shares (a local directory, as an NFS mount would be).
+    pub backups: tempfile::TempDir,
 }
 
 impl Cluster {
     pub fn start(n: usize) -> Cluster {
         let broker = Broker::new().unwrap();
+        let backups = tempfile::Builder::new()
+            .prefix("tandem-backups-")
+            .tempdir()
+            .unwrap();
+        let store = vec![(
+            "TANDEM_AGENT_BACKUP_STORE__PATH".to_string(),
+            backups.path().display().to_string(),
+        )];
         let nodes = (1..=n)
             .map(|i| {
                 let name = format!("db-{i}");
@@ -29,12 +39,13 @@ impl Cluster {
                     ..Default::default()
                 })
                 .unwrap();
-                let agent = AgentProcess::start_mariadb(
+                let agent = AgentProcess::start_mariadb_with(
                     &binary("tandem-agent"),
                     &name,
                     "zone-a",
                     broker.uri(),
                     &db,
+                    &store,
                 )
                 .unwrap();
                 Node { name, db, agent }
@@ -45,6 +56,7 @@ impl Cluster {
             nodes,
             conductor,
             broker,
+            backups,
         };
         let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
         eventually(Duration::from_secs(30), "every agent reported", || {

@@ -229,4 +229,10 @@ pub trait Store: Send + Sync + 'static {
     fn journal(&self, workflow_id: &str) -> Result<Vec<JournalEntry>>;
     /// The newest journal entries of all workflows: the audit log.
     fn journal_recent(&self, limit: usize) -> Result<Vec<JournalEntry>>;
+
+    // Backups.
+    fn record_backup(&self, info: &tandem_proto::BackupInfo) -> Result<()>;
+    /// Newest first; all instances' when `instance` is None.
+    fn backups(&self, instance: Option<&InstanceId>) -> Result<Vec<tandem_proto::BackupInfo>>;
+    fn forget_backup(&self, id: &str) -> Result<bool>;
 }

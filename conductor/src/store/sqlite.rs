@@ -57,6 +57,13 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO counters (name, value) VALUES ('epoch', 0);
+-- Backups the agents reported finished, as their BackupInfo (JSON).
+CREATE TABLE IF NOT EXISTS backups (
+    id TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    info TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS journal (
     workflow_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -637,6 +644,43 @@ impl Store for SqliteStore {
             .collect::<rusqlite::Result<_>>()
             .map_err(Into::into)
         })
+    }
+
+    fn record_backup(&self, info: &tandem_proto::BackupInfo) -> Result<()> {
+        let json = serde_json::to_string(info)?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO backups (id, instance, created_at, info) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (id) DO UPDATE SET info = ?4",
+                params![
+                    info.backup_id,
+                    info.instance.as_str(),
+                    info.created_at.0 as i64,
+                    json
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn backups(&self, instance: Option<&InstanceId>) -> Result<Vec<tandem_proto::BackupInfo>> {
+        let rows: Vec<String> = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT info FROM backups WHERE ?1 IS NULL OR instance = ?1 \
+                 ORDER BY created_at DESC, id DESC",
+            )?;
+            let rows = stmt
+                .query_map([instance.map(|i| i.as_str())], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })?;
+        rows.iter()
+            .map(|j| serde_json::from_str(j).map_err(Into::into))
+            .collect()
+    }
+
+    fn forget_backup(&self, id: &str) -> Result<bool> {
+        self.with(|c| Ok(c.execute("DELETE FROM backups WHERE id = ?1", [id])? > 0))
     }
 
     fn journal_recent(&self, limit: usize) -> Result<Vec<JournalEntry>> {

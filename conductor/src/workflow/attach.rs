@@ -18,7 +18,7 @@ pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, St
     let attached = async {
         ctx.send("make read-only", instance, epoch, Command::SetReadOnly)
             .await?;
-        ctx.attach_to("replicate from the master", &master, instance, epoch)
+        ctx.attach_to("replicate from the master", &master, instance, epoch, None)
             .await
     }
     .await;

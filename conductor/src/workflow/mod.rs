@@ -13,6 +13,7 @@
 mod attach;
 mod create_set;
 mod detach;
+pub mod provision;
 mod switchover;
 
 use std::sync::Arc;
@@ -54,6 +55,12 @@ pub enum Spec {
         set: ReplicaSetId,
         candidate: InstanceId,
     },
+    /// Fresh servers are seeded (in parallel) and attached as replicas.
+    Provision {
+        set: ReplicaSetId,
+        instances: Vec<InstanceId>,
+        seed: provision::Seed,
+    },
 }
 
 impl Spec {
@@ -63,6 +70,7 @@ impl Spec {
             Spec::Attach { .. } => "attach",
             Spec::Detach { .. } => "detach",
             Spec::Switchover { .. } => "switchover",
+            Spec::Provision { .. } => "provision",
         }
     }
     pub fn set(&self) -> &ReplicaSetId {
@@ -70,7 +78,8 @@ impl Spec {
             Spec::CreateSet { set, .. }
             | Spec::Attach { set, .. }
             | Spec::Detach { set, .. }
-            | Spec::Switchover { set, .. } => set,
+            | Spec::Switchover { set, .. }
+            | Spec::Provision { set, .. } => set,
         }
     }
 }
@@ -139,6 +148,8 @@ impl std::str::FromStr for Failpoint {
 
 /// How long one step may keep retrying a retryable failure before it counts as failed.
 const STEP_BUDGET: Duration = Duration::from_secs(20);
+/// How often a long command's result is asked for again.
+const LONG_POLL: Duration = Duration::from_millis(500);
 
 pub struct Ctx<'a> {
     pub c: &'a Conductor,
@@ -161,6 +172,8 @@ impl<'a> Ctx<'a> {
     }
 
     /// Sends one command as step `step`, once: journaled first, replayed after a restart.
+    /// A long command (acknowledged as accepted) is awaited: the same message is sent
+    /// again until the agent answers with the result it has on record.
     pub async fn send(
         &mut self,
         step: &str,
@@ -170,6 +183,35 @@ impl<'a> Ctx<'a> {
     ) -> Result<ReplyBody, StepError> {
         let seq = self.seq;
         self.seq += 1;
+        self.send_at(seq, step, target, epoch, command).await
+    }
+
+    /// Sends several commands at once (to different targets), each its own journaled
+    /// step; results in the order given.
+    pub async fn send_all(
+        &mut self,
+        steps: Vec<(String, InstanceId, Epoch, Command)>,
+    ) -> Vec<Result<ReplyBody, StepError>> {
+        let first = self.seq;
+        self.seq += steps.len() as u32;
+        let this = &*self;
+        futures_util::future::join_all(steps.into_iter().enumerate().map(
+            |(i, (step, target, epoch, command))| async move {
+                this.send_at(first + i as u32, &step, &target, epoch, command)
+                    .await
+            },
+        ))
+        .await
+    }
+
+    async fn send_at(
+        &self,
+        seq: u32,
+        step: &str,
+        target: &InstanceId,
+        epoch: Epoch,
+        command: Command,
+    ) -> Result<ReplyBody, StepError> {
         let store = &self.c.store;
         let entry = match store.journal_entry(&self.wf.id, seq)? {
             Some(JournalEntry {
@@ -194,10 +236,30 @@ impl<'a> Ctx<'a> {
             }
         };
         self.failpoint(seq, Point::Before);
-        let reply = self
+        let long = command.is_long_running();
+        let mut reply = self
             .c
-            .call_until(entry.message_id, target, entry.epoch, command, STEP_BUDGET)
+            .call_until(
+                entry.message_id,
+                target,
+                entry.epoch,
+                command.clone(),
+                STEP_BUDGET,
+            )
             .await;
+        while long && matches!(reply, Reply::Ok(ReplyBody::Accepted { .. })) {
+            tokio::time::sleep(LONG_POLL).await;
+            reply = self
+                .c
+                .call_until(
+                    entry.message_id,
+                    target,
+                    entry.epoch,
+                    command.clone(),
+                    STEP_BUDGET,
+                )
+                .await;
+        }
         self.failpoint(seq, Point::Sent);
         let recorded = serde_json::to_value(&reply).map_err(StoreError::from)?;
         store.journal_result(&self.wf.id, seq, &recorded)?;
@@ -269,6 +331,7 @@ impl<'a> Ctx<'a> {
         source: &InstanceId,
         replica: &InstanceId,
         epoch: Epoch,
+        position: Option<tandem_proto::Position>,
     ) -> Result<ReplyBody, StepError> {
         let endpoint = self.endpoint(source)?;
         let credentials = self
@@ -281,7 +344,7 @@ impl<'a> Ctx<'a> {
             Command::AttachToSource {
                 source: endpoint,
                 credentials,
-                position: None,
+                position,
             },
         )
         .await
@@ -402,6 +465,9 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
         Spec::Attach { instance, .. } => attach::run(&mut ctx, instance).await,
         Spec::Detach { instance, .. } => detach::run(&mut ctx, instance).await,
         Spec::Switchover { candidate, .. } => switchover::run(&mut ctx, candidate).await,
+        Spec::Provision {
+            instances, seed, ..
+        } => provision::run(&mut ctx, instances, seed).await,
     };
     let (state, error) = match result {
         Ok(Outcome::Done) => (WorkflowState::Done, None),

@@ -114,7 +114,7 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
     let mut left_behind = Vec::new();
     for replica in &others {
         if let Err(e) = ctx
-            .attach_to("re-point a replica", candidate, replica, new_epoch)
+            .attach_to("re-point a replica", candidate, replica, new_epoch, None)
             .await
         {
             left_behind.push(format!("{replica} ({e})"));
@@ -123,7 +123,7 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
     let demoted = async {
         ctx.send("demote the old master", &old, new_epoch, Command::Demote)
             .await?;
-        ctx.attach_to("attach the old master", candidate, &old, new_epoch)
+        ctx.attach_to("attach the old master", candidate, &old, new_epoch, None)
             .await
     }
     .await;
@@ -206,6 +206,7 @@ async fn rollback_after_change(
         old,
         candidate,
         epoch,
+        None,
     )
     .await?;
     Ok(Outcome::RolledBack(format!(

@@ -60,6 +60,9 @@ pub enum Cmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Take, list and delete backups.
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// Workflows: what the conductor did and is doing.
     #[command(subcommand)]
     Workflow(WorkflowCmd),
@@ -87,10 +90,23 @@ pub enum SetCmd {
 
 #[derive(Subcommand)]
 pub enum ReplicaCmd {
-    /// Attach an existing (or empty) server as a read-only replica.
+    /// Add read-only replicas: attach an existing server as it is, or seed fresh ones
+    /// (in parallel) from a live copy or a backup first.
     Add {
         set: String,
-        instance: String,
+        #[arg(required = true)]
+        instances: Vec<String>,
+        /// none (attach as it is), stream (a live copy), backup, or auto (a recent
+        /// backup if the set has one, else stream).
+        #[arg(long, default_value = "none")]
+        seed: String,
+        /// With --seed stream: copy from this member (default: the master).
+        #[arg(long)]
+        from: Option<String>,
+        /// With --seed backup: this backup (default: the set's newest).
+        #[arg(long)]
+        backup: Option<String>,
+        /// Wait until the workflow ends, showing seeding progress.
         #[arg(long)]
         wait: bool,
     },
@@ -101,6 +117,29 @@ pub enum ReplicaCmd {
         #[arg(long)]
         wait: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub enum BackupCmd {
+    /// Back up one instance into the backup store.
+    Create {
+        instance: String,
+        /// Only the changes since PARENT (default: the instance's newest backup).
+        #[arg(long)]
+        incremental: bool,
+        #[arg(long, requires = "incremental")]
+        parent: Option<String>,
+        /// Wait until it is stored, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Recorded backups, newest first, and those still running.
+    List {
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Delete one backup (refused while incrementals depend on it).
+    Delete { backup: String },
 }
 
 #[derive(Subcommand)]
@@ -277,19 +316,123 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 "/v1/sets",
                 &serde_json::json!({"id": set, "master": master}),
             )?;
-            workflow_started(&client, out, json, row, wait)?;
+            workflow_started(
+                &client,
+                out,
+                json,
+                row,
+                wait,
+                &mut Progress::new(Vec::new()),
+            )?;
         }
         Cmd::Replica(ReplicaCmd::Add {
             set,
+            instances,
+            seed,
+            from,
+            backup,
+            wait,
+        }) => {
+            for i in &instances {
+                instance_id(i)?;
+            }
+            let row: Value = client.post(
+                &format!("/v1/sets/{set}/replicas"),
+                &serde_json::json!({"instances": instances, "seed": seed, "from": from, "backup": backup}),
+            )?;
+            let mut progress = Progress::new(if wait { instances } else { Vec::new() });
+            workflow_started(&client, out, json, row, wait, &mut progress)?;
+        }
+        Cmd::Backup(BackupCmd::Create {
             instance,
+            incremental,
+            parent,
             wait,
         }) => {
             instance_id(&instance)?;
-            let row: Value = client.post(
-                &format!("/v1/sets/{set}/replicas"),
-                &serde_json::json!({"instance": instance}),
+            let kind = if incremental { "incremental" } else { "full" };
+            let started: Value = client.post(
+                &format!("/v1/instances/{instance}/backups"),
+                &serde_json::json!({"kind": kind, "parent": parent}),
             )?;
-            workflow_started(&client, out, json, row, wait)?;
+            let id = started["backup_id"].as_str().unwrap_or_default().to_owned();
+            if !wait {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&started)?)?;
+                } else {
+                    writeln!(out, "backup {id} of {instance} started")?;
+                }
+                return Ok(());
+            }
+            let mut progress = Progress::new(vec![instance.clone()]);
+            let deadline = std::time::Instant::now() + Duration::from_secs(3600);
+            loop {
+                progress.update(&client);
+                let b: Value = client.get(&format!("/v1/backups/{id}"))?;
+                match b["state"].as_str() {
+                    Some("done") => {
+                        progress.finish();
+                        if json {
+                            writeln!(out, "{}", serde_json::to_string_pretty(&b["backup"])?)?;
+                        } else {
+                            writeln!(out, "{}", backup_line(&b["backup"]))?;
+                        }
+                        return Ok(());
+                    }
+                    Some("failed") => {
+                        progress.finish();
+                        anyhow::bail!(
+                            "backup {id} failed: {}",
+                            b["error"].as_str().unwrap_or("no reason given")
+                        );
+                    }
+                    _ => {}
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "backup {id} still running after an hour"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Cmd::Backup(BackupCmd::List { instance }) => {
+            if let Some(i) = &instance {
+                instance_id(i)?;
+            }
+            let path = match &instance {
+                Some(i) => format!("/v1/backups?instance={i}"),
+                None => "/v1/backups".into(),
+            };
+            let v: Value = client.get(&path)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                for b in v["backups"].as_array().into_iter().flatten() {
+                    writeln!(out, "{}", backup_line(b))?;
+                }
+                if let Some(running) = v["running"].as_object() {
+                    for (id, r) in running {
+                        writeln!(
+                            out,
+                            "{id}  {}  {}{}",
+                            r["instance"].as_str().unwrap_or("?"),
+                            r["state"].as_str().unwrap_or("?"),
+                            r["error"]
+                                .as_str()
+                                .map(|e| format!(": {e}"))
+                                .unwrap_or_default()
+                        )?;
+                    }
+                }
+            }
+        }
+        Cmd::Backup(BackupCmd::Delete { backup }) => {
+            let v: Value = client.delete(&format!("/v1/backups/{backup}"))?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                writeln!(out, "backup {backup} deleted")?;
+            }
         }
         Cmd::Replica(ReplicaCmd::Detach {
             set,
@@ -298,7 +441,14 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }) => {
             instance_id(&instance)?;
             let row: Value = client.delete(&format!("/v1/sets/{set}/replicas/{instance}"))?;
-            workflow_started(&client, out, json, row, wait)?;
+            workflow_started(
+                &client,
+                out,
+                json,
+                row,
+                wait,
+                &mut Progress::new(Vec::new()),
+            )?;
         }
         Cmd::Promote {
             set,
@@ -312,7 +462,14 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 body["catch_up_timeout_ms"] = ms.into();
             }
             let row: Value = client.post(&format!("/v1/sets/{set}/switchover"), &body)?;
-            workflow_started(&client, out, json, row, wait)?;
+            workflow_started(
+                &client,
+                out,
+                json,
+                row,
+                wait,
+                &mut Progress::new(Vec::new()),
+            )?;
         }
         Cmd::Workflow(WorkflowCmd::List) => {
             let rows: Vec<Value> = client.get("/v1/workflows")?;
@@ -512,6 +669,7 @@ fn workflow_started(
     json: bool,
     row: Value,
     wait: bool,
+    progress: &mut Progress,
 ) -> Result<()> {
     let id = row["id"].as_str().unwrap_or_default().to_owned();
     if !wait {
@@ -528,9 +686,11 @@ fn workflow_started(
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
+        progress.update(client);
         let w: Value = client.get(&format!("/v1/workflows/{id}"))?;
         let state = w["workflow"]["state"].as_str().unwrap_or("?").to_owned();
         if state != "running" && state != "rolling_back" {
+            progress.finish();
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&w)?)?;
             } else {
@@ -549,6 +709,81 @@ fn workflow_started(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Progress bars (on stderr, when it is a terminal) for the long operations running on
+/// some instances: bytes done of total, rate and ETA, from their status reports.
+pub struct Progress {
+    instances: Vec<String>,
+    multi: indicatif::MultiProgress,
+    bars: std::collections::HashMap<String, indicatif::ProgressBar>,
+}
+
+impl Progress {
+    pub fn new(instances: Vec<String>) -> Self {
+        Progress {
+            instances,
+            multi: indicatif::MultiProgress::new(),
+            bars: Default::default(),
+        }
+    }
+
+    pub fn update(&mut self, client: &Client) {
+        for i in &self.instances {
+            let Ok(v) = client.get::<Value>(&format!("/v1/instances/{i}")) else {
+                continue;
+            };
+            let Some(op) = v["status"]["operations"].as_array().and_then(|o| o.first()) else {
+                continue;
+            };
+            let bar = self.bars.entry(i.clone()).or_insert_with(|| {
+                let bar = self.multi.add(indicatif::ProgressBar::new(0));
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix:>10} {msg:<10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix(i.clone());
+                bar
+            });
+            bar.set_message(op["phase"].as_str().unwrap_or("").to_owned());
+            if let Some(total) = op["bytes_total"].as_u64() {
+                bar.set_length(total);
+            }
+            bar.set_position(op["bytes_done"].as_u64().unwrap_or(0));
+        }
+    }
+
+    pub fn finish(&mut self) {
+        for bar in self.bars.values() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn backup_line(b: &Value) -> String {
+    let kind = match b["kind"]["kind"].as_str() {
+        Some("incremental") => format!(
+            "incremental of {}",
+            b["kind"]["parent"].as_str().unwrap_or("?")
+        ),
+        Some(k) => k.to_owned(),
+        None => "?".into(),
+    };
+    format!(
+        "{}  {}  {}  {} bytes  at {}  {}",
+        b["backup_id"].as_str().unwrap_or("?"),
+        b["instance"].as_str().unwrap_or("?"),
+        kind,
+        b["size_bytes"],
+        b["position"]["gtid"]
+            .as_str()
+            .or(b["position"].as_str())
+            .unwrap_or("-"),
+        b["location"].as_str().unwrap_or("")
+    )
 }
 
 /// One tree per replica set.

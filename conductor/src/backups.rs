@@ -1,0 +1,225 @@
+//! Backups as the conductor sees them: asked for, followed to their end, recorded in
+//! the store, listed, deleted (never a full that incrementals still depend on), and
+//! trimmed to the configured number of full chains per instance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_proto::{
+    BackupInfo, BackupKind, BackupRequest, Command, CommandError, Epoch, InstanceId, MessageId,
+    Reply, ReplyBody, Timestamp,
+};
+
+use crate::{BackupRun, Conductor};
+
+const POLL: Duration = Duration::from_millis(500);
+const BUDGET: Duration = Duration::from_secs(20);
+
+/// The epoch to send a non-topology command with: the highest the conductor knows for
+/// the instance, so the agent's fence never refuses it as stale.
+pub fn current_epoch(c: &Conductor, instance: &InstanceId) -> Epoch {
+    let set_epoch = c
+        .store
+        .set_of(instance)
+        .ok()
+        .flatten()
+        .and_then(|s| c.store.set(&s).ok().flatten())
+        .map(|s| s.epoch)
+        .unwrap_or(Epoch::ZERO);
+    let reported = c
+        .registry
+        .report(instance)
+        .map(|r| r.highest_epoch)
+        .unwrap_or(Epoch::ZERO);
+    set_epoch.max(reported)
+}
+
+/// Asks `instance`'s agent for a backup and follows it in the background. Returns the
+/// new backup's id at once.
+pub async fn start(
+    c: &Arc<Conductor>,
+    instance: &InstanceId,
+    kind: BackupKind,
+) -> Result<String, CommandError> {
+    let backup_id = format!("{instance}-{}", Timestamp::now().0);
+    let command = Command::TakeBackup(BackupRequest {
+        backup_id: backup_id.clone(),
+        kind,
+    });
+    let id = MessageId::random();
+    let epoch = current_epoch(c, instance);
+    let first = c
+        .call_until(id, instance, epoch, command.clone(), BUDGET)
+        .await;
+    first.into_result()?;
+    c.backups_running.lock().expect("poisoned").insert(
+        backup_id.clone(),
+        BackupRun {
+            instance: instance.clone(),
+            state: "running".into(),
+            error: None,
+        },
+    );
+    let c = c.clone();
+    let instance = instance.clone();
+    let backup = backup_id.clone();
+    tokio::spawn(async move {
+        let result = loop {
+            tokio::time::sleep(POLL).await;
+            match c
+                .call_until(id, &instance, epoch, command.clone(), BUDGET)
+                .await
+            {
+                Reply::Ok(ReplyBody::Accepted { .. }) => continue,
+                other => break other,
+            }
+        };
+        finish(&c, &backup, result).await;
+    });
+    Ok(backup_id)
+}
+
+async fn finish(c: &Arc<Conductor>, backup_id: &str, result: Reply) {
+    let info = match result.into_result() {
+        Ok(ReplyBody::Backup { backup }) => backup,
+        Ok(other) => return fail(c, backup_id, format!("the agent answered {other:?}")),
+        Err(e) => return fail(c, backup_id, e.to_string()),
+    };
+    if let Err(e) = c.store.record_backup(&info) {
+        return fail(c, backup_id, format!("could not record it: {e}"));
+    }
+    c.backups_running
+        .lock()
+        .expect("poisoned")
+        .remove(backup_id);
+    tracing::info!(backup = backup_id, instance = %info.instance, bytes = info.size_bytes, "backup recorded");
+    if info.kind == BackupKind::Full {
+        retain(c, &info.instance).await;
+    }
+}
+
+fn fail(c: &Conductor, backup_id: &str, error: String) {
+    tracing::warn!(backup = backup_id, %error, "backup failed");
+    if let Some(run) = c
+        .backups_running
+        .lock()
+        .expect("poisoned")
+        .get_mut(backup_id)
+    {
+        run.state = "failed".into();
+        run.error = Some(error);
+    }
+}
+
+/// Backups that continue `backup_id` (directly or through others), newest first.
+pub fn dependents(all: &[BackupInfo], backup_id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut frontier = vec![backup_id.to_string()];
+    while let Some(parent) = frontier.pop() {
+        for b in all {
+            if matches!(&b.kind, BackupKind::Incremental { parent: p } if *p == parent) {
+                out.push(b.backup_id.clone());
+                frontier.push(b.backup_id.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Deletes one backup through its instance's agent, then forgets it. Refused while
+/// incrementals depend on it.
+pub async fn delete(c: &Conductor, backup_id: &str) -> Result<(), DeleteError> {
+    let all = c
+        .store
+        .backups(None)
+        .map_err(|e| DeleteError::Other(e.to_string()))?;
+    let info = all
+        .iter()
+        .find(|b| b.backup_id == backup_id)
+        .ok_or_else(|| DeleteError::NotFound(format!("no backup {backup_id} is recorded")))?;
+    let children = dependents(&all, backup_id);
+    if !children.is_empty() {
+        return Err(DeleteError::Conflict(format!(
+            "backup {backup_id} has incrementals that depend on it ({}); delete them first",
+            children.join(", ")
+        )));
+    }
+    let reply = c
+        .call_until(
+            MessageId::random(),
+            &info.instance,
+            current_epoch(c, &info.instance),
+            Command::DeleteBackup {
+                backup_id: backup_id.into(),
+            },
+            BUDGET,
+        )
+        .await;
+    match reply.into_result() {
+        Ok(_) => {}
+        // Already gone from the store: forgetting it is the right repair.
+        Err(e) if e.message.contains("there is no backup") => {}
+        Err(e) => {
+            return Err(DeleteError::Other(format!(
+                "the agent of {} could not delete it: {e}",
+                info.instance
+            )))
+        }
+    }
+    c.store
+        .forget_backup(backup_id)
+        .map_err(|e| DeleteError::Other(e.to_string()))?;
+    Ok(())
+}
+
+#[derive(Debug)]
+pub enum DeleteError {
+    NotFound(String),
+    Conflict(String),
+    Other(String),
+}
+
+/// Keeps the newest `backup_keep` full backups of `instance` (with their incrementals)
+/// and deletes older chains, incrementals first.
+async fn retain(c: &Conductor, instance: &InstanceId) {
+    let Ok(all) = c.store.backups(Some(instance)) else {
+        return;
+    };
+    let old_fulls = all
+        .iter()
+        .filter(|b| b.kind == BackupKind::Full)
+        .skip(c.settings.backup_keep);
+    for full in old_fulls {
+        let mut chain = dependents(&all, &full.backup_id);
+        chain.reverse();
+        chain.push(full.backup_id.clone());
+        // Deepest incrementals first, so no delete is refused for a dependent.
+        chain.sort_by_key(|id| std::cmp::Reverse(depth(&all, id)));
+        for id in chain {
+            match delete(c, &id).await {
+                Ok(()) => tracing::info!(backup = id, "deleted by retention"),
+                Err(e) => {
+                    tracing::warn!(backup = id, error = ?e, "retention could not delete a backup");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn depth(all: &[BackupInfo], id: &str) -> usize {
+    let mut d = 0;
+    let mut at = id.to_string();
+    while let Some(BackupInfo {
+        kind: BackupKind::Incremental { parent },
+        ..
+    }) = all.iter().find(|b| b.backup_id == at)
+    {
+        d += 1;
+        at = parent.clone();
+        if d > 64 {
+            break;
+        }
+    }
+    d
+}

@@ -1,0 +1,170 @@
+//! Fresh replicas, seeded and attached: several at once, each from a live copy streamed
+//! by a source's agent or from a stored backup, then attached at exactly the position
+//! the copy is consistent at. A seeding that fails leaves that instance as it was (the
+//! agent only swaps the data directory once a complete copy is prepared) and out of
+//! the set; the others go on.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tandem_proto::{Command, InstanceId, Position, ReplyBody, RestoreRequest, Secret, SeedSource};
+
+use super::{Ctx, Outcome, StepError};
+use crate::store::TopologyChange;
+
+/// How new replicas get their data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Seed {
+    /// A live copy streamed from `from`'s agent (the master or a replica).
+    Stream { from: InstanceId },
+    /// A stored backup (a full, or an incremental and its chain).
+    Backup { backup_id: String },
+}
+
+/// How long a seed token stays valid on the source.
+const TOKEN_TTL_MS: u64 = 3_600_000;
+
+pub async fn run(
+    ctx: &mut Ctx<'_>,
+    instances: &[InstanceId],
+    seed: &Seed,
+) -> Result<Outcome, StepError> {
+    // No step touches the new instances before their copy is complete: the agent
+    // installs it read-only, so a failed seeding leaves them exactly as they were.
+    let epoch = ctx.set()?.epoch;
+    let seeded = match seed {
+        Seed::Stream { from } => {
+            let endpoint = ctx
+                .c
+                .registry
+                .report(from)
+                .and_then(|r| r.seed_endpoint)
+                .ok_or_else(|| {
+                    StepError::Precondition(format!(
+                        "the agent of {from} has not advertised a seeding endpoint"
+                    ))
+                })?;
+            let mut steps = Vec::new();
+            for i in instances {
+                let token = token(ctx, i);
+                ctx.send(
+                    &format!("offer a copy of {from} to {i}"),
+                    from,
+                    epoch,
+                    Command::OfferSeed {
+                        token: token.clone(),
+                        ttl_ms: TOKEN_TTL_MS,
+                    },
+                )
+                .await?;
+                steps.push((
+                    format!("seed {i} from {from}"),
+                    i.clone(),
+                    epoch,
+                    Command::SeedFrom(SeedSource {
+                        instance: from.clone(),
+                        host: endpoint.host.clone(),
+                        port: endpoint.port,
+                        token,
+                    }),
+                ));
+            }
+            ctx.send_all(steps).await
+        }
+        Seed::Backup { backup_id } => {
+            let steps = instances
+                .iter()
+                .map(|i| {
+                    (
+                        format!("restore backup {backup_id} on {i}"),
+                        i.clone(),
+                        epoch,
+                        Command::Restore(RestoreRequest {
+                            backup_id: backup_id.clone(),
+                        }),
+                    )
+                })
+                .collect();
+            ctx.send_all(steps).await
+        }
+    };
+
+    let mut failures = Vec::new();
+    let mut attached = Vec::new();
+    for (instance, result) in instances.iter().zip(seeded) {
+        let position = match result {
+            Ok(ReplyBody::Position { position }) => position,
+            Ok(other) => {
+                failures.push(format!("{instance}: the seeding answered {other:?}"));
+                continue;
+            }
+            Err(e) => {
+                failures.push(format!("{instance}: {e}"));
+                continue;
+            }
+        };
+        match join(ctx, instance, position).await {
+            Ok(()) => attached.push(instance.to_string()),
+            Err(e) => failures.push(format!("{instance}: {e}")),
+        }
+    }
+    if failures.is_empty() {
+        Ok(Outcome::Done)
+    } else {
+        Ok(Outcome::RolledBack(format!(
+            "not attached, left as they were: {}{}",
+            failures.join("; "),
+            if attached.is_empty() {
+                String::new()
+            } else {
+                format!(" (attached: {})", attached.join(", "))
+            }
+        )))
+    }
+}
+
+/// Adds a seeded instance to the set and attaches it at the copy's position; takes it
+/// out again if the attach fails.
+async fn join(
+    ctx: &mut Ctx<'_>,
+    instance: &InstanceId,
+    position: Position,
+) -> Result<(), StepError> {
+    let set = ctx.apply(
+        &format!("add {instance} to the set"),
+        TopologyChange::AddReplica {
+            instance: instance.clone(),
+        },
+    )?;
+    let attached = ctx
+        .attach_to(
+            &format!("attach {instance} at {position}"),
+            &set.master,
+            instance,
+            set.epoch,
+            Some(position),
+        )
+        .await;
+    if let Err(e) = attached {
+        ctx.apply(
+            &format!("take {instance} out of the set again"),
+            TopologyChange::RemoveReplica {
+                instance: instance.clone(),
+            },
+        )?;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The seed token for one instance in this workflow: derived from the conductor's
+/// secret, so a resumed workflow offers and presents the same token, and nobody who
+/// can read the workflow's parameters or journal can derive it.
+fn token(ctx: &Ctx<'_>, instance: &InstanceId) -> Secret {
+    let mut h = Sha256::new();
+    h.update(ctx.c.secret);
+    h.update(ctx.wf.id.as_bytes());
+    h.update([0]);
+    h.update(instance.as_str().as_bytes());
+    Secret::new(format!("{:x}", h.finalize()))
+}

@@ -1,0 +1,157 @@
+//! Fresh replicas seeded through the conductor and the CLI: in parallel from a live
+//! copy, from a backup, and a seeding that fails, all with real processes and engines.
+
+use std::time::Duration;
+
+use tandem_e2e::{eventually, Cluster};
+
+/// Seeding is needed: the master's binary log no longer holds its first transactions,
+/// so an empty replica could not catch up from it.
+fn purge_binary_logs(c: &Cluster, master: &str) {
+    c.db(master)
+        .sql("FLUSH BINARY LOGS; DO SLEEP(1.1); PURGE BINARY LOGS BEFORE NOW()")
+        .unwrap();
+}
+
+fn count(c: &Cluster, name: &str) -> String {
+    c.db(name)
+        .sql("SELECT COUNT(*) FROM app.t")
+        .unwrap_or_else(|e| e.to_string())
+}
+
+#[test]
+fn fresh_replicas_are_seeded_in_parallel_by_stream_and_from_a_backup_then_replicate() {
+    let c = Cluster::start(4);
+    c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
+    c.write_and_see_everywhere("s1", "db-1", 1);
+    c.db("db-1")
+        .sql("USE app; INSERT INTO t SELECT seq FROM seq_100_to_5000")
+        .unwrap();
+    purge_binary_logs(&c, "db-1");
+
+    // Two at once, each streamed straight from the master's agent.
+    let out = c.cli_ok(&[
+        "replica", "add", "s1", "db-2", "db-3", "--seed", "stream", "--wait",
+    ]);
+    assert!(out.contains("done"), "{out}");
+    c.converged("s1");
+    for r in ["db-2", "db-3"] {
+        assert_eq!(
+            count(&c, r),
+            count(&c, "db-1"),
+            "{r} holds the master's rows"
+        );
+    }
+    let audit = c.cli_ok(&["audit"]);
+    assert!(audit.contains("seed_from"), "{audit}");
+    assert!(audit.contains("offer_seed"), "{audit}");
+
+    // A backup, then a replica restored from it and attached at its position.
+    let out = c.cli_ok(&["backup", "create", "db-1", "--wait"]);
+    assert!(out.contains("db-1-") && out.contains("full"), "{out}");
+    let list = c.cli_ok(&["backup", "list"]);
+    let backup_id = list.split_whitespace().next().unwrap().to_owned();
+    assert!(backup_id.starts_with("db-1-"), "{list}");
+    c.write_and_see_everywhere("s1", "db-1", 2);
+    c.cli_ok(&["replica", "add", "s1", "db-4", "--seed", "backup", "--wait"]);
+    c.converged("s1");
+    c.write_and_see_everywhere("s1", "db-1", 3);
+    assert_eq!(count(&c, "db-4"), count(&c, "db-1"));
+    let set = c.set("s1");
+    assert_eq!(set["members"].as_array().unwrap().len(), 4);
+
+    // An incremental continues it; the full cannot be deleted under it.
+    let out = c.cli_ok(&["backup", "create", "db-1", "--incremental", "--wait"]);
+    assert!(
+        out.contains(&format!("incremental of {backup_id}")),
+        "{out}"
+    );
+    let (ok, _, err) = c.cli(&["backup", "delete", &backup_id]);
+    assert!(!ok && err.contains("depend on it"), "{err}");
+    let inc = c
+        .cli_ok(&["backup", "list"])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    c.cli_ok(&["backup", "delete", &inc]);
+    c.cli_ok(&["backup", "delete", &backup_id]);
+    assert!(!c.cli_ok(&["backup", "list"]).contains(&backup_id));
+    assert!(!c
+        .backups
+        .path()
+        .join(format!("{backup_id}.xb.zst"))
+        .exists());
+}
+
+#[test]
+fn a_seeding_that_fails_leaves_the_instance_as_it_was_and_out_of_the_set() {
+    let c = Cluster::start(2);
+    c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
+    c.write_and_see_everywhere("s1", "db-1", 1);
+    c.cli_ok(&["backup", "create", "db-1", "--wait"]);
+    let list = c.cli_ok(&["backup", "list"]);
+    let backup_id = list.split_whitespace().next().unwrap().to_owned();
+    let file = c.backups.path().join(format!("{backup_id}.xb.zst"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&file, bytes).unwrap();
+    c.db("db-2")
+        .sql("CREATE DATABASE mine; CREATE TABLE mine.x (v INT); INSERT INTO mine.x VALUES (7)")
+        .unwrap();
+
+    let read_only_before = c.db("db-2").sql("SELECT @@read_only").unwrap();
+
+    let (ok, _, err) = c.cli(&["replica", "add", "s1", "db-2", "--seed", "backup", "--wait"]);
+    assert!(!ok, "a corrupt backup must not seed a replica");
+    assert!(err.contains("corrupt") && err.contains("db-2"), "{err}");
+    let set = c.set("s1");
+    assert_eq!(set["members"].as_array().unwrap().len(), 1, "{set}");
+    assert_eq!(c.db("db-2").sql("SELECT v FROM mine.x").unwrap(), "7");
+    assert_eq!(
+        c.db("db-2").sql("SELECT @@read_only").unwrap(),
+        read_only_before,
+        "agent log:\n{}",
+        tandem_e2e::tail(&c.nodes[1].agent.log(), 30)
+    );
+    eventually(Duration::from_secs(10), "db-2 reported standalone", || {
+        let out = c.cli_ok(&["--json", "status"]);
+        let all: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
+        let me = all.iter().find(|i| i["id"] == "db-2")?;
+        (me["observed"]["replicates_from"].is_null()
+            && me["observed"]["writable"] == (read_only_before == "0"))
+            .then_some(())
+    });
+
+    // Wrong input is refused up front.
+    for (args, expected) in [
+        (
+            vec!["replica", "add", "s1", "db-2", "--seed", "teleport"],
+            "is not one of none, stream, backup, auto",
+        ),
+        (
+            vec![
+                "replica", "add", "s1", "db-2", "--seed", "stream", "--from", "db-9",
+            ],
+            "db-9 is not a member of set s1",
+        ),
+        (
+            vec![
+                "replica", "add", "s1", "db-2", "--seed", "backup", "--backup", "nope",
+            ],
+            "no backup nope is recorded",
+        ),
+        (
+            vec!["backup", "create", "db-9"],
+            "no agent of instance db-9",
+        ),
+        (
+            vec!["backup", "delete", "nope"],
+            "no backup nope is recorded",
+        ),
+    ] {
+        let (ok, _, err) = c.cli(&args);
+        assert!(!ok && err.contains(expected), "{args:?}: {err}");
+    }
+}
