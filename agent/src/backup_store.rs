@@ -31,10 +31,12 @@ impl BackupStore {
     /// Connects to the configured store (for Swift: authenticates now, so a token never
     /// expires in the middle of an operation that opened the store).
     pub async fn open(settings: &StoreSettings) -> Result<BackupStore, EngineError> {
-        // OpenDAL's HTTP services need a transport installed once per process; ours is
-        // reqwest over the rustls provider the agent installs at start.
+        // OpenDAL's HTTP services need a transport installed once per process: reqwest.
         static TRANSPORT: std::sync::Once = std::sync::Once::new();
         TRANSPORT.call_once(|| {
+            // HTTPS uses the ring provider lapin already brings (already installed
+            // when another part of the process got there first).
+            let _ = rustls::crypto::ring::default_provider().install_default();
             opendal::HttpTransporter::install_default(
                 opendal_http_transport_reqwest::ReqwestTransport::new(reqwest::Client::new()),
             )

@@ -58,9 +58,6 @@ pub struct Agent<E: Engine> {
 /// Runs the agent until `shutdown` is cancelled: then it stops taking commands, lets the
 /// one in flight finish (bounded), publishes a final `stopping` report and returns.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    // HTTPS to Swift/S3 uses the ring provider lapin already brings; a second call (a
-    // test running two agents in one process) finds it installed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     match settings.engine.kind {
         EngineKind::Mariadb => {
             let engine = MariaDb::new(settings.engine.clone(), settings.admin_password.clone());

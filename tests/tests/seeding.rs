@@ -21,7 +21,7 @@ fn count(c: &Cluster, name: &str) -> String {
 
 #[test]
 fn fresh_replicas_are_seeded_in_parallel_by_stream_and_from_a_backup_then_replicate() {
-    let c = Cluster::start(4);
+    let c = Cluster::start(5);
     c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
     c.write_and_see_everywhere("s1", "db-1", 1);
     c.db("db-1")
@@ -57,8 +57,15 @@ fn fresh_replicas_are_seeded_in_parallel_by_stream_and_from_a_backup_then_replic
     c.converged("s1");
     c.write_and_see_everywhere("s1", "db-1", 3);
     assert_eq!(count(&c, "db-4"), count(&c, "db-1"));
+    // A clone of a replica (not the master) joins too.
+    c.cli_ok(&[
+        "replica", "add", "s1", "db-5", "--seed", "stream", "--from", "db-2", "--wait",
+    ]);
+    c.converged("s1");
+    c.write_and_see_everywhere("s1", "db-1", 4);
+    assert_eq!(count(&c, "db-5"), count(&c, "db-1"));
     let set = c.set("s1");
-    assert_eq!(set["members"].as_array().unwrap().len(), 4);
+    assert_eq!(set["members"].as_array().unwrap().len(), 5);
 
     // An incremental continues it; the full cannot be deleted under it.
     let out = c.cli_ok(&["backup", "create", "db-1", "--incremental", "--wait"]);
@@ -86,7 +93,7 @@ fn fresh_replicas_are_seeded_in_parallel_by_stream_and_from_a_backup_then_replic
 
 #[test]
 fn a_seeding_that_fails_leaves_the_instance_as_it_was_and_out_of_the_set() {
-    let c = Cluster::start(2);
+    let mut c = Cluster::start(2);
     c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
     c.write_and_see_everywhere("s1", "db-1", 1);
     c.cli_ok(&["backup", "create", "db-1", "--wait"]);
@@ -123,6 +130,24 @@ fn a_seeding_that_fails_leaves_the_instance_as_it_was_and_out_of_the_set() {
             && me["observed"]["writable"] == (read_only_before == "0"))
             .then_some(())
     });
+
+    // Retention: with one full chain kept, a new full backup deletes the older one.
+    c.conductor.stop();
+    c.conductor
+        .set_env("TANDEM_CONDUCTOR_BACKUP_KEEP", Some("1"));
+    c.conductor.start_again().unwrap();
+    eventually(Duration::from_secs(20), "the agents reported again", || {
+        let out = c.cli(&["status"]).1;
+        (out.contains("db-1") && out.contains("db-2")).then_some(())
+    });
+    c.cli_ok(&["backup", "create", "db-1", "--wait"]);
+    let list = c.cli_ok(&["backup", "list"]);
+    assert_eq!(list.lines().count(), 1, "{list}");
+    assert!(!list.contains(&backup_id), "{list}");
+    assert!(
+        !file.exists(),
+        "the old backup's data is gone from the store"
+    );
 
     // Wrong input is refused up front.
     for (args, expected) in [
