@@ -237,19 +237,8 @@ impl<'a> Ctx<'a> {
         };
         self.failpoint(seq, Point::Before);
         let long = command.is_long_running();
-        let mut reply = self
-            .c
-            .call_until(
-                entry.message_id,
-                target,
-                entry.epoch,
-                command.clone(),
-                STEP_BUDGET,
-            )
-            .await;
-        while long && matches!(reply, Reply::Ok(ReplyBody::Accepted { .. })) {
-            tokio::time::sleep(LONG_POLL).await;
-            reply = self
+        let reply = loop {
+            let reply = self
                 .c
                 .call_until(
                     entry.message_id,
@@ -259,7 +248,11 @@ impl<'a> Ctx<'a> {
                     STEP_BUDGET,
                 )
                 .await;
-        }
+            if !(long && matches!(reply, Reply::Ok(ReplyBody::Accepted { .. }))) {
+                break reply;
+            }
+            tokio::time::sleep(LONG_POLL).await;
+        };
         self.failpoint(seq, Point::Sent);
         let recorded = serde_json::to_value(&reply).map_err(StoreError::from)?;
         store.journal_result(&self.wf.id, seq, &recorded)?;
