@@ -82,8 +82,15 @@ impl Default for BackupStoreConfig {
 pub struct SeedConfig {
     /// Address to listen on; port 0 picks a free one (advertised in status reports).
     pub listen: String,
-    /// The host other agents connect to (default: `engine.host`).
+    /// The host other agents connect to (default: `engine.host`). With TLS it must be
+    /// a name (or IP address) in this agent's certificate.
     pub advertise_host: Option<String>,
+    /// Mutual TLS for seeding (all three or none): this agent's certificate chain and
+    /// key (PEM), used both to serve and to connect, and the CA every agent's
+    /// certificate chains to.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for SeedConfig {
@@ -91,6 +98,9 @@ impl Default for SeedConfig {
         SeedConfig {
             listen: "0.0.0.0:0".into(),
             advertise_host: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
         }
     }
 }
@@ -214,6 +224,7 @@ pub struct Settings {
     pub backup_store: StoreSettings,
     pub seed_listen: std::net::SocketAddr,
     pub seed_advertise_host: String,
+    pub seed_tls: Option<crate::seed::SeedTls>,
 }
 
 impl AgentConfig {
@@ -290,7 +301,20 @@ impl AgentConfig {
             .advertise_host
             .clone()
             .unwrap_or_else(|| self.engine.host.clone());
+        let seed_tls = match (
+            &self.seed.tls_cert_file,
+            &self.seed.tls_key_file,
+            &self.seed.tls_ca_file,
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(crate::seed::SeedTls::load(cert, key, ca)?),
+            _ => anyhow::bail!(
+                "fields `seed.tls_cert_file`, `seed.tls_key_file` and `seed.tls_ca_file` go \
+                 together; set all three or none"
+            ),
+        };
         Ok(Settings {
+            seed_tls,
             backup_store,
             seed_listen,
             seed_advertise_host,
@@ -450,6 +474,15 @@ mod tests {
             (
                 "instance_id = \"db\"\n[seed]\nlisten = \"everywhere\"",
                 "seed.listen",
+            ),
+            (
+                "instance_id = \"db\"\n[seed]\ntls_cert_file = \"/etc/tandem/seed.pem\"",
+                "seed.tls_key_file",
+            ),
+            (
+                "instance_id = \"db\"\n[seed]\ntls_cert_file = \"/nonexistent.pem\"\n\
+                 tls_key_file = \"/nonexistent.key\"\ntls_ca_file = \"/nonexistent-ca.pem\"",
+                "seed.tls_cert_file",
             ),
         ];
         for (toml, field) in cases {

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{AgentConfig, Settings};
 pub use engine::{server_id_for, Engine};
+pub use seed::SeedTls;
 
 use engine::mariadb::MariaDb;
 use state::{State, StateFile};

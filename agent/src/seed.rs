@@ -6,16 +6,28 @@
 //! length-delimited frames: `H` + JSON header, `D` + data..., and finally either `E` +
 //! JSON end (the copy is complete and consistent) or `X` + an error message. A
 //! connection that ends without `E` is a failed copy, whatever arrived before it.
+//!
+//! With `[seed] tls_*` configured the connection is mutual TLS before the first byte:
+//! the source proves it is the host the conductor named, the target proves it holds a
+//! certificate from the same CA, and the copy (the whole database) is encrypted. The
+//! token is still required: a certificate says who may connect, the token says which
+//! copy the conductor asked for.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 use tandem_proto::{CommandError, Endpoint, Position, SeedSource};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +43,83 @@ const MAX_TTL: Duration = Duration::from_secs(3600);
 /// A source that sends nothing for this long is considered gone.
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
 const FRAME_DATA: usize = 256 * 1024;
+
+/// A seeding connection: plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+type Conn = Box<dyn Io>;
+type Frames = FramedRead<ReadHalf<Conn>, LengthDelimitedCodec>;
+
+/// Mutual TLS for seeding connections, loaded once at start so a bad file stops the
+/// agent there and not at the first seeding.
+#[derive(Clone)]
+pub struct SeedTls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for SeedTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SeedTls")
+    }
+}
+
+impl SeedTls {
+    /// `cert` and `key`: this agent's certificate chain and private key (PEM), used as
+    /// the server certificate and as the client certificate; `ca`: the CA both sides'
+    /// certificates must chain to.
+    pub fn load(cert: &Path, key: &Path, ca: &Path) -> anyhow::Result<SeedTls> {
+        let certs = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("field `seed.tls_cert_file`: reading {}", cert.display()))?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "field `seed.tls_cert_file`: {} holds no certificate",
+            cert.display()
+        );
+        let key = PrivateKeyDer::from_pem_file(key)
+            .with_context(|| format!("field `seed.tls_key_file`: reading {}", key.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for root in CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("field `seed.tls_ca_file`: reading {}", ca.display()))?
+        {
+            let root = root
+                .with_context(|| format!("field `seed.tls_ca_file`: reading {}", ca.display()))?;
+            roots
+                .add(root)
+                .with_context(|| format!("field `seed.tls_ca_file`: {}", ca.display()))?;
+        }
+        anyhow::ensure!(
+            !roots.is_empty(),
+            "field `seed.tls_ca_file`: {} holds no certificate",
+            ca.display()
+        );
+        let roots = Arc::new(roots);
+        // The ring provider lapin already brings, given explicitly rather than installed
+        // process-wide.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .context("field `seed.tls_ca_file`")?;
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs.clone(), key.clone_key())
+            .context("fields `seed.tls_cert_file` and `seed.tls_key_file` do not make a pair")?;
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .context("fields `seed.tls_cert_file` and `seed.tls_key_file` do not make a pair")?;
+        Ok(SeedTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        })
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
@@ -109,7 +198,16 @@ impl<E: Engine> Agent<E> {
 
     async fn serve_one_seed(&self, socket: TcpStream) -> anyhow::Result<u64> {
         socket.set_nodelay(true)?;
-        let (read, write) = socket.into_split();
+        let conn: Conn = match &self.settings.seed_tls {
+            None => Box::new(socket),
+            Some(tls) => Box::new(
+                tokio::time::timeout(Duration::from_secs(10), tls.acceptor.accept(socket))
+                    .await
+                    .context("TLS handshake timed out")?
+                    .context("TLS handshake failed")?,
+            ),
+        };
+        let (read, write) = tokio::io::split(conn);
         let mut lines = BufReader::new(read.take(512));
         let mut hello = String::new();
         tokio::time::timeout(Duration::from_secs(10), lines.read_line(&mut hello)).await??;
@@ -193,7 +291,34 @@ impl<E: Engine> Agent<E> {
             CommandError::bad_request(format!("cannot reach the seed source {at}: {e}"))
         })?;
         socket.set_nodelay(true).ok();
-        let (read, mut write) = socket.into_split();
+        let conn: Conn = match &self.settings.seed_tls {
+            None => Box::new(socket),
+            Some(tls) => {
+                let name = ServerName::try_from(source.host.clone()).map_err(|e| {
+                    CommandError::bad_request(format!(
+                        "the seed source host {:?} is not a valid TLS name: {e}",
+                        source.host
+                    ))
+                })?;
+                Box::new(
+                    tokio::time::timeout(
+                        Duration::from_secs(10),
+                        tls.connector.connect(name, socket),
+                    )
+                    .await
+                    .map_err(|_| {
+                        refused(format!("TLS handshake with the seed source {at} timed out"))
+                    })?
+                    .map_err(|e| {
+                        refused(format!(
+                            "TLS handshake with the seed source {at} failed: {e} \
+                                 (both agents need `[seed] tls_*` from the same CA)"
+                        ))
+                    })?,
+                )
+            }
+        };
+        let (read, mut write) = tokio::io::split(conn);
         write
             .write_all(format!("{HELLO}{}\n", source.token.expose()).as_bytes())
             .await
@@ -204,7 +329,16 @@ impl<E: Engine> Agent<E> {
                 .max_frame_length(4 << 20)
                 .new_codec(),
         );
-        match next_frame(&mut frames, &at).await? {
+        let first = next_frame(&mut frames, &at).await.map_err(|e| {
+            if self.settings.seed_tls.is_some() {
+                return e;
+            }
+            refused(format!(
+                "{} (if the source requires TLS, this agent needs `[seed] tls_*` too)",
+                e.message
+            ))
+        })?;
+        match first {
             (b'H', body) => {
                 let header: Header = serde_json::from_slice(&body)
                     .map_err(|e| refused(format!("the seed source {at} sent a bad header: {e}")))?;
@@ -290,10 +424,7 @@ fn frame(kind: u8, body: &[u8]) -> Bytes {
 }
 
 /// The next frame as (kind, whole frame), with the idle limit.
-async fn next_frame(
-    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, LengthDelimitedCodec>,
-    at: &str,
-) -> Result<(u8, Bytes), CommandError> {
+async fn next_frame(frames: &mut Frames, at: &str) -> Result<(u8, Bytes), CommandError> {
     match tokio::time::timeout(IDLE_LIMIT, frames.next()).await {
         Err(_) => Err(refused(format!(
             "the seed source {at} sent nothing for {IDLE_LIMIT:?}"

@@ -565,3 +565,65 @@ async fn a_stream_seeded_replica_catches_up_and_an_interrupted_seed_leaves_the_t
     assert_eq!(report.health, Health::Healthy);
     assert!(report.operations.is_empty());
 }
+
+#[tokio::test]
+async fn a_seed_over_mutual_tls_replicates_and_agents_without_a_certificate_from_the_ca_are_refused(
+) {
+    let store = tempfile::tempdir().unwrap();
+    let ca = tandem_testkit::TestCa::new("tandem seed CA").unwrap();
+    let stranger = tandem_testkit::TestCa::new("another CA").unwrap();
+    // db-1 (the source) and db-2 hold certificates from the CA; db-3 speaks plain TCP;
+    // db-4 holds a certificate from another CA.
+    let h = Harness::with_envs(&["db-1", "db-2", "db-3", "db-4"], |name| {
+        let mut env = local_store(store.path());
+        env.extend(match name {
+            "db-1" | "db-2" => ca.seed_env(name).unwrap(),
+            "db-4" => stranger.seed_env(name).unwrap(),
+            _ => vec![],
+        });
+        env
+    })
+    .await;
+    master_with_rows(&h, "db-1", 3).await;
+    let seed_at = h.status("db-1").await.seed_endpoint.unwrap();
+    let seed = async |target: &str, token: &str| {
+        h.ok(
+            "db-1",
+            1,
+            Command::OfferSeed {
+                token: tandem_proto::Secret::new(token),
+                ttl_ms: 60_000,
+            },
+        )
+        .await;
+        let source = SeedSource {
+            instance: id("db-1"),
+            host: seed_at.host.clone(),
+            port: seed_at.port,
+            token: tandem_proto::Secret::new(token),
+        };
+        long(&h, target, 1, Command::SeedFrom(source)).await
+    };
+
+    let position = match seed("db-2", "token-tls-0123456789").await {
+        Ok(ReplyBody::Position { position }) => position,
+        other => panic!("{other:?}"),
+    };
+    attach_at(&h, "db-1", "db-2", position).await;
+    insert(&h.node("db-1").db, 4..=5);
+    eventually(Duration::from_secs(20), "db-2 to catch up", async || {
+        (count(&h.node("db-2").db) == "5").then_some(())
+    })
+    .await;
+
+    for (target, token) in [
+        ("db-3", "token-plain-0123456789"),
+        ("db-4", "token-alien-0123456789"),
+    ] {
+        mark(&h.node(target).db);
+        let err = seed(target, token).await.unwrap_err();
+        assert!(err.message.contains("TLS"), "{target}: {}", err.message);
+        assert!(still_marked(&h.node(target).db), "{target} was touched");
+        assert_eq!(h.status(target).await.role, tandem_proto::Role::Standalone);
+    }
+}

@@ -37,6 +37,14 @@ impl Harness {
 
     /// Agents with extra `TANDEM_AGENT_*` settings (a shared backup store, say).
     pub async fn with_env(instances: &[&str], env: &[(String, String)]) -> Harness {
+        Self::with_envs(instances, |_| env.to_vec()).await
+    }
+
+    /// Agents with settings of their own: `env(instance)`.
+    pub async fn with_envs(
+        instances: &[&str],
+        env: impl Fn(&str) -> Vec<(String, String)>,
+    ) -> Harness {
         tandem_testkit::init_tracing();
         let broker = Broker::new().unwrap();
         let shutdown = CancellationToken::new();
@@ -59,7 +67,7 @@ impl Harness {
                 "zone-a",
                 broker.uri(),
                 &db,
-                env,
+                &env(name),
             )
             .unwrap();
             nodes.push(Node { db, agent });

@@ -6,6 +6,7 @@
 //!   port and socket in a temporary directory.
 //! * [`Swift`]: a private OpenStack Swift (proxy, account, container, object server) for
 //!   backup store tests.
+//! * [`TestCa`]: a private certificate authority issuing certificates for 127.0.0.1.
 //! * [`Process`]: a spawned binary (an agent, the conductor) that dies with the test.
 //!
 //! Every value stops and removes what it started when dropped, which also happens when a
@@ -18,6 +19,7 @@ mod mariadb;
 mod postgres;
 mod process;
 mod swift;
+mod tls;
 
 pub use agent::{binary, AgentProcess, ConductorProcess};
 pub use broker::Broker;
@@ -25,6 +27,7 @@ pub use mariadb::{MariaDb, MariaDbOptions};
 pub use postgres::Postgres;
 pub use process::{free_port, Process};
 pub use swift::Swift;
+pub use tls::{Issued, TestCa};
 
 /// Where tests find the broker: `AMQP_ADDR` without a vhost, default the local guest account.
 pub fn amqp_base() -> String {
