@@ -28,6 +28,11 @@ pub struct AgentConfig {
     pub status_interval_ms: u64,
     /// How often the engine is probed for liveness, in milliseconds.
     pub probe_interval_ms: u64,
+    /// The master's lease, in milliseconds: a master whose agent has not reached the
+    /// broker for this long sets its engine read-only on its own (renewed every third
+    /// of it by a confirmed status report). Keep it below the conductor's failure
+    /// detection time; the conductor never promotes before it has run out anyway.
+    pub lease_ms: u64,
     pub broker: BrokerConfig,
     pub engine: EngineConfig,
     pub backup_store: BackupStoreConfig,
@@ -169,6 +174,7 @@ impl Default for AgentConfig {
             state_dir: "/var/lib/tandem-agent".into(),
             status_interval_ms: 1000,
             probe_interval_ms: 200,
+            lease_ms: 1000,
             broker: BrokerConfig::default(),
             engine: EngineConfig::default(),
             backup_store: BackupStoreConfig::default(),
@@ -216,6 +222,7 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub status_interval: Duration,
     pub probe_interval: Duration,
+    pub lease: Duration,
     pub broker_uri: String,
     pub queue_type: tandem_transport::QueueType,
     pub prefetch: u16,
@@ -265,6 +272,12 @@ impl AgentConfig {
             "field `probe_interval_ms` is {}; it must be between 10 and status_interval_ms ({})",
             self.probe_interval_ms,
             self.status_interval_ms
+        );
+        anyhow::ensure!(
+            self.lease_ms >= 300 && self.lease_ms >= 3 * self.probe_interval_ms,
+            "field `lease_ms` is {}; it must be at least 300 and three probe intervals ({})",
+            self.lease_ms,
+            3 * self.probe_interval_ms
         );
         let queue_type = match self.broker.queue_type.as_str() {
             "quorum" => tandem_transport::QueueType::Quorum,
@@ -324,6 +337,7 @@ impl AgentConfig {
             state_dir: self.state_dir,
             status_interval: Duration::from_millis(self.status_interval_ms),
             probe_interval: Duration::from_millis(self.probe_interval_ms),
+            lease: Duration::from_millis(self.lease_ms),
             broker_uri,
             queue_type,
             prefetch: self.broker.prefetch.max(1),
@@ -471,6 +485,7 @@ mod tests {
                 "instance_id = \"db\"\n[backup_store]\nkind = \"swift\"",
                 "backup_store.swift_auth_url",
             ),
+            ("instance_id = \"db\"\nlease_ms = 100", "lease_ms"),
             (
                 "instance_id = \"db\"\n[seed]\nlisten = \"everywhere\"",
                 "seed.listen",

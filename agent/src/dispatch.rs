@@ -170,6 +170,10 @@ impl<E: Engine> Agent<E> {
         }
 
         let reply: Reply = self.run_change(&command.body).await.into();
+        if matches!(reply, Reply::Ok(_)) && command.body.grants_role() {
+            let master = self.state.lock().expect("poisoned").master;
+            self.lease.granted(master, self.settings.lease);
+        }
 
         // Retryable failures are not recorded: a re-send must try again.
         let keep = match &reply {
@@ -196,13 +200,20 @@ impl<E: Engine> Agent<E> {
             Command::SetWritable => {
                 self.engine.set_writable(true).await?;
             }
-            Command::EnableAsMaster => {
+            Command::EnableAsMaster { semi_sync } => {
                 self.engine.prepare_master().await?;
+                self.engine
+                    .set_semi_sync(
+                        semi_sync.map(|s| Duration::from_millis(s.timeout_ms)),
+                        false,
+                    )
+                    .await?;
                 self.update_state(|s| s.master = true)?;
             }
             Command::Demote => {
                 self.update_state(|s| s.master = false)?;
                 self.engine.set_writable(false).await?;
+                self.engine.set_semi_sync(None, false).await?;
             }
             Command::CreateReplicationUser { replica } => {
                 if replica == me {
@@ -220,7 +231,9 @@ impl<E: Engine> Agent<E> {
                 source,
                 credentials,
                 position,
+                semi_sync,
             } => {
+                self.engine.set_semi_sync(None, *semi_sync).await?;
                 self.engine
                     .attach(me, source, credentials, position.as_ref())
                     .await?;
@@ -233,6 +246,13 @@ impl<E: Engine> Agent<E> {
                 self.engine.detach(me).await?;
                 self.update_state(|s| s.source = None)?;
                 self.engine.set_writable(true).await?;
+            }
+            Command::DrainRelayLog { timeout_ms } => {
+                let position = self
+                    .engine
+                    .drain(Duration::from_millis(*timeout_ms))
+                    .await?;
+                return Ok(ReplyBody::Position { position });
             }
             Command::DeleteBackup { backup_id } => self.delete_backup(backup_id).await?,
             Command::OfferSeed { token, ttl_ms } => self

@@ -14,6 +14,7 @@ pub mod config;
 mod dispatch;
 pub mod engine;
 mod host;
+mod lease;
 mod notify;
 mod operations;
 mod seed;
@@ -54,6 +55,8 @@ pub struct Agent<E: Engine> {
     restart_needed: Vec<String>,
     /// One-time tokens for seeding connections, and where they are accepted.
     seed: seed::SeedOffers,
+    /// The master's lease on writability (see [`lease`]).
+    lease: lease::Lease,
 }
 
 /// Runs the agent until `shutdown` is cancelled: then it stops taking commands, lets the
@@ -151,7 +154,13 @@ async fn run_with<E: Engine>(
         operations: operations::Operations::default(),
         restart_needed,
         seed: seed::SeedOffers::new(seed_endpoint),
+        lease: lease::Lease::default(),
     });
+    // A master restarted into a partition fences itself after one lease, as if the
+    // lease had just been granted.
+    if agent.state.lock().expect("poisoned").master {
+        agent.lease.granted(true, agent.settings.lease);
+    }
     let jobs = agent.operations.open();
     let runner = tokio::spawn(agent.clone().run_operations(jobs, transport.clone()));
 

@@ -84,6 +84,9 @@ impl<E: Engine> Agent<E> {
             taken_at: Timestamp::now(),
             operations: self.operations.snapshot(),
             engine_settings: Default::default(),
+            fenced: self.lease.fenced(),
+            lease_ms: master.then_some(self.settings.lease.as_millis() as u64),
+            semi_sync: None,
         };
         match observed {
             Err(e) => report.last_error = Some(e.to_string()),
@@ -106,6 +109,7 @@ impl<E: Engine> Agent<E> {
         let mut last_report = Instant::now() - self.settings.status_interval * 2;
         let mut last: Option<Significant> = None;
         let mut engine_up: Option<bool> = None;
+        let mut last_receiving: Option<Option<bool>> = None;
         let watchdog = crate::notify::watchdog_interval();
         let mut last_watchdog = Instant::now();
         loop {
@@ -118,10 +122,27 @@ impl<E: Engine> Agent<E> {
                 crate::notify::watchdog();
                 last_watchdog = Instant::now();
             }
-            let up = self.engine.probe().await.is_ok();
-            let liveness_changed = engine_up.is_some_and(|was| was != up);
+            // First, before anything that could wait on the engine or the broker.
+            if self.lease.must_fence(Instant::now()) {
+                self.fence().await;
+            }
+            let pulse = self.engine.probe().await.ok();
+            let up = pulse.is_some();
+            let receiving = pulse.and_then(|p| p.receiving);
+            let liveness_changed = engine_up.is_some_and(|was| was != up)
+                || (up && last_receiving.is_some_and(|was| was != receiving));
             engine_up = Some(up);
-            let due = last_report.elapsed() >= self.settings.status_interval;
+            if up {
+                last_receiving = Some(receiving);
+            }
+            let master = self.state.lock().expect("poisoned").master;
+            // A master reports (and so renews its lease) every third of the lease.
+            let interval = if master {
+                self.settings.status_interval.min(self.settings.lease / 3)
+            } else {
+                self.settings.status_interval
+            };
+            let due = last_report.elapsed() >= interval;
             if !(due || forced || liveness_changed) {
                 continue;
             }
@@ -141,7 +162,11 @@ impl<E: Engine> Agent<E> {
                         "engine health changed"
                     );
                 }
-                self.publish(transport, report).await;
+                if master {
+                    self.publish_renewing(transport, report).await;
+                } else {
+                    self.publish(transport, report).await;
+                }
                 last = Some(significant);
                 last_report = Instant::now();
             }
@@ -149,6 +174,32 @@ impl<E: Engine> Agent<E> {
         let mut last_words = self.report().await;
         last_words.health = Health::Stopping;
         self.publish(transport, last_words).await;
+    }
+
+    /// The lease ran out: the engine goes read-only now. The command lock is waited
+    /// for only briefly: read-only is the safe direction, and a command stuck on a
+    /// lost broker must not keep a cut-off master writable.
+    async fn fence(&self) {
+        let guard =
+            tokio::time::timeout(std::time::Duration::from_millis(100), self.exec_lock.lock())
+                .await
+                .ok();
+        match self.engine.set_writable(false).await {
+            Ok(()) => {
+                self.lease.set_fenced();
+                tracing::warn!(
+                    lease_ms = self.settings.lease.as_millis() as u64,
+                    "lease expired: the broker was not reached within the lease, so the \
+                     engine is now read-only until the conductor gives this server a role"
+                );
+            }
+            // Tried again at the next tick; an engine that is down cannot write, and
+            // starts read-only.
+            Err(e) => {
+                tracing::warn!(error = %e, "lease expired but the engine could not be set read-only")
+            }
+        }
+        drop(guard);
     }
 
     async fn heartbeat(&self) {
@@ -164,6 +215,31 @@ impl<E: Engine> Agent<E> {
         if let Err(e) = self.engine.write_heartbeat().await {
             tracing::debug!(error = %e, "heartbeat not written");
         }
+    }
+
+    /// Publishes with a broker confirm and renews the lease from the moment it was sent.
+    async fn publish_renewing(&self, transport: &Transport, report: StatusReport) {
+        let sent = Instant::now();
+        let envelope = self.envelope(report);
+        let limit = self.settings.lease / 3;
+        match tokio::time::timeout(limit, transport.publish_status_confirmed(&envelope)).await {
+            Ok(Ok(())) => self.lease.renew(sent, self.settings.lease),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "status report not confirmed: lease not renewed")
+            }
+            Err(_) => tracing::debug!("status report not confirmed in time: lease not renewed"),
+        }
+    }
+
+    fn envelope(&self, report: StatusReport) -> Envelope<StatusReport> {
+        Envelope::new(
+            Sender::Agent {
+                instance: self.settings.instance_id.clone(),
+            },
+            self.settings.instance_id.clone(),
+            report.highest_epoch,
+            report,
+        )
     }
 
     async fn publish(&self, transport: &Transport, report: StatusReport) {
@@ -235,5 +311,6 @@ fn fill(
         }
     }
     report.replication = o.replication;
+    report.semi_sync = o.semi_sync;
     report.engine_settings = o.settings;
 }

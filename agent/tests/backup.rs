@@ -71,7 +71,8 @@ fn gtid(db: &MariaDb) -> Position {
 
 /// Makes `master` a writable master with `app.t` holding rows 1..=n.
 async fn master_with_rows(h: &Harness, master: &str, n: u32) {
-    h.ok(master, 1, Command::EnableAsMaster).await;
+    h.ok(master, 1, Command::EnableAsMaster { semi_sync: None })
+        .await;
     h.ok(master, 1, Command::SetWritable).await;
     let db = &h.node(master).db;
     db.sql("CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY)")
@@ -122,6 +123,7 @@ async fn attach_at(h: &Harness, master: &str, replica: &str, position: Position)
             source: h.endpoint(master),
             credentials,
             position: Some(position),
+            semi_sync: false,
         },
     )
     .await;

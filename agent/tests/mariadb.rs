@@ -174,7 +174,8 @@ async fn lag_comes_from_the_heartbeat_table_while_the_sql_thread_is_stopped() {
 #[tokio::test]
 async fn stale_epochs_are_fenced_and_repeats_are_answered_from_the_record() {
     let mut h = Harness::new(&["db-1"]).await;
-    h.ok("db-1", 5, Command::EnableAsMaster).await;
+    h.ok("db-1", 5, Command::EnableAsMaster { semi_sync: None })
+        .await;
     h.ok("db-1", 5, Command::SetWritable).await;
 
     // Older epoch: refused, and nothing changes.
@@ -264,7 +265,8 @@ async fn a_killed_engine_is_reported_within_one_interval() {
 #[tokio::test]
 async fn wrong_input_gets_a_clear_error_and_changes_nothing() {
     let h = Harness::new(&["db-1", "db-2"]).await;
-    h.ok("db-1", 1, Command::EnableAsMaster).await;
+    h.ok("db-1", 1, Command::EnableAsMaster { semi_sync: None })
+        .await;
     h.ok("db-1", 1, Command::SetWritable).await;
     let creds = match h
         .ok(
@@ -289,6 +291,7 @@ async fn wrong_input_gets_a_clear_error_and_changes_nothing() {
             source,
             credentials,
             position: None,
+            semi_sync: false,
         };
 
     // A source nothing listens on.

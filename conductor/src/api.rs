@@ -35,6 +35,8 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/sets/{id}/replicas", post(add_replica))
         .route("/v1/sets/{id}/replicas/{instance}", delete(detach_replica))
         .route("/v1/sets/{id}/switchover", post(switchover))
+        .route("/v1/sets/{id}/failover", post(failover))
+        .route("/v1/sets/{id}/failover/{action}", post(failover_control))
         .route("/v1/instances/{id}/backups", post(take_backup))
         .route("/v1/backups", get(list_backups))
         .route("/v1/backups/{id}", get(get_backup).delete(delete_backup))
@@ -80,6 +82,8 @@ pub struct ErrorBody {
         add_replica,
         detach_replica,
         switchover,
+        failover,
+        failover_control,
         take_backup,
         list_backups,
         get_backup,
@@ -98,6 +102,10 @@ pub struct ErrorBody {
         CreateSet,
         AddReplica,
         Switchover,
+        Failover,
+        FailoverView,
+        crate::failover::Verdict,
+        crate::store::FailoverState,
         crate::registry::InstanceView,
         crate::registry::Contract,
         crate::store::Member,
@@ -350,6 +358,12 @@ struct MemberView {
     #[schema(value_type = Option<Object>)]
     position: Option<tandem_proto::Position>,
     lag_seconds: Option<f64>,
+    /// `active`, `fallen_back` (a master whose commits no longer wait for a replica),
+    /// `acknowledging` (a replica); absent when semi-sync is off.
+    #[schema(value_type = Option<String>)]
+    semi_sync: Option<tandem_proto::SemiSync>,
+    /// The agent set its engine read-only when its lease ran out.
+    fenced: bool,
     /// Empty when the engine does what the conductor wants.
     drift: Vec<String>,
 }
@@ -363,6 +377,18 @@ struct SetView {
     #[schema(value_type = String)]
     master: InstanceId,
     members: Vec<MemberView>,
+    failover: FailoverView,
+}
+
+/// A set's failure detection and automatic failover, as they stand.
+#[derive(Serialize, utoipa::ToSchema)]
+struct FailoverView {
+    /// Automatic failover on in the configuration and not paused for this set.
+    automatic: bool,
+    /// The detector's latest verdict on the master (absent until it looked).
+    verdict: Option<crate::failover::Verdict>,
+    #[serde(flatten)]
+    state: crate::store::FailoverState,
 }
 
 /// How an instance's engine differs from what the conductor wants of it.
@@ -418,15 +444,24 @@ fn set_view(c: &Conductor, set: crate::store::ReplicaSet) -> SetView {
                 lag_seconds: report
                     .as_ref()
                     .and_then(|r| r.lag.as_ref().map(|l| l.seconds)),
+                semi_sync: report.as_ref().and_then(|r| r.semi_sync),
+                fenced: report.as_ref().is_some_and(|r| r.fenced),
                 drift,
             }
         })
         .collect();
+    let state = c.store.failover_state(&set.id).unwrap_or_default();
+    let failover = FailoverView {
+        automatic: c.settings.failover.automatic && !state.paused,
+        verdict: c.failover_watch.verdict(&set.id),
+        state,
+    };
     SetView {
         id: set.id,
         epoch: set.epoch,
         master: set.master,
         members,
+        failover,
     }
 }
 
@@ -497,6 +532,10 @@ fn accepted(row: crate::store::WorkflowRow) -> (StatusCode, Json<crate::store::W
 struct CreateSet {
     id: String,
     master: String,
+    /// Semi-synchronous replication: a commit is acknowledged only once a replica has
+    /// it, so a failover loses no acknowledged write.
+    #[serde(default)]
+    semi_sync: bool,
 }
 
 #[utoipa::path(post, path = "/v1/sets", tag = "sets", request_body = CreateSet, responses((status = 202, description = "the workflow that creates it", body = crate::store::WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -509,6 +548,15 @@ async fn create_set(
     let master = parse_id(&req.master)?;
     free_instance(&c, &master)?;
     c.store.create_set(&id, &master)?;
+    if req.semi_sync {
+        c.store.set_failover_state(
+            &id,
+            &crate::store::FailoverState {
+                semi_sync: true,
+                ..Default::default()
+            },
+        )?;
+    }
     let row = crate::workflow::start(
         &c,
         crate::workflow::Spec::CreateSet { set: id, master },
@@ -874,6 +922,100 @@ async fn switchover(
     Ok(accepted(row))
 }
 
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct Failover {
+    /// The replica to promote; default: the one the candidate rule picks.
+    #[serde(default)]
+    candidate: Option<String>,
+    /// Fail over although the master looks healthy, or promote a candidate that is
+    /// behind another replica or not eligible (transactions may be lost).
+    #[serde(default)]
+    force: bool,
+}
+
+/// Manual failover (Trove's eject): for a master that is gone. A healthy master is
+/// refused (use a switchover, which loses nothing) unless `force`.
+#[utoipa::path(post, path = "/v1/sets/{id}/failover", tag = "sets", params(("id" = String, Path)), request_body = Failover, responses((status = 202, body = crate::store::WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "the master is healthy, or another workflow is active on the set", body = ErrorBody)))]
+async fn failover(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+    b: Result<Json<Failover>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<crate::store::WorkflowRow>), ApiError> {
+    let id = parse_set(&id)?;
+    let req = body(b, r#"{"candidate"?: "<instance>", "force"?: true}"#)?;
+    let candidate = req.candidate.as_deref().map(parse_id).transpose()?;
+    let set = existing_set(&c, &id)?;
+    if let Some(candidate) = &candidate {
+        if !set.replicas().any(|r| r == candidate) {
+            return Err(bad_request(format!(
+                "{candidate} is not a replica of set {id} (its master is {})",
+                set.master
+            )));
+        }
+    }
+    if !req.force {
+        let verdict = c.failover_watch.verdict(&id);
+        if matches!(verdict, None | Some(crate::failover::Verdict::Healthy)) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "the master {} of set {id} is healthy: use a switchover (`tandem promote`), \
+                     which loses nothing, or --force",
+                    set.master
+                ),
+            ));
+        }
+    }
+    let row = crate::workflow::start(
+        &c,
+        crate::workflow::Spec::Failover {
+            set: id,
+            failed: set.master,
+            candidate,
+            force: req.force,
+            automatic: false,
+        },
+        serde_json::Map::new(),
+        "api",
+    )?;
+    Ok(accepted(row))
+}
+
+/// `pause` / `resume` automatic failover of a set, or `ack` (acknowledge) an automatic
+/// failover held back by the anti-flapping window, which lets it go ahead.
+#[utoipa::path(post, path = "/v1/sets/{id}/failover/{action}", tag = "sets", params(("id" = String, Path), ("action" = String, Path, description = "pause, resume or ack")), responses((status = 200, body = crate::store::FailoverState), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn failover_control(
+    State(c): State<Arc<Conductor>>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<crate::store::FailoverState>, ApiError> {
+    let id = parse_set(&id)?;
+    existing_set(&c, &id)?;
+    let mut state = c.store.failover_state(&id)?;
+    match action.as_str() {
+        "pause" => state.paused = true,
+        "resume" => state.paused = false,
+        "ack" => {
+            if state.blocked.is_none() && state.last_automatic.is_none() {
+                return Err(bad_request(format!(
+                    "set {id} has no automatic failover to acknowledge"
+                )));
+            }
+            // The window starts again from the next failover.
+            state.blocked = None;
+            state.last_automatic = None;
+        }
+        other => {
+            return Err(bad_request(format!(
+                "{other:?} is not a failover action: pause, resume or ack"
+            )))
+        }
+    }
+    c.store.set_failover_state(&id, &state)?;
+    tracing::warn!(set = %id, action, "failover control");
+    Ok(Json(state))
+}
+
 // ---- workflows ----
 
 #[utoipa::path(get, path = "/v1/workflows", tag = "workflows", responses((status = 200, body = [crate::store::WorkflowRow])))]
@@ -966,6 +1108,8 @@ mod tests {
             ("/v1/instances", "get"),
             ("/v1/instances/{id}", "get"),
             ("/v1/instances/{id}/ping", "post"),
+            ("/v1/sets/{id}/failover", "post"),
+            ("/v1/sets/{id}/failover/{action}", "post"),
             ("/v1/instances/{id}/metadata", "get"),
             ("/v1/instances/{id}/metadata/{key}", "get"),
             ("/v1/instances/{id}/metadata/{key}", "put"),

@@ -33,6 +33,57 @@ pub struct ConductorConfig {
     /// For crash tests only: `<workflow kind>:<step>:<before|after>` makes the process
     /// exit at that point of a workflow.
     pub failpoint: Option<String>,
+    pub failover: FailoverConfig,
+}
+
+/// Failure detection and automatic failover (`[failover]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FailoverConfig {
+    /// Automatic failover of every set (each set can also be paused on its own).
+    pub automatic: bool,
+    /// A master whose agent has not reported for this long is suspected; it is failed
+    /// over only when its replicas confirm they lost it too, and never before its
+    /// lease has run out.
+    pub detect_after_ms: u64,
+    /// How long each replica may take to apply what it received before a candidate is
+    /// chosen among them.
+    pub drain_timeout_ms: u64,
+    /// A replica whose last reported lag exceeds this many seconds is never chosen.
+    pub max_lag_s: f64,
+    /// A second automatic failover of one set within this many seconds is held back
+    /// until the window ends or an operator acknowledges it (anti-flapping).
+    pub flap_window_s: u64,
+    /// Added to a lost master's lease before anyone is promoted.
+    pub lease_margin_ms: u64,
+    /// For sets with semi-synchronous replication: how long a commit waits for a
+    /// replica's acknowledgement before the master falls back to asynchronous.
+    pub semi_sync_timeout_ms: u64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            automatic: true,
+            detect_after_ms: 1000,
+            drain_timeout_ms: 5000,
+            max_lag_s: 30.0,
+            flap_window_s: 600,
+            lease_margin_ms: 250,
+            semi_sync_timeout_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FailoverSettings {
+    pub automatic: bool,
+    pub detect_after: Duration,
+    pub drain_timeout: Duration,
+    pub max_lag_s: f64,
+    pub flap_window: Duration,
+    pub lease_margin: Duration,
+    pub semi_sync_timeout: Duration,
 }
 
 impl Default for ConductorConfig {
@@ -46,6 +97,7 @@ impl Default for ConductorConfig {
             backup_keep: 7,
             seed_backup_max_age_s: 86_400,
             failpoint: None,
+            failover: FailoverConfig::default(),
         }
     }
 }
@@ -60,6 +112,7 @@ pub struct Settings {
     pub backup_keep: usize,
     pub seed_backup_max_age: Duration,
     pub failpoint: Option<crate::workflow::Failpoint>,
+    pub failover: FailoverSettings,
 }
 
 impl ConductorConfig {
@@ -101,7 +154,33 @@ impl ConductorConfig {
             .map(str::parse)
             .transpose()
             .map_err(|e: String| anyhow::anyhow!("field `failpoint`: {e}"))?;
+        let f = &self.failover;
+        anyhow::ensure!(
+            f.detect_after_ms >= 200,
+            "field `failover.detect_after_ms` is {}; it must be at least 200",
+            f.detect_after_ms
+        );
+        anyhow::ensure!(
+            f.drain_timeout_ms >= 100,
+            "field `failover.drain_timeout_ms` is {}; it must be at least 100",
+            f.drain_timeout_ms
+        );
+        anyhow::ensure!(
+            f.max_lag_s.is_finite() && f.max_lag_s > 0.0,
+            "field `failover.max_lag_s` is {}; it must be a positive number of seconds",
+            f.max_lag_s
+        );
+        let failover = FailoverSettings {
+            automatic: f.automatic,
+            detect_after: Duration::from_millis(f.detect_after_ms),
+            drain_timeout: Duration::from_millis(f.drain_timeout_ms),
+            max_lag_s: f.max_lag_s,
+            flap_window: Duration::from_secs(f.flap_window_s),
+            lease_margin: Duration::from_millis(f.lease_margin_ms),
+            semi_sync_timeout: Duration::from_millis(f.semi_sync_timeout_ms.max(1)),
+        };
         Ok(Settings {
+            failover,
             failpoint,
             name: self.name,
             broker_uri: self.broker_uri,

@@ -53,6 +53,27 @@ pub enum ApiEvent {
         error: Option<String>,
         at: Timestamp,
     },
+    /// The failure detector changed its mind about a set's master.
+    MasterVerdict {
+        set: String,
+        master: InstanceId,
+        verdict: crate::failover::Verdict,
+        at: Timestamp,
+    },
+    /// An automatic failover is held back by the anti-flapping window.
+    FailoverBlocked {
+        set: String,
+        reason: String,
+        at: Timestamp,
+    },
+    /// A returning server holds transactions the master lacks and is kept apart.
+    Quarantined {
+        set: String,
+        instance: InstanceId,
+        position: String,
+        master_position: String,
+        at: Timestamp,
+    },
 }
 
 pub struct Events {

@@ -11,6 +11,7 @@ pub mod api;
 pub mod backups;
 pub mod config;
 pub mod events;
+pub mod failover;
 pub mod registry;
 pub mod store;
 pub mod workflow;
@@ -46,6 +47,10 @@ pub struct Conductor {
     pub backups_running: std::sync::Mutex<std::collections::HashMap<String, BackupRun>>,
     /// Instances with an open drift event.
     open_drift: std::sync::Mutex<std::collections::HashSet<tandem_proto::InstanceId>>,
+    /// The failure detector's current verdict on every set.
+    pub failover_watch: failover::Watch,
+    /// When this process started (the age of a master it never heard from).
+    pub started: std::time::Instant,
 }
 
 impl Conductor {
@@ -122,6 +127,8 @@ pub async fn run_with_listener(
         store: Box::new(store),
         events: events::Events::default(),
         open_drift: Default::default(),
+        failover_watch: Default::default(),
+        started: std::time::Instant::now(),
     });
 
     let mut reports = conductor.transport.subscribe_status("#");
@@ -156,10 +163,14 @@ pub async fn run_with_listener(
         tracing::warn!(resumed, "resumed unfinished workflows");
     }
 
+    let detector_stop = CancellationToken::new();
+    tokio::spawn(failover::watch(conductor.clone(), detector_stop.clone()));
+
     tracing::info!(listen = %listener.local_addr()?, "tandem-conductor serving");
     let serve = axum::serve(listener, api::router(conductor.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let result = serve.await;
+    detector_stop.cancel();
     follower.abort();
     result.map_err(Into::into)
 }

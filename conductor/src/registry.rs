@@ -18,6 +18,8 @@ pub struct Registry {
 struct Entry {
     report: StatusReport,
     received: Instant,
+    /// The newest position any report gave (a report from a dead engine has none).
+    last_position: Option<tandem_proto::Position>,
 }
 
 /// One instance as the API shows it.
@@ -55,7 +57,11 @@ impl Registry {
     pub fn record(&self, report: StatusReport) -> Option<bool> {
         let mut map = self.instances.write().expect("poisoned");
         let mut changed = true;
+        let mut last_position = report.position.clone();
         if let Some(held) = map.get(&report.instance) {
+            if last_position.is_none() {
+                last_position = held.last_position.clone();
+            }
             if report.sequence <= held.report.sequence {
                 return None;
             }
@@ -68,6 +74,7 @@ impl Registry {
             Entry {
                 report,
                 received: Instant::now(),
+                last_position,
             },
         );
         Some(changed)
@@ -93,6 +100,24 @@ impl Registry {
             health: report.health,
             at: report.taken_at,
         })
+    }
+
+    /// The last report of `id` and how long ago it arrived.
+    pub fn report_with_age(&self, id: &InstanceId) -> Option<(StatusReport, std::time::Duration)> {
+        self.instances
+            .read()
+            .expect("poisoned")
+            .get(id)
+            .map(|e| (e.report.clone(), e.received.elapsed()))
+    }
+
+    /// The newest position `id` reported, also when its latest report has none.
+    pub fn last_position(&self, id: &InstanceId) -> Option<tandem_proto::Position> {
+        self.instances
+            .read()
+            .expect("poisoned")
+            .get(id)
+            .and_then(|e| e.last_position.clone())
     }
 
     /// The last report of `id`.
@@ -166,6 +191,9 @@ mod tests {
             taken_at: Timestamp(seq),
             operations: vec![],
             engine_settings: Default::default(),
+            fenced: false,
+            lease_ms: None,
+            semi_sync: None,
         }
     }
 

@@ -74,6 +74,14 @@ pub struct SeedSource {
     pub token: Secret,
 }
 
+/// Semi-synchronous replication on a master: every commit waits until a replica has
+/// the transaction, for at most `timeout_ms`; after that the master falls back to
+/// asynchronous replication (and says so in its reports) rather than stop writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SemiSyncSettings {
+    pub timeout_ms: u64,
+}
+
 /// Everything the conductor can ask of an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -86,8 +94,12 @@ pub enum Command {
     SetReadOnly,
     /// Accept writes.
     SetWritable,
-    /// Prepare to be the source of a replica set (binary log, heartbeat writer).
-    EnableAsMaster,
+    /// Prepare to be the source of a replica set (binary log, heartbeat writer), with
+    /// semi-synchronous replication when `semi_sync` is given.
+    EnableAsMaster {
+        #[serde(default)]
+        semi_sync: Option<SemiSyncSettings>,
+    },
     /// Create (or return the existing) replication account for one replica.
     CreateReplicationUser {
         replica: InstanceId,
@@ -102,6 +114,9 @@ pub enum Command {
         credentials: ReplicationCredentials,
         #[serde(default)]
         position: Option<Position>,
+        /// Acknowledge what it receives to a semi-synchronous master.
+        #[serde(default)]
+        semi_sync: bool,
     },
     /// Stop replicating and forget the source; the server becomes standalone.
     Detach,
@@ -112,6 +127,12 @@ pub enum Command {
     /// Wait until the engine has applied `position`, for at most `timeout_ms`.
     WaitForPosition {
         position: Position,
+        timeout_ms: u64,
+    },
+    /// Stop receiving from the source and wait, for at most `timeout_ms`, until
+    /// everything received has been applied; answered with the position then reached.
+    /// A failover candidate is chosen among replicas drained this way.
+    DrainRelayLog {
         timeout_ms: u64,
     },
     /// Take a backup; long-running, acknowledged on acceptance.
@@ -146,7 +167,7 @@ impl Command {
             Command::GetStatus => "get_status",
             Command::SetReadOnly => "set_read_only",
             Command::SetWritable => "set_writable",
-            Command::EnableAsMaster => "enable_as_master",
+            Command::EnableAsMaster { .. } => "enable_as_master",
             Command::CreateReplicationUser { .. } => "create_replication_user",
             Command::DropReplicationUser { .. } => "drop_replication_user",
             Command::AttachToSource { .. } => "attach_to_source",
@@ -154,6 +175,7 @@ impl Command {
             Command::Demote => "demote",
             Command::GetLatestPosition => "get_latest_position",
             Command::WaitForPosition { .. } => "wait_for_position",
+            Command::DrainRelayLog { .. } => "drain_relay_log",
             Command::TakeBackup(_) => "take_backup",
             Command::Restore(_) => "restore",
             Command::DeleteBackup { .. } => "delete_backup",
@@ -172,7 +194,7 @@ impl Command {
             | Command::GetStatus
             | Command::SetReadOnly
             | Command::SetWritable
-            | Command::EnableAsMaster
+            | Command::EnableAsMaster { .. }
             | Command::CreateReplicationUser { .. }
             | Command::DropReplicationUser { .. }
             | Command::AttachToSource { .. }
@@ -180,6 +202,7 @@ impl Command {
             | Command::Demote
             | Command::GetLatestPosition
             | Command::WaitForPosition { .. }
+            | Command::DrainRelayLog { .. }
             | Command::TakeBackup(_)
             | Command::Restore(_)
             | Command::DeleteBackup { .. }
@@ -189,6 +212,19 @@ impl Command {
             | Command::StartEngine
             | Command::Unknown => ProtocolVersion::V1,
         }
+    }
+
+    /// Commands by which the conductor gives a server its role: they lift a master's
+    /// self-imposed fence (see the agent's lease).
+    pub fn grants_role(&self) -> bool {
+        matches!(
+            self,
+            Command::SetWritable
+                | Command::EnableAsMaster { .. }
+                | Command::Detach
+                | Command::Demote
+                | Command::AttachToSource { .. }
+        )
     }
 
     /// Long commands are acknowledged on acceptance and report their result as an
@@ -218,9 +254,16 @@ mod tests {
                 password: Secret::new("hunter2"),
             },
             position: None,
+            semi_sync: false,
         };
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("***"));
+    }
+
+    #[test]
+    fn a_role_command_from_before_semi_sync_still_decodes() {
+        let c: Command = serde_json::from_str(r#"{"command": "enable_as_master"}"#).unwrap();
+        assert_eq!(c, Command::EnableAsMaster { semi_sync: None });
     }
 }

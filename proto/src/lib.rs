@@ -22,7 +22,7 @@ pub mod version;
 pub use codec::{CodecError, Format};
 pub use command::{
     BackupKind, BackupRequest, Command, ReplicationCredentials, RestoreRequest, Secret, SeedSource,
-    SourceEndpoint,
+    SemiSyncSettings, SourceEndpoint,
 };
 pub use envelope::{Envelope, Sender, Timestamp};
 pub use ids::{Epoch, IdError, InstanceId, MessageId, ReplicaSetId};
@@ -30,6 +30,6 @@ pub use position::{Gtid, GtidSet, Lsn, Position, PositionError};
 pub use reply::{BackupInfo, CommandError, ErrorKind, Event, Reply, ReplyBody};
 pub use status::{
     Endpoint, EngineKind, Health, HostMetrics, Lag, LagSource, OperationProgress, ReplicationState,
-    Role, StatusReport,
+    Role, SemiSync, StatusReport,
 };
 pub use version::{ProtocolVersion, VersionError, VersionRange};

@@ -178,4 +178,29 @@ pub struct StatusReport {
     /// mode, read_only…), so an operator sees what "no loss" rests on.
     #[serde(default)]
     pub engine_settings: std::collections::BTreeMap<String, String>,
+    /// The master's agent lost the broker for longer than its lease and set its engine
+    /// read-only on its own; it stays so until the conductor gives it a role again.
+    #[serde(default)]
+    pub fenced: bool,
+    /// How long this agent, as a master, keeps its engine writable without reaching the
+    /// broker. The conductor never promotes a replica before the lease of a master it
+    /// cannot reach has run out.
+    #[serde(default)]
+    pub lease_ms: Option<u64>,
+    /// Semi-synchronous replication, when the engine has it switched on.
+    #[serde(default)]
+    pub semi_sync: Option<SemiSync>,
+}
+
+/// Semi-synchronous replication as the engine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SemiSync {
+    /// Master: every commit waits for a replica's acknowledgement.
+    Active,
+    /// Master: no replica acknowledged in time, so commits no longer wait (a failover
+    /// now may lose acknowledged writes).
+    FallenBack,
+    /// Replica: acknowledges what it receives.
+    Acknowledging,
 }

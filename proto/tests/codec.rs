@@ -54,14 +54,17 @@ fn command() -> impl Strategy<Value = Command> {
         Just(Command::GetStatus),
         Just(Command::SetReadOnly),
         Just(Command::SetWritable),
-        Just(Command::EnableAsMaster),
+        prop::option::of(any::<u64>()).prop_map(|t| Command::EnableAsMaster {
+            semi_sync: t.map(|timeout_ms| SemiSyncSettings { timeout_ms })
+        }),
         instance_id().prop_map(|replica| Command::CreateReplicationUser { replica }),
         instance_id().prop_map(|replica| Command::DropReplicationUser { replica }),
         (source(), credentials(), prop::option::of(position())).prop_map(
             |(source, credentials, position)| Command::AttachToSource {
                 source,
                 credentials,
-                position
+                semi_sync: position.is_some(),
+                position,
             }
         ),
         Just(Command::Detach),
@@ -71,6 +74,7 @@ fn command() -> impl Strategy<Value = Command> {
             position,
             timeout_ms
         }),
+        any::<u64>().prop_map(|timeout_ms| Command::DrainRelayLog { timeout_ms }),
         ".{0,10}".prop_map(|backup_id| Command::TakeBackup(BackupRequest {
             backup_id,
             kind: BackupKind::Full
@@ -204,6 +208,9 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                     eta_seconds: None,
                 }],
                 engine_settings: [("sync_binlog".to_string(), "1".to_string())].into(),
+                fenced: seq % 2 == 0,
+                lease_ms: Some(1500),
+                semi_sync: Some(SemiSync::FallenBack),
             },
         )
 }

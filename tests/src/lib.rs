@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests in `tests/tests/` (and the demo): a cluster of real
 //! processes, and checks made against what the engines say, not what Tandem says.
 
+pub mod load;
+
 use std::time::{Duration, Instant};
 
 use tandem_testkit::{binary, AgentProcess, Broker, ConductorProcess, MariaDb, MariaDbOptions};
@@ -20,23 +22,51 @@ pub struct Cluster {
     pub backups: tempfile::TempDir,
 }
 
+/// How a [`Cluster`] is started, beyond the defaults.
+#[derive(Default, Clone)]
+pub struct ClusterOptions {
+    /// Extra `mariadbd` arguments for every server.
+    pub engine_args: Vec<String>,
+    /// Extra `TANDEM_AGENT_*` settings for every agent.
+    pub agent_env: Vec<(String, String)>,
+    /// Extra `TANDEM_CONDUCTOR_*` settings.
+    pub conductor_env: Vec<(String, String)>,
+}
+
+impl ClusterOptions {
+    /// As on a VM with the agent's managed configuration: a server that starts (or
+    /// restarts after a crash) is read-only until the conductor gives it a role.
+    pub fn read_only_at_start() -> ClusterOptions {
+        ClusterOptions {
+            engine_args: vec!["--read-only=1".into()],
+            agent_env: Vec::new(),
+            conductor_env: Vec::new(),
+        }
+    }
+}
+
 impl Cluster {
     pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, ClusterOptions::default())
+    }
+
+    pub fn start_with(n: usize, options: ClusterOptions) -> Cluster {
         let broker = Broker::new().unwrap();
         let backups = tempfile::Builder::new()
             .prefix("tandem-backups-")
             .tempdir()
             .unwrap();
-        let store = vec![(
+        let mut store = vec![(
             "TANDEM_AGENT_BACKUP_STORE__PATH".to_string(),
             backups.path().display().to_string(),
         )];
+        store.extend(options.agent_env.iter().cloned());
         let nodes = (1..=n)
             .map(|i| {
                 let name = format!("db-{i}");
                 let db = MariaDb::start(MariaDbOptions {
                     server_id: tandem_agent::server_id_for(&name.parse().unwrap()),
-                    ..Default::default()
+                    extra_args: options.engine_args.clone(),
                 })
                 .unwrap();
                 let agent = AgentProcess::start_mariadb_with(
@@ -51,7 +81,7 @@ impl Cluster {
                 Node { name, db, agent }
             })
             .collect();
-        let conductor = ConductorProcess::start(broker.uri()).unwrap();
+        let conductor = ConductorProcess::start_with(broker.uri(), &options.conductor_env).unwrap();
         let c = Cluster {
             nodes,
             conductor,
@@ -64,6 +94,14 @@ impl Cluster {
             (ok && names.iter().all(|n| out.contains(n.as_str()))).then_some(())
         });
         c
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.db.port()).collect()
     }
 
     pub fn db(&self, name: &str) -> &MariaDb {
@@ -153,6 +191,12 @@ impl Cluster {
         let view = self.set(set);
         for m in view["members"].as_array().unwrap() {
             let name = m["instance"].as_str().unwrap();
+            if matches!(
+                m["intended"]["role"].as_str(),
+                Some("failed" | "quarantined")
+            ) {
+                continue;
+            }
             eventually(
                 Duration::from_secs(15),
                 &format!("row {id} on {name}"),

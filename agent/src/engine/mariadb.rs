@@ -18,14 +18,14 @@ use rand::distr::{Alphanumeric, SampleString};
 use tandem_proto::command::Secret;
 use tandem_proto::{
     EngineKind, GtidSet, InstanceId, Lag, LagSource, Position, ReplicationCredentials,
-    ReplicationState, SourceEndpoint,
+    ReplicationState, SemiSync, SourceEndpoint,
 };
 
 use crate::operations::Progress;
 
 use super::{
     replica_of_user, replication_user, server_id_for, BackupStream, ConfigOutcome, Engine,
-    EngineError, Observation,
+    EngineError, Observation, Pulse,
 };
 use crate::config::EngineConfig;
 
@@ -114,6 +114,14 @@ fn classify(e: mysql_async::Error) -> EngineError {
     }
 }
 
+/// Whether the IO thread is connected to its source. After a lost connection MariaDB
+/// keeps `Slave_IO_Running = Yes` while it waits to reconnect; only the state says the
+/// source is gone, which is what a replica's confirmation of a lost master rests on.
+fn receiving(io_running: &str, io_state: &str) -> bool {
+    let state = io_state.to_ascii_lowercase();
+    io_running == "Yes" && !state.contains("reconnect") && !state.starts_with("connecting")
+}
+
 fn parse_gtid(text: &str) -> Result<GtidSet, EngineError> {
     text.parse()
         .map_err(|e| EngineError::Internal(anyhow::anyhow!("MariaDB reported a bad GTID: {e}")))
@@ -151,6 +159,13 @@ fn managed_settings(instance: &InstanceId) -> Vec<(&'static str, String, bool)> 
         ("gtid_strict_mode", "1".into(), true),
         ("sync_binlog", "1".into(), true),
         ("innodb_flush_log_at_trx_commit", "1".into(), true),
+        // A replica notices a hung master within a second (with heartbeats every
+        // 0.25 s, set at attach), so it can confirm the master is lost.
+        ("slave_net_timeout", "1".into(), true),
+        // A semi-sync replica that stops receiving first connects to its master to end
+        // its dump thread; against a hung master that costs this long (seconds), on
+        // the failover's path.
+        ("rpl_semi_sync_slave_kill_conn_timeout", "1".into(), true),
     ]
 }
 
@@ -159,9 +174,15 @@ impl Engine for MariaDb {
         EngineKind::Mariadb
     }
 
-    async fn probe(&self) -> Result<(), EngineError> {
+    async fn probe(&self) -> Result<Pulse, EngineError> {
         let mut c = self.conn().await?;
-        self.exec(&mut c, "DO 1").await
+        let receiving = self.slave_status(&mut c).await?.map(|row| {
+            receiving(
+                &col::<String>(&row, "Slave_IO_Running").unwrap_or_default(),
+                &col::<String>(&row, "Slave_IO_State").unwrap_or_default(),
+            )
+        });
+        Ok(Pulse { receiving })
     }
 
     async fn observe(&self) -> Result<Observation, EngineError> {
@@ -192,6 +213,7 @@ impl Engine for MariaDb {
                 let host: String = col(row, "Master_Host").unwrap_or_default();
                 let port: u16 = col(row, "Master_Port").unwrap_or(0);
                 let io: String = col(row, "Slave_IO_Running").unwrap_or_default();
+                let io_state: String = col(row, "Slave_IO_State").unwrap_or_default();
                 let sql: String = col(row, "Slave_SQL_Running").unwrap_or_default();
                 let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
                 let received = col::<String>(row, "Gtid_IO_Pos")
@@ -200,7 +222,7 @@ impl Engine for MariaDb {
                 (
                     Some((host, port)),
                     Some(ReplicationState {
-                        receiving: io == "Yes",
+                        receiving: receiving(&io, &io_state),
                         applying: sql == "Yes",
                         last_receive_error: nonempty(col(row, "Last_IO_Error")),
                         last_apply_error: nonempty(col(row, "Last_SQL_Error")),
@@ -241,6 +263,31 @@ impl Engine for MariaDb {
             None
         };
 
+        let semi: Vec<(String, String)> = timed(
+            "read semi-sync status",
+            c.query(
+                "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+                 WHERE VARIABLE_NAME IN ('RPL_SEMI_SYNC_MASTER_STATUS', 'RPL_SEMI_SYNC_SLAVE_STATUS') \
+                 UNION ALL SELECT 'MASTER_ENABLED', @@rpl_semi_sync_master_enabled",
+            ),
+        )
+        .await?;
+        let on = |name: &str| {
+            semi.iter()
+                .any(|(n, v)| n.eq_ignore_ascii_case(name) && (v == "ON" || v == "1"))
+        };
+        let semi_sync = if on("MASTER_ENABLED") {
+            Some(if on("RPL_SEMI_SYNC_MASTER_STATUS") {
+                SemiSync::Active
+            } else {
+                SemiSync::FallenBack
+            })
+        } else if on("RPL_SEMI_SYNC_SLAVE_STATUS") {
+            Some(SemiSync::Acknowledging)
+        } else {
+            None
+        };
+
         let mut settings = BTreeMap::new();
         settings.insert("sync_binlog".into(), sync_binlog.to_string());
         settings.insert("innodb_flush_log_at_trx_commit".into(), flush.to_string());
@@ -250,6 +297,7 @@ impl Engine for MariaDb {
         settings.insert("read_only".into(), read_only.to_string());
 
         Ok(Observation {
+            semi_sync,
             version,
             writable: read_only == 0,
             source,
@@ -490,7 +538,7 @@ impl Engine for MariaDb {
             &format!(
                 "CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = {}, MASTER_USER = '{}', \
                  MASTER_PASSWORD = '{}', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, \
-                 MASTER_HEARTBEAT_PERIOD = 1",
+                 MASTER_HEARTBEAT_PERIOD = 0.25",
                 source.host,
                 source.port,
                 credentials.user,
@@ -603,6 +651,73 @@ impl Engine for MariaDb {
             drop(c);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    async fn set_semi_sync(
+        &self,
+        master: Option<Duration>,
+        replica: bool,
+    ) -> Result<(), EngineError> {
+        let mut c = self.conn().await?;
+        match master {
+            Some(timeout) => {
+                // AFTER_SYNC: a commit is acknowledged to its client only once a replica
+                // has it, so a failover to the most advanced replica loses none.
+                for sql in [
+                    "SET GLOBAL rpl_semi_sync_master_wait_point = 'AFTER_SYNC'".to_string(),
+                    "SET GLOBAL rpl_semi_sync_master_wait_no_slave = ON".to_string(),
+                    format!(
+                        "SET GLOBAL rpl_semi_sync_master_timeout = {}",
+                        timeout.as_millis().max(1)
+                    ),
+                    "SET GLOBAL rpl_semi_sync_master_enabled = ON".to_string(),
+                ] {
+                    self.exec(&mut c, &sql).await?;
+                }
+            }
+            None => {
+                self.exec(&mut c, "SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+                    .await?
+            }
+        }
+        // Takes effect when the IO thread (re)starts: set before attaching.
+        self.exec(
+            &mut c,
+            if replica {
+                "SET GLOBAL rpl_semi_sync_slave_enabled = ON"
+            } else {
+                "SET GLOBAL rpl_semi_sync_slave_enabled = OFF"
+            },
+        )
+        .await
+    }
+
+    async fn drain(&self, timeout: Duration) -> Result<Position, EngineError> {
+        let mut c = self.conn().await?;
+        if self.slave_status(&mut c).await?.is_none() {
+            return Err(EngineError::BadRequest(
+                "this server is not a replica; there is no relay log to drain".into(),
+            ));
+        }
+        self.exec(&mut c, "STOP SLAVE IO_THREAD").await?;
+        // Read after the IO thread stopped: nothing arrives any more.
+        let row = self.slave_status(&mut c).await?.ok_or_else(|| {
+            EngineError::Refused("the replication source vanished while draining".into())
+        })?;
+        let received = col::<String>(&row, "Gtid_IO_Pos").unwrap_or_default();
+        drop(c);
+        if !received.trim().is_empty() {
+            let target = Position::Gtid(parse_gtid(&received)?);
+            self.wait_for_position(&target, timeout)
+                .await
+                .map_err(|e| match e {
+                    EngineError::NotReached(m) => EngineError::NotReached(format!(
+                        "the relay log was not applied in time: {m}"
+                    )),
+                    other => other,
+                })?;
+        }
+        self.latest_position().await
     }
 
     async fn backup_stream(
@@ -832,4 +947,24 @@ async fn run_command(what: &str, argv: Option<&[String]>) -> Result<(), EngineEr
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_thread_waiting_to_reconnect_is_not_receiving() {
+        assert!(receiving("Yes", "Waiting for master to send event"));
+        assert!(!receiving(
+            "Yes",
+            "Waiting to reconnect after a failed master event read"
+        ));
+        assert!(!receiving(
+            "Yes",
+            "Reconnecting after a failed master event read"
+        ));
+        assert!(!receiving("Connecting", "Connecting to master"));
+        assert!(!receiving("No", ""));
+    }
 }

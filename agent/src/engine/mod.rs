@@ -21,6 +21,12 @@ use tandem_proto::{
 
 use crate::operations::Progress;
 
+/// What a probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pulse {
+    pub receiving: Option<bool>,
+}
+
 /// What the engine says about itself, right now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
@@ -35,6 +41,7 @@ pub struct Observation {
     pub replication: Option<ReplicationState>,
     pub lag: Option<Lag>,
     pub seconds_behind_master: Option<u64>,
+    pub semi_sync: Option<tandem_proto::SemiSync>,
     /// Safety-relevant settings as the engine reports them (durability, GTID mode…).
     pub settings: BTreeMap<String, String>,
 }
@@ -89,8 +96,11 @@ pub struct ConfigOutcome {
 pub trait Engine: Send + Sync + 'static {
     fn kind(&self) -> EngineKind;
 
-    /// A cheap liveness check, run every probe interval.
-    fn probe(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// A cheap check, run every probe interval: the engine answers, and whether a
+    /// replica still receives from its source (`None`: not a replica). A change of
+    /// either is reported at once, not at the next status interval: the conductor's
+    /// failure detection rests on both.
+    fn probe(&self) -> impl Future<Output = Result<Pulse, EngineError>> + Send;
 
     /// Everything a status report needs.
     fn observe(&self) -> impl Future<Output = Result<Observation, EngineError>> + Send;
@@ -143,6 +153,23 @@ pub trait Engine: Send + Sync + 'static {
         position: &Position,
         timeout: Duration,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Semi-synchronous replication for this server's role: as a master, commits wait
+    /// up to `master` for a replica's acknowledgement (`None`: off); as a replica,
+    /// acknowledge what is received (from the next attach).
+    fn set_semi_sync(
+        &self,
+        master: Option<Duration>,
+        replica: bool,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Stops receiving from the source (the connection only: the applier goes on) and
+    /// waits until everything received has been applied; returns the position reached.
+    /// Refused on a server that is not a replica.
+    fn drain(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Position, EngineError>> + Send;
 
     /// Starts a consistent physical copy of the live data as a byte stream (MariaDB:
     /// `mariabackup --stream=xbstream`), changes only since `since` (a checkpoint of an

@@ -156,7 +156,8 @@ impl Harness {
 
     /// Makes `master` a writable master and `replica` its replica.
     pub async fn attach(&self, master: &str, replica: &str, epoch: u64) -> ReplicationCredentials {
-        self.ok(master, epoch, Command::EnableAsMaster).await;
+        self.ok(master, epoch, Command::EnableAsMaster { semi_sync: None })
+            .await;
         self.ok(master, epoch, Command::SetWritable).await;
         let credentials = match self
             .ok(
@@ -178,6 +179,7 @@ impl Harness {
                 source: self.endpoint(master),
                 credentials: credentials.clone(),
                 position: None,
+                semi_sync: false,
             },
         )
         .await;

@@ -43,6 +43,56 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub enum IntendedRole {
     Master,
     Replica,
+    /// A master replaced by a failover: read-only, replicating from nobody, until it
+    /// comes back and is compared with the new master (rejoined or quarantined).
+    Failed,
+    /// Holds transactions the master does not have: kept out of replication until it
+    /// is re-seeded (never silently rejoined).
+    Quarantined,
+}
+
+impl IntendedRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IntendedRole::Master => "master",
+            IntendedRole::Replica => "replica",
+            IntendedRole::Failed => "failed",
+            IntendedRole::Quarantined => "quarantined",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "master" => IntendedRole::Master,
+            "replica" => IntendedRole::Replica,
+            "failed" => IntendedRole::Failed,
+            "quarantined" => IntendedRole::Quarantined,
+            other => {
+                return Err(StoreError::Internal(format!(
+                    "unknown member role {other:?}"
+                )))
+            }
+        })
+    }
+}
+
+/// A set's automatic failover switches and anti-flapping memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FailoverState {
+    /// Automatic failover paused by an operator (detection still runs and is shown).
+    pub paused: bool,
+    /// Semi-synchronous replication wanted for this set.
+    pub semi_sync: bool,
+    /// When the last automatic failover of this set started (ms since the Unix epoch).
+    #[schema(value_type = Option<u64>)]
+    pub last_automatic: Option<Timestamp>,
+    /// Why an automatic failover is being held back (anti-flapping), until the window
+    /// ends or an operator acknowledges it.
+    pub blocked: Option<String>,
+    /// For each failed master: where the master that replaced it stood when it was
+    /// promoted. A returning server must hold nothing beyond it to rejoin.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub failed_at: std::collections::BTreeMap<String, tandem_proto::Position>,
 }
 
 /// One member of a replica set, as intended.
@@ -87,6 +137,20 @@ pub enum TopologyChange {
     NewMaster {
         new_master: InstanceId,
     },
+    /// After a failover: `new_master` is the writable master, `failed` (the lost master)
+    /// awaits its return, every other member replicates from the new master.
+    Failover {
+        new_master: InstanceId,
+        failed: InstanceId,
+    },
+    /// A failed or quarantined member replicates from the master again.
+    Rejoin {
+        instance: InstanceId,
+    },
+    /// A returning member holds transactions the master lacks: kept apart.
+    Quarantine {
+        instance: InstanceId,
+    },
 }
 
 impl std::fmt::Display for TopologyChange {
@@ -97,6 +161,11 @@ impl std::fmt::Display for TopologyChange {
                 write!(f, "store: remove replica {instance}")
             }
             TopologyChange::NewMaster { new_master } => write!(f, "store: new master {new_master}"),
+            TopologyChange::Failover { new_master, failed } => {
+                write!(f, "store: failover from {failed} to {new_master}")
+            }
+            TopologyChange::Rejoin { instance } => write!(f, "store: rejoin {instance}"),
+            TopologyChange::Quarantine { instance } => write!(f, "store: quarantine {instance}"),
         }
     }
 }
@@ -229,6 +298,10 @@ pub trait Store: Send + Sync + 'static {
     fn journal(&self, workflow_id: &str) -> Result<Vec<JournalEntry>>;
     /// The newest journal entries of all workflows: the audit log.
     fn journal_recent(&self, limit: usize) -> Result<Vec<JournalEntry>>;
+
+    /// A set's failover switches (defaults when never set).
+    fn failover_state(&self, set: &ReplicaSetId) -> Result<FailoverState>;
+    fn set_failover_state(&self, set: &ReplicaSetId, state: &FailoverState) -> Result<()>;
 
     // Backups.
     fn record_backup(&self, info: &tandem_proto::BackupInfo) -> Result<()>;

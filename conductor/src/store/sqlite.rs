@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS replica_sets (
 CREATE TABLE IF NOT EXISTS members (
     instance TEXT PRIMARY KEY,          -- an instance is in at most one set
     set_id TEXT NOT NULL REFERENCES replica_sets(id),
-    role TEXT NOT NULL CHECK (role IN ('master', 'replica')),
+    role TEXT NOT NULL CHECK (role IN ('master', 'replica', 'failed', 'quarantined')),
     replicates_from TEXT,
     writable INTEGER NOT NULL
 );
@@ -57,6 +57,11 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO counters (name, value) VALUES ('epoch', 0);
+-- Per set: automatic failover paused, semi-sync wanted, anti-flapping memory.
+CREATE TABLE IF NOT EXISTS set_failover (
+    set_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+);
 -- Backups the agents reported finished, as their BackupInfo (JSON).
 CREATE TABLE IF NOT EXISTS backups (
     id TEXT PRIMARY KEY,
@@ -157,20 +162,31 @@ fn apply_in(conn: &Connection, set: &ReplicaSetId, change: &TopologyChange) -> R
                     "{new_master} is not a member of set {set}"
                 )));
             }
+            new_master_in(conn, &current, new_master)?;
+        }
+        TopologyChange::Failover { new_master, failed } => {
+            new_master_in(conn, &current, new_master)?;
             conn.execute(
-                "UPDATE members SET role = 'replica', replicates_from = ?2, writable = 0 \
-                 WHERE set_id = ?1",
-                params![set.as_str(), new_master.as_str()],
+                "UPDATE members SET role = 'failed', replicates_from = NULL, writable = 0 \
+                 WHERE instance = ?1 AND set_id = ?2",
+                params![failed.as_str(), set.as_str()],
             )?;
-            conn.execute(
-                "UPDATE members SET role = 'master', replicates_from = NULL, writable = 1 \
-                 WHERE instance = ?1",
-                [new_master.as_str()],
+        }
+        TopologyChange::Rejoin { instance } | TopologyChange::Quarantine { instance } => {
+            let (role, from) = match change {
+                TopologyChange::Rejoin { .. } => ("replica", Some(current.master.as_str())),
+                _ => ("quarantined", None),
+            };
+            let n = conn.execute(
+                "UPDATE members SET role = ?3, replicates_from = ?4, writable = 0 \
+                 WHERE instance = ?1 AND set_id = ?2 AND role IN ('failed', 'quarantined')",
+                params![instance.as_str(), set.as_str(), role, from],
             )?;
-            conn.execute(
-                "UPDATE replica_sets SET master = ?2 WHERE id = ?1",
-                params![set.as_str(), new_master.as_str()],
-            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "{instance} is not a failed or quarantined member of set {set}"
+                )));
+            }
         }
     }
     let epoch = next_epoch(conn)?;
@@ -179,6 +195,34 @@ fn apply_in(conn: &Connection, set: &ReplicaSetId, change: &TopologyChange) -> R
         params![set.as_str(), epoch.get() as i64],
     )?;
     Ok(load_set(conn, set)?.expect("exists"))
+}
+
+/// `new_master` becomes the writable master; the other replicating members (not failed
+/// or quarantined ones) replicate from it.
+fn new_master_in(conn: &Connection, current: &ReplicaSet, new_master: &InstanceId) -> Result<()> {
+    let set = &current.id;
+    if !current.members.iter().any(|m| {
+        &m.instance == new_master && matches!(m.role, IntendedRole::Master | IntendedRole::Replica)
+    }) {
+        return Err(StoreError::NotFound(format!(
+            "{new_master} is not a replicating member of set {set}"
+        )));
+    }
+    conn.execute(
+        "UPDATE members SET role = 'replica', replicates_from = ?2, writable = 0 \
+         WHERE set_id = ?1 AND role IN ('master', 'replica')",
+        params![set.as_str(), new_master.as_str()],
+    )?;
+    conn.execute(
+        "UPDATE members SET role = 'master', replicates_from = NULL, writable = 1 \
+         WHERE instance = ?1",
+        [new_master.as_str()],
+    )?;
+    conn.execute(
+        "UPDATE replica_sets SET master = ?2 WHERE id = ?1",
+        params![set.as_str(), new_master.as_str()],
+    )?;
+    Ok(())
 }
 
 fn load_set(conn: &Connection, set: &ReplicaSetId) -> Result<Option<ReplicaSet>> {
@@ -215,11 +259,7 @@ fn load_set(conn: &Connection, set: &ReplicaSetId) -> Result<Option<ReplicaSet>>
             let (instance, role, from, writable) = row?;
             Ok(Member {
                 instance: id(instance)?,
-                role: if role == "master" {
-                    IntendedRole::Master
-                } else {
-                    IntendedRole::Replica
-                },
+                role: IntendedRole::parse(&role)?,
                 replicates_from: from.map(id).transpose()?,
                 writable,
             })
@@ -643,6 +683,34 @@ impl Store for SqliteStore {
             .query_map([wid], journal_row)?
             .collect::<rusqlite::Result<_>>()
             .map_err(Into::into)
+        })
+    }
+
+    fn failover_state(&self, set: &ReplicaSetId) -> Result<FailoverState> {
+        self.with(|c| {
+            let text: Option<String> = c
+                .query_row(
+                    "SELECT state FROM set_failover WHERE set_id = ?1",
+                    [set.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(match text {
+                Some(t) => serde_json::from_str(&t)?,
+                None => FailoverState::default(),
+            })
+        })
+    }
+
+    fn set_failover_state(&self, set: &ReplicaSetId, state: &FailoverState) -> Result<()> {
+        let text = serde_json::to_string(state)?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO set_failover (set_id, state) VALUES (?1, ?2) \
+                 ON CONFLICT (set_id) DO UPDATE SET state = ?2",
+                params![set.as_str(), text],
+            )?;
+            Ok(())
         })
     }
 

@@ -23,7 +23,10 @@ pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, St
     }
     .await;
     match attached {
-        Ok(_) => Ok(Outcome::Done),
+        Ok(_) => {
+            ctx.semi_sync_on(&master, epoch).await?;
+            Ok(Outcome::Done)
+        }
         Err(e) => {
             let set = ctx.apply(
                 "take it out of the set again",

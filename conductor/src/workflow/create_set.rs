@@ -9,7 +9,7 @@ pub async fn run(ctx: &mut Ctx<'_>, master: &InstanceId) -> Result<Outcome, Step
     let set = ctx.set()?;
     let epoch = set.epoch;
     let made = async {
-        ctx.send("enable as master", master, epoch, Command::EnableAsMaster)
+        ctx.enable_as_master("enable as master", master, epoch)
             .await?;
         ctx.send("make writable", master, epoch, Command::SetWritable)
             .await

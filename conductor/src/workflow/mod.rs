@@ -13,7 +13,9 @@
 mod attach;
 mod create_set;
 mod detach;
+mod failover;
 pub mod provision;
+mod rejoin;
 mod switchover;
 
 use std::sync::Arc;
@@ -61,6 +63,26 @@ pub enum Spec {
         instances: Vec<InstanceId>,
         seed: provision::Seed,
     },
+    /// The master is lost: a replica takes its place (automatic, or an operator's eject).
+    Failover {
+        set: ReplicaSetId,
+        failed: InstanceId,
+        #[serde(default)]
+        candidate: Option<InstanceId>,
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        automatic: bool,
+    },
+    /// A failed master is back: fenced by the epoch, compared with the master, then
+    /// rejoined as a replica or quarantined.
+    Rejoin {
+        set: ReplicaSetId,
+        instance: InstanceId,
+    },
+    /// The master is healthy but read-only outside any workflow (its lease fenced it,
+    /// or its engine restarted read-only): writes are given back at the current epoch.
+    RestoreWrites { set: ReplicaSetId },
 }
 
 impl Spec {
@@ -71,6 +93,9 @@ impl Spec {
             Spec::Detach { .. } => "detach",
             Spec::Switchover { .. } => "switchover",
             Spec::Provision { .. } => "provision",
+            Spec::Failover { .. } => "failover",
+            Spec::Rejoin { .. } => "rejoin",
+            Spec::RestoreWrites { .. } => "restore_writes",
         }
     }
     pub fn set(&self) -> &ReplicaSetId {
@@ -79,7 +104,10 @@ impl Spec {
             | Spec::Attach { set, .. }
             | Spec::Detach { set, .. }
             | Spec::Switchover { set, .. }
-            | Spec::Provision { set, .. } => set,
+            | Spec::Provision { set, .. }
+            | Spec::Failover { set, .. }
+            | Spec::Rejoin { set, .. }
+            | Spec::RestoreWrites { set } => set,
         }
     }
 }
@@ -151,6 +179,21 @@ const STEP_BUDGET: Duration = Duration::from_secs(20);
 /// How often a long command's result is asked for again.
 const LONG_POLL: Duration = Duration::from_millis(500);
 
+/// How long one step waits: per try, and in all (retrying retryable failures).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `None`: the conductor's `command_timeout`.
+    pub timeout: Option<Duration>,
+    pub budget: Duration,
+}
+
+impl Limits {
+    const STEP: Limits = Limits {
+        timeout: None,
+        budget: STEP_BUDGET,
+    };
+}
+
 pub struct Ctx<'a> {
     pub c: &'a Conductor,
     pub wf: &'a WorkflowRow,
@@ -183,7 +226,57 @@ impl<'a> Ctx<'a> {
     ) -> Result<ReplyBody, StepError> {
         let seq = self.seq;
         self.seq += 1;
-        self.send_at(seq, step, target, epoch, command).await
+        self.send_at(seq, step, target, epoch, command, Limits::STEP)
+            .await
+    }
+
+    /// Sends one command as a step, once, waiting at most `timeout` and never
+    /// retrying: for a server that may be gone (a failed master), where waiting is
+    /// what must not happen.
+    pub async fn send_once(
+        &mut self,
+        step: &str,
+        target: &InstanceId,
+        epoch: Epoch,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<ReplyBody, StepError> {
+        let seq = self.seq;
+        self.seq += 1;
+        let limits = Limits {
+            timeout: Some(timeout),
+            budget: Duration::ZERO,
+        };
+        self.send_at(seq, step, target, epoch, command, limits)
+            .await
+    }
+
+    /// Writes a finding of the workflow (no command) into the journal, so the audit log
+    /// shows it beside the steps; replayed, it is not written twice.
+    pub fn note(
+        &mut self,
+        step: &str,
+        about: &InstanceId,
+        epoch: Epoch,
+        what: serde_json::Value,
+    ) -> Result<(), StepError> {
+        let seq = self.seq;
+        self.seq += 1;
+        let store = &self.c.store;
+        if store.journal_entry(&self.wf.id, seq)?.is_none() {
+            store.journal_insert(&JournalEntry {
+                workflow_id: self.wf.id.clone(),
+                seq,
+                step: step.into(),
+                target: about.clone(),
+                command: "note".into(),
+                message_id: MessageId::random(),
+                epoch,
+                result: Some(what),
+                sent_at: Timestamp::now(),
+            })?;
+        }
+        Ok(())
     }
 
     /// Sends several commands at once (to different targets), each its own journaled
@@ -192,16 +285,55 @@ impl<'a> Ctx<'a> {
         &mut self,
         steps: Vec<(String, InstanceId, Epoch, Command)>,
     ) -> Vec<Result<ReplyBody, StepError>> {
+        self.send_all_limited(
+            steps
+                .into_iter()
+                .map(|(s, t, e, c)| (s, t, e, c, Limits::STEP))
+                .collect(),
+        )
+        .await
+    }
+
+    /// As [`Ctx::send_all`], each step with its own limits.
+    pub async fn send_all_limited(
+        &mut self,
+        steps: Vec<(String, InstanceId, Epoch, Command, Limits)>,
+    ) -> Vec<Result<ReplyBody, StepError>> {
         let first = self.seq;
         self.seq += steps.len() as u32;
         let this = &*self;
         futures_util::future::join_all(steps.into_iter().enumerate().map(
-            |(i, (step, target, epoch, command))| async move {
-                this.send_at(first + i as u32, &step, &target, epoch, command)
+            |(i, (step, target, epoch, command, limits))| async move {
+                this.send_at(first + i as u32, &step, &target, epoch, command, limits)
                     .await
             },
         ))
         .await
+    }
+
+    /// A decision of the workflow, made once: `decide` runs the first time and its
+    /// result is journaled (so the audit log shows it); a resumed workflow reads it
+    /// back instead of deciding again on what may have changed since.
+    pub fn decide<T: Serialize + serde::de::DeserializeOwned>(
+        &mut self,
+        step: &str,
+        about: &InstanceId,
+        epoch: Epoch,
+        decide: impl FnOnce(&Conductor) -> Result<T, StepError>,
+    ) -> Result<T, StepError> {
+        let seq = self.seq;
+        if let Some(JournalEntry {
+            result: Some(recorded),
+            ..
+        }) = self.c.store.journal_entry(&self.wf.id, seq)?
+        {
+            self.seq += 1;
+            return serde_json::from_value(recorded).map_err(|e| StoreError::from(e).into());
+        }
+        let value = decide(self.c)?;
+        let recorded = serde_json::to_value(&value).map_err(StoreError::from)?;
+        self.note(step, about, epoch, recorded)?;
+        Ok(value)
     }
 
     async fn send_at(
@@ -211,6 +343,7 @@ impl<'a> Ctx<'a> {
         target: &InstanceId,
         epoch: Epoch,
         command: Command,
+        limits: Limits,
     ) -> Result<ReplyBody, StepError> {
         let store = &self.c.store;
         let entry = match store.journal_entry(&self.wf.id, seq)? {
@@ -240,12 +373,13 @@ impl<'a> Ctx<'a> {
         let reply = loop {
             let reply = self
                 .c
-                .call_until(
+                .call_within(
                     entry.message_id,
                     target,
                     entry.epoch,
                     command.clone(),
-                    STEP_BUDGET,
+                    limits.budget,
+                    limits.timeout.unwrap_or(self.c.settings.command_timeout),
                 )
                 .await;
             if !(long && matches!(reply, Reply::Ok(ReplyBody::Accepted { .. }))) {
@@ -295,10 +429,69 @@ impl<'a> Ctx<'a> {
         Ok(set)
     }
 
+    /// The epoch the workflow's set had when this run of it started.
+    pub fn wf_epoch(&self) -> Epoch {
+        self.c
+            .store
+            .set(&self.wf.set_id)
+            .ok()
+            .flatten()
+            .map(|s| s.epoch)
+            .unwrap_or(Epoch::ZERO)
+    }
+
     pub fn set(&self) -> Result<ReplicaSet, StepError> {
         self.c.store.set(&self.wf.set_id)?.ok_or_else(|| {
             StepError::Precondition(format!("replica set {} does not exist", self.wf.set_id))
         })
+    }
+
+    /// The set's semi-synchronous replication, for the commands that give roles.
+    pub fn semi_sync(&self) -> Result<Option<tandem_proto::SemiSyncSettings>, StepError> {
+        let state = self.c.store.failover_state(&self.wf.set_id)?;
+        Ok(state.semi_sync.then_some(tandem_proto::SemiSyncSettings {
+            timeout_ms: self.c.settings.failover.semi_sync_timeout.as_millis() as u64,
+        }))
+    }
+
+    /// Enables `master` as the set's master, as one step; semi-synchronous replication
+    /// comes later, with [`Ctx::semi_sync_on`].
+    pub async fn enable_as_master(
+        &mut self,
+        step: &str,
+        master: &InstanceId,
+        epoch: Epoch,
+    ) -> Result<ReplyBody, StepError> {
+        self.send(
+            step,
+            master,
+            epoch,
+            Command::EnableAsMaster { semi_sync: None },
+        )
+        .await
+    }
+
+    /// Switches the master's semi-synchronous replication on when the set wants it (a
+    /// step), else nothing. Sent once its replicas are attached: a semi-sync master
+    /// with no replica holds every commit for the whole timeout, including the one
+    /// that creates the account its first replica needs.
+    pub async fn semi_sync_on(
+        &mut self,
+        master: &InstanceId,
+        epoch: Epoch,
+    ) -> Result<(), StepError> {
+        if let Some(semi_sync) = self.semi_sync()? {
+            self.send(
+                "semi-synchronous replication on the master",
+                master,
+                epoch,
+                Command::EnableAsMaster {
+                    semi_sync: Some(semi_sync),
+                },
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Where replicas reach `instance`, as its agent last advertised.
@@ -338,6 +531,7 @@ impl<'a> Ctx<'a> {
                 source: endpoint,
                 credentials,
                 position,
+                semi_sync: self.semi_sync()?.is_some(),
             },
         )
         .await
@@ -393,6 +587,27 @@ impl Conductor {
         command: Command,
         budget: Duration,
     ) -> Reply {
+        self.call_within(
+            message_id,
+            target,
+            epoch,
+            command,
+            budget,
+            self.settings.command_timeout,
+        )
+        .await
+    }
+
+    /// As [`Conductor::call_until`], each try waiting at most `timeout` for its reply.
+    pub(crate) async fn call_within(
+        &self,
+        message_id: MessageId,
+        target: &InstanceId,
+        epoch: Epoch,
+        command: Command,
+        budget: Duration,
+        timeout: Duration,
+    ) -> Reply {
         let started = Instant::now();
         // The version rule: never send a command the agent's advertised protocol
         // versions do not cover (an agent that has not reported yet is given the benefit:
@@ -416,12 +631,8 @@ impl Conductor {
         envelope.protocol_version = version;
         loop {
             envelope.issued_at = Timestamp::now();
-            envelope.expires_at = Some(envelope.issued_at.plus(self.settings.command_timeout));
-            let outcome = match self
-                .transport
-                .call(&envelope, self.settings.command_timeout)
-                .await
-            {
+            envelope.expires_at = Some(envelope.issued_at.plus(timeout));
+            let outcome = match self.transport.call(&envelope, timeout).await {
                 Ok(reply) => reply.body,
                 Err(CallError::UnknownInstance(i)) => Reply::Err(CommandError::new(
                     ErrorKind::BadRequest,
@@ -461,6 +672,14 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
         Spec::Provision {
             instances, seed, ..
         } => provision::run(&mut ctx, instances, seed).await,
+        Spec::Failover {
+            failed,
+            candidate,
+            force,
+            ..
+        } => failover::run(&mut ctx, failed, candidate.as_ref(), *force).await,
+        Spec::Rejoin { instance, .. } => rejoin::run(&mut ctx, instance).await,
+        Spec::RestoreWrites { .. } => rejoin::restore_writes(&mut ctx).await,
     };
     let (state, error) = match result {
         Ok(Outcome::Done) => (WorkflowState::Done, None),

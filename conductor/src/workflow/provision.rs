@@ -108,6 +108,10 @@ pub async fn run(
             Err(e) => failures.push(format!("{instance}: {e}")),
         }
     }
+    if !attached.is_empty() {
+        let set = ctx.set()?;
+        ctx.semi_sync_on(&set.master, set.epoch).await?;
+    }
     if failures.is_empty() {
         Ok(Outcome::Done)
     } else {

@@ -104,13 +104,8 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
     }
 
     // Steps 6-7: forward only.
-    ctx.send(
-        "enable the new master",
-        candidate,
-        new_epoch,
-        Command::EnableAsMaster,
-    )
-    .await?;
+    ctx.enable_as_master("enable the new master", candidate, new_epoch)
+        .await?;
     let mut left_behind = Vec::new();
     for replica in &others {
         if let Err(e) = ctx
@@ -130,6 +125,7 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
     if let Err(e) = demoted {
         left_behind.push(format!("{old} ({e})"));
     }
+    ctx.semi_sync_on(candidate, new_epoch).await?;
     if left_behind.is_empty() {
         Ok(Outcome::Done)
     } else {

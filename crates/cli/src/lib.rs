@@ -60,6 +60,9 @@ pub enum Cmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Failover after the master is lost (eject), and the automatic failover switches.
+    #[command(subcommand)]
+    Failover(FailoverCmd),
     /// Take, list and delete backups.
     #[command(subcommand)]
     Backup(BackupCmd),
@@ -82,6 +85,9 @@ pub enum SetCmd {
         set: String,
         #[arg(long)]
         master: String,
+        /// Semi-synchronous replication: a failover then loses no acknowledged write.
+        #[arg(long)]
+        semi_sync: bool,
         #[arg(long)]
         wait: bool,
     },
@@ -117,6 +123,29 @@ pub enum ReplicaCmd {
         #[arg(long)]
         wait: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub enum FailoverCmd {
+    /// Replace SET's lost master by a replica now: the candidate rule picks one unless
+    /// --candidate names it. Refused while the master is healthy (use `promote`, which
+    /// loses nothing) and for a candidate behind another replica, unless --force.
+    Run {
+        set: String,
+        #[arg(long)]
+        candidate: Option<String>,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Pause automatic failover of SET (detection goes on and is shown).
+    Pause { set: String },
+    /// Resume automatic failover of SET.
+    Resume { set: String },
+    /// Acknowledge SET's last automatic failover: one held back by the anti-flapping
+    /// window may then go ahead.
+    Ack { set: String },
 }
 
 #[derive(Subcommand)]
@@ -310,11 +339,16 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 }
             }
         }
-        Cmd::Set(SetCmd::Create { set, master, wait }) => {
+        Cmd::Set(SetCmd::Create {
+            set,
+            master,
+            semi_sync,
+            wait,
+        }) => {
             instance_id(&master)?;
             let row: Value = client.post(
                 "/v1/sets",
-                &serde_json::json!({"id": set, "master": master}),
+                &serde_json::json!({"id": set, "master": master, "semi_sync": semi_sync}),
             )?;
             workflow_started(
                 &client,
@@ -470,6 +504,58 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 wait,
                 &mut Progress::new(Vec::new()),
             )?;
+        }
+        Cmd::Failover(FailoverCmd::Run {
+            set,
+            candidate,
+            force,
+            wait,
+        }) => {
+            if let Some(c) = &candidate {
+                instance_id(c)?;
+            }
+            let row: Value = client.post(
+                &format!("/v1/sets/{set}/failover"),
+                &serde_json::json!({"candidate": candidate, "force": force}),
+            )?;
+            workflow_started(
+                &client,
+                out,
+                json,
+                row,
+                wait,
+                &mut Progress::new(Vec::new()),
+            )?;
+        }
+        Cmd::Failover(
+            FailoverCmd::Pause { ref set }
+            | FailoverCmd::Resume { ref set }
+            | FailoverCmd::Ack { ref set },
+        ) => {
+            let action = match &cli.command {
+                Cmd::Failover(FailoverCmd::Pause { .. }) => "pause",
+                Cmd::Failover(FailoverCmd::Resume { .. }) => "resume",
+                _ => "ack",
+            };
+            let state: Value =
+                client.post(&format!("/v1/sets/{set}/failover/{action}"), &Value::Null)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&state)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "set {set}: automatic failover {}{}",
+                    if state["paused"] == true {
+                        "paused"
+                    } else {
+                        "on"
+                    },
+                    state["blocked"]
+                        .as_str()
+                        .map(|b| format!("; BLOCKED: {b}"))
+                        .unwrap_or_default()
+                )?;
+            }
         }
         Cmd::Workflow(WorkflowCmd::List) => {
             let rows: Vec<Value> = client.get("/v1/workflows")?;
@@ -643,6 +729,27 @@ fn event_line(v: &Value) -> String {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
         ),
+        "master_verdict" => format!(
+            "set {}: master {} {}{}",
+            s("set"),
+            s("master"),
+            v["verdict"]["verdict"]
+                .as_str()
+                .unwrap_or("?")
+                .replace('_', " "),
+            v["verdict"]["reason"]
+                .as_str()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+        "failover_blocked" => format!("set {}: FAILOVER BLOCKED: {}", s("set"), s("reason")),
+        "quarantined" => format!(
+            "set {}: {} QUARANTINED: at {}, the master was at {} when it was promoted",
+            s("set"),
+            s("instance"),
+            s("position"),
+            s("master_position")
+        ),
         other => format!("{other}: {v}"),
     }
 }
@@ -795,6 +902,30 @@ pub fn topology(sets: &[Value]) -> String {
             s["id"].as_str().unwrap_or("?"),
             s["epoch"]
         ));
+        let f = &s["failover"];
+        if f.is_object() {
+            let verdict = match f["verdict"]["verdict"].as_str() {
+                None | Some("healthy") => "healthy".to_string(),
+                Some(v) => format!(
+                    "{}: {}",
+                    v.replace('_', " "),
+                    f["verdict"]["reason"].as_str().unwrap_or("")
+                ),
+            };
+            text.push_str(&format!(
+                "   failover {}; master {}{}\n",
+                if f["automatic"] == true {
+                    "automatic"
+                } else {
+                    "paused"
+                },
+                verdict,
+                f["blocked"]
+                    .as_str()
+                    .map(|b| format!("\n   BLOCKED: {b}"))
+                    .unwrap_or_default()
+            ));
+        }
         let members = s["members"].as_array().cloned().unwrap_or_default();
         let line = |m: &Value| {
             let position = match &m["position"] {
@@ -828,12 +959,23 @@ pub fn topology(sets: &[Value]) -> String {
             } else {
                 format!("  DRIFT: {}", drift.join("; "))
             };
+            let mut held = match m["intended"]["role"].as_str() {
+                Some(r @ ("failed" | "quarantined")) => format!(" {}", r.to_uppercase()),
+                _ => String::new(),
+            };
+            if let Some(semi) = m["semi_sync"].as_str() {
+                held.push_str(&format!(" semi-sync {}", semi.replace('_', " ")));
+            }
+            if m["fenced"] == true {
+                held.push_str(" FENCED");
+            }
             format!(
-                "{} [{} {} {}]{} {}{}",
+                "{} [{} {} {}]{}{} {}{}",
                 m["instance"].as_str().unwrap_or("?"),
                 m["role"].as_str().unwrap_or("unknown"),
                 writable,
                 m["health"].as_str().unwrap_or("?"),
+                held,
                 lag,
                 position,
                 drift

@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::{MariaDb, Process};
 
@@ -118,6 +118,21 @@ impl AgentProcess {
         self.process.take().and_then(|mut p| p.stop())
     }
 
+    /// SIGSTOP: the agent hangs (with its host, when its engine is paused too).
+    pub fn pause(&self) -> Result<()> {
+        self.process
+            .as_ref()
+            .context("the agent is not running")?
+            .signal(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    pub fn resume(&self) -> Result<()> {
+        self.process
+            .as_ref()
+            .context("the agent is not running")?
+            .signal(nix::sys::signal::Signal::SIGCONT)
+    }
+
     pub fn process(&self) -> Option<&Process> {
         self.process.as_ref()
     }
@@ -160,6 +175,11 @@ pub struct ConductorProcess {
 
 impl ConductorProcess {
     pub fn start(broker_uri: &str) -> Result<ConductorProcess> {
+        Self::start_with(broker_uri, &[])
+    }
+
+    /// With extra `TANDEM_CONDUCTOR_*` settings.
+    pub fn start_with(broker_uri: &str, extra: &[(String, String)]) -> Result<ConductorProcess> {
         let dir = tempfile::Builder::new()
             .prefix("tandem-conductor-")
             .tempdir()?;
@@ -175,6 +195,8 @@ impl ConductorProcess {
                 dir.path().join("data").display().to_string(),
             ),
         ];
+        let mut env = env;
+        env.extend(extra.iter().cloned());
         let mut c = ConductorProcess {
             url: format!("http://127.0.0.1:{port}"),
             env,

@@ -115,7 +115,14 @@ impl Transport {
                 Err(e) => return Err(e.into()),
             };
             match self
-                .publish_and_wait(&session, target, &key, &bytes, deadline, &mut reply)
+                .publish_and_wait(
+                    &session,
+                    target,
+                    &key,
+                    &bytes,
+                    (deadline, timeout),
+                    &mut reply,
+                )
                 .await
             {
                 Attempt::Replied(data) => {
@@ -145,13 +152,13 @@ impl Transport {
         target: &tandem_proto::InstanceId,
         key: &str,
         bytes: &[u8],
-        deadline: Instant,
+        (deadline, timeout): (Instant, Duration),
         reply: &mut oneshot::Receiver<Vec<u8>>,
     ) -> Attempt {
         let timed_out = || {
             Attempt::Failed(CallError::TimedOut {
                 instance: target.clone(),
-                waited: deadline.saturating_duration_since(Instant::now()),
+                waited: timeout,
             })
         };
         let left = deadline.saturating_duration_since(Instant::now());

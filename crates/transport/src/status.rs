@@ -47,12 +47,43 @@ impl Transport {
                 key.as_str().into(),
                 BasicPublishOptions::default(),
                 &bytes,
-                BasicProperties::default()
-                    .with_content_type(CONTENT_TYPE.into())
-                    .with_type(kind::STATUS.into()),
+                status_properties(),
             )
             .await
             .map_err(TransportError::amqp("basic.publish status"))?;
+        Ok(())
+    }
+
+    /// Publishes one status report and waits for the broker's confirm: returns only once
+    /// the broker has taken it. A master's agent renews its lease this way, so a lease
+    /// is renewed by proof that the broker was reached, never by a send into a dead
+    /// connection.
+    pub async fn publish_status_confirmed(
+        &self,
+        report: &Envelope<StatusReport>,
+    ) -> Result<(), TransportError> {
+        let session = self.session_within(Duration::ZERO).await?;
+        let bytes = codec::encode(report)?;
+        let key = status_key(&report.body.zone, &report.body.instance);
+        let confirm = session
+            .rpc_channel
+            .basic_publish(
+                STATUS_EXCHANGE.into(),
+                key.as_str().into(),
+                BasicPublishOptions::default(),
+                &bytes,
+                status_properties(),
+            )
+            .await
+            .map_err(TransportError::amqp("basic.publish status"))?
+            .await
+            .map_err(TransportError::amqp("publisher confirm"))?;
+        if confirm.is_nack() {
+            return Err(TransportError::Nacked {
+                exchange: STATUS_EXCHANGE.into(),
+                routing_key: key,
+            });
+        }
         Ok(())
     }
 
@@ -177,4 +208,10 @@ async fn follow<T: DeserializeOwned>(
             _ = tx.closed() => return Ok(()),
         }
     }
+}
+
+fn status_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type(CONTENT_TYPE.into())
+        .with_type(kind::STATUS.into())
 }

@@ -317,5 +317,8 @@ fn sample_report(zone: &str, instance: &str, sequence: u64) -> StatusReport {
         taken_at: tandem_proto::Timestamp::now(),
         operations: vec![],
         engine_settings: Default::default(),
+        fenced: false,
+        lease_ms: None,
+        semi_sync: None,
     }
 }

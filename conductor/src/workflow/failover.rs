@@ -1,0 +1,345 @@
+//! Failover after the master is lost (automatic, or an operator's eject):
+//!
+//! 1. at once and in parallel: the old master is told to go read-only (one short try:
+//!    it is probably gone), and every replica stops receiving and applies everything
+//!    it received (`drain_relay_log`);
+//! 2. the candidate is chosen among the drained replicas ([`crate::failover::choose`])
+//!    and the choice is journaled, with what the old master may hold that the
+//!    candidate lacks;
+//! 3. the change is recorded: new epoch, candidate is master, the old master is
+//!    `failed`;
+//! 4. the candidate detaches and becomes writable, then is enabled as master;
+//! 5. the other replicas are re-pointed to it;
+//! 6. the old master is told the new epoch, if it can hear it (it then refuses every
+//!    older order); when it comes back the detector compares it with the new master
+//!    and rejoins or quarantines it.
+//!
+//! Nothing before step 3 changes who may write, so a failure there leaves the set as
+//! it was (its replicas stopped receiving from a master that is gone).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tandem_proto::{Command, Health, InstanceId, Position, ReplyBody};
+
+use super::{Ctx, Limits, Outcome, StepError};
+use crate::failover::{choose, Drained, PromotionRule};
+use crate::store::{IntendedRole, TopologyChange};
+
+/// The old master gets this long to answer "read-only" before it is treated as gone.
+const FENCE_TRY: Duration = Duration::from_millis(500);
+
+/// What step 2 decided, journaled so a resumed workflow decides the same.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Decision {
+    candidate: InstanceId,
+    position: Position,
+    excluded: Vec<(InstanceId, String)>,
+    /// The old master's last reported position.
+    old_master_position: Option<Position>,
+    /// Transactions the old master reported that the candidate does not have (possible
+    /// only with asynchronous replication); `None` when the two have diverged.
+    lost_transactions: Option<u64>,
+    old_master_fenced: String,
+}
+
+pub async fn run(
+    ctx: &mut Ctx<'_>,
+    failed: &InstanceId,
+    requested: Option<&InstanceId>,
+    force: bool,
+) -> Result<Outcome, StepError> {
+    let set = ctx.set()?;
+    let epoch = set.epoch;
+    // The same list before and after the change is recorded (the candidate is master
+    // after it), so a resumed workflow sends the same steps.
+    let replicas: Vec<InstanceId> = set
+        .members
+        .iter()
+        .filter(|m| &m.instance != failed)
+        .filter(|m| matches!(m.role, IntendedRole::Master | IntendedRole::Replica))
+        .map(|m| m.instance.clone())
+        .collect();
+    if replicas.is_empty() {
+        return Err(StepError::Precondition(format!(
+            "set {} has no replica to fail over to",
+            set.id
+        )));
+    }
+
+    // Step 1.
+    let drain_ms = ctx.c.settings.failover.drain_timeout.as_millis() as u64;
+    let mut steps = vec![(
+        "fence the old master".to_string(),
+        failed.clone(),
+        epoch,
+        Command::SetReadOnly,
+        Limits {
+            timeout: Some(FENCE_TRY),
+            budget: Duration::ZERO,
+        },
+    )];
+    for r in &replicas {
+        steps.push((
+            "drain the relay log".to_string(),
+            r.clone(),
+            epoch,
+            Command::DrainRelayLog {
+                timeout_ms: drain_ms,
+            },
+            Limits {
+                timeout: Some(ctx.c.settings.failover.drain_timeout + Duration::from_secs(2)),
+                budget: Duration::from_secs(1),
+            },
+        ));
+    }
+    let mut results = ctx.send_all_limited(steps).await.into_iter();
+    let fenced = match results.next().expect("the fence step") {
+        Ok(_) => "read-only (it said so)".to_string(),
+        Err(e) => format!("did not answer read-only ({e}); it was judged unable to write"),
+    };
+    let drained: Vec<(InstanceId, Result<Position, String>)> = replicas
+        .iter()
+        .cloned()
+        .zip(results)
+        .map(|(r, result)| {
+            let position = match result {
+                Ok(ReplyBody::Position { position }) => Ok(position),
+                Ok(other) => Err(format!("answered {other:?}")),
+                Err(e) => Err(e.to_string()),
+            };
+            (r, position)
+        })
+        .collect();
+
+    // The replicas are drained; nobody is promoted before the old master's lease has
+    // run out (unless an operator forces it), and if the master is back meanwhile the
+    // failover stands down.
+    if !force {
+        if let Err(why) = wait_for_lease(ctx, failed).await? {
+            return stand_down(ctx, failed, epoch, &replicas, why).await;
+        }
+    }
+
+    // Step 2.
+    let decision: Decision = ctx.decide("choose the candidate", failed, epoch, |c| {
+        let old = c.registry.report(failed);
+        let master_zone = old.as_ref().map(|r| r.zone.clone()).unwrap_or_default();
+        let old_master_position = c.registry.last_position(failed);
+        let candidates: Vec<Drained> = drained
+            .iter()
+            .map(|(instance, position)| {
+                let report = c.registry.report(instance);
+                let meta: HashMap<String, String> = c
+                    .store
+                    .metadata(instance)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                let rule = PromotionRule::parse(meta.get("promotion_rule").map(String::as_str));
+                Drained {
+                    instance: instance.clone(),
+                    position: match &rule {
+                        Err(e) => Err(e.clone()),
+                        Ok(_) => position.clone(),
+                    },
+                    zone: report.as_ref().map(|r| r.zone.clone()).unwrap_or_default(),
+                    lag_s: report
+                        .as_ref()
+                        .and_then(|r| r.lag.as_ref())
+                        .map(|l| l.seconds),
+                    rule: rule.unwrap_or(PromotionRule::MustNot),
+                    priority: meta
+                        .get("failover_priority")
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0),
+                    delayed: meta
+                        .get("replication_delay_s")
+                        .and_then(|d| d.parse::<f64>().ok())
+                        .is_some_and(|d| d > 0.0),
+                }
+            })
+            .collect();
+        let choice = choose(
+            &candidates,
+            &master_zone,
+            c.settings.failover.max_lag_s,
+            requested,
+            force,
+        )
+        .map_err(StepError::Precondition)?;
+        // How far the candidate is behind what the old master last reported.
+        let lost_transactions = match (&old_master_position, &choice.position) {
+            (Some(Position::Gtid(old)), Position::Gtid(new)) => new.transactions_behind(old),
+            _ => None,
+        };
+        Ok(Decision {
+            candidate: choice.candidate,
+            position: choice.position,
+            excluded: choice.excluded,
+            old_master_position,
+            lost_transactions,
+            old_master_fenced: fenced.clone(),
+        })
+    })?;
+    let candidate = &decision.candidate;
+
+    // Step 3.
+    let set = ctx.apply(
+        "record the failover",
+        TopologyChange::Failover {
+            new_master: candidate.clone(),
+            failed: failed.clone(),
+        },
+    )?;
+    let new_epoch = set.epoch;
+    ctx.c
+        .remember_failed_at(&set.id, failed, &decision.position);
+
+    // Step 4: from here the candidate is the master.
+    ctx.send(
+        "candidate detaches and becomes writable",
+        candidate,
+        new_epoch,
+        Command::Detach,
+    )
+    .await?;
+    ctx.enable_as_master("enable the new master", candidate, new_epoch)
+        .await?;
+
+    // Step 5.
+    let mut left_behind = Vec::new();
+    for replica in replicas.iter().filter(|r| *r != candidate) {
+        if decision
+            .excluded
+            .iter()
+            .any(|(i, why)| i == replica && why.starts_with("not drained"))
+        {
+            left_behind.push(format!("{replica} (unreachable during the failover)"));
+            continue;
+        }
+        if let Err(e) = ctx
+            .attach_to("re-point a replica", candidate, replica, new_epoch, None)
+            .await
+        {
+            left_behind.push(format!("{replica} ({e})"));
+        }
+    }
+
+    ctx.semi_sync_on(candidate, new_epoch).await?;
+
+    // Step 6: best effort; the epoch reaches it at the latest when it rejoins.
+    let _ = ctx
+        .send_once(
+            "tell the old master the new epoch",
+            failed,
+            new_epoch,
+            Command::SetReadOnly,
+            FENCE_TRY,
+        )
+        .await;
+
+    let summary = serde_json::json!({
+        "failed_master": failed,
+        "new_master": candidate,
+        "epoch": new_epoch,
+        "position": decision.position,
+        "old_master_position": decision.old_master_position,
+        "lost_transactions": decision.lost_transactions,
+        "old_master": decision.old_master_fenced,
+        "excluded": decision.excluded,
+        "reason": ctx.wf.params.get("reason"),
+    });
+    tracing::warn!(workflow = %ctx.wf.id, %summary, "failover done");
+    ctx.note("failover summary", candidate, new_epoch, summary)?;
+    if left_behind.is_empty() {
+        Ok(Outcome::Done)
+    } else {
+        Err(StepError::Precondition(format!(
+            "{candidate} is the writable master at epoch {new_epoch}, but these members are not \
+             replicating from it yet: {}",
+            left_behind.join("; ")
+        )))
+    }
+}
+
+/// Waits until the old master cannot write any more: its lease (recorded when the
+/// workflow reached this point, so a resumed workflow waits too) has run out since its
+/// last report, or its agent says its engine is down. The replicas are drained by now,
+/// so only the master's own reports count. `Ok(Err(why))` when it turned out to be
+/// back, or holds no lease to wait for.
+async fn wait_for_lease(
+    ctx: &mut Ctx<'_>,
+    failed: &InstanceId,
+) -> Result<Result<(), String>, StepError> {
+    let lease_ms: Option<u64> =
+        ctx.decide("the old master's lease", failed, ctx.wf_epoch(), |c| {
+            Ok(c.registry.report(failed).and_then(|r| r.lease_ms))
+        })?;
+    let f = &ctx.c.settings.failover;
+    loop {
+        if ctx.set()?.master != *failed {
+            // The change is recorded already (a resumed workflow): nothing to wait for.
+            return Ok(Ok(()));
+        }
+        // Age of the last report; a conductor that restarted mid-failover and never
+        // heard from the old master counts from its own start.
+        let (report, age) = match ctx.c.registry.report_with_age(failed) {
+            Some((r, age)) => (Some(r), age),
+            None => (None, ctx.c.started.elapsed()),
+        };
+        if age < f.detect_after {
+            match report {
+                Some(r) if r.health == Health::EngineDown => return Ok(Ok(())),
+                Some(_) => return Ok(Err(format!("{failed} reports again and its engine is up"))),
+                None => {}
+            }
+        }
+        let Some(lease_ms) = lease_ms else {
+            return Ok(Err(format!(
+                "{failed} announced no lease, so it may still accept writes; fail over with \
+                 --force once it is known to be down"
+            )));
+        };
+        let safe = Duration::from_millis(lease_ms) + f.lease_margin;
+        if age >= safe {
+            return Ok(Ok(()));
+        }
+        tokio::time::sleep((safe - age).min(Duration::from_millis(50))).await;
+    }
+}
+
+/// The master came back before anyone was promoted: the drained replicas replicate
+/// from it again and nothing else changed.
+async fn stand_down(
+    ctx: &mut Ctx<'_>,
+    failed: &InstanceId,
+    epoch: tandem_proto::Epoch,
+    replicas: &[InstanceId],
+    why: String,
+) -> Result<Outcome, StepError> {
+    let mut not_back = Vec::new();
+    for r in replicas {
+        if let Err(e) = ctx
+            .attach_to(
+                "stand down: replicate from the master again",
+                failed,
+                r,
+                epoch,
+                None,
+            )
+            .await
+        {
+            not_back.push(format!("{r} ({e})"));
+        }
+    }
+    let mut message = format!("failover cancelled before any promotion: {why}");
+    if !not_back.is_empty() {
+        message.push_str(&format!(
+            "; these replicas are not replicating yet: {}",
+            not_back.join("; ")
+        ));
+    }
+    Ok(Outcome::RolledBack(message))
+}

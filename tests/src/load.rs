@@ -1,0 +1,195 @@
+//! A client that inserts unique rows and remembers which were acknowledged, and an
+//! observer that samples how many servers accept writes. Failure tests and benchmarks
+//! assert "nothing acknowledged was lost" and "never two writable" from these records,
+//! not from logs.
+//!
+//! Both connect as the ordinary user `app` (password `apppw`), which [`prepare`]
+//! creates with the table `app.w` on the master.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use tandem_testkit::MariaDb;
+
+/// Creates `app.w` and the user `app` on `master` (replicated to its replicas).
+pub fn prepare(master: &MariaDb) {
+    master
+        .sql(
+            "CREATE DATABASE IF NOT EXISTS app; \
+             CREATE TABLE IF NOT EXISTS app.w (id BIGINT PRIMARY KEY, at DATETIME(6)); \
+             CREATE USER IF NOT EXISTS app@'%' IDENTIFIED BY 'apppw'; \
+             GRANT INSERT, SELECT ON app.* TO app@'%'",
+        )
+        .unwrap();
+}
+
+fn pool(port: u16) -> mysql_async::Pool {
+    mysql_async::Pool::new(
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(port)
+            .user(Some("app"))
+            .pass(Some("apppw"))
+            .db_name(Some("app")),
+    )
+}
+
+/// One acknowledged insert.
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    pub id: u64,
+    pub at: Instant,
+    /// Index of the server (in the ports given) that acknowledged it.
+    pub server: usize,
+}
+
+/// Inserts a row every `every`, on the server that took the last one, trying the
+/// others when it refuses (as a client behind a proxy would).
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<Ack>>>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Writer {
+    pub fn start(ports: Vec<u16>, every: Duration) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Mutex<Vec<Ack>>> = Arc::default();
+        let thread = {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(write_loop(ports, every, acked, stop))
+            })
+        };
+        Writer {
+            stop,
+            acked,
+            thread,
+        }
+    }
+
+    pub fn acked(&self) -> Vec<Ack> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// The first insert acknowledged after `t`.
+    pub fn first_ack_after(&self, t: Instant) -> Option<Ack> {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|a| a.at > t)
+            .copied()
+    }
+
+    /// Stops; returns the inserts attempted and those acknowledged.
+    pub fn finish(self) -> (u64, Vec<Ack>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let attempted = self.thread.join().unwrap();
+        let acked = self.acked.lock().unwrap().clone();
+        (attempted, acked)
+    }
+}
+
+async fn write_loop(
+    ports: Vec<u16>,
+    every: Duration,
+    acked: Arc<Mutex<Vec<Ack>>>,
+    stop: Arc<AtomicBool>,
+) -> u64 {
+    let pools: Vec<mysql_async::Pool> = ports.iter().map(|p| pool(*p)).collect();
+    let mut current = 0usize;
+    let mut id = 0u64;
+    let mut tick = tokio::time::interval(every);
+    while !stop.load(Ordering::SeqCst) {
+        tick.tick().await;
+        id += 1;
+        for k in 0..pools.len() {
+            let i = (current + k) % pools.len();
+            let insert = async {
+                let mut conn = pools[i].get_conn().await?;
+                conn.exec_drop("INSERT INTO w (id, at) VALUES (?, NOW(6))", (id,))
+                    .await
+            };
+            // A commit may wait for a semi-sync acknowledgement: give it time.
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(300), insert).await {
+                acked.lock().unwrap().push(Ack {
+                    id,
+                    at: Instant::now(),
+                    server: i,
+                });
+                current = i;
+                break;
+            }
+        }
+    }
+    id
+}
+
+/// One observation: when, and per server whether it accepted writes.
+pub type Sample = (Instant, Vec<bool>);
+
+/// Every 50 ms, asks every server whether it accepts writes (`@@read_only = 0`) as
+/// the ordinary user; a server that does not answer within 40 ms counts as not.
+pub struct Observer {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Observer {
+    pub fn start(ports: Vec<u16>) -> Observer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+        let thread = {
+            let (stop, samples) = (stop.clone(), samples.clone());
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(observe_loop(ports, samples, stop))
+            })
+        };
+        Observer {
+            stop,
+            samples,
+            thread,
+        }
+    }
+
+    /// Stops; returns every sample (time, writable per server).
+    pub fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+        let samples = self.samples.lock().unwrap().clone();
+        samples
+    }
+}
+
+async fn observe_loop(ports: Vec<u16>, samples: Arc<Mutex<Vec<Sample>>>, stop: Arc<AtomicBool>) {
+    let pools: Vec<mysql_async::Pool> = ports.iter().map(|p| pool(*p)).collect();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while !stop.load(Ordering::SeqCst) {
+        tick.tick().await;
+        let at = Instant::now();
+        let writable = futures_util::future::join_all(pools.iter().map(|p| async move {
+            let ask = async {
+                let mut conn = p.get_conn().await?;
+                conn.query_first::<u8, _>("SELECT @@read_only").await
+            };
+            matches!(
+                tokio::time::timeout(Duration::from_millis(40), ask).await,
+                Ok(Ok(Some(0)))
+            )
+        }))
+        .await;
+        samples.lock().unwrap().push((at, writable));
+    }
+}

@@ -1,0 +1,342 @@
+//! Failure detection, automatic failover, fencing and rejoin, with three real MariaDB
+//! servers, their agents, the conductor and the broker. A client inserts unique rows
+//! and records which were acknowledged; an observer samples every 50 ms how many
+//! servers accept writes. "Nothing acknowledged lost" and "never two writable" are
+//! asserted from those records.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tandem_e2e::load::{self, Ack, Observer, Writer};
+use tandem_e2e::{eventually, tail, Cluster, ClusterOptions};
+
+/// Three servers that start read-only (as with the agent's managed configuration), a
+/// set s1 with db-1 as master and db-2, db-3 as replicas, the `app` user and table.
+fn three(semi_sync: bool, options: ClusterOptions) -> Cluster {
+    let c = Cluster::start_with(3, options);
+    let mut create = vec!["set", "create", "s1", "--master", "db-1", "--wait"];
+    if semi_sync {
+        create.push("--semi-sync");
+    }
+    c.cli_ok(&create);
+    c.cli_ok(&["replica", "add", "s1", "db-2", "--wait"]);
+    c.cli_ok(&["replica", "add", "s1", "db-3", "--wait"]);
+    c.converged("s1");
+    load::prepare(c.db("db-1"));
+    c.write_and_see_everywhere("s1", "db-1", 1);
+    c
+}
+
+fn member<'a>(view: &'a Value, name: &str) -> &'a Value {
+    view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["instance"] == name)
+        .unwrap()
+}
+
+/// Waits until the set's master is not `old`; returns the new master.
+fn failed_over(c: &Cluster, old: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = c.set("s1");
+        if v["master"] != old {
+            return v["master"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover away from {old} within {limit:?}; set: {v}\naudit:\n{}\nconductor log:\n{}",
+            tail(&c.cli(&["audit"]).1, 20),
+            tail(&c.conductor.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The members other than `except` agree with the intent (the failed one cannot).
+fn replicating_members_converged(c: &Cluster, except: &str) {
+    eventually(Duration::from_secs(20), "the others to converge", || {
+        let v = c.set("s1");
+        v["members"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["instance"] != except)
+            .all(|m| m["drift"].as_array().is_some_and(|d| d.is_empty()))
+            .then_some(())
+    });
+}
+
+fn assert_never_two_writable(samples: &[(Instant, Vec<bool>)]) {
+    assert!(samples.len() > 20, "the observer barely ran");
+    for (i, (_, writable)) in samples.iter().enumerate() {
+        let n = writable.iter().filter(|w| **w).count();
+        assert!(
+            n <= 1,
+            "sample {i}: {n} servers accepted writes at once: {writable:?}"
+        );
+    }
+}
+
+fn ids_on(c: &Cluster, name: &str) -> HashSet<u64> {
+    c.db(name)
+        .sql("SELECT id FROM app.w")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn assert_all_acknowledged_on(c: &Cluster, name: &str, acked: &[Ack]) {
+    let present = ids_on(c, name);
+    let missing: Vec<u64> = acked
+        .iter()
+        .map(|a| a.id)
+        .filter(|id| !present.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged rows are not on {name}: {missing:?}",
+        missing.len(),
+        acked.len()
+    );
+}
+
+/// The summary the first failover journaled (the audit log's record of it), once the
+/// workflow has written it.
+fn failover_summary(c: &Cluster) -> Value {
+    eventually(Duration::from_secs(20), "the failover summary", || {
+        let out = c.cli_ok(&["--json", "audit"]);
+        let entries: Vec<Value> = serde_json::from_str(&out).unwrap();
+        entries
+            .into_iter()
+            .filter(|e| e["step"] == "failover summary")
+            .map(|e| e["result"].clone())
+            .next_back()
+    })
+}
+
+#[test]
+fn a_crashed_master_is_replaced_with_no_acknowledged_write_lost_rejoins_and_a_second_failover_waits_for_an_operator(
+) {
+    let mut c = three(true, ClusterOptions::read_only_at_start());
+    eventually(Duration::from_secs(20), "semi-sync active on db-1", || {
+        (member(&c.set("s1"), "db-1")["semi_sync"] == "active").then_some(())
+    });
+    let observer = Observer::start(c.ports());
+    let writer = Writer::start(c.ports(), Duration::from_millis(10));
+    std::thread::sleep(Duration::from_millis(800));
+
+    // kill -9 of the master's engine, under load.
+    let crash = Instant::now();
+    c.node_mut("db-1").db.kill();
+    let master = failed_over(&c, "db-1", Duration::from_secs(20));
+    let first = eventually(Duration::from_secs(10), "a write on the new master", || {
+        writer.first_ack_after(crash)
+    });
+    eprintln!(
+        "engine crash: first write on the new master {master} {} ms after the kill",
+        (first.at - crash).as_millis()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, acked) = writer.finish();
+    let samples = observer.finish();
+    eprintln!("{}", tail(&c.conductor.log(), 40));
+    assert_never_two_writable(&samples);
+    assert_all_acknowledged_on(&c, &master, &acked);
+    replicating_members_converged(&c, "db-1");
+    let view = c.set("s1");
+    assert_eq!(member(&view, "db-1")["intended"]["role"], "failed");
+    let summary = &failover_summary(&c);
+    assert_eq!(summary["failed_master"], "db-1");
+    assert_eq!(summary["new_master"], master.as_str());
+    assert_eq!(summary["lost_transactions"], 0, "{summary}");
+
+    // The old master comes back (read-only, as every server starts): fenced by the
+    // epoch, compared, rejoined as a replica.
+    c.node_mut("db-1").db.restart().unwrap();
+    eventually(Duration::from_secs(30), "db-1 to rejoin", || {
+        (member(&c.set("s1"), "db-1")["intended"]["role"] == "replica").then_some(())
+    });
+    assert_eq!(c.converged("s1"), master);
+    c.write_and_see_everywhere("s1", &master, 2);
+    assert_all_acknowledged_on(&c, "db-1", &acked);
+
+    // A second failure inside the anti-flapping window: held back, and shown.
+    c.node_mut(&master.clone()).db.kill();
+    let blocked = eventually(Duration::from_secs(20), "the block to show", || {
+        let v = c.set("s1");
+        v["failover"]["blocked"].as_str().map(str::to_owned)
+    });
+    assert!(
+        blocked.contains("anti") || blocked.contains("flap"),
+        "{blocked}"
+    );
+    assert_eq!(c.set("s1")["master"], master.as_str(), "failed over anyway");
+    let topology = c.cli_ok(&["topology"]);
+    assert!(topology.contains("BLOCKED"), "{topology}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(c.set("s1")["master"], master.as_str(), "failed over anyway");
+
+    // An operator acknowledges: the failover goes ahead.
+    c.cli_ok(&["failover", "ack", "s1"]);
+    let third = failed_over(&c, &master, Duration::from_secs(20));
+    assert_ne!(third, master);
+    replicating_members_converged(&c, &master);
+    eprintln!("conductor log tail:\n{}", tail(&c.conductor.log(), 5));
+}
+
+#[test]
+fn a_lagging_replica_is_not_chosen_and_a_returning_master_with_an_extra_transaction_is_quarantined()
+{
+    let mut c = three(false, ClusterOptions::read_only_at_start());
+    // db-2 (first by name, so the choice is not an accident of ordering) stops
+    // receiving: it falls behind.
+    c.db("db-2").sql("STOP SLAVE IO_THREAD").unwrap();
+    for id in 10..20 {
+        c.db("db-1")
+            .sql(&format!("INSERT INTO app.t VALUES ({id})"))
+            .unwrap();
+    }
+    eventually(Duration::from_secs(10), "db-3 to have the rows", || {
+        (c.db("db-3").sql("SELECT COUNT(*) FROM app.t").ok()? == "11").then_some(())
+    });
+    c.node_mut("db-1").db.kill();
+    let master = failed_over(&c, "db-1", Duration::from_secs(20));
+    assert_eq!(master, "db-3", "the replica that had everything");
+    let summary = &failover_summary(&c);
+    assert_eq!(summary["lost_transactions"], 0, "{summary}");
+    // db-2 is re-pointed to db-3 and catches up from it.
+    replicating_members_converged(&c, "db-1");
+    c.write_and_see_everywhere("s1", "db-3", 100);
+    assert_eq!(
+        c.db("db-2").sql("SELECT COUNT(*) FROM app.t").unwrap(),
+        "12"
+    );
+
+    // The old master comes back holding a transaction nobody else has: its agent is
+    // held while the engine restarts and takes a local write, so the conductor only
+    // hears of it afterwards.
+    c.node_mut("db-1").agent.pause().unwrap();
+    c.node_mut("db-1").db.restart().unwrap();
+    c.db("db-1").sql("INSERT INTO app.t VALUES (666)").unwrap();
+    c.node_mut("db-1").agent.resume().unwrap();
+    eventually(Duration::from_secs(30), "db-1 to be quarantined", || {
+        (member(&c.set("s1"), "db-1")["intended"]["role"] == "quarantined").then_some(())
+    });
+    assert_eq!(c.db("db-1").sql("SELECT @@read_only").unwrap(), "1");
+    assert_eq!(c.db("db-1").sql("SHOW SLAVE STATUS").unwrap(), "");
+    let audit = c.cli_ok(&["--json", "audit"]);
+    assert!(audit.contains("errant"), "the audit log names it");
+    let topology = c.cli_ok(&["topology"]);
+    assert!(topology.contains("QUARANTINED"), "{topology}");
+    // The set goes on without it.
+    c.write_and_see_everywhere("s1", "db-3", 101);
+}
+
+#[test]
+fn a_master_the_conductor_cannot_hear_is_not_failed_over_while_its_replicas_replicate_and_its_lease_fences_it(
+) {
+    let c = three(false, ClusterOptions::read_only_at_start());
+    let observer = Observer::start(c.ports());
+    let writer = Writer::start(c.ports(), Duration::from_millis(20));
+    // The master's agent hangs: no reports, no lease renewals; its engine and its
+    // replicas carry on.
+    c.nodes[0].agent.pause().unwrap();
+    let verdict = eventually(
+        Duration::from_secs(10),
+        "the master to be suspected",
+        || {
+            let v = c.set("s1");
+            (v["failover"]["verdict"]["verdict"] == "suspected")
+                .then(|| v["failover"]["verdict"].clone())
+        },
+    );
+    assert!(
+        verdict["reason"]
+            .as_str()
+            .unwrap()
+            .contains("still receive"),
+        "{verdict}"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        c.set("s1")["master"],
+        "db-1",
+        "failed over a master whose replicas had it"
+    );
+
+    // The agent comes back: its lease ran out long ago, so it fences its engine at
+    // once; the conductor sees a healthy, fenced master and gives writes back.
+    let resumed = Instant::now();
+    c.nodes[0].agent.resume().unwrap();
+    eventually(Duration::from_secs(10), "the fence to be reported", || {
+        c.nodes[0]
+            .agent
+            .log()
+            .contains("lease expired")
+            .then_some(())
+    });
+    eventually(Duration::from_secs(10), "writes to be given back", || {
+        let v = c.set("s1");
+        let m = member(&v, "db-1");
+        (m["observed"]["writable"] == true && m["fenced"] == false).then_some(())
+    });
+    eventually(Duration::from_secs(10), "writes on db-1 again", || {
+        writer.first_ack_after(resumed + Duration::from_millis(500))
+    });
+    let (_, acked) = writer.finish();
+    let samples = observer.finish();
+    assert_never_two_writable(&samples);
+    assert_eq!(c.converged("s1"), "db-1");
+    assert_all_acknowledged_on(&c, "db-1", &acked);
+    let workflows = c.cli_ok(&["--json", "workflow", "list"]);
+    assert!(!workflows.contains("\"failover\""), "{workflows}");
+    assert!(workflows.contains("restore_writes"), "{workflows}");
+}
+
+#[test]
+fn a_hung_master_host_is_failed_over_after_its_lease_and_fences_itself_when_it_wakes() {
+    let c = three(true, ClusterOptions::read_only_at_start());
+    eventually(Duration::from_secs(20), "semi-sync active on db-1", || {
+        (member(&c.set("s1"), "db-1")["semi_sync"] == "active").then_some(())
+    });
+    let observer = Observer::start(c.ports());
+    let writer = Writer::start(c.ports(), Duration::from_millis(10));
+    std::thread::sleep(Duration::from_millis(800));
+
+    // The whole host hangs: engine and agent.
+    let hang = Instant::now();
+    c.nodes[0].db.pause().unwrap();
+    c.nodes[0].agent.pause().unwrap();
+    let master = failed_over(&c, "db-1", Duration::from_secs(20));
+    let first = eventually(Duration::from_secs(10), "a write on the new master", || {
+        writer.first_ack_after(hang)
+    });
+    eprintln!(
+        "host hang: first write on the new master {master} {} ms after the hang",
+        (first.at - hang).as_millis()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The host wakes (its agent first, as its timers fire before the engine serves
+    // anyone): the agent finds its lease long gone and fences the engine.
+    c.nodes[0].agent.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.nodes[0].db.resume().unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "db-1 to rejoin or be quarantined",
+        || {
+            let role = member(&c.set("s1"), "db-1")["intended"]["role"].clone();
+            (role == "replica" || role == "quarantined").then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, acked) = writer.finish();
+    let samples = observer.finish();
+    assert_never_two_writable(&samples);
+    assert_all_acknowledged_on(&c, &master, &acked);
+    assert_eq!(c.db("db-1").sql("SELECT @@read_only").unwrap(), "1");
+}
