@@ -201,6 +201,19 @@ impl<E: Engine> Agent<E> {
                 self.engine.set_writable(true).await?;
             }
             Command::EnableAsMaster { semi_sync } => {
+                if let Some(s) = semi_sync {
+                    let lease = self.settings.lease;
+                    if Duration::from_millis(s.timeout_ms) < lease * 2 {
+                        return Err(CommandError::bad_request(format!(
+                            "a semi-sync timeout of {} ms is too short for this agent's lease \
+                             of {} ms: a master cut off from its replicas would acknowledge \
+                             writes (falling back to asynchronous) before it fences itself; \
+                             make the timeout at least twice the lease",
+                            s.timeout_ms,
+                            lease.as_millis()
+                        )));
+                    }
+                }
                 self.engine.prepare_master().await?;
                 self.engine
                     .set_semi_sync(

@@ -2,6 +2,7 @@
 //! published every interval and at once when something changes.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tandem_proto::{
@@ -103,7 +104,11 @@ impl<E: Engine> Agent<E> {
     /// Runs until `stop`: probes the engine every probe interval, writes the master's
     /// heartbeat and publishes a report every status interval, and publishes at once on
     /// a command's change or the engine's death. Ends with a `stopping` report.
-    pub(crate) async fn status_loop(&self, transport: &Transport, stop: CancellationToken) {
+    pub(crate) async fn status_loop(
+        self: Arc<Self>,
+        transport: &Transport,
+        stop: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(self.settings.probe_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_report = Instant::now() - self.settings.status_interval * 2;
@@ -146,8 +151,11 @@ impl<E: Engine> Agent<E> {
             if !(due || forced || liveness_changed) {
                 continue;
             }
-            if due && up {
-                self.heartbeat().await;
+            if due && up && master {
+                // Off the loop: a semi-sync master's write can wait for seconds, and
+                // the lease check above must not.
+                let agent = self.clone();
+                tokio::spawn(async move { agent.heartbeat().await });
             }
             let report = self.report().await;
             let significant = Significant::of(&report);
@@ -184,7 +192,7 @@ impl<E: Engine> Agent<E> {
             tokio::time::timeout(std::time::Duration::from_millis(100), self.exec_lock.lock())
                 .await
                 .ok();
-        match self.engine.set_writable(false).await {
+        match self.engine.fence().await {
             Ok(()) => {
                 self.lease.set_fenced();
                 tracing::warn!(

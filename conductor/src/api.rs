@@ -603,16 +603,30 @@ async fn add_replica(
             "name the new replica in `instance` (or several in `instances`)",
         ));
     }
+    let set = existing_set(&c, &id)?;
+    let seeded = req.seed.as_deref().is_some_and(|s| s != "none");
     let mut instances = Vec::new();
     for n in &names {
         let i = parse_id(n)?;
         if instances.contains(&i) {
             return Err(bad_request(format!("{i} is named twice")));
         }
-        free_instance(&c, &i)?;
+        // A quarantined member is re-seeded in place: its data is replaced by a copy.
+        let quarantined = set
+            .members
+            .iter()
+            .any(|m| m.instance == i && m.role == crate::store::IntendedRole::Quarantined);
+        if quarantined && !seeded {
+            return Err(bad_request(format!(
+                "{i} is quarantined (it holds transactions the master lacks): re-seed it \
+                 with --seed stream or --seed backup, which replaces its data"
+            )));
+        }
+        if !quarantined {
+            free_instance(&c, &i)?;
+        }
         instances.push(i);
     }
-    let set = existing_set(&c, &id)?;
     let seed = match req.seed.as_deref().unwrap_or("none") {
         "none" => {
             let [instance] = <[InstanceId; 1]>::try_from(instances).map_err(|_| {

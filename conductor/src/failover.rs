@@ -314,11 +314,29 @@ pub fn choose(
 #[derive(Default)]
 pub struct Watch {
     verdicts: std::sync::Mutex<HashMap<ReplicaSetId, Verdict>>,
+    /// When each set last had a workflow running: a report from before that may
+    /// describe a state the workflow has changed since.
+    busy_until: std::sync::Mutex<HashMap<ReplicaSetId, Instant>>,
 }
 
 impl Watch {
     pub fn verdict(&self, set: &ReplicaSetId) -> Option<Verdict> {
         self.verdicts.lock().expect("poisoned").get(set).cloned()
+    }
+
+    fn busy(&self, set: &ReplicaSetId) {
+        self.busy_until
+            .lock()
+            .expect("poisoned")
+            .insert(set.clone(), Instant::now());
+    }
+
+    /// Whether a report `age` old arrived well after the set's last workflow.
+    fn after_last_workflow(&self, set: &ReplicaSetId, age: Duration) -> bool {
+        match self.busy_until.lock().expect("poisoned").get(set) {
+            None => true,
+            Some(t) => age + Duration::from_millis(300) < t.elapsed(),
+        }
     }
 
     /// Records a verdict; true when its kind differs from the one held (a verdict's
@@ -357,6 +375,7 @@ pub async fn watch(c: Arc<Conductor>, stop: CancellationToken) {
         };
         for set in sets {
             if busy.contains(&set.id) {
+                c.failover_watch.busy(&set.id);
                 continue;
             }
             examine(&c, &set, started);
@@ -417,6 +436,7 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: Instant) {
                 }
                 let s = seen(c, &m.instance, started);
                 let back = s.age < f.detect_after
+                    && c.failover_watch.after_last_workflow(&set.id, s.age)
                     && s.report.as_ref().is_some_and(|r| {
                         !matches!(r.health, Health::EngineDown | Health::Starting)
                     });
@@ -439,6 +459,8 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: Instant) {
                 if r.health == Health::Healthy
                     && r.writable == Some(false)
                     && r.replicates_from.is_none()
+                    && c.failover_watch
+                        .after_last_workflow(&set.id, seen_master.age)
                 {
                     start(
                         c,

@@ -7,11 +7,9 @@
 //! `cargo build --release --bins && cargo bench -p tandem-e2e --bench switchover`
 //! (BENCH_SWITCHOVERS, default 12).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mysql_async::prelude::Queryable;
+use tandem_e2e::load::{self, Writer};
 use tandem_e2e::Cluster;
 
 fn main() {
@@ -24,28 +22,10 @@ fn main() {
     c.cli_ok(&["replica", "add", "s1", "db-2", "--wait"]);
     c.cli_ok(&["replica", "add", "s1", "db-3", "--wait"]);
     c.converged("s1");
-    c.db("db-1")
-        .sql(
-            "CREATE DATABASE app; CREATE TABLE app.w (id BIGINT PRIMARY KEY, at DATETIME(6)); \
-             CREATE USER app@'%' IDENTIFIED BY 'apppw'; GRANT INSERT, SELECT ON app.* TO app@'%'",
-        )
-        .unwrap();
+    load::prepare(c.db("db-1"));
     c.write_and_see_everywhere("s1", "db-1", 0);
 
-    let ports: Vec<u16> = c.nodes.iter().map(|n| n.db.port()).collect();
-    let acked: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let acked = acked.clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(write_loop(ports, acked, stop))
-        })
-    };
+    let writer = Writer::start(c.addresses(), Duration::from_millis(10));
     std::thread::sleep(Duration::from_millis(500));
 
     let mut windows = Vec::new();
@@ -61,10 +41,8 @@ fn main() {
         std::thread::sleep(Duration::from_millis(300));
     }
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    let attempts = writer.join().unwrap();
-
-    let acked = acked.lock().unwrap().clone();
+    let (attempts, acked) = writer.finish();
+    let acked: Vec<(u64, Instant)> = acked.iter().map(|a| (a.id, a.at)).collect();
     let mut gaps = Vec::new();
     let mut durations = Vec::new();
     for (t0, t1) in &windows {
@@ -109,45 +87,4 @@ fn main() {
         acked.len()
     );
     println!("| acknowledged rows lost | {lost} |");
-}
-
-async fn write_loop(
-    ports: Vec<u16>,
-    acked: Arc<Mutex<Vec<(u64, Instant)>>>,
-    stop: Arc<AtomicBool>,
-) -> u64 {
-    let pools: Vec<mysql_async::Pool> = ports
-        .iter()
-        .map(|p| {
-            mysql_async::Pool::new(
-                mysql_async::OptsBuilder::default()
-                    .ip_or_hostname("127.0.0.1")
-                    .tcp_port(*p)
-                    .user(Some("app"))
-                    .pass(Some("apppw"))
-                    .db_name(Some("app")),
-            )
-        })
-        .collect();
-    let mut current = 0usize;
-    let mut id = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    while !stop.load(Ordering::SeqCst) {
-        tick.tick().await;
-        id += 1;
-        for k in 0..pools.len() {
-            let i = (current + k) % pools.len();
-            let insert = async {
-                let mut conn = pools[i].get_conn().await?;
-                conn.exec_drop("INSERT INTO w (id, at) VALUES (?, NOW(6))", (id,))
-                    .await
-            };
-            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(200), insert).await {
-                acked.lock().unwrap().push((id, Instant::now()));
-                current = i;
-                break;
-            }
-        }
-    }
-    id
 }

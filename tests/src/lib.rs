@@ -5,17 +5,24 @@ pub mod load;
 
 use std::time::{Duration, Instant};
 
-use tandem_testkit::{binary, AgentProcess, Broker, ConductorProcess, MariaDb, MariaDbOptions};
+use tandem_testkit::{
+    binary, AgentProcess, Broker, ConductorProcess, Forward, Host, MariaDb, MariaDbOptions,
+    RootAddress,
+};
 
 pub struct Node {
     pub name: String,
     pub db: MariaDb,
     pub agent: AgentProcess,
+    /// The network namespace this node runs in, when it was started isolated.
+    pub host: Option<Host>,
 }
 
 /// A broker vhost, `n` MariaDB instances `db-1..db-n` with their agents, and a conductor.
 pub struct Cluster {
     pub nodes: Vec<Node>,
+    /// With isolated nodes: the root namespace's address and the broker forwarder.
+    pub network: Option<(RootAddress, Forward)>,
     pub conductor: ConductorProcess,
     pub broker: Broker,
     /// The backup store every agent shares (a local directory, as an NFS mount would be).
@@ -31,6 +38,8 @@ pub struct ClusterOptions {
     pub agent_env: Vec<(String, String)>,
     /// Extra `TANDEM_CONDUCTOR_*` settings.
     pub conductor_env: Vec<(String, String)>,
+    /// Nodes started on a host of their own (a network namespace), to be cut off.
+    pub isolated: Vec<String>,
 }
 
 impl ClusterOptions {
@@ -41,6 +50,7 @@ impl ClusterOptions {
             engine_args: vec!["--read-only=1".into()],
             agent_env: Vec::new(),
             conductor_env: Vec::new(),
+            isolated: Vec::new(),
         }
     }
 }
@@ -61,28 +71,67 @@ impl Cluster {
             backups.path().display().to_string(),
         )];
         store.extend(options.agent_env.iter().cloned());
+        // With isolated nodes, everything they must reach listens on an address of
+        // the root namespace that no link cut takes down; the broker (on loopback) is
+        // forwarded there.
+        let network = (!options.isolated.is_empty()).then(|| {
+            let root = RootAddress::create().unwrap();
+            let broker_at = tandem_testkit::amqp_base()
+                .rsplit('@')
+                .next()
+                .unwrap()
+                .trim_end_matches('/')
+                .to_owned();
+            let forward = Forward::start(&format!("{}:0", root.ip), &broker_at).unwrap();
+            (root, forward)
+        });
         let nodes = (1..=n)
             .map(|i| {
                 let name = format!("db-{i}");
+                let host = options
+                    .isolated
+                    .contains(&name)
+                    .then(|| Host::create().unwrap());
+                let (bind, broker_uri) = match (&host, &network) {
+                    (Some(h), Some((_, forward))) => (
+                        Some(h.ip.clone()),
+                        format!("amqp://guest:guest@{}/{}", forward.listen, broker.vhost()),
+                    ),
+                    (None, Some((root, _))) => (Some(root.ip.clone()), broker.uri().to_owned()),
+                    _ => (None, broker.uri().to_owned()),
+                };
                 let db = MariaDb::start(MariaDbOptions {
                     server_id: tandem_agent::server_id_for(&name.parse().unwrap()),
                     extra_args: options.engine_args.clone(),
+                    netns: host.as_ref().map(|h| h.name.clone()),
+                    bind: bind.clone(),
                 })
                 .unwrap();
-                let agent = AgentProcess::start_mariadb_with(
+                let mut env = store.clone();
+                if let Some(b) = &bind {
+                    env.push(("TANDEM_AGENT_SEED__LISTEN".into(), format!("{b}:0")));
+                }
+                let agent = AgentProcess::start_mariadb_in(
+                    host.as_ref().map(|h| h.name.as_str()),
                     &binary("tandem-agent"),
                     &name,
                     "zone-a",
-                    broker.uri(),
+                    &broker_uri,
                     &db,
-                    &store,
+                    &env,
                 )
                 .unwrap();
-                Node { name, db, agent }
+                Node {
+                    name,
+                    db,
+                    agent,
+                    host,
+                }
             })
             .collect();
         let conductor = ConductorProcess::start_with(broker.uri(), &options.conductor_env).unwrap();
         let c = Cluster {
+            network,
             nodes,
             conductor,
             broker,
@@ -100,8 +149,12 @@ impl Cluster {
         self.nodes.iter_mut().find(|n| n.name == name).unwrap()
     }
 
-    pub fn ports(&self) -> Vec<u16> {
-        self.nodes.iter().map(|n| n.db.port()).collect()
+    /// Where clients reach each server: (address, port), in node order.
+    pub fn addresses(&self) -> Vec<(String, u16)> {
+        self.nodes
+            .iter()
+            .map(|n| (n.db.host().to_owned(), n.db.port()))
+            .collect()
     }
 
     pub fn db(&self, name: &str) -> &MariaDb {

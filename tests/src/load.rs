@@ -25,11 +25,11 @@ pub fn prepare(master: &MariaDb) {
         .unwrap();
 }
 
-fn pool(port: u16) -> mysql_async::Pool {
+fn pool((host, port): &(String, u16)) -> mysql_async::Pool {
     mysql_async::Pool::new(
         mysql_async::OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(port)
+            .ip_or_hostname(host.clone())
+            .tcp_port(*port)
             .user(Some("app"))
             .pass(Some("apppw"))
             .db_name(Some("app")),
@@ -41,7 +41,7 @@ fn pool(port: u16) -> mysql_async::Pool {
 pub struct Ack {
     pub id: u64,
     pub at: Instant,
-    /// Index of the server (in the ports given) that acknowledged it.
+    /// Index of the server (in the list given) that acknowledged it.
     pub server: usize,
 }
 
@@ -54,7 +54,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(ports: Vec<u16>, every: Duration) -> Writer {
+    pub fn start(servers: Vec<(String, u16)>, every: Duration) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked: Arc<Mutex<Vec<Ack>>> = Arc::default();
         let thread = {
@@ -64,7 +64,7 @@ impl Writer {
                     .enable_all()
                     .build()
                     .unwrap()
-                    .block_on(write_loop(ports, every, acked, stop))
+                    .block_on(write_loop(servers, every, acked, stop))
             })
         };
         Writer {
@@ -98,12 +98,12 @@ impl Writer {
 }
 
 async fn write_loop(
-    ports: Vec<u16>,
+    servers: Vec<(String, u16)>,
     every: Duration,
     acked: Arc<Mutex<Vec<Ack>>>,
     stop: Arc<AtomicBool>,
 ) -> u64 {
-    let pools: Vec<mysql_async::Pool> = ports.iter().map(|p| pool(*p)).collect();
+    let pools: Vec<mysql_async::Pool> = servers.iter().map(pool).collect();
     let mut current = 0usize;
     let mut id = 0u64;
     let mut tick = tokio::time::interval(every);
@@ -144,7 +144,7 @@ pub struct Observer {
 }
 
 impl Observer {
-    pub fn start(ports: Vec<u16>) -> Observer {
+    pub fn start(servers: Vec<(String, u16)>) -> Observer {
         let stop = Arc::new(AtomicBool::new(false));
         let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
         let thread = {
@@ -154,7 +154,7 @@ impl Observer {
                     .enable_all()
                     .build()
                     .unwrap()
-                    .block_on(observe_loop(ports, samples, stop))
+                    .block_on(observe_loop(servers, samples, stop))
             })
         };
         Observer {
@@ -173,8 +173,12 @@ impl Observer {
     }
 }
 
-async fn observe_loop(ports: Vec<u16>, samples: Arc<Mutex<Vec<Sample>>>, stop: Arc<AtomicBool>) {
-    let pools: Vec<mysql_async::Pool> = ports.iter().map(|p| pool(*p)).collect();
+async fn observe_loop(
+    servers: Vec<(String, u16)>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let pools: Vec<mysql_async::Pool> = servers.iter().map(pool).collect();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     while !stop.load(Ordering::SeqCst) {
         tick.tick().await;

@@ -192,16 +192,25 @@ fn the_event_stream_and_the_audit_log_show_what_happened() {
     c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
     c.cli_ok(&["replica", "add", "s1", "db-2", "--wait"]);
     c.converged("s1");
-    // Someone sets the master read-only behind the conductor's back: drift, shown in the
-    // topology and raised as an event until it is put right.
-    c.db("db-1").sql("SET GLOBAL read_only = 1").unwrap();
+    // Someone makes the replica writable behind the conductor's back: drift, shown in
+    // the topology and raised as an event until it is put right.
+    c.db("db-2").sql("SET GLOBAL read_only = 0").unwrap();
     let topology = eventually(Duration::from_secs(5), "the drift in the topology", || {
         let t = c.cli_ok(&["topology"]);
-        t.contains("DRIFT: writable: wanted true, engine says false")
+        t.contains("DRIFT: writable: wanted false, engine says true")
             .then_some(t)
     });
-    assert!(topology.contains("db-1"), "{topology}");
-    c.db("db-1").sql("SET GLOBAL read_only = 0").unwrap();
+    assert!(topology.contains("db-2"), "{topology}");
+    c.db("db-2").sql("SET GLOBAL read_only = 1").unwrap();
+    c.converged("s1");
+    // The master made read-only behind its back: the conductor gives writes back (a
+    // healthy master must take writes), with a workflow that says so.
+    c.db("db-1").sql("SET GLOBAL read_only = 1").unwrap();
+    eventually(Duration::from_secs(10), "writes given back to db-1", || {
+        let w = c.cli_ok(&["workflow", "list"]);
+        (w.contains("restore_writes") && c.db("db-1").sql("SELECT @@read_only").ok()? == "0")
+            .then_some(())
+    });
     c.converged("s1");
     std::thread::sleep(Duration::from_millis(1500));
     follower.kill().unwrap();

@@ -381,6 +381,44 @@ impl Engine for MariaDb {
         .await
     }
 
+    async fn fence(&self) -> Result<(), EngineError> {
+        // SET read_only waits for commits in progress; once it is waiting, new writes
+        // queue behind it. A commit waiting for a semi-sync acknowledgement would hold
+        // it for the whole semi-sync timeout and then be acknowledged to its client
+        // (asynchronously: a write the new master never sees). Its session is killed
+        // instead: the client gets an error, not an acknowledgement.
+        let mut c = self.conn().await?;
+        let set = tokio::spawn(async move { c.query_drop("SET GLOBAL read_only = 1").await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !set.is_finished() {
+            let mut k = self.conn().await?;
+            let stuck: Vec<u64> = timed(
+                "list commits in flight",
+                k.query(
+                    "SELECT ID FROM information_schema.PROCESSLIST \
+                     WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Binlog Dump', 'Daemon') \
+                     AND (STATE LIKE '%semi-sync%' OR STATE LIKE '%commit%')",
+                ),
+            )
+            .await?;
+            for id in &stuck {
+                let _ = k.query_drop(format!("KILL CONNECTION {id}")).await;
+            }
+            tracing::warn!(
+                killed = stuck.len(),
+                "fence: sessions stuck in commit were killed"
+            );
+        }
+        match tokio::time::timeout(STATEMENT_TIMEOUT, set).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(classify(e)),
+            Ok(Err(e)) => Err(EngineError::Internal(anyhow::anyhow!(e))),
+            Err(_) => Err(EngineError::Unavailable(format!(
+                "MariaDB did not go read-only within {STATEMENT_TIMEOUT:?}"
+            ))),
+        }
+    }
+
     async fn prepare_master(&self) -> Result<(), EngineError> {
         let mut c = self.conn().await?;
         if self.slave_status(&mut c).await?.is_some() {

@@ -114,6 +114,11 @@ pub trait Engine: Send + Sync + 'static {
 
     fn set_writable(&self, writable: bool) -> impl Future<Output = Result<(), EngineError>> + Send;
 
+    /// Read-only now, whatever is in flight: the lease ran out. Commits that cannot
+    /// finish (a semi-sync master's, waiting for a replica it lost) must not hold the
+    /// fence back, and must not be acknowledged to their clients later either.
+    fn fence(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
+
     /// Prepares this engine to be a source: the heartbeat table, binary log checks.
     fn prepare_master(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
 

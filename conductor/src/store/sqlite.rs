@@ -173,18 +173,31 @@ fn apply_in(conn: &Connection, set: &ReplicaSetId, change: &TopologyChange) -> R
             )?;
         }
         TopologyChange::Rejoin { instance } | TopologyChange::Quarantine { instance } => {
-            let (role, from) = match change {
-                TopologyChange::Rejoin { .. } => ("replica", Some(current.master.as_str())),
-                _ => ("quarantined", None),
+            // Rejoin: a failed or quarantined member replicates again. Quarantine: a
+            // returning failed master, or a replica whose re-seeding failed.
+            let (role, from, from_roles) = match change {
+                TopologyChange::Rejoin { .. } => (
+                    "replica",
+                    Some(current.master.as_str()),
+                    "'failed', 'quarantined'",
+                ),
+                _ => ("quarantined", None, "'failed', 'quarantined', 'replica'"),
             };
             let n = conn.execute(
-                "UPDATE members SET role = ?3, replicates_from = ?4, writable = 0 \
-                 WHERE instance = ?1 AND set_id = ?2 AND role IN ('failed', 'quarantined')",
+                &format!(
+                    "UPDATE members SET role = ?3, replicates_from = ?4, writable = 0 \
+                     WHERE instance = ?1 AND set_id = ?2 AND role IN ({from_roles})"
+                ),
                 params![instance.as_str(), set.as_str(), role, from],
             )?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!(
-                    "{instance} is not a failed or quarantined member of set {set}"
+                    "{instance} cannot be {} in set {set}: not a member in a role that allows it",
+                    if role == "replica" {
+                        "rejoined"
+                    } else {
+                        "quarantined"
+                    }
                 )));
             }
         }

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use tandem_proto::{Command, InstanceId, Position, ReplyBody, RestoreRequest, Secret, SeedSource};
 
 use super::{Ctx, Outcome, StepError};
-use crate::store::TopologyChange;
+use crate::store::{IntendedRole, TopologyChange};
 
 /// How new replicas get their data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,10 +134,21 @@ async fn join(
     instance: &InstanceId,
     position: Position,
 ) -> Result<(), StepError> {
+    let quarantined = ctx
+        .set()?
+        .members
+        .iter()
+        .any(|m| &m.instance == instance && m.role == IntendedRole::Quarantined);
     let set = ctx.apply(
         &format!("add {instance} to the set"),
-        TopologyChange::AddReplica {
-            instance: instance.clone(),
+        if quarantined {
+            TopologyChange::Rejoin {
+                instance: instance.clone(),
+            }
+        } else {
+            TopologyChange::AddReplica {
+                instance: instance.clone(),
+            }
         },
     )?;
     let attached = ctx
@@ -152,8 +163,14 @@ async fn join(
     if let Err(e) = attached {
         ctx.apply(
             &format!("take {instance} out of the set again"),
-            TopologyChange::RemoveReplica {
-                instance: instance.clone(),
+            if quarantined {
+                TopologyChange::Quarantine {
+                    instance: instance.clone(),
+                }
+            } else {
+                TopologyChange::RemoveReplica {
+                    instance: instance.clone(),
+                }
             },
         )?;
         return Err(e);

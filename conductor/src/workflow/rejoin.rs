@@ -84,6 +84,9 @@ pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, St
             instance: instance.clone(),
         },
     )?;
+    // No longer a master of anything: read-only, no lease, no semi-sync waits.
+    ctx.send("demote it", instance, set.epoch, Command::Demote)
+        .await?;
     let finding = serde_json::json!({
         "instance": instance,
         "position": returning,

@@ -9,6 +9,8 @@ use crate::{MariaDb, Process};
 pub struct AgentProcess {
     pub instance: String,
     binary: PathBuf,
+    /// The network namespace it runs in, if any.
+    netns: Option<String>,
     env: Vec<(String, String)>,
     dir: tempfile::TempDir,
     process: Option<Process>,
@@ -36,6 +38,20 @@ impl AgentProcess {
         db: &MariaDb,
         extra_env: &[(String, String)],
     ) -> Result<AgentProcess> {
+        Self::start_mariadb_in(None, binary, instance, zone, broker_uri, db, extra_env)
+    }
+
+    /// As [`AgentProcess::start_mariadb_with`], inside network namespace `netns` (the
+    /// host its engine runs on).
+    pub fn start_mariadb_in(
+        netns: Option<&str>,
+        binary: &Path,
+        instance: &str,
+        zone: &str,
+        broker_uri: &str,
+        db: &MariaDb,
+        extra_env: &[(String, String)],
+    ) -> Result<AgentProcess> {
         let dir = tempfile::Builder::new().prefix("tandem-agent-").tempdir()?;
         let (start, stop) = db.control_commands();
         let toml_list = |v: Vec<String>| format!("{v:?}");
@@ -50,7 +66,7 @@ impl AgentProcess {
             ("TANDEM_AGENT_PROBE_INTERVAL_MS".into(), "200".into()),
             ("TANDEM_AGENT_BROKER__URI".into(), broker_uri.into()),
             ("TANDEM_AGENT_ENGINE__KIND".into(), "mariadb".into()),
-            ("TANDEM_AGENT_ENGINE__HOST".into(), "127.0.0.1".into()),
+            ("TANDEM_AGENT_ENGINE__HOST".into(), db.host().into()),
             ("TANDEM_AGENT_ENGINE__PORT".into(), db.port().to_string()),
             (
                 "TANDEM_AGENT_ENGINE__SOCKET".into(),
@@ -82,6 +98,7 @@ impl AgentProcess {
         let mut agent = AgentProcess {
             instance: instance.into(),
             binary: binary.into(),
+            netns: netns.map(str::to_owned),
             env,
             dir,
             process: None,
@@ -93,7 +110,14 @@ impl AgentProcess {
     /// Starts the process again (after [`AgentProcess::kill`] or [`AgentProcess::stop`]),
     /// with the same state directory.
     pub fn start(&mut self) -> Result<()> {
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(&self.binary);
+                cmd
+            }
+            None => Command::new(&self.binary),
+        };
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info,lapin=off");

@@ -6,6 +6,7 @@
 //!   port and socket in a temporary directory.
 //! * [`Swift`]: a private OpenStack Swift (proxy, account, container, object server) for
 //!   backup store tests.
+//! * [`Host`]: a network namespace joined by a veth link, to cut one host off.
 //! * [`TestCa`]: a private certificate authority issuing certificates for 127.0.0.1.
 //! * [`Process`]: a spawned binary (an agent, the conductor) that dies with the test.
 //!
@@ -16,6 +17,7 @@
 mod agent;
 mod broker;
 mod mariadb;
+mod netns;
 mod postgres;
 mod process;
 mod swift;
@@ -24,6 +26,7 @@ mod tls;
 pub use agent::{binary, AgentProcess, ConductorProcess};
 pub use broker::Broker;
 pub use mariadb::{MariaDb, MariaDbOptions};
+pub use netns::{Forward, Host, RootAddress};
 pub use postgres::Postgres;
 pub use process::{free_port, Process};
 pub use swift::Swift;

@@ -15,6 +15,10 @@ pub struct MariaDbOptions {
     pub server_id: u32,
     /// More `--name=value` arguments for mariadbd.
     pub extra_args: Vec<String>,
+    /// Run inside this network namespace (a [`crate::Host`]), listening on `bind`.
+    pub netns: Option<String>,
+    /// The address to listen on (default 127.0.0.1).
+    pub bind: Option<String>,
 }
 
 impl Default for MariaDbOptions {
@@ -22,6 +26,8 @@ impl Default for MariaDbOptions {
         MariaDbOptions {
             server_id: 1,
             extra_args: Vec::new(),
+            netns: None,
+            bind: None,
         }
     }
 }
@@ -82,7 +88,7 @@ impl MariaDb {
             format!("--datadir={}", self.datadir().display()),
             format!("--port={port}"),
             format!("--socket={}", self.socket().display()),
-            "--bind-address=127.0.0.1".into(),
+            format!("--bind-address={}", self.host()),
             format!("--pid-file={}", self.pid_file().display()),
             format!("--log-error={}", self.error_log().display()),
             format!("--server-id={}", self.options.server_id),
@@ -108,11 +114,25 @@ impl MariaDb {
     }
 
     fn spawn_and_wait(&self, port: u16) -> Result<Process> {
-        let mysql = system_user("mysql")?;
-        let mut cmd = Command::new(mariadbd()?);
-        cmd.args(self.args(port))
-            .uid(mysql.uid.as_raw())
-            .gid(mysql.gid.as_raw());
+        let cmd = match &self.options.netns {
+            // Entering a namespace needs root: mariadbd drops to mysql itself.
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns])
+                    .arg(mariadbd()?)
+                    .args(self.args(port))
+                    .arg("--user=mysql");
+                cmd
+            }
+            None => {
+                let mysql = system_user("mysql")?;
+                let mut cmd = Command::new(mariadbd()?);
+                cmd.args(self.args(port))
+                    .uid(mysql.uid.as_raw())
+                    .gid(mysql.gid.as_raw());
+                cmd
+            }
+        };
         self.write_control_scripts(port)?;
         let stdout_log = self.dir.path().join("mariadbd.out");
         let mut process = Process::spawn(format!("mariadbd:{}", port), cmd, Some(stdout_log))?;
@@ -223,6 +243,11 @@ impl MariaDb {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The address the server listens on.
+    pub fn host(&self) -> &str {
+        self.options.bind.as_deref().unwrap_or("127.0.0.1")
     }
 
     pub fn port(&self) -> u16 {
