@@ -55,6 +55,7 @@ async fn main() {
         let db = MariaDb::start(MariaDbOptions {
             server_id: tandem_agent::server_id_for(&id(name)),
             extra_args: vec!["--innodb-buffer-pool-size=256M".into()],
+            ..Default::default()
         })
         .unwrap();
         agents.push(

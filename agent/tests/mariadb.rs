@@ -369,6 +369,7 @@ async fn managed_settings_are_applied_live_and_restart_needs_are_reported() {
     let db = MariaDb::start(MariaDbOptions {
         server_id: 4242, // not the derived one: the agent corrects it live
         extra_args: vec!["--sync-binlog=0".into(), "--log-slave-updates=0".into()],
+        ..Default::default()
     })
     .unwrap();
     assert_eq!(db.sql("SELECT @@sync_binlog").unwrap(), "0");
