@@ -233,6 +233,19 @@ impl Cluster {
         master
     }
 
+    /// Waits until every member but `except` (a failed one) agrees with the intent.
+    pub fn converged_without(&self, set: &str, except: &str) {
+        eventually(Duration::from_secs(20), "the others to converge", || {
+            let v = self.set(set);
+            v["members"]
+                .as_array()?
+                .iter()
+                .filter(|m| m["instance"] != except)
+                .all(|m| m["drift"].as_array().is_some_and(|d| d.is_empty()))
+                .then_some(())
+        });
+    }
+
     /// Writes a row on the master and waits until every member has it.
     pub fn write_and_see_everywhere(&self, set: &str, master: &str, id: u32) {
         self.db(master)

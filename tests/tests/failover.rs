@@ -55,19 +55,6 @@ fn failed_over(c: &Cluster, old: &str, limit: Duration) -> String {
     }
 }
 
-/// The members other than `except` agree with the intent (the failed one cannot).
-fn replicating_members_converged(c: &Cluster, except: &str) {
-    eventually(Duration::from_secs(20), "the others to converge", || {
-        let v = c.set("s1");
-        v["members"]
-            .as_array()?
-            .iter()
-            .filter(|m| m["instance"] != except)
-            .all(|m| m["drift"].as_array().is_some_and(|d| d.is_empty()))
-            .then_some(())
-    });
-}
-
 fn assert_never_two_writable(samples: &[(Instant, Vec<bool>)]) {
     assert!(samples.len() > 20, "the observer barely ran");
     for (i, (_, writable)) in samples.iter().enumerate() {
@@ -145,7 +132,7 @@ fn a_crashed_master_is_replaced_with_no_acknowledged_write_lost_rejoins_and_a_se
     eprintln!("{}", tail(&c.conductor.log(), 40));
     assert_never_two_writable(&samples);
     assert_all_acknowledged_on(&c, &master, &acked);
-    replicating_members_converged(&c, "db-1");
+    c.converged_without("s1", "db-1");
     let view = c.set("s1");
     assert_eq!(member(&view, "db-1")["intended"]["role"], "failed");
     let summary = &failover_summary(&c);
@@ -183,7 +170,7 @@ fn a_crashed_master_is_replaced_with_no_acknowledged_write_lost_rejoins_and_a_se
     c.cli_ok(&["failover", "ack", "s1"]);
     let third = failed_over(&c, &master, Duration::from_secs(20));
     assert_ne!(third, master);
-    replicating_members_converged(&c, &master);
+    c.converged_without("s1", &master);
     eprintln!("conductor log tail:\n{}", tail(&c.conductor.log(), 5));
 }
 
@@ -208,7 +195,7 @@ fn a_lagging_replica_is_not_chosen_and_a_returning_master_with_an_extra_transact
     let summary = &failover_summary(&c);
     assert_eq!(summary["lost_transactions"], 0, "{summary}");
     // db-2 is re-pointed to db-3 and catches up from it.
-    replicating_members_converged(&c, "db-1");
+    c.converged_without("s1", "db-1");
     c.write_and_see_everywhere("s1", "db-3", 100);
     assert_eq!(
         c.db("db-2").sql("SELECT COUNT(*) FROM app.t").unwrap(),

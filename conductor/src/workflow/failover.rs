@@ -227,7 +227,11 @@ pub async fn run(
         }
     }
 
-    ctx.semi_sync_on(candidate, new_epoch).await?;
+    // With no replica left a semi-sync master would hold every commit for the whole
+    // timeout: it is switched on when one attaches (a rejoin, a new replica).
+    if replicas.len() > 1 + left_behind.len() {
+        ctx.semi_sync_on(candidate, new_epoch).await?;
+    }
 
     // Step 6: best effort; the epoch reaches it at the latest when it rejoins.
     let _ = ctx

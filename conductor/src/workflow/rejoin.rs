@@ -74,6 +74,7 @@ pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, St
             None,
         )
         .await?;
+        ctx.semi_sync_on(&master, set.epoch).await?;
         ctx.c.forget_failed_at(&set.id, instance);
         return Ok(Outcome::Done);
     }
