@@ -65,7 +65,7 @@ impl Default for FailoverConfig {
     fn default() -> Self {
         FailoverConfig {
             automatic: true,
-            detect_after_ms: 1000,
+            detect_after_ms: 1200,
             drain_timeout_ms: 5000,
             max_lag_s: 30.0,
             flap_window_s: 600,

@@ -317,6 +317,8 @@ pub struct Watch {
     /// When each set last had a workflow running: a report from before that may
     /// describe a state the workflow has changed since.
     busy_until: std::sync::Mutex<HashMap<ReplicaSetId, Instant>>,
+    /// Sets already warned about a master lease longer than detection.
+    lease_warned: std::sync::Mutex<std::collections::HashSet<ReplicaSetId>>,
 }
 
 impl Watch {
@@ -404,6 +406,25 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: Instant) {
         .replicas()
         .map(|r| (r.clone(), seen(c, r, started)))
         .collect();
+    // Safe either way (nobody is promoted before the lease runs out), but slow: say so.
+    if let Some(lease) = seen_master.report.as_ref().and_then(|r| r.lease_ms) {
+        if Duration::from_millis(lease) >= f.detect_after
+            && c.failover_watch
+                .lease_warned
+                .lock()
+                .expect("poisoned")
+                .insert(set.id.clone())
+        {
+            tracing::warn!(
+                set = %set.id,
+                master = %master,
+                lease_ms = lease,
+                detect_after_ms = f.detect_after.as_millis() as u64,
+                "the master's lease is not shorter than failure detection: a failover \
+                 waits for the lease; shorten the agent's lease_ms"
+            );
+        }
+    }
     let verdict = judge(master, &seen_master, &replicas, f);
     if c.failover_watch.record(&set.id, &verdict) {
         match &verdict {

@@ -111,6 +111,9 @@ fn a_crashed_master_is_replaced_with_no_acknowledged_write_lost_rejoins_and_a_se
     eventually(Duration::from_secs(20), "semi-sync active on db-1", || {
         (member(&c.set("s1"), "db-1")["semi_sync"] == "active").then_some(())
     });
+    // A healthy master is not ejected: that is a switchover's job.
+    let (ok, _, err) = c.cli(&["failover", "run", "s1"]);
+    assert!(!ok && err.contains("healthy"), "{err}");
     let observer = Observer::start(c.addresses());
     let writer = Writer::start(c.addresses(), Duration::from_millis(10));
     std::thread::sleep(Duration::from_millis(800));
@@ -189,7 +192,22 @@ fn a_lagging_replica_is_not_chosen_and_a_returning_master_with_an_extra_transact
     eventually(Duration::from_secs(10), "db-3 to have the rows", || {
         (c.db("db-3").sql("SELECT COUNT(*) FROM app.t").ok()? == "11").then_some(())
     });
+    // Automatic failover paused: the loss is detected and shown, nothing is promoted.
+    c.cli_ok(&["failover", "pause", "s1"]);
     c.node_mut("db-1").db.kill();
+    eventually(Duration::from_secs(10), "the loss to show", || {
+        let t = c.cli_ok(&["topology"]);
+        (t.contains("failover paused") && t.contains("master lost")).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.set("s1")["master"], "db-1", "failed over while paused");
+    // An operator ejects the master, naming the lagging replica: refused.
+    let (ok, _, err) = c.cli(&["failover", "run", "s1", "--candidate", "db-2", "--wait"]);
+    assert!(!ok && err.contains("behind db-3"), "{err}");
+    assert_eq!(c.set("s1")["master"], "db-1");
+    // Without a candidate, the rule picks the replica that had everything.
+    c.cli_ok(&["failover", "run", "s1", "--wait"]);
+    c.cli_ok(&["failover", "resume", "s1"]);
     let master = failed_over(&c, "db-1", Duration::from_secs(20));
     assert_eq!(master, "db-3", "the replica that had everything");
     let summary = &failover_summary(&c);
