@@ -94,6 +94,14 @@ fn wrong_requests_are_refused_with_a_clear_message() {
             "replica set id",
         ),
         (&["metadata", "get", "db-1", "owner"], "has no metadata key"),
+        (&["failover", "run", "nope"], "no replica set nope"),
+        (
+            &["failover", "run", "s1", "--candidate", "db-2"],
+            "db-2 is not a replica of set s1",
+        ),
+        (&["failover", "run", "s1"], "is healthy: use a switchover"),
+        (&["failover", "ack", "s1"], "no automatic failover to acknowledge"),
+        (&["failover", "pause", "nope"], "no replica set nope"),
     ];
     for (args, expected) in cases {
         let (ok, _, err) = c.cli(args);
