@@ -36,6 +36,7 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/sets/{id}/replicas/{instance}", delete(detach_replica))
         .route("/v1/sets/{id}/switchover", post(switchover))
         .route("/v1/sets/{id}/failover", post(failover))
+        .route("/v1/sets/{id}/semi-sync", axum::routing::put(set_semi_sync))
         .route("/v1/sets/{id}/failover/{action}", post(failover_control))
         .route("/v1/instances/{id}/backups", post(take_backup))
         .route("/v1/backups", get(list_backups))
@@ -84,6 +85,7 @@ pub struct ErrorBody {
         switchover,
         failover,
         failover_control,
+        set_semi_sync,
         take_backup,
         list_backups,
         get_backup,
@@ -104,6 +106,7 @@ pub struct ErrorBody {
         Switchover,
         Failover,
         FailoverView,
+        SemiSyncRequest,
         crate::failover::Verdict,
         crate::store::FailoverState,
         crate::registry::InstanceView,
@@ -996,6 +999,46 @@ async fn failover(
     Ok(accepted(row))
 }
 
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct SemiSyncRequest {
+    enabled: bool,
+}
+
+/// Semi-synchronous replication on or off for a running set: recorded, then brought
+/// to the engines by a workflow.
+#[utoipa::path(put, path = "/v1/sets/{id}/semi-sync", tag = "sets", params(("id" = String, Path)), request_body = SemiSyncRequest, responses((status = 202, body = crate::store::WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn set_semi_sync(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+    b: Result<Json<SemiSyncRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<crate::store::WorkflowRow>), ApiError> {
+    let id = parse_set(&id)?;
+    let req = body(b, r#"{"enabled": true|false}"#)?;
+    existing_set(&c, &id)?;
+    let mut state = c.store.failover_state(&id)?;
+    let before = state.semi_sync;
+    state.semi_sync = req.enabled;
+    c.store.set_failover_state(&id, &state)?;
+    let started = crate::workflow::start(
+        &c,
+        crate::workflow::Spec::SemiSync {
+            set: id.clone(),
+            on: req.enabled,
+        },
+        serde_json::Map::new(),
+        "api",
+    );
+    match started {
+        Ok(row) => Ok(accepted(row)),
+        Err(e) => {
+            // Busy: the wish is not recorded either.
+            state.semi_sync = before;
+            c.store.set_failover_state(&id, &state)?;
+            Err(e.into())
+        }
+    }
+}
+
 /// `pause` / `resume` automatic failover of a set, or `ack` (acknowledge) an automatic
 /// failover held back by the anti-flapping window, which lets it go ahead.
 #[utoipa::path(post, path = "/v1/sets/{id}/failover/{action}", tag = "sets", params(("id" = String, Path), ("action" = String, Path, description = "pause, resume or ack")), responses((status = 200, body = crate::store::FailoverState), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -1124,6 +1167,7 @@ mod tests {
             ("/v1/instances/{id}/ping", "post"),
             ("/v1/sets/{id}/failover", "post"),
             ("/v1/sets/{id}/failover/{action}", "post"),
+            ("/v1/sets/{id}/semi-sync", "put"),
             ("/v1/instances/{id}/metadata", "get"),
             ("/v1/instances/{id}/metadata/{key}", "get"),
             ("/v1/instances/{id}/metadata/{key}", "put"),

@@ -312,6 +312,23 @@ fn a_master_the_conductor_cannot_hear_is_not_failed_over_while_its_replicas_repl
     let workflows = c.cli_ok(&["--json", "workflow", "list"]);
     assert!(!workflows.contains("\"failover\""), "{workflows}");
     assert!(workflows.contains("restore_writes"), "{workflows}");
+
+    // Semi-sync switched on for the running set, then off again.
+    c.cli_ok(&["set", "semi-sync", "s1", "on", "--wait"]);
+    c.write_and_see_everywhere("s1", "db-1", 50);
+    eventually(Duration::from_secs(20), "semi-sync active", || {
+        let v = c.set("s1");
+        (member(&v, "db-1")["semi_sync"] == "active"
+            && member(&v, "db-2")["semi_sync"] == "acknowledging")
+            .then_some(())
+    });
+    c.cli_ok(&["set", "semi-sync", "s1", "off", "--wait"]);
+    eventually(Duration::from_secs(20), "semi-sync off", || {
+        let v = c.set("s1");
+        (member(&v, "db-1")["semi_sync"].is_null() && member(&v, "db-3")["semi_sync"].is_null())
+            .then_some(())
+    });
+    assert_eq!(c.converged("s1"), "db-1");
 }
 
 #[test]

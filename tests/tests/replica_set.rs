@@ -100,7 +100,10 @@ fn wrong_requests_are_refused_with_a_clear_message() {
             "db-2 is not a replica of set s1",
         ),
         (&["failover", "run", "s1"], "is healthy: use a switchover"),
-        (&["failover", "ack", "s1"], "no automatic failover to acknowledge"),
+        (
+            &["failover", "ack", "s1"],
+            "no automatic failover to acknowledge",
+        ),
         (&["failover", "pause", "nope"], "no replica set nope"),
     ];
     for (args, expected) in cases {

@@ -16,6 +16,7 @@ mod detach;
 mod failover;
 pub mod provision;
 mod rejoin;
+mod semi_sync;
 mod switchover;
 
 use std::sync::Arc;
@@ -83,6 +84,8 @@ pub enum Spec {
     /// The master is healthy but read-only outside any workflow (its lease fenced it,
     /// or its engine restarted read-only): writes are given back at the current epoch.
     RestoreWrites { set: ReplicaSetId },
+    /// Semi-synchronous replication switched on or off for a running set.
+    SemiSync { set: ReplicaSetId, on: bool },
 }
 
 impl Spec {
@@ -96,6 +99,7 @@ impl Spec {
             Spec::Failover { .. } => "failover",
             Spec::Rejoin { .. } => "rejoin",
             Spec::RestoreWrites { .. } => "restore_writes",
+            Spec::SemiSync { .. } => "semi_sync",
         }
     }
     pub fn set(&self) -> &ReplicaSetId {
@@ -107,7 +111,8 @@ impl Spec {
             | Spec::Provision { set, .. }
             | Spec::Failover { set, .. }
             | Spec::Rejoin { set, .. }
-            | Spec::RestoreWrites { set } => set,
+            | Spec::RestoreWrites { set }
+            | Spec::SemiSync { set, .. } => set,
         }
     }
 }
@@ -680,6 +685,7 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
         } => failover::run(&mut ctx, failed, candidate.as_ref(), *force).await,
         Spec::Rejoin { instance, .. } => rejoin::run(&mut ctx, instance).await,
         Spec::RestoreWrites { .. } => rejoin::restore_writes(&mut ctx).await,
+        Spec::SemiSync { on, .. } => semi_sync::run(&mut ctx, *on).await,
     };
     let (state, error) = match result {
         Ok(Outcome::Done) => (WorkflowState::Done, None),

@@ -92,6 +92,14 @@ pub enum SetCmd {
         wait: bool,
     },
     List,
+    /// Switch semi-synchronous replication of a running set on or off.
+    SemiSync {
+        set: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -338,6 +346,20 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                     )?;
                 }
             }
+        }
+        Cmd::Set(SetCmd::SemiSync { set, state, wait }) => {
+            let row: Value = client.put(
+                &format!("/v1/sets/{set}/semi-sync"),
+                &serde_json::json!({"enabled": state == "on"}),
+            )?;
+            workflow_started(
+                &client,
+                out,
+                json,
+                row,
+                wait,
+                &mut Progress::new(Vec::new()),
+            )?;
         }
         Cmd::Set(SetCmd::Create {
             set,

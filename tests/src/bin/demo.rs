@@ -30,7 +30,15 @@ fn main() {
     step("a replica set: db-1 master, db-2 and db-3 read-only replicas, semi-synchronous");
     show(
         &c,
-        &["set", "create", "shop", "--master", "db-1", "--semi-sync", "--wait"],
+        &[
+            "set",
+            "create",
+            "shop",
+            "--master",
+            "db-1",
+            "--semi-sync",
+            "--wait",
+        ],
     );
     show(&c, &["replica", "add", "shop", "db-2", "--wait"]);
     show(&c, &["replica", "add", "shop", "db-3", "--wait"]);
