@@ -136,6 +136,23 @@ impl<E: Engine> Agent<E> {
             let receiving = pulse.and_then(|p| p.receiving);
             let liveness_changed = engine_up.is_some_and(|was| was != up)
                 || (up && last_receiving.is_some_and(|was| was != receiving));
+            if up && engine_up == Some(false) {
+                // The engine restarted: its live settings (replica timeouts among them)
+                // are back to its defaults if the managed include was not read.
+                match self
+                    .engine
+                    .apply_managed_config(&self.settings.instance_id)
+                    .await
+                {
+                    Ok(o) if !o.applied_live.is_empty() => {
+                        tracing::info!(settings = ?o.applied_live, "engine back: managed settings applied again")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "engine back: managed settings not applied")
+                    }
+                }
+            }
             engine_up = Some(up);
             if up {
                 last_receiving = Some(receiving);
