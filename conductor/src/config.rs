@@ -54,7 +54,9 @@ pub struct FailoverConfig {
     /// A second automatic failover of one set within this many seconds is held back
     /// until the window ends or an operator acknowledges it (anti-flapping).
     pub flap_window_s: u64,
-    /// Added to a lost master's lease before anyone is promoted.
+    /// Added to a lost master's lease before anyone is promoted. Longer than a master's
+    /// report interval (a third of its lease), so a lease renewed by a report this
+    /// conductor never received has still run out.
     pub lease_margin_ms: u64,
     /// For sets with semi-synchronous replication: how long a commit waits for a
     /// replica's acknowledgement before the master falls back to asynchronous.
@@ -69,7 +71,7 @@ impl Default for FailoverConfig {
             drain_timeout_ms: 5000,
             max_lag_s: 30.0,
             flap_window_s: 600,
-            lease_margin_ms: 250,
+            lease_margin_ms: 400,
             semi_sync_timeout_ms: 5000,
         }
     }
