@@ -550,10 +550,11 @@ fn start_failover(c: &Arc<Conductor>, set: &ReplicaSet, reason: String) {
     extra.insert("reason".into(), reason.clone().into());
     match workflow::start(c, spec, extra, "failure detector") {
         Ok(wf) => {
+            // The anti-flapping clock starts when the workflow promotes someone (a
+            // failover that stands down does not count).
             tracing::warn!(set = %set.id, workflow = %wf.id, master = %set.master, reason, "automatic failover started");
-            state.last_automatic = Some(Timestamp::now());
             if let Err(e) = c.store.set_failover_state(&set.id, &state) {
-                tracing::error!(set = %set.id, error = %e, "cannot record the failover time");
+                tracing::error!(set = %set.id, error = %e, "cannot record the failover state");
             }
         }
         Err(e) => tracing::debug!(set = %set.id, error = %e, "failover not started"),
@@ -571,6 +572,17 @@ fn start(c: &Arc<Conductor>, spec: Spec, why: &str) {
 }
 
 impl Conductor {
+    /// Starts the anti-flapping window of `set`: an automatic failover promoted now.
+    pub(crate) fn automatic_failover_done(&self, set: &ReplicaSetId) {
+        let result = self.store.failover_state(set).and_then(|mut s| {
+            s.last_automatic = Some(Timestamp::now());
+            self.store.set_failover_state(set, &s)
+        });
+        if let Err(e) = result {
+            tracing::error!(set = %set, error = %e, "cannot record the failover time");
+        }
+    }
+
     /// Remembers where `new master` stood when it replaced `failed` (see [`Verdict`]
     /// and the rejoin workflow).
     pub(crate) fn remember_failed_at(

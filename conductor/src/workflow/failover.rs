@@ -49,6 +49,7 @@ pub async fn run(
     failed: &InstanceId,
     requested: Option<&InstanceId>,
     force: bool,
+    automatic: bool,
 ) -> Result<Outcome, StepError> {
     let set = ctx.set()?;
     let epoch = set.epoch;
@@ -196,6 +197,9 @@ pub async fn run(
     let new_epoch = set.epoch;
     ctx.c
         .remember_failed_at(&set.id, failed, &decision.position);
+    if automatic {
+        ctx.c.automatic_failover_done(&set.id);
+    }
 
     // Step 4: from here the candidate is the master.
     ctx.send(

@@ -681,8 +681,9 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
             failed,
             candidate,
             force,
+            automatic,
             ..
-        } => failover::run(&mut ctx, failed, candidate.as_ref(), *force).await,
+        } => failover::run(&mut ctx, failed, candidate.as_ref(), *force, *automatic).await,
         Spec::Rejoin { instance, .. } => rejoin::run(&mut ctx, instance).await,
         Spec::RestoreWrites { .. } => rejoin::restore_writes(&mut ctx).await,
         Spec::SemiSync { on, .. } => semi_sync::run(&mut ctx, *on).await,
