@@ -77,6 +77,10 @@ async fn main() {
         rss_samples.push(rss);
     }
     let cpu = (cpu_ticks(pid) - cpu0) as f64 / ticks_per_sec;
+    // Where the resident memory is: file-backed (code and relocated data of the
+    // binary) or anonymous (heap, stacks).
+    let file_rss = proc_field(pid, "status", "RssFile:").unwrap_or(0);
+    let anon_rss = proc_field(pid, "status", "RssAnon:").unwrap_or(0);
     rss_samples.sort();
     let median = rss_samples[rss_samples.len() / 2];
     println!(
@@ -94,6 +98,11 @@ async fn main() {
         median as f64 / 1024.0
     );
     println!("| peak RSS (VmHWM) | {:.2} MiB |", peak_rss as f64 / 1024.0);
+    println!(
+        "| of which file-backed / anonymous (at the end) | {:.2} / {:.2} MiB |",
+        file_rss as f64 / 1024.0,
+        anon_rss as f64 / 1024.0
+    );
     println!("| status reports received | {count} |");
     println!("| CPU time total | {:.3} s |", cpu);
     println!(

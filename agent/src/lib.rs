@@ -177,6 +177,24 @@ async fn run_with<E: Engine>(
     };
     notify::ready();
     tracing::info!(instance_id = %id, "tandem-agent ready");
+    // Start-up is over in a few seconds; then the code only it needed goes back to the
+    // page cache (see `host::page_out_cold_code`), and again every hour after a backup
+    // or a seeding may have brought more in.
+    {
+        let stop = status_stop.clone();
+        tokio::spawn(async move {
+            let mut wait = std::time::Duration::from_secs(5);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                let bytes = host::page_out_cold_code();
+                tracing::debug!(bytes, "code pages handed back to the page cache");
+                wait = std::time::Duration::from_secs(3600);
+            }
+        });
+    }
 
     let served = transport
         .serve_commands(&id, agent.clone(), &shutdown)
