@@ -213,23 +213,21 @@ pub async fn run(
         .await?;
 
     // Step 5.
-    let mut left_behind = Vec::new();
-    for replica in replicas.iter().filter(|r| *r != candidate) {
-        if decision
-            .excluded
-            .iter()
-            .any(|(i, why)| i == replica && why.starts_with("not drained"))
-        {
-            left_behind.push(format!("{replica} (unreachable during the failover)"));
-            continue;
-        }
-        if let Err(e) = ctx
-            .attach_to("re-point a replica", candidate, replica, new_epoch, None)
-            .await
-        {
-            left_behind.push(format!("{replica} ({e})"));
-        }
-    }
+    let (unreachable, reachable): (Vec<InstanceId>, Vec<InstanceId>) = replicas
+        .iter()
+        .filter(|r| *r != candidate)
+        .cloned()
+        .partition(|r| {
+            decision
+                .excluded
+                .iter()
+                .any(|(i, why)| i == r && why.starts_with("not drained"))
+        });
+    let mut left_behind: Vec<String> = unreachable
+        .iter()
+        .map(|r| format!("{r} (unreachable during the failover)"))
+        .collect();
+    left_behind.extend(ctx.repoint(candidate, &reachable, new_epoch).await);
 
     // With no replica left a semi-sync master would hold every commit for the whole
     // timeout: it is switched on when one attaches (a rejoin, a new replica).
@@ -261,15 +259,7 @@ pub async fn run(
     });
     tracing::warn!(workflow = %ctx.wf.id, %summary, "failover done");
     ctx.note("failover summary", candidate, new_epoch, summary)?;
-    if left_behind.is_empty() {
-        Ok(Outcome::Done)
-    } else {
-        Err(StepError::Precondition(format!(
-            "{candidate} is the writable master at epoch {new_epoch}, but these members are not \
-             replicating from it yet: {}",
-            left_behind.join("; ")
-        )))
-    }
+    super::repointed(candidate, new_epoch, left_behind)
 }
 
 /// Waits until the old master cannot write any more: its lease (recorded when the

@@ -514,6 +514,26 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Re-points `replicas` to a new master, one after the other; returns those that
+    /// could not be, each with why (the workflow goes on without them).
+    pub async fn repoint(
+        &mut self,
+        master: &InstanceId,
+        replicas: &[InstanceId],
+        epoch: Epoch,
+    ) -> Vec<String> {
+        let mut left_behind = Vec::new();
+        for replica in replicas {
+            if let Err(e) = self
+                .attach_to("re-point a replica", master, replica, epoch, None)
+                .await
+            {
+                left_behind.push(format!("{replica} ({e})"));
+            }
+        }
+        left_behind
+    }
+
     /// Gives `replica` its own replication account on `source` and attaches it there
     /// (two journaled steps, named after `what`).
     pub async fn attach_to(
@@ -652,6 +672,23 @@ impl Conductor {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// How a workflow that made `master` writable ends: done, or failed naming the members
+/// that do not replicate from it yet (the new master stays; nothing is rolled back).
+pub fn repointed(
+    master: &InstanceId,
+    epoch: Epoch,
+    left_behind: Vec<String>,
+) -> Result<Outcome, StepError> {
+    if left_behind.is_empty() {
+        return Ok(Outcome::Done);
+    }
+    Err(StepError::Precondition(format!(
+        "{master} is the writable master at epoch {epoch}, but these members are not \
+         replicating from it yet: {}",
+        left_behind.join("; ")
+    )))
 }
 
 /// Runs (or resumes) one workflow to its end and records how it ended.

@@ -106,15 +106,7 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
     // Steps 6-7: forward only.
     ctx.enable_as_master("enable the new master", candidate, new_epoch)
         .await?;
-    let mut left_behind = Vec::new();
-    for replica in &others {
-        if let Err(e) = ctx
-            .attach_to("re-point a replica", candidate, replica, new_epoch, None)
-            .await
-        {
-            left_behind.push(format!("{replica} ({e})"));
-        }
-    }
+    let mut left_behind = ctx.repoint(candidate, &others, new_epoch).await;
     let demoted = async {
         ctx.send("demote the old master", &old, new_epoch, Command::Demote)
             .await?;
@@ -126,15 +118,7 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
         left_behind.push(format!("{old} ({e})"));
     }
     ctx.semi_sync_on(candidate, new_epoch).await?;
-    if left_behind.is_empty() {
-        Ok(Outcome::Done)
-    } else {
-        Err(StepError::Precondition(format!(
-            "{candidate} is the writable master at epoch {new_epoch}, but these members are not \
-             replicating from it yet: {}",
-            left_behind.join("; ")
-        )))
-    }
+    super::repointed(candidate, new_epoch, left_behind)
 }
 
 async fn rollback_before_change(

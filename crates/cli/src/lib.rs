@@ -352,14 +352,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 &format!("/v1/sets/{set}/semi-sync"),
                 &serde_json::json!({"enabled": state == "on"}),
             )?;
-            workflow_started(
-                &client,
-                out,
-                json,
-                row,
-                wait,
-                &mut Progress::new(Vec::new()),
-            )?;
+            follow(&client, out, json, row, wait)?;
         }
         Cmd::Set(SetCmd::Create {
             set,
@@ -372,14 +365,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 "/v1/sets",
                 &serde_json::json!({"id": set, "master": master, "semi_sync": semi_sync}),
             )?;
-            workflow_started(
-                &client,
-                out,
-                json,
-                row,
-                wait,
-                &mut Progress::new(Vec::new()),
-            )?;
+            follow(&client, out, json, row, wait)?;
         }
         Cmd::Replica(ReplicaCmd::Add {
             set,
@@ -497,14 +483,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }) => {
             instance_id(&instance)?;
             let row: Value = client.delete(&format!("/v1/sets/{set}/replicas/{instance}"))?;
-            workflow_started(
-                &client,
-                out,
-                json,
-                row,
-                wait,
-                &mut Progress::new(Vec::new()),
-            )?;
+            follow(&client, out, json, row, wait)?;
         }
         Cmd::Promote {
             set,
@@ -518,14 +497,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 body["catch_up_timeout_ms"] = ms.into();
             }
             let row: Value = client.post(&format!("/v1/sets/{set}/switchover"), &body)?;
-            workflow_started(
-                &client,
-                out,
-                json,
-                row,
-                wait,
-                &mut Progress::new(Vec::new()),
-            )?;
+            follow(&client, out, json, row, wait)?;
         }
         Cmd::Failover(FailoverCmd::Run {
             set,
@@ -540,14 +512,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 &format!("/v1/sets/{set}/failover"),
                 &serde_json::json!({"candidate": candidate, "force": force}),
             )?;
-            workflow_started(
-                &client,
-                out,
-                json,
-                row,
-                wait,
-                &mut Progress::new(Vec::new()),
-            )?;
+            follow(&client, out, json, row, wait)?;
         }
         Cmd::Failover(
             FailoverCmd::Pause { ref set }
@@ -792,6 +757,11 @@ fn workflow_line(w: &Value) -> String {
 
 /// Prints the accepted workflow; with `wait`, follows it to its end and fails unless it
 /// is done.
+/// [`workflow_started`] for a workflow with nothing to show a progress bar for.
+fn follow(client: &Client, out: &mut dyn Write, json: bool, row: Value, wait: bool) -> Result<()> {
+    workflow_started(client, out, json, row, wait, &mut Progress::new(Vec::new()))
+}
+
 fn workflow_started(
     client: &Client,
     out: &mut dyn Write,

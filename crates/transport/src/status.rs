@@ -37,21 +37,7 @@ impl Transport {
         &self,
         report: &Envelope<StatusReport>,
     ) -> Result<(), TransportError> {
-        let session = self.session_within(Duration::ZERO).await?;
-        let bytes = codec::encode(report)?;
-        let key = status_key(&report.body.zone, &report.body.instance);
-        session
-            .plain_channel
-            .basic_publish(
-                STATUS_EXCHANGE.into(),
-                key.as_str().into(),
-                BasicPublishOptions::default(),
-                &bytes,
-                status_properties(),
-            )
-            .await
-            .map_err(TransportError::amqp("basic.publish status"))?;
-        Ok(())
+        self.send_status(report, false).await
     }
 
     /// Publishes one status report and waits for the broker's confirm: returns only once
@@ -62,20 +48,39 @@ impl Transport {
         &self,
         report: &Envelope<StatusReport>,
     ) -> Result<(), TransportError> {
+        self.send_status(report, true).await
+    }
+
+    async fn send_status(
+        &self,
+        report: &Envelope<StatusReport>,
+        confirmed: bool,
+    ) -> Result<(), TransportError> {
         let session = self.session_within(Duration::ZERO).await?;
         let bytes = codec::encode(report)?;
         let key = status_key(&report.body.zone, &report.body.instance);
-        let confirm = session
-            .rpc_channel
+        // The confirm-mode channel acknowledges every publish; the plain one never does.
+        let channel = if confirmed {
+            &session.rpc_channel
+        } else {
+            &session.plain_channel
+        };
+        let confirm = channel
             .basic_publish(
                 STATUS_EXCHANGE.into(),
                 key.as_str().into(),
                 BasicPublishOptions::default(),
                 &bytes,
-                status_properties(),
+                BasicProperties::default()
+                    .with_content_type(CONTENT_TYPE.into())
+                    .with_type(kind::STATUS.into()),
             )
             .await
-            .map_err(TransportError::amqp("basic.publish status"))?
+            .map_err(TransportError::amqp("basic.publish status"))?;
+        if !confirmed {
+            return Ok(());
+        }
+        let confirm = confirm
             .await
             .map_err(TransportError::amqp("publisher confirm"))?;
         if confirm.is_nack() {
@@ -208,10 +213,4 @@ async fn follow<T: DeserializeOwned>(
             _ = tx.closed() => return Ok(()),
         }
     }
-}
-
-fn status_properties() -> BasicProperties {
-    BasicProperties::default()
-        .with_content_type(CONTENT_TYPE.into())
-        .with_type(kind::STATUS.into())
 }
