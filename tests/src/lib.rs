@@ -170,11 +170,30 @@ impl Cluster {
         let (ok, out, err) = self.cli(args);
         assert!(
             ok,
-            "tandem {} failed: {err}\nconductor log tail:\n{}",
+            "tandem {} failed: {err}\nconductor log tail:\n{}\n{}",
             args.join(" "),
-            tail(&self.conductor.log(), 40)
+            tail(&self.conductor.log(), 40),
+            self.node_logs()
         );
         out
+    }
+
+    /// The tails of every agent's log and every server's error log, for a failure
+    /// message (a server that died says why there).
+    pub fn node_logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let errors = std::fs::read_to_string(n.db.error_log()).unwrap_or_default();
+                format!(
+                    "--- {} agent log tail:\n{}\n--- {} mariadbd error log tail:\n{}\n",
+                    n.name,
+                    tail(&n.agent.log(), 8),
+                    n.name,
+                    tail(&errors, 8)
+                )
+            })
+            .collect()
     }
 
     pub fn set(&self, set: &str) -> serde_json::Value {
