@@ -102,6 +102,12 @@ impl Process {
     /// SIGTERM, wait up to the grace period, then SIGKILL. Returns the exit status.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
+        // A child that has exited and been reaped no longer owns its pid: with the
+        // machine's small pid range it may already be another test's server. Signal
+        // by pid only while the child is still ours (running, or a zombie not reaped).
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         let deadline = Instant::now() + self.stop_grace;
