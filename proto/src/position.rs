@@ -98,9 +98,7 @@ impl GtidSet {
     /// The total number of transactions `self` is behind `target`, summed over the
     /// domains (a lag measured in transactions). `None` when the two have diverged.
     pub fn transactions_behind(&self, target: &GtidSet) -> Option<u64> {
-        if self.partial_cmp(target).is_none() {
-            return None;
-        }
+        self.partial_cmp(target)?;
         Some(
             target
                 .iter()

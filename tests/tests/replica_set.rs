@@ -147,14 +147,13 @@ fn two_switchovers_at_once_one_runs_and_the_other_is_refused() {
         "{}",
         refused.2
     );
-    let master = eventually(Duration::from_secs(30), "the switchover to end", || {
+    eventually(Duration::from_secs(30), "the switchover to end", || {
         let list = c.cli_ok(&["workflow", "list"]);
         list.lines()
             .find(|l| l.contains("switchover"))
             .filter(|l| l.contains(" done"))
             .map(|_| ())
     });
-    let _ = master;
     let m = c.converged("s1");
     assert!(m == "db-2" || m == "db-3");
 }
@@ -225,6 +224,7 @@ fn the_event_stream_and_the_audit_log_show_what_happened() {
     c.converged("s1");
     std::thread::sleep(Duration::from_millis(1500));
     follower.kill().unwrap();
+    let _ = follower.wait();
     let mut out = String::new();
     std::io::Read::read_to_string(&mut follower.stdout.take().unwrap(), &mut out).unwrap();
     let events: Vec<serde_json::Value> = out
