@@ -63,6 +63,14 @@ pub struct Seen {
     pub age: Duration,
 }
 
+/// How long a master silent for `age` may still be writable under its lease (plus the
+/// margin); `None` once that has run out.
+pub fn lease_left(lease_ms: u64, age: Duration, f: &FailoverSettings) -> Option<Duration> {
+    (Duration::from_millis(lease_ms) + f.lease_margin)
+        .checked_sub(age)
+        .filter(|left| !left.is_zero())
+}
+
 /// Judges a set's master from the reports of its members.
 pub fn judge(
     master: &InstanceId,
@@ -128,15 +136,14 @@ pub fn judge(
         return Verdict::Suspected {
             reason: format!(
                 "{reason}; its agent announced no lease, so it may still accept writes: \
-                 fail it over by hand (`tandem failover --force`) once it is known down"
+                 fail it over by hand (`tandem failover run --force`) once it is known down"
             ),
         };
     };
-    let safe_after = Duration::from_millis(lease_ms) + f.lease_margin;
-    if seen_master.age < safe_after {
+    if let Some(left) = lease_left(lease_ms, seen_master.age, f) {
         return Verdict::WaitingForLease {
             reason,
-            remaining_ms: (safe_after - seen_master.age).as_millis() as u64,
+            remaining_ms: left.as_millis() as u64,
         };
     }
     Verdict::Lost {
@@ -643,22 +650,9 @@ mod tests {
 
     fn report(health: Health, from: Option<&str>, receiving: bool) -> StatusReport {
         StatusReport {
-            instance: i("x"),
-            zone: "z".into(),
-            tags: vec![],
-            agent_version: "t".into(),
-            protocol: VersionRange::OURS,
-            engine: EngineKind::Mariadb,
-            engine_version: None,
-            seed_endpoint: None,
-            endpoint: None,
             role: Role::Replica,
             writable: Some(false),
             replicates_from: from.map(i),
-            replicates_to: vec![],
-            position: None,
-            lag: None,
-            seconds_behind_master: None,
             replication: from.map(|_| ReplicationState {
                 receiving,
                 applying: true,
@@ -667,16 +661,8 @@ mod tests {
                 received: None,
             }),
             health,
-            last_error: None,
-            host: Default::default(),
-            highest_epoch: Epoch::ZERO,
-            sequence: 1,
-            taken_at: Timestamp(1),
-            operations: vec![],
-            engine_settings: Default::default(),
-            fenced: false,
             lease_ms: Some(1500),
-            semi_sync: None,
+            ..crate::registry::sample_report("x")
         }
     }
 

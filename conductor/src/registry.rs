@@ -156,6 +156,45 @@ fn view(e: &Entry) -> InstanceView {
     }
 }
 
+/// A healthy standalone instance's report, for tests to adjust.
+#[cfg(test)]
+pub(crate) fn sample_report(instance: &str) -> StatusReport {
+    use tandem_proto::*;
+    StatusReport {
+        instance: InstanceId::new(instance).unwrap(),
+        zone: "z".into(),
+        tags: vec![],
+        agent_version: "t".into(),
+        protocol: VersionRange::OURS,
+        engine: EngineKind::Mariadb,
+        engine_version: None,
+        seed_endpoint: None,
+        endpoint: Some(Endpoint {
+            host: "h".into(),
+            port: 1,
+        }),
+        role: Role::Standalone,
+        writable: Some(true),
+        replicates_from: None,
+        replicates_to: vec![],
+        position: None,
+        lag: None,
+        seconds_behind_master: None,
+        replication: None,
+        health: Health::Healthy,
+        last_error: None,
+        host: Default::default(),
+        highest_epoch: Epoch::ZERO,
+        sequence: 1,
+        taken_at: Timestamp(1),
+        operations: vec![],
+        engine_settings: Default::default(),
+        fenced: false,
+        lease_ms: None,
+        semi_sync: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,37 +202,10 @@ mod tests {
 
     fn report(seq: u64, writable: bool) -> StatusReport {
         StatusReport {
-            instance: InstanceId::new("db-1").unwrap(),
-            zone: "z".into(),
-            tags: vec![],
-            agent_version: "t".into(),
-            protocol: VersionRange::OURS,
-            engine: EngineKind::Mariadb,
-            engine_version: None,
-            seed_endpoint: None,
-            endpoint: Some(Endpoint {
-                host: "h".into(),
-                port: 1,
-            }),
-            role: Role::Standalone,
             writable: Some(writable),
-            replicates_from: None,
-            replicates_to: vec![],
-            position: None,
-            lag: None,
-            seconds_behind_master: None,
-            replication: None,
-            health: Health::Healthy,
-            last_error: None,
-            host: Default::default(),
-            highest_epoch: Epoch::ZERO,
             sequence: seq,
             taken_at: Timestamp(seq),
-            operations: vec![],
-            engine_settings: Default::default(),
-            fenced: false,
-            lease_ms: None,
-            semi_sync: None,
+            ..sample_report("db-1")
         }
     }
 

@@ -74,10 +74,6 @@ impl Writer {
         }
     }
 
-    pub fn acked(&self) -> Vec<Ack> {
-        self.acked.lock().unwrap().clone()
-    }
-
     /// The first insert acknowledged after `t`.
     pub fn first_ack_after(&self, t: Instant) -> Option<Ack> {
         self.acked

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tandem_proto::{Command, Health, InstanceId, Position, ReplyBody};
 
 use super::{Ctx, Limits, Outcome, StepError};
-use crate::failover::{choose, Drained, PromotionRule};
+use crate::failover::{choose, lease_left, Drained, PromotionRule};
 use crate::store::{IntendedRole, TopologyChange};
 
 /// The old master gets this long to answer "read-only" before it is treated as gone.
@@ -118,7 +118,7 @@ pub async fn run(
     // run out (unless an operator forces it), and if the master is back meanwhile the
     // failover stands down.
     if !force {
-        if let Err(why) = wait_for_lease(ctx, failed).await? {
+        if let Err(why) = wait_for_lease(ctx, failed, epoch).await? {
             return stand_down(ctx, failed, epoch, &replicas, why).await;
         }
     }
@@ -270,11 +270,11 @@ pub async fn run(
 async fn wait_for_lease(
     ctx: &mut Ctx<'_>,
     failed: &InstanceId,
+    epoch: tandem_proto::Epoch,
 ) -> Result<Result<(), String>, StepError> {
-    let lease_ms: Option<u64> =
-        ctx.decide("the old master's lease", failed, ctx.wf_epoch(), |c| {
-            Ok(c.registry.report(failed).and_then(|r| r.lease_ms))
-        })?;
+    let lease_ms: Option<u64> = ctx.decide("the old master's lease", failed, epoch, |c| {
+        Ok(c.registry.report(failed).and_then(|r| r.lease_ms))
+    })?;
     let f = &ctx.c.settings.failover;
     loop {
         if ctx.set()?.master != *failed {
@@ -300,11 +300,10 @@ async fn wait_for_lease(
                  --force once it is known to be down"
             )));
         };
-        let safe = Duration::from_millis(lease_ms) + f.lease_margin;
-        if age >= safe {
-            return Ok(Ok(()));
+        match lease_left(lease_ms, age, f) {
+            None => return Ok(Ok(())),
+            Some(left) => tokio::time::sleep(left.min(Duration::from_millis(50))).await,
         }
-        tokio::time::sleep((safe - age).min(Duration::from_millis(50))).await;
     }
 }
 

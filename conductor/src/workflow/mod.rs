@@ -434,17 +434,6 @@ impl<'a> Ctx<'a> {
         Ok(set)
     }
 
-    /// The epoch the workflow's set had when this run of it started.
-    pub fn wf_epoch(&self) -> Epoch {
-        self.c
-            .store
-            .set(&self.wf.set_id)
-            .ok()
-            .flatten()
-            .map(|s| s.epoch)
-            .unwrap_or(Epoch::ZERO)
-    }
-
     pub fn set(&self) -> Result<ReplicaSet, StepError> {
         self.c.store.set(&self.wf.set_id)?.ok_or_else(|| {
             StepError::Precondition(format!("replica set {} does not exist", self.wf.set_id))

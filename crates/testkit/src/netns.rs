@@ -72,13 +72,6 @@ impl Host {
         Ok(host)
     }
 
-    /// `program` run inside this host's namespace.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
-        cmd
-    }
-
     /// Cuts the host off: nothing crosses its link until [`Host::heal`]. Packets are
     /// dropped, not refused, as when a switch or a cable fails.
     pub fn cut(&self) -> Result<()> {

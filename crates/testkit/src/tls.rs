@@ -40,10 +40,6 @@ impl TestCa {
         })
     }
 
-    pub fn ca_file(&self) -> &Path {
-        &self.ca_file
-    }
-
     /// A certificate for `name`, valid for 127.0.0.1 and localhost.
     pub fn issue(&self, name: &str) -> Result<Issued> {
         let mut params =
