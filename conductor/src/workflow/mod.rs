@@ -503,6 +503,24 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Reads `instance`'s latest position, as one step.
+    pub async fn latest_position(
+        &mut self,
+        step: &str,
+        instance: &InstanceId,
+        epoch: Epoch,
+    ) -> Result<tandem_proto::Position, StepError> {
+        match self
+            .send(step, instance, epoch, Command::GetLatestPosition)
+            .await?
+        {
+            ReplyBody::Position { position } => Ok(position),
+            other => Err(StepError::Precondition(format!(
+                "{instance} answered get_latest_position with {other:?}"
+            ))),
+        }
+    }
+
     /// Re-points `replicas` to a new master, one after the other; returns those that
     /// could not be, each with why (the workflow goes on without them).
     pub async fn repoint(

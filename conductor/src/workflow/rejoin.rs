@@ -15,7 +15,7 @@
 //! Also here: giving writes back to a healthy master that is read-only outside any
 //! workflow (its lease fenced it while it was cut off, and no failover was needed).
 
-use tandem_proto::{Command, InstanceId, Position, ReplyBody};
+use tandem_proto::{Command, InstanceId};
 
 use super::{Ctx, Outcome, StepError};
 use crate::store::TopologyChange;
@@ -31,41 +31,39 @@ pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, St
         Command::SetReadOnly,
     )
     .await?;
-    let returning = position(
-        ctx.send(
-            "read its position",
-            instance,
-            epoch,
-            Command::GetLatestPosition,
-        )
-        .await?,
-        instance,
-    )?;
+    let returning = ctx
+        .latest_position("read its position", instance, epoch)
+        .await?;
     // Where the master stood when it replaced this one; the master's position now when
     // that is not known (a conductor from before this was recorded).
     let reference = match ctx.c.failed_at(&set.id, instance) {
         Some(p) => p,
-        None => position(
-            ctx.send(
-                "read the master's position",
-                &master,
-                epoch,
-                Command::GetLatestPosition,
-            )
-            .await?,
-            &master,
-        )?,
+        None => {
+            ctx.latest_position("read the master's position", &master, epoch)
+                .await?
+        }
     };
 
-    if reference.contains(&returning) {
-        let set = ctx.apply(
+    let rejoin = reference.contains(&returning);
+    let set = if rejoin {
+        ctx.apply(
             "record the rejoin",
             TopologyChange::Rejoin {
                 instance: instance.clone(),
             },
-        )?;
-        ctx.send("demote it", instance, set.epoch, Command::Demote)
-            .await?;
+        )?
+    } else {
+        ctx.apply(
+            "quarantine it",
+            TopologyChange::Quarantine {
+                instance: instance.clone(),
+            },
+        )?
+    };
+    // Either way no longer a master of anything: read-only, no lease, no semi-sync waits.
+    ctx.send("demote it", instance, set.epoch, Command::Demote)
+        .await?;
+    if rejoin {
         ctx.attach_to(
             "replicate from the master",
             &master,
@@ -79,15 +77,6 @@ pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, St
         return Ok(Outcome::Done);
     }
 
-    let set = ctx.apply(
-        "quarantine it",
-        TopologyChange::Quarantine {
-            instance: instance.clone(),
-        },
-    )?;
-    // No longer a master of anything: read-only, no lease, no semi-sync waits.
-    ctx.send("demote it", instance, set.epoch, Command::Demote)
-        .await?;
     let finding = serde_json::json!({
         "instance": instance,
         "position": returning,
@@ -117,13 +106,4 @@ pub async fn restore_writes(ctx: &mut Ctx<'_>) -> Result<Outcome, StepError> {
     )
     .await?;
     Ok(Outcome::Done)
-}
-
-fn position(reply: ReplyBody, of: &InstanceId) -> Result<Position, StepError> {
-    match reply {
-        ReplyBody::Position { position } => Ok(position),
-        other => Err(StepError::Precondition(format!(
-            "{of} answered get_latest_position with {other:?}"
-        ))),
-    }
 }

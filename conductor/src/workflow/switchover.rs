@@ -14,7 +14,7 @@
 //! not rolled back: the candidate is the master; the workflow fails and says which
 //! members still need re-pointing.
 
-use tandem_proto::{Command, Epoch, InstanceId, ReplyBody};
+use tandem_proto::{Command, Epoch, InstanceId};
 
 use super::{Ctx, Outcome, StepError};
 use crate::store::TopologyChange;
@@ -49,22 +49,9 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
     let caught_up = async {
         ctx.send("old master read-only", &old, epoch, Command::SetReadOnly)
             .await?;
-        let position = match ctx
-            .send(
-                "read the old master's position",
-                &old,
-                epoch,
-                Command::GetLatestPosition,
-            )
-            .await?
-        {
-            ReplyBody::Position { position } => position,
-            other => {
-                return Err(StepError::Precondition(format!(
-                    "{old} answered get_latest_position with {other:?}"
-                )))
-            }
-        };
+        let position = ctx
+            .latest_position("read the old master's position", &old, epoch)
+            .await?;
         ctx.send(
             "candidate catches up",
             candidate,
