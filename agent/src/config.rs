@@ -163,6 +163,10 @@ pub struct EngineConfig {
     /// How the agent stops and starts the engine (e.g. `systemctl stop mariadb`).
     pub stop_command: Option<Vec<String>>,
     pub start_command: Option<Vec<String>>,
+    /// Revoke `READ_ONLY ADMIN` from every account but the agent's own (each server on
+    /// its own, not replicated), so that read-only stops every client. Off: such
+    /// accounts are only reported, as fencing hazards.
+    pub revoke_read_only_bypass: bool,
 }
 
 impl Default for AgentConfig {
@@ -209,6 +213,7 @@ impl Default for EngineConfig {
             managed_config: Some("/etc/mysql/mariadb.conf.d/90-tandem.cnf".into()),
             stop_command: None,
             start_command: None,
+            revoke_read_only_bypass: true,
         }
     }
 }

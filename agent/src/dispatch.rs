@@ -255,6 +255,17 @@ impl<E: Engine> Agent<E> {
                     s.master = false;
                 })?;
             }
+            Command::Quarantine => {
+                self.update_state(|s| s.master = false)?;
+                self.engine.set_writable(false).await?;
+                self.engine.set_semi_sync(None, false).await?;
+                match self.engine.detach(me).await {
+                    // Not a replica (any more): nothing to stop.
+                    Ok(()) | Err(crate::engine::EngineError::BadRequest(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.update_state(|s| s.source = None)?;
+            }
             Command::Detach => {
                 self.engine.detach(me).await?;
                 self.update_state(|s| s.source = None)?;

@@ -51,8 +51,9 @@ pub struct Agent<E: Engine> {
     host: std::sync::Mutex<host::HostProbe>,
     operations: operations::Operations,
     /// Managed settings the engine only takes after a restart, shown in every report
-    /// (the agent never restarts an engine on its own: that is the conductor's call).
-    restart_needed: Vec<String>,
+    /// (the agent never restarts an engine on its own: that is the conductor's call);
+    /// recomputed whenever the engine comes back.
+    restart_needed: std::sync::Mutex<Vec<String>>,
     /// One-time tokens for seeding connections, and where they are accepted.
     seed: seed::SeedOffers,
     /// The master's lease on writability (see [`lease`]).
@@ -152,7 +153,7 @@ async fn run_with<E: Engine>(
         sequence: AtomicU64::new(0),
         host: std::sync::Mutex::new(host::HostProbe::new()),
         operations: operations::Operations::default(),
-        restart_needed,
+        restart_needed: std::sync::Mutex::new(restart_needed),
         seed: seed::SeedOffers::new(seed_endpoint),
         lease: lease::Lease::default(),
     });

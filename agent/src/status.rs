@@ -23,6 +23,8 @@ struct Significant {
     replicates_from: Option<tandem_proto::InstanceId>,
     replicates_to: Vec<tandem_proto::InstanceId>,
     threads: Option<(bool, bool)>,
+    diverged: bool,
+    fencing_hazards: Vec<String>,
 }
 
 impl Significant {
@@ -34,6 +36,8 @@ impl Significant {
             replicates_from: r.replicates_from.clone(),
             replicates_to: r.replicates_to.clone(),
             threads: r.replication.as_ref().map(|s| (s.receiving, s.applying)),
+            diverged: r.replication.as_ref().is_some_and(|s| s.diverged.is_some()),
+            fencing_hazards: r.fencing_hazards.clone(),
         }
     }
 }
@@ -88,17 +92,34 @@ impl<E: Engine> Agent<E> {
             fenced: self.lease.fenced(),
             lease_ms: master.then_some(self.settings.lease.as_millis() as u64),
             semi_sync: None,
+            fencing_hazards: Vec::new(),
+            restart_needed: self.restart_needed.lock().expect("poisoned").clone(),
         };
         match observed {
             Err(e) => report.last_error = Some(e.to_string()),
-            Ok(o) => fill(&mut report, o, source.as_ref(), master),
-        }
-        if !self.restart_needed.is_empty() {
-            report
-                .engine_settings
-                .insert("restart_needed".into(), self.restart_needed.join("; "));
+            Ok(mut o) => {
+                let hazards = std::mem::take(&mut o.fencing_hazards);
+                fill(&mut report, o, source.as_ref(), master);
+                report.fencing_hazards = self.fencing_hazards(hazards).await;
+            }
         }
         report
+    }
+
+    /// The accounts that can write past read-only, after taking that power away from
+    /// them when the configuration says so (`engine.revoke_read_only_bypass`): what is
+    /// left is reported as a fencing hazard.
+    async fn fencing_hazards(&self, found: Vec<String>) -> Vec<String> {
+        if found.is_empty() || !self.settings.engine.revoke_read_only_bypass {
+            return found;
+        }
+        match self.engine.remove_fencing_hazards(&found).await {
+            Ok(left) => left,
+            Err(e) => {
+                tracing::warn!(error = %e, accounts = ?found, "could not revoke READ_ONLY ADMIN");
+                found
+            }
+        }
     }
 
     /// Runs until `stop`: probes the engine every probe interval, writes the master's
@@ -114,7 +135,7 @@ impl<E: Engine> Agent<E> {
         let mut last_report = Instant::now() - self.settings.status_interval * 2;
         let mut last: Option<Significant> = None;
         let mut engine_up: Option<bool> = None;
-        let mut last_receiving: Option<Option<bool>> = None;
+        let mut last_receiving: Option<Option<(Option<bool>, Option<bool>)>> = None;
         let watchdog = crate::notify::watchdog_interval();
         let mut last_watchdog = Instant::now();
         loop {
@@ -133,7 +154,7 @@ impl<E: Engine> Agent<E> {
             }
             let pulse = self.engine.probe().await.ok();
             let up = pulse.is_some();
-            let receiving = pulse.and_then(|p| p.receiving);
+            let receiving = pulse.map(|p| (p.receiving, p.applying));
             let liveness_changed = engine_up.is_some_and(|was| was != up)
                 || (up && last_receiving.is_some_and(|was| was != receiving));
             if up && engine_up == Some(false) {
@@ -144,10 +165,12 @@ impl<E: Engine> Agent<E> {
                     .apply_managed_config(&self.settings.instance_id)
                     .await
                 {
-                    Ok(o) if !o.applied_live.is_empty() => {
-                        tracing::info!(settings = ?o.applied_live, "engine back: managed settings applied again")
+                    Ok(o) => {
+                        if !o.applied_live.is_empty() {
+                            tracing::info!(settings = ?o.applied_live, "engine back: managed settings applied again");
+                        }
+                        *self.restart_needed.lock().expect("poisoned") = o.restart_needed;
                     }
-                    Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "engine back: managed settings not applied")
                     }

@@ -367,6 +367,12 @@ struct MemberView {
     semi_sync: Option<tandem_proto::SemiSync>,
     /// The agent set its engine read-only when its lease ran out.
     fenced: bool,
+    /// Why this replica's history split from the master's, when it did.
+    diverged: Option<String>,
+    /// Accounts that can write through read-only on this engine.
+    fencing_hazards: Vec<String>,
+    /// Managed settings waiting for an engine restart.
+    restart_needed: Vec<String>,
     /// Empty when the engine does what the conductor wants.
     drift: Vec<String>,
 }
@@ -449,6 +455,18 @@ fn set_view(c: &Conductor, set: crate::store::ReplicaSet) -> SetView {
                     .and_then(|r| r.lag.as_ref().map(|l| l.seconds)),
                 semi_sync: report.as_ref().and_then(|r| r.semi_sync),
                 fenced: report.as_ref().is_some_and(|r| r.fenced),
+                diverged: report
+                    .as_ref()
+                    .and_then(|r| r.replication.as_ref())
+                    .and_then(|s| s.diverged.clone()),
+                fencing_hazards: report
+                    .as_ref()
+                    .map(|r| r.fencing_hazards.clone())
+                    .unwrap_or_default(),
+                restart_needed: report
+                    .as_ref()
+                    .map(|r| r.restart_needed.clone())
+                    .unwrap_or_default(),
                 drift,
             }
         })

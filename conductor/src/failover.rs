@@ -194,6 +194,9 @@ pub struct Drained {
     pub priority: i64,
     /// Instance metadata `replication_delay_s` > 0: a delayed replica, never promoted.
     pub delayed: bool,
+    /// Its history split from the master's (a transaction written on it, or one it
+    /// could not apply): never promoted, not even by force, and never a source.
+    pub diverged: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -220,6 +223,10 @@ pub fn choose(
     let mut eligible: Vec<(&Drained, &Position)> = Vec::new();
     for d in drained {
         let why = match &d.position {
+            _ if d.diverged.is_some() => Some(format!(
+                "diverged: {}",
+                d.diverged.as_deref().unwrap_or_default()
+            )),
             Err(e) => Some(format!("not drained: {e}")),
             Ok(_) if d.rule == PromotionRule::MustNot => Some("promotion_rule must_not".into()),
             Ok(_) if d.delayed => Some("a delayed replica".into()),
@@ -245,6 +252,11 @@ pub fn choose(
         let Some(d) = drained.iter().find(|d| &d.instance == wanted) else {
             return Err(format!("{wanted} is not a replica of this set"));
         };
+        if let Some(why) = &d.diverged {
+            return Err(format!(
+                "{wanted} is never promoted: it diverged from the master ({why})"
+            ));
+        }
         let position = match &d.position {
             Ok(p) => p.clone(),
             Err(e) => return Err(format!("{wanted} cannot be promoted: {e}")),
@@ -480,6 +492,33 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: Instant) {
                     return;
                 }
             }
+            // A replica whose agent says its history split from the master's (a write
+            // of its own, or one it cannot apply): quarantined, never left as a
+            // candidate or a source.
+            for m in &set.members {
+                if m.role != IntendedRole::Replica {
+                    continue;
+                }
+                let s = seen(c, &m.instance, started);
+                let diverged = s
+                    .report
+                    .as_ref()
+                    .filter(|_| c.failover_watch.after_last_workflow(&set.id, s.age))
+                    .and_then(|r| r.replication.as_ref())
+                    .and_then(|r| r.diverged.clone());
+                if let Some(reason) = diverged {
+                    start(
+                        c,
+                        Spec::Quarantine {
+                            set: set.id.clone(),
+                            instance: m.instance.clone(),
+                            reason,
+                        },
+                        "a replica diverged from its master",
+                    );
+                    return;
+                }
+            }
             // A healthy master that is read-only outside any workflow: its lease fenced
             // it, or its engine restarted read-only. Writes are given back at the
             // current epoch.
@@ -659,6 +698,7 @@ mod tests {
                 last_receive_error: None,
                 last_apply_error: None,
                 received: None,
+                diverged: None,
             }),
             health,
             lease_ms: Some(1500),
@@ -756,6 +796,7 @@ mod tests {
             rule: PromotionRule::Neutral,
             priority: 0,
             delayed: false,
+            diverged: None,
         }
     }
 
@@ -823,6 +864,33 @@ mod tests {
             i("db-3")
         );
         assert!(choose(&d, "a", 30.0, Some(&i("db-9")), true).is_err());
+    }
+
+    #[test]
+    fn an_errant_replica_is_never_chosen_not_even_when_most_advanced_or_forced() {
+        // db-3 holds a transaction of its own (domain 99): by the partial order it is
+        // ahead of everyone, which is exactly why the agent's word must exclude it.
+        let mut d = vec![
+            drained("db-2", Ok("0-1-12"), "a"),
+            drained("db-3", Ok("0-1-12,99-3-1"), "a"),
+        ];
+        d[1].diverged = Some("holds 99-3-1, written on it".into());
+        let c = choose(&d, "a", 30.0, None, false).unwrap();
+        assert_eq!(c.candidate, i("db-2"));
+        assert!(c
+            .excluded
+            .iter()
+            .any(|(x, why)| x == &i("db-3") && why.contains("diverged: holds 99-3-1")));
+        for force in [false, true] {
+            let err = choose(&d, "a", 30.0, Some(&i("db-3")), force).unwrap_err();
+            assert!(
+                err.contains("never promoted") && err.contains("99-3-1"),
+                "{err}"
+            );
+        }
+        d[0].diverged = Some("out-of-order transaction".into());
+        let err = choose(&d, "a", 30.0, None, false).unwrap_err();
+        assert!(err.contains("no replica can be promoted"), "{err}");
     }
 
     #[test]

@@ -192,6 +192,8 @@ pub(crate) fn sample_report(instance: &str) -> StatusReport {
         fenced: false,
         lease_ms: None,
         semi_sync: None,
+        fencing_hazards: Vec::new(),
+        restart_needed: Vec::new(),
     }
 }
 

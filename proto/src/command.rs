@@ -122,6 +122,9 @@ pub enum Command {
     Detach,
     /// Stop acting as a master: read-only, heartbeat writer stopped.
     Demote,
+    /// Read-only first, then stop replicating and forget the source (when it has one):
+    /// the server holds what its source lacks, so it is kept apart until re-seeded.
+    Quarantine,
     /// The engine's current position.
     GetLatestPosition,
     /// Wait until the engine has applied `position`, for at most `timeout_ms`.
@@ -173,6 +176,7 @@ impl Command {
             Command::AttachToSource { .. } => "attach_to_source",
             Command::Detach => "detach",
             Command::Demote => "demote",
+            Command::Quarantine => "quarantine",
             Command::GetLatestPosition => "get_latest_position",
             Command::WaitForPosition { .. } => "wait_for_position",
             Command::DrainRelayLog { .. } => "drain_relay_log",
@@ -200,6 +204,7 @@ impl Command {
             | Command::AttachToSource { .. }
             | Command::Detach
             | Command::Demote
+            | Command::Quarantine
             | Command::GetLatestPosition
             | Command::WaitForPosition { .. }
             | Command::DrainRelayLog { .. }
@@ -223,6 +228,7 @@ impl Command {
                 | Command::EnableAsMaster { .. }
                 | Command::Detach
                 | Command::Demote
+                | Command::Quarantine
                 | Command::AttachToSource { .. }
         )
     }

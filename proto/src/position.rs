@@ -111,6 +111,31 @@ impl GtidSet {
     }
 }
 
+impl GtidSet {
+    /// The transactions of `self` that none of `sources` holds, domain by domain: the
+    /// last GTID of each domain where `self` is ahead of every source (or which no
+    /// source has). Empty when everything `self` holds came from one of them.
+    ///
+    /// Asked of a promotion candidate with the master's known position and what the
+    /// master sent (the replicas' received positions) as sources, a non-empty answer
+    /// is an errant transaction: written on the candidate itself.
+    pub fn beyond(&self, sources: &[&GtidSet]) -> GtidSet {
+        let mut errant = GtidSet::empty();
+        for gtid in self.iter() {
+            let held = sources.iter().any(|s| {
+                s.get(gtid.domain).is_some_and(|h| {
+                    h.sequence > gtid.sequence
+                        || (h.sequence == gtid.sequence && h.server_id == gtid.server_id)
+                })
+            });
+            if !held {
+                errant.insert(gtid);
+            }
+        }
+        errant
+    }
+}
+
 impl PartialOrd for GtidSet {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         let mut self_ahead = false;
@@ -245,6 +270,34 @@ impl Position {
     }
 }
 
+impl Position {
+    /// What `self` holds that none of `sources` does (see [`GtidSet::beyond`]); `None`
+    /// when nothing. An LSN is beyond its sources when it is ahead of all of them (a
+    /// PostgreSQL standby cannot write, so for it that means a fork); positions of
+    /// another engine never count as a source.
+    pub fn beyond(&self, sources: &[&Position]) -> Option<Position> {
+        match self {
+            Position::Gtid(g) => {
+                let gtid_sources: Vec<&GtidSet> = sources
+                    .iter()
+                    .filter_map(|s| match s {
+                        Position::Gtid(s) => Some(s),
+                        Position::Lsn(_) => None,
+                    })
+                    .collect();
+                let errant = g.beyond(&gtid_sources);
+                (!errant.is_empty()).then_some(Position::Gtid(errant))
+            }
+            Position::Lsn(l) => {
+                let held = sources
+                    .iter()
+                    .any(|s| matches!(s, Position::Lsn(h) if h >= l));
+                (!held).then_some(Position::Lsn(*l))
+            }
+        }
+    }
+}
+
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -311,6 +364,36 @@ mod tests {
                 (got, expect) => panic!("{input:?}: got {got:?}, expected {expect:?}"),
             }
         }
+    }
+
+    #[test]
+    fn what_a_candidate_holds_beyond_the_master_and_what_it_sent() {
+        // (candidate, sources, expected errant part)
+        let cases: &[(&str, &[&str], &str)] = &[
+            ("0-1-10", &["0-1-10"], ""),
+            ("0-1-9", &["0-1-10"], ""),
+            // Received from the master after its last report: the master sent it.
+            ("0-1-12", &["0-1-10", "0-1-12"], ""),
+            ("0-1-12", &["0-1-10"], "0-1-12"),
+            // A transaction written by an admin in a domain of its own.
+            ("0-1-10,99-2-1", &["0-1-10", "0-1-10"], "99-2-1"),
+            // A local write in the master's domain (same sequence, other server).
+            ("0-2-11", &["0-1-11"], "0-2-11"),
+            // Two domains, one of each: only the stray one is errant.
+            ("0-1-5,1-2-7", &["0-1-5,1-2-6"], "1-2-7"),
+            ("0-1-5,1-2-6", &["0-1-5", "1-2-6"], ""),
+            ("", &[], ""),
+        ];
+        for (candidate, sources, expect) in cases {
+            let sources: Vec<GtidSet> = sources.iter().map(|s| gs(s)).collect();
+            let refs: Vec<&GtidSet> = sources.iter().collect();
+            assert_eq!(gs(candidate).beyond(&refs), gs(expect), "{candidate:?}");
+        }
+        let l = |n| Position::Lsn(Lsn(n));
+        assert_eq!(l(5).beyond(&[&l(5)]), None);
+        assert_eq!(l(6).beyond(&[&l(5)]), Some(l(6)));
+        let g = Position::Gtid(gs("0-1-1"));
+        assert_eq!(g.beyond(&[&l(9)]), Some(g.clone()));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub enum ErrorKind {
     Unsupported,
     /// A bug or an unexpected local failure on the agent.
     Internal,
+    /// The replica's history split from its source's (a transaction written on it, or
+    /// its applier stopped on one out of order): never promoted, never a source.
+    Diverged,
 }
 
 impl fmt::Display for ErrorKind {
@@ -39,6 +42,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::TimedOut => "timed out",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Internal => "internal error",
+            ErrorKind::Diverged => "diverged from its source",
         };
         f.write_str(s)
     }

@@ -88,6 +88,11 @@ pub struct ReplicationState {
     /// Position received but perhaps not yet applied.
     #[serde(default)]
     pub received: Option<Position>,
+    /// The replica's history has split from its source's: its applier stopped on a
+    /// transaction that is out of order or already there, or the source lacks what it
+    /// asks for. Waiting never fixes this; the replica must be re-seeded.
+    #[serde(default)]
+    pub diverged: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -190,6 +195,15 @@ pub struct StatusReport {
     /// Semi-synchronous replication, when the engine has it switched on.
     #[serde(default)]
     pub semi_sync: Option<SemiSync>,
+    /// Accounts other than Tandem's own that can write while the engine is read-only
+    /// (MariaDB: `READ_ONLY ADMIN`, part of `ALL ON *.*`), as `'user'@'host'`. Each is
+    /// a hole in every fence; the agent removes the privilege unless configured not to.
+    #[serde(default)]
+    pub fencing_hazards: Vec<String>,
+    /// Managed settings that only take effect after an engine restart, each with its
+    /// live and wanted value; recomputed whenever the engine (re)starts.
+    #[serde(default)]
+    pub restart_needed: Vec<String>,
 }
 
 /// Semi-synchronous replication as the engine reports it.

@@ -184,6 +184,7 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                     last_receive_error: None,
                     last_apply_error: Some("Duplicate entry".into()),
                     received: position,
+                    diverged: None,
                 }),
                 health: Health::Degraded,
                 last_error: None,
@@ -211,6 +212,8 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                 fenced: seq % 2 == 0,
                 lease_ms: Some(1500),
                 semi_sync: Some(SemiSync::FallenBack),
+                fencing_hazards: Vec::new(),
+                restart_needed: Vec::new(),
             },
         )
 }

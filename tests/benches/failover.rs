@@ -53,6 +53,7 @@ fn main() {
     c.cli_ok(&["replica", "add", "s1", "db-3", "--wait"]);
     c.converged("s1");
     load::prepare(c.db("db-1"));
+    c.read_only_binds("'admin'@'%'");
 
     let mut results: Vec<(Fault, Trial)> = Vec::new();
     let mut quarantined = 0;

@@ -2,6 +2,7 @@
 //! processes, and checks made against what the engines say, not what Tandem says.
 
 pub mod load;
+pub mod promise;
 
 use std::time::{Duration, Instant};
 
@@ -263,6 +264,28 @@ impl Cluster {
                 .all(|m| m["drift"].as_array().is_some_and(|d| d.is_empty()))
                 .then_some(())
         });
+    }
+
+    /// Waits until no server of the cluster lets `account` write through read-only:
+    /// each agent revokes `READ_ONLY ADMIN` from such accounts within a status interval
+    /// of the grant reaching its engine.
+    pub fn read_only_binds(&self, account: &str) {
+        for node in &self.nodes {
+            eventually(
+                Duration::from_secs(15),
+                &format!("{account} unable to bypass read_only on {}", node.name),
+                || {
+                    let n = node
+                        .db
+                        .sql(&format!(
+                            "SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES \
+                             WHERE GRANTEE = \"{account}\" AND PRIVILEGE_TYPE = 'READ_ONLY ADMIN'"
+                        ))
+                        .ok()?;
+                    (n == "0").then_some(())
+                },
+            );
+        }
     }
 
     /// Writes a row on the master and waits until every member has it.

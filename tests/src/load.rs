@@ -3,8 +3,10 @@
 //! assert "nothing acknowledged was lost" and "never two writable" from these records,
 //! not from logs.
 //!
-//! Both connect as the ordinary user `app` (password `apppw`), which [`prepare`]
-//! creates with the table `app.w` on the master.
+//! The writer connects as the ordinary user `app` (password `apppw`). The observer
+//! tries a write both as `app` and as the privileged `admin` (`ALL PRIVILEGES ON *.*`,
+//! the kind of account applications should not use but do): `read_only` alone does not
+//! stop the second. [`prepare`] creates both accounts and the tables on the master.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,19 +21,26 @@ pub fn prepare(master: &MariaDb) {
         .sql(
             "CREATE DATABASE IF NOT EXISTS app; \
              CREATE TABLE IF NOT EXISTS app.w (id BIGINT PRIMARY KEY, at DATETIME(6)); \
+             CREATE TABLE IF NOT EXISTS app.probe (id BIGINT AUTO_INCREMENT PRIMARY KEY); \
              CREATE USER IF NOT EXISTS app@'%' IDENTIFIED BY 'apppw'; \
-             GRANT INSERT, SELECT ON app.* TO app@'%'",
+             GRANT INSERT, SELECT ON app.* TO app@'%'; \
+             CREATE USER IF NOT EXISTS admin@'%' IDENTIFIED BY 'adminpw'; \
+             GRANT ALL PRIVILEGES ON *.* TO admin@'%'",
         )
         .unwrap();
 }
 
 fn pool((host, port): &(String, u16)) -> mysql_async::Pool {
+    pool_as((host, port), ("app", "apppw"))
+}
+
+fn pool_as((host, port): (&String, &u16), (user, password): (&str, &str)) -> mysql_async::Pool {
     mysql_async::Pool::new(
         mysql_async::OptsBuilder::default()
             .ip_or_hostname(host.clone())
             .tcp_port(*port)
-            .user(Some("app"))
-            .pass(Some("apppw"))
+            .user(Some(user))
+            .pass(Some(password))
             .db_name(Some("app")),
     )
 }
@@ -131,8 +140,10 @@ async fn write_loop(
 /// One observation: when, and per server whether it accepted writes.
 pub type Sample = (Instant, Vec<bool>);
 
-/// Every 50 ms, asks every server whether it accepts writes (`@@read_only = 0`) as
-/// the ordinary user; a server that does not answer within 40 ms counts as not.
+/// Every period (50 ms unless said otherwise), tries a write on every server, as the
+/// ordinary user and as the privileged one (an insert, rolled back: nothing is
+/// committed, so nothing replicates or becomes errant). A server accepts writes when
+/// either succeeded; one that does not answer within 40 ms counts as not.
 pub struct Observer {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
@@ -141,6 +152,10 @@ pub struct Observer {
 
 impl Observer {
     pub fn start(servers: Vec<(String, u16)>) -> Observer {
+        Observer::every(servers, Duration::from_millis(50))
+    }
+
+    pub fn every(servers: Vec<(String, u16)>, period: Duration) -> Observer {
         let stop = Arc::new(AtomicBool::new(false));
         let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
         let thread = {
@@ -150,7 +165,7 @@ impl Observer {
                     .enable_all()
                     .build()
                     .unwrap()
-                    .block_on(observe_loop(servers, samples, stop))
+                    .block_on(observe_loop(servers, period, samples, stop))
             })
         };
         Observer {
@@ -171,25 +186,46 @@ impl Observer {
 
 async fn observe_loop(
     servers: Vec<(String, u16)>,
+    period: Duration,
     samples: Arc<Mutex<Vec<Sample>>>,
     stop: Arc<AtomicBool>,
 ) {
-    let pools: Vec<mysql_async::Pool> = servers.iter().map(pool).collect();
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let pools: Vec<[mysql_async::Pool; 2]> = servers
+        .iter()
+        .map(|(h, p)| {
+            [
+                pool_as((h, p), ("app", "apppw")),
+                pool_as((h, p), ("admin", "adminpw")),
+            ]
+        })
+        .collect();
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while !stop.load(Ordering::SeqCst) {
         tick.tick().await;
         let at = Instant::now();
-        let writable = futures_util::future::join_all(pools.iter().map(|p| async move {
-            let ask = async {
-                let mut conn = p.get_conn().await?;
-                conn.query_first::<u8, _>("SELECT @@read_only").await
-            };
-            matches!(
-                tokio::time::timeout(Duration::from_millis(40), ask).await,
-                Ok(Ok(Some(0)))
-            )
+        let writable = futures_util::future::join_all(pools.iter().map(|accounts| async move {
+            let tries = futures_util::future::join_all(accounts.iter().map(accepts_a_write));
+            tries.await.into_iter().any(|ok| ok)
         }))
         .await;
         samples.lock().unwrap().push((at, writable));
     }
+}
+
+/// Whether an insert succeeds on `pool`'s server within 40 ms; rolled back either way.
+async fn accepts_a_write(pool: &mysql_async::Pool) -> bool {
+    let attempt = async {
+        let mut conn = pool.get_conn().await?;
+        let mut tx = conn
+            .start_transaction(mysql_async::TxOpts::default())
+            .await?;
+        let inserted = tx.query_drop("INSERT INTO probe () VALUES ()").await;
+        tx.rollback().await?;
+        inserted
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(40), attempt).await,
+        Ok(Ok(()))
+    )
 }

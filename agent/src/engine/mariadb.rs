@@ -38,8 +38,11 @@ const ATTACH_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct MariaDb {
     pool: Pool,
-    config: EngineConfig,
+    pub(super) config: EngineConfig,
     admin_password: Option<String>,
+    /// Transactions in this replica's binary log that replication did not apply, as
+    /// the last observation saw them (see [`MariaDb::written_here`]).
+    written_here_before: std::sync::Mutex<GtidSet>,
 }
 
 impl MariaDb {
@@ -62,14 +65,43 @@ impl MariaDb {
             pool: Pool::new(opts),
             admin_password,
             config,
+            written_here_before: Default::default(),
         }
     }
 
-    async fn conn(&self) -> Result<Conn, EngineError> {
+    /// Transactions this server holds that replication did not bring: those in its
+    /// binary log (`gtid_binlog_pos`) beyond what its applier recorded
+    /// (`gtid_slave_pos`, which attach sets to everything the server held then). On a
+    /// replica that is a write made on it: an errant transaction. Read in that order,
+    /// so a replicated transaction is only ever seen here in the instant between its
+    /// binlog write and its commit.
+    async fn written_here(&self, c: &mut Conn) -> Result<GtidSet, EngineError> {
+        let binlog = self.gtid(c, "gtid_binlog_pos").await?;
+        let applied = self.gtid(c, "gtid_slave_pos").await?;
+        Ok(binlog.beyond(&[&applied]))
+    }
+
+    /// What [`MariaDb::written_here`] found in the last observation and still finds
+    /// now: a replicated transaction passes that window within one observation, a
+    /// local write never does.
+    async fn errant(&self, c: &mut Conn) -> Result<Option<String>, EngineError> {
+        let now = self.written_here(c).await?;
+        let applied = self.gtid(c, "gtid_slave_pos").await?;
+        let before = std::mem::replace(
+            &mut *self.written_here_before.lock().expect("poisoned"),
+            now.clone(),
+        );
+        let persisting = before.beyond(&[&applied]);
+        Ok((!persisting.is_empty()).then(|| {
+            format!("holds transactions written on it, not received from its source: {now}")
+        }))
+    }
+
+    pub(super) async fn conn(&self) -> Result<Conn, EngineError> {
         timed("connect", self.pool.get_conn()).await
     }
 
-    async fn exec(&self, conn: &mut Conn, sql: &str) -> Result<(), EngineError> {
+    pub(super) async fn exec(&self, conn: &mut Conn, sql: &str) -> Result<(), EngineError> {
         timed("statement", conn.query_drop(sql)).await
     }
 
@@ -91,7 +123,7 @@ impl MariaDb {
     }
 }
 
-async fn timed<T>(
+pub(super) async fn timed<T>(
     what: &str,
     fut: impl std::future::Future<Output = Result<T, mysql_async::Error>>,
 ) -> Result<T, EngineError> {
@@ -120,6 +152,24 @@ fn classify(e: mysql_async::Error) -> EngineError {
 fn receiving(io_running: &str, io_state: &str) -> bool {
     let state = io_state.to_ascii_lowercase();
     io_running == "Yes" && !state.contains("reconnect") && !state.starts_with("connecting")
+}
+
+/// Why a replica's history split from its source's, from the errors its threads
+/// stopped on; `None` for errors that waiting or reconnecting can cure.
+fn divergence(sql_errno: u32, sql_error: &str, io_errno: u32, io_error: &str) -> Option<String> {
+    match (sql_errno, io_errno) {
+        // ER_GTID_STRICT_OUT_OF_ORDER: a transaction arrived with a sequence this
+        // server already has (from a write of its own) in that domain.
+        (1950, _) => Some(format!("out-of-order transaction: {sql_error}")),
+        // A row already there or missing: the data differs from the source's.
+        (1062 | 1032, _) => Some(format!("data differs from the source: {sql_error}")),
+        // ER_MASTER_FATAL_ERROR_READING_BINLOG about a GTID: the source lacks what
+        // this replica holds (this replica is ahead of it, or on another history).
+        (_, 1236) if io_error.contains("GTID") => Some(format!(
+            "the source lacks this replica's position: {io_error}"
+        )),
+        _ => None,
+    }
 }
 
 fn parse_gtid(text: &str) -> Result<GtidSet, EngineError> {
@@ -176,13 +226,20 @@ impl Engine for MariaDb {
 
     async fn probe(&self) -> Result<Pulse, EngineError> {
         let mut c = self.conn().await?;
-        let receiving = self.slave_status(&mut c).await?.map(|row| {
+        let row = self.slave_status(&mut c).await?;
+        let receiving = row.as_ref().map(|row| {
             receiving(
-                &col::<String>(&row, "Slave_IO_Running").unwrap_or_default(),
-                &col::<String>(&row, "Slave_IO_State").unwrap_or_default(),
+                &col::<String>(row, "Slave_IO_Running").unwrap_or_default(),
+                &col::<String>(row, "Slave_IO_State").unwrap_or_default(),
             )
         });
-        Ok(Pulse { receiving })
+        let applying = row
+            .as_ref()
+            .map(|row| col::<String>(row, "Slave_SQL_Running").as_deref() == Some("Yes"));
+        Ok(Pulse {
+            receiving,
+            applying,
+        })
     }
 
     async fn observe(&self) -> Result<Observation, EngineError> {
@@ -207,7 +264,7 @@ impl Engine for MariaDb {
         let position = self.gtid(&mut c, "gtid_current_pos").await?;
 
         let slave = self.slave_status(&mut c).await?;
-        let (source, replication, seconds_behind_master) = match &slave {
+        let (source, mut replication, seconds_behind_master) = match &slave {
             None => (None, None, None),
             Some(row) => {
                 let host: String = col(row, "Master_Host").unwrap_or_default();
@@ -219,6 +276,12 @@ impl Engine for MariaDb {
                 let received = col::<String>(row, "Gtid_IO_Pos")
                     .and_then(|g| g.parse::<GtidSet>().ok())
                     .map(Position::Gtid);
+                let diverged = divergence(
+                    col(row, "Last_SQL_Errno").unwrap_or(0),
+                    &col::<String>(row, "Last_SQL_Error").unwrap_or_default(),
+                    col(row, "Last_IO_Errno").unwrap_or(0),
+                    &col::<String>(row, "Last_IO_Error").unwrap_or_default(),
+                );
                 (
                     Some((host, port)),
                     Some(ReplicationState {
@@ -227,11 +290,18 @@ impl Engine for MariaDb {
                         last_receive_error: nonempty(col(row, "Last_IO_Error")),
                         last_apply_error: nonempty(col(row, "Last_SQL_Error")),
                         received,
+                        diverged,
                     }),
                     col::<u64>(row, "Seconds_Behind_Master"),
                 )
             }
         };
+
+        match replication.as_mut() {
+            Some(r) if r.diverged.is_none() => r.diverged = self.errant(&mut c).await?,
+            Some(_) => {}
+            None => *self.written_here_before.lock().expect("poisoned") = GtidSet::empty(),
+        }
 
         let users: Vec<String> = timed(
             "list replicas",
@@ -288,6 +358,8 @@ impl Engine for MariaDb {
             None
         };
 
+        let fencing_hazards = self.read_only_bypass_accounts(&mut c).await?;
+
         let mut settings = BTreeMap::new();
         settings.insert("sync_binlog".into(), sync_binlog.to_string());
         settings.insert("innodb_flush_log_at_trx_commit".into(), flush.to_string());
@@ -307,6 +379,7 @@ impl Engine for MariaDb {
             lag,
             seconds_behind_master,
             settings,
+            fencing_hazards,
         })
     }
 
@@ -370,15 +443,27 @@ impl Engine for MariaDb {
                 )));
             }
         }
-        self.exec(
-            &mut c,
-            if writable {
-                "SET GLOBAL read_only = 0"
-            } else {
-                "SET GLOBAL read_only = 1"
-            },
-        )
-        .await
+        if writable {
+            return self.exec(&mut c, "SET GLOBAL read_only = 0").await;
+        }
+        let was_read_only: u8 = timed("read read_only", c.query_first("SELECT @@read_only"))
+            .await?
+            .unwrap_or(0);
+        self.exec(&mut c, "SET GLOBAL read_only = 1").await?;
+        if was_read_only == 0 {
+            let ended = self.end_client_sessions(&mut c).await?;
+            if ended > 0 {
+                tracing::info!(ended, "read-only: client sessions ended");
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_fencing_hazards(
+        &self,
+        accounts: &[String],
+    ) -> Result<Vec<String>, EngineError> {
+        self.revoke_read_only_bypass(accounts).await
     }
 
     async fn fence(&self) -> Result<(), EngineError> {
@@ -410,7 +495,12 @@ impl Engine for MariaDb {
             );
         }
         match tokio::time::timeout(STATEMENT_TIMEOUT, set).await {
-            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Ok(()))) => {
+                let mut k = self.conn().await?;
+                let ended = self.end_client_sessions(&mut k).await?;
+                tracing::warn!(ended, "fence: read-only, client sessions ended");
+                Ok(())
+            }
             Ok(Ok(Err(e))) => Err(classify(e)),
             Ok(Err(e)) => Err(EngineError::Internal(anyhow::anyhow!(e))),
             Err(_) => Err(EngineError::Unavailable(format!(
@@ -671,6 +761,19 @@ impl Engine for MariaDb {
         loop {
             let mut c = self.conn().await?;
             let current = self.gtid(&mut c, "gtid_current_pos").await?;
+            // A replica whose applier stopped on a split history never gets there.
+            if let Some(row) = self.slave_status(&mut c).await? {
+                if let Some(why) = divergence(
+                    col(&row, "Last_SQL_Errno").unwrap_or(0),
+                    &col::<String>(&row, "Last_SQL_Error").unwrap_or_default(),
+                    col(&row, "Last_IO_Errno").unwrap_or(0),
+                    &col::<String>(&row, "Last_IO_Error").unwrap_or_default(),
+                ) {
+                    return Err(EngineError::Diverged(format!(
+                        "this replica cannot reach {target} (at {current}): {why}"
+                    )));
+                }
+            }
             match current.partial_cmp(target) {
                 Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal) => return Ok(()),
                 None => {
@@ -754,6 +857,13 @@ impl Engine for MariaDb {
                     )),
                     other => other,
                 })?;
+        }
+        let mut c = self.conn().await?;
+        let errant = self.written_here(&mut c).await?;
+        if !errant.is_empty() {
+            return Err(EngineError::Diverged(format!(
+                "it holds {errant}, written on it and never received from its source"
+            )));
         }
         self.latest_position().await
     }
@@ -990,6 +1100,38 @@ async fn run_command(what: &str, argv: Option<&[String]>) -> Result<(), EngineEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_histories_are_told_from_passing_errors() {
+        let out_of_order = "An attempt was made to binlog GTID 0-1-12 which would create an \
+                            out-of-order sequence number with existing GTID 0-2-12";
+        let cases: &[(u32, &str, u32, &str, Option<&str>)] = &[
+            (1950, out_of_order, 0, "", Some("out-of-order transaction")),
+            (1062, "Duplicate entry '7'", 0, "", Some("data differs")),
+            (1032, "Can't find record", 0, "", Some("data differs")),
+            (
+                0,
+                "",
+                1236,
+                "Error: connecting slave requested to start from GTID 0-2-5, which is not in the master's binlog",
+                Some("source lacks"),
+            ),
+            (0, "", 2003, "Can't connect to MySQL server", None),
+            (0, "", 1236, "binlog truncated in the middle of event", None),
+            (1146, "Table 'x.y' doesn't exist", 0, "", None),
+            (0, "", 0, "", None),
+        ];
+        for (sql_errno, sql, io_errno, io, expect) in cases {
+            let got = divergence(*sql_errno, sql, *io_errno, io);
+            match expect {
+                None => assert_eq!(got, None, "{sql_errno} {io_errno}"),
+                Some(part) => assert!(
+                    got.as_deref().is_some_and(|g| g.contains(part)),
+                    "{sql_errno} {io_errno}: {got:?}"
+                ),
+            }
+        }
+    }
 
     #[test]
     fn an_io_thread_waiting_to_reconnect_is_not_receiving() {

@@ -7,6 +7,7 @@
 
 pub mod mariadb;
 mod mariadb_backup;
+mod mariadb_fence;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,6 +26,9 @@ use crate::operations::Progress;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pulse {
     pub receiving: Option<bool>,
+    /// Whether a replica's applier runs (`None`: not a replica). It stopping is news
+    /// at once: it is how a replica whose history split from its source's shows.
+    pub applying: Option<bool>,
 }
 
 /// What the engine says about itself, right now.
@@ -44,6 +48,8 @@ pub struct Observation {
     pub semi_sync: Option<tandem_proto::SemiSync>,
     /// Safety-relevant settings as the engine reports them (durability, GTID mode…).
     pub settings: BTreeMap<String, String>,
+    /// Accounts, not the agent's own, that can write while the engine is read-only.
+    pub fencing_hazards: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +68,9 @@ pub enum EngineError {
     NotReached(String),
     #[error("{0}")]
     Unsupported(String),
+    /// A replica holds what its source never sent, or cannot apply what it sends.
+    #[error("diverged: {0}")]
+    Diverged(String),
     #[error("{0:#}")]
     Internal(anyhow::Error),
 }
@@ -75,6 +84,7 @@ impl From<EngineError> for CommandError {
             EngineError::TimedOut(_) | EngineError::NotReached(_) => ErrorKind::TimedOut,
             EngineError::Unsupported(_) => ErrorKind::Unsupported,
             EngineError::Internal(_) => ErrorKind::Internal,
+            EngineError::Diverged(_) => ErrorKind::Diverged,
         };
         let mut error = CommandError::new(kind, e.to_string());
         if matches!(e, EngineError::NotReached(_)) {
@@ -112,12 +122,24 @@ pub trait Engine: Send + Sync + 'static {
         instance: &InstanceId,
     ) -> impl Future<Output = Result<ConfigOutcome, EngineError>> + Send;
 
+    /// Writable or read-only. Going read-only from writable also ends every client
+    /// session but the agent's own and replication's: a session that logged in with
+    /// the power to write past read-only would otherwise keep it.
     fn set_writable(&self, writable: bool) -> impl Future<Output = Result<(), EngineError>> + Send;
 
     /// Read-only now, whatever is in flight: the lease ran out. Commits that cannot
     /// finish (a semi-sync master's, waiting for a replica it lost) must not hold the
     /// fence back, and must not be acknowledged to their clients later either.
     fn fence(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Takes the power to write past read-only away from every account in `accounts`
+    /// (as [`Observation::fencing_hazards`] names them) and ends their sessions, which
+    /// keep the privilege they logged in with. Returns the accounts it could not fix,
+    /// each with why.
+    fn remove_fencing_hazards(
+        &self,
+        accounts: &[String],
+    ) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send;
 
     /// Prepares this engine to be a source: the heartbeat table, binary log checks.
     fn prepare_master(&self) -> impl Future<Output = Result<(), EngineError>> + Send;

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tandem_proto::{Command, Health, InstanceId, Position, ReplyBody};
+use tandem_proto::{Command, ErrorKind, Health, InstanceId, Position, ReplyBody};
 
 use super::{Ctx, Limits, Outcome, StepError};
 use crate::failover::{choose, lease_left, Drained, PromotionRule};
@@ -42,6 +42,12 @@ struct Decision {
     /// only with asynchronous replication); `None` when the two have diverged.
     lost_transactions: Option<u64>,
     old_master_fenced: String,
+    /// Replicas whose history split from the master's: quarantined, never re-pointed.
+    #[serde(default)]
+    quarantine: Vec<(InstanceId, String)>,
+    /// Replicas that could not be drained (unreachable, engine down), with the error.
+    #[serde(default)]
+    not_drained: Vec<(InstanceId, String)>,
 }
 
 pub async fn run(
@@ -100,17 +106,19 @@ pub async fn run(
         Ok(_) => "read-only (it said so)".to_string(),
         Err(e) => format!("did not answer read-only ({e}); it was judged unable to write"),
     };
-    let drained: Vec<(InstanceId, Result<Position, String>)> = replicas
+    // Each replica's drained position, or why there is none; and whether its agent says
+    // it diverged (now, or in its last report).
+    let drained: Vec<(InstanceId, Result<Position, String>, Option<String>)> = replicas
         .iter()
         .cloned()
         .zip(results)
-        .map(|(r, result)| {
-            let position = match result {
-                Ok(ReplyBody::Position { position }) => Ok(position),
-                Ok(other) => Err(format!("answered {other:?}")),
-                Err(e) => Err(e.to_string()),
-            };
-            (r, position)
+        .map(|(r, result)| match result {
+            Ok(ReplyBody::Position { position }) => (r, Ok(position), None),
+            Ok(other) => (r, Err(format!("answered {other:?}")), None),
+            Err(StepError::Command { error, .. }) if error.kind == ErrorKind::Diverged => {
+                (r, Err(error.message.clone()), Some(error.message))
+            }
+            Err(e) => (r, Err(e.to_string()), None),
         })
         .collect();
 
@@ -130,8 +138,12 @@ pub async fn run(
         let old_master_position = c.registry.last_position(failed);
         let candidates: Vec<Drained> = drained
             .iter()
-            .map(|(instance, position)| {
+            .map(|(instance, position, diverged)| {
                 let report = c.registry.report(instance);
+                let reported_diverged = report
+                    .as_ref()
+                    .and_then(|r| r.replication.as_ref())
+                    .and_then(|s| s.diverged.clone());
                 let meta: HashMap<String, String> = c
                     .store
                     .metadata(instance)
@@ -159,6 +171,7 @@ pub async fn run(
                         .get("replication_delay_s")
                         .and_then(|d| d.parse::<f64>().ok())
                         .is_some_and(|d| d > 0.0),
+                    diverged: diverged.clone().or(reported_diverged),
                 }
             })
             .collect();
@@ -182,6 +195,15 @@ pub async fn run(
             old_master_position,
             lost_transactions,
             old_master_fenced: fenced.clone(),
+            quarantine: candidates
+                .iter()
+                .filter_map(|d| Some((d.instance.clone(), d.diverged.clone()?)))
+                .collect(),
+            not_drained: candidates
+                .iter()
+                .filter(|d| d.diverged.is_none())
+                .filter_map(|d| Some((d.instance.clone(), d.position.clone().err()?)))
+                .collect(),
         })
     })?;
     let candidate = &decision.candidate;
@@ -212,26 +234,34 @@ pub async fn run(
     ctx.enable_as_master("enable the new master", candidate, new_epoch)
         .await?;
 
-    // Step 5.
-    let (unreachable, reachable): (Vec<InstanceId>, Vec<InstanceId>) = replicas
-        .iter()
-        .filter(|r| *r != candidate)
-        .cloned()
-        .partition(|r| {
-            decision
-                .excluded
-                .iter()
-                .any(|(i, why)| i == r && why.starts_with("not drained"))
+    // Step 5: diverged replicas are quarantined (out of replication, never a source);
+    // the others follow the new master, except those that could not even be drained.
+    let mut left_behind: Vec<String> = Vec::new();
+    for (instance, why) in &decision.quarantine {
+        let quarantined = quarantine(ctx, instance, why).await;
+        left_behind.push(match quarantined {
+            Ok(()) => format!("{instance} (quarantined, diverged: {why})"),
+            Err(e) => format!("{instance} (diverged: {why}; quarantine incomplete: {e})"),
         });
-    let mut left_behind: Vec<String> = unreachable
+    }
+    for (instance, why) in &decision.not_drained {
+        left_behind.push(format!("{instance} (could not be drained: {why})"));
+    }
+    let left_out = |r: &InstanceId| {
+        decision.quarantine.iter().any(|(i, _)| i == r)
+            || decision.not_drained.iter().any(|(i, _)| i == r)
+    };
+    let reachable: Vec<InstanceId> = replicas
         .iter()
-        .map(|r| format!("{r} (unreachable during the failover)"))
+        .filter(|r| *r != candidate && !left_out(r))
+        .cloned()
         .collect();
     left_behind.extend(ctx.repoint(candidate, &reachable, new_epoch).await);
+    let repointed = replicas.len() - 1 - left_behind.len().min(replicas.len() - 1);
 
     // With no replica left a semi-sync master would hold every commit for the whole
     // timeout: it is switched on when one attaches (a rejoin, a new replica).
-    if replicas.len() > 1 + left_behind.len() {
+    if repointed > 0 {
         ctx.semi_sync_on(candidate, new_epoch).await?;
     }
 
@@ -255,11 +285,67 @@ pub async fn run(
         "lost_transactions": decision.lost_transactions,
         "old_master": decision.old_master_fenced,
         "excluded": decision.excluded,
+        "not_repointed": left_behind,
         "reason": ctx.wf.params.get("reason"),
     });
     tracing::warn!(workflow = %ctx.wf.id, %summary, "failover done");
     ctx.note("failover summary", candidate, new_epoch, summary)?;
-    super::repointed(candidate, new_epoch, left_behind)
+    // The failover did its job: a master is writable. What it could not bring along
+    // is listed, member by member, in the summary (and is drift from here on).
+    Ok(Outcome::Done)
+}
+
+/// A replica whose history split from the master's: recorded as quarantined (a new
+/// epoch), taken out of replication (read-only, no source), and shown to operators
+/// until it is re-seeded.
+pub(super) async fn quarantine(
+    ctx: &mut Ctx<'_>,
+    instance: &InstanceId,
+    why: &str,
+) -> Result<(), StepError> {
+    let set = ctx.apply(
+        "quarantine a diverged replica",
+        TopologyChange::Quarantine {
+            instance: instance.clone(),
+        },
+    )?;
+    let position = ctx
+        .c
+        .registry
+        .last_position(instance)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let master_position = ctx
+        .c
+        .registry
+        .last_position(&set.master)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let finding = serde_json::json!({
+        "instance": instance,
+        "position": position,
+        "master": set.master,
+        "master_position": master_position,
+        "verdict": format!("diverged ({why}); quarantined: never promoted, never a source; \
+                            re-seed it (`tandem replica add {} {instance} --seed stream`)", set.id),
+    });
+    tracing::error!(set = %set.id, %instance, %finding, "diverged replica quarantined");
+    ctx.note("errant transactions", instance, set.epoch, finding)?;
+    ctx.c.events.publish(crate::events::ApiEvent::Quarantined {
+        set: set.id.to_string(),
+        instance: instance.clone(),
+        position,
+        master_position,
+        at: tandem_proto::Timestamp::now(),
+    });
+    ctx.send(
+        "quarantine: out of replication",
+        instance,
+        set.epoch,
+        Command::Quarantine,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Waits until the old master cannot write any more: its lease (recorded when the

@@ -86,6 +86,13 @@ pub enum Spec {
     RestoreWrites { set: ReplicaSetId },
     /// Semi-synchronous replication switched on or off for a running set.
     SemiSync { set: ReplicaSetId, on: bool },
+    /// A replica whose history split from the master's is taken out of replication
+    /// and kept out of every promotion until it is re-seeded.
+    Quarantine {
+        set: ReplicaSetId,
+        instance: InstanceId,
+        reason: String,
+    },
 }
 
 impl Spec {
@@ -100,6 +107,7 @@ impl Spec {
             Spec::Rejoin { .. } => "rejoin",
             Spec::RestoreWrites { .. } => "restore_writes",
             Spec::SemiSync { .. } => "semi_sync",
+            Spec::Quarantine { .. } => "quarantine",
         }
     }
     pub fn set(&self) -> &ReplicaSetId {
@@ -112,7 +120,8 @@ impl Spec {
             | Spec::Failover { set, .. }
             | Spec::Rejoin { set, .. }
             | Spec::RestoreWrites { set }
-            | Spec::SemiSync { set, .. } => set,
+            | Spec::SemiSync { set, .. }
+            | Spec::Quarantine { set, .. } => set,
         }
     }
 }
@@ -731,6 +740,11 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
         Spec::Rejoin { instance, .. } => rejoin::run(&mut ctx, instance).await,
         Spec::RestoreWrites { .. } => rejoin::restore_writes(&mut ctx).await,
         Spec::SemiSync { on, .. } => semi_sync::run(&mut ctx, *on).await,
+        Spec::Quarantine {
+            instance, reason, ..
+        } => failover::quarantine(&mut ctx, instance, reason)
+            .await
+            .map(|()| Outcome::Done),
     };
     let (state, error) = match result {
         Ok(Outcome::Done) => (WorkflowState::Done, None),

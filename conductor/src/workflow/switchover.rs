@@ -45,7 +45,22 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
         .filter(|m| m != &old && m != candidate)
         .collect();
 
-    // Steps 1-3: stop writes, let the candidate catch up.
+    // A candidate its agent calls diverged is refused before writes stop.
+    if let Some(why) = ctx
+        .c
+        .registry
+        .report(candidate)
+        .and_then(|r| r.replication)
+        .and_then(|s| s.diverged)
+    {
+        return Err(StepError::Precondition(format!(
+            "{candidate} is never promoted: it diverged from {old} ({why}); it is \
+             quarantined, re-seed it"
+        )));
+    }
+
+    // Steps 1-3: stop writes, let the candidate catch up, and check it holds nothing
+    // the old master lacks (a transaction written on it: errant).
     let caught_up = async {
         ctx.send("old master read-only", &old, epoch, Command::SetReadOnly)
             .await?;
@@ -57,11 +72,21 @@ pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, S
             candidate,
             epoch,
             Command::WaitForPosition {
-                position,
+                position: position.clone(),
                 timeout_ms: catch_up_ms,
             },
         )
-        .await
+        .await?;
+        let reached = ctx
+            .latest_position("read the candidate's position", candidate, epoch)
+            .await?;
+        match reached.beyond(&[&position]) {
+            None => Ok(()),
+            Some(errant) => Err(StepError::Precondition(format!(
+                "errant: {candidate} (at {reached}) holds {errant}, which {old} (at {position}) \
+                 never had; it is never promoted"
+            ))),
+        }
     }
     .await;
     if let Err(e) = caught_up {

@@ -961,6 +961,30 @@ pub fn topology(sets: &[Value]) -> String {
             if m["fenced"] == true {
                 held.push_str(" FENCED");
             }
+            if let Some(why) = m["diverged"].as_str() {
+                held.push_str(&format!(" DIVERGED ({why})"));
+            }
+            let strings = |key: &str| -> Vec<String> {
+                m[key]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let hazards = strings("fencing_hazards");
+            if !hazards.is_empty() {
+                held.push_str(&format!(
+                    " HAZARD: {} can write while read-only",
+                    hazards.join(", ")
+                ));
+            }
+            let restart = strings("restart_needed");
+            if !restart.is_empty() {
+                held.push_str(&format!(" RESTART NEEDED: {}", restart.join("; ")));
+            }
             format!(
                 "{} [{} {} {}]{}{} {}{}",
                 m["instance"].as_str().unwrap_or("?"),
@@ -1050,6 +1074,35 @@ pub fn status_table(instances: &[Value]) -> String {
             .collect();
         text.push_str(line.join("  ").trim_end());
         text.push('\n');
+    }
+    // What an operator must act on, one line each, under the table.
+    for i in instances {
+        let s = &i["status"];
+        let id = i["id"].as_str().unwrap_or("?");
+        let list = |key: &str| -> Vec<String> {
+            s[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if let Some(why) = s["replication"]["diverged"].as_str() {
+            text.push_str(&format!("{id}: DIVERGED: {why}\n"));
+        }
+        let hazards = list("fencing_hazards");
+        if !hazards.is_empty() {
+            text.push_str(&format!(
+                "{id}: FENCING HAZARD: {} can write while the server is read-only\n",
+                hazards.join(", ")
+            ));
+        }
+        let restart = list("restart_needed");
+        if !restart.is_empty() {
+            text.push_str(&format!("{id}: RESTART NEEDED: {}\n", restart.join("; ")));
+        }
     }
     text
 }

@@ -320,5 +320,7 @@ fn sample_report(zone: &str, instance: &str, sequence: u64) -> StatusReport {
         fenced: false,
         lease_ms: None,
         semi_sync: None,
+        fencing_hazards: Vec::new(),
+        restart_needed: Vec::new(),
     }
 }

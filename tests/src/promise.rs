@@ -1,0 +1,105 @@
+//! The replica-set helpers every promise test shares: a three-server set under load,
+//! and the assertions of "never two writable" and "nothing acknowledged lost", made
+//! from the writer's and the observer's records (never from logs).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::load::{self, Ack};
+use crate::{eventually, tail, Cluster, ClusterOptions};
+
+/// Three servers that start read-only (as with the agent's managed configuration), a
+/// set s1 with db-1 as master and db-2, db-3 as replicas, the `app` user and table.
+pub fn three(semi_sync: bool, options: ClusterOptions) -> Cluster {
+    let c = Cluster::start_with(3, options);
+    let mut create = vec!["set", "create", "s1", "--master", "db-1", "--wait"];
+    if semi_sync {
+        create.push("--semi-sync");
+    }
+    c.cli_ok(&create);
+    c.cli_ok(&["replica", "add", "s1", "db-2", "--wait"]);
+    c.cli_ok(&["replica", "add", "s1", "db-3", "--wait"]);
+    c.converged("s1");
+    load::prepare(c.db("db-1"));
+    c.read_only_binds("'admin'@'%'");
+    c.write_and_see_everywhere("s1", "db-1", 1);
+    c
+}
+
+pub fn member<'a>(view: &'a Value, name: &str) -> &'a Value {
+    view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["instance"] == name)
+        .unwrap()
+}
+
+/// Waits until the set's master is not `old`; returns the new master.
+pub fn failed_over(c: &Cluster, old: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = c.set("s1");
+        if v["master"] != old {
+            return v["master"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover away from {old} within {limit:?}; set: {v}\naudit:\n{}\nconductor log:\n{}",
+            tail(&c.cli(&["audit"]).1, 20),
+            tail(&c.conductor.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn assert_never_two_writable(samples: &[(Instant, Vec<bool>)]) {
+    assert!(samples.len() > 20, "the observer barely ran");
+    for (i, (_, writable)) in samples.iter().enumerate() {
+        let n = writable.iter().filter(|w| **w).count();
+        assert!(
+            n <= 1,
+            "sample {i}: {n} servers accepted writes at once: {writable:?}"
+        );
+    }
+}
+
+pub fn ids_on(c: &Cluster, name: &str) -> HashSet<u64> {
+    c.db(name)
+        .sql("SELECT id FROM app.w")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+pub fn assert_all_acknowledged_on(c: &Cluster, name: &str, acked: &[Ack]) {
+    let present = ids_on(c, name);
+    let missing: Vec<u64> = acked
+        .iter()
+        .map(|a| a.id)
+        .filter(|id| !present.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged rows are not on {name}: {missing:?}",
+        missing.len(),
+        acked.len()
+    );
+}
+
+/// The summary the first failover journaled (the audit log's record of it), once the
+/// workflow has written it.
+pub fn failover_summary(c: &Cluster) -> Value {
+    eventually(Duration::from_secs(20), "the failover summary", || {
+        let out = c.cli_ok(&["--json", "audit"]);
+        let entries: Vec<Value> = serde_json::from_str(&out).unwrap();
+        entries
+            .into_iter()
+            .filter(|e| e["step"] == "failover summary")
+            .map(|e| e["result"].clone())
+            .next_back()
+    })
+}
