@@ -399,11 +399,7 @@ async fn managed_settings_are_applied_live_and_restart_needs_are_reported() {
         db.sql("SELECT @@server_id").unwrap(),
         tandem_agent::server_id_for(&id("db-7")).to_string()
     );
-    let pending = report
-        .engine_settings
-        .get("restart_needed")
-        .cloned()
-        .unwrap_or_default();
+    let pending = report.restart_needed.join("; ");
     assert!(
         pending.contains("log_slave_updates"),
         "{pending:?} / {:?}",

@@ -61,6 +61,13 @@ pub struct FailoverConfig {
     /// For sets with semi-synchronous replication: how long a commit waits for a
     /// replica's acknowledgement before the master falls back to asynchronous.
     pub semi_sync_timeout_ms: u64,
+    /// The infrastructure fence (STONITH): an executable run before a master that
+    /// cannot be heard is replaced, with the instance id as its argument. Exit 0 means
+    /// the host can no longer serve anyone (powered off, frozen, its ports down): then
+    /// nobody waits for its lease, and it cannot answer a client when it thaws.
+    pub fence_command: Option<PathBuf>,
+    /// How long the fence command may take before it counts as failed.
+    pub fence_timeout_ms: u64,
 }
 
 impl Default for FailoverConfig {
@@ -73,6 +80,8 @@ impl Default for FailoverConfig {
             flap_window_s: 600,
             lease_margin_ms: 400,
             semi_sync_timeout_ms: 5000,
+            fence_command: None,
+            fence_timeout_ms: 10_000,
         }
     }
 }
@@ -86,6 +95,7 @@ pub struct FailoverSettings {
     pub flap_window: Duration,
     pub lease_margin: Duration,
     pub semi_sync_timeout: Duration,
+    pub fence: Option<crate::fence::FenceCommand>,
 }
 
 impl Default for ConductorConfig {
@@ -172,7 +182,34 @@ impl ConductorConfig {
             "field `failover.max_lag_s` is {}; it must be a positive number of seconds",
             f.max_lag_s
         );
+        let fence = match &f.fence_command {
+            None => None,
+            Some(path) => {
+                use std::os::unix::fs::PermissionsExt;
+                let meta = std::fs::metadata(path).with_context(|| {
+                    format!(
+                        "field `failover.fence_command`: cannot use {}",
+                        path.display()
+                    )
+                })?;
+                anyhow::ensure!(
+                    meta.is_file() && meta.permissions().mode() & 0o111 != 0,
+                    "field `failover.fence_command`: {} is not an executable file",
+                    path.display()
+                );
+                anyhow::ensure!(
+                    f.fence_timeout_ms >= 100,
+                    "field `failover.fence_timeout_ms` is {}; it must be at least 100",
+                    f.fence_timeout_ms
+                );
+                Some(crate::fence::FenceCommand {
+                    program: path.clone(),
+                    timeout: Duration::from_millis(f.fence_timeout_ms),
+                })
+            }
+        };
         let failover = FailoverSettings {
+            fence,
             automatic: f.automatic,
             detect_after: Duration::from_millis(f.detect_after_ms),
             drain_timeout: Duration::from_millis(f.drain_timeout_ms),

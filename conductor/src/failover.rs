@@ -447,7 +447,11 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: Instant) {
     let verdict = judge(master, &seen_master, &replicas, f);
     if c.failover_watch.record(&set.id, &verdict) {
         match &verdict {
-            Verdict::Healthy => tracing::info!(set = %set.id, master = %master, "master healthy"),
+            Verdict::Healthy => {
+                tracing::info!(set = %set.id, master = %master, "master healthy");
+                // A failover held back by anti-flapping has nothing left to wait for.
+                clear_block(c, set);
+            }
             v => tracing::warn!(set = %set.id, master = %master, verdict = ?v, "master in trouble"),
         }
         c.events.publish(crate::events::ApiEvent::MasterVerdict {
@@ -607,6 +611,19 @@ fn start_failover(c: &Arc<Conductor>, set: &ReplicaSet, reason: String) {
     }
 }
 
+/// Ends an anti-flapping block whose cause is gone (the master is healthy again).
+fn clear_block(c: &Conductor, set: &ReplicaSet) {
+    let Ok(mut state) = c.store.failover_state(&set.id) else {
+        return;
+    };
+    if state.blocked.take().is_some() {
+        tracing::info!(set = %set.id, "the blocked failover is moot: the master is healthy");
+        if let Err(e) = c.store.set_failover_state(&set.id, &state) {
+            tracing::error!(set = %set.id, error = %e, "cannot clear the anti-flapping block");
+        }
+    }
+}
+
 fn start(c: &Arc<Conductor>, spec: Spec, why: &str) {
     let set = spec.set().clone();
     match workflow::start(c, spec, serde_json::Map::new(), "failure detector") {
@@ -680,6 +697,7 @@ mod tests {
             flap_window: Duration::from_secs(600),
             lease_margin: Duration::from_millis(250),
             semi_sync_timeout: Duration::from_secs(5),
+            fence: None,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod backups;
 pub mod config;
 pub mod events;
 pub mod failover;
+pub mod fence;
 pub mod registry;
 pub mod store;
 pub mod workflow;

@@ -28,6 +28,8 @@ pub struct Cluster {
     pub broker: Broker,
     /// The backup store every agent shares (a local directory, as an NFS mount would be).
     pub backups: tempfile::TempDir,
+    /// With [`ClusterOptions::fence_by_cut`]: the conductor's fence command and its log.
+    fence: Option<tempfile::TempDir>,
 }
 
 /// How a [`Cluster`] is started, beyond the defaults.
@@ -41,6 +43,9 @@ pub struct ClusterOptions {
     pub conductor_env: Vec<(String, String)>,
     /// Nodes started on a host of their own (a network namespace), to be cut off.
     pub isolated: Vec<String>,
+    /// The conductor's fence command cuts the fenced node's host off the network (as
+    /// downing a VM's port would). Only isolated nodes can be fenced.
+    pub fence_by_cut: bool,
 }
 
 impl ClusterOptions {
@@ -52,6 +57,7 @@ impl ClusterOptions {
             agent_env: Vec::new(),
             conductor_env: Vec::new(),
             isolated: Vec::new(),
+            fence_by_cut: false,
         }
     }
 }
@@ -86,7 +92,7 @@ impl Cluster {
             let forward = Forward::start(&format!("{}:0", root.ip), &broker_at).unwrap();
             (root, forward)
         });
-        let nodes = (1..=n)
+        let nodes: Vec<Node> = (1..=n)
             .map(|i| {
                 let name = format!("db-{i}");
                 let host = options
@@ -130,13 +136,31 @@ impl Cluster {
                 }
             })
             .collect();
-        let conductor = ConductorProcess::start_with(broker.uri(), &options.conductor_env).unwrap();
+        let mut conductor_env = options.conductor_env.clone();
+        let fence = options.fence_by_cut.then(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("tandem-fence-")
+                .tempdir()
+                .unwrap();
+            let script = fence_script(&nodes, &dir.path().join("fenced.log"));
+            let path = dir.path().join("fence");
+            std::fs::write(&path, script).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            conductor_env.push((
+                "TANDEM_CONDUCTOR_FAILOVER__FENCE_COMMAND".into(),
+                path.display().to_string(),
+            ));
+            dir
+        });
+        let conductor = ConductorProcess::start_with(broker.uri(), &conductor_env).unwrap();
         let c = Cluster {
             network,
             nodes,
             conductor,
             broker,
             backups,
+            fence,
         };
         let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
         eventually(Duration::from_secs(30), "every agent reported", || {
@@ -144,6 +168,18 @@ impl Cluster {
             (ok && names.iter().all(|n| out.contains(n.as_str()))).then_some(())
         });
         c
+    }
+
+    /// The instances the conductor's fence command has fenced, in order.
+    pub fn fenced(&self) -> Vec<String> {
+        let Some(dir) = &self.fence else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(dir.path().join("fenced.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     pub fn node_mut(&mut self, name: &str) -> &mut Node {
@@ -335,4 +371,20 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A fence command that cuts the named node's host off the network and logs it.
+fn fence_script(nodes: &[Node], log: &std::path::Path) -> String {
+    let mut script = String::from("#!/bin/sh\nset -e\ncase \"$1\" in\n");
+    for n in nodes {
+        if let Some(h) = &n.host {
+            script.push_str(&format!("  {}) {} ;;\n", n.name, h.cut_command()));
+        }
+    }
+    script.push_str("  *) echo \"no host to fence for $1\" >&2; exit 1 ;;\nesac\n");
+    script.push_str(&format!(
+        "echo \"$1\" >> {}\necho \"cut $1 off the network\"\n",
+        log.display()
+    ));
+    script
 }

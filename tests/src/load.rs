@@ -93,6 +93,17 @@ impl Writer {
             .copied()
     }
 
+    /// The first insert that server `server` (its index in the list given)
+    /// acknowledged after `t`.
+    pub fn first_ack_on_after(&self, server: usize, t: Instant) -> Option<Ack> {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|a| a.at > t && a.server == server)
+            .copied()
+    }
+
     /// Stops; returns the inserts attempted and those acknowledged.
     pub fn finish(self) -> (u64, Vec<Ack>) {
         self.stop.store(true, Ordering::SeqCst);

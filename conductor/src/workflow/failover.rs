@@ -102,10 +102,24 @@ pub async fn run(
         ));
     }
     let mut results = ctx.send_all_limited(steps).await.into_iter();
-    let fenced = match results.next().expect("the fence step") {
-        Ok(_) => "read-only (it said so)".to_string(),
-        Err(e) => format!("did not answer read-only ({e}); it was judged unable to write"),
+    let (confirmed, mut fenced) = match results.next().expect("the fence step") {
+        Ok(_) => (true, "read-only (it said so)".to_string()),
+        Err(e) => (
+            false,
+            format!("did not answer read-only ({e}); it was judged unable to write"),
+        ),
     };
+    // A master that cannot be heard may be frozen, not dead: it would thaw writable
+    // for the moment before its agent runs. The operator's fence closes that (and,
+    // once it holds, nobody needs to wait for the lease).
+    let host = if confirmed {
+        HostFence::NotNeeded
+    } else {
+        fence_host(ctx, failed, epoch).await?
+    };
+    if let HostFence::Fenced(said) | HostFence::Failed(said) = &host {
+        fenced.push_str(&format!("; fence command: {said}"));
+    }
     // Each replica's drained position, or why there is none; and whether its agent says
     // it diverged (now, or in its last report).
     let drained: Vec<(InstanceId, Result<Position, String>, Option<String>)> = replicas
@@ -125,7 +139,7 @@ pub async fn run(
     // The replicas are drained; nobody is promoted before the old master's lease has
     // run out (unless an operator forces it), and if the master is back meanwhile the
     // failover stands down.
-    if !force {
+    if !force && !matches!(host, HostFence::Fenced(_)) {
         if let Err(why) = wait_for_lease(ctx, failed, epoch).await? {
             return stand_down(ctx, failed, epoch, &replicas, why).await;
         }
@@ -238,7 +252,7 @@ pub async fn run(
     // the others follow the new master, except those that could not even be drained.
     let mut left_behind: Vec<String> = Vec::new();
     for (instance, why) in &decision.quarantine {
-        let quarantined = quarantine(ctx, instance, why).await;
+        let quarantined = super::quarantine::run(ctx, instance, why).await;
         left_behind.push(match quarantined {
             Ok(()) => format!("{instance} (quarantined, diverged: {why})"),
             Err(e) => format!("{instance} (diverged: {why}; quarantine incomplete: {e})"),
@@ -295,57 +309,62 @@ pub async fn run(
     Ok(Outcome::Done)
 }
 
-/// A replica whose history split from the master's: recorded as quarantined (a new
-/// epoch), taken out of replication (read-only, no source), and shown to operators
-/// until it is re-seeded.
-pub(super) async fn quarantine(
+/// What the infrastructure fence did to a master that did not answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "host", content = "said", rename_all = "snake_case")]
+enum HostFence {
+    /// It answered read-only, its agent is heard (its engine is down), or no fence
+    /// command is configured.
+    NotNeeded,
+    /// The command says the host can serve nobody now.
+    Fenced(String),
+    Failed(String),
+}
+
+/// Runs the configured fence command against a master whose agent is silent, once
+/// (journaled).
+async fn fence_host(
     ctx: &mut Ctx<'_>,
-    instance: &InstanceId,
-    why: &str,
-) -> Result<(), StepError> {
-    let set = ctx.apply(
-        "quarantine a diverged replica",
-        TopologyChange::Quarantine {
-            instance: instance.clone(),
-        },
-    )?;
-    let position = ctx
-        .c
-        .registry
-        .last_position(instance)
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let master_position = ctx
-        .c
-        .registry
-        .last_position(&set.master)
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let finding = serde_json::json!({
-        "instance": instance,
-        "position": position,
-        "master": set.master,
-        "master_position": master_position,
-        "verdict": format!("diverged ({why}); quarantined: never promoted, never a source; \
-                            re-seed it (`tandem replica add {} {instance} --seed stream`)", set.id),
-    });
-    tracing::error!(set = %set.id, %instance, %finding, "diverged replica quarantined");
-    ctx.note("errant transactions", instance, set.epoch, finding)?;
-    ctx.c.events.publish(crate::events::ApiEvent::Quarantined {
-        set: set.id.to_string(),
-        instance: instance.clone(),
-        position,
-        master_position,
-        at: tandem_proto::Timestamp::now(),
-    });
-    ctx.send(
-        "quarantine: out of replication",
-        instance,
-        set.epoch,
-        Command::Quarantine,
-    )
-    .await?;
-    Ok(())
+    failed: &InstanceId,
+    epoch: tandem_proto::Epoch,
+) -> Result<HostFence, StepError> {
+    let set = ctx.set()?.id;
+    ctx.decide_async("fence the old master's host", failed, epoch, |c| async move {
+        let Some(fence) = &c.settings.failover.fence else {
+            return Ok(HostFence::NotNeeded);
+        };
+        // An agent that is heard (saying its engine is down) fences its own engine:
+        // the engine restarts read-only and the agent obeys the new epoch.
+        let heard = c
+            .registry
+            .report_with_age(failed)
+            .is_some_and(|(_, age)| age < c.settings.failover.detect_after);
+        if heard {
+            return Ok(HostFence::NotNeeded);
+        }
+        let engine = c
+            .store
+            .instance(failed)
+            .ok()
+            .flatten()
+            .and_then(|r| Some((r.host?, r.port?)));
+        let target = crate::fence::Target {
+            instance: failed,
+            set: &set,
+            engine,
+        };
+        Ok(match fence.run(&target).await {
+            Ok(said) => {
+                tracing::warn!(instance = %failed, said, "fence command fenced the old master's host");
+                HostFence::Fenced(if said.is_empty() { "done".into() } else { said })
+            }
+            Err(why) => {
+                tracing::error!(instance = %failed, why, "fence command failed: waiting for the lease instead");
+                HostFence::Failed(why)
+            }
+        })
+    })
+    .await
 }
 
 /// Waits until the old master cannot write any more: its lease (recorded when the

@@ -15,6 +15,7 @@ mod create_set;
 mod detach;
 mod failover;
 pub mod provision;
+mod quarantine;
 mod rejoin;
 mod semi_sync;
 mod switchover;
@@ -335,19 +336,50 @@ impl<'a> Ctx<'a> {
         epoch: Epoch,
         decide: impl FnOnce(&Conductor) -> Result<T, StepError>,
     ) -> Result<T, StepError> {
-        let seq = self.seq;
-        if let Some(JournalEntry {
-            result: Some(recorded),
-            ..
-        }) = self.c.store.journal_entry(&self.wf.id, seq)?
-        {
-            self.seq += 1;
-            return serde_json::from_value(recorded).map_err(|e| StoreError::from(e).into());
+        if let Some(recorded) = self.recorded()? {
+            return Ok(recorded);
         }
         let value = decide(self.c)?;
         let recorded = serde_json::to_value(&value).map_err(StoreError::from)?;
         self.note(step, about, epoch, recorded)?;
         Ok(value)
+    }
+
+    /// As [`Ctx::decide`], for a decision that waits on something outside the store (an
+    /// operator's fence command): made once, journaled, read back on resume.
+    pub async fn decide_async<T, F>(
+        &mut self,
+        step: &str,
+        about: &InstanceId,
+        epoch: Epoch,
+        decide: impl FnOnce(&'a Conductor) -> F,
+    ) -> Result<T, StepError>
+    where
+        T: Serialize + serde::de::DeserializeOwned,
+        F: std::future::Future<Output = Result<T, StepError>>,
+    {
+        if let Some(recorded) = self.recorded()? {
+            return Ok(recorded);
+        }
+        let value = decide(self.c).await?;
+        let recorded = serde_json::to_value(&value).map_err(StoreError::from)?;
+        self.note(step, about, epoch, recorded)?;
+        Ok(value)
+    }
+
+    /// The result journaled at the next step, if any (and the step is then passed).
+    fn recorded<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, StepError> {
+        let Some(JournalEntry {
+            result: Some(recorded),
+            ..
+        }) = self.c.store.journal_entry(&self.wf.id, self.seq)?
+        else {
+            return Ok(None);
+        };
+        self.seq += 1;
+        serde_json::from_value(recorded)
+            .map(Some)
+            .map_err(|e| StoreError::from(e).into())
     }
 
     async fn send_at(
@@ -742,7 +774,7 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
         Spec::SemiSync { on, .. } => semi_sync::run(&mut ctx, *on).await,
         Spec::Quarantine {
             instance, reason, ..
-        } => failover::quarantine(&mut ctx, instance, reason)
+        } => quarantine::run(&mut ctx, instance, reason)
             .await
             .map(|()| Outcome::Done),
     };

@@ -572,6 +572,12 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                         s["epoch"],
                         result
                     )?;
+                    // A note is a finding of the workflow (errant positions, the
+                    // candidate choice and its exclusions, a failover summary): shown
+                    // in full, not only with --json.
+                    if s["command"] == "note" {
+                        write!(out, "{}", note_lines(&s["result"]))?;
+                    }
                 }
             }
         }
@@ -672,6 +678,49 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
 }
 
 /// A journaled step's result in a word or a line: in flight, ok, or the error.
+/// A journaled finding as indented `key: value` lines; lists one item a line.
+fn note_lines(note: &Value) -> String {
+    let flat = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) if a.iter().all(|x| x.is_array()) => a
+            .iter()
+            .map(|pair| {
+                let parts: Vec<String> = pair
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .collect();
+                parts.join(": ")
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
+    };
+    match note {
+        Value::Object(m) => m
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| match v {
+                Value::Array(items) if !items.is_empty() && !items.iter().all(|x| x.is_array()) => {
+                    let mut text = format!("        {k}:\n");
+                    for item in items {
+                        text.push_str(&format!("          - {}\n", flat(item)));
+                    }
+                    text
+                }
+                _ => format!("        {k}: {}\n", flat(v)),
+            })
+            .collect(),
+        Value::Null => String::new(),
+        other => format!("        {}\n", flat(other)),
+    }
+}
+
 fn step_result(result: &Value) -> String {
     match result {
         Value::Null => "in flight".to_string(),

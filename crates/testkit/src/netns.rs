@@ -49,6 +49,10 @@ impl Host {
         let peer = format!("tdp{suffix}");
         let gateway = format!("10.213.{a}.{}", b + 1);
         let host_ip = format!("10.213.{a}.{}", b + 2);
+        // Hosts reach each other through the root namespace, which must route between
+        // their links (a replica on one host, its master on another).
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .context("enable IPv4 forwarding between test hosts")?;
         ip(&["netns", "add", &name])?;
         let host = Host {
             name: name.clone(),
@@ -76,6 +80,11 @@ impl Host {
     /// dropped, not refused, as when a switch or a cable fails.
     pub fn cut(&self) -> Result<()> {
         ip(&["link", "set", &self.link, "down"])
+    }
+
+    /// The shell command that does what [`Host::cut`] does: for a fence script.
+    pub fn cut_command(&self) -> String {
+        format!("ip link set {} down", self.link)
     }
 
     pub fn heal(&self) -> Result<()> {
