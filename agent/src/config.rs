@@ -33,6 +33,10 @@ pub struct AgentConfig {
     /// of it by a confirmed status report). Keep it below the conductor's failure
     /// detection time; the conductor never promotes before it has run out anyway.
     pub lease_ms: u64,
+    /// The agent's scheduling priority (-20..19, lower runs first): its lease and its
+    /// reports must keep running on a host whose CPU other work saturates. The systemd
+    /// unit sets it too; 0 leaves the inherited one alone.
+    pub nice: i32,
     pub broker: BrokerConfig,
     pub engine: EngineConfig,
     pub backup_store: BackupStoreConfig,
@@ -179,6 +183,7 @@ impl Default for AgentConfig {
             status_interval_ms: 1000,
             probe_interval_ms: 200,
             lease_ms: 1000,
+            nice: -10,
             broker: BrokerConfig::default(),
             engine: EngineConfig::default(),
             backup_store: BackupStoreConfig::default(),
@@ -228,6 +233,7 @@ pub struct Settings {
     pub status_interval: Duration,
     pub probe_interval: Duration,
     pub lease: Duration,
+    pub nice: i32,
     pub broker_uri: String,
     pub queue_type: tandem_transport::QueueType,
     pub prefetch: u16,
@@ -283,6 +289,11 @@ impl AgentConfig {
             "field `lease_ms` is {}; it must be at least 300 and three probe intervals ({})",
             self.lease_ms,
             3 * self.probe_interval_ms
+        );
+        anyhow::ensure!(
+            (-20..=19).contains(&self.nice),
+            "field `nice` is {}; it must be between -20 and 19",
+            self.nice
         );
         let queue_type = match self.broker.queue_type.as_str() {
             "quorum" => tandem_transport::QueueType::Quorum,
@@ -343,6 +354,7 @@ impl AgentConfig {
             status_interval: Duration::from_millis(self.status_interval_ms),
             probe_interval: Duration::from_millis(self.probe_interval_ms),
             lease: Duration::from_millis(self.lease_ms),
+            nice: self.nice,
             broker_uri,
             queue_type,
             prefetch: self.broker.prefetch.max(1),

@@ -53,6 +53,19 @@ impl Default for HostProbe {
 /// each page it faults in), and those pages stay resident in every database VM. Paged
 /// out once start-up is over, only what the idle loop touches comes back, from the page
 /// cache, at the cost of a few minor faults.
+/// Sets this thread's scheduling priority (threads it starts later inherit it); says
+/// why when it cannot (an unprivileged agent, or one whose unit set it already).
+pub(crate) fn set_nice(nice: i32) -> Result<(), String> {
+    // SAFETY: setpriority takes plain integers and touches no memory of ours. On Linux,
+    // PRIO_PROCESS with 0 names the calling thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
+    }
+}
+
 pub(crate) fn page_out_cold_code() -> usize {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return 0;

@@ -44,10 +44,19 @@ impl Lease {
         s.valid_until = master.then(|| Instant::now() + lease);
     }
 
+    /// When the lease runs out, while it is held and not yet fenced.
+    pub fn deadline(&self) -> Option<Instant> {
+        let s = self.inner.lock().expect("poisoned");
+        if s.fenced {
+            None
+        } else {
+            s.valid_until
+        }
+    }
+
     /// True when the lease has run out and the engine is not fenced yet.
     pub fn must_fence(&self, now: Instant) -> bool {
-        let s = self.inner.lock().expect("poisoned");
-        !s.fenced && s.valid_until.is_some_and(|v| v <= now)
+        self.deadline().is_some_and(|v| v <= now)
     }
 
     pub fn set_fenced(&self) {

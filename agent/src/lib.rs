@@ -58,6 +58,8 @@ pub struct Agent<E: Engine> {
     seed: seed::SeedOffers,
     /// The master's lease on writability (see [`lease`]).
     lease: lease::Lease,
+    /// A master's last published report (not "engine down") and when it went out.
+    last_master_report: std::sync::Mutex<Option<(std::time::Instant, tandem_proto::StatusReport)>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled: then it stops taking commands, lets the
@@ -79,6 +81,12 @@ async fn run_with<E: Engine>(
     engine: E,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // First, so every thread the runtime starts from here on inherits it.
+    if settings.nice != 0 {
+        if let Err(e) = host::set_nice(settings.nice) {
+            tracing::warn!(nice = settings.nice, error = %e, "could not raise the agent's scheduling priority");
+        }
+    }
     let state_file = StateFile::new(&settings.state_dir)?;
     let mut state = state_file.load()?;
     state.boot_count += 1;
@@ -156,12 +164,22 @@ async fn run_with<E: Engine>(
         restart_needed: std::sync::Mutex::new(restart_needed),
         seed: seed::SeedOffers::new(seed_endpoint),
         lease: lease::Lease::default(),
+        last_master_report: std::sync::Mutex::new(None),
     });
     // A master restarted into a partition fences itself after one lease, as if the
     // lease had just been granted.
     if agent.state.lock().expect("poisoned").master {
         agent.lease.granted(true, agent.settings.lease);
     }
+    // The lease is watched by a task of its own: whatever the status loop waits on (a
+    // slow engine, an unconfirmed report), the fence comes when the lease runs out.
+    let lease_stop = CancellationToken::new();
+    tokio::spawn(agent.clone().watch_lease(lease_stop.clone()));
+    tokio::spawn(
+        agent
+            .clone()
+            .keep_master_reporting(transport.clone(), lease_stop.clone()),
+    );
     let jobs = agent.operations.open();
     let runner = tokio::spawn(agent.clone().run_operations(jobs, transport.clone()));
 
@@ -206,6 +224,7 @@ async fn run_with<E: Engine>(
     runner.abort();
     seed_stop.cancel();
     status_stop.cancel();
+    lease_stop.cancel();
     let _ = status.await;
     transport_shutdown.cancel();
     tracing::info!(instance_id = %id, "tandem-agent stopped");

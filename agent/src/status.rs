@@ -47,6 +47,32 @@ impl<E: Engine> Agent<E> {
         self.state.lock().expect("poisoned").highest_epoch
     }
 
+    fn next_sequence(&self, boot: u64) -> u64 {
+        (boot << 32) | self.sequence.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// `last` again, as a new report: for a master whose engine is too slow to observe
+    /// in time (a starved host), so that its reports, which keep the conductor from
+    /// taking it for dead and renew its lease, still go out on time.
+    fn repeated(&self, last: &StatusReport, waited: std::time::Duration) -> StatusReport {
+        let (boot, epoch) = {
+            let s = self.state.lock().expect("poisoned");
+            (s.boot_count, s.highest_epoch)
+        };
+        let mut report = last.clone();
+        report.sequence = self.next_sequence(boot);
+        report.taken_at = Timestamp::now();
+        report.highest_epoch = epoch;
+        report.fenced = self.lease.fenced();
+        report.operations = self.operations.snapshot();
+        report.health = Health::Degraded;
+        report.last_error = Some(format!(
+            "the engine did not answer within {} ms; engine figures are from the last report",
+            waited.as_millis()
+        ));
+        report
+    }
+
     /// A fresh report. Never fails: an engine that cannot be observed is reported down.
     pub(crate) async fn report(&self) -> StatusReport {
         let observed = self.engine.observe().await;
@@ -54,7 +80,7 @@ impl<E: Engine> Agent<E> {
             let s = self.state.lock().expect("poisoned");
             (s.boot_count, s.source.clone(), s.master, s.highest_epoch)
         };
-        let sequence = (boot << 32) | self.sequence.fetch_add(1, Ordering::SeqCst);
+        let sequence = self.next_sequence(boot);
         let host = self
             .host
             .lock()
@@ -148,10 +174,6 @@ impl<E: Engine> Agent<E> {
                 crate::notify::watchdog();
                 last_watchdog = Instant::now();
             }
-            // First, before anything that could wait on the engine or the broker.
-            if self.lease.must_fence(Instant::now()) {
-                self.fence().await;
-            }
             let pulse = self.engine.probe().await.ok();
             let up = pulse.is_some();
             let receiving = pulse.map(|p| (p.receiving, p.applying));
@@ -211,7 +233,13 @@ impl<E: Engine> Agent<E> {
                     );
                 }
                 if master {
-                    self.publish_renewing(transport, report).await;
+                    *self.last_master_report.lock().expect("poisoned") = (report.health
+                        != Health::EngineDown)
+                        .then(|| (Instant::now(), report.clone()));
+                    // Off the loop: the confirmation may take as long as the lease.
+                    let agent = self.clone();
+                    let transport = transport.clone();
+                    tokio::spawn(async move { agent.publish_renewing(&transport, report).await });
                 } else {
                     self.publish(transport, report).await;
                 }
@@ -222,6 +250,65 @@ impl<E: Engine> Agent<E> {
         let mut last_words = self.report().await;
         last_words.health = Health::Stopping;
         self.publish(transport, last_words).await;
+    }
+
+    /// Keeps a master's reports going out every third of its lease while the status
+    /// loop is held up by an engine slow to answer (a host whose CPU other work
+    /// saturates): each repeats the last observation, says the engine is slow, and
+    /// renews the lease. A hung engine still ends as "engine down" once the status
+    /// loop's probe gives up on it.
+    pub(crate) async fn keep_master_reporting(
+        self: Arc<Self>,
+        transport: Transport,
+        stop: CancellationToken,
+    ) {
+        let every = self.settings.lease / 3;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every / 2) => {}
+            }
+            if !self.state.lock().expect("poisoned").master {
+                continue;
+            }
+            let repeated = {
+                let mut last = self.last_master_report.lock().expect("poisoned");
+                match last.as_mut() {
+                    Some((at, report)) if at.elapsed() >= every => {
+                        let repeated = self.repeated(report, at.elapsed());
+                        *at = Instant::now();
+                        repeated
+                    }
+                    _ => continue,
+                }
+            };
+            let agent = self.clone();
+            let transport = transport.clone();
+            tokio::spawn(async move { agent.publish_renewing(&transport, repeated).await });
+        }
+    }
+
+    /// Fences the engine the moment the lease runs out (and again each probe interval
+    /// while that fails), independently of the status loop, until `stop`.
+    pub(crate) async fn watch_lease(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let now = Instant::now();
+            let wait = if self.lease.must_fence(now) {
+                self.fence().await;
+                self.settings.probe_interval
+            } else {
+                // A renewal moves the deadline; look again at least every probe.
+                self.lease
+                    .deadline()
+                    .map_or(self.settings.probe_interval, |d| {
+                        (d - now).min(self.settings.probe_interval)
+                    })
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 
     /// The lease ran out: the engine goes read-only now. The command lock is waited
@@ -269,7 +356,10 @@ impl<E: Engine> Agent<E> {
     async fn publish_renewing(&self, transport: &Transport, report: StatusReport) {
         let sent = Instant::now();
         let envelope = self.envelope(report);
-        let limit = self.settings.lease / 3;
+        // Renewed from the send time however late the confirmation (the conductor
+        // counts from the arrival, never earlier): on a slow host a late confirmation
+        // still renews, and one later than the lease renews nothing.
+        let limit = self.settings.lease;
         match tokio::time::timeout(limit, transport.publish_status_confirmed(&envelope)).await {
             Ok(Ok(())) => self.lease.renew(sent, self.settings.lease),
             Ok(Err(e)) => {

@@ -66,6 +66,16 @@ pub enum ApiEvent {
         reason: String,
         at: Timestamp,
     },
+    /// A master that keeps fencing itself gets its writes back only after a growing
+    /// hold, so that a host missing its lease again and again is not a storm of write
+    /// outages.
+    RestoreWritesHeld {
+        set: String,
+        master: InstanceId,
+        restores_in_a_row: u32,
+        hold_ms: u64,
+        at: Timestamp,
+    },
     /// A returning server holds transactions the master lacks and is kept apart.
     Quarantined {
         set: String,

@@ -338,6 +338,10 @@ pub struct Watch {
     busy_until: std::sync::Mutex<HashMap<ReplicaSetId, Instant>>,
     /// Sets already warned about a master lease longer than detection.
     lease_warned: std::sync::Mutex<std::collections::HashSet<ReplicaSetId>>,
+    /// Writes given back to self-fenced masters, per set (see [`crate::restore_backoff`]).
+    restores: std::sync::Mutex<HashMap<ReplicaSetId, crate::restore_backoff::Restores>>,
+    /// Sets whose current hold was announced.
+    hold_announced: std::sync::Mutex<std::collections::HashSet<ReplicaSetId>>,
 }
 
 impl Watch {
@@ -533,13 +537,7 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: Instant) {
                     && c.failover_watch
                         .after_last_workflow(&set.id, seen_master.age)
                 {
-                    start(
-                        c,
-                        Spec::RestoreWrites {
-                            set: set.id.clone(),
-                        },
-                        "the master is healthy but read-only",
-                    );
+                    restore_writes(c, set, r.fenced);
                 }
             }
         }
@@ -609,6 +607,44 @@ fn start_failover(c: &Arc<Conductor>, set: &ReplicaSet, reason: String) {
         }
         Err(e) => tracing::debug!(set = %set.id, error = %e, "failover not started"),
     }
+}
+
+/// Gives writes back to a healthy, read-only master, unless it fenced itself too often
+/// lately: then only after the hold (announced once as an event).
+fn restore_writes(c: &Arc<Conductor>, set: &ReplicaSet, fenced: bool) {
+    let w = &c.failover_watch;
+    let now = Instant::now();
+    let mut restores = w.restores.lock().expect("poisoned");
+    let record = restores.entry(set.id.clone()).or_default();
+    let hold = record.hold(now);
+    if !hold.is_zero() {
+        if w.hold_announced
+            .lock()
+            .expect("poisoned")
+            .insert(set.id.clone())
+        {
+            tracing::warn!(set = %set.id, master = %set.master, in_a_row = record.in_a_row, hold_ms = hold.as_millis() as u64, fenced, "the master keeps fencing itself: writes given back after a hold");
+            c.events
+                .publish(crate::events::ApiEvent::RestoreWritesHeld {
+                    set: set.id.to_string(),
+                    master: set.master.clone(),
+                    restores_in_a_row: record.in_a_row,
+                    hold_ms: hold.as_millis() as u64,
+                    at: Timestamp::now(),
+                });
+        }
+        return;
+    }
+    record.restored(now);
+    drop(restores);
+    w.hold_announced.lock().expect("poisoned").remove(&set.id);
+    start(
+        c,
+        Spec::RestoreWrites {
+            set: set.id.clone(),
+        },
+        "the master is healthy but read-only",
+    );
 }
 
 /// Ends an anti-flapping block whose cause is gone (the master is healthy again).

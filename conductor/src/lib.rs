@@ -14,6 +14,7 @@ pub mod events;
 pub mod failover;
 pub mod fence;
 pub mod registry;
+pub mod restore_backoff;
 pub mod store;
 pub mod workflow;
 

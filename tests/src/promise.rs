@@ -103,3 +103,9 @@ pub fn failover_summary(c: &Cluster) -> Value {
             .next_back()
     })
 }
+
+/// The workflows of `kind` the conductor has run or is running.
+pub fn workflows_of_kind(c: &Cluster, kind: &str) -> Vec<Value> {
+    let all: Vec<Value> = serde_json::from_str(&c.cli_ok(&["--json", "workflow", "list"])).unwrap();
+    all.into_iter().filter(|w| w["kind"] == kind).collect()
+}

@@ -779,6 +779,13 @@ fn event_line(v: &Value) -> String {
                 .unwrap_or_default()
         ),
         "failover_blocked" => format!("set {}: FAILOVER BLOCKED: {}", s("set"), s("reason")),
+        "restore_writes_held" => format!(
+            "set {}: {} fenced itself {} times in a row: writes given back in {} ms",
+            s("set"),
+            s("master"),
+            v["restores_in_a_row"],
+            v["hold_ms"]
+        ),
         "quarantined" => format!(
             "set {}: {} QUARANTINED: at {}, the master was at {} when it was promoted",
             s("set"),

@@ -7,6 +7,7 @@
 //! * [`Swift`]: a private OpenStack Swift (proxy, account, container, object server) for
 //!   backup store tests.
 //! * [`Host`]: a network namespace joined by a veth link, to cut one host off.
+//! * [`CpuJail`]: one CPU shared with busy processes, a host whose CPU is saturated.
 //! * [`TestCa`]: a private certificate authority issuing certificates for 127.0.0.1.
 //! * [`Process`]: a spawned binary (an agent, the conductor) that dies with the test.
 //!
@@ -16,6 +17,7 @@
 
 mod agent;
 mod broker;
+mod cpu;
 mod mariadb;
 mod netns;
 mod postgres;
@@ -25,6 +27,7 @@ mod tls;
 
 pub use agent::{binary, AgentProcess, ConductorProcess};
 pub use broker::Broker;
+pub use cpu::CpuJail;
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use netns::{Forward, Host, RootAddress};
 pub use postgres::Postgres;

@@ -1,0 +1,124 @@
+//! A slow host is not a dead host: the master's host has its CPU saturated by other
+//! processes for minutes (its engine and agent share a cgroup's CPU quota with busy
+//! processes), and nothing fails over, writes never stop for longer than a lease, and
+//! no restore-writes storm happens. Three real MariaDB servers, their agents, the
+//! conductor and the broker; the writer and the observer keep the records.
+
+use std::time::{Duration, Instant};
+
+use tandem_e2e::load::{Observer, Writer};
+use tandem_e2e::promise::{
+    assert_all_acknowledged_on, assert_never_two_writable, member, three, workflows_of_kind,
+};
+use tandem_e2e::{eventually, ClusterOptions};
+use tandem_testkit::CpuJail;
+
+/// How long the master's host stays saturated.
+const STARVED_FOR: Duration = Duration::from_secs(180);
+/// The master host's CPU quota, in percent of one CPU, and the busy processes in it.
+const QUOTA_PERCENT: u32 = 50;
+const BUSY: usize = 16;
+/// The master's lease (the agent's default).
+const LEASE: Duration = Duration::from_millis(1000);
+
+#[test]
+fn a_master_host_starved_of_cpu_for_minutes_is_not_failed_over_and_keeps_taking_writes() {
+    let c = three(true, ClusterOptions::read_only_at_start());
+    eventually(Duration::from_secs(20), "semi-sync active on db-1", || {
+        (member(&c.set("s1"), "db-1")["semi_sync"] == "active").then_some(())
+    });
+    let observer = Observer::start(c.addresses());
+    let writer = Writer::start(c.addresses(), Duration::from_millis(10));
+    std::thread::sleep(Duration::from_millis(500));
+
+    // db-1's host: its engine and its agent limited to a sliver of one CPU, and the
+    // CPU they may still use shared with busy processes (other work on the VM).
+    let mut jail = CpuJail::limited(QUOTA_PERCENT).unwrap();
+    jail.add(c.db("db-1").pid().unwrap()).unwrap();
+    jail.add(c.nodes[0].agent.process().unwrap().pid()).unwrap();
+    jail.saturate(BUSY).unwrap();
+    let started = Instant::now();
+    std::thread::sleep(STARVED_FOR);
+    drop(jail);
+    let ended = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let (_, acked) = writer.finish();
+    let samples = observer.finish();
+    let count = |kind: &str| workflows_of_kind(&c, kind).len();
+    let during: Vec<Instant> = acked
+        .iter()
+        .map(|a| a.at)
+        .filter(|t| *t >= started && *t <= ended)
+        .collect();
+    let longest_gap = std::iter::once(started)
+        .chain(during.iter().copied())
+        .chain(std::iter::once(ended))
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "starved {:?}: {} writes acknowledged, longest gap {} ms, failovers {}, restore-writes {}",
+        STARVED_FOR,
+        during.len(),
+        longest_gap.as_millis(),
+        count("failover"),
+        count("restore_writes"),
+    );
+    assert_eq!(count("failover"), 0, "a slow master was failed over");
+    assert_eq!(count("restore_writes"), 0, "the master fenced itself");
+    assert_eq!(c.set("s1")["master"], "db-1");
+    assert!(
+        longest_gap <= LEASE,
+        "writes stopped for {} ms, longer than a lease",
+        longest_gap.as_millis()
+    );
+    assert_never_two_writable(&samples);
+    assert_all_acknowledged_on(&c, "db-1", &acked);
+}
+
+/// The engine of the master stalls for a few seconds (stopped, as by a long stall of
+/// its host's storage or CPU) while its agent runs: the agent's reports keep going out,
+/// saying the engine is slow, so the conductor does not take the master for dead and
+/// its lease holds; writes resume when the engine does.
+#[test]
+fn a_master_engine_that_stalls_for_seconds_under_a_live_agent_is_not_failed_over() {
+    let c = three(true, ClusterOptions::read_only_at_start());
+    eventually(Duration::from_secs(20), "semi-sync active on db-1", || {
+        (member(&c.set("s1"), "db-1")["semi_sync"] == "active").then_some(())
+    });
+    let writer = Writer::start(c.addresses(), Duration::from_millis(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let stalled = Instant::now();
+    c.db("db-1").pause().unwrap();
+    // Longer than failure detection and the lease, shorter than the probe's own limit
+    // (5 s) after which the agent reports the engine down.
+    std::thread::sleep(Duration::from_secs(3));
+    let topology = c.cli_ok(&["topology"]);
+    c.db("db-1").resume().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "a write on db-1 after the stall",
+        || writer.first_ack_on_after(0, stalled + Duration::from_secs(3)),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, acked) = writer.finish();
+    assert_eq!(
+        workflows_of_kind(&c, "failover").len(),
+        0,
+        "failed over a stalled engine: {topology}"
+    );
+    assert_eq!(
+        workflows_of_kind(&c, "restore_writes").len(),
+        0,
+        "the master fenced itself"
+    );
+    assert_eq!(c.set("s1")["master"], "db-1");
+    assert!(
+        topology.contains("degraded"),
+        "the stall is shown: {topology}"
+    );
+    assert_all_acknowledged_on(&c, "db-1", &acked);
+}
