@@ -245,10 +245,17 @@ impl<E: Engine> Agent<E> {
                 credentials,
                 position,
                 semi_sync,
+                delay_s,
             } => {
                 self.engine.set_semi_sync(None, *semi_sync).await?;
                 self.engine
-                    .attach(me, source, credentials, position.as_ref())
+                    .attach(
+                        me,
+                        source,
+                        credentials,
+                        position.as_ref(),
+                        Duration::from_secs(*delay_s),
+                    )
                     .await?;
                 self.update_state(|s| {
                     s.source = Some(source.clone());

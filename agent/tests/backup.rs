@@ -124,6 +124,7 @@ async fn attach_at(h: &Harness, master: &str, replica: &str, position: Position)
             credentials,
             position: Some(position),
             semi_sync: false,
+            delay_s: 0,
         },
     )
     .await;

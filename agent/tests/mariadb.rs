@@ -292,6 +292,7 @@ async fn wrong_input_gets_a_clear_error_and_changes_nothing() {
             credentials,
             position: None,
             semi_sync: false,
+            delay_s: 0,
         };
 
     // A source nothing listens on.

@@ -400,45 +400,13 @@ struct FailoverView {
     state: crate::store::FailoverState,
 }
 
-/// How an instance's engine differs from what the conductor wants of it.
-pub fn drift(m: &crate::store::Member, report: Option<&tandem_proto::StatusReport>) -> Vec<String> {
-    let mut drift = Vec::new();
-    match report {
-        None => drift.push("no status report yet".to_string()),
-        Some(r) => {
-            if r.writable != Some(m.writable) {
-                drift.push(format!(
-                    "writable: wanted {}, engine says {}",
-                    m.writable,
-                    r.writable
-                        .map(|w| w.to_string())
-                        .unwrap_or_else(|| "unknown".into())
-                ));
-            }
-            if r.replicates_from != m.replicates_from {
-                let name = |i: &Option<InstanceId>| {
-                    i.as_ref()
-                        .map(|i| i.to_string())
-                        .unwrap_or_else(|| "none".into())
-                };
-                drift.push(format!(
-                    "replicates_from: wanted {}, engine says {}",
-                    name(&m.replicates_from),
-                    name(&r.replicates_from),
-                ));
-            }
-        }
-    }
-    drift
-}
-
 fn set_view(c: &Conductor, set: crate::store::ReplicaSet) -> SetView {
     let members = set
         .members
         .iter()
         .map(|m| {
             let report = c.registry.report(&m.instance);
-            let drift = drift(m, report.as_ref());
+            let drift = crate::drift::drift(m, report.as_ref(), c.intended_delay_s(&m.instance));
             MemberView {
                 instance: m.instance.clone(),
                 intended: m.clone(),

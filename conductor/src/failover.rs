@@ -338,10 +338,12 @@ pub struct Watch {
     busy_until: std::sync::Mutex<HashMap<ReplicaSetId, Instant>>,
     /// Sets already warned about a master lease longer than detection.
     lease_warned: std::sync::Mutex<std::collections::HashSet<ReplicaSetId>>,
-    /// Writes given back to self-fenced masters, per set (see [`crate::restore_backoff`]).
-    restores: std::sync::Mutex<HashMap<ReplicaSetId, crate::restore_backoff::Restores>>,
+    /// Writes given back to self-fenced masters, per set (see [`crate::backoff`]).
+    restores: std::sync::Mutex<HashMap<ReplicaSetId, crate::backoff::Retries>>,
     /// Sets whose current hold was announced.
     hold_announced: std::sync::Mutex<std::collections::HashSet<ReplicaSetId>>,
+    /// Re-points of replicas on the wrong source, per instance.
+    repoints: std::sync::Mutex<HashMap<InstanceId, crate::backoff::Retries>>,
 }
 
 impl Watch {
@@ -527,6 +529,40 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: Instant) {
                     return;
                 }
             }
+            // A replica on the wrong source (left behind by a failover, re-pointed or
+            // delayed by hand) is brought back to the intent, one at a time, with a
+            // growing hold between tries of the same one.
+            for m in &set.members {
+                let s = seen(c, &m.instance, started);
+                let Some(r) = s
+                    .report
+                    .as_ref()
+                    .filter(|_| s.age < f.detect_after)
+                    .filter(|_| c.failover_watch.after_last_workflow(&set.id, s.age))
+                else {
+                    continue;
+                };
+                if !crate::drift::repointable(m, r, c.intended_delay_s(&m.instance)) {
+                    continue;
+                }
+                let now = Instant::now();
+                let mut repoints = c.failover_watch.repoints.lock().expect("poisoned");
+                let tries = repoints.entry(m.instance.clone()).or_default();
+                if !tries.hold(now).is_zero() {
+                    continue;
+                }
+                tries.record(now);
+                drop(repoints);
+                start(
+                    c,
+                    Spec::Repoint {
+                        set: set.id.clone(),
+                        instance: m.instance.clone(),
+                    },
+                    "a replica is not where the intent puts it",
+                );
+                return;
+            }
             // A healthy master that is read-only outside any workflow: its lease fenced
             // it, or its engine restarted read-only. Writes are given back at the
             // current epoch.
@@ -635,7 +671,7 @@ fn restore_writes(c: &Arc<Conductor>, set: &ReplicaSet, fenced: bool) {
         }
         return;
     }
-    record.restored(now);
+    record.record(now);
     drop(restores);
     w.hold_announced.lock().expect("poisoned").remove(&set.id);
     start(
@@ -753,6 +789,7 @@ mod tests {
                 last_apply_error: None,
                 received: None,
                 diverged: None,
+                delay_s: 0,
             }),
             health,
             lease_ms: Some(1500),

@@ -9,12 +9,13 @@
 
 pub mod api;
 pub mod backups;
+pub mod backoff;
 pub mod config;
+pub mod drift;
 pub mod events;
 pub mod failover;
 pub mod fence;
 pub mod registry;
-pub mod restore_backoff;
 pub mod store;
 pub mod workflow;
 
@@ -56,6 +57,20 @@ pub struct Conductor {
 }
 
 impl Conductor {
+    /// The delay `instance` is meant to replicate with: its metadata
+    /// `replication_delay_s` in whole seconds, 0 when unset (or not a number, which the
+    /// metadata API refuses to store).
+    pub fn intended_delay_s(&self, instance: &tandem_proto::InstanceId) -> u64 {
+        self.store
+            .metadata(instance)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|(k, _)| k == "replication_delay_s")
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+            .filter(|d| d.is_finite() && *d > 0.0)
+            .map_or(0, |d| d as u64)
+    }
+
     /// Raises a drift event for `instance` while its engine differs from the intent (a
     /// workflow in progress on its set is expected drift, so none is raised then), and a
     /// `drift_closed` event once they agree again.
@@ -74,7 +89,11 @@ impl Conductor {
         let Some(member) = set.members.iter().find(|m| &m.instance == instance) else {
             return;
         };
-        let differences = api::drift(member, self.registry.report(instance).as_ref());
+        let differences = drift::drift(
+            member,
+            self.registry.report(instance).as_ref(),
+            self.intended_delay_s(instance),
+        );
         let mut open = self.open_drift.lock().expect("poisoned");
         let now = tandem_proto::Timestamp::now();
         if !differences.is_empty() && !busy {

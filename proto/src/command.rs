@@ -117,6 +117,10 @@ pub enum Command {
         /// Acknowledge what it receives to a semi-synchronous master.
         #[serde(default)]
         semi_sync: bool,
+        /// Apply each transaction this many seconds after the source wrote it (a
+        /// delayed replica); 0 for none.
+        #[serde(default)]
+        delay_s: u64,
     },
     /// Stop replicating and forget the source; the server becomes standalone.
     Detach,
@@ -261,6 +265,7 @@ mod tests {
             },
             position: None,
             semi_sync: false,
+            delay_s: 0,
         };
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");

@@ -93,6 +93,10 @@ pub struct ReplicationState {
     /// asks for. Waiting never fixes this; the replica must be re-seeded.
     #[serde(default)]
     pub diverged: Option<String>,
+    /// The delay the replica applies transactions with (MariaDB `MASTER_DELAY`), in
+    /// seconds; 0 for none.
+    #[serde(default)]
+    pub delay_s: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -64,6 +64,7 @@ fn command() -> impl Strategy<Value = Command> {
                 source,
                 credentials,
                 semi_sync: position.is_some(),
+                delay_s: 0,
                 position,
             }
         ),
@@ -185,6 +186,7 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                     last_apply_error: Some("Duplicate entry".into()),
                     received: position,
                     diverged: None,
+                    delay_s: 0,
                 }),
                 health: Health::Degraded,
                 last_error: None,

@@ -291,6 +291,7 @@ impl Engine for MariaDb {
                         last_apply_error: nonempty(col(row, "Last_SQL_Error")),
                         received,
                         diverged,
+                        delay_s: col(row, "SQL_Delay").unwrap_or(0),
                     }),
                     col::<u64>(row, "Seconds_Behind_Master"),
                 )
@@ -614,6 +615,7 @@ impl Engine for MariaDb {
         source: &SourceEndpoint,
         credentials: &ReplicationCredentials,
         position: Option<&Position>,
+        delay: Duration,
     ) -> Result<(), EngineError> {
         if &source.instance == me {
             return Err(EngineError::BadRequest(format!(
@@ -666,11 +668,12 @@ impl Engine for MariaDb {
             &format!(
                 "CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = {}, MASTER_USER = '{}', \
                  MASTER_PASSWORD = '{}', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, \
-                 MASTER_HEARTBEAT_PERIOD = 0.25",
+                 MASTER_HEARTBEAT_PERIOD = 0.25, MASTER_DELAY = {}",
                 source.host,
                 source.port,
                 credentials.user,
-                credentials.password.expose()
+                credentials.password.expose(),
+                delay.as_secs()
             ),
         )
         .await?;

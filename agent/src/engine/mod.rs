@@ -167,6 +167,7 @@ pub trait Engine: Send + Sync + 'static {
         source: &SourceEndpoint,
         credentials: &ReplicationCredentials,
         position: Option<&Position>,
+        delay: Duration,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
 
     /// Stops replicating and forgets the source. Leaves writability alone.

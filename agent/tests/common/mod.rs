@@ -180,6 +180,7 @@ impl Harness {
                 credentials: credentials.clone(),
                 position: None,
                 semi_sync: false,
+                delay_s: 0,
             },
         )
         .await;

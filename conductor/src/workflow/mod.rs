@@ -16,6 +16,7 @@ mod detach;
 mod failover;
 pub mod provision;
 mod quarantine;
+mod repoint;
 mod rejoin;
 mod semi_sync;
 mod switchover;
@@ -87,6 +88,12 @@ pub enum Spec {
     RestoreWrites { set: ReplicaSetId },
     /// Semi-synchronous replication switched on or off for a running set.
     SemiSync { set: ReplicaSetId, on: bool },
+    /// A replica on the wrong source, or with the wrong delay, replicates from the
+    /// master as intended again (or is quarantined when it holds what the master lacks).
+    Repoint {
+        set: ReplicaSetId,
+        instance: InstanceId,
+    },
     /// A replica whose history split from the master's is taken out of replication
     /// and kept out of every promotion until it is re-seeded.
     Quarantine {
@@ -109,6 +116,7 @@ impl Spec {
             Spec::RestoreWrites { .. } => "restore_writes",
             Spec::SemiSync { .. } => "semi_sync",
             Spec::Quarantine { .. } => "quarantine",
+            Spec::Repoint { .. } => "repoint",
         }
     }
     pub fn set(&self) -> &ReplicaSetId {
@@ -122,7 +130,8 @@ impl Spec {
             | Spec::Rejoin { set, .. }
             | Spec::RestoreWrites { set }
             | Spec::SemiSync { set, .. }
-            | Spec::Quarantine { set, .. } => set,
+            | Spec::Quarantine { set, .. }
+            | Spec::Repoint { set, .. } => set,
         }
     }
 }
@@ -605,6 +614,7 @@ impl<'a> Ctx<'a> {
                 credentials,
                 position,
                 semi_sync: self.semi_sync()?.is_some(),
+                delay_s: self.c.intended_delay_s(replica),
             },
         )
         .await
@@ -772,6 +782,7 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
         Spec::Rejoin { instance, .. } => rejoin::run(&mut ctx, instance).await,
         Spec::RestoreWrites { .. } => rejoin::restore_writes(&mut ctx).await,
         Spec::SemiSync { on, .. } => semi_sync::run(&mut ctx, *on).await,
+        Spec::Repoint { instance, .. } => repoint::run(&mut ctx, instance).await,
         Spec::Quarantine {
             instance, reason, ..
         } => quarantine::run(&mut ctx, instance, reason)

@@ -1,11 +1,12 @@
-//! How often writes may be given back to a master that fenced itself.
+//! How often the detector may repeat a repair.
 //!
 //! A master whose lease runs out goes read-only; when it is healthy again and nothing
 //! failed over, the detector gives it writes back. On a host that keeps missing its
 //! lease (starved of CPU, a flapping link) that would be a storm of write outages, one
-//! per cycle. So each restore that follows the previous one within [`STREAK_WINDOW`]
-//! must wait twice as long as the one before (1 s, 2 s, 4 s … up to [`MAX_HOLD`]), and
-//! the wait is announced as an event.
+//! per cycle. A replica on the wrong source is re-pointed; one that cannot be would be
+//! re-pointed again at every look. So each repair that follows the previous one within
+//! [`STREAK_WINDOW`] must wait twice as long as the one before (1 s, 2 s, 4 s … up to
+//! [`MAX_HOLD`]), and the wait is announced as an event.
 
 use std::time::{Duration, Instant};
 
@@ -14,16 +15,16 @@ pub const STREAK_WINDOW: Duration = Duration::from_secs(60);
 /// The longest hold between two restores.
 pub const MAX_HOLD: Duration = Duration::from_secs(60);
 
-/// The restores of one set so far.
+/// The repairs of one thing (a set's master's writes, one replica's source) so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Restores {
+pub struct Retries {
     pub last: Option<Instant>,
     /// Restores in a row, each within the window of the one before.
     pub in_a_row: u32,
 }
 
-impl Restores {
-    /// How long a restore must still wait at `now`; zero when it may go now.
+impl Retries {
+    /// How long a repair must still wait at `now`; zero when it may go now.
     pub fn hold(&self, now: Instant) -> Duration {
         let Some(last) = self.last else {
             return Duration::ZERO;
@@ -36,8 +37,8 @@ impl Restores {
         wanted.saturating_sub(since)
     }
 
-    /// Records a restore at `now`.
-    pub fn restored(&mut self, now: Instant) {
+    /// Records a repair at `now`.
+    pub fn record(&mut self, now: Instant) {
         self.in_a_row = match self.last {
             Some(last) if now.saturating_duration_since(last) < STREAK_WINDOW => {
                 self.in_a_row.saturating_add(1)
@@ -55,9 +56,9 @@ mod tests {
     #[test]
     fn restores_in_a_row_wait_twice_as_long_each_time_and_a_quiet_minute_resets() {
         let t0 = Instant::now();
-        let mut r = Restores::default();
+        let mut r = Retries::default();
         assert_eq!(r.hold(t0), Duration::ZERO, "the first restore goes at once");
-        r.restored(t0);
+        r.record(t0);
         // (time since the last restore, expected hold) after each further restore.
         let mut at = t0;
         for (n, wait) in [1u64, 2, 4, 8, 16, 32, 60, 60].into_iter().enumerate() {
@@ -69,13 +70,13 @@ mod tests {
             );
             assert_eq!(r.hold(at + Duration::from_secs(wait)), Duration::ZERO);
             at += Duration::from_secs(wait);
-            r.restored(at);
+            r.record(at);
         }
         assert_eq!(r.in_a_row, 9);
         // A minute without a restore: the next one goes at once and counts from one.
         let later = at + STREAK_WINDOW;
         assert_eq!(r.hold(later), Duration::ZERO);
-        r.restored(later);
+        r.record(later);
         assert_eq!(r.in_a_row, 1);
         assert_eq!(r.hold(later), Duration::from_secs(1));
     }
