@@ -8,8 +8,8 @@
 //! epoch they have seen and report what their engines say.
 
 pub mod api;
-pub mod backups;
 pub mod backoff;
+pub mod backups;
 pub mod config;
 pub mod drift;
 pub mod events;

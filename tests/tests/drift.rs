@@ -16,7 +16,11 @@ fn source_and_delay(c: &Cluster, name: &str) -> Option<(u16, u64)> {
     let status = c.db(name).sql("SHOW SLAVE STATUS").ok()?;
     let columns: Vec<&str> = status.split('\t').collect();
     let port = columns.get(3)?.trim().parse().ok()?;
-    let delay = columns.get(columns.len().checked_sub(6)?)?.trim().parse().ok()?;
+    let delay = columns
+        .get(columns.len().checked_sub(6)?)?
+        .trim()
+        .parse()
+        .ok()?;
     Some((port, delay))
 }
 
@@ -43,9 +47,11 @@ fn a_replica_on_the_wrong_source_or_delay_is_brought_back_to_the_intent() {
     c.db("db-2")
         .sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 600; START SLAVE")
         .unwrap();
-    eventually(Duration::from_secs(20), "db-2's hand-set delay removed", || {
-        (source_and_delay(&c, "db-2")? == (port("db-1"), 0)).then_some(())
-    });
+    eventually(
+        Duration::from_secs(20),
+        "db-2's hand-set delay removed",
+        || (source_and_delay(&c, "db-2")? == (port("db-1"), 0)).then_some(()),
+    );
 
     // The intent names a delay: the engine gets it.
     c.cli_ok(&["metadata", "set", "db-3", "replication_delay_s", "5"]);
@@ -80,15 +86,20 @@ fn a_replica_a_failover_could_not_reach_is_re_pointed_when_it_is_back() {
     assert_eq!(failover[0]["state"], "done", "{failover:?}");
 
     c.node_mut("db-3").agent.resume().unwrap();
-    let role = eventually(Duration::from_secs(30), "db-3 re-pointed or quarantined", || {
-        let view = c.set("s1");
-        let m = member(&view, "db-3");
-        let on_master = source_and_delay(&c, "db-3").is_some_and(|(p, _)| p == c.db(&master).port());
-        if on_master && m["drift"].as_array().is_some_and(|d| d.is_empty()) {
-            return Some("replica".to_string());
-        }
-        (m["intended"]["role"] == "quarantined").then(|| "quarantined".to_string())
-    });
+    let role = eventually(
+        Duration::from_secs(30),
+        "db-3 re-pointed or quarantined",
+        || {
+            let view = c.set("s1");
+            let m = member(&view, "db-3");
+            let on_master =
+                source_and_delay(&c, "db-3").is_some_and(|(p, _)| p == c.db(&master).port());
+            if on_master && m["drift"].as_array().is_some_and(|d| d.is_empty()) {
+                return Some("replica".to_string());
+            }
+            (m["intended"]["role"] == "quarantined").then(|| "quarantined".to_string())
+        },
+    );
     eprintln!(
         "db-3 {} {} ms after the crash",
         role,

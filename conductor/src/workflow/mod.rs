@@ -16,8 +16,8 @@ mod detach;
 mod failover;
 pub mod provision;
 mod quarantine;
-mod repoint;
 mod rejoin;
+mod repoint;
 mod semi_sync;
 mod switchover;
 

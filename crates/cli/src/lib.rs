@@ -678,6 +678,37 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
 }
 
 /// A journaled step's result in a word or a line: in flight, ok, or the error.
+/// What an operator must act on about one instance (its status report, or its member
+/// view in a set), one line each: diverged, fencing hazards, settings awaiting a restart.
+fn needs_attention(v: &Value, diverged: Option<&str>) -> Vec<String> {
+    let strings = |key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut lines = Vec::new();
+    if let Some(why) = diverged {
+        lines.push(format!("DIVERGED: {why}"));
+    }
+    let hazards = strings("fencing_hazards");
+    if !hazards.is_empty() {
+        lines.push(format!(
+            "FENCING HAZARD: {} can write while the server is read-only",
+            hazards.join(", ")
+        ));
+    }
+    let restart = strings("restart_needed");
+    if !restart.is_empty() {
+        lines.push(format!("RESTART NEEDED: {}", restart.join("; ")));
+    }
+    lines
+}
+
 /// A journaled finding as indented `key: value` lines; lists one item a line.
 fn note_lines(note: &Value) -> String {
     let flat = |v: &Value| match v {
@@ -1017,29 +1048,8 @@ pub fn topology(sets: &[Value]) -> String {
             if m["fenced"] == true {
                 held.push_str(" FENCED");
             }
-            if let Some(why) = m["diverged"].as_str() {
-                held.push_str(&format!(" DIVERGED ({why})"));
-            }
-            let strings = |key: &str| -> Vec<String> {
-                m[key]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            let hazards = strings("fencing_hazards");
-            if !hazards.is_empty() {
-                held.push_str(&format!(
-                    " HAZARD: {} can write while read-only",
-                    hazards.join(", ")
-                ));
-            }
-            let restart = strings("restart_needed");
-            if !restart.is_empty() {
-                held.push_str(&format!(" RESTART NEEDED: {}", restart.join("; ")));
+            for line in needs_attention(m, m["diverged"].as_str()) {
+                held.push_str(&format!(" {line}"));
             }
             format!(
                 "{} [{} {} {}]{}{} {}{}",
@@ -1135,29 +1145,8 @@ pub fn status_table(instances: &[Value]) -> String {
     for i in instances {
         let s = &i["status"];
         let id = i["id"].as_str().unwrap_or("?");
-        let list = |key: &str| -> Vec<String> {
-            s[key]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        if let Some(why) = s["replication"]["diverged"].as_str() {
-            text.push_str(&format!("{id}: DIVERGED: {why}\n"));
-        }
-        let hazards = list("fencing_hazards");
-        if !hazards.is_empty() {
-            text.push_str(&format!(
-                "{id}: FENCING HAZARD: {} can write while the server is read-only\n",
-                hazards.join(", ")
-            ));
-        }
-        let restart = list("restart_needed");
-        if !restart.is_empty() {
-            text.push_str(&format!("{id}: RESTART NEEDED: {}\n", restart.join("; ")));
+        for line in needs_attention(s, s["replication"]["diverged"].as_str()) {
+            text.push_str(&format!("{id}: {line}\n"));
         }
     }
     text

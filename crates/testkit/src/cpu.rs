@@ -59,40 +59,6 @@ impl CpuJail {
         Ok(jail)
     }
 
-    /// A new jail whose processes together get `percent` of one CPU (a CPU quota: when
-    /// it is spent, everything in the jail waits for the next period, whatever its
-    /// priority, as a VM whose vCPU the hypervisor takes away).
-    pub fn limited(percent: u32) -> Result<CpuJail> {
-        let v1 = Path::new("/sys/fs/cgroup/cpu");
-        let (parent, v2) = if v1.join("cpu.cfs_quota_us").exists() {
-            (v1.to_path_buf(), false)
-        } else {
-            (PathBuf::from("/sys/fs/cgroup"), true)
-        };
-        let dir = parent.join(format!(
-            "tandem-cpu-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        std::fs::create_dir(&dir)
-            .with_context(|| format!("create the cgroup {} (needs root)", dir.display()))?;
-        let jail = CpuJail {
-            dir,
-            parent,
-            busy: Vec::new(),
-        };
-        let period = 100_000u64;
-        let quota = period * u64::from(percent) / 100;
-        if v2 {
-            std::fs::write(jail.dir.join("cpu.max"), format!("{quota} {period}"))
-        } else {
-            std::fs::write(jail.dir.join("cpu.cfs_period_us"), period.to_string())
-                .and_then(|()| std::fs::write(jail.dir.join("cpu.cfs_quota_us"), quota.to_string()))
-        }
-        .with_context(|| format!("set the CPU quota of {}", jail.dir.display()))?;
-        Ok(jail)
-    }
-
     /// Moves a process (all its threads) into the jail.
     pub fn add(&self, pid: u32) -> Result<()> {
         std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
