@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub(crate) struct Lease {
     inner: Mutex<State>,
+    /// Wakes the lease watcher when a lease starts: renewals only ever move the
+    /// deadline later, so a watcher asleep until the old one is never late.
+    started: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -42,6 +45,14 @@ impl Lease {
         let mut s = self.inner.lock().expect("poisoned");
         s.fenced = false;
         s.valid_until = master.then(|| Instant::now() + lease);
+        if master {
+            self.started.notify_one();
+        }
+    }
+
+    /// Waits until a lease is granted (returns at once if one was since the last call).
+    pub async fn started(&self) {
+        self.started.notified().await
     }
 
     /// When the lease runs out, while it is held and not yet fenced.

@@ -264,11 +264,18 @@ impl<E: Engine> Agent<E> {
     ) {
         let every = self.settings.lease / 3;
         loop {
+            let master = self.state.lock().expect("poisoned").master;
+            // Not a master: nothing to keep alive; the status loop reports on its own.
+            let nap = if master {
+                every / 2
+            } else {
+                self.settings.status_interval
+            };
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(every / 2) => {}
+                _ = tokio::time::sleep(nap) => {}
             }
-            if !self.state.lock().expect("poisoned").master {
+            if !master {
                 continue;
             }
             let repeated = {
@@ -293,20 +300,22 @@ impl<E: Engine> Agent<E> {
     pub(crate) async fn watch_lease(self: Arc<Self>, stop: CancellationToken) {
         loop {
             let now = Instant::now();
-            let wait = if self.lease.must_fence(now) {
-                self.fence().await;
-                self.settings.probe_interval
-            } else {
-                // A renewal moves the deadline; look again at least every probe.
-                self.lease
-                    .deadline()
-                    .map_or(self.settings.probe_interval, |d| {
-                        (d - now).min(self.settings.probe_interval)
-                    })
+            let wake = async {
+                match self.lease.deadline() {
+                    // No lease held (not a master, or fenced already): until one is.
+                    None => self.lease.started().await,
+                    Some(_) if self.lease.must_fence(now) => {
+                        self.fence().await;
+                        // Tried again a probe later if the engine could not be fenced.
+                        tokio::time::sleep(self.settings.probe_interval).await
+                    }
+                    // A renewal only moves the deadline later: look again then.
+                    Some(deadline) => tokio::time::sleep(deadline - now).await,
+                }
             };
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+                _ = wake => {}
             }
         }
     }

@@ -115,7 +115,7 @@ pub async fn run(
     let host = if confirmed {
         HostFence::NotNeeded
     } else {
-        fence_host(ctx, failed, epoch).await?
+        fence_host(ctx.c, &ctx.wf.set_id, failed).await
     };
     if let HostFence::Fenced(said) | HostFence::Failed(said) = &host {
         fenced.push_str(&format!("; fence command: {said}"));
@@ -310,8 +310,6 @@ pub async fn run(
 }
 
 /// What the infrastructure fence did to a master that did not answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "host", content = "said", rename_all = "snake_case")]
 enum HostFence {
     /// It answered read-only, its agent is heard (its engine is down), or no fence
     /// command is configured.
@@ -321,50 +319,47 @@ enum HostFence {
     Failed(String),
 }
 
-/// Runs the configured fence command against a master whose agent is silent, once
-/// (journaled).
+/// Runs the configured fence command against a master whose agent is silent. Not a
+/// journaled step of its own (a fence is idempotent: a resumed workflow fences again);
+/// what it did is journaled with the candidate decision.
 async fn fence_host(
-    ctx: &mut Ctx<'_>,
+    c: &crate::Conductor,
+    set: &tandem_proto::ReplicaSetId,
     failed: &InstanceId,
-    epoch: tandem_proto::Epoch,
-) -> Result<HostFence, StepError> {
-    let set = ctx.set()?.id;
-    ctx.decide_async("fence the old master's host", failed, epoch, |c| async move {
-        let Some(fence) = &c.settings.failover.fence else {
-            return Ok(HostFence::NotNeeded);
-        };
-        // An agent that is heard (saying its engine is down) fences its own engine:
-        // the engine restarts read-only and the agent obeys the new epoch.
-        let heard = c
-            .registry
-            .report_with_age(failed)
-            .is_some_and(|(_, age)| age < c.settings.failover.detect_after);
-        if heard {
-            return Ok(HostFence::NotNeeded);
+) -> HostFence {
+    let Some(fence) = &c.settings.failover.fence else {
+        return HostFence::NotNeeded;
+    };
+    // An agent that is heard (saying its engine is down) fences its own engine: the
+    // engine restarts read-only and the agent obeys the new epoch.
+    let heard = c
+        .registry
+        .report_with_age(failed)
+        .is_some_and(|(_, age)| age < c.settings.failover.detect_after);
+    if heard {
+        return HostFence::NotNeeded;
+    }
+    let engine = c
+        .store
+        .instance(failed)
+        .ok()
+        .flatten()
+        .and_then(|r| Some((r.host?, r.port?)));
+    let target = crate::fence::Target {
+        instance: failed,
+        set,
+        engine,
+    };
+    match fence.run(&target).await {
+        Ok(said) => {
+            tracing::warn!(instance = %failed, said, "fence command fenced the old master's host");
+            HostFence::Fenced(if said.is_empty() { "done".into() } else { said })
         }
-        let engine = c
-            .store
-            .instance(failed)
-            .ok()
-            .flatten()
-            .and_then(|r| Some((r.host?, r.port?)));
-        let target = crate::fence::Target {
-            instance: failed,
-            set: &set,
-            engine,
-        };
-        Ok(match fence.run(&target).await {
-            Ok(said) => {
-                tracing::warn!(instance = %failed, said, "fence command fenced the old master's host");
-                HostFence::Fenced(if said.is_empty() { "done".into() } else { said })
-            }
-            Err(why) => {
-                tracing::error!(instance = %failed, why, "fence command failed: waiting for the lease instead");
-                HostFence::Failed(why)
-            }
-        })
-    })
-    .await
+        Err(why) => {
+            tracing::error!(instance = %failed, why, "fence command failed: waiting for the lease instead");
+            HostFence::Failed(why)
+        }
+    }
 }
 
 /// Waits until the old master cannot write any more: its lease (recorded when the

@@ -354,28 +354,6 @@ impl<'a> Ctx<'a> {
         Ok(value)
     }
 
-    /// As [`Ctx::decide`], for a decision that waits on something outside the store (an
-    /// operator's fence command): made once, journaled, read back on resume.
-    pub async fn decide_async<T, F>(
-        &mut self,
-        step: &str,
-        about: &InstanceId,
-        epoch: Epoch,
-        decide: impl FnOnce(&'a Conductor) -> F,
-    ) -> Result<T, StepError>
-    where
-        T: Serialize + serde::de::DeserializeOwned,
-        F: std::future::Future<Output = Result<T, StepError>>,
-    {
-        if let Some(recorded) = self.recorded()? {
-            return Ok(recorded);
-        }
-        let value = decide(self.c).await?;
-        let recorded = serde_json::to_value(&value).map_err(StoreError::from)?;
-        self.note(step, about, epoch, recorded)?;
-        Ok(value)
-    }
-
     /// The result journaled at the next step, if any (and the step is then passed).
     fn recorded<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, StepError> {
         let Some(JournalEntry {
