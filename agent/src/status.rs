@@ -161,7 +161,7 @@ impl<E: Engine> Agent<E> {
         let mut last_report = Instant::now() - self.settings.status_interval * 2;
         let mut last: Option<Significant> = None;
         let mut engine_up: Option<bool> = None;
-        let mut last_receiving: Option<Option<(Option<bool>, Option<bool>)>> = None;
+        let mut last_threads: Option<Option<(Option<bool>, Option<bool>)>> = None;
         let watchdog = crate::notify::watchdog_interval();
         let mut last_watchdog = Instant::now();
         loop {
@@ -176,9 +176,9 @@ impl<E: Engine> Agent<E> {
             }
             let pulse = self.engine.probe().await.ok();
             let up = pulse.is_some();
-            let receiving = pulse.map(|p| (p.receiving, p.applying));
+            let threads = pulse.map(|p| (p.receiving, p.applying));
             let liveness_changed = engine_up.is_some_and(|was| was != up)
-                || (up && last_receiving.is_some_and(|was| was != receiving));
+                || (up && last_threads.is_some_and(|was| was != threads));
             if up && engine_up == Some(false) {
                 // The engine restarted: its live settings (replica timeouts among them)
                 // are back to its defaults if the managed include was not read.
@@ -200,7 +200,7 @@ impl<E: Engine> Agent<E> {
             }
             engine_up = Some(up);
             if up {
-                last_receiving = Some(receiving);
+                last_threads = Some(threads);
             }
             let master = self.state.lock().expect("poisoned").master;
             // A master reports (and so renews its lease) every third of the lease.
@@ -262,12 +262,18 @@ impl<E: Engine> Agent<E> {
         transport: Transport,
         stop: CancellationToken,
     ) {
-        let every = self.settings.lease / 3;
+        // The status loop reports a master every third of its lease, looked at each probe
+        // interval (so every 400 ms by default): only a loop later than that, and a
+        // little more, is held up; then a repeat goes out, before the lease runs out (at
+        // least three probe intervals, so this is at most two thirds of it plus 50 ms).
+        let late = self.settings.lease / 3
+            + self.settings.probe_interval
+            + std::time::Duration::from_millis(50);
         loop {
             let master = self.state.lock().expect("poisoned").master;
             // Not a master: nothing to keep alive; the status loop reports on its own.
             let nap = if master {
-                every / 2
+                self.settings.lease / 6
             } else {
                 self.settings.status_interval
             };
@@ -281,7 +287,7 @@ impl<E: Engine> Agent<E> {
             let repeated = {
                 let mut last = self.last_master_report.lock().expect("poisoned");
                 match last.as_mut() {
-                    Some((at, report)) if at.elapsed() >= every => {
+                    Some((at, report)) if at.elapsed() >= late => {
                         let repeated = self.repeated(report, at.elapsed());
                         *at = Instant::now();
                         repeated

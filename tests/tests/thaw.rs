@@ -68,9 +68,11 @@ fn a_frozen_master_is_fenced_by_the_operator_command_and_thaws_unreachable_trial
         std::thread::sleep(Duration::from_millis(300));
         // Unfenced as the README says: once the engine is read-only (its agent fenced
         // it at thaw, its lease long gone), asked over the socket the cut leaves alone.
-        eventually(Duration::from_secs(10), "the thawed engine read-only", || {
-            (c.db(&old).sql("SELECT @@read_only").ok()? == "1").then_some(())
-        });
+        eventually(
+            Duration::from_secs(10),
+            "the thawed engine read-only",
+            || (c.db(&old).sql("SELECT @@read_only").ok()? == "1").then_some(()),
+        );
         events.push((Instant::now(), format!("trial {trial} heal {old}")));
         c.node_mut(&old).host.as_ref().unwrap().heal().unwrap();
         let role = eventually(Duration::from_secs(60), "the old master back", || {
