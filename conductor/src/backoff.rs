@@ -4,13 +4,13 @@
 //! failed over, the detector gives it writes back. On a host that keeps missing its
 //! lease (starved of CPU, a flapping link) that would be a storm of write outages, one
 //! per cycle. A replica on the wrong source is re-pointed; one that cannot be would be
-//! re-pointed again at every look. So each repair that follows the previous one within
-//! [`STREAK_WINDOW`] must wait twice as long as the one before (1 s, 2 s, 4 s … up to
-//! [`MAX_HOLD`]), and the wait is announced as an event.
+//! re-pointed again at every look. So each repair that follows the previous one (within
+//! the hold that one owed plus [`STREAK_WINDOW`]) must wait twice as long as the one
+//! before (1 s, 2 s, 4 s … up to [`MAX_HOLD`]), and the wait is announced as an event.
 
 use std::time::{Duration, Instant};
 
-/// Restores further apart than this start the count again.
+/// Repairs further apart than this (beyond the hold owed) start the count again.
 pub const STREAK_WINDOW: Duration = Duration::from_secs(60);
 /// The longest hold between two restores.
 pub const MAX_HOLD: Duration = Duration::from_secs(60);
@@ -24,23 +24,29 @@ pub struct Retries {
 }
 
 impl Retries {
-    /// How long a repair must still wait at `now`; zero when it may go now.
-    pub fn hold(&self, now: Instant) -> Duration {
-        let Some(last) = self.last else {
-            return Duration::ZERO;
-        };
-        let since = now.saturating_duration_since(last);
-        if since >= STREAK_WINDOW || self.in_a_row == 0 {
-            return Duration::ZERO;
+    /// The hold the next repair owes after `in_a_row` repairs in a row.
+    fn owed(&self) -> Duration {
+        match self.in_a_row {
+            0 => Duration::ZERO,
+            n => Duration::from_secs(1u64 << (n - 1).min(6)).min(MAX_HOLD),
         }
-        let wanted = Duration::from_secs(1u64 << (self.in_a_row - 1).min(6)).min(MAX_HOLD);
-        wanted.saturating_sub(since)
     }
 
-    /// Records a repair at `now`.
+    /// How long a repair must still wait at `now`; zero when it may go now.
+    pub fn hold(&self, now: Instant) -> Duration {
+        match self.last {
+            None => Duration::ZERO,
+            Some(last) => self
+                .owed()
+                .saturating_sub(now.saturating_duration_since(last)),
+        }
+    }
+
+    /// Records a repair at `now`: one more in a row, unless the last one was more than
+    /// [`STREAK_WINDOW`] past the hold it owed (a quiet spell starts the count again).
     pub fn record(&mut self, now: Instant) {
         self.in_a_row = match self.last {
-            Some(last) if now.saturating_duration_since(last) < STREAK_WINDOW => {
+            Some(last) if now.saturating_duration_since(last) < self.owed() + STREAK_WINDOW => {
                 self.in_a_row.saturating_add(1)
             }
             _ => 1,
@@ -73,8 +79,9 @@ mod tests {
             r.record(at);
         }
         assert_eq!(r.in_a_row, 9);
-        // A minute without a restore: the next one goes at once and counts from one.
-        let later = at + STREAK_WINDOW;
+        // A quiet minute beyond the hold owed: the next one goes at once and counts
+        // from one.
+        let later = at + MAX_HOLD + STREAK_WINDOW;
         assert_eq!(r.hold(later), Duration::ZERO);
         r.record(later);
         assert_eq!(r.in_a_row, 1);
