@@ -60,3 +60,101 @@ pub fn repointable(m: &Member, report: &StatusReport, intended_delay_s: u64) -> 
         && (report.replicates_from != m.replicates_from
             || state.is_some_and(|s| s.delay_s != intended_delay_s))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_proto::{ReplicationState, Role};
+
+    fn replica_of(master: &str) -> Member {
+        Member {
+            instance: "db-3".parse().unwrap(),
+            role: IntendedRole::Replica,
+            replicates_from: Some(master.parse().unwrap()),
+            writable: false,
+        }
+    }
+
+    /// db-3's report: replicating from `from` (None: from an address no command named,
+    /// or not at all), with `delay_s`, maybe diverged.
+    fn report(from: Option<&str>, delay_s: u64, diverged: bool, health: Health) -> StatusReport {
+        StatusReport {
+            role: Role::Replica,
+            writable: Some(false),
+            replicates_from: from.map(|f| f.parse().unwrap()),
+            replication: Some(ReplicationState {
+                receiving: true,
+                applying: !diverged,
+                last_receive_error: None,
+                last_apply_error: None,
+                received: None,
+                diverged: diverged.then(|| "out-of-order transaction".into()),
+                delay_s,
+            }),
+            health,
+            ..crate::registry::sample_report("db-3")
+        }
+    }
+
+    #[test]
+    fn drift_names_each_difference_and_only_source_or_delay_is_repointed() {
+        let m = replica_of("db-1");
+        // (report, intended delay, differences expected, re-pointed?)
+        let cases: &[(StatusReport, u64, &[&str], bool)] = &[
+            (
+                report(Some("db-1"), 0, false, Health::Healthy),
+                0,
+                &[],
+                false,
+            ),
+            (
+                report(Some("db-2"), 0, false, Health::Healthy),
+                0,
+                &["replicates_from: wanted db-1, engine says db-2"],
+                true,
+            ),
+            (
+                report(None, 0, false, Health::Degraded),
+                0,
+                &["replicates_from: wanted db-1, engine says none"],
+                true,
+            ),
+            (
+                report(Some("db-1"), 600, false, Health::Healthy),
+                0,
+                &["replication delay: wanted 0 s, engine says 600 s"],
+                true,
+            ),
+            (
+                report(Some("db-1"), 0, false, Health::Healthy),
+                5,
+                &["replication delay: wanted 5 s, engine says 0 s"],
+                true,
+            ),
+            // Diverged: quarantined, never re-pointed.
+            (
+                report(Some("db-2"), 0, true, Health::Degraded),
+                0,
+                &["replicates_from: wanted db-1, engine says db-2"],
+                false,
+            ),
+            // Its engine is down: nothing to re-point now.
+            (
+                report(Some("db-2"), 0, false, Health::EngineDown),
+                0,
+                &["replicates_from: wanted db-1, engine says db-2"],
+                false,
+            ),
+        ];
+        for (r, delay, expected, repoint) in cases {
+            assert_eq!(drift(&m, Some(r), *delay), *expected, "{r:?}");
+            assert_eq!(repointable(&m, r, *delay), *repoint, "{r:?}");
+        }
+        // Only a replica is ever re-pointed.
+        let mut master = replica_of("db-1");
+        master.role = IntendedRole::Master;
+        master.replicates_from = None;
+        assert!(!repointable(&master, &cases[1].0, 0));
+        assert_eq!(drift(&m, None, 0), ["no status report yet"]);
+    }
+}
