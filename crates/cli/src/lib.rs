@@ -713,6 +713,7 @@ fn needs_attention(v: &Value, diverged: Option<&str>) -> Vec<String> {
 fn note_lines(note: &Value) -> String {
     let flat = |v: &Value| match v {
         Value::String(s) => s.clone(),
+        Value::Array(a) if a.is_empty() => "none".to_string(),
         Value::Array(a) if a.iter().all(|x| x.is_array()) => a
             .iter()
             .map(|pair| {
