@@ -322,6 +322,7 @@ async fn put_metadata(
     if key.is_empty() || key.len() > 255 {
         return Err(bad_request("a metadata key is 1 to 255 characters"));
     }
+    crate::metadata::validate(&key, &body.value).map_err(bad_request)?;
     c.store.set_metadata(&id, &key, &body.value)?;
     Ok(Json(json!({"key": key, "value": body.value})))
 }

@@ -15,6 +15,7 @@ pub mod drift;
 pub mod events;
 pub mod failover;
 pub mod fence;
+pub mod metadata;
 pub mod registry;
 pub mod store;
 pub mod workflow;
@@ -58,17 +59,14 @@ pub struct Conductor {
 
 impl Conductor {
     /// The delay `instance` is meant to replicate with: its metadata
-    /// `replication_delay_s` in whole seconds, 0 when unset (or not a number, which the
-    /// metadata API refuses to store).
+    /// `replication_delay_s` in whole seconds, 0 when unset (see [`metadata`]).
     pub fn intended_delay_s(&self, instance: &tandem_proto::InstanceId) -> u64 {
-        self.store
-            .metadata(instance)
-            .unwrap_or_default()
-            .into_iter()
+        let stored = self.store.metadata(instance).unwrap_or_default();
+        let value = stored
+            .iter()
             .find(|(k, _)| k == "replication_delay_s")
-            .and_then(|(_, v)| v.parse::<f64>().ok())
-            .filter(|d| d.is_finite() && *d > 0.0)
-            .map_or(0, |d| d as u64)
+            .map(|(_, v)| v.as_str());
+        metadata::delay_s(value)
     }
 
     /// Raises a drift event for `instance` while its engine differs from the intent (a

@@ -53,6 +53,12 @@ fn a_replica_on_the_wrong_source_or_delay_is_brought_back_to_the_intent() {
         || (source_and_delay(&c, "db-2")? == (port("db-1"), 0)).then_some(()),
     );
 
+    // A wrong value for a key the conductor acts on is refused and nothing is stored.
+    let (ok, _, err) = c.cli(&["metadata", "set", "db-3", "replication_delay_s", "soon"]);
+    assert!(!ok && err.contains("replication_delay_s"), "{err}");
+    let (ok, _, _) = c.cli(&["metadata", "get", "db-3", "replication_delay_s"]);
+    assert!(!ok, "a refused value was stored");
+
     // The intent names a delay: the engine gets it.
     c.cli_ok(&["metadata", "set", "db-3", "replication_delay_s", "5"]);
     eventually(Duration::from_secs(20), "db-3 delayed by 5 s", || {
