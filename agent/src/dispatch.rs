@@ -1,9 +1,9 @@
 //! The one dispatcher over the command enum.
 //!
 //! Order of checks for every command: deadline, protocol version, known command; then,
-//! for commands that change anything: the epoch fence, the record of earlier results
-//! (a repeat is answered from it, never re-run), execution, and the record written
-//! before the reply leaves.
+//! for commands that change anything: the record of earlier results (a repeat is
+//! answered from it, never re-run, whatever epoch it carries), the epoch fence,
+//! execution, and the record written before the reply leaves.
 
 use std::time::Duration;
 
@@ -107,6 +107,11 @@ impl<E: Engine> Agent<E> {
         let _one_at_a_time = self.exec_lock.lock().await;
         {
             let mut state = self.state.lock().expect("poisoned");
+            // A repeat is answered from the record whatever the epoch: nothing runs, and
+            // a long command followed by re-sends (a backup) outlives epoch changes.
+            if let Some(recorded) = state.result_of(&command.message_id) {
+                return recorded.clone();
+            }
             if command.epoch < state.highest_epoch {
                 return Reply::Err(CommandError::new(
                     ErrorKind::Fenced,
@@ -119,14 +124,27 @@ impl<E: Engine> Agent<E> {
                     ),
                 ));
             }
-            if let Some(recorded) = state.result_of(&command.message_id) {
-                return recorded.clone();
-            }
             if command.epoch > state.highest_epoch {
                 state.highest_epoch = command.epoch;
                 if let Err(e) = self.state_file.save(&state) {
                     return internal(e.context("persist the new epoch"));
                 }
+            }
+        }
+
+        // A replica that promised its master to stay (the failsafe) keeps its word
+        // before anything that could end in its promotion.
+        if command.body.withdraws_promise() {
+            let wait = self
+                .failsafe
+                .withdraw(std::time::Instant::now(), command.epoch);
+            if !wait.is_zero() {
+                tracing::info!(
+                    command = command.body.name(),
+                    wait_ms = wait.as_millis() as u64,
+                    "waiting out the failsafe promise given to the master"
+                );
+                tokio::time::sleep(wait).await;
             }
         }
 
@@ -173,6 +191,7 @@ impl<E: Engine> Agent<E> {
         if matches!(reply, Reply::Ok(_)) && command.body.grants_role() {
             let master = self.state.lock().expect("poisoned").master;
             self.lease.granted(master, self.settings.lease);
+            self.failsafe.role_changed(master);
         }
 
         // Retryable failures are not recorded: a re-send must try again.
@@ -289,6 +308,23 @@ impl<E: Engine> Agent<E> {
             Command::OfferSeed { token, ttl_ms } => self
                 .seed
                 .offer(token.expose(), Duration::from_millis(*ttl_ms))?,
+            Command::Failsafe(assignment) => {
+                let mut resolved = Vec::new();
+                if let tandem_proto::FailsafeAssignment::Master { peers } = assignment {
+                    for p in peers {
+                        resolved.push(match &p.endpoint {
+                            Some(e) => tokio::net::lookup_host((e.host.as_str(), e.port))
+                                .await
+                                .ok()
+                                .and_then(|mut a| a.next()),
+                            None => None,
+                        });
+                    }
+                }
+                self.failsafe
+                    .assign(assignment, self.highest_epoch(), resolved)
+                    .map_err(CommandError::bad_request)?;
+            }
             Command::StopEngine => self.engine.stop().await?,
             Command::StartEngine => self.engine.start().await?,
             Command::TakeBackup(_) | Command::Restore(_) | Command::SeedFrom(_) => {

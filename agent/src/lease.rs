@@ -1,9 +1,11 @@
 //! The master's lease: a master's agent keeps its engine writable only while it can
-//! prove it reaches the broker.
+//! prove it reaches the broker, or, without the broker, that no replica of its set can
+//! be promoted (the failsafe, see [`crate::failsafe`]).
 //!
 //! Every confirmed status report renews the lease, counted from the moment the report
 //! was *sent* (so the agent's deadline is never later than one the conductor computes
-//! from the report's arrival). When the lease runs out the agent sets its engine
+//! from the report's arrival); a failsafe round renews a lease still running, counted
+//! from the moment it asked. When the lease runs out the agent sets its engine
 //! read-only on its own and says `fenced` in its reports; a command that gives it a
 //! role again (at the current epoch, as every accepted command is) lifts the fence.
 //! The conductor never promotes a replica before the lease of a master it cannot reach
@@ -36,6 +38,20 @@ impl Lease {
         let until = since + lease;
         if s.valid_until.is_none_or(|v| v < until) {
             s.valid_until = Some(until);
+        }
+    }
+
+    /// As [`Lease::renew`], but only a lease still running at `since` (the failsafe's
+    /// renewal): one that ran out is never revived, since the conductor may already be
+    /// promoting on the strength of it. True when renewed.
+    pub fn renew_if_live(&self, since: Instant, lease: Duration) -> bool {
+        let mut s = self.inner.lock().expect("poisoned");
+        match s.valid_until {
+            Some(v) if v > since && !s.fenced => {
+                s.valid_until = Some(v.max(since + lease));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -99,6 +115,11 @@ mod tests {
             !lease.must_fence(Instant::now() + l + l / 2),
             "an older renewal never shortens the lease"
         );
+        assert!(
+            !lease.renew_if_live(Instant::now() + l * 5, l),
+            "a lease that ran out is never revived"
+        );
+        assert!(lease.renew_if_live(Instant::now(), l));
         lease.set_fenced();
         assert!(lease.fenced());
         assert!(!lease.must_fence(Instant::now() + l * 10), "fenced once");

@@ -13,6 +13,7 @@ mod backup_store;
 pub mod config;
 mod dispatch;
 pub mod engine;
+mod failsafe;
 mod host;
 mod lease;
 mod notify;
@@ -58,6 +59,8 @@ pub struct Agent<E: Engine> {
     seed: seed::SeedOffers,
     /// The master's lease on writability (see [`lease`]).
     lease: lease::Lease,
+    /// Promises that carry a master through a broker outage (see [`failsafe`]).
+    failsafe: failsafe::Failsafe,
     /// A master's last published report (not "engine down") and when it went out.
     last_master_report: std::sync::Mutex<Option<(std::time::Instant, tandem_proto::StatusReport)>>,
 }
@@ -151,6 +154,16 @@ async fn run_with<E: Engine>(
         _ = shutdown.cancelled() => return Ok(()),
     };
 
+    // The failsafe answers on the seeding listener's address, over UDP.
+    let failsafe_socket = match tokio::net::UdpSocket::bind(seed_listener.local_addr()?).await {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no failsafe socket: as a master this server fences \
+                after one lease without the broker; as a replica it promises nothing");
+            None
+        }
+    };
+    let settings_lease = settings.lease;
     let agent = Arc::new(Agent {
         settings,
         engine,
@@ -164,6 +177,7 @@ async fn run_with<E: Engine>(
         restart_needed: std::sync::Mutex::new(restart_needed),
         seed: seed::SeedOffers::new(seed_endpoint),
         lease: lease::Lease::default(),
+        failsafe: failsafe::Failsafe::new(id.clone(), settings_lease),
         last_master_report: std::sync::Mutex::new(None),
     });
     // A master restarted into a partition fences itself after one lease, as if the
@@ -185,6 +199,14 @@ async fn run_with<E: Engine>(
 
     let seed_stop = CancellationToken::new();
     tokio::spawn(agent.clone().serve_seeds(seed_listener, seed_stop.clone()));
+    if let Some(socket) = failsafe_socket {
+        tokio::spawn(
+            agent
+                .clone()
+                .serve_failsafe(socket.clone(), lease_stop.clone()),
+        );
+        tokio::spawn(agent.clone().hold_by_failsafe(socket, lease_stop.clone()));
+    }
 
     transport.declare_agent_queue(&id).await?;
     let status_stop = CancellationToken::new();

@@ -120,6 +120,7 @@ impl<E: Engine> Agent<E> {
             semi_sync: None,
             fencing_hazards: Vec::new(),
             restart_needed: self.restart_needed.lock().expect("poisoned").clone(),
+            failsafe: self.failsafe.state(),
         };
         match observed {
             Err(e) => report.last_error = Some(e.to_string()),
@@ -199,6 +200,11 @@ impl<E: Engine> Agent<E> {
                 }
             }
             engine_up = Some(up);
+            // A replica stands by its master (the failsafe) only while it receives.
+            let receiving = threads.and_then(|t| t.0) == Some(true);
+            let source = self.state.lock().expect("poisoned").source.clone();
+            self.failsafe
+                .observe(source.filter(|_| receiving).map(|s| s.instance));
             if up {
                 last_threads = Some(threads);
             }

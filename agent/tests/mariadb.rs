@@ -44,11 +44,18 @@ async fn attach_replicates_and_the_contract_is_reported_then_detach_makes_it_sta
         (Role::Replica, Some(false), Some(id("db-1")), vec![])
     );
     assert_eq!(r.health, Health::Healthy, "{:?}", r.last_error);
-    let expected_pos = master.sql("SELECT @@gtid_current_pos").unwrap();
-    assert_eq!(
-        m.position.clone().unwrap(),
-        tandem_proto::Position::Gtid(expected_pos.parse().unwrap())
-    );
+    // The report's position is the engine's (read again until no heartbeat lands
+    // between the two reads).
+    eventually(
+        Duration::from_secs(5),
+        "the master's reported position",
+        async || {
+            let reported = h.status("db-1").await.position?;
+            let engine = master.sql("SELECT @@gtid_current_pos").ok()?;
+            (reported == tandem_proto::Position::Gtid(engine.parse().ok()?)).then_some(())
+        },
+    )
+    .await;
     let rep = r.replication.unwrap();
     assert!(rep.receiving && rep.applying);
     assert_eq!(
@@ -220,6 +227,13 @@ async fn stale_epochs_are_fenced_and_repeats_are_answered_from_the_record() {
         )
         .await;
     assert_ne!(other, first, "a new message id is a new command");
+
+    // A newer epoch since: a repeat is still answered from the record (nothing runs),
+    // while a new command at the old epoch is fenced.
+    h.ok("db-1", 6, Command::SetWritable).await;
+    assert_eq!(h.send(&create).await.unwrap(), first);
+    let err = h.cmd("db-1", 5, Command::SetReadOnly).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Fenced);
 }
 
 #[tokio::test]

@@ -374,6 +374,10 @@ struct MemberView {
     fencing_hazards: Vec<String>,
     /// Managed settings waiting for an engine restart.
     restart_needed: Vec<String>,
+    /// Its part in the set's failsafe: a master's list, or the master a replica
+    /// answers (see `tandem_proto::failsafe`).
+    #[schema(value_type = Option<Object>)]
+    failsafe: Option<tandem_proto::FailsafeState>,
     /// Empty when the engine does what the conductor wants.
     drift: Vec<String>,
 }
@@ -436,6 +440,7 @@ fn set_view(c: &Conductor, set: crate::store::ReplicaSet) -> SetView {
                     .as_ref()
                     .map(|r| r.restart_needed.clone())
                     .unwrap_or_default(),
+                failsafe: report.as_ref().and_then(|r| r.failsafe.clone()),
                 drift,
             }
         })
@@ -547,12 +552,13 @@ async fn create_set(
             },
         )?;
     }
-    let row = crate::workflow::start(
+    let row = crate::workflow::start_for_operator(
         &c,
         crate::workflow::Spec::CreateSet { set: id, master },
         serde_json::Map::new(),
         "api",
-    )?;
+    )
+    .await?;
     Ok(accepted(row))
 }
 
@@ -622,12 +628,13 @@ async fn add_replica(
             let [instance] = <[InstanceId; 1]>::try_from(instances).map_err(|_| {
                 bad_request("several replicas at once need a seed method (stream, backup or auto)")
             })?;
-            let row = crate::workflow::start(
+            let row = crate::workflow::start_for_operator(
                 &c,
                 crate::workflow::Spec::Attach { set: id, instance },
                 serde_json::Map::new(),
                 "api",
-            )?;
+            )
+            .await?;
             return Ok(accepted(row));
         }
         "stream" => stream_from(&set, req.from.as_deref())?,
@@ -662,7 +669,7 @@ async fn add_replica(
             )))
         }
     };
-    let row = crate::workflow::start(
+    let row = crate::workflow::start_for_operator(
         &c,
         crate::workflow::Spec::Provision {
             set: id,
@@ -671,7 +678,8 @@ async fn add_replica(
         },
         serde_json::Map::new(),
         "api",
-    )?;
+    )
+    .await?;
     Ok(accepted(row))
 }
 
@@ -870,12 +878,13 @@ async fn detach_replica(
             "{instance} is not a replica of set {id}"
         )));
     }
-    let row = crate::workflow::start(
+    let row = crate::workflow::start_for_operator(
         &c,
         crate::workflow::Spec::Detach { set: id, instance },
         serde_json::Map::new(),
         "api",
-    )?;
+    )
+    .await?;
     Ok(accepted(row))
 }
 
@@ -917,12 +926,13 @@ async fn switchover(
         }
         extra.insert("catch_up_timeout_ms".into(), json!(ms));
     }
-    let row = crate::workflow::start(
+    let row = crate::workflow::start_for_operator(
         &c,
         crate::workflow::Spec::Switchover { set: id, candidate },
         extra,
         "api",
-    )?;
+    )
+    .await?;
     Ok(accepted(row))
 }
 
@@ -971,7 +981,7 @@ async fn failover(
             ));
         }
     }
-    let row = crate::workflow::start(
+    let row = crate::workflow::start_for_operator(
         &c,
         crate::workflow::Spec::Failover {
             set: id,
@@ -982,7 +992,8 @@ async fn failover(
         },
         serde_json::Map::new(),
         "api",
-    )?;
+    )
+    .await?;
     Ok(accepted(row))
 }
 
@@ -1006,7 +1017,7 @@ async fn set_semi_sync(
     let before = state.semi_sync;
     state.semi_sync = req.enabled;
     c.store.set_failover_state(&id, &state)?;
-    let started = crate::workflow::start(
+    let started = crate::workflow::start_for_operator(
         &c,
         crate::workflow::Spec::SemiSync {
             set: id.clone(),
@@ -1014,7 +1025,8 @@ async fn set_semi_sync(
         },
         serde_json::Map::new(),
         "api",
-    );
+    )
+    .await;
     match started {
         Ok(row) => Ok(accepted(row)),
         Err(e) => {

@@ -68,6 +68,11 @@ pub struct FailoverConfig {
     pub fence_command: Option<PathBuf>,
     /// How long the fence command may take before it counts as failed.
     pub fence_timeout_ms: u64,
+    /// The failsafe: each master is told its replicas, and each replica to answer its
+    /// master, so a master rides out a broker outage on their promises (see
+    /// `tandem_proto::failsafe`). Off: a broker outage fences every master after one
+    /// lease.
+    pub failsafe: bool,
 }
 
 impl Default for FailoverConfig {
@@ -82,6 +87,7 @@ impl Default for FailoverConfig {
             semi_sync_timeout_ms: 5000,
             fence_command: None,
             fence_timeout_ms: 10_000,
+            failsafe: true,
         }
     }
 }
@@ -96,6 +102,7 @@ pub struct FailoverSettings {
     pub lease_margin: Duration,
     pub semi_sync_timeout: Duration,
     pub fence: Option<crate::fence::FenceCommand>,
+    pub failsafe: bool,
 }
 
 impl Default for ConductorConfig {
@@ -217,6 +224,7 @@ impl ConductorConfig {
             flap_window: Duration::from_secs(f.flap_window_s),
             lease_margin: Duration::from_millis(f.lease_margin_ms),
             semi_sync_timeout: Duration::from_millis(f.semi_sync_timeout_ms.max(1)),
+            failsafe: f.failsafe,
         };
         Ok(Settings {
             failover,

@@ -344,6 +344,8 @@ pub struct Watch {
     hold_announced: std::sync::Mutex<std::collections::HashSet<ReplicaSetId>>,
     /// Re-points of replicas on the wrong source, per instance.
     repoints: std::sync::Mutex<HashMap<InstanceId, crate::backoff::Retries>>,
+    /// Failsafe assignments sent, per set.
+    failsafes: std::sync::Mutex<HashMap<ReplicaSetId, crate::backoff::Retries>>,
 }
 
 impl Watch {
@@ -567,13 +569,50 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: Instant) {
             // it, or its engine restarted read-only. Writes are given back at the
             // current epoch.
             if let Some(r) = &seen_master.report {
+                // Only a server its agent holds as master (a lease): a set being
+                // created has a read-only master its workflow is about to enable.
                 if r.health == Health::Healthy
                     && r.writable == Some(false)
                     && r.replicates_from.is_none()
+                    && r.lease_ms.is_some()
                     && c.failover_watch
                         .after_last_workflow(&set.id, seen_master.age)
                 {
                     restore_writes(c, set, r.fenced);
+                    return;
+                }
+            }
+            // The failsafe follows the membership: after any change, the master is told
+            // its replicas and each replica to answer it (only on reports newer than
+            // the set's last workflow, which may have changed both).
+            if f.failsafe {
+                let fresh = |s: Seen| {
+                    s.report
+                        .filter(|_| s.age < f.detect_after)
+                        .filter(|_| c.failover_watch.after_last_workflow(&set.id, s.age))
+                };
+                let Some(master_report) = fresh(seen(c, master, started)) else {
+                    return;
+                };
+                let replica_reports: Vec<(InstanceId, Option<StatusReport>)> = set
+                    .replicas()
+                    .map(|r| (r.clone(), fresh(seen(c, r, started))))
+                    .collect();
+                if crate::failsafe::out_of_date(set, Some(&master_report), &replica_reports) {
+                    let now = Instant::now();
+                    let mut sent = c.failover_watch.failsafes.lock().expect("poisoned");
+                    let tries = sent.entry(set.id.clone()).or_default();
+                    if tries.hold(now).is_zero() {
+                        tries.record(now);
+                        drop(sent);
+                        start(
+                            c,
+                            Spec::Failsafe {
+                                set: set.id.clone(),
+                            },
+                            "the failsafe assignment is out of date",
+                        );
+                    }
                 }
             }
         }
@@ -770,6 +809,7 @@ mod tests {
             lease_margin: Duration::from_millis(250),
             semi_sync_timeout: Duration::from_secs(5),
             fence: None,
+            failsafe: true,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod config;
 pub mod drift;
 pub mod events;
 pub mod failover;
+pub mod failsafe;
 pub mod fence;
 pub mod metadata;
 pub mod registry;

@@ -194,6 +194,7 @@ pub(crate) fn sample_report(instance: &str) -> StatusReport {
         semi_sync: None,
         fencing_hazards: Vec::new(),
         restart_needed: Vec::new(),
+        failsafe: None,
     }
 }
 

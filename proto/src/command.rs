@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::failsafe::FailsafeAssignment;
 use crate::{InstanceId, Position, ProtocolVersion};
 
 /// A replication password. Its `Debug` never shows the secret, so it cannot leak into a
@@ -161,6 +162,10 @@ pub enum Command {
     SeedFrom(SeedSource),
     StopEngine,
     StartEngine,
+    /// The failsafe of this server's set (see [`crate::failsafe`]): as a master, whose
+    /// promises renew its lease while the broker is unreachable; as a replica, whose
+    /// pings it answers with one.
+    Failsafe(FailsafeAssignment),
     /// A command this build does not know. Never sent; produced by decoding.
     #[serde(other)]
     Unknown,
@@ -191,6 +196,7 @@ impl Command {
             Command::SeedFrom(_) => "seed_from",
             Command::StopEngine => "stop_engine",
             Command::StartEngine => "start_engine",
+            Command::Failsafe(_) => "failsafe",
             Command::Unknown => "unknown",
         }
     }
@@ -219,6 +225,7 @@ impl Command {
             | Command::SeedFrom(_)
             | Command::StopEngine
             | Command::StartEngine
+            | Command::Failsafe(_)
             | Command::Unknown => ProtocolVersion::V1,
         }
     }
@@ -234,6 +241,21 @@ impl Command {
                 | Command::Demote
                 | Command::Quarantine
                 | Command::AttachToSource { .. }
+        )
+    }
+
+    /// Commands after which this server may no longer stand by its master (drained,
+    /// detached, re-pointed, writable, replaced, quarantined): a replica withdraws its
+    /// failsafe promise and waits it out before it runs one (see [`crate::failsafe`]).
+    pub fn withdraws_promise(&self) -> bool {
+        matches!(
+            self,
+            Command::SetWritable
+                | Command::EnableAsMaster { .. }
+                | Command::AttachToSource { .. }
+                | Command::Detach
+                | Command::Quarantine
+                | Command::DrainRelayLog { .. }
         )
     }
 

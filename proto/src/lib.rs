@@ -13,6 +13,7 @@
 pub mod codec;
 pub mod command;
 pub mod envelope;
+pub mod failsafe;
 pub mod ids;
 pub mod position;
 pub mod reply;
@@ -25,6 +26,9 @@ pub use command::{
     SemiSyncSettings, SourceEndpoint,
 };
 pub use envelope::{Envelope, Sender, Timestamp};
+pub use failsafe::{
+    FailsafeAssignment, FailsafeDatagram, FailsafeMessage, FailsafePeer, FailsafeState,
+};
 pub use ids::{Epoch, IdError, InstanceId, MessageId, ReplicaSetId};
 pub use position::{Gtid, GtidSet, Lsn, Position, PositionError};
 pub use reply::{BackupInfo, CommandError, ErrorKind, Event, Reply, ReplyBody};

@@ -196,6 +196,9 @@ pub struct StatusReport {
     /// cannot reach has run out.
     #[serde(default)]
     pub lease_ms: Option<u64>,
+    /// This server's part in its set's failsafe (see [`crate::failsafe`]), if any.
+    #[serde(default)]
+    pub failsafe: Option<crate::FailsafeState>,
     /// Semi-synchronous replication, when the engine has it switched on.
     #[serde(default)]
     pub semi_sync: Option<SemiSync>,

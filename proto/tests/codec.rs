@@ -216,6 +216,7 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                 semi_sync: Some(SemiSync::FallenBack),
                 fencing_hazards: Vec::new(),
                 restart_needed: Vec::new(),
+                failsafe: None,
             },
         )
 }

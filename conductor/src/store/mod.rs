@@ -308,4 +308,25 @@ pub trait Store: Send + Sync + 'static {
     /// Newest first; all instances' when `instance` is None.
     fn backups(&self, instance: Option<&InstanceId>) -> Result<Vec<tandem_proto::BackupInfo>>;
     fn forget_backup(&self, id: &str) -> Result<bool>;
+
+    // The failsafe (see `tandem_proto::failsafe`).
+    /// The conductor's failsafe secret: random, made at first use, kept here.
+    fn failsafe_secret(&self) -> Result<Vec<u8>>;
+    /// Records the failsafe list about to be sent to `master` at `epoch`, and forgets
+    /// the lists of the set's earlier masters and those of this one older than the list
+    /// it reports holding (`held`; it refuses anything older than that).
+    fn record_failsafe_list(
+        &self,
+        set: &ReplicaSetId,
+        master: &InstanceId,
+        epoch: Epoch,
+        peers: &[InstanceId],
+        held: Option<Epoch>,
+    ) -> Result<()>;
+    /// The lists recorded for `master`, oldest first.
+    fn failsafe_lists(
+        &self,
+        set: &ReplicaSetId,
+        master: &InstanceId,
+    ) -> Result<Vec<(Epoch, Vec<InstanceId>)>>;
 }

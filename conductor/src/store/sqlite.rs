@@ -69,6 +69,20 @@ CREATE TABLE IF NOT EXISTS backups (
     created_at INTEGER NOT NULL,
     info TEXT NOT NULL
 );
+-- The conductor's own secrets (the failsafe's, from which each replica's key is derived).
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+-- Failsafe lists sent to a set's master, recorded before they leave: a failover must
+-- know every list the old master may hold.
+CREATE TABLE IF NOT EXISTS failsafe_lists (
+    set_id TEXT NOT NULL,
+    master TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    peers TEXT NOT NULL,
+    PRIMARY KEY (set_id, master, epoch)
+);
 CREATE TABLE IF NOT EXISTS journal (
     workflow_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -772,6 +786,71 @@ impl Store for SqliteStore {
             .query_map([limit as i64], journal_row)?
             .collect::<rusqlite::Result<_>>()
             .map_err(Into::into)
+        })
+    }
+
+    fn failsafe_secret(&self) -> Result<Vec<u8>> {
+        self.with(|c| {
+            let fresh: [u8; 32] = rand::random();
+            c.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES ('failsafe', ?1)",
+                [&fresh[..]],
+            )?;
+            Ok(c.query_row(
+                "SELECT value FROM secrets WHERE name = 'failsafe'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
+    fn record_failsafe_list(
+        &self,
+        set: &ReplicaSetId,
+        master: &InstanceId,
+        epoch: Epoch,
+        peers: &[InstanceId],
+        held: Option<Epoch>,
+    ) -> Result<()> {
+        let peers = serde_json::to_string(peers)?;
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM failsafe_lists WHERE set_id = ?1 AND (master != ?2 OR epoch < ?3)",
+                params![
+                    set.as_str(),
+                    master.as_str(),
+                    held.map(|e| e.get()).unwrap_or(0) as i64
+                ],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO failsafe_lists (set_id, master, epoch, peers) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![set.as_str(), master.as_str(), epoch.get() as i64, peers],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn failsafe_lists(
+        &self,
+        set: &ReplicaSetId,
+        master: &InstanceId,
+    ) -> Result<Vec<(Epoch, Vec<InstanceId>)>> {
+        self.with(|c| {
+            let rows: Vec<(i64, String)> = c
+                .prepare(
+                    "SELECT epoch, peers FROM failsafe_lists WHERE set_id = ?1 AND master = ?2 \
+                     ORDER BY epoch",
+                )?
+                .query_map(params![set.as_str(), master.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            rows.into_iter()
+                .map(|(e, p)| Ok((Epoch::new(e as u64), serde_json::from_str(&p)?)))
+                .collect()
         })
     }
 }

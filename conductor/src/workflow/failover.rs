@@ -122,6 +122,24 @@ pub async fn run(
     }
     // Each replica's drained position, or why there is none; and whether its agent says
     // it diverged (now, or in its last report).
+    let results: Vec<Result<ReplyBody, StepError>> = results.collect();
+    // Replicas whose agent ran the drain: each withdrew its failsafe promise first.
+    let withdrawn: Vec<InstanceId> = replicas
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| match r {
+            Ok(_) => true,
+            Err(StepError::Command { error, .. }) => matches!(
+                error.kind,
+                ErrorKind::Diverged
+                    | ErrorKind::EngineRefused
+                    | ErrorKind::EngineUnavailable
+                    | ErrorKind::Internal
+            ),
+            Err(_) => false,
+        })
+        .map(|(r, _)| r.clone())
+        .collect();
     let drained: Vec<(InstanceId, Result<Position, String>, Option<String>)> = replicas
         .iter()
         .cloned()
@@ -141,6 +159,23 @@ pub async fn run(
     // failover stands down.
     if !force && !matches!(host, HostFence::Fenced(_)) {
         if let Err(why) = wait_for_lease(ctx, failed, epoch).await? {
+            return stand_down(ctx, failed, epoch, &replicas, why).await;
+        }
+    }
+
+    // Nor while the old master may still be writable on its replicas' failsafe
+    // promises (a broker outage): one replica of each list it may hold must have
+    // withdrawn (see `crate::failsafe`).
+    if !confirmed && !force && !matches!(host, HostFence::Fenced(_)) {
+        let set_id = ctx.wf.set_id.clone();
+        let unbounded: Option<String> =
+            ctx.decide("the old master's failsafe", failed, epoch, |c| {
+                let reported = c.registry.report(failed).and_then(|r| r.failsafe);
+                let recorded = c.store.failsafe_lists(&set_id, failed)?;
+                let lists = crate::failsafe::possible_lists(reported.as_ref(), recorded);
+                Ok(crate::failsafe::bounded(&lists, &withdrawn).err())
+            })?;
+        if let Some(why) = unbounded {
             return stand_down(ctx, failed, epoch, &replicas, why).await;
         }
     }

@@ -14,6 +14,7 @@ mod attach;
 mod create_set;
 mod detach;
 mod failover;
+mod failsafe;
 pub mod provision;
 mod quarantine;
 mod rejoin;
@@ -101,6 +102,8 @@ pub enum Spec {
         instance: InstanceId,
         reason: String,
     },
+    /// The set's failsafe assignment brought in line with its membership.
+    Failsafe { set: ReplicaSetId },
 }
 
 impl Spec {
@@ -117,6 +120,7 @@ impl Spec {
             Spec::SemiSync { .. } => "semi_sync",
             Spec::Quarantine { .. } => "quarantine",
             Spec::Repoint { .. } => "repoint",
+            Spec::Failsafe { .. } => "failsafe",
         }
     }
     pub fn set(&self) -> &ReplicaSetId {
@@ -131,7 +135,8 @@ impl Spec {
             | Spec::RestoreWrites { set }
             | Spec::SemiSync { set, .. }
             | Spec::Quarantine { set, .. }
-            | Spec::Repoint { set, .. } => set,
+            | Spec::Repoint { set, .. }
+            | Spec::Failsafe { set } => set,
         }
     }
 }
@@ -761,6 +766,7 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
         Spec::RestoreWrites { .. } => rejoin::restore_writes(&mut ctx).await,
         Spec::SemiSync { on, .. } => semi_sync::run(&mut ctx, *on).await,
         Spec::Repoint { instance, .. } => repoint::run(&mut ctx, instance).await,
+        Spec::Failsafe { .. } => failsafe::run(&mut ctx).await,
         Spec::Quarantine {
             instance, reason, ..
         } => quarantine::run(&mut ctx, instance, reason)
@@ -822,6 +828,36 @@ pub fn start(
     });
     tokio::spawn(run(c.clone(), row.clone()));
     Ok(row)
+}
+
+/// Background upkeep the detector starts on a quiet set: an operator's request waits for
+/// it (it takes a moment) instead of being refused as busy.
+const UPKEEP: &[&str] = &["failsafe", "restore_writes"];
+
+/// As [`start`], for an operator's request: when the set is busy only with upkeep
+/// ([`UPKEEP`]), waits up to a few seconds for it to end.
+pub async fn start_for_operator(
+    c: &Arc<Conductor>,
+    spec: Spec,
+    extra: serde_json::Map<String, serde_json::Value>,
+    requested_by: &str,
+) -> Result<WorkflowRow, StoreError> {
+    let patience = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match start(c, spec.clone(), extra.clone(), requested_by) {
+            Err(StoreError::Busy { set, active }) => {
+                let upkeep = c
+                    .store
+                    .workflow(&active)?
+                    .is_some_and(|w| UPKEEP.contains(&w.kind.as_str()));
+                if !upkeep || std::time::Instant::now() >= patience {
+                    return Err(StoreError::Busy { set, active });
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Resumes every workflow a previous conductor process left unfinished.

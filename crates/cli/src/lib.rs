@@ -709,6 +709,32 @@ fn needs_attention(v: &Value, diverged: Option<&str>) -> Vec<String> {
     lines
 }
 
+/// A master's failsafe in a line: whose promises carry it through a broker outage,
+/// and how often they did. Nothing for a replica (its master's line says it).
+fn failsafe_line(f: &Value) -> Option<String> {
+    if f["as"] != "master" {
+        return None;
+    }
+    let peers: Vec<&str> = f["peers"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    if peers.is_empty() {
+        return None;
+    }
+    let held = f["held"].as_u64().unwrap_or(0);
+    Some(format!(
+        "failsafe: writes ride out a broker outage on promises from {}{}",
+        peers.join(", "),
+        if held > 0 {
+            format!(" (lease held by them {held} times)")
+        } else {
+            String::new()
+        }
+    ))
+}
+
 /// A journaled finding as indented `key: value` lines; lists one item a line.
 fn note_lines(note: &Value) -> String {
     let flat = |v: &Value| match v {
@@ -1052,6 +1078,9 @@ pub fn topology(sets: &[Value]) -> String {
             for line in needs_attention(m, m["diverged"].as_str()) {
                 held.push_str(&format!(" {line}"));
             }
+            if let Some(line) = failsafe_line(&m["failsafe"]) {
+                held.push_str(&format!(" {line}"));
+            }
             format!(
                 "{} [{} {} {}]{}{} {}{}",
                 m["instance"].as_str().unwrap_or("?"),
@@ -1146,7 +1175,10 @@ pub fn status_table(instances: &[Value]) -> String {
     for i in instances {
         let s = &i["status"];
         let id = i["id"].as_str().unwrap_or("?");
-        for line in needs_attention(s, s["replication"]["diverged"].as_str()) {
+        for line in needs_attention(s, s["replication"]["diverged"].as_str())
+            .into_iter()
+            .chain(failsafe_line(&s["failsafe"]))
+        {
             text.push_str(&format!("{id}: {line}\n"));
         }
     }

@@ -39,6 +39,31 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// A broker outage for this test's virtual host: every connection to it is closed
+    /// and new ones are refused (a connection limit of zero) until [`Broker::restore`].
+    /// Other tests' virtual hosts are untouched.
+    pub fn outage(&self) -> Result<()> {
+        rabbitmqctl(&[
+            "set_vhost_limits",
+            "-p",
+            &self.vhost,
+            r#"{"max-connections": 0}"#,
+        ])?;
+        self.close_all_connections()
+    }
+
+    /// Ends [`Broker::outage`]: connections are accepted again.
+    pub fn restore(&self) -> Result<()> {
+        rabbitmqctl(&[
+            "set_vhost_limits",
+            "-p",
+            &self.vhost,
+            r#"{"max-connections": -1}"#,
+        ])
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         // Detached: deleting a vhost takes most of a second and nothing waits for it.

@@ -90,6 +90,35 @@ impl Host {
     pub fn heal(&self) -> Result<()> {
         ip(&["link", "set", &self.link, "up"])
     }
+
+    /// Drops everything this host sends to `addr` (a blackhole route inside it), while
+    /// the rest of its network keeps working: half of a partition between two hosts.
+    pub fn unroute(&self, addr: &str) -> Result<()> {
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "route",
+            "add",
+            "blackhole",
+            &format!("{addr}/32"),
+        ])
+    }
+
+    /// Undoes [`Host::unroute`].
+    pub fn reroute(&self, addr: &str) -> Result<()> {
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "route",
+            "del",
+            "blackhole",
+            &format!("{addr}/32"),
+        ])
+    }
 }
 
 impl Drop for Host {

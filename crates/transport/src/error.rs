@@ -24,6 +24,9 @@ pub enum TransportError {
     },
     #[error("the transport is shutting down")]
     ShutDown,
+    /// A connection attempt that did not complete in time.
+    #[error("{0}")]
+    ConnectTimeout(String),
     #[error("broker operation {op} failed: {source}")]
     Amqp {
         op: &'static str,

@@ -16,6 +16,10 @@ use crate::rpc::Pending;
 use crate::topology::{self, Declaration, REPLY_TO};
 use crate::{TransportConfig, TransportError};
 
+/// The longest one connection attempt (TCP, AMQP handshake, channels, declarations) may
+/// take before it is abandoned and tried again.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A live connection with the channels every user shares.
 pub(crate) struct Session {
     pub connection: Connection,
@@ -142,8 +146,14 @@ impl Supervisor {
         };
         let mut delays = backoff();
         while !shutdown.is_cancelled() {
+            // Each attempt is bounded: a broker that refuses a connection mid-handshake
+            // (a connection limit, a node starting) can leave it waiting forever.
+            let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, self.open(&pending));
             let opened = tokio::select! {
-                r = self.open(&pending) => r,
+                r = attempt => r.unwrap_or_else(|_| Err(TransportError::ConnectTimeout(format!(
+                    "the broker did not complete a connection within {} s",
+                    ATTEMPT_TIMEOUT.as_secs()
+                )))),
                 _ = shutdown.cancelled() => break,
             };
             match opened {

@@ -322,5 +322,6 @@ fn sample_report(zone: &str, instance: &str, sequence: u64) -> StatusReport {
         semi_sync: None,
         fencing_hazards: Vec::new(),
         restart_needed: Vec::new(),
+        failsafe: None,
     }
 }
