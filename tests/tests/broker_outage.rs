@@ -40,6 +40,18 @@ fn failsafe_armed(c: &Cluster) -> String {
     master
 }
 
+/// The set with its failsafe armed, the writer and the observer running: the cluster,
+/// the master and its index.
+fn armed_under_load() -> (Cluster, String, usize, Observer, Writer) {
+    let c = three(true, isolated());
+    let master = failsafe_armed(&c);
+    let index = c.nodes.iter().position(|n| n.name == master).unwrap();
+    let observer = Observer::every(c.addresses(), Duration::from_millis(10));
+    let writer = Writer::start(c.addresses(), Duration::from_millis(10));
+    std::thread::sleep(Duration::from_secs(1));
+    (c, master, index, observer, writer)
+}
+
 /// The longest time between two acknowledged writes within `[from, to]`.
 fn longest_gap(acked: &[Ack], from: Instant, to: Instant) -> Duration {
     let mut times: Vec<Instant> = acked
@@ -60,12 +72,7 @@ fn longest_gap(acked: &[Ack], from: Instant, to: Instant) -> Duration {
 
 #[test]
 fn a_broker_outage_with_every_replica_connected_is_no_write_outage() {
-    let c = three(true, isolated());
-    let master = failsafe_armed(&c);
-    let index = c.nodes.iter().position(|n| n.name == master).unwrap();
-    let observer = Observer::every(c.addresses(), Duration::from_millis(10));
-    let writer = Writer::start(c.addresses(), Duration::from_millis(10));
-    std::thread::sleep(Duration::from_secs(1));
+    let (c, master, index, observer, writer) = armed_under_load();
 
     let down = Instant::now();
     c.broker.outage().unwrap();
@@ -126,12 +133,7 @@ fn a_broker_outage_with_every_replica_connected_is_no_write_outage() {
 
 #[test]
 fn a_broker_outage_with_the_master_cut_from_its_replicas_fences_it_before_any_promotion() {
-    let c = three(true, isolated());
-    let old = failsafe_armed(&c);
-    let old_index = c.nodes.iter().position(|n| n.name == old).unwrap();
-    let observer = Observer::every(c.addresses(), Duration::from_millis(10));
-    let writer = Writer::start(c.addresses(), Duration::from_millis(10));
-    std::thread::sleep(Duration::from_secs(1));
+    let (c, old, old_index, observer, writer) = armed_under_load();
 
     // The broker goes down, and the master's host loses its replicas and the broker
     // (both ways), while clients still reach it.

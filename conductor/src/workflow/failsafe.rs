@@ -12,8 +12,10 @@ use tandem_proto::{Command, FailsafeAssignment, FailsafePeer};
 
 use super::{Ctx, Limits, Outcome, StepError};
 
-/// An agent that does not answer within this is left for the next try.
-const TELL: Duration = Duration::from_secs(1);
+/// An agent that does not answer within this is left for the next try. Short: a
+/// failover that becomes due meanwhile waits for this workflow (an agent answers such a
+/// command in milliseconds; one on a starved host is told at a later try).
+const TELL: Duration = Duration::from_millis(300);
 
 pub async fn run(ctx: &mut Ctx<'_>) -> Result<Outcome, StepError> {
     // At an epoch of its own: a replica refuses a grant from no later than its last

@@ -94,30 +94,17 @@ impl Host {
     /// Drops everything this host sends to `addr` (a blackhole route inside it), while
     /// the rest of its network keeps working: half of a partition between two hosts.
     pub fn unroute(&self, addr: &str) -> Result<()> {
-        ip(&[
-            "netns",
-            "exec",
-            &self.name,
-            "ip",
-            "route",
-            "add",
-            "blackhole",
-            &format!("{addr}/32"),
-        ])
+        self.blackhole("add", addr)
     }
 
     /// Undoes [`Host::unroute`].
     pub fn reroute(&self, addr: &str) -> Result<()> {
-        ip(&[
-            "netns",
-            "exec",
-            &self.name,
-            "ip",
-            "route",
-            "del",
-            "blackhole",
-            &format!("{addr}/32"),
-        ])
+        self.blackhole("del", addr)
+    }
+
+    fn blackhole(&self, verb: &str, addr: &str) -> Result<()> {
+        let dest = format!("{addr}/32");
+        ip(&["netns", "exec", &self.name, "ip", "route", verb, "blackhole", &dest])
     }
 }
 
