@@ -16,6 +16,7 @@ pub mod events;
 pub mod failover;
 pub mod failsafe;
 pub mod fence;
+pub mod leadership;
 pub mod metadata;
 pub mod registry;
 pub mod store;
@@ -114,12 +115,16 @@ impl Conductor {
     }
 }
 
-/// Runs the conductor on `settings.listen` until `shutdown`.
+/// Runs the conductor on `settings.listen` until `shutdown`: first it takes the store's
+/// leadership (standing by while another conductor holds it), then it listens.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Some(leadership) = leadership::acquire(&settings.data_dir, &shutdown).await? else {
+        return Ok(());
+    };
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
-    run_with_listener(settings, listener, shutdown).await
+    run_led(settings, listener, leadership, shutdown).await
 }
 
 /// As [`run`], on a listener the caller bound (tests bind port 0).
@@ -128,7 +133,21 @@ pub async fn run_with_listener(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Some(leadership) = leadership::acquire(&settings.data_dir, &shutdown).await? else {
+        return Ok(());
+    };
+    run_led(settings, listener, leadership, shutdown).await
+}
+
+async fn run_led(
+    settings: Settings,
+    listener: TcpListener,
+    leadership: leadership::Leadership,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let store = store::sqlite::SqliteStore::open(&settings.data_dir.join("tandem.db"))?;
+    let term = store.begin_term()?;
+    tracing::info!(term, lock = %leadership.path.display(), "acting conductor of this store");
     let transport = Transport::connect(
         TransportConfig::new(
             &settings.broker_uri,
@@ -192,6 +211,7 @@ pub async fn run_with_listener(
     let result = serve.await;
     detector_stop.cancel();
     follower.abort();
+    drop(leadership);
     result.map_err(Into::into)
 }
 

@@ -309,6 +309,10 @@ pub trait Store: Send + Sync + 'static {
     fn backups(&self, instance: Option<&InstanceId>) -> Result<Vec<tandem_proto::BackupInfo>>;
     fn forget_backup(&self, id: &str) -> Result<bool>;
 
+    /// The next conductor term (a fencing number), taken by a conductor that just became
+    /// the store's acting one (see `crate::leadership`).
+    fn begin_term(&self) -> Result<u64>;
+
     // The failsafe (see `tandem_proto::failsafe`).
     /// The conductor's failsafe secret: random, made at first use, kept here.
     fn failsafe_secret(&self) -> Result<Vec<u8>>;

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO counters (name, value) VALUES ('epoch', 0);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('conductor_term', 0);
 -- Per set: automatic failover paused, semi-sync wanted, anti-flapping memory.
 CREATE TABLE IF NOT EXISTS set_failover (
     set_id TEXT PRIMARY KEY,
@@ -786,6 +787,17 @@ impl Store for SqliteStore {
             .query_map([limit as i64], journal_row)?
             .collect::<rusqlite::Result<_>>()
             .map_err(Into::into)
+        })
+    }
+
+    fn begin_term(&self) -> Result<u64> {
+        self.with(|c| {
+            let v: i64 = c.query_row(
+                "UPDATE counters SET value = value + 1 WHERE name = 'conductor_term' RETURNING value",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(v as u64)
         })
     }
 

@@ -232,22 +232,62 @@ impl ConductorProcess {
     }
 
     pub fn start_again(&mut self) -> Result<()> {
+        self.spawn()?;
+        self.wait_serving(std::time::Duration::from_secs(30))
+    }
+
+    fn spawn(&mut self) -> Result<()> {
         let mut cmd = Command::new(binary("tandem-conductor"));
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info,lapin=off");
         }
-        let mut process = Process::spawn(
+        self.process = Some(Process::spawn(
             "tandem-conductor",
             cmd,
             Some(self.dir.path().join("conductor.log")),
-        )?;
-        let addr = self.url.trim_start_matches("http://").to_owned();
-        crate::process::wait_until_ready(&mut process, std::time::Duration::from_secs(30), || {
-            std::net::TcpStream::connect(&addr).is_ok()
-        })?;
-        self.process = Some(process);
+        )?);
         Ok(())
+    }
+
+    /// Waits up to `limit` until the API accepts connections.
+    pub fn wait_serving(&mut self, limit: std::time::Duration) -> Result<()> {
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        let process = self
+            .process
+            .as_mut()
+            .context("the conductor is not running")?;
+        crate::process::wait_until_ready(process, limit, || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        })
+    }
+
+    /// Whether the API accepts connections now.
+    pub fn serving(&self) -> bool {
+        std::net::TcpStream::connect(self.url.trim_start_matches("http://")).is_ok()
+    }
+
+    /// A second conductor on this one's data directory (its own port and log), started
+    /// and not waited for: it must stand by while this one acts.
+    pub fn second_on_same_store(&self) -> Result<ConductorProcess> {
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-conductor-")
+            .tempdir()?;
+        let port = crate::free_port();
+        let mut env = self.env.clone();
+        env.retain(|(k, _)| k != "TANDEM_CONDUCTOR_LISTEN");
+        env.push((
+            "TANDEM_CONDUCTOR_LISTEN".into(),
+            format!("127.0.0.1:{port}"),
+        ));
+        let mut c = ConductorProcess {
+            url: format!("http://127.0.0.1:{port}"),
+            env,
+            dir,
+            process: None,
+        };
+        c.spawn()?;
+        Ok(c)
     }
 
     pub fn kill(&mut self) {

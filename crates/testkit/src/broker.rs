@@ -53,6 +53,28 @@ impl Broker {
         self.close_all_connections()
     }
 
+    /// The names clients gave their connections to this virtual host (Tandem names
+    /// them `tandem-agent <id>` and `tandem-conductor <name>`).
+    pub fn connection_names(&self) -> Result<Vec<String>> {
+        let out = Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "list_connections",
+                "-p",
+                &self.vhost,
+                "client_properties",
+            ])
+            .output()
+            .context("run rabbitmqctl")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // ..., {"connection_name","tandem-conductor conductor"}, ...
+        Ok(text
+            .split("{\"connection_name\",\"")
+            .skip(1)
+            .filter_map(|rest| rest.split("\"}").next().map(str::to_owned))
+            .collect())
+    }
+
     /// Ends [`Broker::outage`]: connections are accepted again.
     pub fn restore(&self) -> Result<()> {
         rabbitmqctl(&[

@@ -104,7 +104,16 @@ impl Host {
 
     fn blackhole(&self, verb: &str, addr: &str) -> Result<()> {
         let dest = format!("{addr}/32");
-        ip(&["netns", "exec", &self.name, "ip", "route", verb, "blackhole", &dest])
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "route",
+            verb,
+            "blackhole",
+            &dest,
+        ])
     }
 }
 
