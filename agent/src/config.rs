@@ -37,6 +37,17 @@ pub struct AgentConfig {
     /// reports must keep running on a host whose CPU other work saturates. The systemd
     /// unit sets it too; 0 leaves the inherited one alone.
     pub nice: i32,
+    /// The longest any command waits inside the agent (for a position, for a drain),
+    /// whatever timeout it asks for, in milliseconds. Its deadline bounds it too.
+    pub max_wait_ms: u64,
+    /// A command whose deadline lies further out than this many seconds is refused (the
+    /// conductor gives every command one within its own timeouts): nothing can sit in
+    /// the queue, or wait, for longer.
+    pub max_deadline_s: u64,
+    /// At most this many commands wait at once (for a position, a drain, or their turn
+    /// at the engine); more are refused as busy (retryable), so questions (ping, status)
+    /// are always answered.
+    pub max_waiting: usize,
     pub broker: BrokerConfig,
     pub engine: EngineConfig,
     pub backup_store: BackupStoreConfig,
@@ -184,6 +195,9 @@ impl Default for AgentConfig {
             probe_interval_ms: 200,
             lease_ms: 1000,
             nice: -10,
+            max_wait_ms: 60_000,
+            max_deadline_s: 600,
+            max_waiting: 8,
             broker: BrokerConfig::default(),
             engine: EngineConfig::default(),
             backup_store: BackupStoreConfig::default(),
@@ -234,6 +248,9 @@ pub struct Settings {
     pub probe_interval: Duration,
     pub lease: Duration,
     pub nice: i32,
+    pub max_wait: Duration,
+    pub max_deadline: Duration,
+    pub max_waiting: usize,
     pub broker_uri: String,
     pub queue_type: tandem_transport::QueueType,
     pub prefetch: u16,
@@ -289,6 +306,19 @@ impl AgentConfig {
             "field `lease_ms` is {}; it must be at least 300 and three probe intervals ({})",
             self.lease_ms,
             3 * self.probe_interval_ms
+        );
+        anyhow::ensure!(
+            self.max_waiting >= 1 && self.max_waiting < usize::from(self.broker.prefetch.max(2)),
+            "field `max_waiting` is {}; it must be at least 1 and below `broker.prefetch` ({}), \
+             so that questions still find a free slot",
+            self.max_waiting,
+            self.broker.prefetch
+        );
+        anyhow::ensure!(
+            self.max_deadline_s >= 60,
+            "field `max_deadline_s` is {}; it must be at least 60 (the conductor's command \
+             timeouts fit in it)",
+            self.max_deadline_s
         );
         anyhow::ensure!(
             (-20..=19).contains(&self.nice),
@@ -355,6 +385,9 @@ impl AgentConfig {
             probe_interval: Duration::from_millis(self.probe_interval_ms),
             lease: Duration::from_millis(self.lease_ms),
             nice: self.nice,
+            max_wait: Duration::from_millis(self.max_wait_ms),
+            max_deadline: Duration::from_secs(self.max_deadline_s),
+            max_waiting: self.max_waiting,
             broker_uri,
             queue_type,
             prefetch: self.broker.prefetch.max(1),

@@ -50,6 +50,23 @@ impl<E: Engine> Agent<E> {
                 ),
             ));
         }
+        // Nothing may sit in the queue, or wait here, beyond a bound: a command with no
+        // deadline, or one too far out, is refused (the conductor always sets one).
+        let Some(deadline) = command.expires_at else {
+            return Reply::Err(CommandError::bad_request(format!(
+                "command {} carries no deadline; every command must (`expires_at`)",
+                command.body.name()
+            )));
+        };
+        if deadline.remaining() > self.settings.max_deadline {
+            return Reply::Err(CommandError::bad_request(format!(
+                "command {} has a deadline {} s away; this agent takes none further than \
+                 `max_deadline_s` ({} s)",
+                command.body.name(),
+                deadline.remaining().as_secs(),
+                self.settings.max_deadline.as_secs()
+            )));
+        }
         if !VersionRange::OURS.contains(command.protocol_version) {
             return Reply::Err(CommandError::unsupported(format!(
                 "this agent speaks protocol {}, the command was sent as {}",
@@ -87,10 +104,10 @@ impl<E: Engine> Agent<E> {
                 position,
                 timeout_ms,
             } => {
-                let mut timeout = Duration::from_millis(*timeout_ms);
-                if let Some(deadline) = command.expires_at {
-                    timeout = timeout.min(deadline.remaining());
-                }
+                let Some(_turn) = self.waiting_turn() else {
+                    return Reply::Err(self.busy(command));
+                };
+                let timeout = self.bounded_wait(*timeout_ms, command);
                 self.engine
                     .wait_for_position(position, timeout)
                     .await
@@ -104,7 +121,23 @@ impl<E: Engine> Agent<E> {
 
     /// Commands that change the engine or the agent: fenced, serialized, recorded.
     async fn execute_change(&self, command: &Envelope<Command>) -> Reply {
-        let _one_at_a_time = self.exec_lock.lock().await;
+        let Some(_turn) = self.waiting_turn() else {
+            return Reply::Err(self.busy(command));
+        };
+        let remaining = command
+            .expires_at
+            .map(|d| d.remaining())
+            .unwrap_or_default();
+        let Ok(_one_at_a_time) = tokio::time::timeout(remaining, self.exec_lock.lock()).await
+        else {
+            return Reply::Err(CommandError::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "command {} reached its deadline waiting for the commands before it",
+                    command.body.name()
+                ),
+            ));
+        };
         {
             let mut state = self.state.lock().expect("poisoned");
             // A repeat is answered from the record whatever the epoch: nothing runs, and
@@ -187,7 +220,8 @@ impl<E: Engine> Agent<E> {
             return accepted;
         }
 
-        let reply: Reply = self.run_change(&command.body).await.into();
+        let wait_limit = self.bounded_wait(u64::MAX, command);
+        let reply: Reply = self.run_change(&command.body, wait_limit).await.into();
         if matches!(reply, Reply::Ok(_)) && command.body.grants_role() {
             let master = self.state.lock().expect("poisoned").master;
             self.lease.granted(master, self.settings.lease);
@@ -210,7 +244,12 @@ impl<E: Engine> Agent<E> {
         reply
     }
 
-    async fn run_change(&self, command: &Command) -> Result<ReplyBody, CommandError> {
+    /// `wait_limit`: the longest any wait inside may take (`max_wait`, the deadline).
+    async fn run_change(
+        &self,
+        command: &Command,
+        wait_limit: Duration,
+    ) -> Result<ReplyBody, CommandError> {
         let me = &self.settings.instance_id;
         match command {
             Command::SetReadOnly => {
@@ -300,7 +339,7 @@ impl<E: Engine> Agent<E> {
             Command::DrainRelayLog { timeout_ms } => {
                 let position = self
                     .engine
-                    .drain(Duration::from_millis(*timeout_ms))
+                    .drain(Duration::from_millis(*timeout_ms).min(wait_limit))
                     .await?;
                 return Ok(ReplyBody::Position { position });
             }
@@ -356,4 +395,33 @@ impl<E: Engine> Agent<E> {
 
 fn internal(e: anyhow::Error) -> Reply {
     Reply::Err(CommandError::new(ErrorKind::Internal, format!("{e:#}")))
+}
+
+impl<E: Engine> Agent<E> {
+    /// A place among the commands that may wait (`max_waiting`), held while it runs;
+    /// `None` when all are taken.
+    fn waiting_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.waiting.try_acquire().ok()
+    }
+
+    fn busy(&self, command: &Envelope<Command>) -> CommandError {
+        CommandError::new(
+            ErrorKind::TimedOut,
+            format!(
+                "busy: {} commands are already waiting here (`max_waiting`); {} was not run, \
+                 send it again",
+                self.settings.max_waiting,
+                command.body.name()
+            ),
+        )
+    }
+
+    /// What a command asks to wait, bounded by `max_wait` and its deadline.
+    fn bounded_wait(&self, timeout_ms: u64, command: &Envelope<Command>) -> Duration {
+        let mut timeout = Duration::from_millis(timeout_ms).min(self.settings.max_wait);
+        if let Some(deadline) = command.expires_at {
+            timeout = timeout.min(deadline.remaining());
+        }
+        timeout
+    }
 }

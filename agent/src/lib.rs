@@ -44,6 +44,9 @@ pub struct Agent<E: Engine> {
     engine: E,
     /// Serializes commands that change anything (and the master's heartbeat write).
     exec_lock: tokio::sync::Mutex<()>,
+    /// Places for commands that may wait (`max_waiting`): the rest of the prefetch is
+    /// always free for questions.
+    waiting: tokio::sync::Semaphore,
     state: std::sync::Mutex<State>,
     state_file: StateFile,
     /// Wakes the status loop for an immediate report.
@@ -164,10 +167,12 @@ async fn run_with<E: Engine>(
         }
     };
     let settings_lease = settings.lease;
+    let settings_max_waiting = settings.max_waiting;
     let agent = Arc::new(Agent {
         settings,
         engine,
         exec_lock: tokio::sync::Mutex::new(()),
+        waiting: tokio::sync::Semaphore::new(settings_max_waiting),
         state: std::sync::Mutex::new(state),
         state_file,
         status_now: Notify::new(),

@@ -430,3 +430,71 @@ async fn managed_settings_are_applied_live_and_restart_needs_are_reported() {
     drop(agent);
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn waits_are_bounded_and_a_flood_of_them_leaves_the_agent_answering() {
+    let h = Harness::with_env(
+        &["db-1"],
+        &[("TANDEM_AGENT_MAX_WAIT_MS".into(), "8000".into())],
+    )
+    .await;
+    let unreachable = || Command::WaitForPosition {
+        position: tandem_proto::Position::Gtid("0-1-999999".parse().unwrap()),
+        timeout_ms: u64::MAX / 2,
+    };
+
+    // No deadline, or one too far out: refused before anything runs.
+    let read_only = || h.node("db-1").db.sql("SELECT @@read_only").unwrap();
+    let before = read_only();
+    let flip = if before == "1" {
+        Command::SetWritable
+    } else {
+        Command::SetReadOnly
+    };
+    let mut e = envelope("db-1", Epoch::new(1), flip.clone());
+    e.expires_at = None;
+    let err = h.send(&e).await.unwrap_err();
+    assert!(err.message.contains("no deadline"), "{}", err.message);
+    let e = envelope("db-1", Epoch::new(1), flip).expires_in(Duration::from_secs(3600));
+    let err = h.send(&e).await.unwrap_err();
+    assert!(err.message.contains("max_deadline_s"), "{}", err.message);
+    assert_eq!(read_only(), before, "a refused command changed the engine");
+
+    // A flood of waits that can never finish, each asking for ages: a few wait (each for
+    // at most `max_wait_ms`), the rest are refused as busy at once, and a ping sent
+    // after all of them is answered while they still wait.
+    let flood: Vec<_> = (0..30)
+        .map(|_| envelope("db-1", Epoch::new(1), unreachable()))
+        .collect();
+    let started = Instant::now();
+    let waits = futures_util::future::join_all(flood.iter().map(|e| async {
+        let r = h.send(e).await;
+        (Instant::now(), r)
+    }));
+    let ping = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = h
+            .send(&envelope("db-1", Epoch::new(1), Command::Ping))
+            .await;
+        (Instant::now(), r)
+    };
+    let (waits, (pinged_at, pong)) = tokio::join!(waits, ping);
+    assert!(matches!(pong, Ok(ReplyBody::Pong { .. })), "{pong:?}");
+    let busy = waits
+        .iter()
+        .filter(|(_, r)| r.as_ref().is_err_and(|e| e.message.contains("busy")))
+        .count();
+    let waited: Vec<_> = waits
+        .iter()
+        .filter(|(_, r)| r.as_ref().is_err_and(|e| e.kind == ErrorKind::TimedOut))
+        .filter(|(_, r)| !r.as_ref().unwrap_err().message.contains("busy"))
+        .collect();
+    assert_eq!(busy + waited.len(), 30, "{waits:?}");
+    assert!(busy >= 20, "only {busy} of 30 refused as busy");
+    assert!(
+        waited.iter().all(|(at, _)| *at > pinged_at),
+        "the ping was answered only after the waits ended"
+    );
+    // And every wait ended by the agent's bound, not the hours it asked for.
+    assert!(started.elapsed() < Duration::from_secs(60));
+}

@@ -26,6 +26,10 @@ pub struct TransportConfig {
     pub connect_timeout: Duration,
     /// The longest pause between two reconnection attempts.
     pub max_reconnect_delay: Duration,
+    /// The dead-letter queue keeps at most this many messages (the oldest go first)…
+    pub dead_letter_max_length: u32,
+    /// …each for at most this long.
+    pub dead_letter_ttl: Duration,
 }
 
 impl TransportConfig {
@@ -38,6 +42,8 @@ impl TransportConfig {
             delivery_limit: 5,
             connect_timeout: Duration::from_secs(10),
             max_reconnect_delay: Duration::from_secs(2),
+            dead_letter_max_length: 10_000,
+            dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 

@@ -60,12 +60,12 @@ pub(crate) async fn declare(
     what: &Declaration,
 ) -> Result<(), TransportError> {
     match what {
-        Declaration::Base => declare_base(channel).await,
+        Declaration::Base => declare_base(channel, config).await,
         Declaration::AgentQueue(id) => declare_agent_queue(channel, config, id).await,
     }
 }
 
-async fn declare_base(channel: &Channel) -> Result<(), TransportError> {
+async fn declare_base(channel: &Channel, config: &TransportConfig) -> Result<(), TransportError> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -81,6 +81,16 @@ async fn declare_base(channel: &Channel) -> Result<(), TransportError> {
             .await
             .map_err(TransportError::amqp("exchange.declare"))?;
     }
+    // Bounded: a flood of bad messages drops the oldest, and nothing stays forever.
+    let mut bounds = FieldTable::default();
+    bounds.insert(
+        ShortString::from("x-max-length"),
+        AMQPValue::LongUInt(config.dead_letter_max_length),
+    );
+    bounds.insert(
+        ShortString::from("x-message-ttl"),
+        AMQPValue::LongUInt(config.dead_letter_ttl.as_millis().min(u32::MAX as u128) as u32),
+    );
     channel
         .queue_declare(
             DEAD_LETTER_QUEUE.into(),
@@ -88,7 +98,7 @@ async fn declare_base(channel: &Channel) -> Result<(), TransportError> {
                 durable: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            bounds,
         )
         .await
         .map_err(TransportError::amqp("queue.declare dead letters"))?;

@@ -77,11 +77,18 @@ struct Setup {
 }
 
 async fn setup(instance: &str, queue_type: QueueType) -> Setup {
+    setup_with(instance, queue_type, 10_000).await
+}
+
+/// With a dead-letter queue of at most `dead_letters` messages (both ends declare it,
+/// so both must agree).
+async fn setup_with(instance: &str, queue_type: QueueType, dead_letters: u32) -> Setup {
     tandem_testkit::init_tracing();
     let broker = Broker::new().unwrap();
     let shutdown = CancellationToken::new();
     let mut config = TransportConfig::new(broker.uri(), "test-agent");
     config.queue_type = queue_type;
+    config.dead_letter_max_length = dead_letters;
     let agent_transport = Transport::connect(config, shutdown.clone()).await.unwrap();
     let agent = Arc::new(TestAgent {
         handled: AtomicU32::new(0),
@@ -97,12 +104,11 @@ async fn setup(instance: &str, queue_type: QueueType) -> Setup {
         let stop = shutdown.clone();
         tokio::spawn(async move { t.serve_commands(&instance, a, &stop).await.unwrap() })
     };
-    let client = Transport::connect(
-        TransportConfig::new(broker.uri(), "test-conductor"),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let mut client_config = TransportConfig::new(broker.uri(), "test-conductor");
+    client_config.dead_letter_max_length = dead_letters;
+    let client = Transport::connect(client_config, shutdown.clone())
+        .await
+        .unwrap();
     Setup {
         broker,
         shutdown,
@@ -186,6 +192,31 @@ async fn undecodable_bytes_are_dead_lettered_and_the_consumer_keeps_serving() {
         "all three bad messages are in the dead-letter queue"
     );
     assert_eq!(s.client.queue_depth("tandem.agent.db-1").await.unwrap(), 0);
+    s.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn the_dead_letter_queue_is_bounded() {
+    let s = setup_with("db-1", QueueType::Quorum, 2).await;
+    for n in 0..5u8 {
+        s.client
+            .publish_raw_command(&id("db-1"), &[0xc1, n])
+            .await
+            .unwrap();
+    }
+    // Served in order: once a ping after them is answered, all five were dead-lettered.
+    let reply = s
+        .client
+        .call(&ping("db-1"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(matches!(reply.body, Reply::Ok(ReplyBody::Pong { .. })));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        s.client.queue_depth(DEAD_LETTER_QUEUE).await.unwrap(),
+        2,
+        "the dead-letter queue keeps only its newest two"
+    );
     s.shutdown.cancel();
 }
 
