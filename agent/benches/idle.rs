@@ -46,12 +46,13 @@ async fn main() {
             .unwrap();
     let pid = agent.process().unwrap().pid();
     let shutdown = CancellationToken::new();
-    let client = Transport::connect(
-        TransportConfig::new(broker.uri(), "bench"),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    // Signed as the test conductors' commands are (the agent trusts that key).
+    let mut config = TransportConfig::new(broker.uri(), "bench");
+    config.signing_key = Some(std::sync::Arc::new(
+        tandem_transport::signing::SigningKey::from_pkcs8(&tandem_testkit::conductor_key().pkcs8)
+            .unwrap(),
+    ));
+    let client = Transport::connect(config, shutdown.clone()).await.unwrap();
     let mut reports = client.subscribe_status("#");
     // Warm up: first report, allocator settled.
     tokio::time::timeout(Duration::from_secs(30), reports.next())

@@ -80,12 +80,13 @@ async fn main() {
     let mut copy_bytes = 0u64;
 
     let shutdown = CancellationToken::new();
-    let client = Transport::connect(
-        TransportConfig::new(broker.uri(), "bench"),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    // Signed as the test conductors' commands are (the agent trusts that key).
+    let mut config = TransportConfig::new(broker.uri(), "bench");
+    config.signing_key = Some(std::sync::Arc::new(
+        tandem_transport::signing::SigningKey::from_pkcs8(&tandem_testkit::conductor_key().pkcs8)
+            .unwrap(),
+    ));
+    let client = Transport::connect(config, shutdown.clone()).await.unwrap();
     let call = async |env: &Envelope<Command>| {
         client
             .call(env, Duration::from_secs(60))

@@ -158,6 +158,10 @@ pub struct BrokerConfig {
     /// `quorum` (default) or `classic`.
     pub queue_type: String,
     pub prefetch: u16,
+    /// The conductor public keys (64 hex digits each, `tandem-conductor public-key`)
+    /// whose signed commands this agent obeys; a list, so a key can be rotated.
+    /// Required: anything not signed by one of them is dead-lettered unread.
+    pub conductor_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,6 +218,7 @@ impl Default for BrokerConfig {
             password_file: None,
             queue_type: "quorum".into(),
             prefetch: 16,
+            conductor_keys: Vec::new(),
         }
     }
 }
@@ -251,6 +256,7 @@ pub struct Settings {
     pub max_wait: Duration,
     pub max_deadline: Duration,
     pub max_waiting: usize,
+    pub trusted_keys: tandem_transport::signing::TrustedKeys,
     pub broker_uri: String,
     pub queue_type: tandem_transport::QueueType,
     pub prefetch: u16,
@@ -325,6 +331,15 @@ impl AgentConfig {
             "field `nice` is {}; it must be between -20 and 19",
             self.nice
         );
+        anyhow::ensure!(
+            !self.broker.conductor_keys.is_empty(),
+            "field `broker.conductor_keys` is empty: this agent would obey anyone who can \
+             publish to the broker; set it to the conductor's public key (`tandem-conductor \
+             public-key` prints it)"
+        );
+        let trusted_keys =
+            tandem_transport::signing::TrustedKeys::from_hex(&self.broker.conductor_keys)
+                .map_err(|e| anyhow::anyhow!("field `broker.conductor_keys`: {e}"))?;
         let queue_type = match self.broker.queue_type.as_str() {
             "quorum" => tandem_transport::QueueType::Quorum,
             "classic" => tandem_transport::QueueType::Classic,
@@ -388,6 +403,7 @@ impl AgentConfig {
             max_wait: Duration::from_millis(self.max_wait_ms),
             max_deadline: Duration::from_secs(self.max_deadline_s),
             max_waiting: self.max_waiting,
+            trusted_keys,
             broker_uri,
             queue_type,
             prefetch: self.broker.prefetch.max(1),
@@ -484,9 +500,13 @@ fn percent_encode(s: &str) -> String {
 mod tests {
     use super::*;
 
+    const KEY: &str = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c";
+
+    /// `toml` over the defaults and a conductor key (which every agent needs).
     fn config(toml: &str) -> Result<Settings> {
-        let f =
-            Figment::from(Serialized::defaults(AgentConfig::default())).merge(Toml::string(toml));
+        let mut defaults = AgentConfig::default();
+        defaults.broker.conductor_keys = vec![KEY.into()];
+        let f = Figment::from(Serialized::defaults(defaults)).merge(Toml::string(toml));
         let c: AgentConfig = f.extract().map_err(|e| anyhow::anyhow!("{e}"))?;
         c.validate()
     }
@@ -536,6 +556,14 @@ mod tests {
                 "backup_store.swift_auth_url",
             ),
             ("instance_id = \"db\"\nlease_ms = 100", "lease_ms"),
+            (
+                "instance_id = \"db\"\n[broker]\nconductor_keys = []",
+                "broker.conductor_keys",
+            ),
+            (
+                "instance_id = \"db\"\n[broker]\nconductor_keys = [\"beef\"]",
+                "broker.conductor_keys",
+            ),
             (
                 "instance_id = \"db\"\n[seed]\nlisten = \"everywhere\"",
                 "seed.listen",

@@ -62,6 +62,8 @@ pub struct Agent<E: Engine> {
     seed: seed::SeedOffers,
     /// The master's lease on writability (see [`lease`]).
     lease: lease::Lease,
+    /// Its own handle to the broker (for what the transport counts: refused commands).
+    transport: Transport,
     /// Promises that carry a master through a broker outage (see [`failsafe`]).
     failsafe: failsafe::Failsafe,
     /// A master's last published report (not "engine down") and when it went out.
@@ -152,6 +154,9 @@ async fn run_with<E: Engine>(
         TransportConfig::new(&settings.broker_uri, format!("tandem-agent {id}"));
     transport_config.queue_type = settings.queue_type;
     transport_config.prefetch = settings.prefetch;
+    tracing::info!(keys = ?settings.trusted_keys, "only commands signed by these conductor keys are obeyed");
+    transport_config.trusted_keys = Some(settings.trusted_keys.clone());
+    transport_config.replay_window = settings.max_deadline;
     let transport = tokio::select! {
         t = Transport::connect(transport_config, transport_shutdown.clone()) => t?,
         _ = shutdown.cancelled() => return Ok(()),
@@ -182,6 +187,7 @@ async fn run_with<E: Engine>(
         restart_needed: std::sync::Mutex::new(restart_needed),
         seed: seed::SeedOffers::new(seed_endpoint),
         lease: lease::Lease::default(),
+        transport: transport.clone(),
         failsafe: failsafe::Failsafe::new(id.clone(), settings_lease),
         last_master_report: std::sync::Mutex::new(None),
     });

@@ -121,6 +121,7 @@ impl<E: Engine> Agent<E> {
             fencing_hazards: Vec::new(),
             restart_needed: self.restart_needed.lock().expect("poisoned").clone(),
             failsafe: self.failsafe.state(),
+            refused_commands: self.transport.refused_commands(),
         };
         match observed {
             Err(e) => report.last_error = Some(e.to_string()),

@@ -391,7 +391,7 @@ async fn managed_settings_are_applied_live_and_restart_needs_are_reported() {
     let agent =
         AgentProcess::start_mariadb(AGENT.as_ref(), "db-7", "zone-a", broker.uri(), &db).unwrap();
     let shutdown = CancellationToken::new();
-    let client = Transport::connect(TransportConfig::new(broker.uri(), "t"), shutdown.clone())
+    let client = Transport::connect(signed_config(broker.uri(), "t"), shutdown.clone())
         .await
         .unwrap();
     let report = eventually(Duration::from_secs(30), "a report", async || {
@@ -497,4 +497,78 @@ async fn waits_are_bounded_and_a_flood_of_them_leaves_the_agent_answering() {
     );
     // And every wait ended by the agent's bound, not the hours it asked for.
     assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[tokio::test]
+async fn only_commands_signed_by_a_trusted_conductor_key_are_obeyed() {
+    use std::sync::Arc;
+    use tandem_transport::signing::SigningKey;
+    let key = |bytes: Vec<u8>| Arc::new(SigningKey::from_pkcs8(&bytes).unwrap());
+    let conductor = key(SigningKey::generate().unwrap());
+    let h = Harness::signed(&["db-1"], conductor.clone()).await;
+    let read_only = || h.node("db-1").db.sql("SELECT @@read_only").unwrap();
+
+    // The conductor's signed commands are obeyed.
+    h.ok("db-1", 1, Command::SetWritable).await;
+    assert_eq!(read_only(), "0");
+
+    // Unsigned, and signed by a key the agent does not trust: dead-lettered unread, no
+    // answer, nothing changed, not even the epoch.
+    for stranger in [None, Some(key(SigningKey::generate().unwrap()))] {
+        let t = h.stranger(stranger).await;
+        let e = envelope("db-1", Epoch::new(99), Command::SetReadOnly);
+        let r = t.call(&e, Duration::from_secs(3)).await;
+        assert!(r.is_err(), "a stranger's command was answered: {r:?}");
+        assert_eq!(read_only(), "0", "a stranger's command ran");
+    }
+    let report = eventually(
+        Duration::from_secs(10),
+        "the refusals reported",
+        async || {
+            let r = h.status("db-1").await;
+            (r.refused_commands == 2).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(report.highest_epoch, Epoch::new(1));
+    h.ok("db-1", 1, Command::SetReadOnly).await;
+    assert_eq!(read_only(), "1");
+
+    // A genuine signed command captured off the bus: tampered with, it is refused; sent
+    // as it was, it runs once; replayed byte for byte, it is refused.
+    let bytes = tandem_proto::codec::encode(&envelope("db-1", Epoch::new(2), Command::SetWritable))
+        .unwrap();
+    let signature = conductor.sign(&bytes);
+    let mut tampered = bytes.clone();
+    let last = tampered.len() - 2;
+    tampered[last] ^= 0x01;
+    let t = h.stranger(None).await;
+    let publish = |b: Vec<u8>| {
+        let (t, key, sig) = (&t, conductor.id().to_owned(), signature.clone());
+        async move {
+            t.publish_raw_signed(&id("db-1"), &b, Some((&key, &sig)))
+                .await
+                .unwrap()
+        }
+    };
+    publish(tampered).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(read_only(), "1", "a tampered command ran");
+    publish(bytes.clone()).await;
+    eventually(
+        Duration::from_secs(5),
+        "the genuine command to run",
+        async || (read_only() == "0").then_some(()),
+    )
+    .await;
+    h.ok("db-1", 2, Command::SetReadOnly).await;
+    publish(bytes).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(read_only(), "1", "a replayed command ran again");
+    eventually(
+        Duration::from_secs(10),
+        "every refusal counted",
+        async || (h.status("db-1").await.refused_commands == 4).then_some(()),
+    )
+    .await;
 }

@@ -16,6 +16,7 @@ pub mod events;
 pub mod failover;
 pub mod failsafe;
 pub mod fence;
+pub mod keys;
 pub mod leadership;
 pub mod metadata;
 pub mod registry;
@@ -148,15 +149,15 @@ async fn run_led(
     let store = store::sqlite::SqliteStore::open(&settings.data_dir.join("tandem.db"))?;
     let term = store.begin_term()?;
     tracing::info!(term, lock = %leadership.path.display(), "acting conductor of this store");
-    let transport = Transport::connect(
-        TransportConfig::new(
-            &settings.broker_uri,
-            format!("tandem-conductor {}", settings.name),
-        ),
-        shutdown.clone(),
-    )
-    .await?;
-    let secret = load_secret(&settings.data_dir.join("secret.key"))?;
+    let mut transport_config = TransportConfig::new(
+        &settings.broker_uri,
+        format!("tandem-conductor {}", settings.name),
+    );
+    let signing = keys::signing_key(&settings.data_dir)?;
+    tracing::info!(key = signing.id(), public_key = %signing.public_hex(), "commands are signed");
+    transport_config.signing_key = Some(Arc::new(signing));
+    let transport = Transport::connect(transport_config, shutdown.clone()).await?;
+    let secret = keys::load_secret(&settings.data_dir)?;
     let conductor = Arc::new(Conductor {
         secret,
         backups_running: Default::default(),
@@ -213,32 +214,4 @@ async fn run_led(
     follower.abort();
     drop(leadership);
     result.map_err(Into::into)
-}
-
-/// The conductor's secret: made once (0600) and kept, so tokens derived from it survive
-/// a restart.
-fn load_secret(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(bytes) = std::fs::read(path) {
-        return bytes.try_into().map_err(|_| {
-            anyhow::anyhow!(
-                "{} is not 32 bytes; remove it to make a new one",
-                path.display()
-            )
-        });
-    }
-    let secret: [u8; 32] = rand::random();
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| anyhow::anyhow!("create {}: {e}", tmp.display()))?;
-    f.write_all(&secret)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(secret)
 }

@@ -11,6 +11,15 @@ struct Args {
     /// TANDEM_CONDUCTOR_* environment variables override it.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Prints the public key commands are signed with (made on first use), for the
+    /// agents' `conductor_keys`.
+    PublicKey,
 }
 
 #[tokio::main]
@@ -31,6 +40,18 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(Sub::PublicKey) = args.command {
+        return match tandem_conductor::keys::signing_key(&settings.data_dir) {
+            Ok(key) => {
+                println!("{}", key.public_hex());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tandem-conductor: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     match tandem_conductor::run(settings, shutdown).await {

@@ -195,6 +195,7 @@ pub(crate) fn sample_report(instance: &str) -> StatusReport {
         fencing_hazards: Vec::new(),
         restart_needed: Vec::new(),
         failsafe: None,
+        refused_commands: 0,
     }
 }
 

@@ -196,6 +196,10 @@ pub struct StatusReport {
     /// cannot reach has run out.
     #[serde(default)]
     pub lease_ms: Option<u64>,
+    /// Commands this agent refused for their signature (unsigned, unknown key, forged or
+    /// tampered) since it started; each was dead-lettered unread.
+    #[serde(default)]
+    pub refused_commands: u64,
     /// This server's part in its set's failsafe (see [`crate::failsafe`]), if any.
     #[serde(default)]
     pub failsafe: Option<crate::FailsafeState>,

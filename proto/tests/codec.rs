@@ -217,6 +217,7 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                 fencing_hazards: Vec::new(),
                 restart_needed: Vec::new(),
                 failsafe: None,
+                refused_commands: 0,
             },
         )
 }

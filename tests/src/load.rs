@@ -34,11 +34,16 @@ fn pool((host, port): &(String, u16)) -> mysql_async::Pool {
     pool_as((host, port), ("app", "apppw"))
 }
 
+/// A client of one server over the network, as an application on another machine is:
+/// never through the server's unix socket (mysql_async switches to `@@socket` after a
+/// TCP connect by default, which on a test machine reaches a server whose host is cut off
+/// the network, as no remote client could).
 fn pool_as((host, port): (&String, &u16), (user, password): (&str, &str)) -> mysql_async::Pool {
     mysql_async::Pool::new(
         mysql_async::OptsBuilder::default()
             .ip_or_hostname(host.clone())
             .tcp_port(*port)
+            .prefer_socket(false)
             .user(Some(user))
             .pass(Some(password))
             .db_name(Some("app")),

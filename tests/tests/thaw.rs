@@ -61,6 +61,29 @@ fn a_frozen_master_is_fenced_by_the_operator_command_and_thaws_unreachable_trial
 
         // It thaws, and its agent is the last to be scheduled: for 300 ms the engine
         // answers clients as the writable master it was, but nobody reaches it any more.
+        // What the network says of the fenced host, for a failure message.
+        let link = std::process::Command::new("ip")
+            .args(["-br", "link", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let old_ip = c.node_mut(&old).host.as_ref().unwrap().ip.clone();
+        let route = std::process::Command::new("ip")
+            .args(["route", "get", &old_ip])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        events.push((
+            Instant::now(),
+            format!(
+                "trial {trial} links: {} | route to {old_ip}: {}",
+                link.lines()
+                    .filter(|l| l.starts_with("tdm"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                route.trim()
+            ),
+        ));
         let node = c.node_mut(&old);
         node.db.resume().unwrap();
         std::thread::sleep(Duration::from_millis(300));
@@ -114,6 +137,12 @@ fn a_frozen_master_is_fenced_by_the_operator_command_and_thaws_unreachable_trial
             .filter(|(_, w)| w.iter().filter(|x| **x).count() > 1)
         {
             eprintln!("{:>8} ms double {w:?}", (*at - events[0].0).as_millis());
+        }
+        eprintln!("fenced: {:?}", c.fenced());
+        for line in c.conductor.log().lines().filter(|l| {
+            l.contains("fence") || l.contains("workflow started") || l.contains("promot")
+        }) {
+            eprintln!("{line}");
         }
     }
     assert_never_two_writable(&samples);

@@ -27,6 +27,7 @@ pub struct Harness {
     pub broker: Broker,
     pub client: Transport,
     pub nodes: Vec<Node>,
+    shutdown: CancellationToken,
     _shutdown: tokio_util::sync::DropGuard,
 }
 
@@ -45,15 +46,56 @@ impl Harness {
         instances: &[&str],
         env: impl Fn(&str) -> Vec<(String, String)>,
     ) -> Harness {
+        let key = tandem_transport::signing::SigningKey::from_pkcs8(
+            &tandem_testkit::conductor_key().pkcs8,
+        )
+        .unwrap();
+        Self::build(instances, env, Some(std::sync::Arc::new(key))).await
+    }
+
+    /// Agents that obey only commands signed by `key`, which this harness signs with.
+    pub async fn signed(
+        instances: &[&str],
+        key: std::sync::Arc<tandem_transport::signing::SigningKey>,
+    ) -> Harness {
+        let trusted = format!("[\"{}\"]", key.public_hex());
+        Self::build(
+            instances,
+            |_| {
+                vec![(
+                    "TANDEM_AGENT_BROKER__CONDUCTOR_KEYS".into(),
+                    trusted.clone(),
+                )]
+            },
+            Some(key),
+        )
+        .await
+    }
+
+    /// Another client of the same broker, signing with `key` (or not at all): a
+    /// stranger who can publish.
+    pub async fn stranger(
+        &self,
+        key: Option<std::sync::Arc<tandem_transport::signing::SigningKey>>,
+    ) -> Transport {
+        let mut config = TransportConfig::new(self.broker.uri(), "stranger");
+        config.signing_key = key;
+        Transport::connect(config, self.shutdown.clone())
+            .await
+            .unwrap()
+    }
+
+    async fn build(
+        instances: &[&str],
+        env: impl Fn(&str) -> Vec<(String, String)>,
+        signing: Option<std::sync::Arc<tandem_transport::signing::SigningKey>>,
+    ) -> Harness {
         tandem_testkit::init_tracing();
         let broker = Broker::new().unwrap();
         let shutdown = CancellationToken::new();
-        let client = Transport::connect(
-            TransportConfig::new(broker.uri(), "test-conductor"),
-            shutdown.clone(),
-        )
-        .await
-        .unwrap();
+        let mut config = TransportConfig::new(broker.uri(), "test-conductor");
+        config.signing_key = signing;
+        let client = Transport::connect(config, shutdown.clone()).await.unwrap();
         let mut nodes = Vec::new();
         for name in instances {
             let db = MariaDb::start(MariaDbOptions {
@@ -76,6 +118,7 @@ impl Harness {
             broker,
             client,
             nodes,
+            shutdown: shutdown.clone(),
             _shutdown: shutdown.drop_guard(),
         };
         for name in instances {
@@ -186,6 +229,16 @@ impl Harness {
         .await;
         credentials
     }
+}
+
+/// A client configuration that signs its commands as the test conductors do.
+pub fn signed_config(uri: &str, name: &str) -> TransportConfig {
+    let mut config = TransportConfig::new(uri, name);
+    config.signing_key = Some(std::sync::Arc::new(
+        tandem_transport::signing::SigningKey::from_pkcs8(&tandem_testkit::conductor_key().pkcs8)
+            .unwrap(),
+    ));
+    config
 }
 
 pub fn envelope(target: &str, epoch: Epoch, body: Command) -> Envelope<Command> {

@@ -365,12 +365,13 @@ async fn fence_host(
     let Some(fence) = &c.settings.failover.fence else {
         return HostFence::NotNeeded;
     };
-    // An agent that is heard (saying its engine is down) fences its own engine: the
-    // engine restarts read-only and the agent obeys the new epoch.
-    let heard = c
-        .registry
-        .report_with_age(failed)
-        .is_some_and(|(_, age)| age < c.settings.failover.detect_after);
+    // An agent that is heard saying its engine is down fences its own engine: the
+    // engine restarts read-only and the agent obeys the new epoch. Only that: a recent
+    // report that says anything else may be one the conductor took in late (a starved
+    // conductor works through a backlog), from a master frozen since.
+    let heard = c.registry.report_with_age(failed).is_some_and(|(r, age)| {
+        age < c.settings.failover.detect_after && r.health == Health::EngineDown
+    });
     if heard {
         return HostFence::NotNeeded;
     }

@@ -702,6 +702,12 @@ fn needs_attention(v: &Value, diverged: Option<&str>) -> Vec<String> {
             hazards.join(", ")
         ));
     }
+    if let Some(n) = v["refused_commands"].as_u64().filter(|n| *n > 0) {
+        lines.push(format!(
+            "REFUSED COMMANDS: {n} unsigned, forged or foreign-key commands dead-lettered \
+             unread (someone with broker access is trying)"
+        ));
+    }
     let restart = strings("restart_needed");
     if !restart.is_empty() {
         lines.push(format!("RESTART NEEDED: {}", restart.join("; ")));

@@ -65,6 +65,11 @@ impl AgentProcess {
             ("TANDEM_AGENT_STATUS_INTERVAL_MS".into(), "1000".into()),
             ("TANDEM_AGENT_PROBE_INTERVAL_MS".into(), "200".into()),
             ("TANDEM_AGENT_BROKER__URI".into(), broker_uri.into()),
+            // Every test agent obeys the test conductors' signing key.
+            (
+                "TANDEM_AGENT_BROKER__CONDUCTOR_KEYS".into(),
+                toml_list(vec![crate::conductor_key().public_hex.clone()]),
+            ),
             ("TANDEM_AGENT_ENGINE__KIND".into(), "mariadb".into()),
             ("TANDEM_AGENT_ENGINE__HOST".into(), db.host().into()),
             ("TANDEM_AGENT_ENGINE__PORT".into(), db.port().to_string()),
@@ -221,6 +226,20 @@ impl ConductorProcess {
         ];
         let mut env = env;
         env.extend(extra.iter().cloned());
+        // The test conductors' signing key, which every test agent trusts.
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data)?;
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(data.join("conductor.key"))?
+                .write_all(&crate::conductor_key().pkcs8)?;
+        }
         let mut c = ConductorProcess {
             url: format!("http://127.0.0.1:{port}"),
             env,

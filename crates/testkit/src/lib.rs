@@ -18,6 +18,7 @@
 mod agent;
 mod broker;
 mod cpu;
+mod keys;
 mod mariadb;
 mod netns;
 mod postgres;
@@ -28,6 +29,7 @@ mod tls;
 pub use agent::{binary, AgentProcess, ConductorProcess};
 pub use broker::Broker;
 pub use cpu::CpuJail;
+pub use keys::{conductor_key, ConductorKey};
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use netns::{Forward, Host, RootAddress};
 pub use postgres::Postgres;

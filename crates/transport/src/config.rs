@@ -30,6 +30,14 @@ pub struct TransportConfig {
     pub dead_letter_max_length: u32,
     /// …each for at most this long.
     pub dead_letter_ttl: Duration,
+    /// Signs every command this side publishes (the conductor's).
+    pub signing_key: Option<std::sync::Arc<crate::signing::SigningKey>>,
+    /// When set, a command not signed by one of these keys is dead-lettered before it
+    /// is decoded (an agent's).
+    pub trusted_keys: Option<crate::signing::TrustedKeys>,
+    /// How long an accepted command's copy counts as a replay (the longest deadline
+    /// the receiving side accepts).
+    pub replay_window: Duration,
 }
 
 impl TransportConfig {
@@ -44,6 +52,9 @@ impl TransportConfig {
             max_reconnect_delay: Duration::from_secs(2),
             dead_letter_max_length: 10_000,
             dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
+            signing_key: None,
+            trusted_keys: None,
+            replay_window: Duration::from_secs(600),
         }
     }
 

@@ -19,6 +19,7 @@ mod error;
 mod rpc;
 mod serve;
 mod session;
+pub mod signing;
 mod status;
 pub mod topology;
 
@@ -42,6 +43,10 @@ pub struct Transport {
 
 struct Inner {
     config: TransportConfig,
+    /// Commands refused for their signature since start (dead-lettered).
+    refused: std::sync::atomic::AtomicU64,
+    /// Signatures of accepted commands, to refuse replays.
+    seen: signing::Seen,
     sessions: watch::Receiver<Option<Arc<Session>>>,
     supervisor: Arc<Supervisor>,
     rpc: rpc::Pending,
@@ -49,6 +54,13 @@ struct Inner {
 }
 
 impl Transport {
+    /// Commands refused for their signature (unsigned, unknown key, forged) since start.
+    pub fn refused_commands(&self) -> u64 {
+        self.inner
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Connects and starts the supervisor that keeps the connection alive until
     /// `shutdown` is cancelled. Waits for the first connection for at most
     /// `config.connect_timeout`, so a wrong address is a clear error at start-up
@@ -62,6 +74,8 @@ impl Transport {
             Supervisor::start(config.clone(), rpc.clone(), shutdown.clone());
         let transport = Transport {
             inner: Arc::new(Inner {
+                refused: Default::default(),
+                seen: signing::Seen::new(config.replay_window),
                 config,
                 sessions,
                 supervisor,

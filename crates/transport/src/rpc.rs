@@ -81,6 +81,22 @@ impl Drop for PendingGuard {
 }
 
 impl Transport {
+    /// The signature headers of a command, when this side signs.
+    fn signature_headers(&self, bytes: &[u8]) -> lapin::types::FieldTable {
+        let mut headers = lapin::types::FieldTable::default();
+        if let Some(key) = &self.inner.config.signing_key {
+            headers.insert(
+                ShortString::from(crate::signing::KEY_HEADER),
+                lapin::types::AMQPValue::LongString(key.id().into()),
+            );
+            headers.insert(
+                ShortString::from(crate::signing::SIGNATURE_HEADER),
+                lapin::types::AMQPValue::LongString(key.sign(bytes).as_str().into()),
+            );
+        }
+        headers
+    }
+
     /// Sends `command` to its target's queue and waits for the reply, for at most
     /// `timeout` in all (connecting, confirm, reply).
     ///
@@ -169,7 +185,8 @@ impl Transport {
             .with_content_type(CONTENT_TYPE.into())
             .with_type(kind::COMMAND.into())
             .with_delivery_mode(2)
-            .with_expiration(left.as_millis().max(1).to_string().as_str().into());
+            .with_expiration(left.as_millis().max(1).to_string().as_str().into())
+            .with_headers(self.signature_headers(bytes));
         let confirm = match session
             .rpc_channel
             .basic_publish(

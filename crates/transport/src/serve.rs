@@ -157,6 +157,52 @@ impl Transport {
             };
             // Reap finished tasks so the set does not grow without bound.
             while in_flight.try_join_next().is_some() {}
+            // Authenticated before anything is decoded.
+            if let Some(trusted) = &self.inner.config.trusted_keys {
+                let header = |name: &str| {
+                    delivery
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|h| h.inner().get(name).cloned())
+                        .and_then(|v| match v {
+                            lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+                            _ => None,
+                        })
+                };
+                let key = header(crate::signing::KEY_HEADER);
+                let signature = header(crate::signing::SIGNATURE_HEADER);
+                let verdict = trusted
+                    .verify(&delivery.data, key.as_deref(), signature.as_deref())
+                    .and_then(|()| {
+                        let fresh = self.inner.seen.first_time(
+                            signature.as_deref().unwrap_or_default(),
+                            std::time::Instant::now(),
+                        );
+                        fresh.then_some(()).ok_or(crate::signing::Refused::Replayed)
+                    });
+                // The broker's own redelivery of a command this agent already took
+                // (a connection lost before its ack) is no attack: dropped quietly (the
+                // conductor re-sends, signed anew, and gets the recorded answer).
+                if verdict == Err(crate::signing::Refused::Replayed) && delivery.redelivered {
+                    tracing::debug!(
+                        queue,
+                        "dropping a redelivered copy of a command already taken"
+                    );
+                    let _ = delivery
+                        .ack(lapin::options::BasicAckOptions::default())
+                        .await;
+                    continue;
+                }
+                if let Err(why) = verdict {
+                    let n = self
+                        .inner
+                        .refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    refuse(queue, delivery, &why, n == 0).await;
+                    continue;
+                }
+            }
             match codec::decode::<Envelope<Command>>(&delivery.data) {
                 Ok(command) => {
                     let handler = handler.clone();
@@ -177,6 +223,28 @@ impl Transport {
         instance: &InstanceId,
         bytes: &[u8],
     ) -> Result<(), TransportError> {
+        self.publish_raw_signed(instance, bytes, None).await
+    }
+
+    /// As [`Transport::publish_raw_command`], with the signature headers given as they
+    /// are (`(key id, signature)`): for tests of forged, tampered and replayed commands.
+    pub async fn publish_raw_signed(
+        &self,
+        instance: &InstanceId,
+        bytes: &[u8],
+        signature: Option<(&str, &str)>,
+    ) -> Result<(), TransportError> {
+        let mut headers = lapin::types::FieldTable::default();
+        if let Some((key, sig)) = signature {
+            headers.insert(
+                crate::signing::KEY_HEADER.into(),
+                lapin::types::AMQPValue::LongString(key.into()),
+            );
+            headers.insert(
+                crate::signing::SIGNATURE_HEADER.into(),
+                lapin::types::AMQPValue::LongString(sig.into()),
+            );
+        }
         let session = self
             .session_within(self.inner.config.connect_timeout)
             .await?;
@@ -187,7 +255,9 @@ impl Transport {
                 instance.as_str().into(),
                 BasicPublishOptions::default(),
                 bytes,
-                BasicProperties::default().with_type(kind::COMMAND.into()),
+                BasicProperties::default()
+                    .with_type(kind::COMMAND.into())
+                    .with_headers(headers),
             )
             .await
             .map_err(TransportError::amqp("basic.publish"))?
@@ -265,6 +335,26 @@ async fn answer<H: CommandHandler>(
     }
     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
         tracing::warn!(%message_id, error = %e, "could not acknowledge a command");
+    }
+}
+
+/// Dead-letters a command whose signature was refused. Logged loudly the first time, and
+/// then at debug level (the count is in the agent's reports): a hostile client must not
+/// be able to flood the log.
+async fn refuse(queue: &str, delivery: Delivery, why: &crate::signing::Refused, first: bool) {
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| "none".into());
+    if first {
+        tracing::warn!(queue, message_id, reason = %why, "refused a command: dead-lettered unread (later refusals are counted in the status reports)");
+    } else {
+        tracing::debug!(queue, message_id, reason = %why, "refused a command");
+    }
+    if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
+        tracing::warn!(queue, error = %e, "could not reject a refused command");
     }
 }
 

@@ -354,5 +354,6 @@ fn sample_report(zone: &str, instance: &str, sequence: u64) -> StatusReport {
         fencing_hazards: Vec::new(),
         restart_needed: Vec::new(),
         failsafe: None,
+        refused_commands: 0,
     }
 }
