@@ -87,9 +87,14 @@ async fn main() {
             .unwrap(),
     ));
     let client = Transport::connect(config, shutdown.clone()).await.unwrap();
+    // Every try stamped (and so signed) anew, as the conductor does: a byte-for-byte
+    // copy is refused as a replay.
     let call = async |env: &Envelope<Command>| {
+        let mut env = env.clone();
+        env.issued_at = tandem_proto::Timestamp::now();
+        env.expires_at = Some(tandem_proto::Timestamp(env.issued_at.0 + 60_000));
         client
-            .call(env, Duration::from_secs(60))
+            .call(&env, Duration::from_secs(60))
             .await
             .unwrap()
             .body

@@ -157,7 +157,16 @@ impl Harness {
         }
     }
 
+    /// Sends `env` as the conductor sends every try of a command: the same message id,
+    /// stamped (and so signed) anew, since a byte-for-byte copy is refused as a replay.
     pub async fn send(&self, env: &Envelope<Command>) -> Result<ReplyBody, CommandError> {
+        let mut env = env.clone();
+        if let Some(deadline) = env.expires_at {
+            let lifetime = deadline.0.saturating_sub(env.issued_at.0);
+            env.issued_at = tandem_proto::Timestamp::now();
+            env.expires_at = Some(tandem_proto::Timestamp(env.issued_at.0 + lifetime));
+        }
+        let env = &env;
         let reply = self
             .client
             .call(env, Duration::from_secs(20))
