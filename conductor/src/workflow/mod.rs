@@ -832,7 +832,7 @@ pub fn start(
 
 /// Background upkeep the detector starts on a quiet set: an operator's request waits for
 /// it (it takes a moment) instead of being refused as busy.
-const UPKEEP: &[&str] = &["failsafe", "restore_writes"];
+const UPKEEP: &[&str] = &["failsafe", "restore_writes", "repoint"];
 
 /// As [`start`], for an operator's request: when the set is busy only with upkeep
 /// ([`UPKEEP`]), waits up to a few seconds for it to end.

@@ -37,11 +37,15 @@ impl CommandHandler for Pong {
 }
 
 fn ping() -> Envelope<Command> {
+    ping_to("bench-agent")
+}
+
+fn ping_to(agent: &str) -> Envelope<Command> {
     Envelope::new(
         Sender::Conductor {
             name: "bench".into(),
         },
-        InstanceId::new("bench-agent").unwrap(),
+        InstanceId::new(agent).unwrap(),
         Epoch::new(1),
         Command::Ping,
     )
@@ -307,6 +311,36 @@ async fn main() {
     .await
     .unwrap();
 
+    // The same again with signed commands: a client that signs, an agent that verifies.
+    let key = Arc::new(
+        tandem_transport::signing::SigningKey::from_pkcs8(
+            &tandem_transport::signing::SigningKey::generate().unwrap(),
+        )
+        .unwrap(),
+    );
+    let mut signed_config = TransportConfig::new(broker.uri(), "bench-agent-signed");
+    signed_config.queue_type = queue_type;
+    signed_config.trusted_keys =
+        Some(tandem_transport::signing::TrustedKeys::from_hex(&[key.public_hex()]).unwrap());
+    let signed_agent = Transport::connect(signed_config, shutdown.clone())
+        .await
+        .unwrap();
+    let signed_id = InstanceId::new("bench-signed").unwrap();
+    signed_agent.declare_agent_queue(&signed_id).await.unwrap();
+    {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            signed_agent
+                .serve_commands(&signed_id, Arc::new(Pong), &stop)
+                .await
+        });
+    }
+    let mut signing_client = TransportConfig::new(broker.uri(), "bench-client-signed");
+    signing_client.signing_key = Some(key);
+    let signed_client = Transport::connect(signing_client, shutdown.clone())
+        .await
+        .unwrap();
+
     let payload = tandem_proto::codec::encode(&ping()).unwrap();
     let bare =
         Arc::new(Bare::start(broker.uri(), queue_type, config.prefetch, payload.clone()).await);
@@ -317,6 +351,7 @@ async fn main() {
     let rounds = env_usize("BENCH_ROUNDS", 3);
     let mut bare_rounds = Vec::new();
     let mut our_rounds = Vec::new();
+    let mut signed_rounds = Vec::new();
     for _ in 0..rounds {
         let b = bare.clone();
         bare_rounds.push(
@@ -345,34 +380,62 @@ async fn main() {
             )
             .await,
         );
+        let c = signed_client.clone();
+        signed_rounds.push(
+            measure(
+                move || {
+                    let c = c.clone();
+                    async move {
+                        let r = c
+                            .call(&ping_to("bench-signed"), Duration::from_secs(10))
+                            .await
+                            .unwrap();
+                        assert!(matches!(r.body, Reply::Ok(ReplyBody::Pong { .. })));
+                    }
+                },
+                serial,
+                calls,
+            )
+            .await,
+        );
     }
     let bare_figures = median(&bare_rounds);
     let ours = median(&our_rounds);
+    let signed = median(&signed_rounds);
 
     println!(
         "request/reply, {:?} queue, {} byte command, {serial} serial calls, {calls} calls per concurrency level, median of {rounds} interleaved rounds",
         queue_type,
         payload.len()
     );
-    println!("| metric | bare lapin | tandem transport | ratio |");
-    println!("|---|---|---|---|");
+    println!(
+        "| metric | bare lapin | tandem transport | ratio | tandem, signed commands | signed / unsigned |"
+    );
+    println!("|---|---|---|---|---|---|");
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "| round trip p50 | {:.3} ms | {:.3} ms | {:.2}x |",
-        ms(bare_figures.p50),
-        ms(ours.p50),
-        ms(ours.p50) / ms(bare_figures.p50)
-    );
-    println!(
-        "| round trip p99 | {:.3} ms | {:.3} ms | {:.2}x |",
-        ms(bare_figures.p99),
-        ms(ours.p99),
-        ms(ours.p99) / ms(bare_figures.p99)
-    );
-    for ((n, b), (_, o)) in bare_figures.throughput.iter().zip(&ours.throughput) {
+    for (name, b, o, s) in [
+        ("round trip p50", bare_figures.p50, ours.p50, signed.p50),
+        ("round trip p99", bare_figures.p99, ours.p99, signed.p99),
+    ] {
         println!(
-            "| throughput, {n} in flight | {b:.0} calls/s | {o:.0} calls/s | {:.2}x |",
-            o / b
+            "| {name} | {:.3} ms | {:.3} ms | {:.2}x | {:.3} ms | {:.2}x |",
+            ms(b),
+            ms(o),
+            ms(o) / ms(b),
+            ms(s),
+            ms(s) / ms(o)
+        );
+    }
+    for (((n, b), (_, o)), (_, s)) in bare_figures
+        .throughput
+        .iter()
+        .zip(&ours.throughput)
+        .zip(&signed.throughput)
+    {
+        println!(
+            "| throughput, {n} in flight | {b:.0} calls/s | {o:.0} calls/s | {:.2}x | {s:.0} calls/s | {:.2}x |",
+            o / b,
+            s / o
         );
     }
     shutdown.cancel();
