@@ -157,62 +157,22 @@ impl Transport {
             };
             // Reap finished tasks so the set does not grow without bound.
             while in_flight.try_join_next().is_some() {}
-            // Authenticated before anything is decoded.
-            if let Some(trusted) = &self.inner.config.trusted_keys {
-                let header = |name: &str| {
-                    delivery
-                        .properties
-                        .headers()
-                        .as_ref()
-                        .and_then(|h| h.inner().get(name).cloned())
-                        .and_then(|v| match v {
-                            lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
-                            _ => None,
-                        })
-                };
-                let key = header(crate::signing::KEY_HEADER);
-                let signature = header(crate::signing::SIGNATURE_HEADER);
-                let verdict = trusted
-                    .verify(&delivery.data, key.as_deref(), signature.as_deref())
-                    .and_then(|()| {
-                        let fresh = self.inner.seen.first_time(
-                            signature.as_deref().unwrap_or_default(),
-                            std::time::Instant::now(),
-                        );
-                        fresh.then_some(()).ok_or(crate::signing::Refused::Replayed)
-                    });
-                // The broker's own redelivery of a command this agent already took
-                // (a connection lost before its ack) is no attack: dropped quietly (the
-                // conductor re-sends, signed anew, and gets the recorded answer).
-                if verdict == Err(crate::signing::Refused::Replayed) && delivery.redelivered {
-                    tracing::debug!(
-                        queue,
-                        "dropping a redelivered copy of a command already taken"
-                    );
-                    let _ = delivery
-                        .ack(lapin::options::BasicAckOptions::default())
-                        .await;
-                    continue;
+            // Each delivery in a task of its own, authenticated before anything is
+            // decoded: checking signatures is CPU work, spread over the runtime's
+            // threads rather than done one after the other in this loop.
+            let handler = handler.clone();
+            let channel = channel.clone();
+            let inner = self.inner.clone();
+            let queue = queue.to_owned();
+            in_flight.spawn(async move {
+                if let Err(why) = verdict(&inner, &delivery) {
+                    return refused_or_dropped(&inner, &queue, delivery, why).await;
                 }
-                if let Err(why) = verdict {
-                    let n = self
-                        .inner
-                        .refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    refuse(queue, delivery, &why, n == 0).await;
-                    continue;
+                match codec::decode::<Envelope<Command>>(&delivery.data) {
+                    Ok(command) => answer(&channel, delivery, command, &*handler).await,
+                    Err(e) => dead_letter(&queue, delivery, &e).await,
                 }
-            }
-            match codec::decode::<Envelope<Command>>(&delivery.data) {
-                Ok(command) => {
-                    let handler = handler.clone();
-                    let channel = channel.clone();
-                    in_flight.spawn(async move {
-                        answer(&channel, delivery, command, &*handler).await;
-                    });
-                }
-                Err(e) => dead_letter(queue, delivery, &e).await,
-            }
+            });
         }
     }
 
@@ -336,6 +296,59 @@ async fn answer<H: CommandHandler>(
     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
         tracing::warn!(%message_id, error = %e, "could not acknowledge a command");
     }
+}
+
+/// Whether a delivery may be decoded: always without trusted keys; with them, only a
+/// command signed by one of them that was not taken before.
+fn verdict(inner: &crate::Inner, delivery: &Delivery) -> Result<(), crate::signing::Refused> {
+    let Some(trusted) = &inner.config.trusted_keys else {
+        return Ok(());
+    };
+    let header = |name: &str| {
+        delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(name).cloned())
+            .and_then(|v| match v {
+                lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+                _ => None,
+            })
+    };
+    let key = header(crate::signing::KEY_HEADER);
+    let signature = header(crate::signing::SIGNATURE_HEADER);
+    trusted.verify(&delivery.data, key.as_deref(), signature.as_deref())?;
+    let fresh = inner.seen.first_time(
+        signature.as_deref().unwrap_or_default(),
+        std::time::Instant::now(),
+    );
+    fresh.then_some(()).ok_or(crate::signing::Refused::Replayed)
+}
+
+/// A delivery that was not admitted: the broker's own redelivery of a command already
+/// taken (a connection lost before its ack) is no attack and is dropped quietly (the
+/// conductor re-sends, signed anew, and gets the recorded answer); anything else is
+/// refused.
+async fn refused_or_dropped(
+    inner: &crate::Inner,
+    queue: &str,
+    delivery: Delivery,
+    why: crate::signing::Refused,
+) {
+    if why == crate::signing::Refused::Replayed && delivery.redelivered {
+        tracing::debug!(
+            queue,
+            "dropping a redelivered copy of a command already taken"
+        );
+        let _ = delivery
+            .ack(lapin::options::BasicAckOptions::default())
+            .await;
+        return;
+    }
+    let n = inner
+        .refused
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    refuse(queue, delivery, &why, n == 0).await;
 }
 
 /// Dead-letters a command whose signature was refused. Logged loudly the first time, and

@@ -51,7 +51,15 @@ pub enum Refused {
 /// after which a copy is refused as expired anyway).
 pub struct Seen {
     window: std::time::Duration,
-    entries: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    entries: std::sync::Mutex<SeenEntries>,
+}
+
+/// The signatures in a set, and in the order they came, so that the expired ones are
+/// dropped from the front: constant work per command, whatever the rate.
+#[derive(Default)]
+struct SeenEntries {
+    set: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<(std::time::Instant, String)>,
 }
 
 impl Seen {
@@ -64,17 +72,19 @@ impl Seen {
 
     /// Records `signature`; false when it was already there (a replay).
     pub fn first_time(&self, signature: &str, now: std::time::Instant) -> bool {
-        let mut entries = self.entries.lock().expect("poisoned");
-        if entries.len() > 1024 {
-            entries.retain(|_, at| now.saturating_duration_since(*at) < self.window);
-        }
-        match entries.get(signature) {
-            Some(at) if now.saturating_duration_since(*at) < self.window => false,
-            _ => {
-                entries.insert(signature.to_owned(), now);
-                true
+        let mut e = self.entries.lock().expect("poisoned");
+        while let Some((at, _)) = e.order.front() {
+            if now.saturating_duration_since(*at) < self.window {
+                break;
             }
+            let (_, old) = e.order.pop_front().expect("a front entry");
+            e.set.remove(&old);
         }
+        if !e.set.insert(signature.to_owned()) {
+            return false;
+        }
+        e.order.push_back((now, signature.to_owned()));
+        true
     }
 }
 
