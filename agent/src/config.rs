@@ -162,6 +162,12 @@ pub struct BrokerConfig {
     /// whose signed commands this agent obeys; a list, so a key can be rotated.
     /// Required: anything not signed by one of them is dead-lettered unread.
     pub conductor_keys: Vec<String>,
+    /// The one-time enrolment token the operator got from `tandem instance enroll ID`
+    /// (or a file holding it): the agent presents a proof made with it until the
+    /// conductor has pinned this agent's key. Not needed when the operator pinned the
+    /// key itself (`tandem instance enroll ID --key $(tandem-agent public-key)`).
+    pub enrolment_token: Option<String>,
+    pub enrolment_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,6 +225,8 @@ impl Default for BrokerConfig {
             queue_type: "quorum".into(),
             prefetch: 16,
             conductor_keys: Vec::new(),
+            enrolment_token: None,
+            enrolment_token_file: None,
         }
     }
 }
@@ -257,6 +265,7 @@ pub struct Settings {
     pub max_deadline: Duration,
     pub max_waiting: usize,
     pub trusted_keys: tandem_transport::signing::TrustedKeys,
+    pub enrolment_token: Option<String>,
     pub broker_uri: String,
     pub queue_type: tandem_transport::QueueType,
     pub prefetch: u16,
@@ -340,6 +349,18 @@ impl AgentConfig {
         let trusted_keys =
             tandem_transport::signing::TrustedKeys::from_hex(&self.broker.conductor_keys)
                 .map_err(|e| anyhow::anyhow!("field `broker.conductor_keys`: {e}"))?;
+        let enrolment_token = match (
+            &self.broker.enrolment_token,
+            &self.broker.enrolment_token_file,
+        ) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "fields `broker.enrolment_token` and `broker.enrolment_token_file` are both \
+                 set; keep one"
+            ),
+            (Some(t), None) => Some(t.trim().to_owned()),
+            (None, Some(f)) => Some(read_secret(f, "broker.enrolment_token_file")?),
+            (None, None) => None,
+        };
         let queue_type = match self.broker.queue_type.as_str() {
             "quorum" => tandem_transport::QueueType::Quorum,
             "classic" => tandem_transport::QueueType::Classic,
@@ -404,6 +425,7 @@ impl AgentConfig {
             max_deadline: Duration::from_secs(self.max_deadline_s),
             max_waiting: self.max_waiting,
             trusted_keys,
+            enrolment_token,
             broker_uri,
             queue_type,
             prefetch: self.broker.prefetch.max(1),

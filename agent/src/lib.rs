@@ -15,6 +15,7 @@ mod dispatch;
 pub mod engine;
 mod failsafe;
 mod host;
+pub mod identity;
 mod lease;
 mod notify;
 mod operations;
@@ -156,6 +157,12 @@ async fn run_with<E: Engine>(
     transport_config.prefetch = settings.prefetch;
     tracing::info!(keys = ?settings.trusted_keys, "only commands signed by these conductor keys are obeyed");
     transport_config.trusted_keys = Some(settings.trusted_keys.clone());
+    let key = identity::key(&settings.state_dir)?;
+    tracing::info!(public_key = %key.public_hex(), "this agent signs its reports and replies with this key");
+    transport_config.enrolment_proof = settings.enrolment_token.as_deref().map(|token| {
+        tandem_transport::identity::enrolment_proof(token, id.as_str(), &key.public_key())
+    });
+    transport_config.signing_key = Some(Arc::new(key));
     transport_config.replay_window = settings.max_deadline;
     let transport = tokio::select! {
         t = Transport::connect(transport_config, transport_shutdown.clone()) => t?,

@@ -12,6 +12,15 @@ struct Args {
     /// TANDEM_AGENT_* environment variables override it.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Prints this agent's public key (made in its state directory if it has none yet),
+    /// for `tandem instance enroll ID --key KEY`.
+    PublicKey,
 }
 
 // One thread: the agent does little at a time, and it must stay small inside every VM.
@@ -39,6 +48,18 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(Cmd::PublicKey) = args.command {
+        return match tandem_agent::identity::key(&settings.state_dir) {
+            Ok(key) => {
+                println!("{}", key.public_hex());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tandem-agent: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     match tandem_agent::run(settings, shutdown).await {

@@ -18,6 +18,8 @@ use tandem_transport::CallError;
 
 use crate::Conductor;
 
+mod enrolment;
+
 pub fn router(conductor: Arc<Conductor>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
@@ -25,6 +27,11 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/instances", get(list_instances))
         .route("/v1/instances/{id}", get(get_instance))
         .route("/v1/instances/{id}/ping", post(ping_instance))
+        .route(
+            "/v1/instances/{id}/enrolment",
+            post(enrolment::enrol).delete(enrolment::rekey),
+        )
+        .route("/v1/enrolments", get(enrolment::list))
         .route("/v1/instances/{id}/metadata", get(list_metadata))
         .route(
             "/v1/instances/{id}/metadata/{key}",
@@ -73,6 +80,9 @@ pub struct ErrorBody {
         list_instances,
         get_instance,
         ping_instance,
+        enrolment::enrol,
+        enrolment::rekey,
+        enrolment::list,
         list_metadata,
         get_metadata,
         put_metadata,
@@ -98,6 +108,8 @@ pub struct ErrorBody {
     components(schemas(
         ErrorBody,
         PingResult,
+        enrolment::EnrolmentView,
+        enrolment::EnrolRequest,
         MetadataValue,
         MemberView,
         SetView,
@@ -153,6 +165,7 @@ impl From<CallError> for ApiError {
     fn from(e: CallError) -> Self {
         let (status, kind) = match &e {
             CallError::UnknownInstance(_) => (StatusCode::NOT_FOUND, "unknown_instance"),
+            CallError::NotEnrolled(_) => (StatusCode::CONFLICT, "not_enrolled"),
             CallError::TimedOut { .. } => (StatusCode::GATEWAY_TIMEOUT, "timed_out"),
             CallError::BadReply { .. } => (StatusCode::BAD_GATEWAY, "bad_reply"),
             CallError::Transport(_) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),

@@ -76,6 +76,28 @@ pub enum ApiEvent {
         hold_ms: u64,
         at: Timestamp,
     },
+    /// An instance's key was pinned (`by`: `token`, the agent's enrolment proof, or
+    /// `operator`).
+    InstanceEnrolled {
+        instance: InstanceId,
+        key: String,
+        by: String,
+        at: Timestamp,
+    },
+    /// An instance's key was forgotten by an operator: nothing naming it is believed
+    /// until it enrols again.
+    InstanceRekeyed {
+        instance: InstanceId,
+        generation: u64,
+        at: Timestamp,
+    },
+    /// A status report naming this instance was not signed by its enrolled key and was
+    /// dropped (raised once per instance, key and reason).
+    MessageRefused {
+        instance: InstanceId,
+        reason: String,
+        at: Timestamp,
+    },
     /// A returning server holds transactions the master lacks and is kept apart.
     Quarantined {
         set: String,

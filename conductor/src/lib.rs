@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod backups;
 pub mod config;
 pub mod drift;
+pub mod enrolment;
 pub mod events;
 pub mod failover;
 pub mod failsafe;
@@ -48,8 +49,12 @@ pub struct Conductor {
     pub registry: registry::Registry,
     pub store: Box<dyn Store>,
     pub events: events::Events,
-    /// Random bytes kept in the data directory: seed tokens are derived from it.
+    /// Random bytes kept in the data directory: seed tokens and enrolment tokens are
+    /// derived from it.
     pub secret: [u8; 32],
+    /// The key each instance speaks with: reports and replies signed by any other are
+    /// dropped.
+    pub enrolments: Arc<enrolment::Enrolments>,
     /// Backups being taken, by backup id (see [`api`]).
     pub backups_running: std::sync::Mutex<std::collections::HashMap<String, BackupRun>>,
     /// Instances with an open drift event.
@@ -70,6 +75,47 @@ impl Conductor {
             .find(|(k, _)| k == "replication_delay_s")
             .map(|(_, v)| v.as_str());
         metadata::delay_s(value)
+    }
+
+    /// Whether a message naming `instance`, from `sender`, is believed (see
+    /// [`enrolment`]): an agent enrolling with a valid proof is pinned here; anything
+    /// else not signed by the pinned key is dropped, with one event and one log line
+    /// per instance, key and reason.
+    fn believes(
+        &self,
+        instance: &tandem_proto::InstanceId,
+        sender: &tandem_transport::identity::Sender,
+    ) -> bool {
+        use enrolment::Admission;
+        let refusal = match self.enrolments.admit(instance, sender) {
+            Admission::Known => return true,
+            Admission::Enrol(key) => match self.enrolments.pin(&*self.store, instance, &key) {
+                Ok(_) => {
+                    tracing::info!(%instance, %key, "instance enrolled by its token");
+                    self.events.publish(events::ApiEvent::InstanceEnrolled {
+                        instance: instance.clone(),
+                        key: key.to_hex(),
+                        by: "token".into(),
+                        at: tandem_proto::Timestamp::now(),
+                    });
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!(%instance, error = %e, "could not pin an enrolling key");
+                    return false;
+                }
+            },
+            Admission::Refused(r) => r,
+        };
+        if self.enrolments.first_refusal(instance, &refusal) {
+            tracing::warn!(%instance, "ignoring a message naming this instance: {refusal}");
+            self.events.publish(events::ApiEvent::MessageRefused {
+                instance: instance.clone(),
+                reason: refusal.to_string(),
+                at: tandem_proto::Timestamp::now(),
+            });
+        }
+        false
     }
 
     /// Raises a drift event for `instance` while its engine differs from the intent (a
@@ -156,10 +202,13 @@ async fn run_led(
     let signing = keys::signing_key(&settings.data_dir)?;
     tracing::info!(key = signing.id(), public_key = %signing.public_hex(), "commands are signed");
     transport_config.signing_key = Some(Arc::new(signing));
-    let transport = Transport::connect(transport_config, shutdown.clone()).await?;
     let secret = keys::load_secret(&settings.data_dir)?;
+    let enrolments = Arc::new(enrolment::Enrolments::load(&store, secret)?);
+    transport_config.reply_keys = Some(enrolments.clone());
+    let transport = Transport::connect(transport_config, shutdown.clone()).await?;
     let conductor = Arc::new(Conductor {
         secret,
+        enrolments,
         backups_running: Default::default(),
         settings,
         transport,
@@ -175,8 +224,11 @@ async fn run_led(
     let follower = {
         let c = conductor.clone();
         tokio::spawn(async move {
-            while let Some(report) = reports.next().await {
-                let r = report.body;
+            while let Some(received) = reports.next_received().await {
+                if !c.believes(&received.envelope.body.instance, &received.sender) {
+                    continue;
+                }
+                let r = received.envelope.body;
                 let record = InstanceRecord {
                     id: r.instance.clone(),
                     zone: r.zone.clone(),

@@ -10,6 +10,7 @@ pub mod sqlite;
 
 use serde::{Deserialize, Serialize};
 use tandem_proto::{Epoch, InstanceId, MessageId, ReplicaSetId, Timestamp};
+use tandem_transport::identity::PublicKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -333,4 +334,23 @@ pub trait Store: Send + Sync + 'static {
         set: &ReplicaSetId,
         master: &InstanceId,
     ) -> Result<Vec<(Epoch, Vec<InstanceId>)>>;
+
+    // Enrolment (see `crate::enrolment`).
+    fn enrolments(&self) -> Result<Vec<Enrolment>>;
+    /// Pins `key` for `instance`; a conflict when another key is pinned (re-keying is
+    /// [`Store::unpin_key`] first, on purpose).
+    fn pin_key(&self, instance: &InstanceId, key: &PublicKey) -> Result<Enrolment>;
+    /// Forgets `instance`'s key and moves it to the next key generation, so that its
+    /// earlier enrolment token no longer enrols anything.
+    fn unpin_key(&self, instance: &InstanceId) -> Result<Enrolment>;
+}
+
+/// The key an instance speaks with, as pinned at enrolment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolment {
+    pub instance: InstanceId,
+    /// `None` before the first enrolment and after a re-key.
+    pub key: Option<PublicKey>,
+    /// Rises with every re-key; the enrolment token is derived from it.
+    pub generation: u64,
 }

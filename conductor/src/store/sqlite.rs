@@ -84,6 +84,13 @@ CREATE TABLE IF NOT EXISTS failsafe_lists (
     peers TEXT NOT NULL,
     PRIMARY KEY (set_id, master, epoch)
 );
+-- The key each instance's agent signs with, pinned at enrolment; NULL after a re-key.
+CREATE TABLE IF NOT EXISTS enrolments (
+    instance TEXT PRIMARY KEY,
+    public_key TEXT,
+    generation INTEGER NOT NULL,
+    changed_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS journal (
     workflow_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -845,6 +852,49 @@ impl Store for SqliteStore {
         })
     }
 
+    fn enrolments(&self) -> Result<Vec<Enrolment>> {
+        self.with(|c| {
+            let rows: Vec<(String, Option<String>, i64)> = c
+                .prepare("SELECT instance, public_key, generation FROM enrolments")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            rows.into_iter()
+                .map(|(i, k, g)| {
+                    Ok(Enrolment {
+                        instance: id(i)?,
+                        key: k
+                            .map(|k| PublicKey::from_hex(&k).map_err(StoreError::Internal))
+                            .transpose()?,
+                        generation: g as u64,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn pin_key(&self, instance: &InstanceId, key: &PublicKey) -> Result<Enrolment> {
+        self.enrolment_write(instance, |now| match now.key {
+            Some(pinned) if pinned != *key => Err(StoreError::Conflict(format!(
+                "instance {instance} is enrolled with another key ({pinned}); re-key it \
+                 first (`tandem instance rekey {instance}`) if the new key is truly its own"
+            ))),
+            _ => Ok(Enrolment {
+                key: Some(*key),
+                ..now.clone()
+            }),
+        })
+    }
+
+    fn unpin_key(&self, instance: &InstanceId) -> Result<Enrolment> {
+        self.enrolment_write(instance, |now| {
+            Ok(Enrolment {
+                key: None,
+                generation: now.generation + 1,
+                ..now.clone()
+            })
+        })
+    }
+
     fn failsafe_lists(
         &self,
         set: &ReplicaSetId,
@@ -863,6 +913,50 @@ impl Store for SqliteStore {
             rows.into_iter()
                 .map(|(e, p)| Ok((Epoch::new(e as u64), serde_json::from_str(&p)?)))
                 .collect()
+        })
+    }
+}
+
+fn enrolment_of(tx: &rusqlite::Transaction<'_>, instance: &InstanceId) -> Result<Enrolment> {
+    let row: Option<(Option<String>, i64)> = tx
+        .query_row(
+            "SELECT public_key, generation FROM enrolments WHERE instance = ?1",
+            [instance.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (key, generation) = row.unwrap_or((None, 0));
+    Ok(Enrolment {
+        instance: instance.clone(),
+        key: key
+            .map(|k| PublicKey::from_hex(&k).map_err(StoreError::Internal))
+            .transpose()?,
+        generation: generation as u64,
+    })
+}
+
+impl SqliteStore {
+    fn enrolment_write(
+        &self,
+        instance: &InstanceId,
+        change: impl FnOnce(&Enrolment) -> Result<Enrolment>,
+    ) -> Result<Enrolment> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = enrolment_of(&tx, instance)?;
+            let next = change(&now)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO enrolments (instance, public_key, generation, changed_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    instance.as_str(),
+                    next.key.map(|k| k.to_hex()),
+                    next.generation as i64,
+                    Timestamp::now().0 as i64
+                ],
+            )?;
+            tx.commit()?;
+            Ok(next)
         })
     }
 }

@@ -704,6 +704,9 @@ impl Conductor {
                     ErrorKind::BadRequest,
                     format!("no agent queue is bound for instance {i}"),
                 )),
+                Err(e @ CallError::NotEnrolled(_)) => {
+                    Reply::Err(CommandError::new(ErrorKind::BadRequest, e.to_string()))
+                }
                 Err(e) => Reply::Err(CommandError::new(ErrorKind::TimedOut, e.to_string())),
             };
             let retry = matches!(&outcome, Reply::Err(e) if e.retryable);

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+
+mod instance;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -72,6 +74,9 @@ pub enum Cmd {
     /// Instance metadata (key/value).
     #[command(subcommand)]
     Metadata(MetadataCmd),
+    /// Enrol instances: which agent key speaks for which instance.
+    #[command(subcommand)]
+    Instance(instance::InstanceCmd),
     /// Follow the live event stream: status changes and workflow progress (Ctrl-C to stop).
     Events,
     /// Every command the conductor's workflows sent: what, to whom, epoch, result.
@@ -276,6 +281,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let client = Client::new(&cli.conductor);
     let json = cli.json;
     match cli.command {
+        Cmd::Instance(cmd) => instance::run(&client, cmd, json, out)?,
         Cmd::Events => {
             let stream = ureq::Agent::config_builder()
                 .http_status_as_error(false)

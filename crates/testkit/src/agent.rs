@@ -70,6 +70,11 @@ impl AgentProcess {
                 "TANDEM_AGENT_BROKER__CONDUCTOR_KEYS".into(),
                 toml_list(vec![crate::conductor_key().public_hex.clone()]),
             ),
+            // …and enrols itself with the token the test conductors derive for it.
+            (
+                "TANDEM_AGENT_BROKER__ENROLMENT_TOKEN".into(),
+                crate::enrolment_token(instance),
+            ),
             ("TANDEM_AGENT_ENGINE__KIND".into(), "mariadb".into()),
             ("TANDEM_AGENT_ENGINE__HOST".into(), db.host().into()),
             ("TANDEM_AGENT_ENGINE__PORT".into(), db.port().to_string()),
@@ -170,6 +175,26 @@ impl AgentProcess {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
+    /// The agent's state directory (its key, `agent.key`, is there).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Runs the agent binary with this agent's configuration and `args` (a subcommand
+    /// such as `public-key`); returns its standard output, or its error.
+    pub fn run_with_config(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.binary)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "tandem-agent {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     pub fn managed_config_path(&self) -> PathBuf {
         self.dir.path().join("90-tandem.cnf")
     }
@@ -239,6 +264,13 @@ impl ConductorProcess {
                 .mode(0o600)
                 .open(data.join("conductor.key"))?
                 .write_all(&crate::conductor_key().pkcs8)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(data.join("secret.key"))?
+                .write_all(crate::conductor_secret())?;
         }
         let mut c = ConductorProcess {
             url: format!("http://127.0.0.1:{port}"),

@@ -1,6 +1,7 @@
-//! The conductor's command-signing key for tests: one Ed25519 key per test process,
-//! written into every test conductor's data directory and trusted by every test agent,
-//! so that every test runs with signed commands, as a deployment does.
+//! The conductor's keys for tests: one command-signing key and one secret per test
+//! process, written into every test conductor's data directory. Every test agent trusts
+//! the signing key and enrols itself with the token derived from the secret, so that
+//! every test runs with signed commands and enrolled agents, as a deployment does.
 
 use std::sync::OnceLock;
 
@@ -27,4 +28,19 @@ pub fn conductor_key() -> &'static ConductorKey {
             pkcs8,
         }
     })
+}
+
+/// The conductor secret (`secret.key`) every test conductor of this process holds.
+pub fn conductor_secret() -> &'static [u8; 32] {
+    static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
+    SECRET.get_or_init(|| {
+        let mut s = [0u8; 32];
+        ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut s).expect("random bytes");
+        s
+    })
+}
+
+/// The enrolment token a test conductor gives `instance` (first key generation).
+pub fn enrolment_token(instance: &str) -> String {
+    tandem_transport::identity::enrolment_token(conductor_secret(), instance, 0)
 }

@@ -29,7 +29,7 @@ mod tls;
 pub use agent::{binary, AgentProcess, ConductorProcess};
 pub use broker::Broker;
 pub use cpu::CpuJail;
-pub use keys::{conductor_key, ConductorKey};
+pub use keys::{conductor_key, conductor_secret, enrolment_token, ConductorKey};
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use netns::{Forward, Host, RootAddress};
 pub use postgres::Postgres;

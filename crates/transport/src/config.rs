@@ -30,8 +30,15 @@ pub struct TransportConfig {
     pub dead_letter_max_length: u32,
     /// …each for at most this long.
     pub dead_letter_ttl: Duration,
-    /// Signs every command this side publishes (the conductor's).
+    /// Signs everything this side publishes: the conductor's commands, an agent's
+    /// reports, events and replies.
     pub signing_key: Option<std::sync::Arc<crate::signing::SigningKey>>,
+    /// An agent not yet enrolled: the proof it presents with every report (see
+    /// [`crate::identity`]).
+    pub enrolment_proof: Option<String>,
+    /// When set, a reply counts only when signed by the key this book pins for the
+    /// instance called (the conductor's); a call to an instance with no key fails.
+    pub reply_keys: Option<std::sync::Arc<dyn crate::identity::KeyBook>>,
     /// When set, a command not signed by one of these keys is dead-lettered before it
     /// is decoded (an agent's).
     pub trusted_keys: Option<crate::signing::TrustedKeys>,
@@ -53,6 +60,8 @@ impl TransportConfig {
             dead_letter_max_length: 10_000,
             dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
             signing_key: None,
+            enrolment_proof: None,
+            reply_keys: None,
             trusted_keys: None,
             replay_window: Duration::from_secs(600),
         }

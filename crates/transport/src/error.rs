@@ -62,6 +62,11 @@ pub enum CallError {
          never started against this broker"
     )]
     UnknownInstance(InstanceId),
+    #[error(
+        "instance {0} is not enrolled: its replies could not be told from forged ones \
+         (`tandem instance enroll {0}`)"
+    )]
+    NotEnrolled(InstanceId),
     #[error("no reply from instance {instance} within {waited:?}")]
     TimedOut {
         instance: InstanceId,

@@ -16,6 +16,8 @@
 
 mod config;
 mod error;
+pub mod identity;
+pub mod keyfile;
 mod rpc;
 mod serve;
 mod session;
@@ -26,7 +28,7 @@ pub mod topology;
 pub use config::{QueueType, TransportConfig};
 pub use error::{CallError, TransportError};
 pub use serve::CommandHandler;
-pub use status::Subscription;
+pub use status::{Received, Subscription};
 
 use std::sync::Arc;
 

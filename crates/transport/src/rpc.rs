@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
-use lapin::types::ShortString;
 use lapin::{BasicProperties, Confirmation};
 use tandem_proto::codec::{self, CONTENT_TYPE};
 use tandem_proto::{Command, Envelope, Reply};
+
+use crate::identity::PublicKey;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -22,20 +23,31 @@ enum Attempt {
     ConnectionLost(lapin::Error),
 }
 
-/// Calls waiting for their reply, by correlation id.
+/// Calls waiting for their reply, by correlation id, each with the key its reply must
+/// be signed by (when replies are checked).
 #[derive(Clone, Default)]
 pub(crate) struct Pending {
-    waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>,
+    waiting: Arc<Mutex<HashMap<String, Waiting>>>,
     dropped: Arc<AtomicU64>,
+    forged: Arc<AtomicU64>,
+}
+
+struct Waiting {
+    tx: oneshot::Sender<Vec<u8>>,
+    signer: Option<PublicKey>,
 }
 
 impl Pending {
-    fn register(&self, key: String) -> (oneshot::Receiver<Vec<u8>>, PendingGuard) {
+    fn register(
+        &self,
+        key: String,
+        signer: Option<PublicKey>,
+    ) -> (oneshot::Receiver<Vec<u8>>, PendingGuard) {
         let (tx, rx) = oneshot::channel();
         self.waiting
             .lock()
             .expect("poisoned")
-            .insert(key.clone(), tx);
+            .insert(key.clone(), Waiting { tx, signer });
         let guard = PendingGuard {
             pending: self.clone(),
             key,
@@ -45,22 +57,41 @@ impl Pending {
 
     /// Hands a reply to its caller. A reply whose caller has gone (its deadline passed,
     /// or it never existed) is dropped here: it can never be matched to another call,
-    /// because every call has a fresh correlation id.
-    pub fn deliver(&self, correlation_id: Option<&ShortString>, data: Vec<u8>) {
-        let sender = correlation_id
-            .and_then(|id| self.waiting.lock().expect("poisoned").remove(id.as_str()));
-        match sender {
-            Some(tx) => {
-                let _ = tx.send(data);
-            }
-            None => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
+    /// because every call has a fresh correlation id. A reply not signed by the key the
+    /// call expects is dropped too, and the call goes on waiting for the real one: the
+    /// reply-to address is in every command, so anyone who can read commands on the
+    /// broker could answer first.
+    pub fn deliver(&self, properties: &BasicProperties, data: Vec<u8>) {
+        let correlation_id = properties.correlation_id().as_ref();
+        let mut waiting = self.waiting.lock().expect("poisoned");
+        let Some(w) = correlation_id.and_then(|id| waiting.get(id.as_str())) else {
+            drop(waiting);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                correlation_id = correlation_id.map(|c| c.as_str()).unwrap_or("none"),
+                "dropping a reply no call is waiting for (late or unknown)"
+            );
+            return;
+        };
+        if let Some(expected) = &w.signer {
+            let sender = crate::identity::Sender::of(properties, &data);
+            if sender.key.as_ref() != Some(expected) {
+                drop(waiting);
+                self.forged.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
                     correlation_id = correlation_id.map(|c| c.as_str()).unwrap_or("none"),
-                    "dropping a reply no call is waiting for (late or unknown)"
+                    signed_by = sender
+                        .key
+                        .map(|k| k.to_hex())
+                        .unwrap_or_else(|| "nobody".into()),
+                    "dropping a reply not signed by the instance's enrolled key"
                 );
+                return;
             }
         }
+        let id = correlation_id.expect("matched above").as_str().to_owned();
+        let w = waiting.remove(&id).expect("present above");
+        let _ = w.tx.send(data);
     }
 }
 
@@ -81,22 +112,6 @@ impl Drop for PendingGuard {
 }
 
 impl Transport {
-    /// The signature headers of a command, when this side signs.
-    fn signature_headers(&self, bytes: &[u8]) -> lapin::types::FieldTable {
-        let mut headers = lapin::types::FieldTable::default();
-        if let Some(key) = &self.inner.config.signing_key {
-            headers.insert(
-                ShortString::from(crate::signing::KEY_HEADER),
-                lapin::types::AMQPValue::LongString(key.id().into()),
-            );
-            headers.insert(
-                ShortString::from(crate::signing::SIGNATURE_HEADER),
-                lapin::types::AMQPValue::LongString(key.sign(bytes).as_str().into()),
-            );
-        }
-        headers
-    }
-
     /// Sends `command` to its target's queue and waits for the reply, for at most
     /// `timeout` in all (connecting, confirm, reply).
     ///
@@ -117,7 +132,14 @@ impl Transport {
         let target = &command.target;
         let bytes = codec::encode(command).map_err(TransportError::from)?;
         let key = command.message_id.to_string();
-        let (mut reply, _guard) = self.inner.rpc.register(key.clone());
+        let signer = match &self.inner.config.reply_keys {
+            None => None,
+            Some(book) => Some(
+                book.key_of(target)
+                    .ok_or_else(|| CallError::NotEnrolled(target.clone()))?,
+            ),
+        };
+        let (mut reply, _guard) = self.inner.rpc.register(key.clone(), signer);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let session = match self.session_within(left).await {
@@ -186,7 +208,11 @@ impl Transport {
             .with_type(kind::COMMAND.into())
             .with_delivery_mode(2)
             .with_expiration(left.as_millis().max(1).to_string().as_str().into())
-            .with_headers(self.signature_headers(bytes));
+            .with_headers(crate::identity::signed_headers(
+                self.inner.config.signing_key.as_deref(),
+                None,
+                bytes,
+            ));
         let confirm = match session
             .rpc_channel
             .basic_publish(
@@ -242,5 +268,10 @@ impl Transport {
     /// How many replies arrived with no call waiting for them (late or unknown).
     pub fn dropped_replies(&self) -> u64 {
         self.inner.rpc.dropped.load(Ordering::Relaxed)
+    }
+
+    /// How many replies were dropped because the instance's key had not signed them.
+    pub fn forged_replies(&self) -> u64 {
+        self.inner.rpc.forged.load(Ordering::Relaxed)
     }
 }

@@ -169,7 +169,16 @@ impl Transport {
                     return refused_or_dropped(&inner, &queue, delivery, why).await;
                 }
                 match codec::decode::<Envelope<Command>>(&delivery.data) {
-                    Ok(command) => answer(&channel, delivery, command, &*handler).await,
+                    Ok(command) => {
+                        answer(
+                            &channel,
+                            delivery,
+                            command,
+                            &*handler,
+                            inner.config.signing_key.as_deref(),
+                        )
+                        .await
+                    }
                     Err(e) => dead_letter(&queue, delivery, &e).await,
                 }
             });
@@ -260,6 +269,7 @@ async fn answer<H: CommandHandler>(
     delivery: Delivery,
     command: Envelope<Command>,
     handler: &H,
+    signing_key: Option<&crate::signing::SigningKey>,
 ) {
     let message_id = command.message_id;
     let reply = handler.handle(command, delivery.redelivered).await;
@@ -268,7 +278,8 @@ async fn answer<H: CommandHandler>(
             Ok(bytes) => {
                 let mut props = BasicProperties::default()
                     .with_content_type(CONTENT_TYPE.into())
-                    .with_type(kind::REPLY.into());
+                    .with_type(kind::REPLY.into())
+                    .with_headers(crate::identity::signed_headers(signing_key, None, &bytes));
                 if let Some(c) = delivery.properties.correlation_id() {
                     props = props.with_correlation_id(c.clone());
                 }
@@ -304,17 +315,7 @@ fn verdict(inner: &crate::Inner, delivery: &Delivery) -> Result<(), crate::signi
     let Some(trusted) = &inner.config.trusted_keys else {
         return Ok(());
     };
-    let header = |name: &str| {
-        delivery
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get(name).cloned())
-            .and_then(|v| match v {
-                lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
-                _ => None,
-            })
-    };
+    let header = |name: &str| crate::identity::header(&delivery.properties, name);
     let key = header(crate::signing::KEY_HEADER);
     let signature = header(crate::signing::SIGNATURE_HEADER);
     trusted.verify(&delivery.data, key.as_deref(), signature.as_deref())?;

@@ -228,7 +228,7 @@ impl Supervisor {
             tokio::spawn(async move {
                 while let Some(delivery) = replies.next().await {
                     match delivery {
-                        Ok(d) => pending.deliver(d.properties.correlation_id().as_ref(), d.data),
+                        Ok(d) => pending.deliver(&d.properties, d.data),
                         Err(_) => break,
                     }
                 }

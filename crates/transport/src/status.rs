@@ -12,6 +12,7 @@ use tandem_proto::codec::{self, CONTENT_TYPE};
 use tandem_proto::{Envelope, Event, StatusReport};
 use tokio::sync::mpsc;
 
+use crate::identity::Sender;
 use crate::session::Session;
 use crate::topology::{kind, status_key, EVENTS_EXCHANGE, STATUS_EXCHANGE};
 use crate::{Transport, TransportError};
@@ -20,12 +21,26 @@ use crate::{Transport, TransportError};
 /// published while the connection was down are not seen: reports are repeated every
 /// second, and events are also answered by re-sending their command).
 pub struct Subscription<T> {
-    rx: mpsc::Receiver<Envelope<T>>,
+    rx: mpsc::Receiver<Received<T>>,
+}
+
+/// A message with what the transport could tell of its sender.
+#[derive(Debug)]
+pub struct Received<T> {
+    pub envelope: Envelope<T>,
+    pub sender: Sender,
 }
 
 impl<T> Subscription<T> {
-    /// The next message, or `None` once the transport shuts down.
+    /// The next message, or `None` once the transport shuts down. Anyone with a login
+    /// on the broker can publish here: a receiver that acts on what it reads takes
+    /// [`Subscription::next_received`] and checks the sender.
     pub async fn next(&mut self) -> Option<Envelope<T>> {
+        self.rx.recv().await.map(|r| r.envelope)
+    }
+
+    /// The next message with its sender.
+    pub async fn next_received(&mut self) -> Option<Received<T>> {
         self.rx.recv().await
     }
 }
@@ -58,6 +73,7 @@ impl Transport {
     ) -> Result<(), TransportError> {
         let session = self.session_within(Duration::ZERO).await?;
         let bytes = codec::encode(report)?;
+        let headers = self.signed_headers(&bytes);
         let key = status_key(&report.body.zone, &report.body.instance);
         // The confirm-mode channel acknowledges every publish; the plain one never does.
         let channel = if confirmed {
@@ -73,7 +89,8 @@ impl Transport {
                 &bytes,
                 BasicProperties::default()
                     .with_content_type(CONTENT_TYPE.into())
-                    .with_type(kind::STATUS.into()),
+                    .with_type(kind::STATUS.into())
+                    .with_headers(headers),
             )
             .await
             .map_err(TransportError::amqp("basic.publish status"))?;
@@ -103,6 +120,7 @@ impl Transport {
         let session = self.session_within(within).await?;
         let bytes = codec::encode(event)?;
         let key = status_key(zone, &event.target);
+        let headers = self.signed_headers(&bytes);
         let confirm = session
             .rpc_channel
             .basic_publish(
@@ -113,7 +131,8 @@ impl Transport {
                 BasicProperties::default()
                     .with_content_type(CONTENT_TYPE.into())
                     .with_type(kind::EVENT.into())
-                    .with_delivery_mode(2),
+                    .with_delivery_mode(2)
+                    .with_headers(headers),
             )
             .await
             .map_err(TransportError::amqp("basic.publish event"))?
@@ -126,6 +145,15 @@ impl Transport {
             });
         }
         Ok(())
+    }
+
+    /// This side's signature of `bytes`, with its enrolment proof while it has one.
+    fn signed_headers(&self, bytes: &[u8]) -> FieldTable {
+        crate::identity::signed_headers(
+            self.inner.config.signing_key.as_deref(),
+            self.inner.config.enrolment_proof.as_deref(),
+            bytes,
+        )
     }
 
     /// Follows status reports whose routing key (`<zone>.<instance>`) matches `pattern`
@@ -166,7 +194,7 @@ async fn follow<T: DeserializeOwned>(
     session: &Session,
     exchange: &'static str,
     pattern: &str,
-    tx: &mpsc::Sender<Envelope<T>>,
+    tx: &mpsc::Sender<Received<T>>,
     _: PhantomData<T>,
 ) -> Result<(), TransportError> {
     let channel = crate::session::open_channel(&session.connection).await?;
@@ -199,8 +227,9 @@ async fn follow<T: DeserializeOwned>(
         tokio::select! {
             d = consumer.next() => match d {
                 Some(Ok(d)) => match codec::decode::<Envelope<T>>(&d.data) {
-                    Ok(message) => {
-                        if tx.send(message).await.is_err() {
+                    Ok(envelope) => {
+                        let sender = Sender::of(&d.properties, &d.data);
+                        if tx.send(Received { envelope, sender }).await.is_err() {
                             return Ok(());
                         }
                     }

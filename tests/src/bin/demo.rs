@@ -26,6 +26,8 @@ fn main() {
     }
     println!("   conductor API on {}", c.conductor.url);
     show(&c, &["status"]);
+    step("each agent enrolled itself with its one-time token: only its own key speaks for it");
+    show(&c, &["instance", "keys"]);
 
     step("a replica set: db-1 master, db-2 and db-3 read-only replicas, semi-synchronous");
     show(

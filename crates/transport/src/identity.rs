@@ -1,0 +1,230 @@
+//! Who sent a message. Every side with a signing key (the conductor's, each agent's own)
+//! signs the exact bytes of everything it publishes (commands, status reports, events,
+//! replies) and names its public key in a header. A receiver learns from the transport
+//! only *which key* signed a message ([`Sender`]); whether that key may speak for the
+//! instance the message names is the receiver's decision (the conductor pins one key
+//! per instance at enrolment).
+//!
+//! Enrolment: the conductor derives a one-time token per instance and key generation
+//! from its secret ([`enrolment_token`]); the operator gives it to the agent, which
+//! presents, with every report until it is enrolled, a proof that binds the token to
+//! its instance id and public key ([`enrolment_proof`]). A proof seen on the bus is
+//! worth nothing to anyone else: it enrols only the key that made it.
+
+use std::fmt;
+
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
+use ring::hmac;
+use ring::signature::{UnparsedPublicKey, ED25519};
+
+use crate::signing::{SigningKey, KEY_HEADER, SIGNATURE_HEADER};
+
+/// Message header holding the signer's whole public key (hex), so that a receiver can
+/// check a key it has not pinned yet (an agent enrolling).
+pub const PUBLIC_KEY_HEADER: &str = "x-tandem-public-key";
+/// Message header holding an agent's enrolment proof (hex).
+pub const ENROLMENT_HEADER: &str = "x-tandem-enrolment";
+
+/// An Ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey([u8; 32]);
+
+impl PublicKey {
+    /// From 64 hex digits; the error says what was wrong.
+    pub fn from_hex(s: &str) -> Result<PublicKey, String> {
+        hex::decode(s.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .map(PublicKey)
+            .ok_or_else(|| {
+                format!(
+                    "{:?} is not an Ed25519 public key (64 hex digits)",
+                    s.chars().take(80).collect::<String>()
+                )
+            })
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Whether `signature` (hex) is this key's signature of `bytes`.
+    pub fn verifies(&self, bytes: &[u8], signature: &str) -> bool {
+        hex::decode(signature).is_ok_and(|sig| {
+            UnparsedPublicKey::new(&ED25519, &self.0)
+                .verify(bytes, &sig)
+                .is_ok()
+        })
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", &self.to_hex()[..16])
+    }
+}
+
+impl SigningKey {
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey::from_hex(&self.public_hex()).expect("an Ed25519 key's public half")
+    }
+}
+
+/// The key each instance speaks with, as the receiver pinned it.
+pub trait KeyBook: Send + Sync + fmt::Debug {
+    fn key_of(&self, instance: &tandem_proto::InstanceId) -> Option<PublicKey>;
+}
+
+/// What the transport could tell about a received message's sender.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sender {
+    /// The key whose signature of the message's exact bytes checked out; `None` when
+    /// the message was unsigned or its signature did not match the key it named.
+    pub key: Option<PublicKey>,
+    /// The enrolment proof it carried, unchecked (only the conductor can check it).
+    pub enrolment: Option<String>,
+}
+
+impl Sender {
+    /// Reads and checks the signature headers of a message.
+    pub(crate) fn of(properties: &BasicProperties, bytes: &[u8]) -> Sender {
+        let key = header(properties, PUBLIC_KEY_HEADER)
+            .and_then(|k| PublicKey::from_hex(&k).ok())
+            .filter(|k| {
+                header(properties, SIGNATURE_HEADER).is_some_and(|sig| k.verifies(bytes, &sig))
+            });
+        Sender {
+            key,
+            enrolment: header(properties, ENROLMENT_HEADER),
+        }
+    }
+}
+
+/// A string header of a message.
+pub(crate) fn header(properties: &BasicProperties, name: &str) -> Option<String> {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name).cloned())
+        .and_then(|v| match v {
+            AMQPValue::LongString(s) => Some(s.to_string()),
+            _ => None,
+        })
+}
+
+/// The headers that sign `bytes` with `key`, with the enrolment proof when there is one.
+pub(crate) fn signed_headers(
+    key: Option<&SigningKey>,
+    enrolment: Option<&str>,
+    bytes: &[u8],
+) -> FieldTable {
+    let mut headers = FieldTable::default();
+    let mut put = |name: &str, value: &str| {
+        headers.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
+    };
+    if let Some(key) = key {
+        put(KEY_HEADER, key.id());
+        put(PUBLIC_KEY_HEADER, &key.public_hex());
+        put(SIGNATURE_HEADER, &key.sign(bytes));
+    }
+    if let Some(proof) = enrolment {
+        put(ENROLMENT_HEADER, proof);
+    }
+    headers
+}
+
+/// The enrolment token of `instance` at key generation `generation` (re-keying an
+/// instance moves it to the next generation, so an old token enrols nothing).
+pub fn enrolment_token(secret: &[u8], instance: &str, generation: u64) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let tag = hmac::sign(
+        &key,
+        format!("tandem enrolment token v1\0{instance}\0{generation}").as_bytes(),
+    );
+    hex::encode(&tag.as_ref()[..20])
+}
+
+fn proof_message(instance: &str, key: &PublicKey) -> Vec<u8> {
+    format!("tandem enrolment proof v1\0{instance}\0{key}").into_bytes()
+}
+
+/// What an agent holding `token` presents to enrol `key` as `instance`.
+pub fn enrolment_proof(token: &str, instance: &str, key: &PublicKey) -> String {
+    let mac = hmac::Key::new(hmac::HMAC_SHA256, token.trim().as_bytes());
+    hex::encode(hmac::sign(&mac, &proof_message(instance, key)).as_ref())
+}
+
+/// Whether `proof` was made with `token` for `instance` and `key` (constant time).
+pub fn proof_holds(token: &str, instance: &str, key: &PublicKey, proof: &str) -> bool {
+    let mac = hmac::Key::new(hmac::HMAC_SHA256, token.trim().as_bytes());
+    hex::decode(proof).is_ok_and(|p| hmac::verify(&mac, &proof_message(instance, key), &p).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SigningKey {
+        SigningKey::from_pkcs8(&SigningKey::generate().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_sender_is_the_key_whose_signature_checks_out() {
+        let k = key();
+        let bytes = b"a report";
+        let props =
+            BasicProperties::default().with_headers(signed_headers(Some(&k), Some("proof"), bytes));
+        let s = Sender::of(&props, bytes);
+        assert_eq!(s.key, Some(k.public_key()));
+        assert_eq!(s.enrolment.as_deref(), Some("proof"));
+        // Other bytes under the same headers: no sender.
+        assert_eq!(Sender::of(&props, b"a rep0rt").key, None);
+        // Another key's public half with this signature: no sender.
+        let mut forged = signed_headers(Some(&k), None, bytes);
+        forged.insert(
+            PUBLIC_KEY_HEADER.into(),
+            AMQPValue::LongString(key().public_hex().into()),
+        );
+        let props = BasicProperties::default().with_headers(forged);
+        assert_eq!(Sender::of(&props, bytes).key, None);
+        assert_eq!(
+            Sender::of(&BasicProperties::default(), bytes),
+            Sender::default()
+        );
+    }
+
+    #[test]
+    fn a_proof_enrols_only_its_own_instance_and_key() {
+        let token = enrolment_token(b"secret", "db-1", 0);
+        assert_ne!(token, enrolment_token(b"secret", "db-1", 1));
+        assert_ne!(token, enrolment_token(b"secret", "db-2", 0));
+        assert_ne!(token, enrolment_token(b"other", "db-1", 0));
+        let (mine, theirs) = (key().public_key(), key().public_key());
+        let proof = enrolment_proof(&token, "db-1", &mine);
+        assert!(proof_holds(&token, "db-1", &mine, &proof));
+        assert!(!proof_holds(&token, "db-1", &theirs, &proof));
+        assert!(!proof_holds(&token, "db-2", &mine, &proof));
+        assert!(!proof_holds(
+            &enrolment_token(b"secret", "db-1", 1),
+            "db-1",
+            &mine,
+            &proof
+        ));
+        assert!(!proof_holds(&token, "db-1", &mine, "not hex"));
+    }
+
+    #[test]
+    fn public_keys_parse_from_hex_only() {
+        let k = key().public_key();
+        assert_eq!(PublicKey::from_hex(&k.to_hex()), Ok(k));
+        assert!(PublicKey::from_hex("abcd").is_err());
+        assert!(PublicKey::from_hex(&"zz".repeat(32)).is_err());
+    }
+}

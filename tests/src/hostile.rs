@@ -1,0 +1,150 @@
+//! A hostile client of the broker: what anyone holding a broker login (every database
+//! VM in a Trove-style cloud) can do. Raw lapin on purpose: an attacker does not use
+//! Tandem's transport, and whatever our transport refuses to send is still sent here.
+
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tandem_proto::codec;
+use tandem_proto::{Command, Envelope, Reply, StatusReport};
+use tandem_transport::identity::PUBLIC_KEY_HEADER;
+use tandem_transport::signing::{SigningKey, KEY_HEADER, SIGNATURE_HEADER};
+use tandem_transport::topology::{status_key, COMMAND_EXCHANGE, STATUS_EXCHANGE};
+
+pub struct Hostile {
+    channel: Channel,
+    _connection: Connection,
+}
+
+/// Message headers, as the attacker chooses them.
+pub type Headers = Vec<(&'static str, String)>;
+
+/// The headers that sign `bytes` with `key` exactly as a Tandem agent would.
+pub fn signed_by(key: &SigningKey, bytes: &[u8]) -> Headers {
+    vec![
+        (KEY_HEADER, key.id().to_owned()),
+        (PUBLIC_KEY_HEADER, key.public_hex()),
+        (SIGNATURE_HEADER, key.sign(bytes)),
+    ]
+}
+
+fn table(headers: &Headers) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in headers {
+        t.insert(
+            ShortString::from(*k),
+            AMQPValue::LongString(v.as_str().into()),
+        );
+    }
+    t
+}
+
+impl Hostile {
+    pub async fn connect(uri: &str) -> anyhow::Result<Hostile> {
+        let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        Ok(Hostile {
+            channel,
+            _connection: connection,
+        })
+    }
+
+    /// Publishes `bytes` as a status report naming `report`'s instance.
+    pub async fn publish_report(
+        &self,
+        report: &Envelope<StatusReport>,
+        bytes: &[u8],
+        headers: &Headers,
+    ) -> anyhow::Result<()> {
+        let key = status_key(&report.body.zone, &report.body.instance);
+        self.channel
+            .basic_publish(
+                STATUS_EXCHANGE.into(),
+                key.as_str().into(),
+                BasicPublishOptions::default(),
+                bytes,
+                BasicProperties::default().with_headers(table(headers)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Reads every command sent to `instance` (a queue of its own bound beside the
+    /// agent's) and answers each at once with `answer`, signed with `headers_for`'s
+    /// headers, racing the real agent's reply.
+    pub async fn answer_commands_first(
+        &self,
+        instance: &str,
+        answer: impl Fn(&Envelope<Command>) -> Envelope<Reply> + Send + 'static,
+        headers_for: impl Fn(&[u8]) -> Headers + Send + 'static,
+    ) -> anyhow::Result<tokio::task::JoinHandle<u64>> {
+        let q = self
+            .channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        self.channel
+            .queue_bind(
+                q.name().clone(),
+                COMMAND_EXCHANGE.into(),
+                instance.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut consumer = self
+            .channel
+            .basic_consume(
+                q.name().clone(),
+                "eavesdropper".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let channel = self.channel.clone();
+        Ok(tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut answered = 0;
+            while let Some(Ok(d)) = consumer.next().await {
+                let Ok(command) = codec::decode::<Envelope<Command>>(&d.data) else {
+                    continue;
+                };
+                let (Some(reply_to), Some(correlation)) =
+                    (d.properties.reply_to(), d.properties.correlation_id())
+                else {
+                    continue;
+                };
+                let bytes = codec::encode(&answer(&command)).expect("encode a reply");
+                let props = BasicProperties::default()
+                    .with_correlation_id(correlation.clone())
+                    .with_headers(table(&headers_for(&bytes)));
+                if channel
+                    .basic_publish(
+                        "".into(),
+                        reply_to.clone(),
+                        BasicPublishOptions::default(),
+                        &bytes,
+                        props,
+                    )
+                    .await
+                    .is_ok()
+                {
+                    answered += 1;
+                }
+            }
+            answered
+        }))
+    }
+}
