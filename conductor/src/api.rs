@@ -18,6 +18,7 @@ use tandem_transport::CallError;
 
 use crate::Conductor;
 
+mod auth;
 mod enrolment;
 
 pub fn router(conductor: Arc<Conductor>) -> Router {
@@ -51,10 +52,15 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/workflows", get(list_workflows))
         .route("/v1/workflows/{id}", get(get_workflow))
         .route("/v1/audit", get(audit))
+        .route("/v1/audit/requests", get(audit_requests))
         .route("/v1/events", get(events))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        .layer(axum::middleware::from_fn_with_state(
+            conductor.clone(),
+            auth::authorize,
+        ))
         .with_state(conductor)
 }
 
@@ -73,7 +79,10 @@ pub struct ErrorBody {
 #[openapi(
     info(
         title = "Tandem conductor API",
-        description = "Replica sets, workflows, instances and their replication contract."
+        description = "Replica sets, workflows, instances and their replication contract. \
+            Every path but /v1/health and /v1/openapi.json needs a bearer token: a reader's \
+            for GET, an operator's for every change (sent as application/json). Instance and \
+            replica set ids are 1 to 64 of [a-z0-9_-]; anything else is a 400."
     ),
     paths(
         health,
@@ -103,8 +112,11 @@ pub struct ErrorBody {
         list_workflows,
         get_workflow,
         audit,
+        audit_requests,
         events
     ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
     components(schemas(
         ErrorBody,
         PingResult,
@@ -126,10 +138,25 @@ pub struct ErrorBody {
         crate::store::Member,
         crate::store::IntendedRole,
         crate::store::WorkflowRow,
+        crate::store::ApiRequest,
         crate::store::WorkflowState
     ))
 )]
 pub struct ApiDoc;
+
+/// The bearer-token scheme every path but health and this document needs.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(<ApiDoc as utoipa::OpenApi>::openapi())
@@ -165,7 +192,7 @@ impl From<CallError> for ApiError {
     fn from(e: CallError) -> Self {
         let (status, kind) = match &e {
             CallError::UnknownInstance(_) => (StatusCode::NOT_FOUND, "unknown_instance"),
-            CallError::NotEnrolled(_) => (StatusCode::CONFLICT, "not_enrolled"),
+            CallError::NotEnrolled(_) => (StatusCode::NOT_FOUND, "not_enrolled"),
             CallError::TimedOut { .. } => (StatusCode::GATEWAY_TIMEOUT, "timed_out"),
             CallError::BadReply { .. } => (StatusCode::BAD_GATEWAY, "bad_reply"),
             CallError::Transport(_) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
@@ -1140,6 +1167,15 @@ async fn audit(State(c): State<Arc<Conductor>>) -> Result<Json<serde_json::Value
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     redact(&mut entries);
     Ok(Json(entries))
+}
+
+/// Every request that changed something, or tried to, newest first, with the name of
+/// the token that made it.
+#[utoipa::path(get, path = "/v1/audit/requests", tag = "workflows", responses((status = 200, body = [crate::store::ApiRequest])))]
+async fn audit_requests(
+    State(c): State<Arc<Conductor>>,
+) -> Result<Json<Vec<crate::store::ApiRequest>>, ApiError> {
+    Ok(Json(c.store.requests(500)?))
 }
 
 /// Server-Sent Events: one `data:` line of JSON per event.

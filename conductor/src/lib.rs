@@ -22,6 +22,7 @@ pub mod leadership;
 pub mod metadata;
 pub mod registry;
 pub mod store;
+pub mod tokens;
 pub mod workflow;
 
 use std::sync::Arc;
@@ -194,6 +195,9 @@ async fn run_led(
 ) -> anyhow::Result<()> {
     let store = store::sqlite::SqliteStore::open(&settings.data_dir.join("tandem.db"))?;
     let term = store.begin_term()?;
+    if let Some(path) = tokens::bootstrap(&store, &settings.data_dir)? {
+        tracing::warn!(file = %path.display(), "no API token existed: wrote an operator token (`admin`) there");
+    }
     tracing::info!(term, lock = %leadership.path.display(), "acting conductor of this store");
     let mut transport_config = TransportConfig::new(
         &settings.broker_uri,

@@ -20,6 +20,23 @@ enum Sub {
     /// Prints the public key commands are signed with (made on first use), for the
     /// agents' `conductor_keys`.
     PublicKey,
+    /// API tokens: make one (printed once, stored hashed), list them, revoke one.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(clap::Subcommand)]
+enum TokenCmd {
+    /// Makes a token and prints it; `reader` may read, `operator` may also change.
+    Create {
+        name: String,
+        #[arg(long, default_value = "reader")]
+        role: String,
+    },
+    List,
+    Revoke {
+        name: String,
+    },
 }
 
 #[tokio::main]
@@ -52,6 +69,15 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Some(Sub::Token(cmd)) = args.command {
+        return match token(&settings, cmd) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tandem-conductor: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     match tandem_conductor::run(settings, shutdown).await {
@@ -61,6 +87,31 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The token subcommands, on the store in the data directory (beside a running
+/// conductor: the store takes concurrent writers).
+fn token(settings: &tandem_conductor::Settings, cmd: TokenCmd) -> anyhow::Result<()> {
+    use tandem_conductor::store::Store;
+    use tandem_conductor::tokens::{self, Role};
+    let store =
+        tandem_conductor::store::sqlite::SqliteStore::open(&settings.data_dir.join("tandem.db"))?;
+    match cmd {
+        TokenCmd::Create { name, role } => {
+            let role = Role::parse(&role).map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+            println!("{}", tokens::create(&store, &name, role)?);
+        }
+        TokenCmd::List => {
+            for t in store.tokens()? {
+                println!("{:<24} {}", t.name, t.role.as_str());
+            }
+        }
+        TokenCmd::Revoke { name } => {
+            anyhow::ensure!(store.revoke_token(&name)?, "no token is named {name:?}");
+            println!("revoked {name}");
+        }
+    }
+    Ok(())
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

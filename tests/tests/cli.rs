@@ -15,15 +15,23 @@ fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-/// A plain HTTP/1.0 request, so that the test does not share the CLI's client.
-/// Returns the status code and the body.
-fn http(base: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+/// A plain HTTP/1.0 request, so that the test does not share the CLI's client:
+/// (status, body). `token` goes in `Authorization: Bearer`.
+fn raw_http(
+    base: &str,
+    token: Option<&str>,
+    content_type: &str,
+    (method, path, body): (&str, &str, &str),
+) -> (u16, String) {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -34,8 +42,18 @@ fn http(base: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     (code, body.to_owned())
 }
 
-fn http_get(base: &str, path: &str) -> String {
-    let (code, body) = http(base, "GET", path, "");
+/// A JSON request with the conductor's operator token.
+fn http(conductor: &ConductorProcess, method: &str, path: &str, body: &str) -> (u16, String) {
+    raw_http(
+        &conductor.url,
+        Some(&conductor.token()),
+        "application/json",
+        (method, path, body),
+    )
+}
+
+fn http_get(conductor: &ConductorProcess, path: &str) -> String {
+    let (code, body) = http(conductor, "GET", path, "");
     assert_eq!(code, 200, "{body}");
     body
 }
@@ -64,7 +82,7 @@ fn a_ping_travels_cli_to_conductor_to_agent_and_back_and_status_shows_the_instan
     assert_eq!(out, "");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(
-        err.contains("no agent queue is bound for instance db-404"),
+        err.contains("instance db-404 is unknown here") && err.contains("enroll db-404"),
         "{err}"
     );
 
@@ -122,16 +140,16 @@ fn a_ping_travels_cli_to_conductor_to_agent_and_back_and_status_shows_the_instan
             "expected {\\\"candidate\\\"",
         ),
     ] {
-        let (code, answer) = http(&conductor.url, method, path, body);
+        let (code, answer) = http(&conductor, method, path, body);
         assert_eq!(code, 400, "{method} {path} {body}: {answer}");
         assert!(answer.contains(expected), "{method} {path}: {answer}");
         assert!(answer.contains("\"kind\":\"bad_request\""), "{answer}");
     }
-    assert_eq!(http(&conductor.url, "GET", "/v1/sets", "").1, "[]");
-    assert_eq!(http(&conductor.url, "GET", "/v1/nowhere", "").0, 404);
+    assert_eq!(http(&conductor, "GET", "/v1/sets", "").1, "[]");
+    assert_eq!(http(&conductor, "GET", "/v1/nowhere", "").0, 404);
 
     // The API documents itself.
-    let doc = http_get(&conductor.url, "/v1/openapi.json");
+    let doc = http_get(&conductor, "/v1/openapi.json");
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
     assert_eq!(doc["info"]["title"], "Tandem conductor API");
     assert!(doc["paths"]["/v1/sets/{id}/switchover"]["post"].is_object());
@@ -179,4 +197,147 @@ fn a_stopped_agent_says_so_and_the_cli_reports_an_unreachable_conductor() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn the_api_needs_a_token_of_the_right_role_and_json_for_changes() {
+    let broker = Broker::new().unwrap();
+    let conductor = ConductorProcess::start(broker.uri()).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the operator token written",
+        || (!conductor.token().is_empty()).then_some(()),
+    );
+    let url = conductor.url.clone();
+    let reader = conductor
+        .run_with_config(&["token", "create", "viewer", "--role", "reader"])
+        .unwrap();
+    let admin = conductor.token();
+    let put = (
+        "PUT",
+        "/v1/instances/db-1/metadata/owner",
+        "{\"value\": \"shop\"}",
+    );
+    let pause = ("POST", "/v1/sets/s1/failover/pause", "");
+
+    // Health and the API's description are open; everything else needs a known token.
+    assert_eq!(
+        raw_http(&url, None, "application/json", ("GET", "/v1/health", "")).0,
+        200
+    );
+    let (code, doc) = raw_http(
+        &url,
+        None,
+        "application/json",
+        ("GET", "/v1/openapi.json", ""),
+    );
+    assert_eq!(code, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer",
+        "{doc}"
+    );
+    for (token, request) in [
+        (None, ("GET", "/v1/sets", "")),
+        (None, put),
+        (Some("tdm_made_up"), ("GET", "/v1/sets", "")),
+        (Some("tdm_made_up"), put),
+    ] {
+        let (code, body) = raw_http(&url, token, "application/json", request);
+        assert_eq!(code, 401, "{request:?} with {token:?}: {body}");
+        assert!(body.contains("\"kind\":\"unauthorized\""), "{body}");
+    }
+    // A reader reads, and may change nothing.
+    assert_eq!(
+        raw_http(
+            &url,
+            Some(&reader),
+            "application/json",
+            ("GET", "/v1/sets", "")
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        raw_http(
+            &url,
+            Some(&reader),
+            "application/json",
+            ("GET", "/v1/audit", "")
+        )
+        .0,
+        200
+    );
+    for request in [put, pause] {
+        let (code, body) = raw_http(&url, Some(&reader), "application/json", request);
+        assert_eq!(code, 403, "{request:?}: {body}");
+        assert!(body.contains("operator"), "{body}");
+    }
+    // A form post (what a hostile web page can make a browser send) is refused unread,
+    // even with an operator's token.
+    for content_type in [
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "multipart/form-data; boundary=x",
+    ] {
+        let (code, body) = raw_http(&url, Some(&admin), content_type, put);
+        assert_eq!(code, 415, "{content_type}: {body}");
+    }
+    assert_eq!(
+        raw_http(
+            &url,
+            Some(&admin),
+            "application/json",
+            ("GET", "/v1/instances/db-1/metadata/owner", "")
+        )
+        .0,
+        404,
+        "a refused request changed something"
+    );
+    // The operator changes; the audit log names who asked, refused attempts included.
+    assert_eq!(raw_http(&url, Some(&admin), "application/json", put).0, 200);
+    let (ok, out, err) = conductor.cli(&["--json", "audit", "--requests"]);
+    assert!(ok, "{err}");
+    let audit: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let seen = |who: &str, status: u64| {
+        audit
+            .iter()
+            .any(|r| r["who"] == who && r["status"] == status && r["method"] == "PUT")
+    };
+    assert!(seen("admin", 200), "{audit:?}");
+    assert!(seen("viewer", 403), "{audit:?}");
+    assert!(seen("(no valid token)", 401), "{audit:?}");
+    assert!(seen("admin", 415), "{audit:?}");
+    assert!(
+        !audit.iter().any(|r| r["method"] == "GET"),
+        "reads are not changes: {audit:?}"
+    );
+
+    // The CLI takes its token from the environment; a reader's is refused a change with
+    // a message that says what is needed.
+    let out = conductor
+        .cli_command()
+        .env("TANDEM_TOKEN", &reader)
+        .args(["metadata", "set", "db-1", "owner", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("operator"),
+        "{out:?}"
+    );
+    // A revoked token is refused.
+    conductor
+        .run_with_config(&["token", "revoke", "viewer"])
+        .unwrap();
+    assert_eq!(
+        raw_http(
+            &url,
+            Some(&reader),
+            "application/json",
+            ("GET", "/v1/sets", "")
+        )
+        .0,
+        401
+    );
 }

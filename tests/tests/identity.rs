@@ -21,8 +21,9 @@ fn instance(c: &Cluster, id: &str) -> Value {
 }
 
 fn events_follower(c: &Cluster) -> std::process::Child {
-    std::process::Command::new(tandem_testkit::binary("tandem"))
-        .args(["--conductor", &c.conductor.url, "--json", "events"])
+    c.conductor
+        .cli_command()
+        .args(["--json", "events"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap()

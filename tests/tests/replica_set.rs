@@ -195,8 +195,10 @@ fn a_switchover_whose_candidate_cannot_catch_up_rolls_back_and_says_so() {
 #[test]
 fn the_event_stream_and_the_audit_log_show_what_happened() {
     let c = Cluster::start(2);
-    let mut follower = std::process::Command::new(tandem_testkit::binary("tandem"))
-        .args(["--conductor", &c.conductor.url, "--json", "events"])
+    let mut follower = c
+        .conductor
+        .cli_command()
+        .args(["--json", "events"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

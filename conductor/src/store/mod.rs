@@ -343,6 +343,30 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets `instance`'s key and moves it to the next key generation, so that its
     /// earlier enrolment token no longer enrols anything.
     fn unpin_key(&self, instance: &InstanceId) -> Result<Enrolment>;
+
+    // API tokens (see `crate::tokens`): only their hashes are kept.
+    /// A conflict when the name is taken.
+    fn add_token(&self, name: &str, role: crate::tokens::Role, hash: &str) -> Result<()>;
+    fn token_by_hash(&self, hash: &str) -> Result<Option<crate::tokens::Caller>>;
+    fn tokens(&self) -> Result<Vec<crate::tokens::TokenRecord>>;
+    fn revoke_token(&self, name: &str) -> Result<bool>;
+    /// Records a request that changed (or tried to change) something, and who made it.
+    fn record_request(&self, request: &ApiRequest) -> Result<()>;
+    /// The latest recorded requests, newest first.
+    fn requests(&self, limit: usize) -> Result<Vec<ApiRequest>>;
+}
+
+/// One request that changed (or tried to change) something: the audit of who asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApiRequest {
+    #[schema(value_type = u64)]
+    pub at: Timestamp,
+    /// The token's name.
+    pub who: String,
+    pub method: String,
+    pub path: String,
+    /// The HTTP status answered.
+    pub status: u16,
 }
 
 /// The key an instance speaks with, as pinned at enrolment.

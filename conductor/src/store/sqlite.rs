@@ -91,6 +91,22 @@ CREATE TABLE IF NOT EXISTS enrolments (
     generation INTEGER NOT NULL,
     changed_at INTEGER NOT NULL
 );
+-- API tokens: their SHA-256 only.
+CREATE TABLE IF NOT EXISTS api_tokens (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+-- Every request that changed something, and who made it.
+CREATE TABLE IF NOT EXISTS api_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    who TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS journal (
     workflow_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -849,6 +865,94 @@ impl Store for SqliteStore {
             )?;
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    fn add_token(&self, name: &str, role: crate::tokens::Role, hash: &str) -> Result<()> {
+        self.with(|c| {
+            let added = c.execute(
+                "INSERT OR IGNORE INTO api_tokens (name, role, hash, created_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![name, role.as_str(), hash, Timestamp::now().0 as i64],
+            )?;
+            if added == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "a token named {name:?} exists; revoke it first or choose another name"
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    fn token_by_hash(&self, hash: &str) -> Result<Option<crate::tokens::Caller>> {
+        self.with(|c| {
+            let row: Option<(String, String)> = c
+                .query_row(
+                    "SELECT name, role FROM api_tokens WHERE hash = ?1",
+                    [hash],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            row.map(|(name, role)| {
+                Ok(crate::tokens::Caller {
+                    name,
+                    role: crate::tokens::Role::parse(&role).map_err(StoreError::Internal)?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn tokens(&self) -> Result<Vec<crate::tokens::TokenRecord>> {
+        self.with(|c| {
+            let rows: Vec<(String, String, i64)> = c
+                .prepare("SELECT name, role, created_at FROM api_tokens ORDER BY name")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            rows.into_iter()
+                .map(|(name, role, at)| {
+                    Ok(crate::tokens::TokenRecord {
+                        name,
+                        role: crate::tokens::Role::parse(&role).map_err(StoreError::Internal)?,
+                        created_at: Timestamp(at as u64),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn revoke_token(&self, name: &str) -> Result<bool> {
+        self.with(|c| Ok(c.execute("DELETE FROM api_tokens WHERE name = ?1", [name])? > 0))
+    }
+
+    fn record_request(&self, r: &ApiRequest) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO api_requests (at, who, method, path, status) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![r.at.0 as i64, r.who, r.method, r.path, r.status],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn requests(&self, limit: usize) -> Result<Vec<ApiRequest>> {
+        self.with(|c| {
+            let rows = c
+                .prepare(
+                    "SELECT at, who, method, path, status FROM api_requests \
+                     ORDER BY id DESC LIMIT ?1",
+                )?
+                .query_map([limit as i64], |r| {
+                    Ok(ApiRequest {
+                        at: Timestamp(r.get::<_, i64>(0)? as u64),
+                        who: r.get(1)?,
+                        method: r.get(2)?,
+                        path: r.get(3)?,
+                        status: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
         })
     }
 

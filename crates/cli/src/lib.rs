@@ -29,6 +29,10 @@ pub struct Cli {
     /// JSON output instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// A file holding the API token (the conductor writes an operator's to
+    /// `data_dir/admin.token` on its first start). `TANDEM_TOKEN` holds the token itself.
+    #[arg(long, global = true, env = "TANDEM_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -80,7 +84,11 @@ pub enum Cmd {
     /// Follow the live event stream: status changes and workflow progress (Ctrl-C to stop).
     Events,
     /// Every command the conductor's workflows sent: what, to whom, epoch, result.
-    Audit,
+    Audit {
+        /// Instead: every API request that changed something, and whose token made it.
+        #[arg(long)]
+        requests: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -213,10 +221,28 @@ pub enum MetadataCmd {
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    /// `Bearer <token>`, when there is a token.
+    authorization: Option<String>,
+}
+
+/// The API token: `TANDEM_TOKEN`, else the file named by `--token-file`.
+fn token(file: Option<&std::path::Path>) -> Result<Option<String>> {
+    if let Some(t) = std::env::var("TANDEM_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Ok(Some(t.trim().to_owned()));
+    }
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let t = std::fs::read_to_string(file)
+        .with_context(|| format!("--token-file {}: cannot read it", file.display()))?;
+    Ok(Some(t.trim().to_owned()))
 }
 
 impl Client {
-    pub fn new(base: &str) -> Client {
+    pub fn new(base: &str, token: Option<String>) -> Client {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(60)))
             .http_status_as_error(false)
@@ -224,6 +250,14 @@ impl Client {
         Client {
             base: base.trim_end_matches('/').to_owned(),
             agent: config.into(),
+            authorization: token.map(|t| format!("Bearer {t}")),
+        }
+    }
+
+    fn with_token<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(a) => request.header("Authorization", a),
+            None => request,
         }
     }
 
@@ -248,14 +282,17 @@ impl Client {
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.handle(path, self.agent.get(format!("{}{path}", self.base)).call())
+        self.handle(
+            path,
+            self.with_token(self.agent.get(format!("{}{path}", self.base)))
+                .call(),
+        )
     }
 
     pub fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
         self.handle(
             path,
-            self.agent
-                .post(format!("{}{path}", self.base))
+            self.with_token(self.agent.post(format!("{}{path}", self.base)))
                 .send_json(body),
         )
     }
@@ -263,8 +300,7 @@ impl Client {
     pub fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
         self.handle(
             path,
-            self.agent
-                .put(format!("{}{path}", self.base))
+            self.with_token(self.agent.put(format!("{}{path}", self.base)))
                 .send_json(body),
         )
     }
@@ -272,26 +308,38 @@ impl Client {
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.handle(
             path,
-            self.agent.delete(format!("{}{path}", self.base)).call(),
+            self.with_token(self.agent.delete(format!("{}{path}", self.base)))
+                .call(),
         )
     }
 }
 
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
-    let client = Client::new(&cli.conductor);
+    let client = Client::new(&cli.conductor, token(cli.token_file.as_deref())?);
     let json = cli.json;
     match cli.command {
         Cmd::Instance(cmd) => instance::run(&client, cmd, json, out)?,
         Cmd::Events => {
-            let stream = ureq::Agent::config_builder()
+            let events = ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .build()
-                .new_agent()
-                .get(format!("{}/v1/events", client.base))
+                .new_agent();
+            let stream = client
+                .with_token(events.get(format!("{}/v1/events", client.base)))
                 .call()
                 .map_err(|e| {
                     anyhow::anyhow!("cannot reach the conductor at {}: {e}", client.base)
                 })?;
+            if !stream.status().is_success() {
+                let mut stream = stream;
+                let body: Value = stream.body_mut().read_json().unwrap_or(Value::Null);
+                anyhow::bail!(
+                    "{}",
+                    body["error"]
+                        .as_str()
+                        .unwrap_or("the event stream was refused")
+                );
+            }
             let reader = std::io::BufReader::new(stream.into_body().into_reader());
             for line in std::io::BufRead::lines(reader) {
                 let line = line.context("the event stream broke")?;
@@ -308,7 +356,25 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 out.flush()?;
             }
         }
-        Cmd::Audit => {
+        Cmd::Audit { requests: true } => {
+            let entries: Vec<Value> = client.get("/v1/audit/requests")?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
+            } else {
+                for e in &entries {
+                    writeln!(
+                        out,
+                        "{}  {:<16} {:<6} {} -> {}",
+                        e["at"],
+                        e["who"].as_str().unwrap_or("?"),
+                        e["method"].as_str().unwrap_or("?"),
+                        e["path"].as_str().unwrap_or("?"),
+                        e["status"]
+                    )?;
+                }
+            }
+        }
+        Cmd::Audit { requests: false } => {
             let entries: Vec<Value> = client.get("/v1/audit")?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;

@@ -376,14 +376,46 @@ impl ConductorProcess {
         std::fs::read_to_string(self.dir.path().join("conductor.log")).unwrap_or_default()
     }
 
+    /// The operator token the conductor wrote on its first start.
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.path().join("data").join("admin.token")
+    }
+
+    /// The operator token itself.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.token_file())
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The `tandem` CLI aimed at this conductor, with its operator token.
+    pub fn cli_command(&self) -> Command {
+        let mut cmd = Command::new(binary("tandem"));
+        cmd.arg("--conductor")
+            .arg(&self.url)
+            .env("TANDEM_TOKEN_FILE", self.token_file())
+            .env_remove("TANDEM_TOKEN");
+        cmd
+    }
+
+    /// Runs the conductor binary with this conductor's configuration and `args` (a
+    /// subcommand such as `token create`); returns its standard output, or its error.
+    pub fn run_with_config(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(binary("tandem-conductor"))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "tandem-conductor {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     /// Runs the `tandem` CLI against this conductor; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(binary("tandem"))
-            .arg("--conductor")
-            .arg(&self.url)
-            .args(args)
-            .output()
-            .expect("run tandem");
+        let out = self.cli_command().args(args).output().expect("run tandem");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -63,8 +63,9 @@ pub enum CallError {
     )]
     UnknownInstance(InstanceId),
     #[error(
-        "instance {0} is not enrolled: its replies could not be told from forged ones \
-         (`tandem instance enroll {0}`)"
+        "instance {0} is unknown here: no agent has enrolled under that name, so its \
+         replies could not be told from forged ones (`tandem instance keys` lists the \
+         enrolled; `tandem instance enroll {0}` enrols one)"
     )]
     NotEnrolled(InstanceId),
     #[error("no reply from instance {instance} within {waited:?}")]
