@@ -27,7 +27,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tandem_proto::EngineKind;
+use tandem_proto::{EngineKind, InstanceId};
 use tandem_transport::{Transport, TransportConfig};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,7 @@ pub use engine::{server_id_for, Engine};
 pub use seed::SeedTls;
 
 use engine::mariadb::MariaDb;
+use engine::EngineError;
 use state::{State, StateFile};
 
 /// One agent: its settings, its engine and its memory.
@@ -85,6 +86,27 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
 }
 
+/// Writes and applies the settings the agent owns; returns those waiting for a restart.
+async fn apply_managed_config<E: Engine>(engine: &E, id: &InstanceId) -> Vec<String> {
+    let mut restart_needed = Vec::new();
+    match engine.apply_managed_config(id).await {
+        Ok(o) if !o.restart_needed.is_empty() => {
+            tracing::warn!(
+                settings = ?o.restart_needed,
+                "managed settings need an engine restart to take effect"
+            );
+            restart_needed = o.restart_needed;
+        }
+        Ok(o) if !o.applied_live.is_empty() => {
+            tracing::info!(settings = ?o.applied_live, "managed settings applied")
+        }
+        Ok(_) => {}
+        // The engine may be down at boot; the status reports say so until it is back.
+        Err(e) => tracing::warn!(error = %e, "managed configuration not applied"),
+    }
+    restart_needed
+}
+
 async fn run_with<E: Engine>(
     settings: Settings,
     engine: E,
@@ -117,21 +139,15 @@ async fn run_with<E: Engine>(
         "tandem-agent starting"
     );
 
-    let mut restart_needed = Vec::new();
-    match engine.apply_managed_config(&id).await {
-        Ok(o) if !o.restart_needed.is_empty() => {
-            tracing::warn!(
-                settings = ?o.restart_needed,
-                "managed settings need an engine restart to take effect"
-            );
-            restart_needed = o.restart_needed;
-        }
-        Ok(o) if !o.applied_live.is_empty() => {
-            tracing::info!(settings = ?o.applied_live, "managed settings applied")
-        }
-        Ok(_) => {}
-        // The engine may be down at boot; the status reports say so until it is back.
-        Err(e) => tracing::warn!(error = %e, "managed configuration not applied"),
+    // The admin account must log in, or nothing the agent is asked can work: a wrong
+    // password stops the agent at start, saying so, rather than reporting ready. An
+    // engine that is down is fine (it may be starting); the reports say so.
+    if let Err(EngineError::LoginRefused(why)) = engine.probe().await {
+        anyhow::bail!(
+            "fields `engine.admin_user` ({}) and `engine.admin_password_file`: the agent \
+             cannot log in to the engine ({why})",
+            settings.engine.admin_user
+        );
     }
 
     // The seeding listener is bound before anything is advertised, so a wrong address
@@ -168,6 +184,10 @@ async fn run_with<E: Engine>(
         t = Transport::connect(transport_config, transport_shutdown.clone()) => t?,
         _ = shutdown.cancelled() => return Ok(()),
     };
+
+    // Only now that the broker is reached does the agent change anything on the
+    // engine: an agent that cannot reach its conductor leaves the engine as it was.
+    let restart_needed = apply_managed_config(&engine, &id).await;
 
     // The failsafe answers on the seeding listener's address, over UDP.
     let failsafe_socket = match tokio::net::UdpSocket::bind(seed_listener.local_addr()?).await {

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -72,7 +73,7 @@ pub struct StateFile {
 impl StateFile {
     pub fn new(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
-            .with_context(|| format!("create state directory {}", dir.display()))?;
+            .with_context(|| format!("field `state_dir`: cannot create {}", dir.display()))?;
         Ok(StateFile {
             path: dir.join("state.json"),
         })
@@ -96,8 +97,15 @@ impl StateFile {
         let dir = self.path.parent().expect("state file has a directory");
         let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec(state)?;
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("write {}", tmp.display()))?;
+        // Private: it holds recorded replies (and, until they are sealed, what they
+        // carried).
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("write {}", tmp.display()))?;
         f.write_all(&bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)

@@ -222,6 +222,18 @@ fn parse_set(id: &str) -> Result<ReplicaSetId, ApiError> {
     ReplicaSetId::new(id).map_err(|e| bad_request(format!("replica set id: {e}")))
 }
 
+/// A 404 unless some agent of `id` has reported here, or the store knows it.
+fn known_instance(c: &Conductor, id: &InstanceId) -> Result<(), ApiError> {
+    if c.registry.report(id).is_some() || c.store.instance(id)?.is_some() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_instance",
+        format!("no agent of instance {id} has reported to this conductor (`tandem status` lists those that have)"),
+    ))
+}
+
 fn parse_id(id: &str) -> Result<InstanceId, ApiError> {
     InstanceId::new(id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
@@ -319,6 +331,7 @@ async fn list_metadata(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Map<String, serde_json::Value>>, ApiError> {
     let id = parse_id(&id)?;
+    known_instance(&c, &id)?;
     Ok(Json(
         c.store
             .metadata(&id)?
@@ -334,6 +347,7 @@ async fn get_metadata(
     Path((id, key)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id)?;
+    known_instance(&c, &id)?;
     let value = c.store.metadata(&id)?.into_iter().find(|(k, _)| *k == key);
     match value {
         Some((_, v)) => Ok(Json(json!({"key": key, "value": v}))),
@@ -359,6 +373,7 @@ async fn put_metadata(
     let id = parse_id(&id)?;
     let Json(body) =
         body.map_err(|e| bad_request(format!("expected {{\"value\": \"...\"}}: {e}")))?;
+    known_instance(&c, &id)?;
     if key.is_empty() || key.len() > 255 {
         return Err(bad_request("a metadata key is 1 to 255 characters"));
     }
@@ -373,6 +388,7 @@ async fn delete_metadata(
     Path((id, key)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id)?;
+    known_instance(&c, &id)?;
     if c.store.delete_metadata(&id, &key)? {
         Ok(Json(json!({"deleted": key})))
     } else {
@@ -810,7 +826,28 @@ async fn take_backup(
         "full" => tandem_proto::BackupKind::Full,
         "incremental" => {
             let parent = match req.parent {
-                Some(p) => p,
+                Some(p) => {
+                    let recorded = c
+                        .store
+                        .backups(None)?
+                        .into_iter()
+                        .find(|b| b.backup_id == p);
+                    match recorded {
+                        None => {
+                            return Err(bad_request(format!(
+                                "field `parent`: no backup {p:?} is recorded (`tandem backup list {instance}`)"
+                            )))
+                        }
+                        Some(b) if b.instance != instance => {
+                            return Err(bad_request(format!(
+                                "field `parent`: backup {p} is of {}, not of {instance}; an \
+                                 incremental continues a backup of its own server",
+                                b.instance
+                            )))
+                        }
+                        Some(_) => p,
+                    }
+                }
                 None => {
                     c.store
                         .backups(Some(&instance))?

@@ -193,12 +193,52 @@ async fn run_led(
     leadership: leadership::Leadership,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let store = store::sqlite::SqliteStore::open(&settings.data_dir.join("tandem.db"))?;
+    let db = settings.data_dir.join("tandem.db");
+    let fresh = !db.exists();
+    let conductor = match prepare(settings, &db, &shutdown).await {
+        Ok(c) => c,
+        Err(e) => {
+            // A conductor that never started leaves no store behind: the next start
+            // (with the broker address put right, say) is a first start again. The keys
+            // stay: their public halves may already be in agents' configurations.
+            if fresh {
+                forget_new_store(&db);
+            }
+            return Err(e);
+        }
+    };
+    tracing::info!(lock = %leadership.path.display(), "acting conductor of this store");
+    serve(conductor, listener, leadership, shutdown).await
+}
+
+/// Removes a store this process made (and the operator token it wrote for it).
+fn forget_new_store(db: &std::path::Path) {
+    let mut files = vec![db.to_path_buf()];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        files.push(name.into());
+    }
+    if let Some(dir) = db.parent() {
+        files.push(dir.join("admin.token"));
+    }
+    for f in files {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// Everything before serving: the store, the term, the keys, the broker.
+async fn prepare(
+    settings: Settings,
+    db: &std::path::Path,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<Conductor>> {
+    let store = store::sqlite::SqliteStore::open(db)?;
     let term = store.begin_term()?;
+    tracing::info!(term, "this conductor's term");
     if let Some(path) = tokens::bootstrap(&store, &settings.data_dir)? {
         tracing::warn!(file = %path.display(), "no API token existed: wrote an operator token (`admin`) there");
     }
-    tracing::info!(term, lock = %leadership.path.display(), "acting conductor of this store");
     let mut transport_config = TransportConfig::new(
         &settings.broker_uri,
         format!("tandem-conductor {}", settings.name),
@@ -210,7 +250,7 @@ async fn run_led(
     let enrolments = Arc::new(enrolment::Enrolments::load(&store, secret)?);
     transport_config.reply_keys = Some(enrolments.clone());
     let transport = Transport::connect(transport_config, shutdown.clone()).await?;
-    let conductor = Arc::new(Conductor {
+    Ok(Arc::new(Conductor {
         secret,
         enrolments,
         backups_running: Default::default(),
@@ -222,8 +262,17 @@ async fn run_led(
         open_drift: Default::default(),
         failover_watch: Default::default(),
         started: std::time::Instant::now(),
-    });
+    }))
+}
 
+/// Follows reports, resumes workflows, watches for failures and serves the API until
+/// `shutdown`.
+async fn serve(
+    conductor: Arc<Conductor>,
+    listener: TcpListener,
+    leadership: leadership::Leadership,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut reports = conductor.transport.subscribe_status("#");
     let follower = {
         let c = conductor.clone();

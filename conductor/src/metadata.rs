@@ -4,6 +4,9 @@
 
 use crate::failover::PromotionRule;
 
+/// `failover_priority` runs from minus this to this.
+pub const PRIORITY_RANGE: i64 = 1000;
+
 /// MariaDB's `MASTER_DELAY` upper bound, in seconds.
 pub const MAX_DELAY_S: u64 = (1 << 31) - 1;
 
@@ -11,9 +14,13 @@ pub const MAX_DELAY_S: u64 = (1 << 31) - 1;
 pub fn validate(key: &str, value: &str) -> Result<(), String> {
     match key {
         "promotion_rule" => PromotionRule::parse(Some(value)).map(|_| ()),
-        "failover_priority" => value.parse::<i64>().map(|_| ()).map_err(|_| {
-            format!("failover_priority {value:?} is not a whole number (higher is preferred)")
-        }),
+        "failover_priority" => match value.parse::<i64>() {
+            Ok(p) if (-PRIORITY_RANGE..=PRIORITY_RANGE).contains(&p) => Ok(()),
+            _ => Err(format!(
+                "failover_priority {value:?} is not a whole number from -{PRIORITY_RANGE} to \
+                 {PRIORITY_RANGE} (higher is preferred)"
+            )),
+        },
         "replication_delay_s" => match value.parse::<u64>() {
             Ok(d) if d <= MAX_DELAY_S => Ok(()),
             _ => Err(format!(
@@ -44,6 +51,13 @@ mod tests {
             ("promotion_rule", "always", Err("is not prefer, neutral")),
             ("failover_priority", "-3", Ok(())),
             ("failover_priority", "high", Err("not a whole number")),
+            ("failover_priority", "1000", Ok(())),
+            ("failover_priority", "1001", Err("from -1000 to 1000")),
+            (
+                "failover_priority",
+                "99999999999999999999",
+                Err("from -1000 to 1000"),
+            ),
             ("replication_delay_s", "3600", Ok(())),
             ("replication_delay_s", "-1", Err("from 0 to")),
             ("replication_delay_s", "1.5", Err("from 0 to")),

@@ -213,11 +213,9 @@ fn the_api_needs_a_token_of_the_right_role_and_json_for_changes() {
         .run_with_config(&["token", "create", "viewer", "--role", "reader"])
         .unwrap();
     let admin = conductor.token();
-    let put = (
-        "PUT",
-        "/v1/instances/db-1/metadata/owner",
-        "{\"value\": \"shop\"}",
-    );
+    // A change that needs no agent: pinning a key for db-1.
+    let body = format!("{{\"key\": \"{}\"}}", "ab".repeat(32));
+    let put = ("POST", "/v1/instances/db-1/enrolment", body.as_str());
     let pause = ("POST", "/v1/sets/s1/failover/pause", "");
 
     // Health and the API's description are open; everything else needs a known token.
@@ -280,18 +278,20 @@ fn the_api_needs_a_token_of_the_right_role_and_json_for_changes() {
         "text/plain",
         "multipart/form-data; boundary=x",
     ] {
-        let (code, body) = raw_http(&url, Some(&admin), content_type, put);
-        assert_eq!(code, 415, "{content_type}: {body}");
+        for request in [put, pause] {
+            let (code, body) = raw_http(&url, Some(&admin), content_type, request);
+            assert_eq!(code, 415, "{content_type} {request:?}: {body}");
+        }
     }
     assert_eq!(
         raw_http(
             &url,
             Some(&admin),
             "application/json",
-            ("GET", "/v1/instances/db-1/metadata/owner", "")
+            ("GET", "/v1/enrolments", "")
         )
-        .0,
-        404,
+        .1,
+        "[]",
         "a refused request changed something"
     );
     // The operator changes; the audit log names who asked, refused attempts included.
@@ -302,7 +302,7 @@ fn the_api_needs_a_token_of_the_right_role_and_json_for_changes() {
     let seen = |who: &str, status: u64| {
         audit
             .iter()
-            .any(|r| r["who"] == who && r["status"] == status && r["method"] == "PUT")
+            .any(|r| r["who"] == who && r["status"] == status && r["method"] == "POST")
     };
     assert!(seen("admin", 200), "{audit:?}");
     assert!(seen("viewer", 403), "{audit:?}");

@@ -141,6 +141,10 @@ fn classify(e: mysql_async::Error) -> EngineError {
         mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed) => {
             EngineError::Unavailable("MariaDB closed the connection".into())
         }
+        // ER_ACCESS_DENIED_ERROR, ER_ACCESS_DENIED_NO_PASSWORD_ERROR.
+        mysql_async::Error::Server(s) if s.code == 1045 || s.code == 1698 => {
+            EngineError::LoginRefused(format!("MariaDB refused the login: {s}"))
+        }
         mysql_async::Error::Server(s) => EngineError::Refused(format!("MariaDB refused: {s}")),
         other => EngineError::Internal(anyhow::anyhow!(other).context("MariaDB")),
     }

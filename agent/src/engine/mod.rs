@@ -58,6 +58,9 @@ pub enum EngineError {
     Unavailable(String),
     #[error("{0}")]
     Refused(String),
+    /// The agent's own admin account cannot log in: nothing the agent does can work.
+    #[error("{0}")]
+    LoginRefused(String),
     #[error("{0}")]
     BadRequest(String),
     /// The engine did not answer in time (may succeed if asked again).
@@ -79,7 +82,7 @@ impl From<EngineError> for CommandError {
     fn from(e: EngineError) -> CommandError {
         let kind = match &e {
             EngineError::Unavailable(_) => ErrorKind::EngineUnavailable,
-            EngineError::Refused(_) => ErrorKind::EngineRefused,
+            EngineError::Refused(_) | EngineError::LoginRefused(_) => ErrorKind::EngineRefused,
             EngineError::BadRequest(_) => ErrorKind::BadRequest,
             EngineError::TimedOut(_) | EngineError::NotReached(_) => ErrorKind::TimedOut,
             EngineError::Unsupported(_) => ErrorKind::Unsupported,

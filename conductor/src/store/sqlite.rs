@@ -128,11 +128,29 @@ pub struct SqliteStore {
 impl SqliteStore {
     pub fn open(path: &Path) -> anyhow::Result<SqliteStore> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!("field `data_dir`: cannot create {}: {e}", dir.display())
+            })?;
         }
-        let conn = Connection::open(path)
-            .map_err(|e| anyhow::anyhow!("open the store {}: {e}", path.display()))?;
+        let conn = Connection::open(path).map_err(|e| {
+            anyhow::anyhow!(
+                "field `data_dir`: cannot open the store {}: {e}",
+                path.display()
+            )
+        })?;
+        // Private to the conductor's user: the journal holds what commands carried. The
+        // WAL and shared-memory files SQLite makes take the database's mode.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| {
+                    anyhow::anyhow!(
+                        "field `data_dir`: cannot make {} private: {e}",
+                        path.display()
+                    )
+                },
+            )?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a step recorded is a step on disk, before its command leaves.
         conn.pragma_update(None, "synchronous", "FULL")?;

@@ -171,6 +171,13 @@ impl AgentProcess {
         self.process.as_ref()
     }
 
+    /// Waits up to `limit` for the agent to exit on its own; returns its status.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let status = self.process.as_mut()?.wait_exit(limit)?;
+        self.process = None;
+        Some(status)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
@@ -361,24 +368,27 @@ impl ConductorProcess {
 
     /// Waits up to `limit` for the process to exit on its own; returns its status.
     pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = self.process.as_mut().and_then(Process::try_wait) {
-                self.process = None;
-                return Some(status);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        None
+        let status = self.process.as_mut()?.wait_exit(limit)?;
+        self.process = None;
+        Some(status)
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("conductor.log")).unwrap_or_default()
     }
 
+    /// The conductor's data directory (shared by a second conductor on the same store).
+    pub fn data_dir(&self) -> PathBuf {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "TANDEM_CONDUCTOR_DATA_DIR")
+            .map(|(_, v)| PathBuf::from(v))
+            .expect("every test conductor has a data directory")
+    }
+
     /// The operator token the conductor wrote on its first start.
     pub fn token_file(&self) -> PathBuf {
-        self.dir.path().join("data").join("admin.token")
+        self.data_dir().join("admin.token")
     }
 
     /// The operator token itself.

@@ -86,6 +86,18 @@ impl Process {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Waits up to `limit` for the process to exit on its own; returns its status.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn signal(&self, sig: Signal) -> Result<()> {
         kill(Pid::from_raw(self.pid() as i32), sig)
             .with_context(|| format!("send {sig} to {} (pid {})", self.name, self.pid()))
