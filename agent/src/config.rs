@@ -153,6 +153,10 @@ pub enum StoreSettings {
 pub struct BrokerConfig {
     /// `amqp://host:port/vhost`; credentials may be given here or as user + password_file.
     pub uri: String,
+    /// The broker user. With `password_file`, its password is read there; without, it
+    /// is derived from the enrolment token: the conductor made this user for this agent
+    /// alone (`broker.agent_users` in its configuration), with the least privilege, and
+    /// the agent then declares nothing on the broker.
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
     /// `quorum` (default) or `classic`.
@@ -267,6 +271,8 @@ pub struct Settings {
     pub trusted_keys: tandem_transport::signing::TrustedKeys,
     pub enrolment_token: Option<String>,
     pub broker_uri: String,
+    /// False for a least-privilege broker user (see `BrokerConfig::user`).
+    pub broker_declares: bool,
     pub queue_type: tandem_transport::QueueType,
     pub prefetch: u16,
     pub engine: EngineConfig,
@@ -349,6 +355,13 @@ impl AgentConfig {
         let trusted_keys =
             tandem_transport::signing::TrustedKeys::from_hex(&self.broker.conductor_keys)
                 .map_err(|e| anyhow::anyhow!("field `broker.conductor_keys`: {e}"))?;
+        let queue_type = match self.broker.queue_type.as_str() {
+            "quorum" => tandem_transport::QueueType::Quorum,
+            "classic" => tandem_transport::QueueType::Classic,
+            other => anyhow::bail!(
+                "field `broker.queue_type` is {other:?}; it must be \"quorum\" or \"classic\""
+            ),
+        };
         let enrolment_token = match (
             &self.broker.enrolment_token,
             &self.broker.enrolment_token_file,
@@ -361,21 +374,25 @@ impl AgentConfig {
             (None, Some(f)) => Some(read_secret(f, "broker.enrolment_token_file")?),
             (None, None) => None,
         };
-        let queue_type = match self.broker.queue_type.as_str() {
-            "quorum" => tandem_transport::QueueType::Quorum,
-            "classic" => tandem_transport::QueueType::Classic,
-            other => anyhow::bail!(
-                "field `broker.queue_type` is {other:?}; it must be \"quorum\" or \"classic\""
-            ),
-        };
+        let mut broker_declares = true;
         let broker_uri = match (&self.broker.user, &self.broker.password_file) {
             (Some(user), Some(file)) => {
                 let password = read_secret(file, "broker.password_file")?;
                 with_credentials(&self.broker.uri, user, &password)?
             }
-            (Some(_), None) | (None, Some(_)) => anyhow::bail!(
-                "fields `broker.user` and `broker.password_file` go together; set both or neither"
-            ),
+            (Some(user), None) => {
+                let token = enrolment_token.as_deref().with_context(|| {
+                    "field `broker.user` is set without `broker.password_file`: the password \
+                     then derives from the enrolment token, and none is set \
+                     (`broker.enrolment_token` or `broker.enrolment_token_file`)"
+                })?;
+                broker_declares = false;
+                let password = tandem_transport::identity::broker_password(token);
+                with_credentials(&self.broker.uri, user, &password)?
+            }
+            (None, Some(_)) => {
+                anyhow::bail!("field `broker.password_file` is set without `broker.user`; set both")
+            }
             (None, None) => self.broker.uri.clone(),
         };
         let admin_password = self
@@ -427,6 +444,7 @@ impl AgentConfig {
             trusted_keys,
             enrolment_token,
             broker_uri,
+            broker_declares,
             queue_type,
             prefetch: self.broker.prefetch.max(1),
             engine: self.engine,

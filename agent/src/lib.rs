@@ -180,6 +180,7 @@ async fn run_with<E: Engine>(
     });
     transport_config.signing_key = Some(Arc::new(key));
     transport_config.replay_window = settings.max_deadline;
+    transport_config.declares = settings.broker_declares;
     let transport = tokio::select! {
         t = Transport::connect(transport_config, transport_shutdown.clone()) => t?,
         _ = shutdown.cancelled() => return Ok(()),

@@ -34,6 +34,28 @@ pub struct ConductorConfig {
     /// exit at that point of a workflow.
     pub failpoint: Option<String>,
     pub failover: FailoverConfig,
+    pub agent_users: AgentUsersConfig,
+}
+
+/// One least-privilege broker user per agent (`[agent_users]`; see
+/// `crate::broker_users`). Off unless `management_url` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentUsersConfig {
+    /// The RabbitMQ management API, e.g. `http://127.0.0.1:15672`. The conductor's own
+    /// broker user (in `broker_uri`) must have the `administrator` tag.
+    pub management_url: Option<String>,
+    /// Agent `db-1`'s broker user is `<prefix>db-1`.
+    pub prefix: String,
+}
+
+impl Default for AgentUsersConfig {
+    fn default() -> Self {
+        AgentUsersConfig {
+            management_url: None,
+            prefix: "tandem-agent-".into(),
+        }
+    }
 }
 
 /// Failure detection and automatic failover (`[failover]`).
@@ -117,12 +139,15 @@ impl Default for ConductorConfig {
             seed_backup_max_age_s: 86_400,
             failpoint: None,
             failover: FailoverConfig::default(),
+            agent_users: AgentUsersConfig::default(),
         }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Per-agent broker users, when configured.
+    pub agent_users: Option<crate::broker_users::BrokerUsers>,
     pub name: String,
     pub broker_uri: String,
     pub listen: SocketAddr,
@@ -226,7 +251,22 @@ impl ConductorConfig {
             semi_sync_timeout: Duration::from_millis(f.semi_sync_timeout_ms.max(1)),
             failsafe: f.failsafe,
         };
+        let agent_users = self
+            .agent_users
+            .management_url
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .map(|url| {
+                crate::broker_users::BrokerUsers::new(
+                    url,
+                    &self.broker_uri,
+                    &self.agent_users.prefix,
+                )
+            })
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("field `agent_users.management_url`: {e}"))?;
         Ok(Settings {
+            agent_users,
             failover,
             failpoint,
             name: self.name,

@@ -150,6 +150,12 @@ impl Enrolments {
         raised.insert((instance.clone(), refusal.presented(), refusal.kind()))
     }
 
+    /// The token of `instance`'s current key generation, pinned or not: what its broker
+    /// password derives from (see `crate::broker_users`).
+    pub fn current_token(&self, instance: &InstanceId) -> String {
+        self.token_at(instance, self.entry(instance).generation)
+    }
+
     fn token_at(&self, instance: &InstanceId, generation: u64) -> String {
         identity::enrolment_token(&self.secret, instance.as_str(), generation)
     }

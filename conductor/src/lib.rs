@@ -10,6 +10,7 @@
 pub mod api;
 pub mod backoff;
 pub mod backups;
+pub mod broker_users;
 pub mod config;
 pub mod drift;
 pub mod enrolment;

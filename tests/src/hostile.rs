@@ -148,3 +148,76 @@ impl Hostile {
         }))
     }
 }
+
+/// What a hostile client tries with a set of credentials: each attempt on a channel of
+/// its own (the broker closes a channel on a refusal), `Err` with the broker's answer
+/// when refused.
+impl Hostile {
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(self._connection.create_channel().await?)
+    }
+
+    /// Consumes from `queue`.
+    pub async fn try_consume(&self, queue: &str) -> anyhow::Result<()> {
+        let ch = self.channel().await?;
+        ch.basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Publishes `bytes` to `exchange` under `key`, waiting for the broker's confirm.
+    pub async fn try_publish(&self, exchange: &str, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let ch = self.channel().await?;
+        ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await?;
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                bytes,
+                BasicProperties::default(),
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(confirm.is_ack(), "nacked");
+        // A refusal closes the channel right after the publish: ask it something.
+        ch.basic_qos(1, Default::default()).await?;
+        Ok(())
+    }
+
+    /// Declares a queue of its own (server-named).
+    pub async fn try_declare_queue(&self) -> anyhow::Result<String> {
+        let ch = self.channel().await?;
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(q.name().to_string())
+    }
+
+    /// Binds `queue` to `exchange` under `key`.
+    pub async fn try_bind(&self, queue: &str, exchange: &str, key: &str) -> anyhow::Result<()> {
+        let ch = self.channel().await?;
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -47,6 +47,10 @@ pub struct ClusterOptions {
     /// The conductor's fence command cuts the fenced node's host off the network (as
     /// downing a VM's port would). Only isolated nodes can be fenced.
     pub fence_by_cut: bool,
+    /// As a deployment with per-agent broker users: the conductor starts first, each
+    /// instance is enrolled with `tandem instance enroll` (which makes its broker user
+    /// and queue), and each agent connects as its own user with the printed token.
+    pub agent_users: bool,
 }
 
 impl ClusterOptions {
@@ -59,6 +63,7 @@ impl ClusterOptions {
             conductor_env: Vec::new(),
             isolated: Vec::new(),
             fence_by_cut: false,
+            agent_users: false,
         }
     }
 }
@@ -93,6 +98,26 @@ impl Cluster {
             let forward = Forward::start(&format!("{}:0", root.ip), &broker_at).unwrap();
             (root, forward)
         });
+        assert!(
+            !(options.agent_users && options.fence_by_cut),
+            "the fence script needs the nodes before the conductor starts"
+        );
+        let mut conductor_env = options.conductor_env.clone();
+        let early = options.agent_users.then(|| {
+            conductor_env.push((
+                "TANDEM_CONDUCTOR_AGENT_USERS__MANAGEMENT_URL".into(),
+                broker.management_url().into(),
+            ));
+            conductor_env.push((
+                "TANDEM_CONDUCTOR_AGENT_USERS__PREFIX".into(),
+                broker.user_prefix(),
+            ));
+            let c = ConductorProcess::start_with(broker.uri(), &conductor_env).unwrap();
+            eventually(Duration::from_secs(20), "the conductor serving", || {
+                (!c.token().is_empty() && c.cli(&["instance", "keys"]).0).then_some(())
+            });
+            c
+        });
         let nodes: Vec<Node> = (1..=n)
             .map(|i| {
                 let name = format!("db-{i}");
@@ -119,6 +144,28 @@ impl Cluster {
                 if let Some(b) = &bind {
                     env.push(("TANDEM_AGENT_SEED__LISTEN".into(), format!("{b}:0")));
                 }
+                let mut broker_uri = broker_uri;
+                if let Some(c) = &early {
+                    // The operator's enrolment: a token and a broker user of its own.
+                    let out = c.cli(&["--json", "instance", "enroll", &name]);
+                    assert!(out.0, "enrol {name}: {}", out.2);
+                    let v: serde_json::Value = serde_json::from_str(&out.1).unwrap();
+                    env.push((
+                        "TANDEM_AGENT_BROKER__ENROLMENT_TOKEN".into(),
+                        v["token"].as_str().unwrap().into(),
+                    ));
+                    env.push((
+                        "TANDEM_AGENT_BROKER__USER".into(),
+                        v["broker_user"].as_str().unwrap().into(),
+                    ));
+                    broker_uri = match broker_uri.split_once('@') {
+                        Some((scheme_user, rest)) => format!(
+                            "{}://{rest}",
+                            scheme_user.split("://").next().unwrap_or("amqp")
+                        ),
+                        None => broker_uri,
+                    };
+                }
                 let agent = AgentProcess::start_mariadb_in(
                     host.as_ref().map(|h| h.name.as_str()),
                     &binary("tandem-agent"),
@@ -137,7 +184,6 @@ impl Cluster {
                 }
             })
             .collect();
-        let mut conductor_env = options.conductor_env.clone();
         let fence = options.fence_by_cut.then(|| {
             let dir = tempfile::Builder::new()
                 .prefix("tandem-fence-")
@@ -154,7 +200,10 @@ impl Cluster {
             ));
             dir
         });
-        let conductor = ConductorProcess::start_with(broker.uri(), &conductor_env).unwrap();
+        let conductor = match early {
+            Some(c) => c,
+            None => ConductorProcess::start_with(broker.uri(), &conductor_env).unwrap(),
+        };
         let c = Cluster {
             network,
             nodes,

@@ -23,6 +23,10 @@ pub struct EnrolmentView {
     /// agent's `broker.enrolment_token`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// With per-agent broker users: the agent's own broker user (its password derives
+    /// from the token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_user: Option<String>,
 }
 
 impl From<Enrolment> for EnrolmentView {
@@ -32,6 +36,7 @@ impl From<Enrolment> for EnrolmentView {
             key: e.key.map(|k| k.to_hex()),
             generation: e.generation,
             token: None,
+            broker_user: None,
         }
     }
 }
@@ -66,6 +71,7 @@ pub async fn enrol(
         None => {
             let (enrolment, token) = c.enrolments.token(&id)?;
             let mut view = EnrolmentView::from(enrolment);
+            view.broker_user = broker_user(&c, &id).await?;
             view.token = Some(token);
             Ok(Json(view))
         }
@@ -74,15 +80,48 @@ pub async fn enrol(
                 PublicKey::from_hex(&key).map_err(|e| bad_request(format!("field `key`: {e}")))?;
             let e = c.enrolments.pin(&*c.store, &id, &key)?;
             tracing::info!(instance = %id, %key, "instance enrolled by an operator");
+            let broker_user = broker_user(&c, &id).await?;
             c.events.publish(ApiEvent::InstanceEnrolled {
-                instance: id,
+                instance: id.clone(),
                 key: key.to_hex(),
                 by: "operator".into(),
                 at: tandem_proto::Timestamp::now(),
             });
-            Ok(Json(e.into()))
+            let mut view = EnrolmentView::from(e);
+            if broker_user.is_some() {
+                // The agent's broker password derives from the token, so it needs it
+                // even when its key was pinned by hand.
+                view.token = Some(c.enrolments.current_token(&id));
+                view.broker_user = broker_user;
+            }
+            Ok(Json(view))
         }
     }
+}
+
+/// With per-agent broker users: makes (or updates, after a re-key) `id`'s broker user
+/// with the password its current token gives, and declares its command queue (the
+/// agent may not). Returns the user's name.
+async fn broker_user(
+    c: &Conductor,
+    id: &tandem_proto::InstanceId,
+) -> Result<Option<String>, ApiError> {
+    let Some(users) = &c.settings.agent_users else {
+        return Ok(None);
+    };
+    let password = tandem_transport::identity::broker_password(&c.enrolments.current_token(id));
+    let user = users
+        .ensure(id, &password)
+        .await
+        .map_err(|e| ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "broker_unavailable", e))?;
+    c.transport.ensure_agent_queue(id).await.map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            format!("declare {id}'s command queue: {e}"),
+        )
+    })?;
+    Ok(Some(user))
 }
 
 #[utoipa::path(delete, path = "/v1/instances/{id}/enrolment", tag = "instances", params(("id" = String, Path)), responses((status = 200, body = EnrolmentView), (status = 400, body = super::ErrorBody)))]
@@ -92,9 +131,11 @@ pub async fn rekey(
 ) -> Result<Json<EnrolmentView>, ApiError> {
     let id = parse_id(&id)?;
     let e = c.enrolments.rekey(&*c.store, &id)?;
+    // The old token's broker password stops working too: a stolen VM loses the broker.
+    broker_user(&c, &id).await?;
     tracing::warn!(instance = %id, generation = e.generation, "instance re-keyed: nothing naming it is believed until it enrols again");
     c.events.publish(ApiEvent::InstanceRekeyed {
-        instance: id,
+        instance: id.clone(),
         generation: e.generation,
         at: tandem_proto::Timestamp::now(),
     });

@@ -35,6 +35,13 @@ pub fn run(client: &Client, cmd: InstanceCmd, json: bool, out: &mut dyn Write) -
             };
             let v: Value = client.post(&format!("/v1/instances/{instance}/enrolment"), &body)?;
             if !json {
+                if let Some(user) = v["broker_user"].as_str() {
+                    writeln!(
+                        out,
+                        "broker user for {instance}: {user} (the agent's broker.user; its \
+                         password derives from the token below)"
+                    )?;
+                }
                 match v["token"].as_str() {
                     Some(token) => writeln!(
                         out,

@@ -182,6 +182,14 @@ impl AgentProcess {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
+    /// The value of one of the agent's `TANDEM_AGENT_*` settings.
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The agent's state directory (its key, `agent.key`, is there).
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")

@@ -86,11 +86,32 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// The prefix of broker users made for this vhost's agents (users are global: the
+    /// prefix keeps parallel tests apart, and lets the drop remove them).
+    pub fn user_prefix(&self) -> String {
+        format!("{}.", self.vhost)
+    }
+
+    /// The management API every test broker serves (enabled by `scripts/services-up`).
+    pub fn management_url(&self) -> &'static str {
+        "http://127.0.0.1:15672"
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         // Detached: deleting a vhost takes most of a second and nothing waits for it.
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "delete_vhost", &self.vhost])
+        // Agents' users made for this vhost go with it.
+        let script = format!(
+            "rabbitmqctl -q delete_vhost '{vhost}'; \
+             rabbitmqctl -q list_users --no-table-headers 2>/dev/null | cut -f1 | \
+             grep -F '{prefix}' | while read -r u; do rabbitmqctl -q delete_user \"$u\"; done",
+            vhost = self.vhost,
+            prefix = self.user_prefix()
+        );
+        let _ = Command::new("sh")
+            .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

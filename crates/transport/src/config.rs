@@ -45,6 +45,10 @@ pub struct TransportConfig {
     /// How long an accepted command's copy counts as a replay (the longest deadline
     /// the receiving side accepts).
     pub replay_window: Duration,
+    /// Whether this side declares the topology (exchanges, the dead-letter queue, its
+    /// own queue). An agent with a least-privilege broker user cannot and does not:
+    /// the conductor declared its queue when it made the user.
+    pub declares: bool,
 }
 
 impl TransportConfig {
@@ -64,6 +68,7 @@ impl TransportConfig {
             reply_keys: None,
             trusted_keys: None,
             replay_window: Duration::from_secs(600),
+            declares: true,
         }
     }
 

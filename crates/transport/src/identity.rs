@@ -151,6 +151,13 @@ pub fn enrolment_token(secret: &[u8], instance: &str, generation: u64) -> String
     hex::encode(&tag.as_ref()[..20])
 }
 
+/// The broker password of the agent holding `token`, when the conductor makes one
+/// broker user per agent: the token is the one secret a VM is given.
+pub fn broker_password(token: &str) -> String {
+    let mac = hmac::Key::new(hmac::HMAC_SHA256, token.trim().as_bytes());
+    hex::encode(&hmac::sign(&mac, b"tandem broker password v1").as_ref()[..24])
+}
+
 fn proof_message(instance: &str, key: &PublicKey) -> Vec<u8> {
     format!("tandem enrolment proof v1\0{instance}\0{key}").into_bytes()
 }

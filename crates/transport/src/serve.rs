@@ -49,6 +49,19 @@ impl Transport {
             .await
     }
 
+    /// Declares `instance`'s command queue (with the exchanges it hangs off) once, on
+    /// the current connection: the conductor does this for an agent whose broker user
+    /// may not declare anything. The queue is durable; it outlives this connection.
+    pub async fn ensure_agent_queue(&self, instance: &InstanceId) -> Result<(), TransportError> {
+        let session = self
+            .session_within(self.inner.config.connect_timeout)
+            .await?;
+        for what in [Declaration::Base, Declaration::AgentQueue(instance.clone())] {
+            crate::topology::declare(&session.plain_channel, &self.inner.config, &what).await?;
+        }
+        Ok(())
+    }
+
     /// Serves `instance`'s command queue until `stop` (or the transport's shutdown),
     /// re-subscribing after every reconnection. Returns once intake has stopped and
     /// in-flight commands finished (or [`DRAIN_DEADLINE`] passed); the connection stays

@@ -94,9 +94,14 @@ impl Supervisor {
         shutdown: CancellationToken,
     ) -> (Arc<Supervisor>, watch::Receiver<Option<Arc<Session>>>) {
         let (tx, rx) = watch::channel(None);
+        let base = if config.declares {
+            vec![Declaration::Base]
+        } else {
+            Vec::new()
+        };
         let supervisor = Arc::new(Supervisor {
             config,
-            declarations: Mutex::new(vec![Declaration::Base]),
+            declarations: Mutex::new(base),
             last_error: Mutex::new(None),
             generation: AtomicU64::new(0),
         });
@@ -122,6 +127,9 @@ impl Supervisor {
         session: &Session,
         what: Declaration,
     ) -> Result<(), TransportError> {
+        if !self.config.declares {
+            return Ok(());
+        }
         topology::declare(&session.plain_channel, &self.config, &what).await?;
         let mut list = self.declarations.lock().expect("poisoned");
         if !list.contains(&what) {

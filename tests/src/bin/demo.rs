@@ -20,13 +20,17 @@ fn show(c: &Cluster, args: &[&str]) {
 fn main() {
     step("starting a RabbitMQ virtual host, three MariaDB instances with their agents, and the conductor");
     // As on VMs with the agent's managed configuration: a server starts read-only.
-    let mut c = Cluster::start_with(3, ClusterOptions::read_only_at_start());
+    // And as a deployment with one least-privilege broker user per agent: each instance
+    // is enrolled first (`tandem instance enroll`), which makes its user and its queue.
+    let mut options = ClusterOptions::read_only_at_start();
+    options.agent_users = true;
+    let mut c = Cluster::start_with(3, options);
     for n in &c.nodes {
         println!("   {}: mariadbd on 127.0.0.1:{}", n.name, n.db.port());
     }
     println!("   conductor API on {}", c.conductor.url);
     show(&c, &["status"]);
-    step("each agent enrolled itself with its one-time token: only its own key speaks for it");
+    step("each agent connected as its own broker user and enrolled itself with its one-time token: only its own key speaks for it");
     show(&c, &["instance", "keys"]);
 
     step("a replica set: db-1 master, db-2 and db-3 read-only replicas, semi-synchronous");
