@@ -286,13 +286,16 @@ impl<E: Engine> Agent<E> {
                 self.engine.set_writable(false).await?;
                 self.engine.set_semi_sync(None, false).await?;
             }
-            Command::CreateReplicationUser { replica } => {
+            Command::CreateReplicationUser { replica, from } => {
                 if replica == me {
                     return Err(CommandError::bad_request(format!(
                         "{me} cannot be its own replica"
                     )));
                 }
-                let credentials = self.engine.ensure_replication_user(replica).await?;
+                let credentials = self
+                    .engine
+                    .ensure_replication_user(replica, from.as_deref())
+                    .await?;
                 return Ok(ReplyBody::Credentials { credentials });
             }
             Command::DropReplicationUser { replica } => {

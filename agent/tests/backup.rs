@@ -109,6 +109,7 @@ async fn attach_at(h: &Harness, master: &str, replica: &str, position: Position)
             1,
             Command::CreateReplicationUser {
                 replica: id(replica),
+                from: None,
             },
         )
         .await

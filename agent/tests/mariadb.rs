@@ -202,6 +202,7 @@ async fn stale_epochs_are_fenced_and_repeats_are_answered_from_the_record() {
         Epoch::new(5),
         Command::CreateReplicationUser {
             replica: id("db-9"),
+            from: None,
         },
     );
     let first = h.send(&create).await.unwrap();
@@ -223,10 +224,42 @@ async fn stale_epochs_are_fenced_and_repeats_are_answered_from_the_record() {
             5,
             Command::CreateReplicationUser {
                 replica: id("db-9"),
+                from: None,
             },
         )
         .await;
     assert_ne!(other, first, "a new message id is a new command");
+
+    // An account limited to the replica's address replaces the one for any address; a
+    // `from` that is not plainly an address never reaches the SQL.
+    h.ok(
+        "db-1",
+        5,
+        Command::CreateReplicationUser {
+            replica: id("db-9"),
+            from: Some("127.0.0.1".into()),
+        },
+    )
+    .await;
+    let hosts = h
+        .node("db-1")
+        .db
+        .sql("SELECT GROUP_CONCAT(Host) FROM mysql.user WHERE User LIKE '%db_9%'")
+        .unwrap();
+    assert_eq!(hosts, "127.0.0.1");
+    let err = h
+        .cmd(
+            "db-1",
+            5,
+            Command::CreateReplicationUser {
+                replica: id("db-9"),
+                from: Some("x'@'%' IDENTIFIED BY 'y".into()),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadRequest, "{err:?}");
+    assert!(err.message.contains("field `from`"), "{err:?}");
 
     // A newer epoch since: a repeat is still answered from the record (nothing runs),
     // while a new command at the old epoch is fenced.
@@ -288,6 +321,7 @@ async fn wrong_input_gets_a_clear_error_and_changes_nothing() {
             1,
             Command::CreateReplicationUser {
                 replica: id("db-2"),
+                from: None,
             },
         )
         .await

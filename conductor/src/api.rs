@@ -20,6 +20,7 @@ use crate::Conductor;
 
 mod auth;
 mod enrolment;
+pub mod tls;
 
 pub fn router(conductor: Arc<Conductor>) -> Router {
     Router::new()

@@ -35,6 +35,13 @@ pub struct ConductorConfig {
     pub failpoint: Option<String>,
     pub failover: FailoverConfig,
     pub agent_users: AgentUsersConfig,
+    /// Where a replica's replication account may log in from: `replica_address` (the
+    /// engine address its agent reports, which must be the address its connections
+    /// leave from) or `any` (behind NAT, or a replica with several addresses).
+    pub replication_accounts_from: String,
+    /// HTTPS for the API: the certificate chain and its key (PEM); both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// One least-privilege broker user per agent (`[agent_users]`; see
@@ -114,6 +121,13 @@ impl Default for FailoverConfig {
     }
 }
 
+/// Where replication accounts may log in from (see `replication_accounts_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountsFrom {
+    ReplicaAddress,
+    Any,
+}
+
 #[derive(Debug, Clone)]
 pub struct FailoverSettings {
     pub automatic: bool,
@@ -140,12 +154,18 @@ impl Default for ConductorConfig {
             failpoint: None,
             failover: FailoverConfig::default(),
             agent_users: AgentUsersConfig::default(),
+            replication_accounts_from: "replica_address".into(),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// HTTPS for the API, when configured.
+    pub api_tls: Option<crate::api::tls::ApiTls>,
+    pub replication_accounts_from: AccountsFrom,
     /// Per-agent broker users, when configured.
     pub agent_users: Option<crate::broker_users::BrokerUsers>,
     pub name: String,
@@ -265,7 +285,24 @@ impl ConductorConfig {
             })
             .transpose()
             .map_err(|e| anyhow::anyhow!("field `agent_users.management_url`: {e}"))?;
+        let replication_accounts_from = match self.replication_accounts_from.as_str() {
+            "replica_address" => AccountsFrom::ReplicaAddress,
+            "any" => AccountsFrom::Any,
+            other => anyhow::bail!(
+                "field `replication_accounts_from` is {other:?}; it must be \"replica_address\" \
+                 or \"any\""
+            ),
+        };
+        let api_tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(crate::api::tls::acceptor(cert, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "fields `tls_cert_file` and `tls_key_file` go together; set both or neither"
+            ),
+        };
         Ok(Settings {
+            api_tls,
+            replication_accounts_from,
             agent_users,
             failover,
             failpoint,

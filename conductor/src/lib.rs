@@ -312,10 +312,23 @@ async fn serve(
     let detector_stop = CancellationToken::new();
     tokio::spawn(failover::watch(conductor.clone(), detector_stop.clone()));
 
-    tracing::info!(listen = %listener.local_addr()?, "tandem-conductor serving");
-    let serve = axum::serve(listener, api::router(conductor.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let result = serve.await;
+    let app = api::router(conductor.clone());
+    let stop = shutdown.clone().cancelled_owned();
+    let result = match conductor.settings.api_tls.clone() {
+        Some(acceptor) => {
+            tracing::info!(listen = %listener.local_addr()?, "tandem-conductor serving HTTPS");
+            let listener = api::tls::TlsListener::new(listener, acceptor.0)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        None => {
+            tracing::info!(listen = %listener.local_addr()?, "tandem-conductor serving");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
     detector_stop.cancel();
     follower.abort();
     drop(leadership);

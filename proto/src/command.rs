@@ -101,9 +101,12 @@ pub enum Command {
         #[serde(default)]
         semi_sync: Option<SemiSyncSettings>,
     },
-    /// Create (or return the existing) replication account for one replica.
+    /// Create (or return the existing) replication account for one replica, usable only
+    /// from `from` (the address the replica connects from; any address when absent).
     CreateReplicationUser {
         replica: InstanceId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
     },
     /// Drop the replication account of one replica.
     DropReplicationUser {

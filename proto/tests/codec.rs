@@ -57,7 +57,10 @@ fn command() -> impl Strategy<Value = Command> {
         prop::option::of(any::<u64>()).prop_map(|t| Command::EnableAsMaster {
             semi_sync: t.map(|timeout_ms| SemiSyncSettings { timeout_ms })
         }),
-        instance_id().prop_map(|replica| Command::CreateReplicationUser { replica }),
+        instance_id().prop_map(|replica| Command::CreateReplicationUser {
+            replica,
+            from: None
+        }),
         instance_id().prop_map(|replica| Command::DropReplicationUser { replica }),
         (source(), credentials(), prop::option::of(position())).prop_map(
             |(source, credentials, position)| Command::AttachToSource {

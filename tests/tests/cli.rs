@@ -341,3 +341,52 @@ fn the_api_needs_a_token_of_the_right_role_and_json_for_changes() {
         401
     );
 }
+
+#[test]
+fn the_api_serves_https_and_the_cli_verifies_its_certificate() {
+    let broker = Broker::new().unwrap();
+    let ca = tandem_testkit::TestCa::new("tandem-api-ca").unwrap();
+    let issued = ca.issue("conductor").unwrap();
+    let conductor = ConductorProcess::start_with(
+        broker.uri(),
+        &[
+            (
+                "TANDEM_CONDUCTOR_TLS_CERT_FILE".into(),
+                issued.cert.display().to_string(),
+            ),
+            (
+                "TANDEM_CONDUCTOR_TLS_KEY_FILE".into(),
+                issued.key.display().to_string(),
+            ),
+        ],
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the operator token written",
+        || (!conductor.token().is_empty()).then_some(()),
+    );
+    let https = conductor.url.replace("http://", "https://");
+    let run = |url: &str, ca: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(binary("tandem"));
+        cmd.args(["--conductor", url, "set", "list"])
+            .env("TANDEM_TOKEN_FILE", conductor.token_file())
+            .env_remove("TANDEM_CA_FILE");
+        if let Some(ca) = ca {
+            cmd.env("TANDEM_CA_FILE", ca);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // With the CA the certificate chains to: served.
+    let (ok, err) = run(&https, Some(ca.ca_file()));
+    assert!(ok, "{err}");
+    // Without it, the certificate is not trusted; plain HTTP is not served at all.
+    let (ok, err) = run(&https, None);
+    assert!(!ok && err.to_lowercase().contains("certificate"), "{err}");
+    let (ok, err) = run(&conductor.url, Some(ca.ca_file()));
+    assert!(!ok, "plain HTTP answered: {err}");
+}

@@ -289,6 +289,12 @@ fn a_hung_master_host_is_failed_over_after_its_lease_and_fences_itself_when_it_w
 fn a_master_cut_off_by_the_network_fences_itself_is_failed_over_and_rejoins_when_healed() {
     let mut options = ClusterOptions::read_only_at_start();
     options.isolated = vec!["db-1".into()];
+    // Only db-1 has a host of its own: the others reach it from the root namespace's
+    // link address, not from the address they advertise, as replicas behind NAT would.
+    options.conductor_env = vec![(
+        "TANDEM_CONDUCTOR_REPLICATION_ACCOUNTS_FROM".into(),
+        "any".into(),
+    )];
     let c = three(true, options);
     eventually(Duration::from_secs(20), "semi-sync active on db-1", || {
         (member(&c.set("s1"), "db-1")["semi_sync"] == "active").then_some(())

@@ -562,7 +562,9 @@ impl Engine for MariaDb {
     async fn ensure_replication_user(
         &self,
         replica: &InstanceId,
+        from: Option<&str>,
     ) -> Result<ReplicationCredentials, EngineError> {
+        let host = account_host(from)?;
         let mut c = self.conn().await?;
         if self.slave_status(&mut c).await?.is_some() {
             // A write here would be an errant transaction on a replica.
@@ -572,19 +574,27 @@ impl Engine for MariaDb {
         }
         let user = replication_user(replica);
         let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
+        // The replica's accounts for other addresses (it moved, or was made before
+        // accounts were limited to one address) go first.
+        for other in account_hosts(&mut c, &user).await? {
+            if other != host {
+                self.exec(&mut c, &format!("DROP USER IF EXISTS '{user}'@'{other}'"))
+                    .await?;
+            }
+        }
         self.exec(
             &mut c,
-            &format!("CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{password}'"),
+            &format!("CREATE USER IF NOT EXISTS '{user}'@'{host}' IDENTIFIED BY '{password}'"),
         )
         .await?;
         self.exec(
             &mut c,
-            &format!("ALTER USER '{user}'@'%' IDENTIFIED BY '{password}'"),
+            &format!("ALTER USER '{user}'@'{host}' IDENTIFIED BY '{password}'"),
         )
         .await?;
         self.exec(
             &mut c,
-            &format!("GRANT REPLICATION SLAVE ON *.* TO '{user}'@'%'"),
+            &format!("GRANT REPLICATION SLAVE ON *.* TO '{user}'@'{host}'"),
         )
         .await?;
         Ok(ReplicationCredentials {
@@ -596,8 +606,10 @@ impl Engine for MariaDb {
     async fn drop_replication_user(&self, replica: &InstanceId) -> Result<(), EngineError> {
         let mut c = self.conn().await?;
         let user = replication_user(replica);
-        self.exec(&mut c, &format!("DROP USER IF EXISTS '{user}'@'%'"))
-            .await?;
+        for host in account_hosts(&mut c, &user).await? {
+            self.exec(&mut c, &format!("DROP USER IF EXISTS '{user}'@'{host}'"))
+                .await?;
+        }
         // Dropping a user does not end its sessions: end the binlog dump so the replica
         // really loses access now.
         let ids: Vec<u64> = timed(
@@ -737,12 +749,14 @@ impl Engine for MariaDb {
         // Our own copy of our replication account arrived through replication; it must
         // not outlive the attachment. Not binlogged: it is nobody else's business.
         self.exec(&mut c, "SET SESSION sql_log_bin = 0").await?;
-        let dropped = c
-            .query_drop(format!(
-                "DROP USER IF EXISTS '{}'@'%'",
-                replication_user(me)
-            ))
-            .await;
+        let user = replication_user(me);
+        let mut dropped = Ok(());
+        for host in account_hosts(&mut c, &user).await? {
+            dropped = dropped.and(
+                c.query_drop(format!("DROP USER IF EXISTS '{user}'@'{host}'"))
+                    .await,
+            );
+        }
         let _ = c.query_drop("SET SESSION sql_log_bin = 1").await;
         dropped.map_err(classify)
     }
@@ -1022,6 +1036,35 @@ async fn check_source(
         .map_err(classify)?;
     let _ = conn.disconnect().await;
     Ok(id.unwrap_or(0))
+}
+
+/// The host part of a replication account: the address the replica connects from, or
+/// `%` (any). Refused unless it is plainly an address or a name: it goes into SQL, and
+/// it comes from what the replica's agent reported.
+fn account_host(from: Option<&str>) -> Result<&str, EngineError> {
+    let Some(host) = from else { return Ok("%") };
+    let plain = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '_' | '%'));
+    if plain {
+        Ok(host)
+    } else {
+        Err(EngineError::BadRequest(format!(
+            "field `from`: {host:?} is not an address or host name a replication account \
+             can be limited to"
+        )))
+    }
+}
+
+/// The hosts `user` has an account for.
+async fn account_hosts(c: &mut Conn, user: &str) -> Result<Vec<String>, EngineError> {
+    timed(
+        "list account hosts",
+        c.exec("SELECT Host FROM mysql.user WHERE User = ?", (user,)),
+    )
+    .await
 }
 
 /// `/var/lib/mysql` + "x" -> `/var/lib/mysql.x`: same parent, same filesystem.

@@ -150,10 +150,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Records "now" in the heartbeat table (master only), for replicas' true lag.
     fn write_heartbeat(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
 
-    /// Creates (or re-keys) the replication account of one replica.
+    /// Creates (or re-keys) the replication account of one replica, usable only from
+    /// `from` (any address when `None`); the replica's accounts for other addresses go.
     fn ensure_replication_user(
         &self,
         replica: &InstanceId,
+        from: Option<&str>,
     ) -> impl Future<Output = Result<ReplicationCredentials, EngineError>> + Send;
 
     /// Drops one replica's replication account and ends its sessions.

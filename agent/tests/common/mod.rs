@@ -217,6 +217,7 @@ impl Harness {
                 epoch,
                 Command::CreateReplicationUser {
                     replica: id(replica),
+                    from: None,
                 },
             )
             .await

@@ -617,6 +617,16 @@ impl<'a> Ctx<'a> {
                 epoch,
                 Command::CreateReplicationUser {
                     replica: replica.clone(),
+                    // Only from the address the replica reports for its engine.
+                    from: match self.c.settings.replication_accounts_from {
+                        crate::config::AccountsFrom::Any => None,
+                        crate::config::AccountsFrom::ReplicaAddress => self
+                            .c
+                            .registry
+                            .report(replica)
+                            .and_then(|r| r.endpoint)
+                            .map(|e| e.host),
+                    },
                 },
             )
             .await?

@@ -33,6 +33,10 @@ pub struct Cli {
     /// `data_dir/admin.token` on its first start). `TANDEM_TOKEN` holds the token itself.
     #[arg(long, global = true, env = "TANDEM_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<std::path::PathBuf>,
+    /// The CA (PEM) an `https://` conductor's certificate chains to, instead of the
+    /// public roots.
+    #[arg(long, global = true, env = "TANDEM_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -241,17 +245,44 @@ fn token(file: Option<&std::path::Path>) -> Result<Option<String>> {
     Ok(Some(t.trim().to_owned()))
 }
 
+/// The TLS settings for an `https://` conductor: its own CA, or the public roots.
+fn tls(ca_file: Option<&std::path::Path>) -> Result<ureq::tls::TlsConfig> {
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(file) = ca_file {
+        let pem = std::fs::read(file)
+            .with_context(|| format!("--ca-file {}: cannot read it", file.display()))?;
+        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "--ca-file {} holds no certificate",
+            file.display()
+        );
+        tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+    }
+    Ok(tls.build())
+}
+
 impl Client {
-    pub fn new(base: &str, token: Option<String>) -> Client {
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Client> {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(60)))
             .http_status_as_error(false)
+            .tls_config(tls(ca_file)?)
             .build();
-        Client {
+        Ok(Client {
             base: base.trim_end_matches('/').to_owned(),
             agent: config.into(),
             authorization: token.map(|t| format!("Bearer {t}")),
-        }
+        })
     }
 
     fn with_token<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
@@ -315,13 +346,18 @@ impl Client {
 }
 
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
-    let client = Client::new(&cli.conductor, token(cli.token_file.as_deref())?);
+    let client = Client::new(
+        &cli.conductor,
+        token(cli.token_file.as_deref())?,
+        cli.ca_file.as_deref(),
+    )?;
     let json = cli.json;
     match cli.command {
         Cmd::Instance(cmd) => instance::run(&client, cmd, json, out)?,
         Cmd::Events => {
             let events = ureq::Agent::config_builder()
                 .http_status_as_error(false)
+                .tls_config(tls(cli.ca_file.as_deref())?)
                 .build()
                 .new_agent();
             let stream = client

@@ -7,6 +7,8 @@ use anyhow::{Context, Result};
 pub struct Broker {
     vhost: String,
     uri: String,
+    /// Whether broker users may have been made for this vhost's agents.
+    users_made: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
@@ -15,7 +17,11 @@ impl Broker {
         rabbitmqctl(&["add_vhost", &vhost])?;
         rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"])?;
         let uri = format!("{}/{}", crate::amqp_base().trim_end_matches('/'), vhost);
-        Ok(Broker { vhost, uri })
+        Ok(Broker {
+            vhost,
+            uri,
+            users_made: Default::default(),
+        })
     }
 
     /// `amqp://…/<vhost>` for this test.
@@ -90,7 +96,28 @@ impl Broker {
     /// The prefix of broker users made for this vhost's agents (users are global: the
     /// prefix keeps parallel tests apart, and lets the drop remove them).
     pub fn user_prefix(&self) -> String {
+        self.users_made
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         format!("{}.", self.vhost)
+    }
+
+    /// Deletes the users made for this vhost's agents, through the management API.
+    fn delete_users(&self) -> Result<()> {
+        let api = self.management_url();
+        let users: Vec<serde_json::Value> = ureq::get(format!("{api}/api/users"))
+            .header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=") // guest:guest
+            .call()?
+            .body_mut()
+            .read_json()?;
+        let prefix = format!("{}.", self.vhost);
+        for name in users.iter().filter_map(|u| u["name"].as_str()) {
+            if name.starts_with(&prefix) {
+                ureq::delete(format!("{api}/api/users/{}", name.replace('/', "%2F")))
+                    .header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+                    .call()?;
+            }
+        }
+        Ok(())
     }
 
     /// The management API every test broker serves (enabled by `scripts/services-up`).
@@ -101,17 +128,18 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        // Users are global, not the vhost's: deleted here, at once (an HTTP call each).
+        if self.users_made.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Err(e) = self.delete_users() {
+                eprintln!(
+                    "could not delete the agents' broker users of {}: {e}",
+                    self.vhost
+                );
+            }
+        }
         // Detached: deleting a vhost takes most of a second and nothing waits for it.
-        // Agents' users made for this vhost go with it.
-        let script = format!(
-            "rabbitmqctl -q delete_vhost '{vhost}'; \
-             rabbitmqctl -q list_users --no-table-headers 2>/dev/null | cut -f1 | \
-             grep -F '{prefix}' | while read -r u; do rabbitmqctl -q delete_user \"$u\"; done",
-            vhost = self.vhost,
-            prefix = self.user_prefix()
-        );
-        let _ = Command::new("sh")
-            .args(["-c", &script])
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_vhost", &self.vhost])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -41,6 +41,11 @@ impl TestCa {
     }
 
     /// A certificate for `name`, valid for 127.0.0.1 and localhost.
+    /// The CA's certificate (PEM), for clients to trust.
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
+
     pub fn issue(&self, name: &str) -> Result<Issued> {
         let mut params =
             CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
