@@ -280,6 +280,16 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The key book of a client that talks to one agent.
+#[derive(Debug)]
+struct OneKey(tandem_transport::identity::PublicKey);
+
+impl tandem_transport::identity::KeyBook for OneKey {
+    fn key_of(&self, _: &InstanceId) -> Option<tandem_transport::identity::PublicKey> {
+        Some(self.0)
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let serial = env_usize("BENCH_SERIAL", 3000);
@@ -311,7 +321,14 @@ async fn main() {
     .await
     .unwrap();
 
-    // The same again with signed commands: a client that signs, an agent that verifies.
+    // The same again as a deployment runs: the client signs commands and checks that each
+    // reply is signed by the agent's key; the agent checks commands and signs replies.
+    let agent_key = Arc::new(
+        tandem_transport::signing::SigningKey::from_pkcs8(
+            &tandem_transport::signing::SigningKey::generate().unwrap(),
+        )
+        .unwrap(),
+    );
     let key = Arc::new(
         tandem_transport::signing::SigningKey::from_pkcs8(
             &tandem_transport::signing::SigningKey::generate().unwrap(),
@@ -322,6 +339,7 @@ async fn main() {
     signed_config.queue_type = queue_type;
     signed_config.trusted_keys =
         Some(tandem_transport::signing::TrustedKeys::from_hex(&[key.public_hex()]).unwrap());
+    signed_config.signing_key = Some(agent_key.clone());
     let signed_agent = Transport::connect(signed_config, shutdown.clone())
         .await
         .unwrap();
@@ -337,6 +355,7 @@ async fn main() {
     }
     let mut signing_client = TransportConfig::new(broker.uri(), "bench-client-signed");
     signing_client.signing_key = Some(key);
+    signing_client.reply_keys = Some(Arc::new(OneKey(agent_key.public_key())));
     let signed_client = Transport::connect(signing_client, shutdown.clone())
         .await
         .unwrap();
@@ -409,7 +428,7 @@ async fn main() {
         payload.len()
     );
     println!(
-        "| metric | bare lapin | tandem transport | ratio | tandem, signed commands | signed / unsigned |"
+        "| metric | bare lapin | tandem transport | ratio | tandem, signed both ways | signed / unsigned |"
     );
     println!("|---|---|---|---|---|---|");
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
