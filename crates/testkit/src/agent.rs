@@ -198,21 +198,27 @@ impl AgentProcess {
     /// Runs the agent binary with this agent's configuration and `args` (a subcommand
     /// such as `public-key`); returns its standard output, or its error.
     pub fn run_with_config(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.binary)
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "tandem-agent {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        run_once(&self.binary, &self.env, args)
     }
 
     pub fn managed_config_path(&self) -> PathBuf {
         self.dir.path().join("90-tandem.cnf")
     }
+}
+
+/// Runs `program` once with `env` and `args`; its standard output, or its error.
+fn run_once(program: &Path, env: &[(String, String)], args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{} {args:?}: {}",
+        program.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// The path of a workspace binary (`tandem-agent`, `tandem-conductor`, `tandem`) in the
@@ -419,16 +425,7 @@ impl ConductorProcess {
     /// Runs the conductor binary with this conductor's configuration and `args` (a
     /// subcommand such as `token create`); returns its standard output, or its error.
     pub fn run_with_config(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(binary("tandem-conductor"))
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "tandem-conductor {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        run_once(&binary("tandem-conductor"), &self.env, args)
     }
 
     /// Runs the `tandem` CLI against this conductor; returns (success, stdout, stderr).

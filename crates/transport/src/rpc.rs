@@ -11,7 +11,7 @@ use tandem_proto::codec::{self, CONTENT_TYPE};
 use tandem_proto::{Command, Envelope, Reply};
 
 use crate::identity::PublicKey;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::topology::{kind, COMMAND_EXCHANGE, REPLY_TO};
@@ -23,31 +23,31 @@ enum Attempt {
     ConnectionLost(lapin::Error),
 }
 
-/// Calls waiting for their reply, by correlation id, each with the key its reply must
-/// be signed by (when replies are checked).
+/// Calls waiting for their reply, by correlation id. Whatever arrives under a call's id
+/// is handed to the call, which checks the signature itself (in its own task, so that
+/// checking spreads over the runtime's threads instead of queueing in the one task
+/// that reads replies) and keeps waiting after a forgery: the reply-to address is in
+/// every command, so anyone who can read commands on the broker could answer first.
 #[derive(Clone, Default)]
 pub(crate) struct Pending {
-    waiting: Arc<Mutex<HashMap<String, Waiting>>>,
+    waiting: Arc<Mutex<HashMap<String, mpsc::Sender<Candidate>>>>,
     dropped: Arc<AtomicU64>,
     forged: Arc<AtomicU64>,
 }
 
-struct Waiting {
-    tx: oneshot::Sender<Vec<u8>>,
-    signer: Option<PublicKey>,
-}
+/// Something that arrived under a call's correlation id.
+type Candidate = (BasicProperties, Vec<u8>);
+
+/// Candidates a call holds at once; more (a flood under one id) are dropped.
+const CANDIDATES: usize = 8;
 
 impl Pending {
-    fn register(
-        &self,
-        key: String,
-        signer: Option<PublicKey>,
-    ) -> (oneshot::Receiver<Vec<u8>>, PendingGuard) {
-        let (tx, rx) = oneshot::channel();
+    fn register(&self, key: String) -> (mpsc::Receiver<Candidate>, PendingGuard) {
+        let (tx, rx) = mpsc::channel(CANDIDATES);
         self.waiting
             .lock()
             .expect("poisoned")
-            .insert(key.clone(), Waiting { tx, signer });
+            .insert(key.clone(), tx);
         let guard = PendingGuard {
             pending: self.clone(),
             key,
@@ -57,15 +57,17 @@ impl Pending {
 
     /// Hands a reply to its caller. A reply whose caller has gone (its deadline passed,
     /// or it never existed) is dropped here: it can never be matched to another call,
-    /// because every call has a fresh correlation id. A reply not signed by the key the
-    /// call expects is dropped too, and the call goes on waiting for the real one: the
-    /// reply-to address is in every command, so anyone who can read commands on the
-    /// broker could answer first.
+    /// because every call has a fresh correlation id.
     pub fn deliver(&self, properties: &BasicProperties, data: Vec<u8>) {
         let correlation_id = properties.correlation_id().as_ref();
-        let mut waiting = self.waiting.lock().expect("poisoned");
-        let Some(w) = correlation_id.and_then(|id| waiting.get(id.as_str())) else {
-            drop(waiting);
+        let tx = correlation_id.and_then(|id| {
+            self.waiting
+                .lock()
+                .expect("poisoned")
+                .get(id.as_str())
+                .cloned()
+        });
+        let Some(tx) = tx else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 correlation_id = correlation_id.map(|c| c.as_str()).unwrap_or("none"),
@@ -73,25 +75,9 @@ impl Pending {
             );
             return;
         };
-        if let Some(expected) = &w.signer {
-            let sender = crate::identity::Sender::of(properties, &data);
-            if sender.key.as_ref() != Some(expected) {
-                drop(waiting);
-                self.forged.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    correlation_id = correlation_id.map(|c| c.as_str()).unwrap_or("none"),
-                    signed_by = sender
-                        .key
-                        .map(|k| k.to_hex())
-                        .unwrap_or_else(|| "nobody".into()),
-                    "dropping a reply not signed by the instance's enrolled key"
-                );
-                return;
-            }
+        if tx.try_send((properties.clone(), data)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        let id = correlation_id.expect("matched above").as_str().to_owned();
-        let w = waiting.remove(&id).expect("present above");
-        let _ = w.tx.send(data);
     }
 }
 
@@ -139,7 +125,7 @@ impl Transport {
                     .ok_or_else(|| CallError::NotEnrolled(target.clone()))?,
             ),
         };
-        let (mut reply, _guard) = self.inner.rpc.register(key.clone(), signer);
+        let (mut reply, _guard) = self.inner.rpc.register(key.clone());
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let session = match self.session_within(left).await {
@@ -159,7 +145,7 @@ impl Transport {
                     &key,
                     &bytes,
                     (deadline, timeout),
-                    &mut reply,
+                    (&mut reply, signer.as_ref()),
                 )
                 .await
             {
@@ -191,7 +177,7 @@ impl Transport {
         key: &str,
         bytes: &[u8],
         (deadline, timeout): (Instant, Duration),
-        reply: &mut oneshot::Receiver<Vec<u8>>,
+        (reply, signer): (&mut mpsc::Receiver<Candidate>, Option<&PublicKey>),
     ) -> Attempt {
         let timed_out = || {
             Attempt::Failed(CallError::TimedOut {
@@ -250,11 +236,29 @@ impl Transport {
             }
             Confirmation::Ack(None) | Confirmation::NotRequested => {}
         }
+        let genuine = async {
+            while let Some((properties, data)) = reply.recv().await {
+                let Some(expected) = signer else {
+                    return Some(data);
+                };
+                let sender = crate::identity::Sender::of(&properties, &data);
+                if sender.key.as_ref() == Some(expected) {
+                    return Some(data);
+                }
+                self.inner.rpc.forged.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    instance = %target,
+                    signed_by = sender.key.map(|k| k.to_hex()).unwrap_or_else(|| "nobody".into()),
+                    "dropping a reply not signed by the instance's enrolled key"
+                );
+            }
+            None
+        };
         tokio::select! {
-            r = tokio::time::timeout_at(deadline, &mut *reply) => match r {
-                Ok(Ok(data)) => Attempt::Replied(data),
+            r = tokio::time::timeout_at(deadline, genuine) => match r {
+                Ok(Some(data)) => Attempt::Replied(data),
                 // The sender is only dropped with the whole transport.
-                Ok(Err(_)) => Attempt::Failed(TransportError::ShutDown.into()),
+                Ok(None) => Attempt::Failed(TransportError::ShutDown.into()),
                 Err(_) => timed_out(),
             },
             // Direct replies go to the channel that sent the request: once it is gone,
