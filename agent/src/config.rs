@@ -196,6 +196,11 @@ pub struct EngineConfig {
     /// its own, not replicated), so that read-only stops every client. Off: such
     /// accounts are only reported, as fencing hazards.
     pub revoke_read_only_bypass: bool,
+    /// The CA every engine's certificate chains to (PEM). When set, replication between
+    /// engines is TLS only: replication accounts `REQUIRE SSL`, and a replica verifies
+    /// its source's certificate (which must name the address it is reached at). Each
+    /// server's own certificate is MariaDB's `ssl_cert` / `ssl_key`.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -250,6 +255,7 @@ impl Default for EngineConfig {
             stop_command: None,
             start_command: None,
             revoke_read_only_bypass: true,
+            tls_ca_file: None,
         }
     }
 }
@@ -401,6 +407,17 @@ impl AgentConfig {
             .as_deref()
             .map(|f| read_secret(f, "engine.admin_password_file"))
             .transpose()?;
+        if let Some(ca) = &self.engine.tls_ca_file {
+            // The path goes into `CHANGE MASTER TO`: plain characters only.
+            let text = ca.display().to_string();
+            anyhow::ensure!(
+                !text.contains(['\'', '\\', '\n']),
+                "field `engine.tls_ca_file` ({text:?}) holds a quote, backslash or newline"
+            );
+            std::fs::read(ca).with_context(|| {
+                format!("field `engine.tls_ca_file`: cannot read {}", ca.display())
+            })?;
+        }
         let backup_store = self.backup_store.validate(&self.engine)?;
         let seed_listen = self.seed.listen.parse().with_context(|| {
             format!(

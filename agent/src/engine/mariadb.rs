@@ -46,6 +46,18 @@ pub struct MariaDb {
 }
 
 impl MariaDb {
+    /// The `CHANGE MASTER` options that make a replica connect over TLS and verify its
+    /// source's certificate against the CA, when one is configured.
+    fn master_tls(&self) -> String {
+        match &self.config.tls_ca_file {
+            Some(ca) => format!(
+                ", MASTER_SSL = 1, MASTER_SSL_CA = '{}', MASTER_SSL_VERIFY_SERVER_CERT = 1",
+                ca.display()
+            ),
+            None => String::new(),
+        }
+    }
+
     pub fn new(config: EngineConfig, admin_password: Option<String>) -> MariaDb {
         let mut opts = OptsBuilder::default()
             .user(Some(config.admin_user.clone()))
@@ -574,6 +586,12 @@ impl Engine for MariaDb {
         }
         let user = replication_user(replica);
         let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
+        // With engine TLS configured, the account logs in over TLS only.
+        let require = if self.config.tls_ca_file.is_some() {
+            " REQUIRE SSL"
+        } else {
+            ""
+        };
         // The replica's accounts for other addresses (it moved, or was made before
         // accounts were limited to one address) go first.
         for other in account_hosts(&mut c, &user).await? {
@@ -584,12 +602,14 @@ impl Engine for MariaDb {
         }
         self.exec(
             &mut c,
-            &format!("CREATE USER IF NOT EXISTS '{user}'@'{host}' IDENTIFIED BY '{password}'"),
+            &format!(
+                "CREATE USER IF NOT EXISTS '{user}'@'{host}' IDENTIFIED BY '{password}'{require}"
+            ),
         )
         .await?;
         self.exec(
             &mut c,
-            &format!("ALTER USER '{user}'@'{host}' IDENTIFIED BY '{password}'"),
+            &format!("ALTER USER '{user}'@'{host}' IDENTIFIED BY '{password}'{require}"),
         )
         .await?;
         self.exec(
@@ -657,7 +677,8 @@ impl Engine for MariaDb {
         let my_server_id: u32 = timed("read server_id", c.query_first("SELECT @@server_id"))
             .await?
             .unwrap_or(0);
-        let source_server_id = check_source(source, credentials).await?;
+        let source_server_id =
+            check_source(source, credentials, self.config.tls_ca_file.as_deref()).await?;
         if source_server_id == my_server_id {
             return Err(EngineError::BadRequest(format!(
                 "source {} at {}:{} is this server itself (server_id {my_server_id})",
@@ -684,12 +705,13 @@ impl Engine for MariaDb {
             &format!(
                 "CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = {}, MASTER_USER = '{}', \
                  MASTER_PASSWORD = '{}', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, \
-                 MASTER_HEARTBEAT_PERIOD = 0.25, MASTER_DELAY = {}",
+                 MASTER_HEARTBEAT_PERIOD = 0.25, MASTER_DELAY = {}{}",
                 source.host,
                 source.port,
                 credentials.user,
                 credentials.password.expose(),
-                delay.as_secs()
+                delay.as_secs(),
+                self.master_tls()
             ),
         )
         .await?;
@@ -1003,13 +1025,22 @@ impl Engine for MariaDb {
 async fn check_source(
     source: &SourceEndpoint,
     credentials: &ReplicationCredentials,
+    tls_ca: Option<&Path>,
 ) -> Result<u32, EngineError> {
-    let opts = OptsBuilder::default()
+    let mut opts = OptsBuilder::default()
         .ip_or_hostname(source.host.clone())
         .tcp_port(source.port)
         .user(Some(credentials.user.clone()))
         .pass(Some(credentials.password.expose().to_owned()))
         .prefer_socket(false);
+    if let Some(ca) = tls_ca {
+        // As the replica will: TLS, the source's certificate verified against the CA.
+        opts = opts.ssl_opts(
+            mysql_async::SslOpts::default()
+                .with_root_certs(vec![ca.to_path_buf().into()])
+                .with_disable_built_in_roots(true),
+        );
+    }
     let at = format!("{} at {}:{}", source.instance, source.host, source.port);
     let mut conn = match tokio::time::timeout(SOURCE_CHECK_TIMEOUT, Conn::new(opts)).await {
         Err(_) => {
