@@ -272,26 +272,16 @@ impl ConductorProcess {
         ];
         let mut env = env;
         env.extend(extra.iter().cloned());
-        // The test conductors' signing key, which every test agent trusts.
+        // The test conductors' signing key, which every test agent trusts, and their
+        // secret, from which every test agent's enrolment token is derived.
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data)?;
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(data.join("conductor.key"))?
-                .write_all(&crate::conductor_key().pkcs8)?;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(data.join("secret.key"))?
-                .write_all(crate::conductor_secret())?;
+        for (file, bytes) in [
+            ("conductor.key", crate::conductor_key().pkcs8.as_slice()),
+            ("secret.key", crate::conductor_secret().as_slice()),
+        ] {
+            tandem_transport::keyfile::load_or_make(&data.join(file), || Ok(bytes.to_vec()))
+                .map_err(anyhow::Error::msg)?;
         }
         let mut c = ConductorProcess {
             url: format!("http://127.0.0.1:{port}"),
