@@ -218,15 +218,11 @@ impl Enrolments {
         v.sort_by(|a, b| a.instance.cmp(&b.instance));
         v
     }
-
-    pub fn key_of_instance(&self, instance: &InstanceId) -> Option<PublicKey> {
-        self.entry(instance).key
-    }
 }
 
 impl KeyBook for Enrolments {
     fn key_of(&self, instance: &InstanceId) -> Option<PublicKey> {
-        self.key_of_instance(instance)
+        self.entry(instance).key
     }
 }
 

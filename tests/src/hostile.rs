@@ -80,21 +80,10 @@ impl Hostile {
         answer: impl Fn(&Envelope<Command>) -> Envelope<Reply> + Send + 'static,
         headers_for: impl Fn(&[u8]) -> Headers + Send + 'static,
     ) -> anyhow::Result<tokio::task::JoinHandle<u64>> {
-        let q = self
-            .channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let q = private_queue(&self.channel).await?;
         self.channel
             .queue_bind(
-                q.name().clone(),
+                q.as_str().into(),
                 COMMAND_EXCHANGE.into(),
                 instance.into(),
                 QueueBindOptions::default(),
@@ -104,7 +93,7 @@ impl Hostile {
         let mut consumer = self
             .channel
             .basic_consume(
-                q.name().clone(),
+                q.as_str().into(),
                 "eavesdropper".into(),
                 BasicConsumeOptions {
                     no_ack: true,
@@ -193,18 +182,7 @@ impl Hostile {
 
     /// Declares a queue of its own (server-named).
     pub async fn try_declare_queue(&self) -> anyhow::Result<String> {
-        let ch = self.channel().await?;
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(q.name().to_string())
+        private_queue(&self.channel().await?).await
     }
 
     /// Binds `queue` to `exchange` under `key`.
@@ -220,4 +198,20 @@ impl Hostile {
         .await?;
         Ok(())
     }
+}
+
+/// A server-named queue private to this connection.
+async fn private_queue(channel: &Channel) -> anyhow::Result<String> {
+    let q = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(q.name().to_string())
 }
