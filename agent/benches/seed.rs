@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tandem_proto::{Command, Envelope, Epoch, InstanceId, ReplyBody, Secret, SeedSource, Sender};
 use tandem_testkit::{AgentProcess, Broker, MariaDb, MariaDbOptions};
+use tandem_transport::identity::PublicKey;
 use tandem_transport::{Transport, TransportConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -142,11 +143,13 @@ async fn main() {
         let _ = std::fs::remove_dir_all(&out);
 
         // Tandem: offer, then seed the other server.
-        let token = format!("bench-token-{round}-{}", uuid_like(round));
+        let token = Secret::new(format!("bench-token-{round}-{}", uuid_like(round)));
+        // Sealed to each side, as the conductor sends it.
+        let sealed_to = |agent: &AgentProcess| -> PublicKey { agent.key().unwrap().public_key() };
         call(&envelope(
             "seed-src",
             Command::OfferSeed {
-                token: Secret::new(&token),
+                token: sealed_to(&agents[0]).seal(&token).unwrap(),
                 ttl_ms: 600_000,
             },
         ))
@@ -158,7 +161,7 @@ async fn main() {
                 instance: id("seed-src"),
                 host: seed_at.host.clone(),
                 port: seed_at.port,
-                token: Secret::new(&token),
+                token: sealed_to(&agents[1]).seal(&token).unwrap(),
             }),
         );
         let t = Instant::now();

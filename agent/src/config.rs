@@ -134,7 +134,7 @@ pub enum StoreSettings {
     Swift {
         auth_url: String,
         user: String,
-        key: tandem_proto::command::Secret,
+        key: tandem_proto::Secret,
         container: String,
         prefix: String,
     },
@@ -143,7 +143,7 @@ pub enum StoreSettings {
         region: String,
         bucket: String,
         access_key_id: String,
-        secret_access_key: tandem_proto::command::Secret,
+        secret_access_key: tandem_proto::Secret,
         prefix: String,
     },
 }
@@ -492,7 +492,7 @@ impl BackupStoreConfig {
             "swift" => StoreSettings::Swift {
                 auth_url: need(&self.swift_auth_url, "swift_auth_url")?,
                 user: need(&self.swift_user, "swift_user")?,
-                key: tandem_proto::command::Secret::new(read_secret(
+                key: tandem_proto::Secret::new(read_secret(
                     self.swift_key_file
                         .as_deref()
                         .context("field `backup_store.swift_key_file` is required for a swift store")?,
@@ -506,7 +506,7 @@ impl BackupStoreConfig {
                 region: self.s3_region.clone().unwrap_or_else(|| "us-east-1".into()),
                 bucket: need(&self.container, "container")?,
                 access_key_id: need(&self.s3_access_key_id, "s3_access_key_id")?,
-                secret_access_key: tandem_proto::command::Secret::new(read_secret(
+                secret_access_key: tandem_proto::Secret::new(read_secret(
                     self.s3_secret_access_key_file.as_deref().context(
                         "field `backup_store.s3_secret_access_key_file` is required for an s3 store",
                     )?,

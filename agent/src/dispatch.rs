@@ -8,11 +8,13 @@
 use std::time::Duration;
 
 use tandem_proto::{
-    Command, CommandError, Envelope, ErrorKind, Reply, ReplyBody, Sender, Timestamp, VersionRange,
+    Command, CommandError, Envelope, ErrorKind, ReplicationCredentials, Reply, ReplyBody, Sealed,
+    Secret, Sender, Timestamp, VersionRange,
 };
+use tandem_transport::sealing::SealTo;
 use tandem_transport::CommandHandler;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, ReplicationLogin};
 use crate::Agent;
 
 impl<E: Engine> CommandHandler for Agent<E> {
@@ -200,6 +202,9 @@ impl<E: Engine> Agent<E> {
                         source.instance
                     )));
                 }
+                if let Err(e) = self.open(&source.token, "the seed token") {
+                    return Reply::Err(e);
+                }
             }
             let operation = command.message_id;
             let accepted = Reply::Ok(ReplyBody::Accepted { operation });
@@ -286,17 +291,31 @@ impl<E: Engine> Agent<E> {
                 self.engine.set_writable(false).await?;
                 self.engine.set_semi_sync(None, false).await?;
             }
-            Command::CreateReplicationUser { replica, from } => {
+            Command::CreateReplicationUser {
+                replica,
+                from,
+                seal_to,
+            } => {
                 if replica == me {
                     return Err(CommandError::bad_request(format!(
                         "{me} cannot be its own replica"
                     )));
                 }
-                let credentials = self
+                // The password is sealed straight to the replica: nobody on the way (the
+                // broker, the conductor, its journal) can read it.
+                let seal_to = SealTo::new(&(*seal_to).into()).map_err(|e| {
+                    CommandError::bad_request(format!("field `seal_to` ({replica}'s key): {e}"))
+                })?;
+                let login = self
                     .engine
                     .ensure_replication_user(replica, from.as_deref())
                     .await?;
-                return Ok(ReplyBody::Credentials { credentials });
+                return Ok(ReplyBody::Credentials {
+                    credentials: ReplicationCredentials {
+                        user: login.user,
+                        password: seal_to.seal(&login.password),
+                    },
+                });
             }
             Command::DropReplicationUser { replica } => {
                 self.engine.drop_replication_user(replica).await?;
@@ -308,12 +327,16 @@ impl<E: Engine> Agent<E> {
                 semi_sync,
                 delay_s,
             } => {
+                let login = ReplicationLogin {
+                    user: credentials.user.clone(),
+                    password: self.open(&credentials.password, "the replication password")?,
+                };
                 self.engine.set_semi_sync(None, *semi_sync).await?;
                 self.engine
                     .attach(
                         me,
                         source,
-                        credentials,
+                        &login,
                         position.as_ref(),
                         Duration::from_secs(*delay_s),
                     )
@@ -347,9 +370,11 @@ impl<E: Engine> Agent<E> {
                 return Ok(ReplyBody::Position { position });
             }
             Command::DeleteBackup { backup_id } => self.delete_backup(backup_id).await?,
-            Command::OfferSeed { token, ttl_ms } => self
-                .seed
-                .offer(token.expose(), Duration::from_millis(*ttl_ms))?,
+            Command::OfferSeed { token, ttl_ms } => {
+                let token = self.open(token, "the seed token")?;
+                self.seed
+                    .offer(token.expose(), Duration::from_millis(*ttl_ms))?
+            }
             Command::Failsafe(assignment) => {
                 let mut resolved = Vec::new();
                 if let tandem_proto::FailsafeAssignment::Master { peers } = assignment {
@@ -363,8 +388,9 @@ impl<E: Engine> Agent<E> {
                         });
                     }
                 }
+                let open = |sealed: &Sealed| self.key.open(sealed).map_err(|e| e.to_string());
                 self.failsafe
-                    .assign(assignment, self.highest_epoch(), resolved)
+                    .assign(assignment, self.highest_epoch(), resolved, &open)
                     .map_err(CommandError::bad_request)?;
             }
             Command::StopEngine => self.engine.stop().await?,
@@ -379,6 +405,13 @@ impl<E: Engine> Agent<E> {
             | Command::Unknown => unreachable!("answered before the change path"),
         }
         Ok(ReplyBody::Done)
+    }
+
+    /// A secret sealed to this agent, opened; `what` names it in the error.
+    pub(crate) fn open(&self, sealed: &Sealed, what: &str) -> Result<Secret, CommandError> {
+        self.key
+            .open(sealed)
+            .map_err(|e| CommandError::bad_request(format!("{what}: {e}")))
     }
 
     pub(crate) fn update_state(

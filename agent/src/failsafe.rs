@@ -15,6 +15,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tandem_proto::{
     Epoch, FailsafeAssignment, FailsafeDatagram, FailsafeMessage, FailsafeState, InstanceId,
+    Sealed, Secret,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -144,14 +145,29 @@ impl Failsafe {
     }
 
     /// The conductor's assignment, at `epoch`, with each peer's endpoint resolved (a
-    /// lookup, done before the lock is taken). A replica's grant from no later than its
-    /// last withdrawal is refused.
+    /// lookup, done before the lock is taken) and its keys opened by `open` (they come
+    /// sealed to this agent). A replica's grant from no later than its last withdrawal
+    /// is refused.
     pub fn assign(
         &self,
         assignment: &FailsafeAssignment,
         epoch: Epoch,
         resolved: Vec<Option<SocketAddr>>,
+        open: &dyn Fn(&Sealed) -> Result<Secret, String>,
     ) -> Result<(), String> {
+        let key = |sealed: &Sealed| {
+            open(sealed)
+                .map(|k| k.expose().as_bytes().to_vec())
+                .map_err(|e| format!("a failsafe key: {e}"))
+        };
+        // Opened before anything changes: a key that does not open changes nothing.
+        let keys = match assignment {
+            FailsafeAssignment::Master { peers } => peers
+                .iter()
+                .map(|p| key(&p.key))
+                .collect::<Result<Vec<_>, _>>()?,
+            FailsafeAssignment::Replica { key: k, .. } => vec![key(k)?],
+        };
         let mut s = self.inner.lock().expect("poisoned");
         if matches!(assignment, FailsafeAssignment::Replica { .. }) && epoch <= s.withdrawn_at {
             return Err(format!(
@@ -167,20 +183,21 @@ impl Failsafe {
                     peers: peers
                         .iter()
                         .zip(resolved)
-                        .map(|(p, addr)| Peer {
+                        .zip(keys)
+                        .map(|((p, addr), key)| Peer {
                             instance: p.instance.clone(),
                             addr,
-                            key: p.key.expose().as_bytes().to_vec(),
+                            key,
                         })
                         .collect(),
                 });
                 s.round = None;
                 s.grant = None;
             }
-            FailsafeAssignment::Replica { master, key } => {
+            FailsafeAssignment::Replica { master, .. } => {
                 s.grant = Some(Grant {
                     master: master.clone(),
-                    key: key.expose().as_bytes().to_vec(),
+                    key: keys.into_iter().next().expect("one key for a replica"),
                 });
                 s.list = None;
                 s.round = None;
@@ -459,7 +476,14 @@ impl Failsafe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_proto::{FailsafePeer, Secret};
+    use tandem_proto::{FailsafePeer, Sealed, Secret};
+
+    /// Keys "sealed" in clear: the sealing itself is the transport's, tested there.
+    fn clear(s: &Sealed) -> Result<Secret, String> {
+        Ok(Secret::new(
+            String::from_utf8(s.to_bytes().unwrap()).unwrap(),
+        ))
+    }
 
     fn id(s: &str) -> InstanceId {
         InstanceId::new(s).unwrap()
@@ -475,7 +499,7 @@ mod tests {
             .map(|r| FailsafePeer {
                 instance: id(r),
                 endpoint: None,
-                key: Secret::new(format!("key-of-{r}")),
+                key: Sealed::from_bytes(format!("key-of-{r}").as_bytes()),
             })
             .collect();
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
@@ -483,6 +507,7 @@ mod tests {
             &FailsafeAssignment::Master { peers },
             Epoch::new(3),
             vec![Some(addr), Some(addr)],
+            &clear,
         )
         .unwrap();
         let replica = |r: &str| {
@@ -490,10 +515,11 @@ mod tests {
             f.assign(
                 &FailsafeAssignment::Replica {
                     master: id("m"),
-                    key: Secret::new(format!("key-of-{r}")),
+                    key: Sealed::from_bytes(format!("key-of-{r}").as_bytes()),
                 },
                 Epoch::new(3),
                 vec![],
+                &clear,
             )
             .unwrap();
             f.observe(Some(id("m")));
@@ -582,11 +608,12 @@ mod tests {
                     peers: vec![FailsafePeer {
                         instance: id("r2"),
                         endpoint: None,
-                        key: Secret::new("key-of-r2"),
+                        key: Sealed::from_bytes(b"key-of-r2"),
                     }],
                 },
                 Epoch::new(4),
                 vec![Some("127.0.0.1:9".parse().unwrap())],
+                &clear,
             )
             .unwrap();
         r2.observe(Some(id("other")));
@@ -633,11 +660,11 @@ mod tests {
         // does not undo it; one from a later epoch does.
         let grant = FailsafeAssignment::Replica {
             master: id("m"),
-            key: Secret::new("key-of-r1"),
+            key: Sealed::from_bytes(b"key-of-r1"),
         };
-        assert!(r1.assign(&grant, Epoch::new(3), vec![]).is_err());
+        assert!(r1.assign(&grant, Epoch::new(3), vec![], &clear).is_err());
         assert_eq!(r1.state(), None);
-        assert!(r1.assign(&grant, Epoch::new(4), vec![]).is_ok());
+        assert!(r1.assign(&grant, Epoch::new(4), vec![], &clear).is_ok());
         let r1 = {
             let (_, r1, _) = set();
             r1

@@ -66,6 +66,8 @@ pub struct Agent<E: Engine> {
     lease: lease::Lease,
     /// Its own handle to the broker (for what the transport counts: refused commands).
     transport: Transport,
+    /// Its key: opens the secrets sealed to this agent.
+    key: Arc<tandem_transport::signing::SigningKey>,
     /// Promises that carry a master through a broker outage (see [`failsafe`]).
     failsafe: failsafe::Failsafe,
     /// A master's last published report (not "engine down") and when it went out.
@@ -175,12 +177,12 @@ async fn run_with<E: Engine>(
     transport_config.prefetch = settings.prefetch;
     tracing::info!(keys = ?settings.trusted_keys, "only commands signed by these conductor keys are obeyed");
     transport_config.trusted_keys = Some(settings.trusted_keys.clone());
-    let key = identity::key(&settings.state_dir)?;
+    let key = Arc::new(identity::key(&settings.state_dir)?);
     tracing::info!(public_key = %key.public_hex(), "this agent signs its reports and replies with this key");
     transport_config.enrolment_proof = settings.enrolment_token.as_deref().map(|token| {
         tandem_transport::identity::enrolment_proof(token, id.as_str(), &key.public_key())
     });
-    transport_config.signing_key = Some(Arc::new(key));
+    transport_config.signing_key = Some(key.clone());
     transport_config.replay_window = settings.max_deadline;
     transport_config.declares = settings.broker_declares;
     let transport = tokio::select! {
@@ -218,6 +220,7 @@ async fn run_with<E: Engine>(
         seed: seed::SeedOffers::new(seed_endpoint),
         lease: lease::Lease::default(),
         transport: transport.clone(),
+        key,
         failsafe: failsafe::Failsafe::new(id.clone(), settings_lease),
         last_master_report: std::sync::Mutex::new(None),
     });

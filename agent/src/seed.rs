@@ -277,6 +277,7 @@ impl<E: Engine> Agent<E> {
         source: &SeedSource,
         progress: &Progress,
     ) -> Result<Position, CommandError> {
+        let token = self.open(&source.token, "the seed token")?;
         progress.set_phase("connecting");
         let at = format!("{} at {}:{}", source.instance, source.host, source.port);
         let socket = tokio::time::timeout(
@@ -320,7 +321,7 @@ impl<E: Engine> Agent<E> {
         };
         let (read, mut write) = tokio::io::split(conn);
         write
-            .write_all(format!("{HELLO}{}\n", source.token.expose()).as_bytes())
+            .write_all(format!("{HELLO}{}\n", token.expose()).as_bytes())
             .await
             .map_err(|e| refused(format!("the seed source {at} closed the connection: {e}")))?;
         let mut frames = FramedRead::new(

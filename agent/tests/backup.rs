@@ -110,6 +110,7 @@ async fn attach_at(h: &Harness, master: &str, replica: &str, position: Position)
             Command::CreateReplicationUser {
                 replica: id(replica),
                 from: None,
+                seal_to: h.key_of(replica),
             },
         )
         .await
@@ -468,14 +469,15 @@ async fn a_stream_seeded_replica_catches_up_and_an_interrupted_seed_leaves_the_t
         .await
         .seed_endpoint
         .expect("the agent advertises its seed listener");
-    let source = |token: &str| SeedSource {
+    // Tokens sealed to the agent that uses them, as the conductor sends them.
+    let source = |target: &str, token: &str| SeedSource {
         instance: id("db-1"),
         host: seed_at.host.clone(),
         port: seed_at.port,
-        token: tandem_proto::Secret::new(token),
+        token: h.seal(target, token),
     };
     let offer = |token: &str| Command::OfferSeed {
-        token: tandem_proto::Secret::new(token),
+        token: h.seal("db-1", token),
         ttl_ms: 60_000,
     };
 
@@ -484,7 +486,7 @@ async fn a_stream_seeded_replica_catches_up_and_an_interrupted_seed_leaves_the_t
         &h,
         "db-2",
         1,
-        Command::SeedFrom(source("token-one-0123456789")),
+        Command::SeedFrom(source("db-2", "token-one-0123456789")),
     )
     .await
     {
@@ -512,7 +514,7 @@ async fn a_stream_seeded_replica_catches_up_and_an_interrupted_seed_leaves_the_t
         &h,
         "db-3",
         1,
-        Command::SeedFrom(source("token-one-0123456789")),
+        Command::SeedFrom(source("db-3", "token-one-0123456789")),
     )
     .await
     .unwrap_err();
@@ -528,7 +530,7 @@ async fn a_stream_seeded_replica_catches_up_and_an_interrupted_seed_leaves_the_t
     let seed = envelope(
         "db-3",
         Epoch::new(1),
-        Command::SeedFrom(source("token-two-0123456789")),
+        Command::SeedFrom(source("db-3", "token-two-0123456789")),
     );
     h.send(&seed).await.unwrap();
     eventually(
@@ -595,7 +597,7 @@ async fn a_seed_over_mutual_tls_replicates_and_agents_without_a_certificate_from
             "db-1",
             1,
             Command::OfferSeed {
-                token: tandem_proto::Secret::new(token),
+                token: h.seal("db-1", token),
                 ttl_ms: 60_000,
             },
         )
@@ -604,7 +606,7 @@ async fn a_seed_over_mutual_tls_replicates_and_agents_without_a_certificate_from
             instance: id("db-1"),
             host: seed_at.host.clone(),
             port: seed_at.port,
-            token: tandem_proto::Secret::new(token),
+            token: h.seal(target, token),
         };
         long(&h, target, 1, Command::SeedFrom(source)).await
     };

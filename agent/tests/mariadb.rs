@@ -203,6 +203,7 @@ async fn stale_epochs_are_fenced_and_repeats_are_answered_from_the_record() {
         Command::CreateReplicationUser {
             replica: id("db-9"),
             from: None,
+            seal_to: h.key_of("db-9"),
         },
     );
     let first = h.send(&create).await.unwrap();
@@ -225,6 +226,7 @@ async fn stale_epochs_are_fenced_and_repeats_are_answered_from_the_record() {
             Command::CreateReplicationUser {
                 replica: id("db-9"),
                 from: None,
+                seal_to: h.key_of("db-9"),
             },
         )
         .await;
@@ -238,6 +240,7 @@ async fn stale_epochs_are_fenced_and_repeats_are_answered_from_the_record() {
         Command::CreateReplicationUser {
             replica: id("db-9"),
             from: Some("127.0.0.1".into()),
+            seal_to: h.key_of("db-9"),
         },
     )
     .await;
@@ -254,6 +257,7 @@ async fn stale_epochs_are_fenced_and_repeats_are_answered_from_the_record() {
             Command::CreateReplicationUser {
                 replica: id("db-9"),
                 from: Some("x'@'%' IDENTIFIED BY 'y".into()),
+                seal_to: h.key_of("db-9"),
             },
         )
         .await
@@ -322,6 +326,7 @@ async fn wrong_input_gets_a_clear_error_and_changes_nothing() {
             Command::CreateReplicationUser {
                 replica: id("db-2"),
                 from: None,
+                seal_to: h.key_of("db-2"),
             },
         )
         .await
@@ -360,9 +365,25 @@ async fn wrong_input_gets_a_clear_error_and_changes_nothing() {
         err.message
     );
 
+    // A password sealed to another agent's key (db-1's): refused before anything is
+    // tried, and nothing of it shows.
+    let mut misaddressed = creds.clone();
+    misaddressed.password = h.seal("db-1", "whatever-it-is");
+    let err = h
+        .cmd("db-2", 1, attach(h.endpoint("db-1"), misaddressed))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadRequest, "{err}");
+    assert!(
+        err.message.contains("the replication password")
+            && err.message.contains("not sealed to this agent"),
+        "{}",
+        err.message
+    );
+
     // Wrong credentials.
     let mut wrong = creds.clone();
-    wrong.password = tandem_proto::command::Secret::new("not-the-password");
+    wrong.password = h.seal("db-2", "not-the-password");
     let err = h
         .cmd("db-2", 1, attach(h.endpoint("db-1"), wrong))
         .await

@@ -5,33 +5,10 @@
 //! conductor) decodes to [`Command::Unknown`] and is answered `unsupported`, instead of
 //! failing the whole message.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use crate::failsafe::FailsafeAssignment;
-use crate::{InstanceId, Position, ProtocolVersion};
-
-/// A replication password. Its `Debug` never shows the secret, so it cannot leak into a
-/// log line through `{:?}` of a command.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+use crate::{AgentKey, InstanceId, Position, ProtocolVersion, Sealed};
 
 /// Where a replica connects to read the replication stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +21,8 @@ pub struct SourceEndpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicationCredentials {
     pub user: String,
-    pub password: Secret,
+    /// Sealed by the master to the replica that logs in with it.
+    pub password: Sealed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,8 +49,9 @@ pub struct SeedSource {
     pub instance: InstanceId,
     pub host: String,
     pub port: u16,
-    /// One-time token the conductor issued to the source with [`Command::OfferSeed`].
-    pub token: Secret,
+    /// One-time token the conductor issued to the source with [`Command::OfferSeed`],
+    /// sealed to the target.
+    pub token: Sealed,
 }
 
 /// Semi-synchronous replication on a master: every commit waits until a replica has
@@ -101,12 +80,14 @@ pub enum Command {
         #[serde(default)]
         semi_sync: Option<SemiSyncSettings>,
     },
-    /// Create (or return the existing) replication account for one replica, usable only
-    /// from `from` (the address the replica connects from; any address when absent).
+    /// Create (or give a new password to) the replication account of one replica,
+    /// usable only from `from` (the address the replica connects from; any address when
+    /// absent). The password is answered sealed to `seal_to`, the replica's key.
     CreateReplicationUser {
         replica: InstanceId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from: Option<String>,
+        seal_to: AgentKey,
     },
     /// Drop the replication account of one replica.
     DropReplicationUser {
@@ -155,9 +136,10 @@ pub enum Command {
     DeleteBackup {
         backup_id: String,
     },
-    /// Accept one seeding connection presenting `token` within `ttl_ms` (source side).
+    /// Accept one seeding connection presenting `token` within `ttl_ms` (source side);
+    /// the token is sealed to the source.
     OfferSeed {
-        token: Secret,
+        token: Sealed,
         ttl_ms: u64,
     },
     /// Replace the data directory with a live copy streamed from another agent;
@@ -286,15 +268,15 @@ mod tests {
             },
             credentials: ReplicationCredentials {
                 user: "tandem_repl_db2".into(),
-                password: Secret::new("hunter2"),
+                password: Sealed::from_bytes(b"hunter2"),
             },
             position: None,
             semi_sync: false,
             delay_s: 0,
         };
         let shown = format!("{c:?}");
-        assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("***"));
+        assert!(!shown.contains("68756e74657232"), "{shown}");
+        assert!(shown.contains("Sealed(7 bytes)"));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Endpoint, Epoch, InstanceId, Secret};
+use crate::{Endpoint, Epoch, InstanceId, Sealed};
 
 /// What the conductor tells an agent about the failsafe of its set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,8 +27,9 @@ pub enum FailsafeAssignment {
     /// belongs to the epoch of the command that carries it; an empty list means no
     /// failsafe (a broker outage fences the master after one lease).
     Master { peers: Vec<FailsafePeer> },
-    /// As a replica: answer pings from `master`, authenticated with `key`.
-    Replica { master: InstanceId, key: Secret },
+    /// As a replica: answer pings from `master`, authenticated with `key` (sealed to
+    /// this replica).
+    Replica { master: InstanceId, key: Sealed },
 }
 
 /// One replica as its master's failsafe sees it.
@@ -38,7 +39,8 @@ pub struct FailsafePeer {
     /// Where its agent answers pings (UDP, the host and port of its seeding listener);
     /// `None` when it never said, which makes the failsafe unable to hold.
     pub endpoint: Option<Endpoint>,
-    pub key: Secret,
+    /// Sealed to the master.
+    pub key: Sealed,
 }
 
 /// What an agent reports of its failsafe.

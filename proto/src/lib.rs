@@ -17,12 +17,13 @@ pub mod failsafe;
 pub mod ids;
 pub mod position;
 pub mod reply;
+pub mod secret;
 pub mod status;
 pub mod version;
 
 pub use codec::{CodecError, Format};
 pub use command::{
-    BackupKind, BackupRequest, Command, ReplicationCredentials, RestoreRequest, Secret, SeedSource,
+    BackupKind, BackupRequest, Command, ReplicationCredentials, RestoreRequest, SeedSource,
     SemiSyncSettings, SourceEndpoint,
 };
 pub use envelope::{Envelope, Sender, Timestamp};
@@ -32,6 +33,7 @@ pub use failsafe::{
 pub use ids::{Epoch, IdError, InstanceId, MessageId, ReplicaSetId};
 pub use position::{Gtid, GtidSet, Lsn, Position, PositionError};
 pub use reply::{BackupInfo, CommandError, ErrorKind, Event, Reply, ReplyBody};
+pub use secret::{AgentKey, Sealed, Secret};
 pub use status::{
     Endpoint, EngineKind, Health, HostMetrics, Lag, LagSource, OperationProgress, ReplicationState,
     Role, SemiSync, StatusReport,

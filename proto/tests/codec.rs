@@ -3,7 +3,6 @@
 
 use proptest::prelude::*;
 use tandem_proto::codec::{decode, encode, from_json, to_json};
-use tandem_proto::command::Secret;
 use tandem_proto::*;
 
 fn instance_id() -> impl Strategy<Value = InstanceId> {
@@ -41,11 +40,12 @@ fn source() -> impl Strategy<Value = SourceEndpoint> {
     })
 }
 
+fn sealed() -> impl Strategy<Value = Sealed> {
+    prop::collection::vec(any::<u8>(), 0..80).prop_map(|b| Sealed::from_bytes(&b))
+}
+
 fn credentials() -> impl Strategy<Value = ReplicationCredentials> {
-    (".{0,10}", ".{0,20}").prop_map(|(user, pw)| ReplicationCredentials {
-        user,
-        password: Secret::new(pw),
-    })
+    (".{0,10}", sealed()).prop_map(|(user, password)| ReplicationCredentials { user, password })
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -57,9 +57,12 @@ fn command() -> impl Strategy<Value = Command> {
         prop::option::of(any::<u64>()).prop_map(|t| Command::EnableAsMaster {
             semi_sync: t.map(|timeout_ms| SemiSyncSettings { timeout_ms })
         }),
-        instance_id().prop_map(|replica| Command::CreateReplicationUser {
-            replica,
-            from: None
+        (instance_id(), any::<[u8; 32]>()).prop_map(|(replica, key)| {
+            Command::CreateReplicationUser {
+                replica,
+                from: None,
+                seal_to: AgentKey::from_bytes(key),
+            }
         }),
         instance_id().prop_map(|replica| Command::DropReplicationUser { replica }),
         (source(), credentials(), prop::option::of(position())).prop_map(
@@ -89,17 +92,14 @@ fn command() -> impl Strategy<Value = Command> {
         })),
         ".{0,10}".prop_map(|backup_id| Command::Restore(RestoreRequest { backup_id })),
         ".{0,10}".prop_map(|backup_id| Command::DeleteBackup { backup_id }),
-        (".{0,40}", any::<u64>()).prop_map(|(t, ttl_ms)| Command::OfferSeed {
-            token: Secret::new(t),
-            ttl_ms
-        }),
-        (instance_id(), ".{0,10}", any::<u16>(), ".{0,40}").prop_map(
-            |(instance, host, port, t)| {
+        (sealed(), any::<u64>()).prop_map(|(token, ttl_ms)| Command::OfferSeed { token, ttl_ms }),
+        (instance_id(), ".{0,10}", any::<u16>(), sealed()).prop_map(
+            |(instance, host, port, token)| {
                 Command::SeedFrom(SeedSource {
                     instance,
                     host,
                     port,
-                    token: Secret::new(t),
+                    token,
                 })
             }
         ),

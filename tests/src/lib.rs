@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests in `tests/tests/` (and the demo): a cluster of real
 //! processes, and checks made against what the engines say, not what Tandem says.
 
+pub mod capture;
 pub mod hostile;
 pub mod load;
 pub mod promise;

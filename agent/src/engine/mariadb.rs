@@ -15,17 +15,17 @@ use anyhow::Context;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row};
 use rand::distr::{Alphanumeric, SampleString};
-use tandem_proto::command::Secret;
+use tandem_proto::Secret;
 use tandem_proto::{
-    EngineKind, GtidSet, InstanceId, Lag, LagSource, Position, ReplicationCredentials,
-    ReplicationState, SemiSync, SourceEndpoint,
+    EngineKind, GtidSet, InstanceId, Lag, LagSource, Position, ReplicationState, SemiSync,
+    SourceEndpoint,
 };
 
 use crate::operations::Progress;
 
 use super::{
     replica_of_user, replication_user, server_id_for, BackupStream, ConfigOutcome, Engine,
-    EngineError, Observation, Pulse,
+    EngineError, Observation, Pulse, ReplicationLogin,
 };
 use crate::config::EngineConfig;
 
@@ -575,7 +575,7 @@ impl Engine for MariaDb {
         &self,
         replica: &InstanceId,
         from: Option<&str>,
-    ) -> Result<ReplicationCredentials, EngineError> {
+    ) -> Result<ReplicationLogin, EngineError> {
         let host = account_host(from)?;
         let mut c = self.conn().await?;
         if self.slave_status(&mut c).await?.is_some() {
@@ -617,7 +617,7 @@ impl Engine for MariaDb {
             &format!("GRANT REPLICATION SLAVE ON *.* TO '{user}'@'{host}'"),
         )
         .await?;
-        Ok(ReplicationCredentials {
+        Ok(ReplicationLogin {
             user,
             password: Secret::new(password),
         })
@@ -649,7 +649,7 @@ impl Engine for MariaDb {
         &self,
         me: &InstanceId,
         source: &SourceEndpoint,
-        credentials: &ReplicationCredentials,
+        login: &ReplicationLogin,
         position: Option<&Position>,
         delay: Duration,
     ) -> Result<(), EngineError> {
@@ -659,8 +659,8 @@ impl Engine for MariaDb {
             )));
         }
         safe_token("the source host", &source.host)?;
-        safe_token("the replication user", &credentials.user)?;
-        safe_token("the replication password", credentials.password.expose())?;
+        safe_token("the replication user", &login.user)?;
+        safe_token("the replication password", login.password.expose())?;
         let gtid = match position {
             None => None,
             Some(Position::Gtid(g)) => Some(g.clone()),
@@ -678,7 +678,7 @@ impl Engine for MariaDb {
             .await?
             .unwrap_or(0);
         let source_server_id =
-            check_source(source, credentials, self.config.tls_ca_file.as_deref()).await?;
+            check_source(source, login, self.config.tls_ca_file.as_deref()).await?;
         if source_server_id == my_server_id {
             return Err(EngineError::BadRequest(format!(
                 "source {} at {}:{} is this server itself (server_id {my_server_id})",
@@ -708,8 +708,8 @@ impl Engine for MariaDb {
                  MASTER_HEARTBEAT_PERIOD = 0.25, MASTER_DELAY = {}{}",
                 source.host,
                 source.port,
-                credentials.user,
-                credentials.password.expose(),
+                login.user,
+                login.password.expose(),
                 delay.as_secs(),
                 self.master_tls()
             ),
@@ -1024,14 +1024,14 @@ impl Engine for MariaDb {
 /// Connects to the source as the replica will, and returns its server_id.
 async fn check_source(
     source: &SourceEndpoint,
-    credentials: &ReplicationCredentials,
+    login: &ReplicationLogin,
     tls_ca: Option<&Path>,
 ) -> Result<u32, EngineError> {
     let mut opts = OptsBuilder::default()
         .ip_or_hostname(source.host.clone())
         .tcp_port(source.port)
-        .user(Some(credentials.user.clone()))
-        .pass(Some(credentials.password.expose().to_owned()))
+        .user(Some(login.user.clone()))
+        .pass(Some(login.password.expose().to_owned()))
         .prefer_socket(false);
     if let Some(ca) = tls_ca {
         // As the replica will: TLS, the source's certificate verified against the CA.
@@ -1051,7 +1051,7 @@ async fn check_source(
         Ok(Err(mysql_async::Error::Server(e))) if e.code == 1045 => {
             return Err(EngineError::Refused(format!(
                 "source {at} refused the replication credentials of user {}: {}",
-                credentials.user, e.message
+                login.user, e.message
             )))
         }
         Ok(Err(e)) => {

@@ -16,11 +16,19 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tandem_proto::{
-    CommandError, EngineKind, ErrorKind, InstanceId, Lag, Position, ReplicationCredentials,
-    ReplicationState, SourceEndpoint,
+    CommandError, EngineKind, ErrorKind, InstanceId, Lag, Position, ReplicationState,
+    SourceEndpoint,
 };
 
 use crate::operations::Progress;
+
+/// A replication account as the engine uses it, password in clear: it exists only in
+/// the agent's memory (the wire carries the password sealed to the replica).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationLogin {
+    pub user: String,
+    pub password: tandem_proto::Secret,
+}
 
 /// What a probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +164,7 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         replica: &InstanceId,
         from: Option<&str>,
-    ) -> impl Future<Output = Result<ReplicationCredentials, EngineError>> + Send;
+    ) -> impl Future<Output = Result<ReplicationLogin, EngineError>> + Send;
 
     /// Drops one replica's replication account and ends its sessions.
     fn drop_replication_user(
@@ -170,7 +178,7 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         me: &InstanceId,
         source: &SourceEndpoint,
-        credentials: &ReplicationCredentials,
+        login: &ReplicationLogin,
         position: Option<&Position>,
         delay: Duration,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;

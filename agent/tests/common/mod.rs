@@ -206,6 +206,26 @@ impl Harness {
         }
     }
 
+    /// The key of `name`'s agent (what its secrets are sealed to); a fresh key for a
+    /// name with no agent here.
+    pub fn key_of(&self, name: &str) -> tandem_proto::AgentKey {
+        let key = match self.nodes.iter().find(|n| n.agent.instance == name) {
+            Some(n) => n.agent.key().unwrap(),
+            None => tandem_transport::signing::SigningKey::from_pkcs8(
+                &tandem_transport::signing::SigningKey::generate().unwrap(),
+            )
+            .unwrap(),
+        };
+        key.public_key().into()
+    }
+
+    /// `secret` sealed to `name`'s agent, as the conductor would send it.
+    pub fn seal(&self, name: &str, secret: &str) -> tandem_proto::Sealed {
+        tandem_transport::identity::PublicKey::from(self.key_of(name))
+            .seal(&tandem_proto::Secret::new(secret))
+            .unwrap()
+    }
+
     /// Makes `master` a writable master and `replica` its replica.
     pub async fn attach(&self, master: &str, replica: &str, epoch: u64) -> ReplicationCredentials {
         self.ok(master, epoch, Command::EnableAsMaster { semi_sync: None })
@@ -218,6 +238,7 @@ impl Harness {
                 Command::CreateReplicationUser {
                     replica: id(replica),
                     from: None,
+                    seal_to: self.key_of(replica),
                 },
             )
             .await

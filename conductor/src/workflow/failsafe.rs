@@ -40,35 +40,43 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Outcome, StepError> {
     ctx.c
         .store
         .record_failsafe_list(&set.id, &master, epoch, &replicas, held)?;
-    let peers: Vec<FailsafePeer> = replicas
+    // Each key sealed to the agent that uses it: the master (all of them) and its own
+    // replica.
+    let peers = replicas
         .iter()
-        .map(|r| FailsafePeer {
-            instance: r.clone(),
-            endpoint: ctx.c.registry.report(r).and_then(|rep| rep.seed_endpoint),
-            key: key(r),
+        .map(|r| {
+            Ok(FailsafePeer {
+                instance: r.clone(),
+                endpoint: ctx.c.registry.report(r).and_then(|rep| rep.seed_endpoint),
+                key: ctx.seal_to(&master, &key(r))?,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, StepError>>()?;
     // All at once and briefly: this holds the set, and a failover must not wait long
     // behind it (a master frozen meanwhile answers nobody).
     let limits = || Limits {
         timeout: Some(TELL),
         budget: Duration::ZERO,
     };
-    let mut steps: Vec<_> = replicas
-        .iter()
-        .map(|r| {
-            (
+    // A replica with no key to seal to (re-keyed, not enrolled again) is not told, and
+    // stays in the master's list: the failsafe cannot hold, the safe side.
+    let mut untold = Vec::new();
+    let mut steps = Vec::new();
+    for r in &replicas {
+        match ctx.seal_to(r, &key(r)) {
+            Ok(key) => steps.push((
                 "failsafe: answer the master".to_string(),
                 r.clone(),
                 epoch,
                 Command::Failsafe(FailsafeAssignment::Replica {
                     master: master.clone(),
-                    key: key(r),
+                    key,
                 }),
                 limits(),
-            )
-        })
-        .collect();
+            )),
+            Err(e) => untold.push(format!("{r} ({e})")),
+        }
+    }
     steps.push((
         "failsafe: the master's list".to_string(),
         master.clone(),
@@ -77,11 +85,12 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Outcome, StepError> {
         limits(),
     ));
     let targets: Vec<_> = steps.iter().map(|s| s.1.clone()).collect();
-    let untold: Vec<String> = targets
-        .iter()
-        .zip(ctx.send_all_limited(steps).await)
-        .filter_map(|(to, result)| result.err().map(|e| format!("{to} ({e})")))
-        .collect();
+    untold.extend(
+        targets
+            .iter()
+            .zip(ctx.send_all_limited(steps).await)
+            .filter_map(|(to, result)| result.err().map(|e| format!("{to} ({e})"))),
+    );
     if untold.is_empty() {
         Ok(Outcome::Done)
     } else {

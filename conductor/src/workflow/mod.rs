@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tandem_proto::{
     Command, CommandError, Envelope, Epoch, ErrorKind, InstanceId, MessageId, ReplicaSetId, Reply,
-    ReplyBody, Sender, SourceEndpoint, Timestamp,
+    ReplyBody, Sealed, Secret, Sender, SourceEndpoint, Timestamp,
 };
 use tandem_transport::CallError;
 
@@ -521,6 +521,27 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
+    /// The key `instance` pinned at enrolment, which its secrets are sealed to.
+    pub fn key_of(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<tandem_transport::identity::PublicKey, StepError> {
+        use tandem_transport::identity::KeyBook;
+        self.c.enrolments.key_of(instance).ok_or_else(|| {
+            StepError::Precondition(format!(
+                "{instance} is not enrolled: there is no key to seal its secrets to \
+                 (`tandem instance enroll {instance}`)"
+            ))
+        })
+    }
+
+    /// `secret`, sealed to `instance`'s pinned key.
+    pub fn seal_to(&self, instance: &InstanceId, secret: &Secret) -> Result<Sealed, StepError> {
+        self.key_of(instance)?
+            .seal(secret)
+            .map_err(|e| StepError::Precondition(format!("{instance}: {e}")))
+    }
+
     /// Where replicas reach `instance`, as its agent last advertised.
     pub fn endpoint(&self, instance: &InstanceId) -> Result<SourceEndpoint, StepError> {
         let record = self.c.store.instance(instance)?;
@@ -617,6 +638,8 @@ impl<'a> Ctx<'a> {
                 epoch,
                 Command::CreateReplicationUser {
                     replica: replica.clone(),
+                    // The master seals the password straight to the replica.
+                    seal_to: self.key_of(replica)?.into(),
                     // Only from the address the replica reports for its engine.
                     from: match self.c.settings.replication_accounts_from {
                         crate::config::AccountsFrom::Any => None,

@@ -52,7 +52,7 @@ pub async fn run(
                     from,
                     epoch,
                     Command::OfferSeed {
-                        token: token.clone(),
+                        token: ctx.seal_to(from, &token)?,
                         ttl_ms: TOKEN_TTL_MS,
                     },
                 )
@@ -65,7 +65,7 @@ pub async fn run(
                         instance: from.clone(),
                         host: endpoint.host.clone(),
                         port: endpoint.port,
-                        token,
+                        token: ctx.seal_to(i, &token)?,
                     }),
                 ));
             }
@@ -180,11 +180,17 @@ async fn join(
 
 /// The seed token for one instance in this workflow: derived from the conductor's
 /// secret, so a resumed workflow offers and presents the same token, and nobody who
-/// can read the workflow's parameters or journal can derive it.
+/// can read the workflow's parameters or journal can derive it. It travels sealed to
+/// the source and to the target.
 fn token(ctx: &Ctx<'_>, instance: &InstanceId) -> Secret {
+    seed_token(ctx.c.secret, &ctx.wf.id, instance)
+}
+
+/// The seed token workflow `workflow` gives `instance`, from the conductor's `secret`.
+pub fn seed_token(secret: [u8; 32], workflow: &str, instance: &InstanceId) -> Secret {
     let mut h = Sha256::new();
-    h.update(ctx.c.secret);
-    h.update(ctx.wf.id.as_bytes());
+    h.update(secret);
+    h.update(workflow.as_bytes());
     h.update([0]);
     h.update(instance.as_str().as_bytes());
     Secret::new(format!("{:x}", h.finalize()))

@@ -113,6 +113,9 @@ impl AgentProcess {
             dir,
             process: None,
         };
+        // Made here, as the agent would at its first start, so that a test knows the
+        // key before the agent has run (to seal a secret to it).
+        agent.key()?;
         agent.start()?;
         Ok(agent)
     }
@@ -193,6 +196,12 @@ impl AgentProcess {
     /// The agent's state directory (its key, `agent.key`, is there).
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// The agent's key (`state_dir/agent.key`), made if it is not there yet.
+    pub fn key(&self) -> Result<tandem_transport::signing::SigningKey> {
+        tandem_transport::signing::SigningKey::load_or_generate(&self.state_dir().join("agent.key"))
+            .map_err(|e| anyhow::anyhow!(e))
     }
 
     /// Runs the agent binary with this agent's configuration and `args` (a subcommand

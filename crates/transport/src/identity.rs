@@ -49,6 +49,14 @@ impl PublicKey {
         hex::encode(self.0)
     }
 
+    pub fn from_bytes(bytes: [u8; 32]) -> PublicKey {
+        PublicKey(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// Whether `signature` (hex) is this key's signature of `bytes`.
     pub fn verifies(&self, bytes: &[u8], signature: &str) -> bool {
         hex::decode(signature).is_ok_and(|sig| {

@@ -19,6 +19,7 @@ mod error;
 pub mod identity;
 pub mod keyfile;
 mod rpc;
+pub mod sealing;
 mod serve;
 mod session;
 pub mod signing;

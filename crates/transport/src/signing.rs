@@ -21,6 +21,9 @@ pub const SIGNATURE_HEADER: &str = "x-tandem-signature";
 pub struct SigningKey {
     pair: Ed25519KeyPair,
     id: String,
+    /// The same key's X25519 form, which opens what was sealed to it (see
+    /// [`crate::sealing`]).
+    opener: crate::sealing::Opener,
 }
 
 impl fmt::Debug for SigningKey {
@@ -105,7 +108,8 @@ impl SigningKey {
         let pair = Ed25519KeyPair::from_pkcs8(bytes)
             .map_err(|e| format!("not an Ed25519 PKCS#8 key: {e}"))?;
         let id = key_id(pair.public_key().as_ref());
-        Ok(SigningKey { pair, id })
+        let opener = crate::sealing::Opener::from_pkcs8(bytes)?;
+        Ok(SigningKey { pair, id, opener })
     }
 
     /// The public key as 64 hex digits (what agents are configured with).
@@ -115,6 +119,14 @@ impl SigningKey {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The secret `sealed` to this key.
+    pub fn open(
+        &self,
+        sealed: &tandem_proto::Sealed,
+    ) -> Result<tandem_proto::Secret, crate::sealing::SealError> {
+        self.opener.open(sealed)
     }
 
     /// The signature of `bytes`, in hex.
