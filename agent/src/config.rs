@@ -172,6 +172,10 @@ pub struct BrokerConfig {
     /// key itself (`tandem instance enroll ID --key $(tandem-agent public-key)`).
     pub enrolment_token: Option<String>,
     pub enrolment_token_file: Option<PathBuf>,
+    /// For an `amqps://` URI: the CA (PEM) that signed the broker's certificate, when it
+    /// is a private one (the system's roots are trusted as well). The certificate must
+    /// name the host in the URI.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -236,6 +240,7 @@ impl Default for BrokerConfig {
             conductor_keys: Vec::new(),
             enrolment_token: None,
             enrolment_token_file: None,
+            ca_file: None,
         }
     }
 }
@@ -277,6 +282,8 @@ pub struct Settings {
     pub trusted_keys: tandem_transport::signing::TrustedKeys,
     pub enrolment_token: Option<String>,
     pub broker_uri: String,
+    /// The private CA for `amqps` (PEM), read from `broker.ca_file`.
+    pub broker_ca_pem: Option<String>,
     /// False for a least-privilege broker user (see `BrokerConfig::user`).
     pub broker_declares: bool,
     pub queue_type: tandem_transport::QueueType,
@@ -401,6 +408,16 @@ impl AgentConfig {
             }
             (None, None) => self.broker.uri.clone(),
         };
+        let broker_ca_pem = match &self.broker.ca_file {
+            None => None,
+            Some(path) => {
+                let mut probe = tandem_transport::TransportConfig::new("", "");
+                probe
+                    .trust_ca_file(path, "broker.ca_file")
+                    .map_err(anyhow::Error::msg)?;
+                probe.ca_pem
+            }
+        };
         let admin_password = self
             .engine
             .admin_password_file
@@ -461,6 +478,7 @@ impl AgentConfig {
             trusted_keys,
             enrolment_token,
             broker_uri,
+            broker_ca_pem,
             broker_declares,
             queue_type,
             prefetch: self.broker.prefetch.max(1),

@@ -174,6 +174,7 @@ async fn run_with<E: Engine>(
     let mut transport_config =
         TransportConfig::new(&settings.broker_uri, format!("tandem-agent {id}"));
     transport_config.queue_type = settings.queue_type;
+    transport_config.ca_pem = settings.broker_ca_pem.clone();
     transport_config.prefetch = settings.prefetch;
     tracing::info!(keys = ?settings.trusted_keys, "only commands signed by these conductor keys are obeyed");
     transport_config.trusted_keys = Some(settings.trusted_keys.clone());

@@ -17,8 +17,11 @@ pub const DEFAULT_PATH: &str = "/etc/tandem/conductor.toml";
 pub struct ConductorConfig {
     /// Shown as the sender of every command.
     pub name: String,
-    /// `amqp://user:pass@host:port/vhost`.
+    /// `amqp://user:pass@host:port/vhost`, or `amqps://…` for TLS.
     pub broker_uri: String,
+    /// For `amqps`: the CA (PEM) that signed the broker's certificate, when it is a
+    /// private one (the system's roots are trusted as well).
+    pub broker_ca_file: Option<PathBuf>,
     /// Where the HTTP API listens.
     pub listen: String,
     pub data_dir: PathBuf,
@@ -146,6 +149,7 @@ impl Default for ConductorConfig {
         ConductorConfig {
             name: "conductor".into(),
             broker_uri: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            broker_ca_file: None,
             listen: "127.0.0.1:8470".into(),
             data_dir: "/var/lib/tandem".into(),
             command_timeout_ms: 15_000,
@@ -170,6 +174,8 @@ pub struct Settings {
     pub agent_users: Option<crate::broker_users::BrokerUsers>,
     pub name: String,
     pub broker_uri: String,
+    /// The private CA for `amqps` (PEM), read from `broker_ca_file`.
+    pub broker_ca_pem: Option<String>,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub command_timeout: Duration,
@@ -300,7 +306,18 @@ impl ConductorConfig {
                 "fields `tls_cert_file` and `tls_key_file` go together; set both or neither"
             ),
         };
+        let broker_ca_pem = match &self.broker_ca_file {
+            None => None,
+            Some(path) => {
+                let mut probe = tandem_transport::TransportConfig::new("", "");
+                probe
+                    .trust_ca_file(path, "broker_ca_file")
+                    .map_err(anyhow::Error::msg)?;
+                probe.ca_pem
+            }
+        };
         Ok(Settings {
+            broker_ca_pem,
             api_tls,
             replication_accounts_from,
             agent_users,

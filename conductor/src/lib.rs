@@ -244,6 +244,7 @@ async fn prepare(
         &settings.broker_uri,
         format!("tandem-conductor {}", settings.name),
     );
+    transport_config.ca_pem = settings.broker_ca_pem.clone();
     let signing = keys::signing_key(&settings.data_dir)?;
     tracing::info!(key = signing.id(), public_key = %signing.public_hex(), "commands are signed");
     transport_config.signing_key = Some(Arc::new(signing));

@@ -25,6 +25,7 @@ mod postgres;
 mod process;
 mod swift;
 mod tls;
+mod tls_broker;
 
 pub use agent::{binary, AgentProcess, ConductorProcess};
 pub use broker::Broker;
@@ -36,6 +37,7 @@ pub use postgres::Postgres;
 pub use process::{free_port, Process};
 pub use swift::Swift;
 pub use tls::{Issued, TestCa};
+pub use tls_broker::TlsBroker;
 
 /// Where tests find the broker: `AMQP_ADDR` without a vhost, default the local guest account.
 pub fn amqp_base() -> String {

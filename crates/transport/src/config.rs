@@ -13,8 +13,12 @@ pub enum QueueType {
 
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
-    /// `amqp://user:pass@host:port/vhost`.
+    /// `amqp://user:pass@host:port/vhost`, or `amqps://…` for TLS (the broker's
+    /// certificate verified, and its name checked against the host in the URI).
     pub uri: String,
+    /// For `amqps`: certificates (PEM) of the CA that signed the broker's certificate,
+    /// trusted besides the system's (a private CA).
+    pub ca_pem: Option<String>,
     /// Shown in the broker's connection list (`rabbitmqctl list_connections client_properties`).
     pub connection_name: String,
     /// How many unacknowledged commands one agent holds at once.
@@ -55,6 +59,7 @@ impl TransportConfig {
     pub fn new(uri: impl Into<String>, connection_name: impl Into<String>) -> Self {
         TransportConfig {
             uri: uri.into(),
+            ca_pem: None,
             connection_name: connection_name.into(),
             prefetch: 64,
             queue_type: QueueType::Quorum,
@@ -70,6 +75,20 @@ impl TransportConfig {
             replay_window: Duration::from_secs(600),
             declares: true,
         }
+    }
+
+    /// Trusts the CA certificates in `path` (PEM) for `amqps`; the error names `field`.
+    pub fn trust_ca_file(&mut self, path: &std::path::Path, field: &str) -> Result<(), String> {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| format!("field `{field}`: cannot read {}: {e}", path.display()))?;
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(format!(
+                "field `{field}`: {} holds no PEM certificate",
+                path.display()
+            ));
+        }
+        self.ca_pem = Some(pem);
+        Ok(())
     }
 
     /// The URI with any password replaced, for logs and errors.

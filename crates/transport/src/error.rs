@@ -44,7 +44,17 @@ pub enum TransportError {
 
 fn last(e: &Option<String>) -> String {
     e.as_ref()
-        .map(|e| format!(" (last error: {e})"))
+        .map(|e| {
+            // What the operator can do about the commonest TLS failure.
+            let hint = if e.contains("invalid peer certificate") {
+                "; the broker's certificate is not one this side can verify: trust the CA \
+                 that signed it (the agent's `broker.ca_file`, the conductor's \
+                 `broker_ca_file`), and make sure it names the host in the URI"
+            } else {
+                ""
+            };
+            format!(" (last error: {e}{hint})")
+        })
         .unwrap_or_default()
 }
 

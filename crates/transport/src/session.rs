@@ -8,7 +8,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Event};
+use lapin::{Channel, Connect, Connection, ConnectionProperties, Event};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -206,7 +206,15 @@ impl Supervisor {
     async fn open(self: &Arc<Self>, pending: &Pending) -> Result<Session, TransportError> {
         let props = ConnectionProperties::default()
             .with_connection_name(self.config.connection_name.as_str().into());
-        let connection = Connection::connect(&with_small_frames(&self.config.uri), props)
+        // TLS when the URI says amqps: the system's roots plus the configured CA.
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.config.ca_pem.clone(),
+        };
+        let runtime = lapin::runtime::default_runtime().map_err(TransportError::amqp("connect"))?;
+        let connection = with_small_frames(&self.config.uri)
+            .as_str()
+            .connect_with_config(props, tls, runtime)
             .await
             .map_err(TransportError::amqp("connect"))?;
         let plain_channel = open_channel(&connection).await?;
