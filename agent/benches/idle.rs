@@ -52,6 +52,9 @@ async fn main() {
         tandem_transport::signing::SigningKey::from_pkcs8(&tandem_testkit::conductor_key().pkcs8)
             .unwrap(),
     ));
+    let keys = tandem_testkit::AgentKeys::default();
+    keys.add(&agent.instance, agent.key().unwrap().public_key());
+    config.reply_keys = Some(std::sync::Arc::new(keys));
     let client = Transport::connect(config, shutdown.clone()).await.unwrap();
     let mut reports = client.subscribe_status("#");
     // Warm up: first report, allocator settled.

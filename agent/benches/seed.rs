@@ -87,6 +87,11 @@ async fn main() {
         tandem_transport::signing::SigningKey::from_pkcs8(&tandem_testkit::conductor_key().pkcs8)
             .unwrap(),
     ));
+    let keys = tandem_testkit::AgentKeys::default();
+    for a in &agents {
+        keys.add(&a.instance, a.key().unwrap().public_key());
+    }
+    config.reply_keys = Some(std::sync::Arc::new(keys));
     let client = Transport::connect(config, shutdown.clone()).await.unwrap();
     // Every try stamped (and so signed) anew, as the conductor does: a byte-for-byte
     // copy is refused as a replay.

@@ -446,9 +446,12 @@ async fn managed_settings_are_applied_live_and_restart_needs_are_reported() {
     let agent =
         AgentProcess::start_mariadb(AGENT.as_ref(), "db-7", "zone-a", broker.uri(), &db).unwrap();
     let shutdown = CancellationToken::new();
-    let client = Transport::connect(signed_config(broker.uri(), "t"), shutdown.clone())
-        .await
-        .unwrap();
+    let client = Transport::connect(
+        signed_config(broker.uri(), "t", &[&agent]),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
     let report = eventually(Duration::from_secs(30), "a report", async || {
         let env = envelope("db-7", Epoch::ZERO, Command::GetStatus);
         match client
@@ -593,7 +596,11 @@ async fn only_commands_signed_by_a_trusted_conductor_key_are_obeyed() {
     // as it was, it runs once; replayed byte for byte, it is refused.
     let bytes = tandem_proto::codec::encode(&envelope("db-1", Epoch::new(2), Command::SetWritable))
         .unwrap();
-    let signature = conductor.sign(&bytes);
+    let signature = tandem_transport::identity::tags_header(
+        &conductor,
+        &[h.node("db-1").agent.key().unwrap().public_key()],
+        &bytes,
+    );
     let mut tampered = bytes.clone();
     let last = tampered.len() - 2;
     tampered[last] ^= 0x01;

@@ -9,8 +9,9 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tandem_proto::codec;
 use tandem_proto::{Command, Envelope, Reply, StatusReport};
+use tandem_transport::identity::tags_header;
 use tandem_transport::identity::PUBLIC_KEY_HEADER;
-use tandem_transport::signing::{SigningKey, KEY_HEADER, SIGNATURE_HEADER};
+use tandem_transport::signing::{SigningKey, KEY_HEADER, MAC_HEADER};
 use tandem_transport::topology::{status_key, COMMAND_EXCHANGE, STATUS_EXCHANGE};
 
 pub struct Hostile {
@@ -21,12 +22,17 @@ pub struct Hostile {
 /// Message headers, as the attacker chooses them.
 pub type Headers = Vec<(&'static str, String)>;
 
-/// The headers that sign `bytes` with `key` exactly as a Tandem agent would.
+/// The headers that authenticate `bytes` from `key` for the test conductors exactly as
+/// a Tandem agent would.
 pub fn signed_by(key: &SigningKey, bytes: &[u8]) -> Headers {
+    let conductor = tandem_transport::identity::PublicKey::from_hex(
+        &tandem_testkit::conductor_key().public_hex,
+    )
+    .expect("the test conductors' key");
     vec![
         (KEY_HEADER, key.id().to_owned()),
         (PUBLIC_KEY_HEADER, key.public_hex()),
-        (SIGNATURE_HEADER, key.sign(bytes)),
+        (MAC_HEADER, tags_header(key, &[conductor], bytes)),
     ]
 }
 

@@ -95,6 +95,10 @@ impl Harness {
         let shutdown = CancellationToken::new();
         let mut config = TransportConfig::new(broker.uri(), "test-conductor");
         config.signing_key = signing;
+        // As the conductor pins them: commands are authenticated for each agent's key,
+        // and replies believed only from it.
+        let keys = std::sync::Arc::new(tandem_testkit::AgentKeys::default());
+        config.reply_keys = Some(keys.clone());
         let client = Transport::connect(config, shutdown.clone()).await.unwrap();
         let mut nodes = Vec::new();
         for name in instances {
@@ -112,6 +116,7 @@ impl Harness {
                 &env(name),
             )
             .unwrap();
+            keys.add(name, agent.key().unwrap().public_key());
             nodes.push(Node { db, agent });
         }
         let h = Harness {
@@ -262,13 +267,19 @@ impl Harness {
     }
 }
 
-/// A client configuration that signs its commands as the test conductors do.
-pub fn signed_config(uri: &str, name: &str) -> TransportConfig {
+/// A client configuration that authenticates its commands to `agents` as the test
+/// conductors do.
+pub fn signed_config(uri: &str, name: &str, agents: &[&AgentProcess]) -> TransportConfig {
     let mut config = TransportConfig::new(uri, name);
     config.signing_key = Some(std::sync::Arc::new(
         tandem_transport::signing::SigningKey::from_pkcs8(&tandem_testkit::conductor_key().pkcs8)
             .unwrap(),
     ));
+    let keys = tandem_testkit::AgentKeys::default();
+    for a in agents {
+        keys.add(&a.instance, a.key().unwrap().public_key());
+    }
+    config.reply_keys = Some(std::sync::Arc::new(keys));
     config
 }
 

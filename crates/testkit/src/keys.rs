@@ -44,3 +44,28 @@ pub fn conductor_secret() -> &'static [u8; 32] {
 pub fn enrolment_token(instance: &str) -> String {
     tandem_transport::identity::enrolment_token(conductor_secret(), instance, 0)
 }
+
+/// The keys of the agents a test started, as a conductor pins them: what a test client
+/// authenticates its commands for, and checks replies against.
+#[derive(Debug, Default)]
+pub struct AgentKeys(
+    std::sync::Mutex<
+        std::collections::HashMap<tandem_proto::InstanceId, tandem_transport::identity::PublicKey>,
+    >,
+);
+
+impl AgentKeys {
+    pub fn add(&self, instance: &str, key: tandem_transport::identity::PublicKey) {
+        let id = tandem_proto::InstanceId::new(instance).expect("a valid instance id");
+        self.0.lock().expect("poisoned").insert(id, key);
+    }
+}
+
+impl tandem_transport::identity::KeyBook for AgentKeys {
+    fn key_of(
+        &self,
+        instance: &tandem_proto::InstanceId,
+    ) -> Option<tandem_transport::identity::PublicKey> {
+        self.0.lock().expect("poisoned").get(instance).copied()
+    }
+}

@@ -30,7 +30,7 @@ mod tls_broker;
 pub use agent::{binary, AgentProcess, ConductorProcess};
 pub use broker::Broker;
 pub use cpu::CpuJail;
-pub use keys::{conductor_key, conductor_secret, enrolment_token, ConductorKey};
+pub use keys::{conductor_key, conductor_secret, enrolment_token, AgentKeys, ConductorKey};
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use netns::{Forward, Host, RootAddress};
 pub use postgres::Postgres;

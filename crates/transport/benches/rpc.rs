@@ -321,8 +321,9 @@ async fn main() {
     .await
     .unwrap();
 
-    // The same again as a deployment runs: the client signs commands and checks that each
-    // reply is signed by the agent's key; the agent checks commands and signs replies.
+    // The same again as a deployment runs: the client authenticates each command for
+    // the agent's key and believes a reply only from it; the agent checks commands
+    // against the trusted conductor key and authenticates its replies.
     let agent_key = Arc::new(
         tandem_transport::signing::SigningKey::from_pkcs8(
             &tandem_transport::signing::SigningKey::generate().unwrap(),
@@ -428,7 +429,7 @@ async fn main() {
         payload.len()
     );
     println!(
-        "| metric | bare lapin | tandem transport | ratio | tandem, signed both ways | signed / unsigned |"
+        "| metric | bare lapin | tandem transport | ratio | tandem, authenticated both ways | authenticated / unauthenticated |"
     );
     println!("|---|---|---|---|---|---|");
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;

@@ -1,9 +1,9 @@
-//! Who sent a message. Every side with a signing key (the conductor's, each agent's own)
-//! signs the exact bytes of everything it publishes (commands, status reports, events,
-//! replies) and names its public key in a header. A receiver learns from the transport
-//! only *which key* signed a message ([`Sender`]); whether that key may speak for the
-//! instance the message names is the receiver's decision (the conductor pins one key
-//! per instance at enrolment).
+//! Who sent a message. Every side with a key (the conductor's, each agent's own)
+//! authenticates the exact bytes of everything it publishes (commands, status reports,
+//! events, replies) for its recipients (a tag each, see [`crate::mac`]) and names its
+//! public key in a header. A receiver learns from the transport only *which key* made a
+//! message ([`Sender`]); whether that key may speak for the instance the message names
+//! is the receiver's decision (the conductor pins one key per instance at enrolment).
 //!
 //! Enrolment: the conductor derives a one-time token per instance and key generation
 //! from its secret ([`enrolment_token`]); the operator gives it to the agent, which
@@ -16,9 +16,8 @@ use std::fmt;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 use ring::hmac;
-use ring::signature::{UnparsedPublicKey, ED25519};
 
-use crate::signing::{SigningKey, KEY_HEADER, SIGNATURE_HEADER};
+use crate::signing::{SigningKey, KEY_HEADER, MAC_HEADER};
 
 /// Message header holding the signer's whole public key (hex), so that a receiver can
 /// check a key it has not pinned yet (an agent enrolling).
@@ -56,15 +55,6 @@ impl PublicKey {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
-
-    /// Whether `signature` (hex) is this key's signature of `bytes`.
-    pub fn verifies(&self, bytes: &[u8], signature: &str) -> bool {
-        hex::decode(signature).is_ok_and(|sig| {
-            UnparsedPublicKey::new(&ED25519, &self.0)
-                .verify(bytes, &sig)
-                .is_ok()
-        })
-    }
 }
 
 impl fmt::Display for PublicKey {
@@ -93,21 +83,41 @@ pub trait KeyBook: Send + Sync + fmt::Debug {
 /// What the transport could tell about a received message's sender.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sender {
-    /// The key whose signature of the message's exact bytes checked out; `None` when
-    /// the message was unsigned or its signature did not match the key it named.
+    /// The key whose tag of the message's exact bytes (for the receiver) checked out;
+    /// `None` when the message carried none for the receiver or it did not match the
+    /// key it named.
     pub key: Option<PublicKey>,
     /// The enrolment proof it carried, unchecked (only the conductor can check it).
     pub enrolment: Option<String>,
 }
 
+/// Whether a message received by `me` was authenticated by `from` (whatever key it
+/// names).
+pub(crate) fn authenticated_by(
+    properties: &BasicProperties,
+    bytes: &[u8],
+    me: &SigningKey,
+    from: &PublicKey,
+) -> bool {
+    header(properties, MAC_HEADER)
+        .and_then(|tags| crate::mac::tag_for(&tags, me.id()).map(|t| me.tag_checks(from, bytes, t)))
+        .unwrap_or(false)
+}
+
 impl Sender {
-    /// Reads and checks the signature headers of a message.
-    pub(crate) fn of(properties: &BasicProperties, bytes: &[u8]) -> Sender {
-        let key = header(properties, PUBLIC_KEY_HEADER)
-            .and_then(|k| PublicKey::from_hex(&k).ok())
-            .filter(|k| {
-                header(properties, SIGNATURE_HEADER).is_some_and(|sig| k.verifies(bytes, &sig))
-            });
+    /// Reads and checks the headers of a message received by `me`.
+    pub(crate) fn of(
+        properties: &BasicProperties,
+        bytes: &[u8],
+        me: Option<&SigningKey>,
+    ) -> Sender {
+        let key = me.and_then(|me| {
+            let tags = header(properties, MAC_HEADER)?;
+            let tag = crate::mac::tag_for(&tags, me.id())?;
+            header(properties, PUBLIC_KEY_HEADER)
+                .and_then(|k| PublicKey::from_hex(&k).ok())
+                .filter(|k| me.tag_checks(k, bytes, tag))
+        });
         Sender {
             key,
             enrolment: header(properties, ENROLMENT_HEADER),
@@ -127,9 +137,22 @@ pub(crate) fn header(properties: &BasicProperties, name: &str) -> Option<String>
         })
 }
 
-/// The headers that sign `bytes` with `key`, with the enrolment proof when there is one.
-pub(crate) fn signed_headers(
+/// Whether a message names its sender's whole public key, or only the key's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Naming {
+    /// Reports and events: the receiver may not know the key yet (an agent enrolling).
+    PublicKey,
+    /// Commands and replies: the receiver knows whom it expects (the agent its trusted
+    /// conductor keys, the conductor the target's pinned key), so the id is enough.
+    KeyId,
+}
+
+/// The headers that authenticate `bytes` from `key` for each of `to`, with the
+/// enrolment proof when there is one.
+pub(crate) fn authenticated_headers(
     key: Option<&SigningKey>,
+    naming: Naming,
+    to: &[PublicKey],
     enrolment: Option<&str>,
     bytes: &[u8],
 ) -> FieldTable {
@@ -139,13 +162,25 @@ pub(crate) fn signed_headers(
     };
     if let Some(key) = key {
         put(KEY_HEADER, key.id());
-        put(PUBLIC_KEY_HEADER, &key.public_hex());
-        put(SIGNATURE_HEADER, &key.sign(bytes));
+        if naming == Naming::PublicKey {
+            put(PUBLIC_KEY_HEADER, &key.public_hex());
+        }
+        put(MAC_HEADER, &tags_header(key, to, bytes));
     }
     if let Some(proof) = enrolment {
         put(ENROLMENT_HEADER, proof);
     }
     headers
+}
+
+/// The value of the tag header for `bytes` from `key` to each of `to` (a recipient
+/// whose key is unusable gets none).
+pub fn tags_header(key: &SigningKey, to: &[PublicKey], bytes: &[u8]) -> String {
+    let tags: Vec<(String, String)> = to
+        .iter()
+        .filter_map(|peer| key.tag_and_id(peer, bytes))
+        .collect();
+    crate::mac::header_value(&tags)
 }
 
 /// The enrolment token of `instance` at key generation `generation` (re-keying an
@@ -191,26 +226,46 @@ mod tests {
     }
 
     #[test]
-    fn a_sender_is_the_key_whose_signature_checks_out() {
-        let k = key();
+    fn a_sender_is_the_key_whose_tag_checks_out() {
+        let (k, conductor, other) = (key(), key(), key());
         let bytes = b"a report";
-        let props =
-            BasicProperties::default().with_headers(signed_headers(Some(&k), Some("proof"), bytes));
-        let s = Sender::of(&props, bytes);
+        let to = [other.public_key(), conductor.public_key()];
+        let props = BasicProperties::default().with_headers(authenticated_headers(
+            Some(&k),
+            Naming::PublicKey,
+            &to,
+            Some("proof"),
+            bytes,
+        ));
+        assert!(authenticated_by(&props, bytes, &conductor, &k.public_key()));
+        assert!(!authenticated_by(
+            &props,
+            bytes,
+            &conductor,
+            &other.public_key()
+        ));
+        let s = Sender::of(&props, bytes, Some(&conductor));
         assert_eq!(s.key, Some(k.public_key()));
         assert_eq!(s.enrolment.as_deref(), Some("proof"));
+        assert_eq!(
+            Sender::of(&props, bytes, Some(&other)).key,
+            Some(k.public_key())
+        );
+        // Not a recipient, or no key to check with: no sender.
+        assert_eq!(Sender::of(&props, bytes, Some(&key())).key, None);
+        assert_eq!(Sender::of(&props, bytes, None).key, None);
         // Other bytes under the same headers: no sender.
-        assert_eq!(Sender::of(&props, b"a rep0rt").key, None);
-        // Another key's public half with this signature: no sender.
-        let mut forged = signed_headers(Some(&k), None, bytes);
+        assert_eq!(Sender::of(&props, b"a rep0rt", Some(&conductor)).key, None);
+        // Another key's public half with this tag: no sender.
+        let mut forged = authenticated_headers(Some(&k), Naming::PublicKey, &to, None, bytes);
         forged.insert(
             PUBLIC_KEY_HEADER.into(),
             AMQPValue::LongString(key().public_hex().into()),
         );
         let props = BasicProperties::default().with_headers(forged);
-        assert_eq!(Sender::of(&props, bytes).key, None);
+        assert_eq!(Sender::of(&props, bytes, Some(&conductor)).key, None);
         assert_eq!(
-            Sender::of(&BasicProperties::default(), bytes),
+            Sender::of(&BasicProperties::default(), bytes, Some(&conductor)),
             Sender::default()
         );
     }

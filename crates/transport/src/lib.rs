@@ -18,6 +18,7 @@ mod config;
 mod error;
 pub mod identity;
 pub mod keyfile;
+mod mac;
 mod rpc;
 pub mod sealing;
 mod serve;

@@ -194,8 +194,11 @@ impl Transport {
             .with_type(kind::COMMAND.into())
             .with_delivery_mode(2)
             .with_expiration(left.as_millis().max(1).to_string().as_str().into())
-            .with_headers(crate::identity::signed_headers(
+            // Authenticated for the target's key, when this side knows it.
+            .with_headers(crate::identity::authenticated_headers(
                 self.inner.config.signing_key.as_deref(),
+                crate::identity::Naming::KeyId,
+                signer.copied().as_slice(),
                 None,
                 bytes,
             ));
@@ -241,15 +244,18 @@ impl Transport {
                 let Some(expected) = signer else {
                     return Some(data);
                 };
-                let sender = crate::identity::Sender::of(&properties, &data);
-                if sender.key.as_ref() == Some(expected) {
+                let genuine = self.inner.config.signing_key.as_deref().is_some_and(|me| {
+                    crate::identity::authenticated_by(&properties, &data, me, expected)
+                });
+                if genuine {
                     return Some(data);
                 }
                 self.inner.rpc.forged.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     instance = %target,
-                    signed_by = sender.key.map(|k| k.to_hex()).unwrap_or_else(|| "nobody".into()),
-                    "dropping a reply not signed by the instance's enrolled key"
+                    key_id = crate::identity::header(&properties, crate::signing::KEY_HEADER)
+                        .unwrap_or_else(|| "none".into()),
+                    "dropping a reply not authenticated by the instance's enrolled key"
                 );
             }
             None

@@ -11,7 +11,6 @@
 //! never a box), which is what makes the reuse sound.
 
 use crypto_box::aead::OsRng;
-use ed25519_dalek::pkcs8::DecodePrivateKey;
 use tandem_proto::{AgentKey, Sealed, Secret};
 
 use crate::identity::PublicKey;
@@ -32,11 +31,9 @@ pub enum SealError {
 pub(crate) struct Opener(crypto_box::SecretKey);
 
 impl Opener {
-    /// From the agent's Ed25519 key (PKCS#8): the X25519 scalar libsodium derives.
-    pub(crate) fn from_pkcs8(pkcs8: &[u8]) -> Result<Opener, String> {
-        let key = ed25519_dalek::SigningKey::from_pkcs8_der(pkcs8)
-            .map_err(|e| format!("not an Ed25519 PKCS#8 key: {e}"))?;
-        Ok(Opener(crypto_box::SecretKey::from(key.to_scalar_bytes())))
+    /// From the X25519 scalar libsodium derives from the agent's Ed25519 key.
+    pub(crate) fn from_scalar(scalar: [u8; 32]) -> Opener {
+        Opener(crypto_box::SecretKey::from(scalar))
     }
 
     pub(crate) fn open(&self, sealed: &Sealed) -> Result<Secret, SealError> {

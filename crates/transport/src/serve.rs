@@ -178,9 +178,12 @@ impl Transport {
             let inner = self.inner.clone();
             let queue = queue.to_owned();
             in_flight.spawn(async move {
-                if let Err(why) = verdict(&inner, &delivery) {
-                    return refused_or_dropped(&inner, &queue, delivery, why).await;
-                }
+                // The reply is authenticated for the conductor key that sent the command
+                // (an unauthenticated command was refused here, when keys are trusted).
+                let reply_for = match verdict(&inner, &delivery) {
+                    Ok(from) => from,
+                    Err(why) => return refused_or_dropped(&inner, &queue, delivery, why).await,
+                };
                 match codec::decode::<Envelope<Command>>(&delivery.data) {
                     Ok(command) => {
                         answer(
@@ -189,6 +192,7 @@ impl Transport {
                             command,
                             &*handler,
                             inner.config.signing_key.as_deref(),
+                            reply_for,
                         )
                         .await
                     }
@@ -208,8 +212,9 @@ impl Transport {
         self.publish_raw_signed(instance, bytes, None).await
     }
 
-    /// As [`Transport::publish_raw_command`], with the signature headers given as they
-    /// are (`(key id, signature)`): for tests of forged, tampered and replayed commands.
+    /// As [`Transport::publish_raw_command`], with the authentication headers given as
+    /// they are (`(key id, tags)`, see [`crate::identity::tags_header`]): for tests of
+    /// forged, tampered and replayed commands.
     pub async fn publish_raw_signed(
         &self,
         instance: &InstanceId,
@@ -217,14 +222,14 @@ impl Transport {
         signature: Option<(&str, &str)>,
     ) -> Result<(), TransportError> {
         let mut headers = lapin::types::FieldTable::default();
-        if let Some((key, sig)) = signature {
+        if let Some((key, tags)) = signature {
             headers.insert(
                 crate::signing::KEY_HEADER.into(),
                 lapin::types::AMQPValue::LongString(key.into()),
             );
             headers.insert(
-                crate::signing::SIGNATURE_HEADER.into(),
-                lapin::types::AMQPValue::LongString(sig.into()),
+                crate::signing::MAC_HEADER.into(),
+                lapin::types::AMQPValue::LongString(tags.into()),
             );
         }
         let session = self
@@ -283,6 +288,7 @@ async fn answer<H: CommandHandler>(
     command: Envelope<Command>,
     handler: &H,
     signing_key: Option<&crate::signing::SigningKey>,
+    reply_for: Option<crate::identity::PublicKey>,
 ) {
     let message_id = command.message_id;
     let reply = handler.handle(command, delivery.redelivered).await;
@@ -292,7 +298,13 @@ async fn answer<H: CommandHandler>(
                 let mut props = BasicProperties::default()
                     .with_content_type(CONTENT_TYPE.into())
                     .with_type(kind::REPLY.into())
-                    .with_headers(crate::identity::signed_headers(signing_key, None, &bytes));
+                    .with_headers(crate::identity::authenticated_headers(
+                        signing_key,
+                        crate::identity::Naming::KeyId,
+                        reply_for.as_slice(),
+                        None,
+                        &bytes,
+                    ));
                 if let Some(c) = delivery.properties.correlation_id() {
                     props = props.with_correlation_id(c.clone());
                 }
@@ -323,20 +335,27 @@ async fn answer<H: CommandHandler>(
 }
 
 /// Whether a delivery may be decoded: always without trusted keys; with them, only a
-/// command signed by one of them that was not taken before.
-fn verdict(inner: &crate::Inner, delivery: &Delivery) -> Result<(), crate::signing::Refused> {
+/// command authenticated by one of them for this agent's key, not taken before. Answers
+/// the key that sent it, when it was checked.
+fn verdict(
+    inner: &crate::Inner,
+    delivery: &Delivery,
+) -> Result<Option<crate::identity::PublicKey>, crate::signing::Refused> {
     let Some(trusted) = &inner.config.trusted_keys else {
-        return Ok(());
+        return Ok(None);
+    };
+    // An agent that trusts keys has one of its own (the agent always does).
+    let Some(me) = inner.config.signing_key.as_deref() else {
+        return Err(crate::signing::Refused::Unsigned);
     };
     let header = |name: &str| crate::identity::header(&delivery.properties, name);
     let key = header(crate::signing::KEY_HEADER);
-    let signature = header(crate::signing::SIGNATURE_HEADER);
-    trusted.verify(&delivery.data, key.as_deref(), signature.as_deref())?;
-    let fresh = inner.seen.first_time(
-        signature.as_deref().unwrap_or_default(),
-        std::time::Instant::now(),
-    );
-    fresh.then_some(()).ok_or(crate::signing::Refused::Replayed)
+    let tags = header(crate::signing::MAC_HEADER);
+    let (from, tag) = trusted.verify(me, &delivery.data, key.as_deref(), tags.as_deref())?;
+    let fresh = inner.seen.first_time(&tag, std::time::Instant::now());
+    fresh
+        .then_some(Some(from))
+        .ok_or(crate::signing::Refused::Replayed)
 }
 
 /// A delivery that was not admitted: the broker's own redelivery of a command already

@@ -1,7 +1,8 @@
-//! Signed commands: the conductor signs the exact bytes of every command it publishes
-//! (Ed25519, through `ring`), and an agent that trusts a list of conductor keys checks
-//! the signature before it decodes anything. The signature travels in two message
-//! headers, so the command's wire format is unchanged.
+//! Authenticated commands: the conductor authenticates the exact bytes of every command
+//! it publishes for the agent it is sent to (see [`crate::mac`]: a tag under the key
+//! the conductor's and the agent's Ed25519 keys agree on), and an agent that trusts a
+//! list of conductor keys checks the tag before it decodes anything. Key id and tag
+//! travel in message headers, so the command's wire format is unchanged.
 //!
 //! A key is named by its id: the first 8 bytes of the SHA-256 of its public key, in hex.
 //! Public keys are written as 64 hex digits (`tandem-conductor public-key` prints the
@@ -9,21 +10,27 @@
 
 use std::fmt;
 
+use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ring::rand::SystemRandom;
-use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use ring::signature::{Ed25519KeyPair, KeyPair};
 
-/// Message header holding the signing key's id.
+use crate::identity::PublicKey;
+
+/// Message header holding the sender's key id.
 pub const KEY_HEADER: &str = "x-tandem-key";
-/// Message header holding the signature (hex).
-pub const SIGNATURE_HEADER: &str = "x-tandem-signature";
+/// Message header holding the tags, one per recipient: `<recipient key id>:<hex>,…`.
+pub const MAC_HEADER: &str = "x-tandem-mac";
 
-/// A private key that signs commands.
+/// A side's private key (the conductor's, an agent's): it authenticates what the side
+/// sends, checks what it receives, and opens what was sealed to it.
 pub struct SigningKey {
     pair: Ed25519KeyPair,
     id: String,
     /// The same key's X25519 form, which opens what was sealed to it (see
     /// [`crate::sealing`]).
     opener: crate::sealing::Opener,
+    /// The keys agreed with each peer (see [`crate::mac`]).
+    pairs: crate::mac::PairKeys,
 }
 
 impl fmt::Debug for SigningKey {
@@ -35,15 +42,15 @@ impl fmt::Debug for SigningKey {
 /// Why a command's signature was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    #[error("the command is not signed")]
+    #[error("the command is not authenticated for this agent")]
     Unsigned,
-    #[error("the command is signed by key {0}, which this agent does not trust")]
+    #[error("the command is from key {0}, which this agent does not trust")]
     UnknownKey(String),
-    #[error("the command's signature does not match its bytes (forged or tampered)")]
+    #[error("the command's tag does not match its bytes (forged or tampered)")]
     BadSignature,
     #[error(
         "the command was seen before, byte for byte (replayed); a genuine re-send is \
-             signed anew"
+             authenticated anew"
     )]
     Replayed,
 }
@@ -91,7 +98,7 @@ impl Seen {
     }
 }
 
-fn key_id(public: &[u8]) -> String {
+pub(crate) fn key_id(public: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, public);
     hex::encode(&digest.as_ref()[..8])
 }
@@ -108,8 +115,22 @@ impl SigningKey {
         let pair = Ed25519KeyPair::from_pkcs8(bytes)
             .map_err(|e| format!("not an Ed25519 PKCS#8 key: {e}"))?;
         let id = key_id(pair.public_key().as_ref());
-        let opener = crate::sealing::Opener::from_pkcs8(bytes)?;
-        Ok(SigningKey { pair, id, opener })
+        // The X25519 scalar libsodium derives from an Ed25519 key: it opens sealed
+        // secrets and agrees pair keys.
+        let scalar = ed25519_dalek::SigningKey::from_pkcs8_der(bytes)
+            .map_err(|e| format!("not an Ed25519 PKCS#8 key: {e}"))?
+            .to_scalar_bytes();
+        let public: [u8; 32] = pair
+            .public_key()
+            .as_ref()
+            .try_into()
+            .expect("an Ed25519 public key is 32 bytes");
+        Ok(SigningKey {
+            pair,
+            id,
+            opener: crate::sealing::Opener::from_scalar(scalar),
+            pairs: crate::mac::PairKeys::new(scalar, public),
+        })
     }
 
     /// The public key as 64 hex digits (what agents are configured with).
@@ -129,9 +150,19 @@ impl SigningKey {
         self.opener.open(sealed)
     }
 
-    /// The signature of `bytes`, in hex.
-    pub fn sign(&self, bytes: &[u8]) -> String {
-        hex::encode(self.pair.sign(bytes).as_ref())
+    /// The tag of `bytes` for `peer` (hex); `None` when `peer` is no usable key.
+    pub fn tag_for(&self, peer: &PublicKey, bytes: &[u8]) -> Option<String> {
+        self.pairs.tag(peer, bytes).map(|(_, tag)| tag)
+    }
+
+    /// As [`SigningKey::tag_for`], with `peer`'s key id.
+    pub(crate) fn tag_and_id(&self, peer: &PublicKey, bytes: &[u8]) -> Option<(String, String)> {
+        self.pairs.tag(peer, bytes)
+    }
+
+    /// Whether `tag` is `peer`'s tag of `bytes` for this key.
+    pub fn tag_checks(&self, peer: &PublicKey, bytes: &[u8], tag: &str) -> bool {
+        self.pairs.checks(peer, bytes, tag)
     }
 }
 
@@ -139,7 +170,7 @@ impl SigningKey {
 /// one, switch the conductor, then drop the old one).
 #[derive(Clone)]
 pub struct TrustedKeys {
-    keys: Vec<(String, Vec<u8>)>,
+    keys: Vec<(String, PublicKey)>,
 }
 
 impl fmt::Debug for TrustedKeys {
@@ -155,33 +186,38 @@ impl TrustedKeys {
         let keys = keys
             .iter()
             .map(|k| {
-                let bytes = hex::decode(k.trim())
-                    .ok()
-                    .filter(|b| b.len() == 32)
-                    .ok_or_else(|| format!("{k:?} is not an Ed25519 public key (64 hex digits)"))?;
-                Ok((key_id(&bytes), bytes))
+                let key = PublicKey::from_hex(k)?;
+                Ok((key_id(key.as_bytes()), key))
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(TrustedKeys { keys })
     }
 
-    /// Checks that `bytes` were signed by a trusted key.
+    /// The trusted keys: what an agent's reports and events are authenticated for.
+    pub fn keys(&self) -> Vec<PublicKey> {
+        self.keys.iter().map(|(_, k)| *k).collect()
+    }
+
+    /// Checks that `bytes` come from a trusted key, authenticated for `me`; answers that
+    /// key and the tag (what a replay repeats).
     pub fn verify(
         &self,
+        me: &SigningKey,
         bytes: &[u8],
         key: Option<&str>,
-        signature: Option<&str>,
-    ) -> Result<(), Refused> {
-        let (Some(key), Some(signature)) = (key, signature) else {
+        tags: Option<&str>,
+    ) -> Result<(PublicKey, String), Refused> {
+        let (Some(key), Some(tag)) = (key, tags.and_then(|t| crate::mac::tag_for(t, me.id())))
+        else {
             return Err(Refused::Unsigned);
         };
         let Some((_, public)) = self.keys.iter().find(|(id, _)| id == key) else {
             return Err(Refused::UnknownKey(key.chars().take(32).collect()));
         };
-        let signature = hex::decode(signature).map_err(|_| Refused::BadSignature)?;
-        UnparsedPublicKey::new(&ED25519, public)
-            .verify(bytes, &signature)
-            .map_err(|_| Refused::BadSignature)
+        if !me.tag_checks(public, bytes, tag) {
+            return Err(Refused::BadSignature);
+        }
+        Ok((*public, tag.to_owned()))
     }
 }
 
@@ -189,31 +225,51 @@ impl TrustedKeys {
 mod tests {
     use super::*;
 
+    fn new_key() -> SigningKey {
+        SigningKey::from_pkcs8(&SigningKey::generate().unwrap()).unwrap()
+    }
+
     #[test]
     fn only_the_trusted_keys_exact_bytes_pass() {
-        let key = SigningKey::from_pkcs8(&SigningKey::generate().unwrap()).unwrap();
-        let other = SigningKey::from_pkcs8(&SigningKey::generate().unwrap()).unwrap();
+        let (key, other, agent) = (new_key(), new_key(), new_key());
         let trusted = TrustedKeys::from_hex(&[key.public_hex()]).unwrap();
         let msg = b"a command";
-        let sig = key.sign(msg);
-        assert_eq!(trusted.verify(msg, Some(key.id()), Some(&sig)), Ok(()));
-        assert_eq!(trusted.verify(msg, None, None), Err(Refused::Unsigned));
+        let tags = |from: &SigningKey, bytes: &[u8]| {
+            crate::mac::header_value(&[(
+                agent.id().to_owned(),
+                from.tag_for(&agent.public_key(), bytes).unwrap(),
+            )])
+        };
+        let good = tags(&key, msg);
+        assert!(trusted
+            .verify(&agent, msg, Some(key.id()), Some(&good))
+            .is_ok());
         assert_eq!(
-            trusted.verify(b"a commanD", Some(key.id()), Some(&sig)),
+            trusted.verify(&agent, msg, None, None),
+            Err(Refused::Unsigned)
+        );
+        // Authenticated for another agent: not for this one.
+        assert_eq!(
+            trusted.verify(&other, msg, Some(key.id()), Some(&good)),
+            Err(Refused::Unsigned)
+        );
+        assert_eq!(
+            trusted.verify(&agent, b"a commanD", Some(key.id()), Some(&good)),
             Err(Refused::BadSignature)
         );
-        // Another key's signature, under its own id or claiming the trusted one's.
-        let forged = other.sign(msg);
+        // Another key's tag, under its own id or claiming the trusted one's.
+        let forged = tags(&other, msg);
         assert!(matches!(
-            trusted.verify(msg, Some(other.id()), Some(&forged)),
+            trusted.verify(&agent, msg, Some(other.id()), Some(&forged)),
             Err(Refused::UnknownKey(_))
         ));
         assert_eq!(
-            trusted.verify(msg, Some(key.id()), Some(&forged)),
+            trusted.verify(&agent, msg, Some(key.id()), Some(&forged)),
             Err(Refused::BadSignature)
         );
+        let garbled = format!("{}:zz", agent.id());
         assert_eq!(
-            trusted.verify(msg, Some(key.id()), Some("zz")),
+            trusted.verify(&agent, msg, Some(key.id()), Some(&garbled)),
             Err(Refused::BadSignature)
         );
         assert!(TrustedKeys::from_hex(&["abc".into()]).is_err());

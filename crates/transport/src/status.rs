@@ -147,10 +147,20 @@ impl Transport {
         Ok(())
     }
 
-    /// This side's signature of `bytes`, with its enrolment proof while it has one.
+    /// This side's tags of `bytes` for the conductor keys it trusts (who read its
+    /// reports and events), with its enrolment proof while it has one.
     fn signed_headers(&self, bytes: &[u8]) -> FieldTable {
-        crate::identity::signed_headers(
+        let to = self
+            .inner
+            .config
+            .trusted_keys
+            .as_ref()
+            .map(|t| t.keys())
+            .unwrap_or_default();
+        crate::identity::authenticated_headers(
             self.inner.config.signing_key.as_deref(),
+            crate::identity::Naming::PublicKey,
+            &to,
             self.inner.config.enrolment_proof.as_deref(),
             bytes,
         )
@@ -180,7 +190,8 @@ impl Transport {
                 let Ok(session) = transport.session_within(Duration::MAX).await else {
                     break;
                 };
-                if let Err(e) = follow(&session, exchange, &pattern, &tx, PhantomData).await {
+                let me = transport.inner.config.signing_key.as_deref();
+                if let Err(e) = follow(&session, exchange, &pattern, &tx, me, PhantomData).await {
                     tracing::debug!(exchange, error = %e, "subscription interrupted");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -195,6 +206,7 @@ async fn follow<T: DeserializeOwned>(
     exchange: &'static str,
     pattern: &str,
     tx: &mpsc::Sender<Received<T>>,
+    me: Option<&crate::signing::SigningKey>,
     _: PhantomData<T>,
 ) -> Result<(), TransportError> {
     let channel = crate::session::open_channel(&session.connection).await?;
@@ -228,7 +240,7 @@ async fn follow<T: DeserializeOwned>(
             d = consumer.next() => match d {
                 Some(Ok(d)) => match codec::decode::<Envelope<T>>(&d.data) {
                     Ok(envelope) => {
-                        let sender = Sender::of(&d.properties, &d.data);
+                        let sender = Sender::of(&d.properties, &d.data, me);
                         if tx.send(Received { envelope, sender }).await.is_err() {
                             return Ok(());
                         }
