@@ -55,8 +55,8 @@ pub enum Refused {
     Replayed,
 }
 
-/// Signatures of the commands accepted lately: a byte-for-byte copy (a replay) is
-/// refused. The conductor signs every re-send anew (its issue time changes), so only a
+/// Tags of the commands accepted lately: a byte-for-byte copy (a replay) is refused.
+/// The conductor authenticates every re-send anew (its issue time changes), so only a
 /// copy is caught; entries go after `window` (the longest deadline an agent accepts,
 /// after which a copy is refused as expired anyway).
 pub struct Seen {
@@ -64,12 +64,13 @@ pub struct Seen {
     entries: std::sync::Mutex<SeenEntries>,
 }
 
-/// The signatures in a set, and in the order they came, so that the expired ones are
-/// dropped from the front: constant work per command, whatever the rate.
+/// The tags in a set, and in the order they came, so that the expired ones are dropped
+/// from the front: constant work per command, whatever the rate. A tag is kept as its
+/// first 128 bits (no allocation per command; a collision needs a forged tag anyway).
 #[derive(Default)]
 struct SeenEntries {
-    set: std::collections::HashSet<String>,
-    order: std::collections::VecDeque<(std::time::Instant, String)>,
+    set: std::collections::HashSet<u128>,
+    order: std::collections::VecDeque<(std::time::Instant, u128)>,
 }
 
 impl Seen {
@@ -80,8 +81,11 @@ impl Seen {
         }
     }
 
-    /// Records `signature`; false when it was already there (a replay).
-    pub fn first_time(&self, signature: &str, now: std::time::Instant) -> bool {
+    /// Records `tag` (hex); false when it was already there (a replay), or is no tag.
+    pub fn first_time(&self, tag: &str, now: std::time::Instant) -> bool {
+        let Some(tag) = tag.get(..32).and_then(|t| u128::from_str_radix(t, 16).ok()) else {
+            return false;
+        };
         let mut e = self.entries.lock().expect("poisoned");
         while let Some((at, _)) = e.order.front() {
             if now.saturating_duration_since(*at) < self.window {
@@ -90,10 +94,10 @@ impl Seen {
             let (_, old) = e.order.pop_front().expect("a front entry");
             e.set.remove(&old);
         }
-        if !e.set.insert(signature.to_owned()) {
+        if !e.set.insert(tag) {
             return false;
         }
-        e.order.push_back((now, signature.to_owned()));
+        e.order.push_back((now, tag));
         true
     }
 }
@@ -279,9 +283,11 @@ mod tests {
     fn a_copy_within_the_window_is_a_replay() {
         let seen = Seen::new(std::time::Duration::from_secs(10));
         let now = std::time::Instant::now();
-        assert!(seen.first_time("sig-a", now));
-        assert!(!seen.first_time("sig-a", now + std::time::Duration::from_secs(5)));
-        assert!(seen.first_time("sig-b", now));
-        assert!(seen.first_time("sig-a", now + std::time::Duration::from_secs(11)));
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        assert!(seen.first_time(&a, now));
+        assert!(!seen.first_time(&a, now + std::time::Duration::from_secs(5)));
+        assert!(seen.first_time(&b, now));
+        assert!(seen.first_time(&a, now + std::time::Duration::from_secs(11)));
+        assert!(!seen.first_time("not a tag", now), "no tag, no entry");
     }
 }
