@@ -408,16 +408,13 @@ impl AgentConfig {
             }
             (None, None) => self.broker.uri.clone(),
         };
-        let broker_ca_pem = match &self.broker.ca_file {
-            None => None,
-            Some(path) => {
-                let mut probe = tandem_transport::TransportConfig::new("", "");
-                probe
-                    .trust_ca_file(path, "broker.ca_file")
-                    .map_err(anyhow::Error::msg)?;
-                probe.ca_pem
-            }
-        };
+        let broker_ca_pem = self
+            .broker
+            .ca_file
+            .as_deref()
+            .map(|path| tandem_transport::read_ca_file(path, "broker.ca_file"))
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
         let admin_password = self
             .engine
             .admin_password_file
@@ -617,6 +614,14 @@ mod tests {
             (
                 "instance_id = \"db\"\n[broker]\nuser = \"u\"\npassword_file = \"/nonexistent\"",
                 "broker.password_file",
+            ),
+            (
+                "instance_id = \"db\"\n[broker]\nca_file = \"/nonexistent/ca.pem\"",
+                "broker.ca_file",
+            ),
+            (
+                "instance_id = \"db\"\n[broker]\nca_file = \"/etc/hostname\"",
+                "broker.ca_file",
             ),
             (
                 "instance_id = \"db\"\nstatus_interval_ms = \"soon\"",

@@ -306,16 +306,12 @@ impl ConductorConfig {
                 "fields `tls_cert_file` and `tls_key_file` go together; set both or neither"
             ),
         };
-        let broker_ca_pem = match &self.broker_ca_file {
-            None => None,
-            Some(path) => {
-                let mut probe = tandem_transport::TransportConfig::new("", "");
-                probe
-                    .trust_ca_file(path, "broker_ca_file")
-                    .map_err(anyhow::Error::msg)?;
-                probe.ca_pem
-            }
-        };
+        let broker_ca_pem = self
+            .broker_ca_file
+            .as_deref()
+            .map(|path| tandem_transport::read_ca_file(path, "broker_ca_file"))
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
         Ok(Settings {
             broker_ca_pem,
             api_tls,

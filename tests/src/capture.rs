@@ -6,11 +6,11 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties};
 use tandem_testkit::Broker;
 use tokio_util::sync::CancellationToken;
+
+use crate::hostile::Hostile;
 
 /// One message as the trace saw it.
 #[derive(Debug, Clone)]
@@ -87,44 +87,9 @@ impl Capture {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let connection = Connection::connect(&uri, ConnectionProperties::default())
-                    .await
-                    .unwrap();
-                let channel = connection.create_channel().await.unwrap();
-                let queue = channel
-                    .queue_declare(
-                        "".into(),
-                        QueueDeclareOptions {
-                            exclusive: true,
-                            auto_delete: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await
-                    .unwrap();
-                channel
-                    .queue_bind(
-                        queue.name().clone(),
-                        "amq.rabbitmq.trace".into(),
-                        "#".into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .unwrap();
-                let mut consumer = channel
-                    .basic_consume(
-                        queue.name().clone(),
-                        "capture".into(),
-                        BasicConsumeOptions {
-                            no_ack: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await
-                    .unwrap();
+                // The broker's trace exchange, as any client of the vhost may read it.
+                let hostile = Hostile::connect(&uri).await.unwrap();
+                let mut consumer = hostile.tap("amq.rabbitmq.trace", "#").await.unwrap();
                 ready_tx.send(()).unwrap();
                 let mut seen = Vec::new();
                 loop {

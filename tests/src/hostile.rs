@@ -77,26 +77,20 @@ impl Hostile {
         Ok(())
     }
 
-    /// Reads every command sent to `instance` (a queue of its own bound beside the
-    /// agent's) and answers each at once with `answer`, signed with `headers_for`'s
-    /// headers, racing the real agent's reply.
-    pub async fn answer_commands_first(
-        &self,
-        instance: &str,
-        answer: impl Fn(&Envelope<Command>) -> Envelope<Reply> + Send + 'static,
-        headers_for: impl Fn(&[u8]) -> Headers + Send + 'static,
-    ) -> anyhow::Result<tokio::task::JoinHandle<u64>> {
+    /// Everything published to `exchange` under routing keys matching `key`, as it
+    /// passes: a queue of its own bound beside the real consumers', read without acks.
+    pub async fn tap(&self, exchange: &str, key: &str) -> anyhow::Result<lapin::Consumer> {
         let q = private_queue(&self.channel).await?;
         self.channel
             .queue_bind(
                 q.as_str().into(),
-                COMMAND_EXCHANGE.into(),
-                instance.into(),
+                exchange.into(),
+                key.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        let mut consumer = self
+        Ok(self
             .channel
             .basic_consume(
                 q.as_str().into(),
@@ -107,7 +101,19 @@ impl Hostile {
                 },
                 FieldTable::default(),
             )
-            .await?;
+            .await?)
+    }
+
+    /// Reads every command sent to `instance` (a queue of its own bound beside the
+    /// agent's) and answers each at once with `answer`, signed with `headers_for`'s
+    /// headers, racing the real agent's reply.
+    pub async fn answer_commands_first(
+        &self,
+        instance: &str,
+        answer: impl Fn(&Envelope<Command>) -> Envelope<Reply> + Send + 'static,
+        headers_for: impl Fn(&[u8]) -> Headers + Send + 'static,
+    ) -> anyhow::Result<tokio::task::JoinHandle<u64>> {
+        let mut consumer = self.tap(COMMAND_EXCHANGE, instance).await?;
         let channel = self.channel.clone();
         Ok(tokio::spawn(async move {
             use futures_util::StreamExt;

@@ -77,20 +77,6 @@ impl TransportConfig {
         }
     }
 
-    /// Trusts the CA certificates in `path` (PEM) for `amqps`; the error names `field`.
-    pub fn trust_ca_file(&mut self, path: &std::path::Path, field: &str) -> Result<(), String> {
-        let pem = std::fs::read_to_string(path)
-            .map_err(|e| format!("field `{field}`: cannot read {}: {e}", path.display()))?;
-        if !pem.contains("-----BEGIN CERTIFICATE-----") {
-            return Err(format!(
-                "field `{field}`: {} holds no PEM certificate",
-                path.display()
-            ));
-        }
-        self.ca_pem = Some(pem);
-        Ok(())
-    }
-
     /// The URI with any password replaced, for logs and errors.
     pub fn redacted_uri(&self) -> String {
         redact_uri(&self.uri)
@@ -108,6 +94,20 @@ fn redact_uri(uri: &str) -> String {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => uri.to_owned(),
     }
+}
+
+/// The CA certificates in `path` (PEM), for [`TransportConfig::ca_pem`]; the error names
+/// the configuration `field` that gave the path.
+pub fn read_ca_file(path: &std::path::Path, field: &str) -> Result<String, String> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| format!("field `{field}`: cannot read {}: {e}", path.display()))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "field `{field}`: {} holds no PEM certificate",
+            path.display()
+        ));
+    }
+    Ok(pem)
 }
 
 #[cfg(test)]

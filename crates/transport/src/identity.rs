@@ -32,16 +32,7 @@ pub struct PublicKey([u8; 32]);
 impl PublicKey {
     /// From 64 hex digits; the error says what was wrong.
     pub fn from_hex(s: &str) -> Result<PublicKey, String> {
-        hex::decode(s.trim())
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .map(PublicKey)
-            .ok_or_else(|| {
-                format!(
-                    "{:?} is not an Ed25519 public key (64 hex digits)",
-                    s.chars().take(80).collect::<String>()
-                )
-            })
+        tandem_proto::AgentKey::from_hex(s).map(PublicKey::from)
     }
 
     pub fn to_hex(&self) -> String {

@@ -27,7 +27,7 @@ pub mod signing;
 mod status;
 pub mod topology;
 
-pub use config::{QueueType, TransportConfig};
+pub use config::{read_ca_file, QueueType, TransportConfig};
 pub use error::{CallError, TransportError};
 pub use serve::CommandHandler;
 pub use status::{Received, Subscription};
