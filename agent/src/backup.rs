@@ -228,6 +228,13 @@ impl<E: Engine> Agent<E> {
             .map_err(|e| internal(format!("run zstd: {e}")))?;
         let mut out = zstd.stdout.take().expect("piped");
         let unpacked = self.engine.unpack(&mut out, dir, progress).await;
+        // Our end of zstd's output goes before we wait for it: a zstd still writing
+        // into a pipe nobody reads would never exit (and the restore would hang). When
+        // the unpack failed, zstd's remaining output is of no use: end it.
+        drop(out);
+        if unpacked.is_err() {
+            let _ = zstd.start_kill();
+        }
         let status = zstd
             .wait_with_output()
             .await

@@ -633,3 +633,40 @@ async fn a_seed_over_mutual_tls_replicates_and_agents_without_a_certificate_from
         assert_eq!(h.status(target).await.role, tandem_proto::Role::Standalone);
     }
 }
+
+/// A restore into a target whose disk fills up while the copy is unpacked ends, soon,
+/// saying the disk is full, as a final (not retried) error; the target is left exactly
+/// as it was and its staging space is cleaned. (It used to hang for good: the agent
+/// waited for `zstd -d` to exit while still holding the pipe zstd was writing to.)
+#[tokio::test]
+async fn a_restore_into_a_disk_that_fills_up_ends_saying_so_and_changes_nothing() {
+    let store = tempfile::tempdir().unwrap();
+    let h = Harness::with_small_disks(
+        &["db-1", "db-2"],
+        |_| local_store(store.path()),
+        |name| (name == "db-2").then_some(4 << 20),
+    )
+    .await;
+    master_with_rows(&h, "db-1", 3).await;
+    let full = backup(&h, "db-1", "full-1", BackupKind::Full).await;
+    mark(&h.node("db-2").db);
+    let started = Instant::now();
+    let err = restore(&h, "db-2", &full.backup_id).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        err.message.contains("disk full") || err.message.contains("No space left"),
+        "{err:?}"
+    );
+    assert!(!err.retryable, "a full disk is final: {err:?}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert!(still_marked(&h.node("db-2").db), "the target changed");
+    let datadir = h.node("db-2").db.datadir();
+    let parent = datadir.parent().unwrap();
+    let staged: Vec<_> = std::fs::read_dir(parent)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("tandem-"))
+        .collect();
+    assert!(staged.is_empty(), "staging left behind: {staged:?}");
+}

@@ -139,6 +139,7 @@ impl Cluster {
                     extra_args: options.engine_args.clone(),
                     netns: host.as_ref().map(|h| h.name.clone()),
                     bind: bind.clone(),
+                    small_disk: None,
                 })
                 .unwrap();
                 let mut env = store.clone();

@@ -116,7 +116,10 @@ pub async fn unpack(
         .map_err(|e| internal(format!("run mbstream (is mariadb-backup installed?): {e}")))?;
     let mut stdin = mbstream.stdin.take().expect("piped");
     let mut buf = vec![0u8; 1 << 20];
-    let copied: Result<(), EngineError> = async {
+    // A read that fails is the source's failure; a write that fails is mbstream's, whose
+    // own reason (its disk full, say) is found in its exit and error output below.
+    let mut write_failed = None;
+    let read: Result<(), EngineError> = async {
         loop {
             let n = from
                 .read(&mut buf)
@@ -125,10 +128,10 @@ pub async fn unpack(
             if n == 0 {
                 return Ok(());
             }
-            stdin
-                .write_all(&buf[..n])
-                .await
-                .map_err(|e| internal(format!("write to mbstream: {e}")))?;
+            if let Err(e) = stdin.write_all(&buf[..n]).await {
+                write_failed = Some(e);
+                return Ok(());
+            }
             progress.add(n as u64);
         }
     }
@@ -138,15 +141,52 @@ pub async fn unpack(
         .wait_with_output()
         .await
         .map_err(|e| internal(format!("{e}")))?;
-    copied?;
+    // The first real cause wins: a copy that broke on the way (mbstream then fails on
+    // the truncated stream), else mbstream's own failure, else a write it never took.
+    read?;
     if !out.status.success() {
-        return Err(EngineError::Refused(format!(
-            "mbstream could not unpack the copy ({}): {}",
-            out.status,
-            last_lines(&String::from_utf8_lossy(&out.stderr), 3)
-        )));
+        return Err(unpack_failed(
+            dir,
+            &out.status.to_string(),
+            &String::from_utf8_lossy(&out.stderr),
+        ));
+    }
+    if let Some(e) = write_failed {
+        return Err(internal(format!("write to mbstream: {e}")));
     }
     Ok(())
+}
+
+/// Why `mbstream` could not unpack into `dir`: a full disk named as such (final: asking
+/// again fills it again), anything else with the tool's last words.
+fn unpack_failed(dir: &Path, status: &str, stderr: &str) -> EngineError {
+    if is_disk_full(stderr) {
+        return EngineError::Refused(format!(
+            "disk full: no space left on the filesystem of {} while unpacking the copy \
+             ({} free now); nothing was installed (mbstream: {})",
+            dir.display(),
+            free_space(dir)
+                .map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64))
+                .unwrap_or_else(|| "unknown".into()),
+            last_lines(stderr, 2)
+        ));
+    }
+    EngineError::Refused(format!(
+        "mbstream could not unpack the copy ({status}): {}",
+        last_lines(stderr, 3)
+    ))
+}
+
+/// Whether a tool's error output says the disk is full (`ENOSPC`, errno 28).
+pub(crate) fn is_disk_full(stderr: &str) -> bool {
+    stderr.contains("No space left on device") || stderr.contains("errno 28")
+}
+
+/// Free bytes on the filesystem holding `path` (or its nearest existing ancestor).
+pub(crate) fn free_space(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let s = nix::sys::statvfs::statvfs(existing).ok()?;
+    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
 }
 
 /// `mariabackup --prepare` on the full copy, then once per incremental with

@@ -53,6 +53,20 @@ impl Harness {
         Self::build(instances, env, Some(std::sync::Arc::new(key))).await
     }
 
+    /// Agents with settings of their own, and `small_disk(instance)` bytes free on the
+    /// filesystem of the instance's data directory when given (see [`MariaDbOptions`]).
+    pub async fn with_small_disks(
+        instances: &[&str],
+        env: impl Fn(&str) -> Vec<(String, String)>,
+        small_disk: impl Fn(&str) -> Option<u64>,
+    ) -> Harness {
+        let key = tandem_transport::signing::SigningKey::from_pkcs8(
+            &tandem_testkit::conductor_key().pkcs8,
+        )
+        .unwrap();
+        Self::build_with(instances, env, small_disk, Some(std::sync::Arc::new(key))).await
+    }
+
     /// Agents that obey only commands signed by `key`, which this harness signs with.
     pub async fn signed(
         instances: &[&str],
@@ -90,6 +104,15 @@ impl Harness {
         env: impl Fn(&str) -> Vec<(String, String)>,
         signing: Option<std::sync::Arc<tandem_transport::signing::SigningKey>>,
     ) -> Harness {
+        Self::build_with(instances, env, |_| None, signing).await
+    }
+
+    async fn build_with(
+        instances: &[&str],
+        env: impl Fn(&str) -> Vec<(String, String)>,
+        small_disk: impl Fn(&str) -> Option<u64>,
+        signing: Option<std::sync::Arc<tandem_transport::signing::SigningKey>>,
+    ) -> Harness {
         tandem_testkit::init_tracing();
         let broker = Broker::new().unwrap();
         let shutdown = CancellationToken::new();
@@ -104,6 +127,7 @@ impl Harness {
         for name in instances {
             let db = MariaDb::start(MariaDbOptions {
                 server_id: tandem_agent::server_id_for(&id(name)),
+                small_disk: small_disk(name),
                 ..Default::default()
             })
             .unwrap();

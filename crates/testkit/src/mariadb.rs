@@ -19,6 +19,11 @@ pub struct MariaDbOptions {
     pub netns: Option<String>,
     /// The address to listen on (default 127.0.0.1).
     pub bind: Option<String>,
+    /// Put the instance's files (data directory and its siblings, where restores and
+    /// seeds stage their copies) on a filesystem of its own with only this many bytes
+    /// free once the server is up: a disk about to fill. A size-limited tmpfs, unmounted
+    /// on drop.
+    pub small_disk: Option<u64>,
 }
 
 impl Default for MariaDbOptions {
@@ -28,6 +33,7 @@ impl Default for MariaDbOptions {
             extra_args: Vec::new(),
             netns: None,
             bind: None,
+            small_disk: None,
         }
     }
 }
@@ -39,6 +45,8 @@ pub struct MariaDb {
     dir: tempfile::TempDir,
     options: MariaDbOptions,
     engine: EngineProcess,
+    /// With `small_disk`: the tmpfs mounted on `dir`.
+    mounted: bool,
 }
 
 impl MariaDb {
@@ -48,6 +56,9 @@ impl MariaDb {
             .tempdir()
             .context("create a temporary directory")?;
         let mysql = system_user("mysql")?;
+        if options.small_disk.is_some() {
+            mount_tmpfs(dir.path(), "1g")?;
+        }
         // The server runs as mysql and must reach its files below our 0700 temp dir.
         set_mode(dir.path(), 0o755)?;
         let datadir = dir.path().join("data");
@@ -56,12 +67,20 @@ impl MariaDb {
         let run = dir.path().join("run");
         std::fs::create_dir(&run)?;
         chown_tree(&run, &mysql)?;
+        let small_disk = options.small_disk;
         let mut db = MariaDb {
             dir,
             options,
             engine: EngineProcess::new(),
+            mounted: small_disk.is_some(),
         };
         db.start_process()?;
+        if let Some(free) = small_disk {
+            // Shrunk to what the server uses now plus `free`.
+            let s = nix::sys::statvfs::statvfs(db.dir.path())?;
+            let used = (s.blocks() - s.blocks_free()) as u64 * s.fragment_size() as u64;
+            remount_tmpfs(db.dir.path(), used + free)?;
+        }
         Ok(db)
     }
 
@@ -322,7 +341,32 @@ impl MariaDb {
 impl Drop for MariaDb {
     fn drop(&mut self) {
         self.stop();
+        if self.mounted {
+            let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
     }
+}
+
+fn mount_tmpfs(at: &Path, size: &str) -> Result<()> {
+    nix::mount::mount(
+        Some("tmpfs"),
+        at,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some(format!("size={size},mode=0755").as_str()),
+    )
+    .with_context(|| format!("mount a tmpfs on {}", at.display()))
+}
+
+fn remount_tmpfs(at: &Path, bytes: u64) -> Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        at,
+        None::<&str>,
+        nix::mount::MsFlags::MS_REMOUNT,
+        Some(format!("size={bytes}").as_str()),
+    )
+    .with_context(|| format!("shrink the tmpfs on {} to {bytes} bytes", at.display()))
 }
 
 fn mariadbd() -> Result<PathBuf> {
