@@ -329,3 +329,20 @@ impl ConductorConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_ca_file_that_is_missing_or_no_certificate_names_the_field() {
+        for path in ["/nonexistent/ca.pem", "/etc/hostname"] {
+            let config = ConductorConfig {
+                broker_ca_file: Some(path.into()),
+                ..ConductorConfig::default()
+            };
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("field `broker_ca_file`"), "{path}: {err}");
+        }
+    }
+}

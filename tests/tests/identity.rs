@@ -40,7 +40,7 @@ fn stop_following(mut follower: std::process::Child) -> Vec<Value> {
 }
 
 fn new_key() -> SigningKey {
-    SigningKey::from_pkcs8(&SigningKey::generate().unwrap()).unwrap()
+    SigningKey::random()
 }
 
 #[test]

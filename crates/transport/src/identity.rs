@@ -213,7 +213,7 @@ mod tests {
     use super::*;
 
     fn key() -> SigningKey {
-        SigningKey::from_pkcs8(&SigningKey::generate().unwrap()).unwrap()
+        SigningKey::random()
     }
 
     #[test]

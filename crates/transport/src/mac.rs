@@ -119,7 +119,7 @@ mod tests {
     use crate::signing::SigningKey;
 
     fn key() -> SigningKey {
-        SigningKey::from_pkcs8(&SigningKey::generate().unwrap()).unwrap()
+        SigningKey::random()
     }
 
     #[test]

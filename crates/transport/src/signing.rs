@@ -115,6 +115,13 @@ impl SigningKey {
             .map_err(|_| "could not generate an Ed25519 key".to_string())
     }
 
+    /// A fresh key held in memory only (tests, tools); a side's own key is kept in a
+    /// file ([`SigningKey::load_or_generate`]).
+    pub fn random() -> SigningKey {
+        SigningKey::from_pkcs8(&SigningKey::generate().expect("the system's random source"))
+            .expect("a fresh key parses")
+    }
+
     pub fn from_pkcs8(bytes: &[u8]) -> Result<SigningKey, String> {
         let pair = Ed25519KeyPair::from_pkcs8(bytes)
             .map_err(|e| format!("not an Ed25519 PKCS#8 key: {e}"))?;
@@ -229,13 +236,13 @@ impl TrustedKeys {
 mod tests {
     use super::*;
 
-    fn new_key() -> SigningKey {
-        SigningKey::from_pkcs8(&SigningKey::generate().unwrap()).unwrap()
-    }
-
     #[test]
     fn only_the_trusted_keys_exact_bytes_pass() {
-        let (key, other, agent) = (new_key(), new_key(), new_key());
+        let (key, other, agent) = (
+            SigningKey::random(),
+            SigningKey::random(),
+            SigningKey::random(),
+        );
         let trusted = TrustedKeys::from_hex(&[key.public_hex()]).unwrap();
         let msg = b"a command";
         let tags = |from: &SigningKey, bytes: &[u8]| {
