@@ -5,6 +5,11 @@
 //! `cargo build --profile agent -p tandem-agent && \
 //!  TANDEM_AGENT_BIN=target/agent/tandem-agent cargo bench -p tandem-agent --bench idle`
 //! (BENCH_SECONDS, default 30). Without TANDEM_AGENT_BIN the release build is measured.
+//!
+//! With BENCH_HEAVY_MB (say 1000) the agent then does heavy work on a table of that
+//! size, a full backup into a local store and a restore of it (the receiving path of a
+//! seeding: unpack, prepare, install), and its idle RSS is measured again after each:
+//! it must come back to within 1 MiB of where it started.
 
 use std::time::{Duration, Instant};
 
@@ -41,9 +46,26 @@ async fn main() {
     .unwrap();
     let binary = std::env::var("TANDEM_AGENT_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tandem-agent").to_owned());
-    let agent =
-        AgentProcess::start_mariadb(binary.as_ref(), "bench-1", "zone-a", broker.uri(), &db)
-            .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let env = [
+        (
+            "TANDEM_AGENT_BACKUP_STORE__KIND".to_owned(),
+            "local".to_owned(),
+        ),
+        (
+            "TANDEM_AGENT_BACKUP_STORE__PATH".to_owned(),
+            store.path().display().to_string(),
+        ),
+    ];
+    let agent = AgentProcess::start_mariadb_with(
+        binary.as_ref(),
+        "bench-1",
+        "zone-a",
+        broker.uri(),
+        &db,
+        &env,
+    )
+    .unwrap();
     let pid = agent.process().unwrap().pid();
     let shutdown = CancellationToken::new();
     // Signed as the test conductors' commands are (the agent trusts that key).
@@ -63,30 +85,7 @@ async fn main() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .unwrap()
-        .unwrap() as f64;
-    let cpu0 = cpu_ticks(pid);
-    let start = Instant::now();
-    let mut count = 0u64;
-    let mut peak_rss = 0u64;
-    let mut rss_samples = Vec::new();
-    while start.elapsed() < Duration::from_secs(seconds) {
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), reports.next()).await
-        {
-            count += 1;
-        }
-        let rss = proc_field(pid, "status", "VmRSS:").unwrap_or(0);
-        peak_rss = peak_rss.max(proc_field(pid, "status", "VmHWM:").unwrap_or(0));
-        rss_samples.push(rss);
-    }
-    let cpu = (cpu_ticks(pid) - cpu0) as f64 / ticks_per_sec;
-    // Where the resident memory is: file-backed (code and relocated data of the
-    // binary) or anonymous (heap, stacks).
-    let file_rss = proc_field(pid, "status", "RssFile:").unwrap_or(0);
-    let anon_rss = proc_field(pid, "status", "RssAnon:").unwrap_or(0);
-    rss_samples.sort();
-    let median = rss_samples[rss_samples.len() / 2];
+    let first = idle(pid, seconds, &mut reports).await;
     println!(
         "agent footprint ({}), MariaDB engine, 1 s status interval, 200 ms probe, {seconds} s",
         if std::env::var("TANDEM_AGENT_BIN").is_ok() {
@@ -99,23 +98,148 @@ async fn main() {
     println!("|---|---|");
     println!(
         "| idle RSS (median of samples) | {:.2} MiB |",
-        median as f64 / 1024.0
+        mib(first.median_kib)
     );
-    println!("| peak RSS (VmHWM) | {:.2} MiB |", peak_rss as f64 / 1024.0);
+    println!("| peak RSS (VmHWM) | {:.2} MiB |", mib(first.peak_kib));
     println!(
         "| of which file-backed / anonymous (at the end) | {:.2} / {:.2} MiB |",
-        file_rss as f64 / 1024.0,
-        anon_rss as f64 / 1024.0
+        mib(first.file_kib),
+        mib(first.anon_kib)
     );
-    println!("| status reports received | {count} |");
-    println!("| CPU time total | {:.3} s |", cpu);
+    println!("| status reports received | {} |", first.reports);
+    println!("| CPU time total | {:.3} s |", first.cpu_s);
     println!(
         "| CPU time per status report (incl. 5 probes) | {:.2} ms |",
-        cpu * 1000.0 / count.max(1) as f64
+        first.cpu_s * 1000.0 / first.reports.max(1) as f64
     );
     println!(
         "| CPU share | {:.2} % |",
-        cpu * 100.0 / start.elapsed().as_secs_f64()
+        first.cpu_s * 100.0 / seconds as f64
     );
+
+    let heavy_mb: u64 = std::env::var("BENCH_HEAVY_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if heavy_mb > 0 {
+        let call = async |body: tandem_proto::Command| {
+            let env = tandem_proto::Envelope::new(
+                tandem_proto::Sender::Conductor {
+                    name: "bench".into(),
+                },
+                id.clone(),
+                tandem_proto::Epoch::new(1),
+                body,
+            );
+            loop {
+                let mut e = env.clone();
+                e.issued_at = tandem_proto::Timestamp::now();
+                e.expires_at = Some(tandem_proto::Timestamp(e.issued_at.0 + 60_000));
+                match client.call(&e, Duration::from_secs(60)).await.unwrap().body {
+                    tandem_proto::Reply::Ok(tandem_proto::ReplyBody::Accepted { .. }) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    other => break other.into_result().unwrap(),
+                }
+            }
+        };
+        // About heavy_mb MB of rows that do not compress to nothing.
+        let rows = heavy_mb * 1000;
+        db.sql(&format!(
+            "CREATE DATABASE heavy; CREATE TABLE heavy.t (id INT PRIMARY KEY, pad VARCHAR(1000)); \
+             INSERT INTO heavy.t SELECT seq, SHA2(seq, 512) || REPEAT(MD5(seq), 24) FROM seq_1_to_{rows}"
+        ))
+        .unwrap();
+        let t = Instant::now();
+        call(tandem_proto::Command::TakeBackup(
+            tandem_proto::BackupRequest {
+                backup_id: "heavy-1".into(),
+                kind: tandem_proto::BackupKind::Full,
+                time_limit_s: None,
+            },
+        ))
+        .await;
+        let backup_s = t.elapsed().as_secs_f64();
+        let after_backup = idle(pid, seconds, &mut reports).await;
+        let t = Instant::now();
+        call(tandem_proto::Command::Restore(
+            tandem_proto::RestoreRequest {
+                backup_id: "heavy-1".into(),
+                time_limit_s: None,
+            },
+        ))
+        .await;
+        let restore_s = t.elapsed().as_secs_f64();
+        let after_restore = idle(pid, seconds, &mut reports).await;
+        let data_mb = du(&store.path().join("heavy-1.xb.zst")) as f64 / 1e6;
+        println!(
+            "\nafter heavy work on {heavy_mb} MB of rows (backup {backup_s:.1} s, {data_mb:.0} MB \
+             stored; restore {restore_s:.1} s), idle {seconds} s each\n"
+        );
+        println!("| idle RSS (median) | before | after a full backup | after a restore of it |");
+        println!("|---|---|---|---|");
+        println!(
+            "| MiB | {:.2} | {:.2} | {:.2} |",
+            mib(first.median_kib),
+            mib(after_backup.median_kib),
+            mib(after_restore.median_kib)
+        );
+        println!(
+            "| peak RSS (VmHWM) MiB | {:.2} | {:.2} | {:.2} |",
+            mib(first.peak_kib),
+            mib(after_backup.peak_kib),
+            mib(after_restore.peak_kib)
+        );
+    }
     shutdown.cancel();
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn du(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// What an idle agent uses over `seconds`.
+struct Idle {
+    median_kib: u64,
+    peak_kib: u64,
+    file_kib: u64,
+    anon_kib: u64,
+    reports: u64,
+    cpu_s: f64,
+}
+
+async fn idle(
+    pid: u32,
+    seconds: u64,
+    reports: &mut tandem_transport::Subscription<tandem_proto::StatusReport>,
+) -> Idle {
+    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as f64;
+    let cpu0 = cpu_ticks(pid);
+    let start = Instant::now();
+    let mut count = 0u64;
+    let mut rss_samples = Vec::new();
+    while start.elapsed() < Duration::from_secs(seconds) {
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), reports.next()).await
+        {
+            count += 1;
+        }
+        rss_samples.push(proc_field(pid, "status", "VmRSS:").unwrap_or(0));
+    }
+    rss_samples.sort();
+    Idle {
+        median_kib: rss_samples[rss_samples.len() / 2],
+        peak_kib: proc_field(pid, "status", "VmHWM:").unwrap_or(0),
+        // Where the resident memory is: file-backed (code and relocated data of the
+        // binary) or anonymous (heap, stacks).
+        file_kib: proc_field(pid, "status", "RssFile:").unwrap_or(0),
+        anon_kib: proc_field(pid, "status", "RssAnon:").unwrap_or(0),
+        reports: count,
+        cpu_s: (cpu_ticks(pid) - cpu0) as f64 / ticks_per_sec,
+    }
 }

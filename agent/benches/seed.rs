@@ -167,6 +167,7 @@ async fn main() {
                 host: seed_at.host.clone(),
                 port: seed_at.port,
                 token: sealed_to(&agents[1]).seal(&token).unwrap(),
+                time_limit_s: None,
             }),
         );
         let t = Instant::now();

@@ -13,7 +13,7 @@ use tandem_proto::{
 
 use crate::backup_store::BackupStore;
 use crate::engine::{Engine, EngineError};
-use crate::operations::Progress;
+use crate::operations::{Phase, Progress};
 use crate::Agent;
 
 /// Removes staging directories and files whichever way an operation ends.
@@ -85,12 +85,14 @@ impl<E: Engine> Agent<E> {
         };
         let mut scratch = Scratch::new();
         let work = scratch.add(self.settings.engine.backup_dir.join(format!(".work-{id}")));
-        progress.set_phase("copying");
-        if since.is_none() {
-            progress
-                .bytes_total
-                .store(dir_size(&self.settings.engine.data_dir), Ordering::Relaxed);
+        progress.set_phase(Phase::Copying);
+        let data_bytes = since.is_none().then(|| self.engine.copy_size());
+        if let Some(bytes) = data_bytes {
+            progress.bytes_total.store(bytes, Ordering::Relaxed);
         }
+        // Recorded before the first byte goes to the store: if this backup does not
+        // commit (it fails, is stopped, or the agent dies), what it wrote is removed.
+        self.update_state(|s| s.unfinished_backups.push(id.clone()))?;
         let stream = self.engine.backup_stream(&work, since.as_deref()).await?;
         let output: Stdio = stream
             .output
@@ -100,18 +102,35 @@ impl<E: Engine> Agent<E> {
             .args(["-q", "-3", "-T0", "-c"])
             .stdin(output)
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| internal(format!("run zstd: {e}")))?;
+            .map_err(|e| internal(format!("run zstd (is zstd installed?): {e}")))?;
         let mut compressed = zstd.stdout.take().expect("piped");
         let stored = store.put_data(id, &mut compressed, progress).await;
-        let end = stream.finish.await;
-        let zstd_status = zstd.wait().await.map_err(|e| internal(e.to_string()))?;
-        let (size_bytes, sha256) = stored?;
-        let end = end?;
-        if !zstd_status.success() {
-            return Err(internal(format!("zstd failed ({zstd_status})")).into());
+        // Our end of zstd's output goes first: a store that gave up must not leave zstd
+        // (and mariabackup behind it) blocked on a pipe nobody reads.
+        drop(compressed);
+        if stored.is_err() {
+            let _ = zstd.start_kill();
         }
+        let end = stream.finish.await;
+        let zstd_end = zstd
+            .wait_with_output()
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+        // The first real cause wins, from the end of the pipeline back: a stage that
+        // failed breaks the pipe of the one before it, never the other way round.
+        let (size_bytes, sha256) = stored?;
+        if !zstd_end.status.success() {
+            return Err(EngineError::Refused(format!(
+                "zstd failed while compressing the copy ({}): {}",
+                zstd_end.status,
+                String::from_utf8_lossy(&zstd_end.stderr).trim()
+            ))
+            .into());
+        }
+        let end = end?;
         let info = BackupInfo {
             backup_id: id.clone(),
             kind: request.kind.clone(),
@@ -124,9 +143,11 @@ impl<E: Engine> Agent<E> {
             created_at: Timestamp::now(),
             location: store.location(id),
             checkpoint: end.checkpoint,
+            data_bytes,
         };
         store.commit(&info).await?;
-        progress.set_phase("done");
+        self.update_state(|s| s.unfinished_backups.retain(|b| b != id))?;
+        progress.set_phase(Phase::Done);
         Ok(info)
     }
 
@@ -143,7 +164,20 @@ impl<E: Engine> Agent<E> {
         let mut scratch = Scratch::new();
         let downloads = scratch.add(self.engine.staging_dir("tandem-download"));
 
-        progress.set_phase("verifying");
+        // Room for the copy beside the data directory (and for the downloads, from a
+        // remote store), or nothing starts.
+        let downloads_bytes = if store.is_local() {
+            0
+        } else {
+            chain.iter().map(|b| b.size_bytes).sum()
+        };
+        let data_bytes = chain.first().and_then(|b| b.data_bytes).unwrap_or(0);
+        ensure_room(
+            &self.engine.staging_dir("tandem-restore"),
+            data_bytes + downloads_bytes,
+            &format!("restoring backup {backup_id}"),
+        )?;
+        progress.set_phase(Phase::Verifying);
         progress
             .bytes_total
             .store(chain.iter().map(|b| b.size_bytes).sum(), Ordering::Relaxed);
@@ -152,7 +186,7 @@ impl<E: Engine> Agent<E> {
             files.push(store.fetch_verified(info, &downloads, progress).await?);
         }
 
-        progress.set_phase("unpacking");
+        progress.set_phase(Phase::Unpacking);
         progress.bytes_done.store(0, Ordering::Relaxed);
         progress.bytes_total.store(0, Ordering::Relaxed);
         let full = scratch.add(self.engine.staging_dir("tandem-restore"));
@@ -258,9 +292,9 @@ impl<E: Engine> Agent<E> {
         incrementals: &[PathBuf],
         progress: &Progress,
     ) -> Result<Position, CommandError> {
-        progress.set_phase("preparing");
+        progress.set_phase(Phase::Preparing);
         let position = self.engine.prepare(full, incrementals).await?;
-        progress.set_phase("installing");
+        progress.set_phase(Phase::Installing);
         {
             // Nothing else may run against the engine while it is swapped.
             let _one_at_a_time = self.exec_lock.lock().await;
@@ -286,8 +320,63 @@ impl<E: Engine> Agent<E> {
             }
         }
         self.status_now.notify_one();
-        progress.set_phase("done");
+        progress.set_phase(Phase::Done);
         Ok(position)
+    }
+
+    /// Removes what failed, stopped or interrupted operations left: backups that never
+    /// committed (from the store) and scratch space (staging directories beside the
+    /// data directory and in the backup directory). Run at start and after every
+    /// operation that did not succeed.
+    pub(crate) async fn clean_up_unfinished(&self) {
+        let unfinished = self
+            .state
+            .lock()
+            .expect("poisoned")
+            .unfinished_backups
+            .clone();
+        if !unfinished.is_empty() {
+            match self.store().await {
+                Ok(store) => {
+                    for id in &unfinished {
+                        match store.discard(id).await {
+                            Ok(()) => {
+                                tracing::info!(backup = %id, "removed an unfinished backup from the store");
+                                if let Err(e) =
+                                    self.update_state(|s| s.unfinished_backups.retain(|b| b != id))
+                                {
+                                    tracing::warn!(error = %e, "could not record a cleanup");
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(backup = %id, error = %e, "an unfinished backup could not be removed yet; tried again later")
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the backup store is unreachable: unfinished backups are removed later")
+                }
+            }
+        }
+        // Never the previous data directory an interrupted install may have left.
+        let staged: Vec<PathBuf> = ["tandem-download", "tandem-restore", "tandem-seed"]
+            .into_iter()
+            .map(|n| self.engine.staging_dir(n))
+            .collect();
+        let names: Vec<String> = staged
+            .iter()
+            .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut swept = sweep(staged.first().and_then(|p| p.parent()), &names);
+        swept += sweep(
+            Some(&self.settings.engine.backup_dir),
+            &[".work-", ".seed-"],
+        );
+        if swept > 0 {
+            tracing::info!(swept, "removed scratch space left by an earlier operation");
+        }
     }
 
     pub(crate) async fn delete_backup(&self, backup_id: &str) -> Result<(), CommandError> {
@@ -296,18 +385,38 @@ impl<E: Engine> Agent<E> {
     }
 }
 
-pub(crate) fn dir_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
+/// Refuses to start a copy that cannot fit: `needed` bytes must be free on the
+/// filesystem of `at`. Final: asking again without making room ends the same way.
+pub(crate) fn ensure_room(at: &Path, needed: u64, what: &str) -> Result<(), CommandError> {
+    match crate::host::free_space(at) {
+        Some(free) if free < needed => Err(CommandError::new(
+            ErrorKind::EngineRefused,
+            format!(
+                "not enough disk space for {what}: it needs about {} on the filesystem of {}, \
+                 where {} are free; nothing was changed",
+                crate::host::mib(needed),
+                at.display(),
+                crate::host::mib(free)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Removes the entries of `dir` whose names start with one of `prefixes`; how many.
+fn sweep(dir: Option<&Path>, prefixes: &[&str]) -> usize {
+    let Some(Ok(entries)) = dir.map(std::fs::read_dir) else {
         return 0;
     };
     entries
         .filter_map(Result::ok)
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            prefixes.iter().any(|p| name.starts_with(p))
         })
-        .sum()
+        .map(|e| remove(&e.path()))
+        .count()
 }
 
 fn internal(msg: String) -> EngineError {

@@ -105,6 +105,11 @@ impl BackupStore {
         }
     }
 
+    /// A directory on this host (read in place, nothing downloaded).
+    pub fn is_local(&self) -> bool {
+        self.local_dir.is_some()
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -251,14 +256,14 @@ impl BackupStore {
                             _ => self.error(&format!("read {key}"), e),
                         })?;
                 tokio::fs::create_dir_all(staging).await.map_err(|e| {
-                    EngineError::Internal(anyhow::anyhow!("create {}: {e}", staging.display()))
+                    crate::host::io_error("make the download directory", staging, &e)
                 })?;
                 let path = staging.join(&key);
-                let mut file = tokio::fs::File::create(&path).await.map_err(|e| {
-                    EngineError::Internal(anyhow::anyhow!("create {}: {e}", path.display()))
-                })?;
+                let mut file = tokio::fs::File::create(&path)
+                    .await
+                    .map_err(|e| crate::host::io_error("download the backup", &path, &e))?;
                 let mut compat = tokio_util::compat::FuturesAsyncReadCompatExt::compat(&mut stream);
-                let (size, sum) = hash_all(&mut compat, Some(&mut file), progress).await?;
+                let (size, sum) = hash_all(&mut compat, Some((&mut file, &path)), progress).await?;
                 check(info, size, &sum)?;
                 path
             }
@@ -284,7 +289,29 @@ impl BackupStore {
         Ok(())
     }
 
+    /// Removes whatever an unfinished backup wrote (metadata first, then data); what is
+    /// not there is fine. Never called for a backup the conductor recorded.
+    pub async fn discard(&self, backup_id: &str) -> Result<(), EngineError> {
+        crate::engine::mariadb::safe_token("the backup id", backup_id)?;
+        for key in [meta_key(backup_id), data_key(backup_id)] {
+            match self.op.delete(&key).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == opendal::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.error(&format!("delete {key}"), e)),
+            }
+        }
+        Ok(())
+    }
+
     fn error(&self, what: &str, e: opendal::Error) -> EngineError {
+        // A local store (a directory, an NFS mount) that is full says so, as final.
+        if crate::host::is_disk_full(&e.to_string()) {
+            return EngineError::Refused(format!(
+                "disk full: the backup store {} has no space left ({what}); nothing of this \
+                 backup is kept",
+                self.name
+            ));
+        }
         EngineError::Unavailable(format!("backup store {}: {what}: {e}", self.name))
     }
 }
@@ -316,7 +343,7 @@ fn check(info: &BackupInfo, size: u64, sum: &str) -> Result<(), EngineError> {
 
 async fn hash_all(
     from: &mut (dyn AsyncRead + Unpin + Send),
-    mut copy_to: Option<&mut tokio::fs::File>,
+    mut copy_to: Option<(&mut tokio::fs::File, &Path)>,
     progress: &Progress,
 ) -> Result<(u64, String), EngineError> {
     let mut hasher = Sha256::new();
@@ -331,18 +358,18 @@ async fn hash_all(
             break;
         }
         hasher.update(&buf[..n]);
-        if let Some(f) = copy_to.as_mut() {
-            f.write_all(&buf[..n]).await.map_err(|e| {
-                EngineError::Internal(anyhow::anyhow!("write a downloaded backup: {e}"))
-            })?;
+        if let Some((f, path)) = copy_to.as_mut() {
+            f.write_all(&buf[..n])
+                .await
+                .map_err(|e| crate::host::io_error("download the backup", path, &e))?;
         }
         size += n as u64;
         progress.add(n as u64);
     }
-    if let Some(f) = copy_to {
+    if let Some((f, path)) = copy_to {
         f.flush()
             .await
-            .map_err(|e| EngineError::Internal(anyhow::anyhow!("{e}")))?;
+            .map_err(|e| crate::host::io_error("download the backup", path, &e))?;
     }
     Ok((size, format!("{:x}", hasher.finalize())))
 }
@@ -404,6 +431,7 @@ mod tests {
                 sha256,
                 created_at: Timestamp(1),
                 location: store.location(id),
+                data_bytes: None,
                 checkpoint: None,
             })
             .await

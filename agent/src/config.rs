@@ -44,6 +44,12 @@ pub struct AgentConfig {
     /// conductor gives every command one within its own timeouts): nothing can sit in
     /// the queue, or wait, for longer.
     pub max_deadline_s: u64,
+    /// The longest a long command (a backup, a restore, a seeding) may run, in seconds,
+    /// whatever time limit it carries: then it is stopped, cleaned up, and fails saying so.
+    pub max_operation_s: u64,
+    /// A long command whose bytes stop moving for this many seconds (a child process
+    /// stopped or stuck, a peer gone quiet) is stopped and fails saying so.
+    pub stall_limit_s: u64,
     /// At most this many commands wait at once (for a position, a drain, or their turn
     /// at the engine); more are refused as busy (retryable), so questions (ping, status)
     /// are always answered.
@@ -220,6 +226,8 @@ impl Default for AgentConfig {
             nice: -10,
             max_wait_ms: 60_000,
             max_deadline_s: 600,
+            max_operation_s: 6 * 3600,
+            stall_limit_s: 120,
             max_waiting: 8,
             broker: BrokerConfig::default(),
             engine: EngineConfig::default(),
@@ -278,6 +286,8 @@ pub struct Settings {
     pub nice: i32,
     pub max_wait: Duration,
     pub max_deadline: Duration,
+    pub max_operation: Duration,
+    pub stall_limit: Duration,
     pub max_waiting: usize,
     pub trusted_keys: tandem_transport::signing::TrustedKeys,
     pub enrolment_token: Option<String>,
@@ -353,6 +363,12 @@ impl AgentConfig {
             "field `max_deadline_s` is {}; it must be at least 60 (the conductor's command \
              timeouts fit in it)",
             self.max_deadline_s
+        );
+        anyhow::ensure!(
+            self.max_operation_s >= 1 && self.stall_limit_s >= 1,
+            "fields `max_operation_s` ({}) and `stall_limit_s` ({}) must be at least 1",
+            self.max_operation_s,
+            self.stall_limit_s
         );
         anyhow::ensure!(
             (-20..=19).contains(&self.nice),
@@ -471,6 +487,8 @@ impl AgentConfig {
             nice: self.nice,
             max_wait: Duration::from_millis(self.max_wait_ms),
             max_deadline: Duration::from_secs(self.max_deadline_s),
+            max_operation: Duration::from_secs(self.max_operation_s),
+            stall_limit: Duration::from_secs(self.stall_limit_s),
             max_waiting: self.max_waiting,
             trusted_keys,
             enrolment_token,

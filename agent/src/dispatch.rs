@@ -95,6 +95,23 @@ impl<E: Engine> Agent<E> {
             Command::GetStatus => Reply::Ok(ReplyBody::Status {
                 report: Box::new(self.report().await),
             }),
+            // Stopping a long operation only ever leaves the server as it was: it needs no
+            // turn at the engine (the operation may hold it) and no epoch (a backup runs
+            // across topology changes); it is answered at once, the operation's own
+            // result tells how it ended.
+            Command::CancelOperation { operation } => match self.operations.cancel(operation) {
+                crate::operations::Cancelled::Requested => {
+                    tracing::warn!(%operation, "the conductor cancels a long command");
+                    Reply::Ok(ReplyBody::Done)
+                }
+                crate::operations::Cancelled::NotRunning => {
+                    Reply::Err(CommandError::bad_request(format!(
+                        "operation {operation} is not running on {} (it ended, or never \
+                         came); a re-send of it is answered with its result",
+                        self.settings.instance_id
+                    )))
+                }
+            },
             Command::GetLatestPosition => self
                 .engine
                 .latest_position()
@@ -402,6 +419,7 @@ impl<E: Engine> Agent<E> {
             | Command::GetStatus
             | Command::GetLatestPosition
             | Command::WaitForPosition { .. }
+            | Command::CancelOperation { .. }
             | Command::Unknown => unreachable!("answered before the change path"),
         }
         Ok(ReplyBody::Done)

@@ -35,7 +35,7 @@ impl HostProbe {
             memory_total_bytes: self.system.total_memory(),
             data_dir_free_bytes: nix::sys::statvfs::statvfs(data_dir)
                 .ok()
-                .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64),
+                .map(|s| s.blocks_available() * s.fragment_size()),
             agent_rss_bytes: self.system.process(self.pid).map(|p| p.memory()),
         }
     }
@@ -47,12 +47,6 @@ impl Default for HostProbe {
     }
 }
 
-/// Hands the agent's own code pages back to the page cache. The agent is one binary
-/// with its rare paths (backups, restores, seeding, TLS) beside the hot ones; loading
-/// maps far more of it than an idle agent runs (the kernel maps whole neighbourhoods of
-/// each page it faults in), and those pages stay resident in every database VM. Paged
-/// out once start-up is over, only what the idle loop touches comes back, from the page
-/// cache, at the cost of a few minor faults.
 /// Sets this thread's scheduling priority (threads it starts later inherit it); says
 /// why when it cannot (an unprivileged agent, or one whose unit set it already).
 pub(crate) fn set_nice(nice: i32) -> Result<(), String> {
@@ -66,6 +60,12 @@ pub(crate) fn set_nice(nice: i32) -> Result<(), String> {
     }
 }
 
+/// Hands the agent's own code pages back to the page cache. The agent is one binary
+/// with its rare paths (backups, restores, seeding, TLS) beside the hot ones; loading
+/// maps far more of it than an idle agent runs (the kernel maps whole neighbourhoods of
+/// each page it faults in), and those pages stay resident in every database VM. Paged
+/// out once start-up is over, only what the idle loop touches comes back, from the page
+/// cache, at the cost of a few minor faults.
 pub(crate) fn page_out_cold_code() -> usize {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return 0;
@@ -106,4 +106,59 @@ pub(crate) fn page_out_cold_code() -> usize {
         }
     }
     advised
+}
+
+/// After heavy work (a backup, a restore, a seeding): the allocator's freed buffers go
+/// back to the system (glibc keeps them otherwise, and the agent stays at its peak in
+/// every VM), and the code only that work ran goes back to the page cache.
+pub(crate) fn release_memory() {
+    // SAFETY: malloc_trim only returns free heap memory to the system; it touches no
+    // live allocation.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let bytes = page_out_cold_code();
+    tracing::debug!(bytes, "memory released after heavy work");
+}
+
+/// Whether a tool's error output says the disk is full (`ENOSPC`, errno 28).
+pub(crate) fn is_disk_full(stderr: &str) -> bool {
+    stderr.contains("No space left on device") || stderr.contains("errno 28")
+}
+
+/// Free bytes on the filesystem holding `path` (or its nearest existing ancestor).
+pub(crate) fn free_space(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let s = nix::sys::statvfs::statvfs(existing).ok()?;
+    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+/// A size for people: MiB with one decimal.
+pub(crate) fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// An I/O failure on `path` as a person can act on it: a full disk and a denied
+/// permission are named (and final: trying again changes nothing), anything else is
+/// passed on with what was being done.
+pub(crate) fn io_error(what: &str, path: &Path, e: &std::io::Error) -> crate::engine::EngineError {
+    use crate::engine::EngineError;
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => EngineError::Refused(format!(
+            "disk full: no space left on the filesystem of {} to {what} ({} free now)",
+            path.display(),
+            free_space(path)
+                .map(mib)
+                .unwrap_or_else(|| "unknown".into())
+        )),
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+            EngineError::Refused(format!(
+                "permission denied: cannot {what} at {}: {e} (the agent's user must be able to \
+             write there)",
+                path.display()
+            ))
+        }
+        _ => EngineError::Internal(anyhow::anyhow!("{what} at {}: {e}", path.display())),
+    }
 }

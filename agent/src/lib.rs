@@ -22,6 +22,7 @@ mod operations;
 mod seed;
 mod state;
 mod status;
+mod supervisor;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -70,8 +71,8 @@ pub struct Agent<E: Engine> {
     key: Arc<tandem_transport::signing::SigningKey>,
     /// Promises that carry a master through a broker outage (see [`failsafe`]).
     failsafe: failsafe::Failsafe,
-    /// A master's last published report (not "engine down") and when it went out.
-    last_master_report: std::sync::Mutex<Option<(std::time::Instant, tandem_proto::StatusReport)>>,
+    /// A master's latest observation (not "engine down"), which its renewals carry.
+    last_master_report: std::sync::Mutex<Option<status::MasterReport>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled: then it stops taking commands, lets the
@@ -125,11 +126,12 @@ async fn run_with<E: Engine>(
     let state_file = StateFile::new(&settings.state_dir)?;
     let mut state = state_file.load()?;
     state.boot_count += 1;
-    let interrupted = state.forget_interrupted();
+    let interrupted = state.fail_interrupted();
     if interrupted > 0 {
         tracing::warn!(
             interrupted,
-            "long commands were interrupted by the last stop; a re-send runs them again"
+            "long commands were interrupted by the last stop: they end as failed, and what \
+             they left is cleaned up now"
         );
     }
     state_file

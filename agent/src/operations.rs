@@ -1,11 +1,15 @@
-//! Long commands (backups now, restores next): acknowledged on acceptance, run one at a
+//! Long commands (backups, restores, seeding): acknowledged on acceptance, run one at a
 //! time by a runner task, reported in every status while they run, finished by an event.
 //!
 //! The record of the command holds `accepted` while it runs and its final result after,
 //! so a re-send of the same command is answered "accepted" or with the result, never run
-//! twice. A command interrupted by an agent restart is forgotten at start, so a re-send
-//! runs it again.
+//! twice. A command interrupted by an agent restart ends as failed at start (saying so),
+//! and what it left is cleaned up then.
+//!
+//! Each runs under a supervisor (see [`crate::supervisor`]): cancelled by the
+//! conductor, out of time, or stuck, it is stopped at a safe point and cleaned up.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,27 +19,75 @@ use tandem_proto::{
 };
 use tandem_transport::Transport;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
+use crate::supervisor::{supervise, Bounds};
 use crate::Agent;
+
+/// Where a long operation stands: the closed set of its phases, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Phase {
+    #[default]
+    Starting,
+    Connecting,
+    Copying,
+    Verifying,
+    Unpacking,
+    Preparing,
+    /// Swapping a prepared copy in: the point of no return.
+    Installing,
+    Done,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Connecting => "connecting",
+            Phase::Copying => "copying",
+            Phase::Verifying => "verifying",
+            Phase::Unpacking => "unpacking",
+            Phase::Preparing => "preparing",
+            Phase::Installing => "installing",
+            Phase::Done => "done",
+        }
+    }
+
+    /// Phases whose work is moving bytes: one where they stop moving is stuck.
+    pub fn moves_bytes(self) -> bool {
+        matches!(self, Phase::Copying | Phase::Verifying | Phase::Unpacking)
+    }
+
+    /// From here on the operation is finished rather than stopped.
+    pub fn past_no_return(self) -> bool {
+        matches!(self, Phase::Installing | Phase::Done)
+    }
+}
 
 /// How far a running operation has got; shared between the engine and status reports.
 #[derive(Debug, Default)]
 pub struct Progress {
     pub bytes_done: AtomicU64,
     pub bytes_total: AtomicU64,
-    pub phase: Mutex<String>,
+    phase: Mutex<Phase>,
     /// (when, bytes done) at the start of the current phase, for the rate.
     phase_start: Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 impl Progress {
-    pub fn set_phase(&self, phase: &str) {
-        *self.phase.lock().expect("poisoned") = phase.to_owned();
+    pub fn set_phase(&self, phase: Phase) {
+        *self.phase.lock().expect("poisoned") = phase;
         *self.phase_start.lock().expect("poisoned") = Some((
             std::time::Instant::now(),
             self.bytes_done.load(Ordering::Relaxed),
         ));
+    }
+    pub fn phase(&self) -> Phase {
+        *self.phase.lock().expect("poisoned")
+    }
+    pub fn bytes_done(&self) -> u64 {
+        self.bytes_done.load(Ordering::Relaxed)
     }
     /// Bytes per second since the phase began (None in its first half second).
     fn rate(&self, done: u64) -> Option<u64> {
@@ -65,6 +117,17 @@ pub(crate) struct Running {
 pub(crate) struct Operations {
     running: Mutex<Vec<Running>>,
     queue: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    /// One per submitted operation, queued or running, until it ends.
+    cancels: Mutex<HashMap<MessageId, CancellationToken>>,
+}
+
+/// What a cancel found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It will stop at its next safe point (or not start, if it was queued).
+    Requested,
+    /// No such operation is queued or running here (it ended, or never came).
+    NotRunning,
 }
 
 impl Operations {
@@ -80,7 +143,7 @@ impl Operations {
                 OperationProgress {
                     operation: r.operation,
                     command: r.command.into(),
-                    phase: r.progress.phase.lock().expect("poisoned").clone(),
+                    phase: r.progress.phase().as_str().into(),
                     bytes_done: done,
                     bytes_total: (total > 0).then_some(total),
                     started_at: r.started_at,
@@ -94,7 +157,22 @@ impl Operations {
             .collect()
     }
 
+    /// Asks operation `id` to stop.
+    pub fn cancel(&self, id: &MessageId) -> Cancelled {
+        match self.cancels.lock().expect("poisoned").get(id) {
+            Some(token) => {
+                token.cancel();
+                Cancelled::Requested
+            }
+            None => Cancelled::NotRunning,
+        }
+    }
+
     pub fn submit(&self, job: Job) -> Result<(), CommandError> {
+        self.cancels
+            .lock()
+            .expect("poisoned")
+            .insert(job.operation, CancellationToken::new());
         let queue = self.queue.lock().expect("poisoned");
         let tx = queue.as_ref().ok_or_else(|| {
             CommandError::new(
@@ -121,6 +199,8 @@ impl<E: Engine> Agent<E> {
         mut jobs: mpsc::UnboundedReceiver<Job>,
         transport: Transport,
     ) {
+        // What the last run of the agent left half-made goes first.
+        self.clean_up_unfinished().await;
         while let Some(job) = jobs.recv().await {
             let progress = Arc::new(Progress::default());
             self.operations
@@ -136,7 +216,60 @@ impl<E: Engine> Agent<E> {
             self.status_now.notify_one();
             tracing::info!(command = job.command.name(), operation = %job.operation, "long command started");
 
-            let result: Reply = self.run_long(&job.command, &progress).await.into();
+            let cancel = self
+                .operations
+                .cancels
+                .lock()
+                .expect("poisoned")
+                .get(&job.operation)
+                .cloned()
+                .unwrap_or_default();
+            let bounds = Bounds {
+                time_limit: job
+                    .command
+                    .time_limit()
+                    .map_or(self.settings.max_operation, |l| {
+                        l.min(self.settings.max_operation)
+                    }),
+                stall_limit: self.settings.stall_limit,
+            };
+            let outcome = supervise(
+                self.run_long(&job.command, &progress),
+                &progress,
+                &cancel,
+                bounds,
+            )
+            .await;
+            if let Err((stop, e)) = &outcome {
+                match stop {
+                    Some(stop) => {
+                        tracing::warn!(command = job.command.name(), operation = %job.operation, ?stop, "long command stopped")
+                    }
+                    None => {
+                        tracing::warn!(command = job.command.name(), operation = %job.operation, error = %e, "long command failed")
+                    }
+                }
+            }
+            // Whatever a failed or stopped operation left behind goes now.
+            if outcome.is_err() {
+                self.clean_up_unfinished().await;
+            }
+            self.operations
+                .cancels
+                .lock()
+                .expect("poisoned")
+                .remove(&job.operation);
+            // A long command's result is final whatever its kind: a re-send of the same
+            // command is answered from this record, so "try again" would only delay the
+            // news (a new command is what runs it again).
+            let result: Reply = outcome
+                .map_err(|(_, mut e)| {
+                    e.retryable = false;
+                    e
+                })
+                .into();
+            // Heavy copies leave the allocator holding freed buffers: give them back.
+            crate::host::release_memory();
 
             {
                 let mut state = self.state.lock().expect("poisoned");
@@ -185,7 +318,9 @@ impl<E: Engine> Agent<E> {
         match command {
             Command::TakeBackup(request) => {
                 let backup = self.take_backup(request, progress).await?;
-                Ok(tandem_proto::ReplyBody::Backup { backup })
+                Ok(tandem_proto::ReplyBody::Backup {
+                    backup: Box::new(backup),
+                })
             }
             Command::Restore(request) => {
                 let position = self.restore(&request.backup_id, progress).await?;

@@ -32,9 +32,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{dir_size, Scratch};
+use crate::backup::{ensure_room, Scratch};
 use crate::engine::{Engine, EngineError};
-use crate::operations::Progress;
+use crate::operations::{Phase, Progress};
 use crate::Agent;
 
 const HELLO: &str = "TANDEM-SEED 1 ";
@@ -192,6 +192,7 @@ impl<E: Engine> Agent<E> {
                     Ok(bytes) => tracing::info!(%peer, bytes, "seed copy sent"),
                     Err(e) => tracing::warn!(%peer, error = %e, "seed copy not sent"),
                 }
+                crate::host::release_memory();
             });
         }
     }
@@ -222,7 +223,7 @@ impl<E: Engine> Agent<E> {
             anyhow::bail!("refused a connection with an unknown, expired or used token");
         }
         let header = Header {
-            total_bytes: dir_size(&self.settings.engine.data_dir),
+            total_bytes: self.engine.copy_size(),
         };
         out.send(frame(b'H', &serde_json::to_vec(&header)?)).await?;
 
@@ -242,18 +243,32 @@ impl<E: Engine> Agent<E> {
         };
         let mut sent = 0u64;
         let mut buf = BytesMut::with_capacity(FRAME_DATA + 1);
+        // The target sends nothing after its hello: a read that ends is the target gone
+        // (it failed, or was cancelled), and the copy stops at once rather than when
+        // the next frame finds the connection closed, which a stuck copy never sends.
+        let mut peer = lines.into_inner().into_inner();
+        let mut probe = [0u8; 1];
+        let target_gone = peer.read(&mut probe);
+        tokio::pin!(target_gone);
         loop {
             buf.clear();
             buf.put_u8(b'D');
-            let n = (&mut stream.output)
-                .take(FRAME_DATA as u64)
-                .read_buf(&mut buf)
-                .await?;
+            let mut chunk = (&mut stream.output).take(FRAME_DATA as u64);
+            let n = tokio::select! {
+                n = tokio::time::timeout(IDLE_LIMIT, chunk.read_buf(&mut buf)) => {
+                    n.map_err(|_| anyhow::anyhow!("the copy produced nothing for {IDLE_LIMIT:?}"))??
+                }
+                _ = &mut target_gone => anyhow::bail!("the target closed the connection"),
+            };
             if n == 0 {
                 break;
             }
             sent += n as u64;
-            out.send(buf.split().freeze()).await?;
+            // A target that stops reading must not hold the copy (and mariabackup's
+            // scratch space) here for ever.
+            tokio::time::timeout(IDLE_LIMIT, out.send(buf.split().freeze()))
+                .await
+                .map_err(|_| anyhow::anyhow!("the target took nothing for {IDLE_LIMIT:?}"))??;
         }
         match stream.finish.await {
             Ok(end) => {
@@ -278,7 +293,7 @@ impl<E: Engine> Agent<E> {
         progress: &Progress,
     ) -> Result<Position, CommandError> {
         let token = self.open(&source.token, "the seed token")?;
-        progress.set_phase("connecting");
+        progress.set_phase(Phase::Connecting);
         let at = format!("{} at {}:{}", source.instance, source.host, source.port);
         let socket = tokio::time::timeout(
             Duration::from_secs(10),
@@ -346,6 +361,11 @@ impl<E: Engine> Agent<E> {
                 progress
                     .bytes_total
                     .store(header.total_bytes, std::sync::atomic::Ordering::Relaxed);
+                ensure_room(
+                    &self.engine.staging_dir("tandem-seed"),
+                    header.total_bytes,
+                    &format!("a copy of {at}"),
+                )?;
             }
             (b'X', body) => {
                 return Err(refused(format!(
@@ -361,7 +381,7 @@ impl<E: Engine> Agent<E> {
             }
         }
 
-        progress.set_phase("copying");
+        progress.set_phase(Phase::Copying);
         let mut scratch = Scratch::new();
         let dir = scratch.add(self.engine.staging_dir("tandem-seed"));
         let end: Arc<Mutex<Option<Result<End, String>>>> = Arc::default();

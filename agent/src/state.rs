@@ -30,6 +30,9 @@ pub struct State {
     /// Set by `enable_as_master`, cleared by `demote`: whether this agent writes
     /// heartbeats. Never true on a replica.
     pub master: bool,
+    /// Backups being written to the store and not committed yet: what a failed,
+    /// cancelled or interrupted backup must remove (after a restart too).
+    pub unfinished_backups: Vec<String>,
     results: VecDeque<(MessageId, Reply)>,
 }
 
@@ -46,13 +49,23 @@ impl State {
         }
     }
 
-    /// Forgets long commands that were still running when the agent stopped: they were
-    /// interrupted, and a re-send must run them again rather than be told "accepted".
-    pub fn forget_interrupted(&mut self) -> usize {
-        let before = self.results.len();
-        self.results
-            .retain(|(_, r)| !matches!(r, Reply::Ok(tandem_proto::ReplyBody::Accepted { .. })));
-        before - self.results.len()
+    /// Long commands that were still running when the agent stopped end as failed,
+    /// saying so: a re-send is answered with that, never "accepted" for a command no
+    /// longer running, and never runs it again blindly over what it left (the agent
+    /// cleans that up at start). Returns how many there were.
+    pub fn fail_interrupted(&mut self) -> usize {
+        let mut n = 0;
+        for (_, r) in self.results.iter_mut() {
+            if matches!(r, Reply::Ok(tandem_proto::ReplyBody::Accepted { .. })) {
+                *r = Reply::Err(tandem_proto::CommandError::new(
+                    tandem_proto::ErrorKind::EngineRefused,
+                    "interrupted: the agent restarted while this command ran; what it had \
+                     made was removed at the restart; send a new one",
+                ));
+                n += 1;
+            }
+        }
+        n
     }
 
     pub fn record(&mut self, id: MessageId, reply: Reply) {

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tandem_proto::{
     Envelope, Health, ReplicationState, Role, Sender, StatusReport, Timestamp, VersionRange,
@@ -42,6 +42,15 @@ impl Significant {
     }
 }
 
+/// A master's latest observation, held for the renewals that carry it.
+pub(crate) struct MasterReport {
+    /// When the status loop made it.
+    observed_at: Instant,
+    /// When a report last went out (it, or an earlier one).
+    sent_at: Instant,
+    report: StatusReport,
+}
+
 impl<E: Engine> Agent<E> {
     pub(crate) fn highest_epoch(&self) -> tandem_proto::Epoch {
         self.state.lock().expect("poisoned").highest_epoch
@@ -51,25 +60,27 @@ impl<E: Engine> Agent<E> {
         (boot << 32) | self.sequence.fetch_add(1, Ordering::SeqCst)
     }
 
-    /// `last` again, as a new report: for a master whose engine is too slow to observe
-    /// in time (a starved host), so that its reports, which keep the conductor from
-    /// taking it for dead and renew its lease, still go out on time.
-    fn repeated(&self, last: &StatusReport, waited: std::time::Duration) -> StatusReport {
+    /// `last` again, as a new report (its own sequence, the current epoch, fence and
+    /// operations): a master's renewal between two observations. An observation older
+    /// than `stale` (the engine too slow to observe in time: a starved host) is said to
+    /// be so, as `degraded`.
+    fn resent(&self, last: &StatusReport, age: Duration, stale: Duration) -> StatusReport {
         let (boot, epoch) = {
             let s = self.state.lock().expect("poisoned");
             (s.boot_count, s.highest_epoch)
         };
         let mut report = last.clone();
         report.sequence = self.next_sequence(boot);
-        report.taken_at = Timestamp::now();
         report.highest_epoch = epoch;
         report.fenced = self.lease.fenced();
         report.operations = self.operations.snapshot();
-        report.health = Health::Degraded;
-        report.last_error = Some(format!(
-            "the engine did not answer within {} ms; engine figures are from the last report",
-            waited.as_millis()
-        ));
+        if age >= stale {
+            report.health = Health::Degraded;
+            report.last_error = Some(format!(
+                "the engine did not answer within {} ms; engine figures are from the last report",
+                age.as_millis()
+            ));
+        }
         report
     }
 
@@ -239,11 +250,32 @@ impl<E: Engine> Agent<E> {
                         "engine health changed"
                     );
                 }
-                if master {
-                    *self.last_master_report.lock().expect("poisoned") = (report.health
-                        != Health::EngineDown)
-                        .then(|| (Instant::now(), report.clone()));
-                    // Off the loop: the confirmation may take as long as the lease.
+                if master && report.health != Health::EngineDown {
+                    // The keeper sends it on the lease's cadence; a change goes out now.
+                    let now = Instant::now();
+                    let changed = forced || last.as_ref() != Some(&significant);
+                    let mut held = self.last_master_report.lock().expect("poisoned");
+                    let sent_at = match held.as_ref() {
+                        Some(h) if !changed => h.sent_at,
+                        _ => now,
+                    };
+                    let send = sent_at == now;
+                    *held = Some(MasterReport {
+                        observed_at: now,
+                        sent_at,
+                        report: report.clone(),
+                    });
+                    drop(held);
+                    if send {
+                        let agent = self.clone();
+                        let transport = transport.clone();
+                        tokio::spawn(
+                            async move { agent.publish_renewing(&transport, report).await },
+                        );
+                    }
+                } else if master {
+                    // Nothing to repeat: the engine is down, as this report says.
+                    *self.last_master_report.lock().expect("poisoned") = None;
                     let agent = self.clone();
                     let transport = transport.clone();
                     tokio::spawn(async move { agent.publish_renewing(&transport, report).await });
@@ -259,28 +291,28 @@ impl<E: Engine> Agent<E> {
         self.publish(transport, last_words).await;
     }
 
-    /// Keeps a master's reports going out every third of its lease while the status
-    /// loop is held up by an engine slow to answer (a host whose CPU other work
-    /// saturates): each repeats the last observation, says the engine is slow, and
-    /// renews the lease. A hung engine still ends as "engine down" once the status
-    /// loop's probe gives up on it.
+    /// Sends a master's renewing reports every quarter of its lease, whatever the status
+    /// loop is waiting on: each carries the status loop's latest observation (said to be
+    /// stale when the engine is too slow to observe in time, as on a host whose CPU other
+    /// work saturates). Three renewals go out in every lease, each with at least a
+    /// quarter of it for its confirmation, so one slow confirmation on a starved host
+    /// does not fence a master that reaches the broker. A hung engine still ends as
+    /// "engine down" once the status loop's probe gives up on it.
     pub(crate) async fn keep_master_reporting(
         self: Arc<Self>,
         transport: Transport,
         stop: CancellationToken,
     ) {
-        // The status loop reports a master every third of its lease, looked at each probe
-        // interval (so every 400 ms by default): only a loop later than that, and a
-        // little more, is held up; then a repeat goes out, before the lease runs out (at
-        // least three probe intervals, so this is at most two thirds of it plus 50 ms).
-        let late = self.settings.lease / 3
-            + self.settings.probe_interval
-            + std::time::Duration::from_millis(50);
+        let every = self.settings.lease / 4;
+        // The status loop observes a master every third of its lease, looked at each
+        // probe interval: an observation older than that, and a little more, is stale.
+        let stale =
+            self.settings.lease / 3 + self.settings.probe_interval + Duration::from_millis(50);
         loop {
             let master = self.state.lock().expect("poisoned").master;
             // Not a master: nothing to keep alive; the status loop reports on its own.
             let nap = if master {
-                self.settings.lease / 6
+                self.settings.lease / 12
             } else {
                 self.settings.status_interval
             };
@@ -291,20 +323,19 @@ impl<E: Engine> Agent<E> {
             if !master {
                 continue;
             }
-            let repeated = {
-                let mut last = self.last_master_report.lock().expect("poisoned");
-                match last.as_mut() {
-                    Some((at, report)) if at.elapsed() >= late => {
-                        let repeated = self.repeated(report, at.elapsed());
-                        *at = Instant::now();
-                        repeated
+            let report = {
+                let mut held = self.last_master_report.lock().expect("poisoned");
+                match held.as_mut() {
+                    Some(h) if h.sent_at.elapsed() >= every => {
+                        h.sent_at = Instant::now();
+                        self.resent(&h.report, h.observed_at.elapsed(), stale)
                     }
                     _ => continue,
                 }
             };
             let agent = self.clone();
             let transport = transport.clone();
-            tokio::spawn(async move { agent.publish_renewing(&transport, repeated).await });
+            tokio::spawn(async move { agent.publish_renewing(&transport, report).await });
         }
     }
 
@@ -383,7 +414,16 @@ impl<E: Engine> Agent<E> {
         // still renews, and one later than the lease renews nothing.
         let limit = self.settings.lease;
         match tokio::time::timeout(limit, transport.publish_status_confirmed(&envelope)).await {
-            Ok(Ok(())) => self.lease.renew(sent, self.settings.lease),
+            Ok(Ok(())) => {
+                self.lease.renew(sent, self.settings.lease);
+                let took = sent.elapsed();
+                if took > limit / 2 {
+                    tracing::info!(
+                        ms = took.as_millis() as u64,
+                        "status report confirmed late (the host or the broker is slow)"
+                    );
+                }
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "status report not confirmed: lease not renewed")
             }

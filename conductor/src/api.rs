@@ -52,6 +52,7 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/backups/{id}", get(get_backup).delete(delete_backup))
         .route("/v1/workflows", get(list_workflows))
         .route("/v1/workflows/{id}", get(get_workflow))
+        .route("/v1/workflows/{id}/cancel", post(cancel_workflow))
         .route("/v1/audit", get(audit))
         .route("/v1/audit/requests", get(audit_requests))
         .route("/v1/events", get(events))
@@ -112,6 +113,7 @@ pub struct ErrorBody {
         delete_backup,
         list_workflows,
         get_workflow,
+        cancel_workflow,
         audit,
         audit_requests,
         events
@@ -1177,6 +1179,50 @@ async fn get_workflow(
     Ok(Json(json!({"workflow": row, "steps": journal})))
 }
 
+/// Stops a running workflow's long steps (seeding, restores) at their next safe point:
+/// each is cancelled on its agent, which leaves its server as it was; long steps not
+/// started yet are not started. Short steps run to their end, and the workflow ends
+/// saying it was cancelled and what was left as it was.
+#[utoipa::path(post, path = "/v1/workflows/{id}/cancel", tag = "workflows", params(("id" = String, Path)), responses((status = 202, body = crate::store::WorkflowRow), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn cancel_workflow(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<crate::store::WorkflowRow>), ApiError> {
+    let row = c.store.workflow(&id)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no workflow {id}"),
+        )
+    })?;
+    if !row.state.is_active() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "workflow {id} already ended ({}); there is nothing to cancel",
+                row.state.as_str()
+            ),
+        ));
+    }
+    let cancellable = serde_json::from_value::<crate::workflow::Spec>(row.params.clone())
+        .is_ok_and(|spec| spec.cancellable());
+    if !cancellable {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "workflow {id} ({}) has no long steps to cancel: it ends on its own within \
+                 its timeouts, rolling back what it says it can",
+                row.kind
+            ),
+        ));
+    }
+    c.store.request_cancel(&id, "an operator")?;
+    tracing::warn!(workflow = %id, kind = row.kind, "an operator cancels a workflow");
+    Ok((StatusCode::ACCEPTED, Json(row)))
+}
+
 /// Replication passwords are in the journal (a resumed workflow needs them); never in
 /// an API answer.
 fn redact(v: &mut serde_json::Value) {
@@ -1270,6 +1316,7 @@ mod tests {
             ("/v1/backups/{id}", "delete"),
             ("/v1/workflows", "get"),
             ("/v1/workflows/{id}", "get"),
+            ("/v1/workflows/{id}/cancel", "post"),
             ("/v1/audit", "get"),
             ("/v1/events", "get"),
         ];

@@ -14,6 +14,8 @@ use crate::{BackupRun, Conductor};
 
 const POLL: Duration = Duration::from_millis(500);
 const BUDGET: Duration = Duration::from_secs(20);
+/// How long past its time limit a backup is still waited for.
+const GRACE: Duration = Duration::from_secs(60);
 
 /// The epoch to send a non-topology command with: the highest the conductor knows for
 /// the instance, so the agent's fence never refuses it as stale.
@@ -45,6 +47,7 @@ pub async fn start(
     let command = Command::TakeBackup(BackupRequest {
         backup_id: backup_id.clone(),
         kind,
+        time_limit_s: Some(c.settings.long_command_timeout.as_secs()),
     });
     let id = MessageId::random();
     let epoch = current_epoch(c, instance);
@@ -64,12 +67,29 @@ pub async fn start(
     let instance = instance.clone();
     let backup = backup_id.clone();
     tokio::spawn(async move {
+        // The agent stops the backup at its time limit itself; past that and a grace
+        // period it is asked to, and no longer waited for.
+        let give_up = std::time::Instant::now() + c.settings.long_command_timeout + GRACE;
         let result = loop {
             tokio::time::sleep(POLL).await;
             match c
                 .call_until(id, &instance, epoch, command.clone(), BUDGET)
                 .await
             {
+                Reply::Ok(ReplyBody::Accepted { .. }) if std::time::Instant::now() >= give_up => {
+                    let stop = Command::CancelOperation { operation: id };
+                    let _ = c
+                        .call_until(MessageId::random(), &instance, epoch, stop, BUDGET)
+                        .await;
+                    break Reply::Err(CommandError::new(
+                        tandem_proto::ErrorKind::TimedOut,
+                        format!(
+                            "the backup did not finish within its time limit of {} s; the \
+                             agent was asked to stop it",
+                            c.settings.long_command_timeout.as_secs()
+                        ),
+                    ));
+                }
                 Reply::Ok(ReplyBody::Accepted { .. }) => continue,
                 other => break other,
             }
@@ -81,7 +101,7 @@ pub async fn start(
 
 async fn finish(c: &Arc<Conductor>, backup_id: &str, result: Reply) {
     let info = match result.into_result() {
-        Ok(ReplyBody::Backup { backup }) => backup,
+        Ok(ReplyBody::Backup { backup }) => *backup,
         Ok(other) => return fail(c, backup_id, format!("the agent answered {other:?}")),
         Err(e) => return fail(c, backup_id, e.to_string()),
     };

@@ -27,6 +27,9 @@ pub struct ConductorConfig {
     pub data_dir: PathBuf,
     /// How long a command waits for its reply, in milliseconds.
     pub command_timeout_ms: u64,
+    /// The longest a long command (a backup, a restore, a seeding) may run, in seconds:
+    /// sent with it (the agent stops it then), and the step fails saying so.
+    pub long_command_timeout_s: u64,
     /// Full backups kept per instance (each with its incrementals); older chains are
     /// deleted when a new full backup is recorded.
     pub backup_keep: usize,
@@ -153,6 +156,7 @@ impl Default for ConductorConfig {
             listen: "127.0.0.1:8470".into(),
             data_dir: "/var/lib/tandem".into(),
             command_timeout_ms: 15_000,
+            long_command_timeout_s: 6 * 3600,
             backup_keep: 7,
             seed_backup_max_age_s: 86_400,
             failpoint: None,
@@ -179,6 +183,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub command_timeout: Duration,
+    pub long_command_timeout: Duration,
     pub backup_keep: usize,
     pub seed_backup_max_age: Duration,
     pub failpoint: Option<crate::workflow::Failpoint>,
@@ -213,6 +218,10 @@ impl ConductorConfig {
             .listen
             .parse()
             .with_context(|| format!("field `listen` ({:?}) is not host:port", self.listen))?;
+        anyhow::ensure!(
+            self.long_command_timeout_s >= 1,
+            "field `long_command_timeout_s` is 0; it must be at least 1"
+        );
         anyhow::ensure!(
             self.command_timeout_ms >= 100,
             "field `command_timeout_ms` is {}; it must be at least 100",
@@ -324,6 +333,7 @@ impl ConductorConfig {
             listen,
             data_dir: self.data_dir,
             command_timeout: Duration::from_millis(self.command_timeout_ms),
+            long_command_timeout: Duration::from_secs(self.long_command_timeout_s),
             backup_keep: self.backup_keep.max(1),
             seed_backup_max_age: Duration::from_secs(self.seed_backup_max_age_s),
         })

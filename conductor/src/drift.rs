@@ -56,7 +56,7 @@ pub fn repointable(m: &Member, report: &StatusReport, intended_delay_s: u64) -> 
     let state = report.replication.as_ref();
     m.role == IntendedRole::Replica
         && matches!(report.health, Health::Healthy | Health::Degraded)
-        && !state.is_some_and(|s| s.diverged.is_some())
+        && state.is_none_or(|s| s.diverged.is_none())
         && (report.replicates_from != m.replicates_from
             || state.is_some_and(|s| s.delay_s != intended_delay_s))
 }

@@ -36,11 +36,19 @@ pub enum BackupKind {
 pub struct BackupRequest {
     pub backup_id: String,
     pub kind: BackupKind,
+    /// The whole operation must end within this many seconds of its acceptance, or it
+    /// is stopped and fails saying so (the agent's `max_operation_s` bounds it too).
+    #[serde(default)]
+    pub time_limit_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreRequest {
     pub backup_id: String,
+    /// The whole operation must end within this many seconds of its acceptance, or it
+    /// is stopped and fails saying so (the agent's `max_operation_s` bounds it too).
+    #[serde(default)]
+    pub time_limit_s: Option<u64>,
 }
 
 /// Where a seeding target connects to pull a live copy from a source agent.
@@ -52,6 +60,10 @@ pub struct SeedSource {
     /// One-time token the conductor issued to the source with [`Command::OfferSeed`],
     /// sealed to the target.
     pub token: Sealed,
+    /// The whole operation must end within this many seconds of its acceptance, or it
+    /// is stopped and fails saying so (the agent's `max_operation_s` bounds it too).
+    #[serde(default)]
+    pub time_limit_s: Option<u64>,
 }
 
 /// Semi-synchronous replication on a master: every commit waits until a replica has
@@ -147,6 +159,12 @@ pub enum Command {
     SeedFrom(SeedSource),
     StopEngine,
     StartEngine,
+    /// Stop a long command (by the message id it was sent with) at its next safe point:
+    /// it then fails as cancelled, leaving the server as it was. One past its point of
+    /// no return (installing a prepared copy) finishes instead.
+    CancelOperation {
+        operation: crate::MessageId,
+    },
     /// The failsafe of this server's set (see [`crate::failsafe`]): as a master, whose
     /// promises renew its lease while the broker is unreachable; as a replica, whose
     /// pings it answers with one.
@@ -182,6 +200,7 @@ impl Command {
             Command::StopEngine => "stop_engine",
             Command::StartEngine => "start_engine",
             Command::Failsafe(_) => "failsafe",
+            Command::CancelOperation { .. } => "cancel_operation",
             Command::Unknown => "unknown",
         }
     }
@@ -212,6 +231,7 @@ impl Command {
             | Command::StartEngine
             | Command::Failsafe(_)
             | Command::Unknown => ProtocolVersion::V1,
+            Command::CancelOperation { .. } => ProtocolVersion::V2,
         }
     }
 
@@ -246,6 +266,17 @@ impl Command {
 
     /// Long commands are acknowledged on acceptance and report their result as an
     /// event, so that no broker delivery is held open for minutes.
+    /// The time limit a long command carries, if any.
+    pub fn time_limit(&self) -> Option<std::time::Duration> {
+        match self {
+            Command::TakeBackup(r) => r.time_limit_s,
+            Command::Restore(r) => r.time_limit_s,
+            Command::SeedFrom(s) => s.time_limit_s,
+            _ => None,
+        }
+        .map(std::time::Duration::from_secs)
+    }
+
     pub fn is_long_running(&self) -> bool {
         matches!(
             self,

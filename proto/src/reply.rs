@@ -104,7 +104,7 @@ pub enum ReplyBody {
         operation: MessageId,
     },
     Backup {
-        backup: BackupInfo,
+        backup: Box<BackupInfo>,
     },
     /// A result this build does not know (sent by a newer agent).
     #[serde(other)]
@@ -132,6 +132,10 @@ pub struct BackupInfo {
     /// InnoDB LSN the backup ends at).
     #[serde(default)]
     pub checkpoint: Option<String>,
+    /// The size of the server's data when a full backup was taken: the space a restore
+    /// of it needs free before it starts.
+    #[serde(default)]
+    pub data_bytes: Option<u64>,
 }
 
 /// Something that happened on an agent, published on the events exchange.

@@ -25,8 +25,10 @@ pub struct ProtocolVersion(pub u16);
 
 impl ProtocolVersion {
     pub const V1: ProtocolVersion = ProtocolVersion(1);
+    /// `cancel_operation`.
+    pub const V2: ProtocolVersion = ProtocolVersion(2);
     /// The version this build speaks natively.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion::V1;
+    pub const CURRENT: ProtocolVersion = ProtocolVersion::V2;
     /// The oldest version this build still understands.
     pub const OLDEST_SUPPORTED: ProtocolVersion = ProtocolVersion::V1;
 }

@@ -82,15 +82,22 @@ fn command() -> impl Strategy<Value = Command> {
             timeout_ms
         }),
         any::<u64>().prop_map(|timeout_ms| Command::DrainRelayLog { timeout_ms }),
-        ".{0,10}".prop_map(|backup_id| Command::TakeBackup(BackupRequest {
-            backup_id,
-            kind: BackupKind::Full
-        })),
+        (".{0,10}", prop::option::of(any::<u64>())).prop_map(|(backup_id, time_limit_s)| {
+            Command::TakeBackup(BackupRequest {
+                backup_id,
+                kind: BackupKind::Full,
+                time_limit_s,
+            })
+        }),
         (".{0,10}", ".{0,10}").prop_map(|(backup_id, parent)| Command::TakeBackup(BackupRequest {
             backup_id,
-            kind: BackupKind::Incremental { parent }
+            kind: BackupKind::Incremental { parent },
+            time_limit_s: None,
         })),
-        ".{0,10}".prop_map(|backup_id| Command::Restore(RestoreRequest { backup_id })),
+        ".{0,10}".prop_map(|backup_id| Command::Restore(RestoreRequest {
+            backup_id,
+            time_limit_s: Some(60),
+        })),
         ".{0,10}".prop_map(|backup_id| Command::DeleteBackup { backup_id }),
         (sealed(), any::<u64>()).prop_map(|(token, ttl_ms)| Command::OfferSeed { token, ttl_ms }),
         (instance_id(), ".{0,10}", any::<u16>(), sealed()).prop_map(
@@ -100,11 +107,15 @@ fn command() -> impl Strategy<Value = Command> {
                     host,
                     port,
                     token,
+                    time_limit_s: None,
                 })
             }
         ),
         Just(Command::StopEngine),
         Just(Command::StartEngine),
+        Just(Command::CancelOperation {
+            operation: MessageId::random()
+        }),
     ]
 }
 
@@ -232,7 +243,7 @@ fn reply() -> impl Strategy<Value = Reply> {
         credentials().prop_map(|c| Reply::Ok(ReplyBody::Credentials { credentials: c })),
         (".{0,12}", any::<u64>(), prop::option::of(position())).prop_map(|(id, size, position)| {
             Reply::Ok(ReplyBody::Backup {
-                backup: BackupInfo {
+                backup: Box::new(BackupInfo {
                     backup_id: id,
                     kind: BackupKind::Full,
                     instance: InstanceId::new("db-1").unwrap(),
@@ -242,9 +253,10 @@ fn reply() -> impl Strategy<Value = Reply> {
                     size_bytes: size,
                     sha256: "ab".repeat(32),
                     checkpoint: Some(size.to_string()),
+                    data_bytes: Some(size),
                     created_at: Timestamp(size),
                     location: "/var/lib/tandem-agent/backups/x.xb.zst".into(),
-                },
+                }),
             })
         }),
         status_report().prop_map(|s| Reply::Ok(ReplyBody::Status {

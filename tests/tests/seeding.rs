@@ -180,3 +180,74 @@ fn a_seeding_that_fails_leaves_the_instance_as_it_was_and_out_of_the_set() {
         assert!(!ok && err.contains(expected), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn an_operator_cancels_a_running_seed_and_the_instance_is_left_as_it_was() {
+    let c = Cluster::start(2);
+    c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
+    c.write_and_see_everywhere("s1", "db-1", 1);
+    c.db("db-1")
+        .sql(
+            "CREATE TABLE app.big (id INT PRIMARY KEY, pad VARCHAR(1000)); \
+             USE app; INSERT INTO big SELECT seq, REPEAT('x', 900) FROM seq_1_to_100000",
+        )
+        .unwrap();
+    c.db("db-2")
+        .sql("CREATE DATABASE mine; CREATE TABLE mine.x (v INT); INSERT INTO mine.x VALUES (7)")
+        .unwrap();
+
+    let out = c.cli_ok(&["--json", "replica", "add", "s1", "db-2", "--seed", "stream"]);
+    let row: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let wf = row["id"].as_str().unwrap().to_owned();
+    // The source's copy stops (as a stuck child would) as soon as it starts: only the
+    // cancel ends it.
+    let source = eventually(Duration::from_secs(60), "the source to copy", || {
+        let child = c.nodes[0].agent.child("mariabackup")?;
+        child.signal(tandem_testkit::Signal::SIGSTOP).ok()?;
+        Some(child)
+    });
+    eventually(Duration::from_secs(30), "db-2 to be copying", || {
+        let out = c.cli_ok(&["--json", "status"]);
+        let all: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
+        let me = all.iter().find(|i| i["id"] == "db-2")?;
+        (me["status"]["operations"][0]["phase"] == "copying").then_some(())
+    });
+
+    let out = c.cli_ok(&["workflow", "cancel", &wf]);
+    assert!(out.contains("cancel requested"), "{out}");
+    let ended = eventually(Duration::from_secs(60), "the workflow to end", || {
+        let out = c.cli_ok(&["--json", "workflow", "show", &wf]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (v["workflow"]["state"] != "running").then_some(v)
+    });
+    let error = ended["workflow"]["error"].as_str().unwrap_or_default();
+    assert_eq!(ended["workflow"]["state"], "rolled_back", "{ended}");
+    assert!(error.starts_with("cancelled by an operator"), "{error}");
+    assert!(
+        error.contains("cancelled by the conductor while copying"),
+        "{error}"
+    );
+    let shown = c.cli_ok(&["workflow", "show", &wf]);
+    assert!(shown.contains("cancelled"), "{shown}");
+
+    // db-2 is as it was: its own data, out of the set, nothing staged; the source's
+    // stopped copy was ended too.
+    assert_eq!(c.db("db-2").sql("SELECT v FROM mine.x").unwrap(), "7");
+    assert_eq!(c.set("s1")["members"].as_array().unwrap().len(), 1);
+    let staged = c.db("db-2").datadir().with_file_name("data.tandem-seed");
+    assert!(!staged.exists(), "{} left behind", staged.display());
+    eventually(Duration::from_secs(90), "the source's copy to end", || {
+        source.ended().then_some(())
+    });
+
+    // An ended workflow cannot be cancelled; an unknown one is not found.
+    let (ok, _, err) = c.cli(&["workflow", "cancel", &wf]);
+    assert!(!ok && err.contains("already ended"), "{err}");
+    let (ok, _, err) = c.cli(&["workflow", "cancel", "wf-nothere"]);
+    assert!(!ok && err.contains("no workflow wf-nothere"), "{err}");
+
+    // Asked again, the seeding completes.
+    c.cli_ok(&["replica", "add", "s1", "db-2", "--seed", "stream", "--wait"]);
+    c.converged("s1");
+    c.write_and_see_everywhere("s1", "db-1", 2);
+}

@@ -76,6 +76,15 @@ fn a_master_host_starved_of_cpu_for_minutes_is_not_failed_over_and_keeps_taking_
         count("failover"),
         count("restore_writes"),
     );
+    if count("restore_writes") > 0 {
+        // What the master's agent saw of its lease, for whoever reads a failure.
+        let log = c.nodes[0].agent.log();
+        let lease: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("lease") || l.contains("confirmed late"))
+            .collect();
+        eprintln!("db-1's agent on its lease:\n{}", lease.join("\n"));
+    }
     assert_eq!(count("failover"), 0, "a slow master was failed over");
     assert_eq!(count("restore_writes"), 0, "the master fenced itself");
     assert_eq!(c.set("s1")["master"], "db-1");

@@ -953,6 +953,30 @@ impl Engine for MariaDb {
         sibling(&self.config.data_dir, name)
     }
 
+    fn copy_size(&self) -> u64 {
+        // mariabackup copies the tablespaces and the redo log, never the binary or
+        // relay logs (`<name>-bin.000042` and their index).
+        fn is_log(name: &str) -> bool {
+            let (stem, ext) = name.rsplit_once('.').unwrap_or((name, ""));
+            stem.ends_with("-bin")
+                && (ext == "index" || (!ext.is_empty() && ext.bytes().all(|b| b.is_ascii_digit())))
+        }
+        fn size(dir: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => size(&e.path()),
+                    Ok(m) if !is_log(&e.file_name().to_string_lossy()) => m.len(),
+                    _ => 0,
+                })
+                .sum()
+        }
+        size(&self.config.data_dir)
+    }
+
     async fn install(&self, prepared: &Path) -> Result<(), EngineError> {
         let data = self.config.data_dir.clone();
         let previous = sibling(&data, "tandem-previous");

@@ -13,8 +13,8 @@ use super::{BackupStream, EngineError, StreamEnd};
 use crate::config::EngineConfig;
 use crate::operations::Progress;
 
-/// Starts `mariabackup --backup --stream=xbstream`. `scratch` holds its log and the
-/// checkpoint file; it is removed when the stream finishes.
+/// Starts `mariabackup --backup --stream=xbstream`. `scratch` holds the checkpoint
+/// file; it is removed when the stream finishes.
 pub async fn stream(
     config: &EngineConfig,
     admin_password: Option<&str>,
@@ -25,9 +25,7 @@ pub async fn stream(
     let _ = tokio::fs::remove_dir_all(scratch).await;
     tokio::fs::create_dir_all(scratch)
         .await
-        .map_err(|e| internal(format!("create {}: {e}", scratch.display())))?;
-    let log_path = scratch.join("mariabackup.log");
-    let log = std::fs::File::create(&log_path).map_err(|e| internal(format!("{e}")))?;
+        .map_err(|e| crate::host::io_error("make the backup's scratch space", scratch, &e))?;
     let mut backup = tokio::process::Command::new("mariabackup");
     backup
         .arg("--no-defaults")
@@ -60,7 +58,8 @@ pub async fn stream(
     let mut child = backup
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(log)
+        // Read as it comes (never into the scratch space, which may be what is full).
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| {
@@ -69,23 +68,56 @@ pub async fn stream(
             ))
         })?;
     let output = child.stdout.take().expect("piped");
+    let log = tokio::spawn(tail_of(child.stderr.take().expect("piped")));
     let scratch = scratch.to_owned();
     let finish = async move {
         let status = child.wait().await.map_err(|e| internal(format!("{e}")));
-        let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let log_text = log.await.unwrap_or_default();
         let checkpoints =
             std::fs::read_to_string(scratch.join("xtrabackup_checkpoints")).unwrap_or_default();
         let _ = tokio::fs::remove_dir_all(&scratch).await;
         let status = status?;
-        if !status.success() || !log_text.contains("completed OK!") {
+        let free = || {
+            crate::host::free_space(&scratch)
+                .map(crate::host::mib)
+                .unwrap_or_else(|| "unknown".into())
+        };
+        if crate::host::is_disk_full(&log_text) {
             return Err(EngineError::Refused(format!(
-                "mariabackup failed ({status}): {}",
+                "disk full: mariabackup ran out of space on the filesystem of {} ({} free \
+                 now); nothing was stored (mariabackup: {})",
+                scratch.display(),
+                free(),
+                last_lines(&log_text, 2)
+            )));
+        }
+        if !status.success() || !log_text.contains("completed OK!") {
+            let how = if status.success() {
+                "it ended without completing".to_owned()
+            } else {
+                status.to_string()
+            };
+            return Err(EngineError::Refused(format!(
+                "mariabackup failed ({how}): {}",
                 last_lines(&log_text, 5)
             )));
         }
+        // mariabackup says "completed OK!" even when it could not write the checkpoint
+        // (its scratch space full): without it no incremental can follow, so the
+        // backup is not one.
+        let Some(checkpoint) = to_lsn(&checkpoints) else {
+            let full = crate::host::free_space(&scratch).is_some_and(|b| b < 1 << 20);
+            return Err(EngineError::Refused(format!(
+                "{} mariabackup wrote no checkpoint into {} ({} free there); without it no \
+                 incremental can continue this backup, so nothing was stored",
+                if full { "disk full:" } else { "no checkpoint:" },
+                scratch.display(),
+                free()
+            )));
+        };
         Ok(StreamEnd {
             position: gtid_of(&log_text).map(Position::Gtid),
-            checkpoint: to_lsn(&checkpoints),
+            checkpoint: Some(checkpoint),
             engine_version,
         })
     };
@@ -103,7 +135,7 @@ pub async fn unpack(
 ) -> Result<(), EngineError> {
     tokio::fs::create_dir_all(dir)
         .await
-        .map_err(|e| internal(format!("create {}: {e}", dir.display())))?;
+        .map_err(|e| crate::host::io_error("make the directory to unpack into", dir, &e))?;
     let mut mbstream = tokio::process::Command::new("mbstream")
         .arg("-x")
         .arg("-C")
@@ -115,6 +147,7 @@ pub async fn unpack(
         .spawn()
         .map_err(|e| internal(format!("run mbstream (is mariadb-backup installed?): {e}")))?;
     let mut stdin = mbstream.stdin.take().expect("piped");
+    let errors = tokio::spawn(tail_of(mbstream.stderr.take().expect("piped")));
     let mut buf = vec![0u8; 1 << 20];
     // A read that fails is the source's failure; a write that fails is mbstream's, whose
     // own reason (its disk full, say) is found in its exit and error output below.
@@ -137,19 +170,16 @@ pub async fn unpack(
     }
     .await;
     drop(stdin);
-    let out = mbstream
-        .wait_with_output()
+    let status = mbstream
+        .wait()
         .await
         .map_err(|e| internal(format!("{e}")))?;
+    let stderr = errors.await.unwrap_or_default();
     // The first real cause wins: a copy that broke on the way (mbstream then fails on
     // the truncated stream), else mbstream's own failure, else a write it never took.
     read?;
-    if !out.status.success() {
-        return Err(unpack_failed(
-            dir,
-            &out.status.to_string(),
-            &String::from_utf8_lossy(&out.stderr),
-        ));
+    if !status.success() {
+        return Err(unpack_failed(dir, &status.to_string(), &stderr));
     }
     if let Some(e) = write_failed {
         return Err(internal(format!("write to mbstream: {e}")));
@@ -160,13 +190,13 @@ pub async fn unpack(
 /// Why `mbstream` could not unpack into `dir`: a full disk named as such (final: asking
 /// again fills it again), anything else with the tool's last words.
 fn unpack_failed(dir: &Path, status: &str, stderr: &str) -> EngineError {
-    if is_disk_full(stderr) {
+    if crate::host::is_disk_full(stderr) {
         return EngineError::Refused(format!(
             "disk full: no space left on the filesystem of {} while unpacking the copy \
              ({} free now); nothing was installed (mbstream: {})",
             dir.display(),
-            free_space(dir)
-                .map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64))
+            crate::host::free_space(dir)
+                .map(crate::host::mib)
                 .unwrap_or_else(|| "unknown".into()),
             last_lines(stderr, 2)
         ));
@@ -175,18 +205,6 @@ fn unpack_failed(dir: &Path, status: &str, stderr: &str) -> EngineError {
         "mbstream could not unpack the copy ({status}): {}",
         last_lines(stderr, 3)
     ))
-}
-
-/// Whether a tool's error output says the disk is full (`ENOSPC`, errno 28).
-pub(crate) fn is_disk_full(stderr: &str) -> bool {
-    stderr.contains("No space left on device") || stderr.contains("errno 28")
-}
-
-/// Free bytes on the filesystem holding `path` (or its nearest existing ancestor).
-pub(crate) fn free_space(path: &Path) -> Option<u64> {
-    let existing = path.ancestors().find(|p| p.exists())?;
-    let s = nix::sys::statvfs::statvfs(existing).ok()?;
-    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
 }
 
 /// `mariabackup --prepare` on the full copy, then once per incremental with
@@ -263,6 +281,24 @@ fn to_lsn(checkpoints: &str) -> Option<String> {
         let (k, v) = l.split_once('=')?;
         (k.trim() == "to_lsn").then(|| v.trim().to_owned())
     })
+}
+
+/// Everything a child writes to `from`, drained as it comes so the child never blocks
+/// on it; only the last 256 KiB are kept (mariabackup's verdict is at the end).
+async fn tail_of(mut from: impl AsyncRead + Unpin) -> String {
+    const KEEP: usize = 256 << 10;
+    let mut kept: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > 2 * KEEP {
+            kept.drain(..kept.len() - KEEP);
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 fn last_lines(text: &str, n: usize) -> String {

@@ -247,6 +247,10 @@ pub trait Engine: Send + Sync + 'static {
     /// that installing it is a rename).
     fn staging_dir(&self, name: &str) -> PathBuf;
 
+    /// About how many bytes a full copy of this server takes unpacked (its data, not
+    /// the logs a copy leaves out): what seeding or restoring it needs free.
+    fn copy_size(&self) -> u64;
+
     fn stop(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
     fn start(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
 }

@@ -12,6 +12,9 @@ pub use tandem_testkit::{AgentProcess, Broker, MariaDb, MariaDbOptions};
 pub use tandem_transport::{Transport, TransportConfig};
 pub use tokio_util::sync::CancellationToken;
 
+mod copies;
+pub use copies::*;
+
 pub const AGENT: &str = env!("CARGO_BIN_EXE_tandem-agent");
 
 pub fn id(s: &str) -> InstanceId {

@@ -291,6 +291,10 @@ pub trait Store: Send + Sync + 'static {
     fn workflows(&self, limit: usize) -> Result<Vec<WorkflowRow>>;
     fn active_workflows(&self) -> Result<Vec<WorkflowRow>>;
     fn update_workflow(&self, id: &str, state: WorkflowState, error: Option<&str>) -> Result<()>;
+    /// Records that `by` asked workflow `id` to stop (a second request changes nothing).
+    fn request_cancel(&self, id: &str, by: &str) -> Result<()>;
+    /// Who asked workflow `id` to stop, if anyone did.
+    fn cancel_requested(&self, id: &str) -> Result<Option<String>>;
 
     fn journal_entry(&self, workflow_id: &str, seq: u32) -> Result<Option<JournalEntry>>;
     fn journal_insert(&self, entry: &JournalEntry) -> Result<()>;

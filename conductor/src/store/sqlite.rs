@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS workflows (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
+-- An operator's request to stop a running workflow, kept so that a conductor that
+-- resumes the workflow after a restart still honours it.
+CREATE TABLE IF NOT EXISTS workflow_cancels (
+    workflow_id TEXT PRIMARY KEY,
+    requested_by TEXT NOT NULL,
+    requested_at INTEGER NOT NULL
+);
 -- At most one active workflow per set, enforced here rather than checked-then-set.
 CREATE UNIQUE INDEX IF NOT EXISTS one_active_workflow_per_set
     ON workflows (set_id) WHERE state IN ('running', 'rolling_back');
@@ -697,6 +704,28 @@ impl Store for SqliteStore {
                 params![wid, state.as_str(), error, Timestamp::now().0 as i64],
             )?;
             Ok(())
+        })
+    }
+
+    fn request_cancel(&self, wid: &str, by: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO workflow_cancels (workflow_id, requested_by, requested_at) VALUES (?1, ?2, ?3)",
+                params![wid, by, Timestamp::now().0 as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn cancel_requested(&self, wid: &str) -> Result<Option<String>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT requested_by FROM workflow_cancels WHERE workflow_id = ?1",
+                [wid],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(Into::into)
         })
     }
 

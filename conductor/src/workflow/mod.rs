@@ -123,6 +123,12 @@ impl Spec {
             Spec::Failsafe { .. } => "failsafe",
         }
     }
+    /// Whether the workflow runs long steps (seeding, restores) that an operator can
+    /// cancel: only those are stopped; short steps always run to their end.
+    pub fn cancellable(&self) -> bool {
+        matches!(self, Spec::Provision { .. })
+    }
+
     pub fn set(&self) -> &ReplicaSetId {
         match self {
             Spec::CreateSet { set, .. }
@@ -160,6 +166,8 @@ pub enum StepError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Precondition(String),
+    #[error("step {step}: not started: the workflow was cancelled by {by}")]
+    Cancelled { step: String, by: String },
 }
 
 /// A named crash point, for proving that every step survives a conductor crash:
@@ -207,6 +215,9 @@ impl std::str::FromStr for Failpoint {
 const STEP_BUDGET: Duration = Duration::from_secs(20);
 /// How often a long command's result is asked for again.
 const LONG_POLL: Duration = Duration::from_millis(500);
+/// How long past its time limit a long command is still waited for (the agent stops it
+/// at the limit itself; this is for an agent that does not).
+const LONG_GRACE: Duration = Duration::from_secs(60);
 
 /// How long one step waits: per try, and in all (retrying retryable failures).
 #[derive(Debug, Clone, Copy)]
@@ -391,6 +402,16 @@ impl<'a> Ctx<'a> {
             }) => return to_result(step, target, result),
             Some(in_flight) => in_flight,
             None => {
+                // A long step not yet started is not started once an operator has
+                // cancelled the workflow.
+                if command.is_long_running() {
+                    if let Some(by) = self.cancelled_by()? {
+                        return Err(StepError::Cancelled {
+                            step: step.into(),
+                            by,
+                        });
+                    }
+                }
                 let e = JournalEntry {
                     workflow_id: self.wf.id.clone(),
                     seq,
@@ -408,6 +429,7 @@ impl<'a> Ctx<'a> {
         };
         self.failpoint(seq, Point::Before);
         let long = command.is_long_running();
+        let mut stopping = None;
         let reply = loop {
             let reply = self
                 .c
@@ -422,6 +444,24 @@ impl<'a> Ctx<'a> {
                 .await;
             if !(long && matches!(reply, Reply::Ok(ReplyBody::Accepted { .. }))) {
                 break reply;
+            }
+            match (&stopping, self.long_step_must_stop(&entry, &command)?) {
+                (None, Some(why)) => {
+                    self.stop_operation(&entry, &why).await;
+                    stopping = Some((why, Instant::now()));
+                }
+                // Asked to stop and still running a grace period later: given up on.
+                (Some((why, since)), _) if since.elapsed() >= LONG_GRACE => {
+                    break Reply::Err(CommandError::new(
+                        ErrorKind::TimedOut,
+                        format!(
+                            "{why}; the agent was asked to stop it and still runs it {} s \
+                             later: the step is given up on",
+                            LONG_GRACE.as_secs()
+                        ),
+                    ));
+                }
+                _ => {}
             }
             tokio::time::sleep(LONG_POLL).await;
         };
@@ -450,6 +490,57 @@ impl<'a> Ctx<'a> {
         );
         self.failpoint(seq, Point::After);
         to_result(step, target, recorded)
+    }
+
+    /// Who cancelled this workflow, if anyone did.
+    fn cancelled_by(&self) -> Result<Option<String>, StepError> {
+        Ok(self.c.store.cancel_requested(&self.wf.id)?)
+    }
+
+    /// Why the long command of `entry` must stop now, if it must: the workflow was
+    /// cancelled, or the command ran past its time limit (and the grace after it).
+    fn long_step_must_stop(
+        &self,
+        entry: &JournalEntry,
+        command: &Command,
+    ) -> Result<Option<String>, StepError> {
+        if let Some(by) = self.cancelled_by()? {
+            return Ok(Some(format!("cancelled by {by}")));
+        }
+        Ok(command.time_limit().and_then(|limit| {
+            (Timestamp::now() >= entry.sent_at.plus(limit + LONG_GRACE)).then(|| {
+                format!(
+                    "{} did not finish within its time limit of {} s",
+                    command.name(),
+                    limit.as_secs()
+                )
+            })
+        }))
+    }
+
+    /// Asks the agent to stop the long command of `entry`; its result (cancelled, or
+    /// finished when it was past its point of no return) is then awaited as usual.
+    async fn stop_operation(&self, entry: &JournalEntry, why: &str) {
+        let reply = self
+            .c
+            .call_until(
+                MessageId::random(),
+                &entry.target,
+                entry.epoch,
+                Command::CancelOperation {
+                    operation: entry.message_id,
+                },
+                Duration::from_secs(5),
+            )
+            .await;
+        match reply {
+            Reply::Ok(_) => {
+                tracing::warn!(workflow = %self.wf.id, step = entry.step, target = %entry.target, why, "long step asked to stop")
+            }
+            Reply::Err(e) => {
+                tracing::warn!(workflow = %self.wf.id, step = entry.step, target = %entry.target, why, error = %e, "long step could not be asked to stop")
+            }
+        }
     }
 
     /// Applies a topology change (bumping the epoch) as a step.
@@ -813,6 +904,13 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
         Ok(Outcome::Done) => (WorkflowState::Done, None),
         Ok(Outcome::RolledBack(why)) => (WorkflowState::RolledBack, Some(why)),
         Err(e) => (WorkflowState::Failed, Some(e.to_string())),
+    };
+    // A cancelled workflow says so first: the operator asked, and this is what came of it.
+    let error = match c.store.cancel_requested(&wf.id) {
+        Ok(Some(by)) if state != WorkflowState::Done => {
+            Some(format!("cancelled by {by}: {}", error.unwrap_or_default()))
+        }
+        _ => error,
     };
     match &error {
         None => tracing::info!(workflow = %wf.id, kind = wf.kind, "workflow done"),

@@ -66,6 +66,7 @@ pub async fn run(
                         host: endpoint.host.clone(),
                         port: endpoint.port,
                         token: ctx.seal_to(i, &token)?,
+                        time_limit_s: Some(ctx.c.settings.long_command_timeout.as_secs()),
                     }),
                 ));
             }
@@ -81,6 +82,7 @@ pub async fn run(
                         epoch,
                         Command::Restore(RestoreRequest {
                             backup_id: backup_id.clone(),
+                            time_limit_s: Some(ctx.c.settings.long_command_timeout.as_secs()),
                         }),
                     )
                 })

@@ -199,7 +199,14 @@ pub enum BackupCmd {
 #[derive(Subcommand)]
 pub enum WorkflowCmd {
     List,
-    Show { id: String },
+    Show {
+        id: String,
+    },
+    /// Stop a running workflow's long steps (seeding, restores) at their next safe
+    /// point, leaving their servers as they were; short steps run to their end.
+    Cancel {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -660,6 +667,22 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 for w in &rows {
                     writeln!(out, "{}", workflow_line(w))?;
                 }
+            }
+        }
+        Cmd::Workflow(WorkflowCmd::Cancel { id }) => {
+            let row: Value = client.post(
+                &format!("/v1/workflows/{id}/cancel"),
+                &serde_json::json!({}),
+            )?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&row)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "workflow {id} ({}): cancel requested; its long steps stop at their next \
+                     safe point (follow it with `tandem workflow show {id}`)",
+                    row["kind"].as_str().unwrap_or("?")
+                )?;
             }
         }
         Cmd::Workflow(WorkflowCmd::Show { id }) => {

@@ -174,6 +174,19 @@ impl AgentProcess {
         self.process.as_ref()
     }
 
+    /// A child process the agent runs now (`mariabackup`, `zstd`, `mbstream`), by name.
+    pub fn child(&self, name: &str) -> Option<Child> {
+        let parent = self.process.as_ref()?.pid();
+        std::fs::read_dir("/proc").ok()?.find_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // `pid (comm) state ppid …`; comm may hold spaces: split after its `)`.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent && head.split_once('(')?.1 == name).then_some(Child { pid })
+        })
+    }
+
     /// Waits up to `limit` for the agent to exit on its own; returns its status.
     pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
         let status = self.process.as_mut()?.wait_exit(limit)?;
@@ -435,5 +448,26 @@ impl ConductorProcess {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+}
+
+/// A process some other process started (an agent's child), seen from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Child {
+    pub pid: u32,
+}
+
+impl Child {
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), sig)
+            .with_context(|| format!("send {sig} to pid {}", self.pid))
+    }
+
+    /// Gone, or a zombie nobody reaped yet (it runs no more).
+    pub fn ended(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
     }
 }

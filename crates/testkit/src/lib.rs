@@ -18,6 +18,7 @@
 mod agent;
 mod broker;
 mod cpu;
+mod disk;
 mod keys;
 mod mariadb;
 mod netns;
@@ -27,12 +28,14 @@ mod swift;
 mod tls;
 mod tls_broker;
 
-pub use agent::{binary, AgentProcess, ConductorProcess};
+pub use agent::{binary, AgentProcess, Child, ConductorProcess};
 pub use broker::Broker;
 pub use cpu::CpuJail;
+pub use disk::SmallDisk;
 pub use keys::{conductor_key, conductor_secret, enrolment_token, AgentKeys, ConductorKey};
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use netns::{Forward, Host, RootAddress};
+pub use nix::sys::signal::Signal;
 pub use postgres::Postgres;
 pub use process::{free_port, Process};
 pub use swift::Swift;

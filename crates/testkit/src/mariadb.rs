@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use nix::unistd::{Gid, Uid, User};
 
+use crate::disk::{mount_tmpfs, remount_tmpfs};
 use crate::process::{wait_until_ready, EngineProcess, Process};
 
 #[derive(Debug, Clone)]
@@ -345,28 +346,6 @@ impl Drop for MariaDb {
             let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
         }
     }
-}
-
-fn mount_tmpfs(at: &Path, size: &str) -> Result<()> {
-    nix::mount::mount(
-        Some("tmpfs"),
-        at,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some(format!("size={size},mode=0755").as_str()),
-    )
-    .with_context(|| format!("mount a tmpfs on {}", at.display()))
-}
-
-fn remount_tmpfs(at: &Path, bytes: u64) -> Result<()> {
-    nix::mount::mount(
-        None::<&str>,
-        at,
-        None::<&str>,
-        nix::mount::MsFlags::MS_REMOUNT,
-        Some(format!("size={bytes}").as_str()),
-    )
-    .with_context(|| format!("shrink the tmpfs on {} to {bytes} bytes", at.display()))
 }
 
 fn mariadbd() -> Result<PathBuf> {
