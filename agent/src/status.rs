@@ -280,6 +280,8 @@ impl<E: Engine> Agent<E> {
                     let transport = transport.clone();
                     tokio::spawn(async move { agent.publish_renewing(&transport, report).await });
                 } else {
+                    // No longer a master: nothing of its old observation is ever resent.
+                    *self.last_master_report.lock().expect("poisoned") = None;
                     self.publish(transport, report).await;
                 }
                 last = Some(significant);

@@ -50,6 +50,7 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/instances/{id}/backups", post(take_backup))
         .route("/v1/backups", get(list_backups))
         .route("/v1/backups/{id}", get(get_backup).delete(delete_backup))
+        .route("/v1/backups/{id}/cancel", post(cancel_backup))
         .route("/v1/workflows", get(list_workflows))
         .route("/v1/workflows/{id}", get(get_workflow))
         .route("/v1/workflows/{id}/cancel", post(cancel_workflow))
@@ -111,6 +112,7 @@ pub struct ErrorBody {
         list_backups,
         get_backup,
         delete_backup,
+        cancel_backup,
         list_workflows,
         get_workflow,
         cancel_workflow,
@@ -931,6 +933,26 @@ async fn get_backup(
     }
 }
 
+/// Stops a running backup: the agent ends it as cancelled and removes what it wrote.
+#[utoipa::path(post, path = "/v1/backups/{id}/cancel", tag = "backups", params(("id" = String, Path)), responses((status = 202, body = Object), (status = 409, body = ErrorBody)))]
+async fn cancel_backup(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    crate::backups::cancel(&c, &id).await.map_err(|e| {
+        if e.kind == tandem_proto::ErrorKind::BadRequest {
+            ApiError::new(StatusCode::CONFLICT, "conflict", e.message)
+        } else {
+            agent_error(e)
+        }
+    })?;
+    tracing::warn!(backup = %id, "an operator cancels a backup");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"backup": id, "cancel": "requested"})),
+    ))
+}
+
 #[utoipa::path(delete, path = "/v1/backups/{id}", tag = "backups", params(("id" = String, Path)), responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_backup(
     State(c): State<Arc<Conductor>>,
@@ -1314,6 +1336,7 @@ mod tests {
             ("/v1/backups", "get"),
             ("/v1/backups/{id}", "get"),
             ("/v1/backups/{id}", "delete"),
+            ("/v1/backups/{id}/cancel", "post"),
             ("/v1/workflows", "get"),
             ("/v1/workflows/{id}", "get"),
             ("/v1/workflows/{id}/cancel", "post"),

@@ -61,6 +61,8 @@ pub async fn start(
             instance: instance.clone(),
             state: "running".into(),
             error: None,
+            operation: id,
+            epoch,
         },
     );
     let c = c.clone();
@@ -129,6 +131,33 @@ fn fail(c: &Conductor, backup_id: &str, error: String) {
         run.state = "failed".into();
         run.error = Some(error);
     }
+}
+
+/// Asks the agent taking backup `backup_id` to stop it: the backup then fails as
+/// cancelled, and the agent removes what it wrote.
+pub async fn cancel(c: &Conductor, backup_id: &str) -> Result<(), CommandError> {
+    let run = c
+        .backups_running
+        .lock()
+        .expect("poisoned")
+        .get(backup_id)
+        .filter(|r| r.state == "running")
+        .map(|r| (r.instance.clone(), r.operation, r.epoch));
+    let Some((instance, operation, epoch)) = run else {
+        return Err(CommandError::bad_request(format!(
+            "backup {backup_id} is not running"
+        )));
+    };
+    c.call_until(
+        MessageId::random(),
+        &instance,
+        epoch,
+        Command::CancelOperation { operation },
+        BUDGET,
+    )
+    .await
+    .into_result()
+    .map(|_| ())
 }
 
 /// Backups that continue `backup_id` (directly or through others), newest first.

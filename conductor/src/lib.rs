@@ -43,6 +43,12 @@ pub struct BackupRun {
     /// `running` or `failed`.
     pub state: String,
     pub error: Option<String>,
+    /// The agent's operation (the command's message id) and the epoch it was sent with:
+    /// what a cancel names.
+    #[serde(skip)]
+    pub operation: tandem_proto::MessageId,
+    #[serde(skip)]
+    pub epoch: tandem_proto::Epoch,
 }
 
 pub struct Conductor {

@@ -251,3 +251,53 @@ fn an_operator_cancels_a_running_seed_and_the_instance_is_left_as_it_was() {
     c.converged("s1");
     c.write_and_see_everywhere("s1", "db-1", 2);
 }
+
+#[test]
+fn an_operator_cancels_a_running_backup_and_nothing_is_left_in_the_store() {
+    let c = Cluster::start(1);
+    c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
+    c.db("db-1")
+        .sql(
+            "CREATE DATABASE app; CREATE TABLE app.big (id INT PRIMARY KEY, pad VARCHAR(1000)); \
+             USE app; INSERT INTO big SELECT seq, REPEAT('x', 900) FROM seq_1_to_50000",
+        )
+        .unwrap();
+    let out = c.cli_ok(&["--json", "backup", "create", "db-1"]);
+    let started: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let backup = started["backup_id"].as_str().unwrap().to_owned();
+    // Its copy stops (as a stuck child would): only the cancel ends it.
+    let stuck = eventually(Duration::from_secs(60), "the backup to copy", || {
+        let child = c.nodes[0].agent.child("mariabackup")?;
+        child.signal(tandem_testkit::Signal::SIGSTOP).ok()?;
+        Some(child)
+    });
+    let out = c.cli_ok(&["backup", "cancel", &backup]);
+    assert!(out.contains("cancel requested"), "{out}");
+    let error = eventually(Duration::from_secs(60), "the backup to fail", || {
+        let out = c.cli_ok(&["--json", "backup", "list"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let run = &v["running"][&backup];
+        (run["state"] == "failed").then(|| run["error"].as_str().unwrap_or("").to_owned())
+    });
+    assert!(
+        error.contains("cancelled by the conductor while copying"),
+        "{error}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the stopped mariabackup to end",
+        || stuck.ended().then_some(()),
+    );
+    let left: Vec<_> = std::fs::read_dir(c.backups.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&backup))
+        .collect();
+    assert!(left.is_empty(), "left in the store: {left:?}");
+    let (ok, _, err) = c.cli(&["backup", "cancel", &backup]);
+    assert!(!ok && err.contains("is not running"), "{err}");
+    // The next backup is stored.
+    let out = c.cli_ok(&["backup", "create", "db-1", "--wait"]);
+    assert!(out.contains("full"), "{out}");
+}

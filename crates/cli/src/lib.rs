@@ -194,6 +194,8 @@ pub enum BackupCmd {
     },
     /// Delete one backup (refused while incrementals depend on it).
     Delete { backup: String },
+    /// Stop a running backup; the agent removes what it wrote.
+    Cancel { backup: String },
 }
 
 #[derive(Subcommand)]
@@ -667,6 +669,17 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 for w in &rows {
                     writeln!(out, "{}", workflow_line(w))?;
                 }
+            }
+        }
+        Cmd::Backup(BackupCmd::Cancel { backup }) => {
+            let v: Value = client.post(
+                &format!("/v1/backups/{backup}/cancel"),
+                &serde_json::json!({}),
+            )?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                writeln!(out, "backup {backup}: cancel requested")?;
             }
         }
         Cmd::Workflow(WorkflowCmd::Cancel { id }) => {
