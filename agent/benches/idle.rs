@@ -9,7 +9,8 @@
 //! With BENCH_HEAVY_MB (say 1000) the agent then does heavy work on a table of that
 //! size, a full backup into a local store and a restore of it (the receiving path of a
 //! seeding: unpack, prepare, install), and its idle RSS is measured again after each:
-//! it must come back to within 1 MiB of where it started.
+//! it must come back to within 1 MiB of where it started (measured once the agent has
+//! settled, 15 s after the work).
 
 use std::time::{Duration, Instant};
 
@@ -146,8 +147,8 @@ async fn main() {
         // About heavy_mb MB of rows that do not compress to nothing.
         let rows = heavy_mb * 1000;
         db.sql(&format!(
-            "CREATE DATABASE heavy; CREATE TABLE heavy.t (id INT PRIMARY KEY, pad VARCHAR(1000)); \
-             INSERT INTO heavy.t SELECT seq, SHA2(seq, 512) || REPEAT(MD5(seq), 24) FROM seq_1_to_{rows}"
+            "CREATE DATABASE heavy; USE heavy; \
+             CREATE TABLE t (id INT PRIMARY KEY, pad VARCHAR(1000)); INSERT INTO t SELECT seq, CONCAT(SHA2(seq, 512), REPEAT(MD5(seq), 24)) FROM seq_1_to_{rows}"
         ))
         .unwrap();
         let t = Instant::now();
@@ -160,6 +161,8 @@ async fn main() {
         ))
         .await;
         let backup_s = t.elapsed().as_secs_f64();
+        // The agent releases what the work held, and again once its helper threads end.
+        tokio::time::sleep(SETTLE).await;
         let after_backup = idle(pid, seconds, &mut reports).await;
         let t = Instant::now();
         call(tandem_proto::Command::Restore(
@@ -170,6 +173,7 @@ async fn main() {
         ))
         .await;
         let restore_s = t.elapsed().as_secs_f64();
+        tokio::time::sleep(SETTLE).await;
         let after_restore = idle(pid, seconds, &mut reports).await;
         let data_mb = du(&store.path().join("heavy-1.xb.zst")) as f64 / 1e6;
         println!(
@@ -185,6 +189,18 @@ async fn main() {
             mib(after_restore.median_kib)
         );
         println!(
+            "| of which file-backed / anonymous MiB | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
+            mib(first.file_kib),
+            mib(first.anon_kib),
+            mib(after_backup.file_kib),
+            mib(after_backup.anon_kib),
+            mib(after_restore.file_kib),
+            mib(after_restore.anon_kib)
+        );
+        if std::env::var("BENCH_SMAPS").is_ok() {
+            print_smaps(pid);
+        }
+        println!(
             "| peak RSS (VmHWM) MiB | {:.2} | {:.2} | {:.2} |",
             mib(first.peak_kib),
             mib(after_backup.peak_kib),
@@ -193,6 +209,9 @@ async fn main() {
     }
     shutdown.cancel();
 }
+
+/// Longer than the agent takes to settle after heavy work (`host::SETTLE`, 12 s).
+const SETTLE: Duration = Duration::from_secs(15);
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
@@ -241,5 +260,32 @@ async fn idle(
         anon_kib: proc_field(pid, "status", "RssAnon:").unwrap_or(0),
         reports: count,
         cpu_s: (cpu_ticks(pid) - cpu0) as f64 / ticks_per_sec,
+    }
+}
+
+/// Where the resident memory is, mapping by mapping (BENCH_SMAPS): for finding what
+/// heavy work leaves behind.
+fn print_smaps(pid: u32) {
+    let threads = proc_field(pid, "status", "Threads:").unwrap_or(0);
+    eprintln!("threads: {threads}");
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut current = String::new();
+    let mut rows: Vec<(u64, u64, String)> = Vec::new();
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            current = line.to_owned();
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            let rss: u64 = v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
+            rows.push((rss, 0, current.clone()));
+        } else if let Some(v) = line.strip_prefix("Anonymous:") {
+            if let Some(last) = rows.last_mut() {
+                last.1 = v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    for (rss, anon, m) in rows.iter().take(25) {
+        eprintln!("{rss:>6} kB rss {anon:>6} kB anon  {m}");
     }
 }

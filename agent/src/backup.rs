@@ -98,7 +98,7 @@ impl<E: Engine> Agent<E> {
             .output
             .try_into()
             .map_err(|e| internal(format!("hand the copy to zstd: {e}")))?;
-        let mut zstd = tokio::process::Command::new("zstd")
+        let mut zstd = crate::host::pipeline_stage("zstd")
             .args(["-q", "-3", "-T0", "-c"])
             .stdin(output)
             .stdout(Stdio::piped())
@@ -252,7 +252,7 @@ impl<E: Engine> Agent<E> {
         dir: &Path,
         progress: &Progress,
     ) -> Result<(), EngineError> {
-        let mut zstd = tokio::process::Command::new("zstd")
+        let mut zstd = crate::host::pipeline_stage("zstd")
             .args(["-d", "-c", "-q"])
             .arg(file)
             .stdout(Stdio::piped())

@@ -108,6 +108,25 @@ pub(crate) fn page_out_cold_code() -> usize {
     advised
 }
 
+/// The allocator set for an agent that idles small after heavy work. glibc raises its
+/// mmap threshold to the size of every large buffer freed, so after a copy's 1 MiB
+/// buffers later ones come from the heap and fragment it; a fixed threshold keeps
+/// them mapped and returned on free. One arena: the agent runs on one thread, and the
+/// helper threads' arenas would otherwise keep what they once held.
+pub(crate) fn tune_allocator() {
+    // SAFETY: mallopt only changes the allocator's parameters; called before the
+    // agent starts other threads.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// How long after heavy work its helper threads have ended (tokio keeps an idle
+/// blocking thread for 10 s).
+pub(crate) const SETTLE: std::time::Duration = std::time::Duration::from_secs(12);
+
 /// After heavy work (a backup, a restore, a seeding): the allocator's freed buffers go
 /// back to the system (glibc keeps them otherwise, and the agent stays at its peak in
 /// every VM), and the code only that work ran goes back to the page cache.
@@ -161,4 +180,25 @@ pub(crate) fn io_error(what: &str, path: &Path, e: &std::io::Error) -> crate::en
         }
         _ => EngineError::Internal(anyhow::anyhow!("{what} at {}: {e}", path.display())),
     }
+}
+
+/// A child process of a long operation (`mariabackup`, `mbstream`, `zstd`): killed when
+/// the operation drops it (stopped, cancelled, failed), and killed by the kernel when
+/// the agent dies (`PR_SET_PDEATHSIG`), so that no stage of a pipeline outlives the
+/// agent that reads it: a stopped or blocked one would otherwise stay for ever. Never
+/// for the engine itself, which must outlive its agent.
+pub(crate) fn pipeline_stage(program: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.kill_on_drop(true);
+    // SAFETY: runs in the child between fork and exec, where only async-signal-safe
+    // calls are allowed: prctl is one, and nothing is allocated or locked.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
 }

@@ -78,6 +78,7 @@ pub struct Agent<E: Engine> {
 /// Runs the agent until `shutdown` is cancelled: then it stops taking commands, lets the
 /// one in flight finish (bounded), publishes a final `stopping` report and returns.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    host::tune_allocator();
     // One TLS provider for the process: seeding, object stores and engine TLS use it.
     let _ = rustls::crypto::ring::default_provider().install_default();
     match settings.engine.kind {

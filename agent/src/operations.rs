@@ -268,8 +268,14 @@ impl<E: Engine> Agent<E> {
                     e
                 })
                 .into();
-            // Heavy copies leave the allocator holding freed buffers: give them back.
+            // Heavy copies leave the allocator holding freed buffers: give them back, now
+            // and once more when the blocking threads the copy used have ended (their
+            // arenas' last frees come then).
             crate::host::release_memory();
+            tokio::spawn(async {
+                tokio::time::sleep(crate::host::SETTLE).await;
+                crate::host::release_memory();
+            });
 
             {
                 let mut state = self.state.lock().expect("poisoned");

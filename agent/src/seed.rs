@@ -193,6 +193,8 @@ impl<E: Engine> Agent<E> {
                     Err(e) => tracing::warn!(%peer, error = %e, "seed copy not sent"),
                 }
                 crate::host::release_memory();
+                tokio::time::sleep(crate::host::SETTLE).await;
+                crate::host::release_memory();
             });
         }
     }

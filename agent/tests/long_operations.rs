@@ -250,13 +250,26 @@ async fn a_cancelled_or_interrupted_restore_leaves_the_target_as_it_was_and_clea
         assert!(err.message.contains("is not running"), "{err:?}");
     }
 
-    // The agent dies (kill -9) while it unpacks: started again, it ends the restore as
-    // interrupted (a re-send is told so, nothing runs again blindly) and removes what
-    // the restore had staged.
+    // The agent dies (kill -9) while it unpacks: its pipeline dies with it; started
+    // again, it ends the restore as interrupted (a re-send is told so, nothing runs
+    // again blindly) and removes what the restore had staged.
     let interrupted = restore_of("db-2", &full.backup_id);
     h.send(&interrupted).await.unwrap();
     running_in(&h, "db-2", &["unpacking"]).await;
+    // A stage that cannot end on its own (stopped): it must not outlive its agent.
+    let unpacker = h
+        .node("db-2")
+        .agent
+        .child("mbstream")
+        .expect("mbstream runs");
+    unpacker.signal(Signal::SIGSTOP).unwrap();
     h.node_mut("db-2").agent.kill();
+    eventually(
+        Duration::from_secs(10),
+        "the stopped mbstream to die with its agent",
+        async || unpacker.ended().then_some(()),
+    )
+    .await;
     assert!(
         !staged(&h.node("db-2").db).is_empty(),
         "nothing was staged yet"

@@ -1188,17 +1188,21 @@ async fn get_workflow(
     State(c): State<Arc<Conductor>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let row = c.store.workflow(&id)?.ok_or_else(|| {
+    let row = existing_workflow(&c, &id)?;
+    let mut journal = serde_json::to_value(c.store.journal(&id)?)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    redact(&mut journal);
+    Ok(Json(json!({"workflow": row, "steps": journal})))
+}
+
+fn existing_workflow(c: &Conductor, id: &str) -> Result<crate::store::WorkflowRow, ApiError> {
+    c.store.workflow(id)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no workflow {id}"),
         )
-    })?;
-    let mut journal = serde_json::to_value(c.store.journal(&id)?)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    redact(&mut journal);
-    Ok(Json(json!({"workflow": row, "steps": journal})))
+    })
 }
 
 /// Stops a running workflow's long steps (seeding, restores) at their next safe point:
@@ -1210,13 +1214,7 @@ async fn cancel_workflow(
     State(c): State<Arc<Conductor>>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<crate::store::WorkflowRow>), ApiError> {
-    let row = c.store.workflow(&id)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no workflow {id}"),
-        )
-    })?;
+    let row = existing_workflow(&c, &id)?;
     if !row.state.is_active() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -66,7 +66,8 @@ fn main() {
         "--semi-sync",
         "--wait",
     ]);
-    c.cli_ok(&["replica", "add", "s1", "db-2", "db-3", "--wait"]);
+    c.cli_ok(&["replica", "add", "s1", "db-2", "--wait"]);
+    c.cli_ok(&["replica", "add", "s1", "db-3", "--wait"]);
     c.converged("s1");
     load::prepare(c.db("db-1"));
     c.write_and_see_everywhere("s1", "db-1", 0);
@@ -78,8 +79,8 @@ fn main() {
     // master, then a full backup of the master.
     c.db("db-1")
         .sql(&format!(
-            "CREATE TABLE app.heavy (id INT PRIMARY KEY, pad VARCHAR(1000)); \
-             INSERT INTO app.heavy SELECT seq, SHA2(seq, 512) || REPEAT(MD5(seq), 24) \
+            "USE app; CREATE TABLE heavy (id INT PRIMARY KEY, pad VARCHAR(1000)); \
+             INSERT INTO heavy SELECT seq, CONCAT(SHA2(seq, 512), REPEAT(MD5(seq), 24)) \
              FROM seq_1_to_{}",
             mb * 1000
         ))
@@ -89,7 +90,8 @@ fn main() {
     c.cli_ok(&["backup", "create", "db-1", "--wait"]);
     let heavy_s = t.elapsed().as_secs_f64();
     c.converged("s1");
-    std::thread::sleep(Duration::from_secs(3));
+    // The agents release what the work held, and again once their helper threads end.
+    std::thread::sleep(Duration::from_secs(15));
     let after = idle(&c, seconds);
     let (attempts, acked) = writer.finish();
 

@@ -26,7 +26,7 @@ pub async fn stream(
     tokio::fs::create_dir_all(scratch)
         .await
         .map_err(|e| crate::host::io_error("make the backup's scratch space", scratch, &e))?;
-    let mut backup = tokio::process::Command::new("mariabackup");
+    let mut backup = crate::host::pipeline_stage("mariabackup");
     backup
         .arg("--no-defaults")
         .arg("--backup")
@@ -136,7 +136,7 @@ pub async fn unpack(
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| crate::host::io_error("make the directory to unpack into", dir, &e))?;
-    let mut mbstream = tokio::process::Command::new("mbstream")
+    let mut mbstream = crate::host::pipeline_stage("mbstream")
         .arg("-x")
         .arg("-C")
         .arg(dir)
@@ -219,7 +219,7 @@ pub async fn prepare(full: &Path, incrementals: &[PathBuf]) -> Result<Position, 
 }
 
 async fn run_prepare(full: &Path, incremental: Option<&Path>) -> Result<(), EngineError> {
-    let mut cmd = tokio::process::Command::new("mariabackup");
+    let mut cmd = crate::host::pipeline_stage("mariabackup");
     cmd.arg("--no-defaults")
         .arg("--prepare")
         .arg(format!("--target-dir={}", full.display()));
