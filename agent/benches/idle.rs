@@ -284,7 +284,7 @@ fn print_smaps(pid: u32) {
             }
         }
     }
-    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
     for (rss, anon, m) in rows.iter().take(25) {
         eprintln!("{rss:>6} kB rss {anon:>6} kB anon  {m}");
     }

@@ -5,8 +5,10 @@
 //! heavy work: a fourth server seeded by a stream from the master, then a full backup
 //! of the master.
 //!
-//! `cargo build --release --bins && cargo bench -p tandem-e2e --bench footprint`
-//! (BENCH_SECONDS per phase, default 30; BENCH_MB of rows for the heavy work, default 300).
+//! `cargo build --release --bins && cargo build --profile agent -p tandem-agent &&
+//! TANDEM_AGENT_BIN=target/agent/tandem-agent cargo bench -p tandem-e2e --bench footprint`
+//! (BENCH_SECONDS per phase, default 30; BENCH_MB of rows for the heavy work, default
+//! 300; without TANDEM_AGENT_BIN the release build of the agent is measured).
 
 use std::time::{Duration, Instant};
 
@@ -96,10 +98,15 @@ fn main() {
     let (attempts, acked) = writer.finish();
 
     println!(
-        "\nagent footprint in a set of three (semi-sync, a write every 10 ms, release \
-         build), median RSS over {seconds} s; heavy work: {mb} MB of rows, \
+        "\nagent footprint in a set of three (semi-sync, a write every 10 ms, {} build), \
+         median RSS over {seconds} s; heavy work: {mb} MB of rows, \
          db-4 seeded by stream from the master, then a full backup of the master \
-         ({heavy_s:.0} s)\n"
+         ({heavy_s:.0} s)\n",
+        if std::env::var("TANDEM_AGENT_BIN").is_ok() {
+            "TANDEM_AGENT_BIN"
+        } else {
+            "release"
+        }
     );
     println!("| agent | role | idle RSS before | after heavy work |");
     println!("|---|---|---|---|");

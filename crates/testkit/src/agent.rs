@@ -245,8 +245,14 @@ fn run_once(program: &Path, env: &[(String, String)], args: &[&str]) -> Result<S
 
 /// The path of a workspace binary (`tandem-agent`, `tandem-conductor`, `tandem`) in the
 /// running executable's target directory: tests run from `target/<profile>/deps/`, the
-/// demo from `target/<profile>/`.
+/// demo from `target/<profile>/`. `TANDEM_AGENT_BIN` names another agent binary.
 pub fn binary(name: &str) -> PathBuf {
+    // The agent as shipped (`cargo build --profile agent`) for footprint benches.
+    if name == "tandem-agent" {
+        if let Ok(path) = std::env::var("TANDEM_AGENT_BIN") {
+            return path.into();
+        }
+    }
     let exe = std::env::current_exe().expect("the program knows its own path");
     let mut dir = exe.parent().expect("an executable lives in a directory");
     if dir.file_name().is_some_and(|n| n == "deps") {
