@@ -311,18 +311,14 @@ impl<E: Engine> Agent<E> {
         let stale =
             self.settings.lease / 3 + self.settings.probe_interval + Duration::from_millis(50);
         loop {
-            let master = self.state.lock().expect("poisoned").master;
-            // Not a master: nothing to keep alive; the status loop reports on its own.
-            let nap = if master {
-                self.settings.lease / 12
-            } else {
-                self.settings.status_interval
-            };
+            // Looked at often whatever the role: a server that just became a master has
+            // its second renewal due a quarter of a lease after its first.
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(nap) => {}
+                _ = tokio::time::sleep(self.settings.lease / 12) => {}
             }
-            if !master {
+            // Not a master: nothing to keep alive; the status loop reports on its own.
+            if !self.state.lock().expect("poisoned").master {
                 continue;
             }
             let report = {
