@@ -319,6 +319,7 @@ impl<E: Engine> Agent<E> {
                 return Err(e.into());
             }
         }
+        *self.changed_at.lock().expect("poisoned") = std::time::Instant::now();
         self.status_now.notify_one();
         progress.set_phase(Phase::Done);
         Ok(position)

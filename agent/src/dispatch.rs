@@ -262,6 +262,7 @@ impl<E: Engine> Agent<E> {
                 tracing::error!(error = %format!("{e:#}"), "could not persist a command result");
             }
         }
+        *self.changed_at.lock().expect("poisoned") = std::time::Instant::now();
         self.status_now.notify_one();
         reply
     }

@@ -73,6 +73,9 @@ pub struct Agent<E: Engine> {
     failsafe: failsafe::Failsafe,
     /// A master's latest observation (not "engine down"), which its renewals carry.
     last_master_report: std::sync::Mutex<Option<status::MasterReport>>,
+    /// When a command last changed the engine or the agent's role: an observation begun
+    /// before it is never resent (it would tell the conductor the old state as news).
+    changed_at: std::sync::Mutex<std::time::Instant>,
 }
 
 /// Runs the agent until `shutdown` is cancelled: then it stops taking commands, lets the
@@ -227,6 +230,7 @@ async fn run_with<E: Engine>(
         key,
         failsafe: failsafe::Failsafe::new(id.clone(), settings_lease),
         last_master_report: std::sync::Mutex::new(None),
+        changed_at: std::sync::Mutex::new(std::time::Instant::now()),
     });
     // A master restarted into a partition fences itself after one lease, as if the
     // lease had just been granted.

@@ -44,7 +44,7 @@ impl Significant {
 
 /// A master's latest observation, held for the renewals that carry it.
 pub(crate) struct MasterReport {
-    /// When the status loop made it.
+    /// When the status loop began to make it.
     observed_at: Instant,
     /// When a report last went out (it, or an earlier one).
     sent_at: Instant,
@@ -237,6 +237,7 @@ impl<E: Engine> Agent<E> {
                 let agent = self.clone();
                 tokio::spawn(async move { agent.heartbeat().await });
             }
+            let observing_since = Instant::now();
             let report = self.report().await;
             let significant = Significant::of(&report);
             if due || forced || last.as_ref() != Some(&significant) {
@@ -261,7 +262,7 @@ impl<E: Engine> Agent<E> {
                     };
                     let send = sent_at == now;
                     *held = Some(MasterReport {
-                        observed_at: now,
+                        observed_at: observing_since,
                         sent_at,
                         report: report.clone(),
                     });
@@ -321,10 +322,13 @@ impl<E: Engine> Agent<E> {
             if !self.state.lock().expect("poisoned").master {
                 continue;
             }
+            let changed_at = *self.changed_at.lock().expect("poisoned");
             let report = {
                 let mut held = self.last_master_report.lock().expect("poisoned");
                 match held.as_mut() {
-                    Some(h) if h.sent_at.elapsed() >= every => {
+                    // Never an observation begun before the last change: the status
+                    // loop's next one, due at once, renews the lease instead.
+                    Some(h) if h.sent_at.elapsed() >= every && h.observed_at > changed_at => {
                         h.sent_at = Instant::now();
                         self.resent(&h.report, h.observed_at.elapsed(), stale)
                     }

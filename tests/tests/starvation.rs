@@ -77,13 +77,7 @@ fn a_master_host_starved_of_cpu_for_minutes_is_not_failed_over_and_keeps_taking_
         count("restore_writes"),
     );
     if count("restore_writes") > 0 {
-        // What the master's agent saw of its lease, for whoever reads a failure.
-        let log = c.nodes[0].agent.log();
-        let lease: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("lease") || l.contains("confirmed late"))
-            .collect();
-        eprintln!("db-1's agent on its lease:\n{}", lease.join("\n"));
+        print_lease_lines(&c);
     }
     assert_eq!(count("failover"), 0, "a slow master was failed over");
     assert_eq!(count("restore_writes"), 0, "the master fenced itself");
@@ -124,6 +118,9 @@ fn a_master_engine_that_stalls_for_seconds_under_a_live_agent_is_not_failed_over
     );
     std::thread::sleep(Duration::from_secs(2));
     let (_, acked) = writer.finish();
+    if !workflows_of_kind(&c, "restore_writes").is_empty() {
+        print_lease_lines(&c);
+    }
     assert_eq!(
         workflows_of_kind(&c, "failover").len(),
         0,
@@ -140,4 +137,21 @@ fn a_master_engine_that_stalls_for_seconds_under_a_live_agent_is_not_failed_over
         "the stall is shown: {topology}"
     );
     assert_all_acknowledged_on(&c, "db-1", &acked);
+}
+
+/// What the master's agent saw of its lease and the conductor of the master's writes,
+/// for whoever reads a failure.
+fn print_lease_lines(c: &tandem_e2e::Cluster) {
+    let log = c.nodes[0].agent.log();
+    let lease: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("lease") || l.contains("confirmed late"))
+        .collect();
+    eprintln!("db-1's agent on its lease:\n{}", lease.join("\n"));
+    let log = c.conductor.log();
+    let restores: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("restore_writes") || l.contains("drift"))
+        .collect();
+    eprintln!("the conductor:\n{}", restores.join("\n"));
 }
