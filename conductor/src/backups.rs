@@ -59,7 +59,7 @@ pub async fn start(
         backup_id.clone(),
         BackupRun {
             instance: instance.clone(),
-            state: "running".into(),
+            state: tandem_api::BackupRunState::Running,
             error: None,
             operation: id,
             epoch,
@@ -128,7 +128,7 @@ fn fail(c: &Conductor, backup_id: &str, error: String) {
         .expect("poisoned")
         .get_mut(backup_id)
     {
-        run.state = "failed".into();
+        run.state = tandem_api::BackupRunState::Failed;
         run.error = Some(error);
     }
 }
@@ -141,7 +141,7 @@ pub async fn cancel(c: &Conductor, backup_id: &str) -> Result<(), CommandError> 
         .lock()
         .expect("poisoned")
         .get(backup_id)
-        .filter(|r| r.state == "running")
+        .filter(|r| r.state == tandem_api::BackupRunState::Running)
         .map(|r| (r.instance.clone(), r.operation, r.epoch));
     let Some((instance, operation, epoch)) = run else {
         return Err(CommandError::bad_request(format!(

@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tandem_proto::{Health, InstanceId, Position, ReplicaSetId, StatusReport, Timestamp};
 use tokio_util::sync::CancellationToken;
 
@@ -36,25 +35,7 @@ use crate::Conductor;
 /// How often every set is looked at.
 const TICK: Duration = Duration::from_millis(100);
 
-/// What the detector concluded about a set's master.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-#[serde(tag = "verdict", rename_all = "snake_case")]
-pub enum Verdict {
-    Healthy,
-    /// Something is wrong with the master, but not enough to fail over.
-    Suspected {
-        reason: String,
-    },
-    /// Lost, but its lease may still keep it writable for this long.
-    WaitingForLease {
-        reason: String,
-        remaining_ms: u64,
-    },
-    /// Lost: a failover may start.
-    Lost {
-        reason: String,
-    },
-}
+pub use tandem_api::Verdict;
 
 /// What is known of one instance: its last report and the time since it arrived
 /// (`None`: no report since this conductor started, `since_start` old).
@@ -463,7 +444,7 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: Instant) {
             v => tracing::warn!(set = %set.id, master = %master, verdict = ?v, "master in trouble"),
         }
         c.events.publish(crate::events::ApiEvent::MasterVerdict {
-            set: set.id.to_string(),
+            set: set.id.clone(),
             master: master.clone(),
             verdict: verdict.clone(),
             at: Timestamp::now(),
@@ -653,7 +634,7 @@ fn start_failover(c: &Arc<Conductor>, set: &ReplicaSet, reason: String) {
                 tracing::error!(set = %set.id, error = %e, "cannot record the anti-flapping block");
             }
             c.events.publish(crate::events::ApiEvent::FailoverBlocked {
-                set: set.id.to_string(),
+                set: set.id.clone(),
                 reason: why,
                 at: Timestamp::now(),
             });
@@ -668,10 +649,9 @@ fn start_failover(c: &Arc<Conductor>, set: &ReplicaSet, reason: String) {
         candidate: None,
         force: false,
         automatic: true,
+        reason: Some(reason.clone()),
     };
-    let mut extra = serde_json::Map::new();
-    extra.insert("reason".into(), reason.clone().into());
-    match workflow::start(c, spec, extra, "failure detector") {
+    match workflow::start(c, spec, "failure detector") {
         Ok(wf) => {
             // The anti-flapping clock starts when the workflow promotes someone (a
             // failover that stands down does not count).
@@ -701,7 +681,7 @@ fn restore_writes(c: &Arc<Conductor>, set: &ReplicaSet, fenced: bool) {
             tracing::warn!(set = %set.id, master = %set.master, in_a_row = record.in_a_row, hold_ms = hold.as_millis() as u64, fenced, "the master keeps fencing itself: writes given back after a hold");
             c.events
                 .publish(crate::events::ApiEvent::RestoreWritesHeld {
-                    set: set.id.to_string(),
+                    set: set.id.clone(),
                     master: set.master.clone(),
                     restores_in_a_row: record.in_a_row,
                     hold_ms: hold.as_millis() as u64,
@@ -737,9 +717,9 @@ fn clear_block(c: &Conductor, set: &ReplicaSet) {
 
 fn start(c: &Arc<Conductor>, spec: Spec, why: &str) {
     let set = spec.set().clone();
-    match workflow::start(c, spec, serde_json::Map::new(), "failure detector") {
+    match workflow::start(c, spec, "failure detector") {
         Ok(wf) => {
-            tracing::warn!(set = %set, workflow = %wf.id, kind = wf.kind, why, "workflow started by the detector")
+            tracing::warn!(set = %set, workflow = %wf.id, kind = %wf.kind, why, "workflow started by the detector")
         }
         Err(e) => tracing::debug!(set = %set, error = %e, "workflow not started"),
     }

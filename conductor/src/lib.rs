@@ -36,19 +36,25 @@ pub use config::{ConductorConfig, Settings};
 use store::{InstanceRecord, Store};
 
 /// A backup the conductor asked for and has not recorded yet.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct BackupRun {
-    #[schema(value_type = String)]
     pub instance: tandem_proto::InstanceId,
-    /// `running` or `failed`.
-    pub state: String,
+    pub state: tandem_api::BackupRunState,
     pub error: Option<String>,
     /// The agent's operation (the command's message id) and the epoch it was sent with:
     /// what a cancel names.
-    #[serde(skip)]
     pub operation: tandem_proto::MessageId,
-    #[serde(skip)]
     pub epoch: tandem_proto::Epoch,
+}
+
+impl BackupRun {
+    pub fn view(&self) -> tandem_api::BackupRunView {
+        tandem_api::BackupRunView {
+            instance: self.instance.clone(),
+            state: self.state,
+            error: self.error.clone(),
+        }
+    }
 }
 
 pub struct Conductor {
@@ -155,14 +161,14 @@ impl Conductor {
             open.insert(instance.clone());
             tracing::warn!(set = %set_id, instance = %instance, ?differences, "drift between intent and engine");
             self.events.publish(events::ApiEvent::Drift {
-                set: set_id.to_string(),
+                set: set_id.clone(),
                 instance: instance.clone(),
                 differences,
                 at: now,
             });
         } else if differences.is_empty() && open.remove(instance) {
             self.events.publish(events::ApiEvent::DriftClosed {
-                set: set_id.to_string(),
+                set: set_id.clone(),
                 instance: instance.clone(),
                 at: now,
             });

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::RwLock;
 use std::time::Instant;
 
-use serde::Serialize;
 use tandem_proto::{InstanceId, StatusReport};
 
 #[derive(Default)]
@@ -22,33 +21,7 @@ struct Entry {
     last_position: Option<tandem_proto::Position>,
 }
 
-/// One instance as the API shows it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct InstanceView {
-    #[schema(value_type = String)]
-    pub id: InstanceId,
-    pub zone: String,
-    pub tags: Vec<String>,
-    #[schema(value_type = String)]
-    pub engine: tandem_proto::EngineKind,
-    /// The replication contract as the engine reports it.
-    pub observed: Contract,
-    /// Milliseconds since the last report arrived.
-    pub last_seen_ms: u64,
-    /// The agent's last status report (see proto's `StatusReport`).
-    #[schema(value_type = Object)]
-    pub status: StatusReport,
-}
-
-/// The replication contract of one instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Contract {
-    #[schema(value_type = Option<String>)]
-    pub replicates_from: Option<InstanceId>,
-    #[schema(value_type = Vec<String>)]
-    pub replicates_to: Vec<InstanceId>,
-    pub writable: Option<bool>,
-}
+pub use tandem_api::{Contract, InstanceView};
 
 impl Registry {
     /// Records a report. Returns `None` when it was older than the one held, otherwise

@@ -12,8 +12,10 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use tandem_api::IntendedRole;
 use tandem_e2e::load::{self, Observer, Writer};
 use tandem_e2e::{eventually, Cluster, ClusterOptions};
+use tandem_proto::SemiSync;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Fault {
@@ -117,12 +119,12 @@ fn name(f: Fault) -> &'static str {
 fn settle(c: &Cluster) -> String {
     eventually(Duration::from_secs(60), "semi-sync active", || {
         let v = c.set("s1");
-        let master = v["master"].as_str()?.to_owned();
-        let members = v["members"].as_array()?;
-        let ok = members.len() == 3
-            && members.iter().all(|m| {
-                m["drift"].as_array().is_some_and(|d| d.is_empty())
-                    && (m["instance"] != master.as_str() || m["semi_sync"] == "active")
+        let master = v.master.to_string();
+        let ok = v.members.len() == 3
+            && v.members.iter().all(|m| {
+                m.drift.is_empty()
+                    && (m.instance.as_str() != master.as_str()
+                        || m.semi_sync == Some(SemiSync::Active))
             });
         ok.then_some(master)
     })
@@ -148,12 +150,12 @@ fn one(c: &mut Cluster, fault: Fault, master: &str) -> Trial {
     let deadline = Instant::now() + Duration::from_secs(30);
     let new_master = loop {
         let v = c.set("s1");
-        if v["master"] != master {
-            break v["master"].as_str().unwrap().to_owned();
+        if v.master.as_str() != master {
+            break v.master.to_string();
         }
         assert!(
             Instant::now() < deadline,
-            "no failover away from {master}; set: {v}\nconductor log:\n{}",
+            "no failover away from {master}; set: {v:?}\nconductor log:\n{}",
             tandem_e2e::tail(&c.conductor.log(), 30)
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -200,17 +202,12 @@ fn recover(c: &mut Cluster, fault: Fault, old: &str) -> usize {
     }
     let role = eventually(Duration::from_secs(60), "the old master back", || {
         let v = c.set("s1");
-        let m = v["members"]
-            .as_array()?
-            .iter()
-            .find(|m| m["instance"] == old)?
-            .clone();
-        match m["intended"]["role"].as_str()? {
-            r @ ("replica" | "quarantined") => Some(r.to_owned()),
+        match v.member(old)?.intended.role {
+            r @ (IntendedRole::Replica | IntendedRole::Quarantined) => Some(r),
             _ => None,
         }
     });
-    if role == "quarantined" {
+    if role == IntendedRole::Quarantined {
         c.cli_ok(&["replica", "add", "s1", old, "--seed", "stream", "--wait"]);
         1
     } else {

@@ -151,14 +151,14 @@ impl Cluster {
                     // The operator's enrolment: a token and a broker user of its own.
                     let out = c.cli(&["--json", "instance", "enroll", &name]);
                     assert!(out.0, "enrol {name}: {}", out.2);
-                    let v: serde_json::Value = serde_json::from_str(&out.1).unwrap();
+                    let v: tandem_api::EnrolmentView = serde_json::from_str(&out.1).unwrap();
                     env.push((
                         "TANDEM_AGENT_BROKER__ENROLMENT_TOKEN".into(),
-                        v["token"].as_str().unwrap().into(),
+                        v.token.expect("an enrolment without a key answers a token"),
                     ));
                     env.push((
                         "TANDEM_AGENT_BROKER__USER".into(),
-                        v["broker_user"].as_str().unwrap().into(),
+                        v.broker_user.expect("per-agent broker users are on"),
                     ));
                     broker_uri = match broker_uri.split_once('@') {
                         Some((scheme_user, rest)) => format!(
@@ -285,12 +285,34 @@ impl Cluster {
             .collect()
     }
 
-    pub fn set(&self, set: &str) -> serde_json::Value {
-        let out = self.cli_ok(&["--json", "set", "list"]);
-        let sets: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-        sets.into_iter()
-            .find(|s| s["id"] == set)
-            .expect("the set exists")
+    /// The conductor's typed API client, with its operator token.
+    pub fn api(&self) -> tandem_api::client::Client {
+        self.conductor.api()
+    }
+
+    /// Runs the CLI with `--json` and reads its answer as `T` (panics with the CLI's
+    /// error unless it succeeds).
+    pub fn cli_json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli_ok(&all);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("tandem {}: {e}: {out}", args.join(" ")))
+    }
+
+    /// The set as the API shows it (retried briefly: the API may be restarting).
+    pub fn set(&self, set: &str) -> tandem_api::SetView {
+        let api = self.api();
+        eventually(
+            Duration::from_secs(10),
+            &format!("set {set} from the API"),
+            || api.set(set).ok(),
+        )
+    }
+
+    /// A workflow and its journal, as the API shows them.
+    pub fn workflow(&self, id: &str) -> tandem_api::WorkflowDetail {
+        self.api().workflow(id).expect("the workflow exists")
     }
 
     /// Waits until the contract the API shows for `set` has no drift, then checks it
@@ -302,17 +324,14 @@ impl Cluster {
             "the contract to match the intent",
             || {
                 let view = self.set(set);
-                let members = view["members"].as_array()?;
-                members
-                    .iter()
-                    .all(|m| m["drift"].as_array().is_some_and(|d| d.is_empty()))
-                    .then_some(view)
+                view.converged().then_some(view)
             },
         );
-        let master = view["master"].as_str().unwrap().to_owned();
+        let master = view.master.to_string();
         let master_port = self.db(&master).port().to_string();
-        for m in view["members"].as_array().unwrap() {
-            let name = m["instance"].as_str().unwrap();
+        for m in &view.members {
+            let name = m.instance.as_str();
+            let observed = m.observed.clone().expect("a converged member has reported");
             let db = self.db(name);
             let read_only = db.sql("SELECT @@read_only").unwrap();
             let source = db
@@ -325,7 +344,7 @@ impl Cluster {
                     "",
                     "master {name} replicates"
                 );
-                assert_eq!(m["observed"]["writable"], true);
+                assert_eq!(observed.writable, Some(true));
             } else {
                 assert_eq!(read_only, "1", "replica {name} must be read-only");
                 let status = db.sql("SHOW SLAVE STATUS").unwrap();
@@ -333,8 +352,11 @@ impl Cluster {
                     status.contains(&format!("\t{master_port}\t")),
                     "{name} does not replicate from {master} ({master_port}): {status}"
                 );
-                assert_eq!(m["observed"]["writable"], false);
-                assert_eq!(m["observed"]["replicates_from"], master.as_str());
+                assert_eq!(observed.writable, Some(false));
+                assert_eq!(
+                    observed.replicates_from.as_ref().map(|f| f.as_str()),
+                    Some(master.as_str())
+                );
                 let _ = source;
             }
         }
@@ -344,12 +366,11 @@ impl Cluster {
     /// Waits until every member but `except` (a failed one) agrees with the intent.
     pub fn converged_without(&self, set: &str, except: &str) {
         eventually(Duration::from_secs(20), "the others to converge", || {
-            let v = self.set(set);
-            v["members"]
-                .as_array()?
+            self.set(set)
+                .members
                 .iter()
-                .filter(|m| m["instance"] != except)
-                .all(|m| m["drift"].as_array().is_some_and(|d| d.is_empty()))
+                .filter(|m| m.instance.as_str() != except)
+                .all(|m| m.drift.is_empty())
                 .then_some(())
         });
     }
@@ -385,11 +406,11 @@ impl Cluster {
             ))
             .unwrap();
         let view = self.set(set);
-        for m in view["members"].as_array().unwrap() {
-            let name = m["instance"].as_str().unwrap();
+        for m in &view.members {
+            let name = m.instance.as_str();
             if matches!(
-                m["intended"]["role"].as_str(),
-                Some("failed" | "quarantined")
+                m.intended.role,
+                tandem_api::IntendedRole::Failed | tandem_api::IntendedRole::Quarantined
             ) {
                 continue;
             }
@@ -439,4 +460,42 @@ fn fence_script(nodes: &[Node], log: &std::path::Path) -> String {
         log.display()
     ));
     script
+}
+
+/// `tandem --json events`, running: every event the conductor publishes from now on.
+pub struct EventFollower(std::process::Child);
+
+impl EventFollower {
+    pub fn start(c: &Cluster) -> EventFollower {
+        EventFollower(
+            c.conductor
+                .cli_command()
+                .args(["--json", "events"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Stops following; the events seen, each read as the API's type (a line that does
+    /// not read is a failure: the stream and the type must agree).
+    pub fn stop(mut self) -> Vec<tandem_api::ApiEvent> {
+        self.0.kill().unwrap();
+        let _ = self.0.wait();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut self.0.stdout.take().unwrap(), &mut out).unwrap();
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event {l}: {e}")))
+            .collect()
+    }
+}
+
+impl Cluster {
+    /// One instance as the API shows it.
+    pub fn instance(&self, id: &str) -> tandem_api::InstanceView {
+        self.api()
+            .instance(&id.parse().unwrap())
+            .unwrap_or_else(|e| panic!("instance {id}: {e}"))
+    }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use tandem_api::{FailoverSummary, JournalEntry, MemberView, SetView, WorkflowKind, WorkflowRow};
 
 use crate::load::{self, Ack};
 use crate::{eventually, tail, Cluster, ClusterOptions};
@@ -28,13 +28,9 @@ pub fn three(semi_sync: bool, options: ClusterOptions) -> Cluster {
     c
 }
 
-pub fn member<'a>(view: &'a Value, name: &str) -> &'a Value {
-    view["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["instance"] == name)
-        .unwrap()
+pub fn member<'a>(view: &'a SetView, name: &str) -> &'a MemberView {
+    view.member(name)
+        .unwrap_or_else(|| panic!("{name} is not a member of {}", view.id))
 }
 
 /// Waits until the set's master is not `old`; returns the new master.
@@ -42,12 +38,12 @@ pub fn failed_over(c: &Cluster, old: &str, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
     loop {
         let v = c.set("s1");
-        if v["master"] != old {
-            return v["master"].as_str().unwrap().to_owned();
+        if v.master.as_str() != old {
+            return v.master.to_string();
         }
         assert!(
             Instant::now() < deadline,
-            "no failover away from {old} within {limit:?}; set: {v}\naudit:\n{}\nconductor log:\n{}",
+            "no failover away from {old} within {limit:?}; set: {v:?}\naudit:\n{}\nconductor log:\n{}",
             tail(&c.cli(&["audit"]).1, 20),
             tail(&c.conductor.log(), 40)
         );
@@ -92,20 +88,20 @@ pub fn assert_all_acknowledged_on(c: &Cluster, name: &str, acked: &[Ack]) {
 
 /// The summary the first failover journaled (the audit log's record of it), once the
 /// workflow has written it.
-pub fn failover_summary(c: &Cluster) -> Value {
+pub fn failover_summary(c: &Cluster) -> FailoverSummary {
     eventually(Duration::from_secs(20), "the failover summary", || {
-        let out = c.cli_ok(&["--json", "audit"]);
-        let entries: Vec<Value> = serde_json::from_str(&out).unwrap();
+        let entries: Vec<JournalEntry> = c.cli_json(&["audit"]);
         entries
             .into_iter()
-            .filter(|e| e["step"] == "failover summary")
-            .map(|e| e["result"].clone())
+            .filter(|e| e.is_note() && e.step == FailoverSummary::STEP)
+            .filter_map(|e| e.result)
             .next_back()
+            .map(|r| serde_json::from_value(r).expect("a failover summary"))
     })
 }
 
 /// The workflows of `kind` the conductor has run or is running.
-pub fn workflows_of_kind(c: &Cluster, kind: &str) -> Vec<Value> {
-    let all: Vec<Value> = serde_json::from_str(&c.cli_ok(&["--json", "workflow", "list"])).unwrap();
-    all.into_iter().filter(|w| w["kind"] == kind).collect()
+pub fn workflows_of_kind(c: &Cluster, kind: WorkflowKind) -> Vec<WorkflowRow> {
+    let all: Vec<WorkflowRow> = c.cli_json(&["workflow", "list"]);
+    all.into_iter().filter(|w| w.kind == kind).collect()
 }

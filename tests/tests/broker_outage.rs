@@ -13,6 +13,7 @@ use tandem_e2e::promise::{
     assert_all_acknowledged_on, assert_never_two_writable, failed_over, member, three,
 };
 use tandem_e2e::{eventually, Cluster, ClusterOptions};
+use tandem_proto::FailsafeState;
 
 const OUTAGE: Duration = Duration::from_secs(12);
 
@@ -29,12 +30,17 @@ fn failsafe_armed(c: &Cluster) -> String {
     eventually(Duration::from_secs(20), "the failsafe assigned", || {
         let view = c.set("s1");
         let m = member(&view, &master);
-        let peers = m["failsafe"]["peers"].as_array()?.len();
-        let replicas_answer = view["members"]
-            .as_array()?
+        let Some(FailsafeState::Master { peers, .. }) = &m.failsafe else {
+            return None;
+        };
+        let peers = peers.len();
+        let replicas_answer = view
+            .members
             .iter()
-            .filter(|r| r["instance"] != master.as_str())
-            .all(|r| r["failsafe"]["master"] == master.as_str());
+            .filter(|r| r.instance.as_str() != master.as_str())
+            .all(|r| {
+                matches!(&r.failsafe, Some(FailsafeState::Replica { master: of }) if of.as_str() == master)
+            });
         (peers == 2 && replicas_answer).then_some(())
     });
     master
@@ -82,7 +88,10 @@ fn a_broker_outage_with_every_replica_connected_is_no_write_outage() {
     // The master reports again (a report from after the outage: it says how often
     // promises held its lease), and nothing failed over.
     let held = eventually(Duration::from_secs(30), "the master heard again", || {
-        let held = member(&c.set("s1"), &master)["failsafe"]["held"].as_u64()?;
+        let held = match member(&c.set("s1"), &master).failsafe {
+            Some(FailsafeState::Master { held, .. }) => held,
+            _ => return None,
+        };
         (held > 0).then_some(held)
     });
     assert_eq!(

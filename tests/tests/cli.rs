@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use tandem_api::{ApiRequest, InstanceView};
 use tandem_testkit::{binary, AgentProcess, Broker, ConductorProcess, MariaDb, MariaDbOptions};
 
 fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -156,11 +157,11 @@ fn a_ping_travels_cli_to_conductor_to_agent_and_back_and_status_shows_the_instan
 
     let (ok, out, _) = conductor.cli(&["status", "--json"]);
     assert!(ok);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v[0]["id"], "db-1");
-    assert_eq!(v[0]["observed"]["writable"], false);
-    assert_eq!(v[0]["observed"]["replicates_from"], serde_json::Value::Null);
-    assert_eq!(v[0]["status"]["engine"], "mariadb");
+    let v: Vec<InstanceView> = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0].id.as_str(), "db-1");
+    assert_eq!(v[0].observed.writable, Some(false));
+    assert_eq!(v[0].observed.replicates_from, None);
+    assert_eq!(v[0].status.engine, tandem_proto::EngineKind::Mariadb);
     drop(agent);
 }
 
@@ -185,8 +186,8 @@ fn a_stopped_agent_says_so_and_the_cli_reports_an_unreachable_conductor() {
     assert!(status.success(), "agent exited with {status}");
     eventually(Duration::from_secs(10), "the stopping report", || {
         let (_, out, _) = conductor.cli(&["status", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        (v[0]["status"]["health"] == "stopping").then_some(())
+        let v: Vec<InstanceView> = serde_json::from_str(&out).ok()?;
+        (v.first()?.status.health == tandem_proto::Health::Stopping).then_some(())
     });
 
     conductor.stop();
@@ -298,18 +299,18 @@ fn the_api_needs_a_token_of_the_right_role_and_json_for_changes() {
     assert_eq!(raw_http(&url, Some(&admin), "application/json", put).0, 200);
     let (ok, out, err) = conductor.cli(&["--json", "audit", "--requests"]);
     assert!(ok, "{err}");
-    let audit: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    let seen = |who: &str, status: u64| {
+    let audit: Vec<ApiRequest> = serde_json::from_str(&out).unwrap();
+    let seen = |who: &str, status: u16| {
         audit
             .iter()
-            .any(|r| r["who"] == who && r["status"] == status && r["method"] == "POST")
+            .any(|r| r.who == who && r.status == status && r.method == "POST")
     };
     assert!(seen("admin", 200), "{audit:?}");
     assert!(seen("viewer", 403), "{audit:?}");
     assert!(seen("(no valid token)", 401), "{audit:?}");
     assert!(seen("admin", 415), "{audit:?}");
     assert!(
-        !audit.iter().any(|r| r["method"] == "GET"),
+        !audit.iter().any(|r| r.method == "GET"),
         "reads are not changes: {audit:?}"
     );
 

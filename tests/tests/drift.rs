@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use tandem_api::IntendedRole;
+use tandem_api::{WorkflowKind, WorkflowState};
 use tandem_e2e::promise::{failed_over, member, three, workflows_of_kind};
 use tandem_e2e::{eventually, Cluster, ClusterOptions};
 
@@ -41,7 +43,7 @@ fn a_replica_on_the_wrong_source_or_delay_is_brought_back_to_the_intent() {
         let (p, _) = source_and_delay(&c, "db-3")?;
         (p == port("db-1")).then_some(())
     });
-    assert!(!workflows_of_kind(&c, "repoint").is_empty());
+    assert!(!workflows_of_kind(&c, WorkflowKind::Repoint).is_empty());
 
     // A delay set by hand differs from the intent (none): put back.
     c.db("db-2")
@@ -84,12 +86,12 @@ fn a_replica_a_failover_could_not_reach_is_re_pointed_when_it_is_back() {
     assert_eq!(master, "db-2");
     let summary = tandem_e2e::promise::failover_summary(&c);
     assert!(
-        summary["not_repointed"].to_string().contains("db-3"),
-        "{summary}"
+        summary.not_repointed.iter().any(|r| r.contains("db-3")),
+        "{summary:?}"
     );
     // The failover ended done: it promoted db-2, and says what it left.
-    let failover = workflows_of_kind(&c, "failover");
-    assert_eq!(failover[0]["state"], "done", "{failover:?}");
+    let failover = workflows_of_kind(&c, WorkflowKind::Failover);
+    assert_eq!(failover[0].state, WorkflowState::Done, "{failover:?}");
 
     c.node_mut("db-3").agent.resume().unwrap();
     let role = eventually(
@@ -100,10 +102,10 @@ fn a_replica_a_failover_could_not_reach_is_re_pointed_when_it_is_back() {
             let m = member(&view, "db-3");
             let on_master =
                 source_and_delay(&c, "db-3").is_some_and(|(p, _)| p == c.db(&master).port());
-            if on_master && m["drift"].as_array().is_some_and(|d| d.is_empty()) {
+            if on_master && m.drift.is_empty() {
                 return Some("replica".to_string());
             }
-            (m["intended"]["role"] == "quarantined").then(|| "quarantined".to_string())
+            (m.intended.role == IntendedRole::Quarantined).then(|| "quarantined".to_string())
         },
     );
     eprintln!(

@@ -6,12 +6,15 @@
 
 use std::time::{Duration, Instant};
 
+use tandem_api::IntendedRole;
+use tandem_api::{WorkflowKind, WorkflowRow, WorkflowState};
 use tandem_e2e::load::{Observer, Writer};
 use tandem_e2e::promise::{
     assert_all_acknowledged_on, assert_never_two_writable, failed_over, failover_summary, member,
     three,
 };
 use tandem_e2e::{eventually, ClusterOptions};
+use tandem_proto::SemiSync;
 
 /// An admin writes on a replica in a GTID domain of its own, as in the field: nothing
 /// stops the replica's applier, and by the position order it is "ahead" of everyone.
@@ -22,7 +25,7 @@ const ERRANT_WRITE: &str =
 fn an_errant_replica_is_refused_by_switchover_skipped_by_failover_and_quarantined() {
     let mut c = three(true, ClusterOptions::read_only_at_start());
     eventually(Duration::from_secs(20), "semi-sync active on db-1", || {
-        (member(&c.set("s1"), "db-1")["semi_sync"] == "active").then_some(())
+        (member(&c.set("s1"), "db-1").semi_sync == Some(SemiSync::Active)).then_some(())
     });
 
     // Switchover to db-3 right after its errant write (before its agent has seen it
@@ -38,13 +41,13 @@ fn an_errant_replica_is_refused_by_switchover_skipped_by_failover_and_quarantine
         err.contains("99-"),
         "the refusal names the errant position: {err}"
     );
-    assert_eq!(c.set("s1")["master"], "db-1");
+    assert_eq!(c.set("s1").master.as_str(), "db-1");
     assert_eq!(c.db("db-1").sql("SELECT @@read_only").unwrap(), "0");
 
     // Its agent reports it diverged and the conductor quarantines it: out of
     // replication, read-only, shown in the topology and the audit log.
     eventually(Duration::from_secs(15), "db-3 quarantined", || {
-        (member(&c.set("s1"), "db-3")["intended"]["role"] == "quarantined").then_some(())
+        (member(&c.set("s1"), "db-3").intended.role == IntendedRole::Quarantined).then_some(())
     });
     let topology = c.cli_ok(&["topology"]);
     assert!(topology.contains("QUARANTINED"), "{topology}");
@@ -88,23 +91,24 @@ fn an_errant_replica_is_refused_by_switchover_skipped_by_failover_and_quarantine
         "the stray row reached the master"
     );
     eventually(Duration::from_secs(15), "db-3 quarantined again", || {
-        (member(&c.set("s1"), "db-3")["intended"]["role"] == "quarantined").then_some(())
+        (member(&c.set("s1"), "db-3").intended.role == IntendedRole::Quarantined).then_some(())
     });
     // The failover that promoted correctly is done, and says what it left and why.
     let summary = failover_summary(&c);
-    let left = summary["not_repointed"].to_string();
     assert!(
-        left.contains("db-3") && left.contains("diverged"),
-        "{summary}"
+        summary
+            .not_repointed
+            .iter()
+            .any(|l| l.contains("db-3") && l.contains("diverged")),
+        "{summary:?}"
     );
-    let workflows = c.cli_ok(&["--json", "workflow", "list"]);
-    let workflows: Vec<serde_json::Value> = serde_json::from_str(&workflows).unwrap();
+    let workflows: Vec<WorkflowRow> = c.cli_json(&["workflow", "list"]);
     let failover = workflows
         .iter()
         .rev()
-        .find(|w| w["kind"] == "failover")
+        .find(|w| w.kind == WorkflowKind::Failover)
         .expect("a failover workflow");
-    assert_eq!(failover["state"], "done", "{failover}");
+    assert_eq!(failover.state, WorkflowState::Done, "{failover:?}");
 }
 
 #[test]
@@ -122,7 +126,7 @@ fn an_out_of_order_transaction_on_a_replica_is_reported_diverged_and_quarantined
             .cli_ok(&["status"])
             .lines()
             .any(|l| l.starts_with("db-2: DIVERGED: out-of-order"));
-        let quarantined = member(&c.set("s1"), "db-2")["intended"]["role"] == "quarantined";
+        let quarantined = member(&c.set("s1"), "db-2").intended.role == IntendedRole::Quarantined;
         (diverged || quarantined).then_some(())
     });
     eprintln!(
@@ -130,7 +134,7 @@ fn an_out_of_order_transaction_on_a_replica_is_reported_diverged_and_quarantined
         written.elapsed().as_millis()
     );
     eventually(Duration::from_secs(15), "db-2 quarantined", || {
-        (member(&c.set("s1"), "db-2")["intended"]["role"] == "quarantined").then_some(())
+        (member(&c.set("s1"), "db-2").intended.role == IntendedRole::Quarantined).then_some(())
     });
     let audit = c.cli_ok(&["--json", "audit"]);
     assert!(
@@ -143,7 +147,7 @@ fn an_out_of_order_transaction_on_a_replica_is_reported_diverged_and_quarantined
     assert!(!err.is_empty());
     // The rest of the set is untouched.
     c.write_and_see_everywhere("s1", "db-1", 993);
-    assert_eq!(c.set("s1")["master"], "db-1");
+    assert_eq!(c.set("s1").master.as_str(), "db-1");
 }
 
 fn ids_on_t(c: &tandem_e2e::Cluster, name: &str) -> Vec<u64> {

@@ -6,19 +6,21 @@
 
 use std::time::{Duration, Instant};
 
+use tandem_api::{IntendedRole, Verdict};
 use tandem_e2e::load::{Observer, Writer};
 use tandem_e2e::promise::{
     assert_all_acknowledged_on, assert_never_two_writable, failed_over, failover_summary, member,
     three,
 };
 use tandem_e2e::{eventually, tail, ClusterOptions};
+use tandem_proto::SemiSync;
 
 #[test]
 fn a_crashed_master_is_replaced_with_no_acknowledged_write_lost_rejoins_and_a_second_failover_waits_for_an_operator(
 ) {
     let mut c = three(true, ClusterOptions::read_only_at_start());
     eventually(Duration::from_secs(20), "semi-sync active on db-1", || {
-        (member(&c.set("s1"), "db-1")["semi_sync"] == "active").then_some(())
+        (member(&c.set("s1"), "db-1").semi_sync == Some(SemiSync::Active)).then_some(())
     });
     // A healthy master is not ejected: that is a switchover's job.
     let (ok, _, err) = c.cli(&["failover", "run", "s1"]);
@@ -46,17 +48,17 @@ fn a_crashed_master_is_replaced_with_no_acknowledged_write_lost_rejoins_and_a_se
     assert_all_acknowledged_on(&c, &master, &acked);
     c.converged_without("s1", "db-1");
     let view = c.set("s1");
-    assert_eq!(member(&view, "db-1")["intended"]["role"], "failed");
+    assert_eq!(member(&view, "db-1").intended.role, IntendedRole::Failed);
     let summary = &failover_summary(&c);
-    assert_eq!(summary["failed_master"], "db-1");
-    assert_eq!(summary["new_master"], master.as_str());
-    assert_eq!(summary["lost_transactions"], 0, "{summary}");
+    assert_eq!(summary.failed_master.as_str(), "db-1");
+    assert_eq!(summary.new_master.as_str(), master.as_str());
+    assert_eq!(summary.lost_transactions, Some(0), "{summary:?}");
 
     // The old master comes back (read-only, as every server starts): fenced by the
     // epoch, compared, rejoined as a replica.
     c.node_mut("db-1").db.restart().unwrap();
     eventually(Duration::from_secs(30), "db-1 to rejoin", || {
-        (member(&c.set("s1"), "db-1")["intended"]["role"] == "replica").then_some(())
+        (member(&c.set("s1"), "db-1").intended.role == IntendedRole::Replica).then_some(())
     });
     assert_eq!(c.converged("s1"), master);
     c.write_and_see_everywhere("s1", &master, 2);
@@ -66,17 +68,25 @@ fn a_crashed_master_is_replaced_with_no_acknowledged_write_lost_rejoins_and_a_se
     c.node_mut(&master.clone()).db.kill();
     let blocked = eventually(Duration::from_secs(20), "the block to show", || {
         let v = c.set("s1");
-        v["failover"]["blocked"].as_str().map(str::to_owned)
+        v.failover.state.blocked.clone()
     });
     assert!(
         blocked.contains("anti") || blocked.contains("flap"),
         "{blocked}"
     );
-    assert_eq!(c.set("s1")["master"], master.as_str(), "failed over anyway");
+    assert_eq!(
+        c.set("s1").master.as_str(),
+        master.as_str(),
+        "failed over anyway"
+    );
     let topology = c.cli_ok(&["topology"]);
     assert!(topology.contains("BLOCKED"), "{topology}");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(c.set("s1")["master"], master.as_str(), "failed over anyway");
+    assert_eq!(
+        c.set("s1").master.as_str(),
+        master.as_str(),
+        "failed over anyway"
+    );
 
     // An operator acknowledges: the failover goes ahead.
     c.cli_ok(&["failover", "ack", "s1"]);
@@ -109,18 +119,22 @@ fn a_lagging_replica_is_not_chosen_and_a_returning_master_with_an_extra_transact
         (t.contains("failover paused") && t.contains("master lost")).then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(c.set("s1")["master"], "db-1", "failed over while paused");
+    assert_eq!(
+        c.set("s1").master.as_str(),
+        "db-1",
+        "failed over while paused"
+    );
     // An operator ejects the master, naming the lagging replica: refused.
     let (ok, _, err) = c.cli(&["failover", "run", "s1", "--candidate", "db-2", "--wait"]);
     assert!(!ok && err.contains("behind db-3"), "{err}");
-    assert_eq!(c.set("s1")["master"], "db-1");
+    assert_eq!(c.set("s1").master.as_str(), "db-1");
     // Without a candidate, the rule picks the replica that had everything.
     c.cli_ok(&["failover", "run", "s1", "--wait"]);
     c.cli_ok(&["failover", "resume", "s1"]);
     let master = failed_over(&c, "db-1", Duration::from_secs(20));
     assert_eq!(master, "db-3", "the replica that had everything");
     let summary = &failover_summary(&c);
-    assert_eq!(summary["lost_transactions"], 0, "{summary}");
+    assert_eq!(summary.lost_transactions, Some(0), "{summary:?}");
     // db-2 is re-pointed to db-3 and catches up from it.
     c.converged_without("s1", "db-1");
     c.write_and_see_everywhere("s1", "db-3", 100);
@@ -137,7 +151,7 @@ fn a_lagging_replica_is_not_chosen_and_a_returning_master_with_an_extra_transact
     c.db("db-1").sql("INSERT INTO app.t VALUES (666)").unwrap();
     c.node_mut("db-1").agent.resume().unwrap();
     eventually(Duration::from_secs(30), "db-1 to be quarantined", || {
-        (member(&c.set("s1"), "db-1")["intended"]["role"] == "quarantined").then_some(())
+        (member(&c.set("s1"), "db-1").intended.role == IntendedRole::Quarantined).then_some(())
     });
     assert_eq!(c.db("db-1").sql("SELECT @@read_only").unwrap(), "1");
     assert_eq!(c.db("db-1").sql("SHOW SLAVE STATUS").unwrap(), "");
@@ -174,22 +188,15 @@ fn a_master_the_conductor_cannot_hear_is_not_failed_over_while_its_replicas_repl
     let verdict = eventually(
         Duration::from_secs(10),
         "the master to be suspected",
-        || {
-            let v = c.set("s1");
-            (v["failover"]["verdict"]["verdict"] == "suspected")
-                .then(|| v["failover"]["verdict"].clone())
+        || match c.set("s1").failover.verdict {
+            Some(Verdict::Suspected { reason }) => Some(reason),
+            _ => None,
         },
     );
-    assert!(
-        verdict["reason"]
-            .as_str()
-            .unwrap()
-            .contains("still receive"),
-        "{verdict}"
-    );
+    assert!(verdict.contains("still receive"), "{verdict}");
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
-        c.set("s1")["master"],
+        c.set("s1").master.as_str(),
         "db-1",
         "failed over a master whose replicas had it"
     );
@@ -208,7 +215,7 @@ fn a_master_the_conductor_cannot_hear_is_not_failed_over_while_its_replicas_repl
     eventually(Duration::from_secs(10), "writes to be given back", || {
         let v = c.set("s1");
         let m = member(&v, "db-1");
-        (m["observed"]["writable"] == true && m["fenced"] == false).then_some(())
+        (m.observed.as_ref().and_then(|o| o.writable) == Some(true) && !m.fenced).then_some(())
     });
     eventually(Duration::from_secs(10), "writes on db-1 again", || {
         writer.first_ack_after(resumed + Duration::from_millis(500))
@@ -227,14 +234,14 @@ fn a_master_the_conductor_cannot_hear_is_not_failed_over_while_its_replicas_repl
     c.write_and_see_everywhere("s1", "db-1", 50);
     eventually(Duration::from_secs(20), "semi-sync active", || {
         let v = c.set("s1");
-        (member(&v, "db-1")["semi_sync"] == "active"
-            && member(&v, "db-2")["semi_sync"] == "acknowledging")
-            .then_some(())
+        (member(&v, "db-1").semi_sync == Some(SemiSync::Active)
+            && member(&v, "db-2").semi_sync == Some(SemiSync::Acknowledging))
+        .then_some(())
     });
     c.cli_ok(&["set", "semi-sync", "s1", "off", "--wait"]);
     eventually(Duration::from_secs(20), "semi-sync off", || {
         let v = c.set("s1");
-        (member(&v, "db-1")["semi_sync"].is_null() && member(&v, "db-3")["semi_sync"].is_null())
+        (member(&v, "db-1").semi_sync.is_none() && member(&v, "db-3").semi_sync.is_none())
             .then_some(())
     });
     assert_eq!(c.converged("s1"), "db-1");
@@ -244,7 +251,7 @@ fn a_master_the_conductor_cannot_hear_is_not_failed_over_while_its_replicas_repl
 fn a_hung_master_host_is_failed_over_after_its_lease_and_fences_itself_when_it_wakes() {
     let c = three(true, ClusterOptions::read_only_at_start());
     eventually(Duration::from_secs(20), "semi-sync active on db-1", || {
-        (member(&c.set("s1"), "db-1")["semi_sync"] == "active").then_some(())
+        (member(&c.set("s1"), "db-1").semi_sync == Some(SemiSync::Active)).then_some(())
     });
     let observer = Observer::start(c.addresses());
     let writer = Writer::start(c.addresses(), Duration::from_millis(10));
@@ -273,8 +280,8 @@ fn a_hung_master_host_is_failed_over_after_its_lease_and_fences_itself_when_it_w
         Duration::from_secs(30),
         "db-1 to rejoin or be quarantined",
         || {
-            let role = member(&c.set("s1"), "db-1")["intended"]["role"].clone();
-            (role == "replica" || role == "quarantined").then_some(())
+            let role = member(&c.set("s1"), "db-1").intended.role;
+            matches!(role, IntendedRole::Replica | IntendedRole::Quarantined).then_some(())
         },
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -297,7 +304,7 @@ fn a_master_cut_off_by_the_network_fences_itself_is_failed_over_and_rejoins_when
     )];
     let c = three(true, options);
     eventually(Duration::from_secs(20), "semi-sync active on db-1", || {
-        (member(&c.set("s1"), "db-1")["semi_sync"] == "active").then_some(())
+        (member(&c.set("s1"), "db-1").semi_sync == Some(SemiSync::Active)).then_some(())
     });
     let observer = Observer::start(c.addresses());
     let writer = Writer::start(c.addresses(), Duration::from_millis(10));
@@ -327,15 +334,15 @@ fn a_master_cut_off_by_the_network_fences_itself_is_failed_over_and_rejoins_when
     // acknowledged), it holds a transaction the new master lacks and is quarantined,
     // then re-seeded.
     let role = eventually(Duration::from_secs(60), "db-1 to come back", || {
-        let role = member(&c.set("s1"), "db-1")["intended"]["role"].clone();
-        (role == "replica" || role == "quarantined").then_some(role)
+        let role = member(&c.set("s1"), "db-1").intended.role;
+        matches!(role, IntendedRole::Replica | IntendedRole::Quarantined).then_some(role)
     });
     std::thread::sleep(Duration::from_millis(300));
     let (_, acked) = writer.finish();
     let samples = observer.finish();
     assert_never_two_writable(&samples);
     assert_all_acknowledged_on(&c, &master, &acked);
-    if role == "quarantined" {
+    if role == IntendedRole::Quarantined {
         c.cli_ok(&["replica", "add", "s1", "db-1", "--seed", "stream", "--wait"]);
     }
     assert_eq!(c.converged("s1"), master);

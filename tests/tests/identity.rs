@@ -7,37 +7,13 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use tandem_api::{ApiEvent, EnrolmentView, Verdict};
 use tandem_e2e::hostile::{signed_by, Hostile};
-use tandem_e2e::{eventually, Cluster};
+use tandem_e2e::{eventually, Cluster, EventFollower};
 use tandem_proto::{codec, CommandError, Envelope, ErrorKind, Health, Reply, Sender};
 use tandem_transport::identity::{enrolment_proof, ENROLMENT_HEADER};
 use tandem_transport::signing::SigningKey;
 use tandem_transport::{Transport, TransportConfig};
-
-fn instance(c: &Cluster, id: &str) -> Value {
-    let all: Vec<Value> = serde_json::from_str(&c.cli_ok(&["--json", "status"])).unwrap();
-    all.into_iter().find(|i| i["id"] == id).unwrap()
-}
-
-fn events_follower(c: &Cluster) -> std::process::Child {
-    c.conductor
-        .cli_command()
-        .args(["--json", "events"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn stop_following(mut follower: std::process::Child) -> Vec<Value> {
-    follower.kill().unwrap();
-    let _ = follower.wait();
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut follower.stdout.take().unwrap(), &mut out).unwrap();
-    out.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
 
 fn new_key() -> SigningKey {
     SigningKey::random()
@@ -50,11 +26,10 @@ fn forged_reports_and_replies_move_nothing_and_trigger_no_failover() {
     c.cli_ok(&["replica", "add", "s1", "db-2", "--wait"]);
     c.converged("s1");
     // Both agents enrolled themselves with their tokens.
-    let keys: Vec<Value> =
-        serde_json::from_str(&c.cli_ok(&["--json", "instance", "keys"])).unwrap();
+    let keys: Vec<EnrolmentView> = c.cli_json(&["instance", "keys"]);
     assert_eq!(keys.len(), 2, "{keys:?}");
-    assert!(keys.iter().all(|k| k["key"].is_string()), "{keys:?}");
-    let follower = events_follower(&c);
+    assert!(keys.iter().all(|k| k.key.is_some()), "{keys:?}");
+    let follower = EventFollower::start(&c);
     std::thread::sleep(Duration::from_millis(500));
 
     let db2_key = SigningKey::from_pkcs8(
@@ -150,31 +125,31 @@ fn forged_reports_and_replies_move_nothing_and_trigger_no_failover() {
     // Nothing moved: db-1 is the master, writable, healthy, and its real reports are
     // still taken (the forged sequence did not lock them out).
     let set = c.set("s1");
-    assert_eq!(set["master"], "db-1", "{set}");
+    assert_eq!(set.master.as_str(), "db-1", "{set:?}");
     assert_eq!(c.db("db-1").sql("SELECT @@read_only").unwrap(), "0");
     let workflows = c.cli_ok(&["workflow", "list"]);
     assert!(!workflows.contains("failover"), "{workflows}");
-    let seen_before = instance(&c, "db-1")["status"]["sequence"].as_u64().unwrap();
+    let seen_before = c.instance("db-1").status.sequence;
     assert!(seen_before < u64::MAX / 2, "a forged sequence was taken");
     eventually(
         Duration::from_secs(5),
         "db-1's real reports still taken",
         || {
-            let i = instance(&c, "db-1");
-            let seq = i["status"]["sequence"].as_u64()?;
-            (seq > seen_before && i["status"]["health"] == "healthy").then_some(())
+            let i = c.instance("db-1");
+            (i.status.sequence > seen_before && i.status.health == Health::Healthy).then_some(())
         },
     );
 
     // Every refusal was raised, once per key and reason (not once per message).
-    let events = stop_following(follower);
-    let refused: Vec<&Value> = events
+    let events = follower.stop();
+    let reasons: Vec<&str> = events
         .iter()
-        .filter(|e| e["event"] == "message_refused" && e["instance"] == "db-1")
-        .collect();
-    let reasons: Vec<&str> = refused
-        .iter()
-        .filter_map(|e| e["reason"].as_str())
+        .filter_map(|e| match e {
+            ApiEvent::MessageRefused {
+                instance, reason, ..
+            } if instance.as_str() == "db-1" => Some(reason.as_str()),
+            _ => None,
+        })
         .collect();
     assert!(
         reasons.iter().any(|r| r.contains("unsigned")),
@@ -191,14 +166,14 @@ fn forged_reports_and_replies_move_nothing_and_trigger_no_failover() {
         "{reasons:?}"
     );
     assert!(
-        refused.len() <= 4,
+        reasons.len() <= 4,
         "raised once per key and reason: {reasons:?}"
     );
     assert!(
-        !events.iter().any(|e| e["event"] == "master_verdict"
-            && e["verdict"]["state"]
-                .as_str()
-                .is_some_and(|s| s != "healthy")),
+        !events.iter().any(|e| matches!(
+            e,
+            ApiEvent::MasterVerdict { verdict, .. } if *verdict != Verdict::Healthy
+        )),
         "the detector changed its mind: {events:?}"
     );
 }
@@ -206,8 +181,8 @@ fn forged_reports_and_replies_move_nothing_and_trigger_no_failover() {
 #[test]
 fn a_new_key_is_believed_only_after_an_operator_rekeys_the_instance() {
     let mut c = Cluster::start(2);
-    let last_seen = |c: &Cluster| instance(c, "db-2")["last_seen_ms"].as_u64().unwrap();
-    let follower = events_follower(&c);
+    let last_seen = |c: &Cluster| c.instance("db-2").last_seen_ms;
+    let follower = EventFollower::start(&c);
     std::thread::sleep(Duration::from_millis(500));
     // db-2's VM is rebuilt: same instance id, a new key (its old token already used).
     let node = c.node_mut("db-2");
@@ -234,17 +209,19 @@ fn a_new_key_is_believed_only_after_an_operator_rekeys_the_instance() {
     let (ok, _, err) = c.cli(&["instance", "enroll", "db-2"]);
     assert!(!ok && err.contains("rekey"), "{err}");
     c.cli_ok(&["ping", "db-2"]);
-    let events = stop_following(follower);
+    let events = follower.stop();
     assert!(
-        events.iter().any(|e| e["event"] == "message_refused"
-            && e["instance"] == "db-2"
-            && e["reason"].as_str().is_some_and(|r| r.contains(&new_key))),
+        events.iter().any(
+            |e| matches!(e, ApiEvent::MessageRefused { instance, reason, .. }
+            if instance.as_str() == "db-2" && reason.contains(&new_key))
+        ),
         "the refusal names the new key: {events:?}"
     );
     assert!(
-        events.iter().any(|e| e["event"] == "instance_enrolled"
-            && e["instance"] == "db-2"
-            && e["by"] == "operator"),
+        events.iter().any(
+            |e| matches!(e, ApiEvent::InstanceEnrolled { instance, by, .. }
+            if instance.as_str() == "db-2" && by == "operator")
+        ),
         "{events:?}"
     );
 }

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use serde_json::Value;
+use tandem_api::{Seed, WorkflowRow, WorkflowSpec};
 use tandem_e2e::capture::Capture;
 use tandem_e2e::Cluster;
 use tandem_proto::InstanceId;
@@ -74,15 +74,22 @@ fn captured_bus_traffic_store_and_state_files_hold_no_replication_password_or_se
             replication_password(&c, "db-3"),
         ),
     ];
-    let workflows: Vec<Value> =
-        serde_json::from_str(&c.cli_ok(&["--json", "workflow", "list"])).unwrap();
+    let workflows: Vec<WorkflowRow> = c.cli_json(&["workflow", "list"]);
     let seeded = workflows
         .iter()
-        .find(|w| w["kind"] == "provision" && w["params"].to_string().contains("stream"))
+        .find(|w| {
+            matches!(
+                &w.params,
+                WorkflowSpec::Provision {
+                    seed: Seed::Stream { .. },
+                    ..
+                }
+            )
+        })
         .unwrap_or_else(|| panic!("no streamed provision among {workflows:#?}"));
     let token = tandem_conductor::workflow::provision::seed_token(
         *tandem_testkit::conductor_secret(),
-        seeded["id"].as_str().unwrap(),
+        &seeded.id,
         &InstanceId::new("db-2").unwrap(),
     );
     secrets.push(("db-2's seed token", token.expose().to_owned()));

@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+use tandem_api::{
+    BackupList, BackupRunState, BackupStarted, InstanceView, WorkflowDetail, WorkflowRow,
+    WorkflowState,
+};
 use tandem_e2e::{eventually, Cluster};
 
 /// Seeding is needed: the master's binary log no longer holds its first transactions,
@@ -65,7 +69,7 @@ fn fresh_replicas_are_seeded_in_parallel_by_stream_and_from_a_backup_then_replic
     c.write_and_see_everywhere("s1", "db-1", 4);
     assert_eq!(count(&c, "db-5"), count(&c, "db-1"));
     let set = c.set("s1");
-    assert_eq!(set["members"].as_array().unwrap().len(), 5);
+    assert_eq!(set.members.len(), 5);
 
     // An incremental continues it; the full cannot be deleted under it.
     let out = c.cli_ok(&["backup", "create", "db-1", "--incremental", "--wait"]);
@@ -114,7 +118,7 @@ fn a_seeding_that_fails_leaves_the_instance_as_it_was_and_out_of_the_set() {
     assert!(!ok, "a corrupt backup must not seed a replica");
     assert!(err.contains("corrupt") && err.contains("db-2"), "{err}");
     let set = c.set("s1");
-    assert_eq!(set["members"].as_array().unwrap().len(), 1, "{set}");
+    assert_eq!(set.members.len(), 1, "{set:?}");
     assert_eq!(c.db("db-2").sql("SELECT v FROM mine.x").unwrap(), "7");
     assert_eq!(
         c.db("db-2").sql("SELECT @@read_only").unwrap(),
@@ -123,12 +127,11 @@ fn a_seeding_that_fails_leaves_the_instance_as_it_was_and_out_of_the_set() {
         tandem_e2e::tail(&c.nodes[1].agent.log(), 30)
     );
     eventually(Duration::from_secs(10), "db-2 reported standalone", || {
-        let out = c.cli_ok(&["--json", "status"]);
-        let all: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
-        let me = all.iter().find(|i| i["id"] == "db-2")?;
-        (me["observed"]["replicates_from"].is_null()
-            && me["observed"]["writable"] == (read_only_before == "0"))
-            .then_some(())
+        let all: Vec<InstanceView> = c.cli_json(&["status"]);
+        let me = all.iter().find(|i| i.id.as_str() == "db-2")?;
+        (me.observed.replicates_from.is_none()
+            && me.observed.writable == Some(read_only_before == "0"))
+        .then_some(())
     });
 
     // Retention: with one full chain kept, a new full backup deletes the older one.
@@ -196,9 +199,8 @@ fn an_operator_cancels_a_running_seed_and_the_instance_is_left_as_it_was() {
         .sql("CREATE DATABASE mine; CREATE TABLE mine.x (v INT); INSERT INTO mine.x VALUES (7)")
         .unwrap();
 
-    let out = c.cli_ok(&["--json", "replica", "add", "s1", "db-2", "--seed", "stream"]);
-    let row: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let wf = row["id"].as_str().unwrap().to_owned();
+    let row: WorkflowRow = c.cli_json(&["replica", "add", "s1", "db-2", "--seed", "stream"]);
+    let wf = row.id;
     // The source's copy stops (as a stuck child would) as soon as it starts: only the
     // cancel ends it.
     let source = eventually(Duration::from_secs(60), "the source to copy", || {
@@ -207,21 +209,18 @@ fn an_operator_cancels_a_running_seed_and_the_instance_is_left_as_it_was() {
         Some(child)
     });
     eventually(Duration::from_secs(30), "db-2 to be copying", || {
-        let out = c.cli_ok(&["--json", "status"]);
-        let all: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
-        let me = all.iter().find(|i| i["id"] == "db-2")?;
-        (me["status"]["operations"][0]["phase"] == "copying").then_some(())
+        let me = c.instance("db-2");
+        (me.status.operations.first()?.phase == "copying").then_some(())
     });
 
     let out = c.cli_ok(&["workflow", "cancel", &wf]);
     assert!(out.contains("cancel requested"), "{out}");
     let ended = eventually(Duration::from_secs(60), "the workflow to end", || {
-        let out = c.cli_ok(&["--json", "workflow", "show", &wf]);
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        (v["workflow"]["state"] != "running").then_some(v)
+        let v: WorkflowDetail = c.cli_json(&["workflow", "show", &wf]);
+        (!v.workflow.state.is_active()).then_some(v)
     });
-    let error = ended["workflow"]["error"].as_str().unwrap_or_default();
-    assert_eq!(ended["workflow"]["state"], "rolled_back", "{ended}");
+    let error = ended.workflow.error.clone().unwrap_or_default();
+    assert_eq!(ended.workflow.state, WorkflowState::RolledBack, "{ended:?}");
     assert!(error.starts_with("cancelled by an operator"), "{error}");
     assert!(
         error.contains("cancelled by the conductor while copying"),
@@ -233,7 +232,7 @@ fn an_operator_cancels_a_running_seed_and_the_instance_is_left_as_it_was() {
     // db-2 is as it was: its own data, out of the set, nothing staged; the source's
     // stopped copy was ended too.
     assert_eq!(c.db("db-2").sql("SELECT v FROM mine.x").unwrap(), "7");
-    assert_eq!(c.set("s1")["members"].as_array().unwrap().len(), 1);
+    assert_eq!(c.set("s1").members.len(), 1);
     let staged = c.db("db-2").datadir().with_file_name("data.tandem-seed");
     assert!(!staged.exists(), "{} left behind", staged.display());
     eventually(Duration::from_secs(90), "the source's copy to end", || {
@@ -262,9 +261,8 @@ fn an_operator_cancels_a_running_backup_and_nothing_is_left_in_the_store() {
              USE app; INSERT INTO big SELECT seq, REPEAT('x', 900) FROM seq_1_to_50000",
         )
         .unwrap();
-    let out = c.cli_ok(&["--json", "backup", "create", "db-1"]);
-    let started: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let backup = started["backup_id"].as_str().unwrap().to_owned();
+    let started: BackupStarted = c.cli_json(&["backup", "create", "db-1"]);
+    let backup = started.backup_id;
     // Its copy stops (as a stuck child would): only the cancel ends it.
     let stuck = eventually(Duration::from_secs(60), "the backup to copy", || {
         let child = c.nodes[0].agent.child("mariabackup")?;
@@ -274,10 +272,9 @@ fn an_operator_cancels_a_running_backup_and_nothing_is_left_in_the_store() {
     let out = c.cli_ok(&["backup", "cancel", &backup]);
     assert!(out.contains("cancel requested"), "{out}");
     let error = eventually(Duration::from_secs(60), "the backup to fail", || {
-        let out = c.cli_ok(&["--json", "backup", "list"]);
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        let run = &v["running"][&backup];
-        (run["state"] == "failed").then(|| run["error"].as_str().unwrap_or("").to_owned())
+        let v: BackupList = c.cli_json(&["backup", "list"]);
+        let run = v.running.get(&backup)?;
+        (run.state == BackupRunState::Failed).then(|| run.error.clone().unwrap_or_default())
     });
     assert!(
         error.contains("cancelled by the conductor while copying"),

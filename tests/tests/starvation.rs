@@ -6,11 +6,13 @@
 
 use std::time::{Duration, Instant};
 
+use tandem_api::WorkflowKind;
 use tandem_e2e::load::{Observer, Writer};
 use tandem_e2e::promise::{
     assert_all_acknowledged_on, assert_never_two_writable, member, three, workflows_of_kind,
 };
 use tandem_e2e::{eventually, ClusterOptions};
+use tandem_proto::SemiSync;
 use tandem_testkit::CpuJail;
 
 /// How long the master's host stays saturated.
@@ -34,7 +36,7 @@ fn a_master_host_starved_of_cpu_for_minutes_is_not_failed_over_and_keeps_taking_
     let _alone = alone();
     let c = three(true, ClusterOptions::read_only_at_start());
     eventually(Duration::from_secs(20), "semi-sync active on db-1", || {
-        (member(&c.set("s1"), "db-1")["semi_sync"] == "active").then_some(())
+        (member(&c.set("s1"), "db-1").semi_sync == Some(SemiSync::Active)).then_some(())
     });
     let observer = Observer::start(c.addresses());
     let writer = Writer::start(c.addresses(), Duration::from_millis(10));
@@ -54,7 +56,7 @@ fn a_master_host_starved_of_cpu_for_minutes_is_not_failed_over_and_keeps_taking_
 
     let (_, acked) = writer.finish();
     let samples = observer.finish();
-    let count = |kind: &str| workflows_of_kind(&c, kind).len();
+    let count = |kind: WorkflowKind| workflows_of_kind(&c, kind).len();
     let during: Vec<Instant> = acked
         .iter()
         .map(|a| a.at)
@@ -73,15 +75,23 @@ fn a_master_host_starved_of_cpu_for_minutes_is_not_failed_over_and_keeps_taking_
         STARVED_FOR,
         during.len(),
         longest_gap.as_millis(),
-        count("failover"),
-        count("restore_writes"),
+        count(WorkflowKind::Failover),
+        count(WorkflowKind::RestoreWrites),
     );
-    if count("restore_writes") > 0 {
+    if count(WorkflowKind::RestoreWrites) > 0 {
         print_lease_lines(&c);
     }
-    assert_eq!(count("failover"), 0, "a slow master was failed over");
-    assert_eq!(count("restore_writes"), 0, "the master fenced itself");
-    assert_eq!(c.set("s1")["master"], "db-1");
+    assert_eq!(
+        count(WorkflowKind::Failover),
+        0,
+        "a slow master was failed over"
+    );
+    assert_eq!(
+        count(WorkflowKind::RestoreWrites),
+        0,
+        "the master fenced itself"
+    );
+    assert_eq!(c.set("s1").master.as_str(), "db-1");
     assert!(
         longest_gap <= LEASE,
         "writes stopped for {} ms, longer than a lease",
@@ -100,7 +110,7 @@ fn a_master_engine_that_stalls_for_seconds_under_a_live_agent_is_not_failed_over
     let _alone = alone();
     let c = three(true, ClusterOptions::read_only_at_start());
     eventually(Duration::from_secs(20), "semi-sync active on db-1", || {
-        (member(&c.set("s1"), "db-1")["semi_sync"] == "active").then_some(())
+        (member(&c.set("s1"), "db-1").semi_sync == Some(SemiSync::Active)).then_some(())
     });
     let writer = Writer::start(c.addresses(), Duration::from_millis(10));
     std::thread::sleep(Duration::from_millis(500));
@@ -118,20 +128,20 @@ fn a_master_engine_that_stalls_for_seconds_under_a_live_agent_is_not_failed_over
     );
     std::thread::sleep(Duration::from_secs(2));
     let (_, acked) = writer.finish();
-    if !workflows_of_kind(&c, "restore_writes").is_empty() {
+    if !workflows_of_kind(&c, WorkflowKind::RestoreWrites).is_empty() {
         print_lease_lines(&c);
     }
     assert_eq!(
-        workflows_of_kind(&c, "failover").len(),
+        workflows_of_kind(&c, WorkflowKind::Failover).len(),
         0,
         "failed over a stalled engine: {topology}"
     );
     assert_eq!(
-        workflows_of_kind(&c, "restore_writes").len(),
+        workflows_of_kind(&c, WorkflowKind::RestoreWrites).len(),
         0,
         "the master fenced itself"
     );
-    assert_eq!(c.set("s1")["master"], "db-1");
+    assert_eq!(c.set("s1").master.as_str(), "db-1");
     assert!(
         topology.contains("degraded"),
         "the stall is shown: {topology}"

@@ -7,11 +7,13 @@
 
 use std::time::{Duration, Instant};
 
+use tandem_api::IntendedRole;
 use tandem_e2e::load::{Observer, Writer};
 use tandem_e2e::promise::{
     assert_all_acknowledged_on, assert_never_two_writable, failed_over, member, three,
 };
 use tandem_e2e::{eventually, ClusterOptions};
+use tandem_proto::SemiSync;
 
 const TRIALS: usize = 10;
 
@@ -33,7 +35,7 @@ fn a_frozen_master_is_fenced_by_the_operator_command_and_thaws_unreachable_trial
     for trial in 1..=TRIALS {
         let old = c.converged("s1");
         eventually(Duration::from_secs(20), "semi-sync active", || {
-            (member(&c.set("s1"), &old)["semi_sync"] == "active").then_some(())
+            (member(&c.set("s1"), &old).semi_sync == Some(SemiSync::Active)).then_some(())
         });
         std::thread::sleep(Duration::from_millis(300));
         // The whole host freezes: engine and agent.
@@ -99,10 +101,10 @@ fn a_frozen_master_is_fenced_by_the_operator_command_and_thaws_unreachable_trial
         events.push((Instant::now(), format!("trial {trial} heal {old}")));
         c.node_mut(&old).host.as_ref().unwrap().heal().unwrap();
         let role = eventually(Duration::from_secs(60), "the old master back", || {
-            let role = member(&c.set("s1"), &old)["intended"]["role"].clone();
-            (role == "replica" || role == "quarantined").then_some(role)
+            let role = member(&c.set("s1"), &old).intended.role;
+            matches!(role, IntendedRole::Replica | IntendedRole::Quarantined).then_some(role)
         });
-        if role == "quarantined" {
+        if role == IntendedRole::Quarantined {
             // A commit in flight when it froze (never acknowledged) is errant.
             // (once the quarantine workflow has ended)
             eventually(Duration::from_secs(30), "the re-seed to start", || {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -30,7 +30,7 @@ fn bearer(request: &Request) -> Option<&str> {
 }
 
 fn unauthorized(message: &str) -> Response {
-    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    let mut r = ApiError::new(tandem_api::ErrorKind::Unauthorized, message).into_response();
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         header::HeaderValue::from_static("Bearer"),
@@ -76,8 +76,7 @@ pub async fn authorize(
             unauthorized("the bearer token is not known here (revoked, or another conductor's)")
         }
         Some(caller) if changes && !caller.role.may_change() => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            tandem_api::ErrorKind::Forbidden,
             format!(
                 "token {:?} is a {}'s: it may read, not change anything; use an operator's token",
                 caller.name,
@@ -86,8 +85,7 @@ pub async fn authorize(
         )
         .into_response(),
         Some(_) if changes && !json_or_nothing(&request) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            tandem_api::ErrorKind::UnsupportedMediaType,
             "a change is sent as application/json (form posts are refused)",
         )
         .into_response(),

@@ -110,14 +110,13 @@ async fn broker_user(
         return Ok(None);
     };
     let password = tandem_transport::identity::broker_password(&c.enrolments.current_token(id));
-    let user = users
-        .ensure(id, &password)
-        .await
-        .map_err(|e| ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "broker_unavailable", e))?;
+    let user = users.ensure(id, &password).await.map_err(|e| {
+        ApiError::new(tandem_api::ErrorKind::BrokerUnavailable, e)
+            .with_status(axum::http::StatusCode::BAD_GATEWAY)
+    })?;
     c.transport.ensure_agent_queue(id).await.map_err(|e| {
         ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "broker_unavailable",
+            tandem_api::ErrorKind::BrokerUnavailable,
             format!("declare {id}'s command queue: {e}"),
         )
     })?;

@@ -9,7 +9,10 @@
 pub mod sqlite;
 
 use serde::{Deserialize, Serialize};
-use tandem_proto::{Epoch, InstanceId, MessageId, ReplicaSetId, Timestamp};
+pub use tandem_api::{
+    ApiRequest, FailoverState, IntendedRole, JournalEntry, Member, WorkflowRow, WorkflowState,
+};
+use tandem_proto::{Epoch, InstanceId, ReplicaSetId, Timestamp};
 use tandem_transport::identity::PublicKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,75 +40,6 @@ impl From<serde_json::Error> for StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// The role the conductor wants an instance to have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum IntendedRole {
-    Master,
-    Replica,
-    /// A master replaced by a failover: read-only, replicating from nobody, until it
-    /// comes back and is compared with the new master (rejoined or quarantined).
-    Failed,
-    /// Holds transactions the master does not have: kept out of replication until it
-    /// is re-seeded (never silently rejoined).
-    Quarantined,
-}
-
-impl IntendedRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IntendedRole::Master => "master",
-            IntendedRole::Replica => "replica",
-            IntendedRole::Failed => "failed",
-            IntendedRole::Quarantined => "quarantined",
-        }
-    }
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "master" => IntendedRole::Master,
-            "replica" => IntendedRole::Replica,
-            "failed" => IntendedRole::Failed,
-            "quarantined" => IntendedRole::Quarantined,
-            other => {
-                return Err(StoreError::Internal(format!(
-                    "unknown member role {other:?}"
-                )))
-            }
-        })
-    }
-}
-
-/// A set's automatic failover switches and anti-flapping memory.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct FailoverState {
-    /// Automatic failover paused by an operator (detection still runs and is shown).
-    pub paused: bool,
-    /// Semi-synchronous replication wanted for this set.
-    pub semi_sync: bool,
-    /// When the last automatic failover of this set started (ms since the Unix epoch).
-    #[schema(value_type = Option<u64>)]
-    pub last_automatic: Option<Timestamp>,
-    /// Why an automatic failover is being held back (anti-flapping), until the window
-    /// ends or an operator acknowledges it.
-    pub blocked: Option<String>,
-    /// For each failed master: where the master that replaced it stood when it was
-    /// promoted. A returning server must hold nothing beyond it to rejoin.
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub failed_at: std::collections::BTreeMap<String, tandem_proto::Position>,
-}
-
-/// One member of a replica set, as intended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Member {
-    #[schema(value_type = String)]
-    pub instance: InstanceId,
-    pub role: IntendedRole,
-    #[schema(value_type = Option<String>)]
-    pub replicates_from: Option<InstanceId>,
-    pub writable: bool,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaSet {
@@ -169,78 +103,6 @@ impl std::fmt::Display for TopologyChange {
             TopologyChange::Quarantine { instance } => write!(f, "store: quarantine {instance}"),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkflowState {
-    Running,
-    RollingBack,
-    Done,
-    RolledBack,
-    Failed,
-}
-
-impl WorkflowState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkflowState::Running => "running",
-            WorkflowState::RollingBack => "rolling_back",
-            WorkflowState::Done => "done",
-            WorkflowState::RolledBack => "rolled_back",
-            WorkflowState::Failed => "failed",
-        }
-    }
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "running" => WorkflowState::Running,
-            "rolling_back" => WorkflowState::RollingBack,
-            "done" => WorkflowState::Done,
-            "rolled_back" => WorkflowState::RolledBack,
-            "failed" => WorkflowState::Failed,
-            other => {
-                return Err(StoreError::Internal(format!(
-                    "unknown workflow state {other:?}"
-                )))
-            }
-        })
-    }
-    pub fn is_active(self) -> bool {
-        matches!(self, WorkflowState::Running | WorkflowState::RollingBack)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct WorkflowRow {
-    pub id: String,
-    pub kind: String,
-    #[schema(value_type = String)]
-    pub set_id: ReplicaSetId,
-    #[schema(value_type = Object)]
-    pub params: serde_json::Value,
-    pub state: WorkflowState,
-    pub requested_by: String,
-    pub error: Option<String>,
-    /// Milliseconds since the Unix epoch.
-    #[schema(value_type = u64)]
-    pub created_at: Timestamp,
-    #[schema(value_type = u64)]
-    pub updated_at: Timestamp,
-}
-
-/// One command a workflow sent (or is about to send), written before it is published.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JournalEntry {
-    pub workflow_id: String,
-    pub seq: u32,
-    pub step: String,
-    pub target: InstanceId,
-    pub command: String,
-    pub message_id: MessageId,
-    pub epoch: Epoch,
-    /// The reply, once it came (as JSON); `None` while the command is in flight.
-    pub result: Option<serde_json::Value>,
-    pub sent_at: Timestamp,
 }
 
 /// What the store keeps of an instance.
@@ -358,19 +220,6 @@ pub trait Store: Send + Sync + 'static {
     fn record_request(&self, request: &ApiRequest) -> Result<()>;
     /// The latest recorded requests, newest first.
     fn requests(&self, limit: usize) -> Result<Vec<ApiRequest>>;
-}
-
-/// One request that changed (or tried to change) something: the audit of who asked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ApiRequest {
-    #[schema(value_type = u64)]
-    pub at: Timestamp,
-    /// The token's name.
-    pub who: String,
-    pub method: String,
-    pub path: String,
-    /// The HTTP status answered.
-    pub status: u16,
 }
 
 /// The key an instance speaks with, as pinned at enrolment.

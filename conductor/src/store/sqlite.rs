@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tandem_proto::{Epoch, InstanceId, ReplicaSetId, Timestamp};
 
+use tandem_api::Word;
+
 use super::*;
 
 const SCHEMA: &str = "
@@ -335,7 +337,7 @@ fn load_set(conn: &Connection, set: &ReplicaSetId) -> Result<Option<ReplicaSet>>
             let (instance, role, from, writable) = row?;
             Ok(Member {
                 instance: id(instance)?,
-                role: IntendedRole::parse(&role)?,
+                role: IntendedRole::parse_word(&role).map_err(StoreError::Internal)?,
                 replicates_from: from.map(id).transpose()?,
                 writable,
             })
@@ -361,28 +363,32 @@ where
     })
 }
 
-fn col_json(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Value> {
+fn col_json<T: serde::de::DeserializeOwned>(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+) -> rusqlite::Result<T> {
     let text: String = r.get(idx)?;
     serde_json::from_str(&text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
     })
 }
 
+/// A stored word of a closed set (a state, a kind, a role) parsed back into its type.
+fn col_word<W: tandem_api::Word>(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<W> {
+    let text: String = r.get(idx)?;
+    W::parse_word(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
+    })
+}
+
 /// One row of `SELECT {WORKFLOW_COLUMNS}`.
 fn workflow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WorkflowRow> {
-    let state: String = r.get(4)?;
     Ok(WorkflowRow {
         id: r.get(0)?,
-        kind: r.get(1)?,
+        kind: col_word(r, 1)?,
         set_id: col_id(r, 2)?,
         params: col_json(r, 3)?,
-        state: WorkflowState::parse(&state).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(
-                4,
-                rusqlite::types::Type::Text,
-                e.to_string().into(),
-            )
-        })?,
+        state: col_word(r, 4)?,
         requested_by: r.get(5)?,
         error: r.get(6)?,
         created_at: Timestamp(r.get::<_, i64>(7)? as u64),
@@ -631,7 +637,7 @@ impl Store for SqliteStore {
                 &format!("INSERT INTO workflows ({WORKFLOW_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
                 params![
                     w.id,
-                    w.kind,
+                    w.kind.as_str(),
                     w.set_id.as_str(),
                     serde_json::to_string(&w.params)?,
                     w.state.as_str(),
@@ -1130,9 +1136,9 @@ mod tests {
     fn wf(id: &str, set_id: &str) -> WorkflowRow {
         WorkflowRow {
             id: id.into(),
-            kind: "switchover".into(),
+            kind: tandem_api::WorkflowKind::RestoreWrites,
             set_id: set(set_id),
-            params: serde_json::json!({}),
+            params: tandem_api::WorkflowSpec::RestoreWrites { set: set(set_id) },
             state: WorkflowState::Running,
             requested_by: "test".into(),
             error: None,

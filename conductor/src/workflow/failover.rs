@@ -23,6 +23,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tandem_proto::{Command, ErrorKind, Health, InstanceId, Position, ReplyBody};
 
+use tandem_api::FailoverSummary;
+
 use super::{Ctx, Limits, Outcome, StepError};
 use crate::failover::{choose, lease_left, Drained, PromotionRule};
 use crate::store::{IntendedRole, TopologyChange};
@@ -325,20 +327,24 @@ pub async fn run(
         )
         .await;
 
-    let summary = serde_json::json!({
-        "failed_master": failed,
-        "new_master": candidate,
-        "epoch": new_epoch,
-        "position": decision.position,
-        "old_master_position": decision.old_master_position,
-        "lost_transactions": decision.lost_transactions,
-        "old_master": decision.old_master_fenced,
-        "excluded": decision.excluded,
-        "not_repointed": left_behind,
-        "reason": ctx.wf.params.get("reason"),
-    });
+    let summary = FailoverSummary {
+        failed_master: failed.clone(),
+        new_master: candidate.clone(),
+        epoch: new_epoch,
+        position: decision.position,
+        old_master_position: decision.old_master_position,
+        lost_transactions: decision.lost_transactions,
+        old_master: decision.old_master_fenced,
+        excluded: decision.excluded,
+        not_repointed: left_behind,
+        reason: match &ctx.wf.params {
+            super::Spec::Failover { reason, .. } => reason.clone(),
+            _ => None,
+        },
+    };
+    let summary = serde_json::to_value(&summary).map_err(crate::store::StoreError::from)?;
     tracing::warn!(workflow = %ctx.wf.id, %summary, "failover done");
-    ctx.note("failover summary", candidate, new_epoch, summary)?;
+    ctx.note(FailoverSummary::STEP, candidate, new_epoch, summary)?;
     // The failover did its job: a master is writable. What it could not bring along
     // is listed, member by member, in the summary (and is drift from here on).
     Ok(Outcome::Done)

@@ -25,10 +25,10 @@ mod switchover;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tandem_proto::{
-    Command, CommandError, Envelope, Epoch, ErrorKind, InstanceId, MessageId, ReplicaSetId, Reply,
-    ReplyBody, Sealed, Secret, Sender, SourceEndpoint, Timestamp,
+    Command, CommandError, Envelope, Epoch, ErrorKind, InstanceId, MessageId, Reply, ReplyBody,
+    Sealed, Secret, Sender, SourceEndpoint, Timestamp,
 };
 use tandem_transport::CallError;
 
@@ -37,115 +37,10 @@ use crate::store::{
 };
 use crate::Conductor;
 
-/// What a workflow was asked to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Spec {
-    /// A standalone server becomes the master of a new set.
-    CreateSet {
-        set: ReplicaSetId,
-        master: InstanceId,
-    },
-    /// An existing or empty server becomes a read-only replica of the set's master.
-    Attach {
-        set: ReplicaSetId,
-        instance: InstanceId,
-    },
-    /// A replica leaves the set and becomes an independent writable server.
-    Detach {
-        set: ReplicaSetId,
-        instance: InstanceId,
-    },
-    /// Planned switchover: no data loss, the old master becomes a replica.
-    Switchover {
-        set: ReplicaSetId,
-        candidate: InstanceId,
-    },
-    /// Fresh servers are seeded (in parallel) and attached as replicas.
-    Provision {
-        set: ReplicaSetId,
-        instances: Vec<InstanceId>,
-        seed: provision::Seed,
-    },
-    /// The master is lost: a replica takes its place (automatic, or an operator's eject).
-    Failover {
-        set: ReplicaSetId,
-        failed: InstanceId,
-        #[serde(default)]
-        candidate: Option<InstanceId>,
-        #[serde(default)]
-        force: bool,
-        #[serde(default)]
-        automatic: bool,
-    },
-    /// A failed master is back: fenced by the epoch, compared with the master, then
-    /// rejoined as a replica or quarantined.
-    Rejoin {
-        set: ReplicaSetId,
-        instance: InstanceId,
-    },
-    /// The master is healthy but read-only outside any workflow (its lease fenced it,
-    /// or its engine restarted read-only): writes are given back at the current epoch.
-    RestoreWrites { set: ReplicaSetId },
-    /// Semi-synchronous replication switched on or off for a running set.
-    SemiSync { set: ReplicaSetId, on: bool },
-    /// A replica on the wrong source, or with the wrong delay, replicates from the
-    /// master as intended again (or is quarantined when it holds what the master lacks).
-    Repoint {
-        set: ReplicaSetId,
-        instance: InstanceId,
-    },
-    /// A replica whose history split from the master's is taken out of replication
-    /// and kept out of every promotion until it is re-seeded.
-    Quarantine {
-        set: ReplicaSetId,
-        instance: InstanceId,
-        reason: String,
-    },
-    /// The set's failsafe assignment brought in line with its membership.
-    Failsafe { set: ReplicaSetId },
-}
-
-impl Spec {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Spec::CreateSet { .. } => "create_set",
-            Spec::Attach { .. } => "attach",
-            Spec::Detach { .. } => "detach",
-            Spec::Switchover { .. } => "switchover",
-            Spec::Provision { .. } => "provision",
-            Spec::Failover { .. } => "failover",
-            Spec::Rejoin { .. } => "rejoin",
-            Spec::RestoreWrites { .. } => "restore_writes",
-            Spec::SemiSync { .. } => "semi_sync",
-            Spec::Quarantine { .. } => "quarantine",
-            Spec::Repoint { .. } => "repoint",
-            Spec::Failsafe { .. } => "failsafe",
-        }
-    }
-    /// Whether the workflow runs long steps (seeding, restores) that an operator can
-    /// cancel: only those are stopped; short steps always run to their end.
-    pub fn cancellable(&self) -> bool {
-        matches!(self, Spec::Provision { .. })
-    }
-
-    pub fn set(&self) -> &ReplicaSetId {
-        match self {
-            Spec::CreateSet { set, .. }
-            | Spec::Attach { set, .. }
-            | Spec::Detach { set, .. }
-            | Spec::Switchover { set, .. }
-            | Spec::Provision { set, .. }
-            | Spec::Failover { set, .. }
-            | Spec::Rejoin { set, .. }
-            | Spec::RestoreWrites { set }
-            | Spec::SemiSync { set, .. }
-            | Spec::Quarantine { set, .. }
-            | Spec::Repoint { set, .. }
-            | Spec::Failsafe { set } => set,
-        }
-    }
-}
+use tandem_api::WorkflowKind;
+/// What a workflow was asked to do: the API's type, so that what an operator sees
+/// of a workflow is exactly what it runs on.
+pub use tandem_api::WorkflowSpec as Spec;
 
 /// How a workflow ended when it did not fail outright.
 pub enum Outcome {
@@ -176,7 +71,7 @@ pub enum StepError {
 /// (the hardest case: on resume the same message id goes out again). `after`: recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failpoint {
-    pub kind: String,
+    pub kind: WorkflowKind,
     pub seq: u32,
     pub at: Point,
 }
@@ -194,7 +89,7 @@ impl std::str::FromStr for Failpoint {
         let parts: Vec<&str> = s.split(':').collect();
         match parts.as_slice() {
             [kind, seq, when @ ("before" | "sent" | "after")] => Ok(Failpoint {
-                kind: (*kind).into(),
+                kind: kind.parse().map_err(|e| format!("failpoint kind {e}"))?,
                 seq: seq
                     .parse()
                     .map_err(|_| format!("failpoint step {seq:?} is not a number"))?,
@@ -861,24 +756,20 @@ pub fn repointed(
 
 /// Runs (or resumes) one workflow to its end and records how it ended.
 pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
-    let spec: Spec = match serde_json::from_value(wf.params.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = c.store.update_workflow(
-                &wf.id,
-                WorkflowState::Failed,
-                Some(&format!("unreadable parameters: {e}")),
-            );
-            return;
-        }
-    };
-    tracing::info!(workflow = %wf.id, kind = wf.kind, set = %wf.set_id, "workflow running");
+    let spec = wf.params.clone();
+    tracing::info!(workflow = %wf.id, kind = %wf.kind, set = %wf.set_id, "workflow running");
     let mut ctx = Ctx::new(&c, &wf);
     let result = match &spec {
         Spec::CreateSet { master, .. } => create_set::run(&mut ctx, master).await,
         Spec::Attach { instance, .. } => attach::run(&mut ctx, instance).await,
         Spec::Detach { instance, .. } => detach::run(&mut ctx, instance).await,
-        Spec::Switchover { candidate, .. } => switchover::run(&mut ctx, candidate).await,
+        Spec::Switchover {
+            candidate,
+            from,
+            epoch,
+            catch_up_timeout_ms,
+            ..
+        } => switchover::run(&mut ctx, candidate, from, *epoch, *catch_up_timeout_ms).await,
         Spec::Provision {
             instances, seed, ..
         } => provision::run(&mut ctx, instances, seed).await,
@@ -913,9 +804,9 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
         _ => error,
     };
     match &error {
-        None => tracing::info!(workflow = %wf.id, kind = wf.kind, "workflow done"),
+        None => tracing::info!(workflow = %wf.id, kind = %wf.kind, "workflow done"),
         Some(e) => {
-            tracing::warn!(workflow = %wf.id, kind = wf.kind, state = state.as_str(), error = %e, "workflow did not complete")
+            tracing::warn!(workflow = %wf.id, kind = %wf.kind, state = state.as_str(), error = %e, "workflow did not complete")
         }
     }
     if let Err(e) = c.store.update_workflow(&wf.id, state, error.as_deref()) {
@@ -923,7 +814,7 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
     }
     c.events.publish(crate::events::ApiEvent::WorkflowEnded {
         workflow: wf.id.clone(),
-        state: state.as_str().into(),
+        state,
         error,
         at: Timestamp::now(),
     });
@@ -934,19 +825,14 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
 pub fn start(
     c: &Arc<Conductor>,
     spec: Spec,
-    extra: serde_json::Map<String, serde_json::Value>,
     requested_by: &str,
 ) -> Result<WorkflowRow, StoreError> {
     let now = Timestamp::now();
-    let mut params = serde_json::to_value(&spec)?;
-    if let serde_json::Value::Object(m) = &mut params {
-        m.extend(extra);
-    }
     let row = WorkflowRow {
         id: format!("wf-{}", &MessageId::random().to_string()[..8]),
-        kind: spec.kind().into(),
+        kind: spec.kind(),
         set_id: spec.set().clone(),
-        params,
+        params: spec,
         state: WorkflowState::Running,
         requested_by: requested_by.into(),
         error: None,
@@ -956,34 +842,29 @@ pub fn start(
     c.store.start_workflow(&row)?;
     c.events.publish(crate::events::ApiEvent::WorkflowStarted {
         workflow: row.id.clone(),
-        kind: row.kind.clone(),
-        set: row.set_id.to_string(),
+        kind: row.kind,
+        set: row.set_id.clone(),
         at: now,
     });
     tokio::spawn(run(c.clone(), row.clone()));
     Ok(row)
 }
 
-/// Background upkeep the detector starts on a quiet set: an operator's request waits for
-/// it (it takes a moment) instead of being refused as busy.
-const UPKEEP: &[&str] = &["failsafe", "restore_writes", "repoint"];
-
 /// As [`start`], for an operator's request: when the set is busy only with upkeep
-/// ([`UPKEEP`]), waits up to a few seconds for it to end.
+/// ([`WorkflowKind::is_upkeep`]), waits up to a few seconds for it to end.
 pub async fn start_for_operator(
     c: &Arc<Conductor>,
     spec: Spec,
-    extra: serde_json::Map<String, serde_json::Value>,
     requested_by: &str,
 ) -> Result<WorkflowRow, StoreError> {
     let patience = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match start(c, spec.clone(), extra.clone(), requested_by) {
+        match start(c, spec.clone(), requested_by) {
             Err(StoreError::Busy { set, active }) => {
                 let upkeep = c
                     .store
                     .workflow(&active)?
-                    .is_some_and(|w| UPKEEP.contains(&w.kind.as_str()));
+                    .is_some_and(|w| w.kind.is_upkeep());
                 if !upkeep || std::time::Instant::now() >= patience {
                     return Err(StoreError::Busy { set, active });
                 }
@@ -998,7 +879,7 @@ pub async fn start_for_operator(
 pub fn resume_all(c: &Arc<Conductor>) -> Result<usize, StoreError> {
     let active = c.store.active_workflows()?;
     for wf in &active {
-        tracing::warn!(workflow = %wf.id, kind = wf.kind, "resuming a workflow left unfinished");
+        tracing::warn!(workflow = %wf.id, kind = %wf.kind, "resuming a workflow left unfinished");
         tokio::spawn(run(c.clone(), wf.clone()));
     }
     Ok(active.len())

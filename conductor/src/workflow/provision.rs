@@ -4,22 +4,13 @@
 //! agent only swaps the data directory once a complete copy is prepared) and out of
 //! the set; the others go on.
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tandem_proto::{Command, InstanceId, Position, ReplyBody, RestoreRequest, Secret, SeedSource};
 
 use super::{Ctx, Outcome, StepError};
 use crate::store::{IntendedRole, TopologyChange};
 
-/// How new replicas get their data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
-pub enum Seed {
-    /// A live copy streamed from `from`'s agent (the master or a replica).
-    Stream { from: InstanceId },
-    /// A stored backup (a full, or an incremental and its chain).
-    Backup { backup_id: String },
-}
+pub use tandem_api::Seed;
 
 /// How long a seed token stays valid on the source.
 const TOKEN_TTL_MS: u64 = 3_600_000;

@@ -43,7 +43,7 @@ pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId, why: &str) -> Result<
     tracing::error!(set = %set.id, %instance, %finding, "diverged replica quarantined");
     ctx.note("errant transactions", instance, set.epoch, finding)?;
     ctx.c.events.publish(crate::events::ApiEvent::Quarantined {
-        set: set.id.to_string(),
+        set: set.id.clone(),
         instance: instance.clone(),
         position,
         master_position,

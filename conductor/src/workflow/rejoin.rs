@@ -87,7 +87,7 @@ pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, St
     tracing::error!(set = %set.id, %instance, %finding, "errant transactions: quarantined");
     ctx.note("errant transactions", instance, set.epoch, finding)?;
     ctx.c.events.publish(crate::events::ApiEvent::Quarantined {
-        set: set.id.to_string(),
+        set: set.id.clone(),
         instance: instance.clone(),
         position: returning.to_string(),
         master_position: reference.to_string(),

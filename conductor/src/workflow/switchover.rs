@@ -23,22 +23,17 @@ use crate::store::TopologyChange;
 /// request says otherwise.
 const CATCH_UP_MS: u64 = 10_000;
 
-pub async fn run(ctx: &mut Ctx<'_>, candidate: &InstanceId) -> Result<Outcome, StepError> {
-    let (old, epoch) = match &ctx.wf.params.get("from").and_then(|v| v.as_str()) {
-        Some(from) => (
-            from.parse::<InstanceId>()
-                .map_err(|e| StepError::Precondition(e.to_string()))?,
-            Epoch::new(ctx.wf.params["epoch"].as_u64().unwrap_or(0)),
-        ),
-        None => {
-            return Err(StepError::Precondition(
-                "the request did not record the old master".into(),
-            ))
-        }
-    };
-    let catch_up_ms = ctx.wf.params["catch_up_timeout_ms"]
-        .as_u64()
-        .unwrap_or(CATCH_UP_MS);
+/// A switchover of the set from `old` (its master at `epoch`, when the request was
+/// accepted) to `candidate`.
+pub async fn run(
+    ctx: &mut Ctx<'_>,
+    candidate: &InstanceId,
+    old: &InstanceId,
+    epoch: Epoch,
+    catch_up_timeout_ms: Option<u64>,
+) -> Result<Outcome, StepError> {
+    let old = old.clone();
+    let catch_up_ms = catch_up_timeout_ms.unwrap_or(CATCH_UP_MS);
     let members: Vec<InstanceId> = ctx.set()?.members.into_iter().map(|m| m.instance).collect();
     let others: Vec<InstanceId> = members
         .into_iter()

@@ -4,9 +4,10 @@ use std::io::Write;
 
 use anyhow::Result;
 use clap::Subcommand;
-use serde_json::Value;
+use tandem_api::client::Client;
+use tandem_api::EnrolRequest;
 
-use crate::{instance_id, Client};
+use crate::{instance_id, print};
 
 #[derive(Subcommand)]
 pub enum InstanceCmd {
@@ -26,69 +27,56 @@ pub enum InstanceCmd {
 }
 
 pub fn run(client: &Client, cmd: InstanceCmd, json: bool, out: &mut dyn Write) -> Result<()> {
-    let v: Value = match cmd {
+    match cmd {
         InstanceCmd::Enroll { instance, key } => {
-            instance_id(&instance)?;
-            let body = match key {
-                Some(k) => serde_json::json!({ "key": k }),
-                None => serde_json::json!({}),
-            };
-            let v: Value = client.post(&format!("/v1/instances/{instance}/enrolment"), &body)?;
-            if !json {
-                if let Some(user) = v["broker_user"].as_str() {
-                    writeln!(
-                        out,
-                        "broker user for {instance}: {user} (the agent's broker.user; its \
-                         password derives from the token below)"
-                    )?;
+            let id = instance_id(&instance)?;
+            let e = client.enrol(&id, &EnrolRequest { key })?;
+            print(out, json, &e, |e| {
+                let mut text = String::new();
+                if let Some(user) = &e.broker_user {
+                    text.push_str(&format!(
+                        "broker user for {id}: {user} (the agent's broker.user; its \
+                         password derives from the token below)\n"
+                    ));
                 }
-                match v["token"].as_str() {
-                    Some(token) => writeln!(
-                        out,
-                        "enrolment token for {instance} (put it in the agent's \
-                         broker.enrolment_token; it enrols one key, once):\n{token}"
-                    )?,
-                    None => writeln!(
-                        out,
-                        "{instance} enrolled with key {}",
-                        v["key"].as_str().unwrap_or("?")
-                    )?,
+                match &e.token {
+                    Some(token) => text.push_str(&format!(
+                        "enrolment token for {id} (put it in the agent's \
+                         broker.enrolment_token; it enrols one key, once):\n{token}\n"
+                    )),
+                    None => text.push_str(&format!(
+                        "{id} enrolled with key {}\n",
+                        e.key.as_deref().unwrap_or("?")
+                    )),
                 }
-                return Ok(());
-            }
-            v
+                text
+            })
         }
         InstanceCmd::Rekey { instance } => {
-            instance_id(&instance)?;
-            let v: Value = client.delete(&format!("/v1/instances/{instance}/enrolment"))?;
-            if !json {
-                writeln!(
-                    out,
-                    "{instance} re-keyed (generation {}): nothing naming it is believed until \
-                     it enrols again (`tandem instance enroll {instance}`)",
-                    v["generation"]
-                )?;
-                return Ok(());
-            }
-            v
+            let id = instance_id(&instance)?;
+            let e = client.rekey(&id)?;
+            print(out, json, &e, |e| {
+                format!(
+                    "{id} re-keyed (generation {}): nothing naming it is believed until \
+                     it enrols again (`tandem instance enroll {id}`)\n",
+                    e.generation
+                )
+            })
         }
         InstanceCmd::Keys => {
-            let v: Value = client.get("/v1/enrolments")?;
-            if !json {
-                for e in v.as_array().into_iter().flatten() {
-                    writeln!(
-                        out,
-                        "{:<24} {}  generation {}",
-                        e["instance"].as_str().unwrap_or("?"),
-                        e["key"].as_str().unwrap_or("(not enrolled)"),
-                        e["generation"]
-                    )?;
-                }
-                return Ok(());
-            }
-            v
+            let all = client.enrolments()?;
+            print(out, json, &all, |all| {
+                all.iter()
+                    .map(|e| {
+                        format!(
+                            "{:<24} {}  generation {}\n",
+                            e.instance,
+                            e.key.as_deref().unwrap_or("(not enrolled)"),
+                            e.generation
+                        )
+                    })
+                    .collect()
+            })
         }
-    };
-    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-    Ok(())
+    }
 }

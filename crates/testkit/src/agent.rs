@@ -430,6 +430,13 @@ impl ConductorProcess {
             .unwrap_or_default()
     }
 
+    /// The typed API client aimed at this conductor, with its operator token.
+    pub fn api(&self) -> tandem_api::client::Client {
+        let token = Some(self.token()).filter(|t| !t.is_empty());
+        tandem_api::client::Client::new(&self.url, token, None)
+            .expect("a client of a plain-HTTP conductor")
+    }
+
     /// The `tandem` CLI aimed at this conductor, with its operator token.
     pub fn cli_command(&self) -> Command {
         let mut cmd = Command::new(binary("tandem"));

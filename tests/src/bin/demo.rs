@@ -81,7 +81,7 @@ fn main() {
     master.db.kill();
     let new_master = eventually(Duration::from_secs(20), "a failover", || {
         let v = c.set("shop");
-        (v["master"] != "db-2").then(|| v["master"].as_str().unwrap().to_owned())
+        (v.master.as_str() != "db-2").then(|| v.master.to_string())
     });
     println!(
         "   {new_master} is the master {} ms after the kill (db-2's agent reported its engine \
@@ -111,10 +111,8 @@ fn main() {
         .unwrap();
     eventually(Duration::from_secs(30), "db-2 to rejoin", || {
         let v = c.set("shop");
-        v["members"]
-            .as_array()?
-            .iter()
-            .any(|m| m["instance"] == "db-2" && m["intended"]["role"] == "replica")
+        v.member("db-2")
+            .is_some_and(|m| m.intended.role == tandem_api::IntendedRole::Replica)
             .then_some(())
     });
     c.converged("shop");

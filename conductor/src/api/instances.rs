@@ -1,0 +1,140 @@
+//! Instances as their agents report them, a ping through the broker, and Trove's
+//! instance metadata (set, get, delete, list).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use tandem_api::{
+    Deleted, ErrorBody, ErrorKind, Health, InstanceView, MetadataEntry, MetadataValue, PingResult,
+};
+use tandem_proto::{Command, Envelope, Epoch, ReplyBody, Sender};
+
+use super::{bad_request, body, known_instance, not_found, parse_id, unknown_instance, ApiError};
+use crate::Conductor;
+
+#[utoipa::path(get, path = "/v1/health", tag = "conductor", responses((status = 200, body = Health)))]
+pub async fn health(State(c): State<Arc<Conductor>>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        broker_connected: c.transport.is_connected(),
+        instances: c.registry.list().len(),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", responses((status = 200, body = [InstanceView])))]
+pub async fn list(State(c): State<Arc<Conductor>>) -> Json<Vec<InstanceView>> {
+    Json(c.registry.list())
+}
+
+#[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", params(("id" = String, Path)), responses((status = 200, body = InstanceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_one(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+) -> Result<Json<InstanceView>, ApiError> {
+    let id = parse_id(&id)?;
+    c.registry
+        .get(&id)
+        .map(Json)
+        .ok_or_else(|| unknown_instance(&id))
+}
+
+#[utoipa::path(post, path = "/v1/instances/{id}/ping", tag = "instances", params(("id" = String, Path)), responses((status = 200, body = PingResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub async fn ping(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+) -> Result<Json<PingResult>, ApiError> {
+    let id = parse_id(&id)?;
+    let envelope = Envelope::new(
+        Sender::Conductor {
+            name: c.settings.name.clone(),
+        },
+        id.clone(),
+        Epoch::ZERO,
+        Command::Ping,
+    )
+    .expires_in(c.settings.command_timeout);
+    let started = Instant::now();
+    let reply = c
+        .transport
+        .call(&envelope, c.settings.command_timeout)
+        .await?;
+    let elapsed = started.elapsed();
+    match reply.body.into_result() {
+        Ok(ReplyBody::Pong {
+            agent_version,
+            protocol,
+        }) => Ok(Json(PingResult {
+            instance: id,
+            agent_version,
+            protocol: protocol.to_string(),
+            round_trip_ms: elapsed.as_secs_f64() * 1000.0,
+        })),
+        Ok(other) => Err(ApiError::new(
+            ErrorKind::BadReply,
+            format!("agent answered ping with {other:?}"),
+        )),
+        Err(e) => Err(ApiError::new(ErrorKind::AgentError, e.to_string())),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/instances/{id}/metadata", tag = "metadata", params(("id" = String, Path)), responses((status = 200, description = "key/value pairs", body = BTreeMap<String, String>)))]
+pub async fn list_metadata(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+) -> Result<Json<BTreeMap<String, String>>, ApiError> {
+    let id = parse_id(&id)?;
+    known_instance(&c, &id)?;
+    Ok(Json(c.store.metadata(&id)?.into_iter().collect()))
+}
+
+#[utoipa::path(get, path = "/v1/instances/{id}/metadata/{key}", tag = "metadata", params(("id" = String, Path), ("key" = String, Path)), responses((status = 200, body = MetadataEntry), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_metadata(
+    State(c): State<Arc<Conductor>>,
+    Path((id, key)): Path<(String, String)>,
+) -> Result<Json<MetadataEntry>, ApiError> {
+    let id = parse_id(&id)?;
+    known_instance(&c, &id)?;
+    let value = c.store.metadata(&id)?.into_iter().find(|(k, _)| *k == key);
+    match value {
+        Some((key, value)) => Ok(Json(MetadataEntry { key, value })),
+        None => Err(not_found(format!(
+            "instance {id} has no metadata key {key:?}"
+        ))),
+    }
+}
+
+#[utoipa::path(put, path = "/v1/instances/{id}/metadata/{key}", tag = "metadata", params(("id" = String, Path), ("key" = String, Path)), request_body = MetadataValue, responses((status = 200, body = MetadataEntry), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn put_metadata(
+    State(c): State<Arc<Conductor>>,
+    Path((id, key)): Path<(String, String)>,
+    b: Result<Json<MetadataValue>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<MetadataEntry>, ApiError> {
+    let id = parse_id(&id)?;
+    let MetadataValue { value } = body(b, r#"{"value": "..."}"#)?;
+    known_instance(&c, &id)?;
+    if key.is_empty() || key.len() > 255 {
+        return Err(bad_request("a metadata key is 1 to 255 characters"));
+    }
+    crate::metadata::validate(&key, &value).map_err(bad_request)?;
+    c.store.set_metadata(&id, &key, &value)?;
+    Ok(Json(MetadataEntry { key, value }))
+}
+
+#[utoipa::path(delete, path = "/v1/instances/{id}/metadata/{key}", tag = "metadata", params(("id" = String, Path), ("key" = String, Path)), responses((status = 200, body = Deleted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_metadata(
+    State(c): State<Arc<Conductor>>,
+    Path((id, key)): Path<(String, String)>,
+) -> Result<Json<Deleted>, ApiError> {
+    let id = parse_id(&id)?;
+    known_instance(&c, &id)?;
+    if c.store.delete_metadata(&id, &key)? {
+        Ok(Json(Deleted { deleted: key }))
+    } else {
+        Err(not_found(format!(
+            "instance {id} has no metadata key {key:?}"
+        )))
+    }
+}

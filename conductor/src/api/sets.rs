@@ -1,0 +1,411 @@
+//! Replica sets: their members as intended and as observed, and the requests that
+//! start the workflows that change them (create, add, detach, switchover, failover,
+//! semi-sync) or switch automatic failover.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use tandem_api::{
+    AddReplica, CreateSet, ErrorBody, Failover, FailoverAction, FailoverState, FailoverView,
+    IntendedRole, MemberView, SeedMethod, SemiSyncRequest, SetView, Switchover, Verdict,
+    WorkflowRow,
+};
+use tandem_proto::{InstanceId, ReplicaSetId, Timestamp};
+
+use super::{
+    bad_request, body, conflict, not_found, parse_id, parse_set, unknown_instance, ApiError,
+};
+use crate::store::ReplicaSet;
+use crate::workflow::provision::Seed;
+use crate::workflow::{start_for_operator, Spec};
+use crate::Conductor;
+
+/// Who starts the workflows of this module, in their records.
+const BY: &str = "api";
+
+fn view(c: &Conductor, set: ReplicaSet) -> SetView {
+    let members = set
+        .members
+        .iter()
+        .map(|m| {
+            let report = c.registry.report(&m.instance);
+            let drift = crate::drift::drift(m, report.as_ref(), c.intended_delay_s(&m.instance));
+            let r = report.as_ref();
+            MemberView {
+                instance: m.instance.clone(),
+                intended: m.clone(),
+                observed: r.map(tandem_api::Contract::of),
+                role: r.map(|r| r.role),
+                health: r.map(|r| r.health),
+                position: r.and_then(|r| r.position.clone()),
+                lag_seconds: r.and_then(|r| r.lag.as_ref().map(|l| l.seconds)),
+                semi_sync: r.and_then(|r| r.semi_sync),
+                fenced: r.is_some_and(|r| r.fenced),
+                diverged: r
+                    .and_then(|r| r.replication.as_ref())
+                    .and_then(|s| s.diverged.clone()),
+                fencing_hazards: r.map(|r| r.fencing_hazards.clone()).unwrap_or_default(),
+                restart_needed: r.map(|r| r.restart_needed.clone()).unwrap_or_default(),
+                failsafe: r.and_then(|r| r.failsafe.clone()),
+                drift,
+            }
+        })
+        .collect();
+    let state = c.store.failover_state(&set.id).unwrap_or_default();
+    let failover = FailoverView {
+        automatic: c.settings.failover.automatic && !state.paused,
+        verdict: c.failover_watch.verdict(&set.id),
+        state,
+    };
+    SetView {
+        id: set.id,
+        epoch: set.epoch,
+        master: set.master,
+        members,
+        failover,
+    }
+}
+
+#[utoipa::path(get, path = "/v1/sets", tag = "sets", responses((status = 200, body = [SetView])))]
+pub async fn list(State(c): State<Arc<Conductor>>) -> Result<Json<Vec<SetView>>, ApiError> {
+    Ok(Json(
+        c.store.sets()?.into_iter().map(|s| view(&c, s)).collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/sets/{id}", tag = "sets", params(("id" = String, Path)), responses((status = 200, body = SetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_one(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+) -> Result<Json<SetView>, ApiError> {
+    let id = parse_set(&id)?;
+    let set = existing(&c, &id)?;
+    Ok(Json(view(&c, set)))
+}
+
+/// The set `id`, or a 404 that names it.
+fn existing(c: &Conductor, id: &ReplicaSetId) -> Result<ReplicaSet, ApiError> {
+    c.store
+        .set(id)?
+        .ok_or_else(|| not_found(format!("no replica set {id}")))
+}
+
+/// The instance must have reported, and must not be in a set already.
+fn free_instance(c: &Conductor, id: &InstanceId) -> Result<(), ApiError> {
+    if c.registry.report(id).is_none() {
+        return Err(unknown_instance(id));
+    }
+    if let Some(set) = c.store.set_of(id)? {
+        return Err(conflict(format!(
+            "{id} is already a member of replica set {set}"
+        )));
+    }
+    Ok(())
+}
+
+/// `candidate` must be a replica of `set`.
+fn replica_of(set: &ReplicaSet, candidate: &InstanceId) -> Result<(), ApiError> {
+    if set.replicas().any(|r| r == candidate) {
+        return Ok(());
+    }
+    Err(bad_request(format!(
+        "{candidate} is not a replica of set {} (its master is {})",
+        set.id, set.master
+    )))
+}
+
+fn accepted(row: WorkflowRow) -> (StatusCode, Json<WorkflowRow>) {
+    (StatusCode::ACCEPTED, Json(row))
+}
+
+type Accepted = Result<(StatusCode, Json<WorkflowRow>), ApiError>;
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+#[utoipa::path(post, path = "/v1/sets", tag = "sets", request_body = CreateSet, responses((status = 202, description = "the workflow that creates it", body = WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create(State(c): State<Arc<Conductor>>, b: JsonBody<CreateSet>) -> Accepted {
+    let req = body(b, r#"{"id": "<set>", "master": "<instance>"}"#)?;
+    free_instance(&c, &req.master)?;
+    c.store.create_set(&req.id, &req.master)?;
+    if req.semi_sync {
+        c.store.set_failover_state(
+            &req.id,
+            &FailoverState {
+                semi_sync: true,
+                ..Default::default()
+            },
+        )?;
+    }
+    let spec = Spec::CreateSet {
+        set: req.id,
+        master: req.master,
+    };
+    Ok(accepted(start_for_operator(&c, spec, BY).await?))
+}
+
+#[utoipa::path(post, path = "/v1/sets/{id}/replicas", tag = "sets", params(("id" = String, Path)), request_body = AddReplica, responses((status = 202, body = WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn add_replica(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+    b: JsonBody<AddReplica>,
+) -> Accepted {
+    let id = parse_set(&id)?;
+    let req = body(
+        b,
+        r#"{"instance": "<instance>"} or {"instances": [...], "seed": "stream|backup|auto|none"}"#,
+    )?;
+    let mut names = req.instances.clone();
+    names.extend(req.instance.clone());
+    if names.is_empty() {
+        return Err(bad_request(
+            "name the new replica in `instance` (or several in `instances`)",
+        ));
+    }
+    let set = existing(&c, &id)?;
+    let seeded = req.seed != SeedMethod::None;
+    let mut instances: Vec<InstanceId> = Vec::new();
+    for i in names {
+        if instances.contains(&i) {
+            return Err(bad_request(format!("{i} is named twice")));
+        }
+        // A quarantined member is re-seeded in place: its data is replaced by a copy.
+        let quarantined = set
+            .members
+            .iter()
+            .any(|m| m.instance == i && m.role == IntendedRole::Quarantined);
+        if quarantined && !seeded {
+            return Err(bad_request(format!(
+                "{i} is quarantined (it holds transactions the master lacks): re-seed it \
+                 with --seed stream or --seed backup, which replaces its data"
+            )));
+        }
+        if !quarantined {
+            free_instance(&c, &i)?;
+        }
+        instances.push(i);
+    }
+    let seed = match req.seed {
+        SeedMethod::None => {
+            let [instance] = <[InstanceId; 1]>::try_from(instances).map_err(|_| {
+                bad_request("several replicas at once need a seed method (stream, backup or auto)")
+            })?;
+            let spec = Spec::Attach { set: id, instance };
+            return Ok(accepted(start_for_operator(&c, spec, BY).await?));
+        }
+        SeedMethod::Stream => stream_from(&set, req.from)?,
+        SeedMethod::Backup => Seed::Backup {
+            backup_id: match &req.backup {
+                Some(b) => recorded_backup(&c, &set, b)?,
+                None => {
+                    newest_backup(&c, &set)?
+                        .ok_or_else(|| {
+                            bad_request(format!(
+                                "set {id} has no recorded backup; take one or seed by stream"
+                            ))
+                        })?
+                        .backup_id
+                }
+            },
+        },
+        SeedMethod::Auto => match newest_backup(&c, &set)? {
+            Some(b)
+                if Timestamp::now().0.saturating_sub(b.created_at.0)
+                    <= c.settings.seed_backup_max_age.as_millis() as u64 =>
+            {
+                Seed::Backup {
+                    backup_id: b.backup_id,
+                }
+            }
+            _ => stream_from(&set, req.from)?,
+        },
+    };
+    let spec = Spec::Provision {
+        set: id,
+        instances,
+        seed,
+    };
+    Ok(accepted(start_for_operator(&c, spec, BY).await?))
+}
+
+fn stream_from(set: &ReplicaSet, from: Option<InstanceId>) -> Result<Seed, ApiError> {
+    let from = from.unwrap_or_else(|| set.master.clone());
+    if from != set.master && !set.replicas().any(|r| r == &from) {
+        return Err(bad_request(format!(
+            "{from} is not a member of set {}; a copy comes from the master or a replica",
+            set.id
+        )));
+    }
+    Ok(Seed::Stream { from })
+}
+
+/// The newest recorded backup of any member of `set`.
+fn newest_backup(
+    c: &Conductor,
+    set: &ReplicaSet,
+) -> Result<Option<tandem_proto::BackupInfo>, ApiError> {
+    let members: Vec<&InstanceId> = std::iter::once(&set.master).chain(set.replicas()).collect();
+    Ok(c.store
+        .backups(None)?
+        .into_iter()
+        .find(|b| members.contains(&&b.instance)))
+}
+
+fn recorded_backup(c: &Conductor, set: &ReplicaSet, backup_id: &str) -> Result<String, ApiError> {
+    let b = c
+        .store
+        .backups(None)?
+        .into_iter()
+        .find(|b| b.backup_id == backup_id)
+        .ok_or_else(|| not_found(format!("no backup {backup_id} is recorded")))?;
+    if b.instance != set.master && !set.replicas().any(|r| r == &b.instance) {
+        return Err(bad_request(format!(
+            "backup {backup_id} is of {}, which is not a member of set {}",
+            b.instance, set.id
+        )));
+    }
+    Ok(b.backup_id)
+}
+
+#[utoipa::path(delete, path = "/v1/sets/{id}/replicas/{instance}", tag = "sets", params(("id" = String, Path), ("instance" = String, Path)), responses((status = 202, body = WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn detach_replica(
+    State(c): State<Arc<Conductor>>,
+    Path((id, instance)): Path<(String, String)>,
+) -> Accepted {
+    let id = parse_set(&id)?;
+    let instance = parse_id(&instance)?;
+    let set = existing(&c, &id)?;
+    if !set.replicas().any(|r| r == &instance) {
+        return Err(bad_request(format!(
+            "{instance} is not a replica of set {id}"
+        )));
+    }
+    let spec = Spec::Detach { set: id, instance };
+    Ok(accepted(start_for_operator(&c, spec, BY).await?))
+}
+
+#[utoipa::path(post, path = "/v1/sets/{id}/switchover", tag = "sets", params(("id" = String, Path)), request_body = Switchover, responses((status = 202, body = WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "another workflow is active on the set", body = ErrorBody)))]
+pub async fn switchover(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+    b: JsonBody<Switchover>,
+) -> Accepted {
+    let id = parse_set(&id)?;
+    let req = body(b, r#"{"candidate": "<instance>"}"#)?;
+    let set = existing(&c, &id)?;
+    replica_of(&set, &req.candidate)?;
+    if let Some(ms) = req.catch_up_timeout_ms {
+        if !(100..=3_600_000).contains(&ms) {
+            return Err(bad_request(
+                "catch_up_timeout_ms must be between 100 and 3600000",
+            ));
+        }
+    }
+    // The old master and the epoch are fixed when the request is accepted, so that a
+    // resumed workflow knows where it started.
+    let spec = Spec::Switchover {
+        set: id,
+        candidate: req.candidate,
+        from: set.master,
+        epoch: set.epoch,
+        catch_up_timeout_ms: req.catch_up_timeout_ms,
+    };
+    Ok(accepted(start_for_operator(&c, spec, BY).await?))
+}
+
+/// Manual failover (Trove's eject): for a master that is gone. A healthy master is
+/// refused (use a switchover, which loses nothing) unless `force`.
+#[utoipa::path(post, path = "/v1/sets/{id}/failover", tag = "sets", params(("id" = String, Path)), request_body = Failover, responses((status = 202, body = WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "the master is healthy, or another workflow is active on the set", body = ErrorBody)))]
+pub async fn failover(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+    b: JsonBody<Failover>,
+) -> Accepted {
+    let id = parse_set(&id)?;
+    let req = body(b, r#"{"candidate"?: "<instance>", "force"?: true}"#)?;
+    let set = existing(&c, &id)?;
+    if let Some(candidate) = &req.candidate {
+        replica_of(&set, candidate)?;
+    }
+    if !req.force {
+        let verdict = c.failover_watch.verdict(&id);
+        if matches!(verdict, None | Some(Verdict::Healthy)) {
+            return Err(conflict(format!(
+                "the master {} of set {id} is healthy: use a switchover (`tandem promote`), \
+                 which loses nothing, or --force",
+                set.master
+            )));
+        }
+    }
+    let spec = Spec::Failover {
+        set: id,
+        failed: set.master,
+        candidate: req.candidate,
+        force: req.force,
+        automatic: false,
+        reason: None,
+    };
+    Ok(accepted(start_for_operator(&c, spec, BY).await?))
+}
+
+/// Semi-synchronous replication on or off for a running set: recorded, then brought
+/// to the engines by a workflow.
+#[utoipa::path(put, path = "/v1/sets/{id}/semi-sync", tag = "sets", params(("id" = String, Path)), request_body = SemiSyncRequest, responses((status = 202, body = WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn semi_sync(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+    b: JsonBody<SemiSyncRequest>,
+) -> Accepted {
+    let id = parse_set(&id)?;
+    let req = body(b, r#"{"enabled": true|false}"#)?;
+    existing(&c, &id)?;
+    let mut state = c.store.failover_state(&id)?;
+    let before = state.semi_sync;
+    state.semi_sync = req.enabled;
+    c.store.set_failover_state(&id, &state)?;
+    let spec = Spec::SemiSync {
+        set: id.clone(),
+        on: req.enabled,
+    };
+    match start_for_operator(&c, spec, BY).await {
+        Ok(row) => Ok(accepted(row)),
+        Err(e) => {
+            // Busy: the wish is not recorded either.
+            state.semi_sync = before;
+            c.store.set_failover_state(&id, &state)?;
+            Err(e.into())
+        }
+    }
+}
+
+/// `pause` / `resume` automatic failover of a set, or `ack` (acknowledge) an automatic
+/// failover held back by the anti-flapping window, which lets it go ahead.
+#[utoipa::path(post, path = "/v1/sets/{id}/failover/{action}", tag = "sets", params(("id" = String, Path), ("action" = FailoverAction, Path)), responses((status = 200, body = FailoverState), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn failover_control(
+    State(c): State<Arc<Conductor>>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<FailoverState>, ApiError> {
+    let id = parse_set(&id)?;
+    let action: FailoverAction = action
+        .parse()
+        .map_err(|e| bad_request(format!("failover action {e}")))?;
+    existing(&c, &id)?;
+    let mut state = c.store.failover_state(&id)?;
+    match action {
+        FailoverAction::Pause => state.paused = true,
+        FailoverAction::Resume => state.paused = false,
+        FailoverAction::Ack => {
+            if state.blocked.is_none() && state.last_automatic.is_none() {
+                return Err(bad_request(format!(
+                    "set {id} has no automatic failover to acknowledge"
+                )));
+            }
+            // The window starts again from the next failover.
+            state.blocked = None;
+            state.last_automatic = None;
+        }
+    }
+    c.store.set_failover_state(&id, &state)?;
+    tracing::warn!(set = %id, %action, "failover control");
+    Ok(Json(state))
+}

@@ -1,0 +1,145 @@
+//! `tandem topology`, `set`, `replica`, `promote` and `failover`: replica sets and the
+//! workflows that change them.
+
+use std::io::Write;
+
+use anyhow::Result;
+use tandem_api::client::Client;
+use tandem_api::{AddReplica, CreateSet, Failover, FailoverAction, Switchover};
+
+use crate::workflows::{follow, Progress};
+use crate::{instance_id, print, render, FailoverCmd, ReplicaCmd, SetCmd};
+
+pub fn topology(client: &Client, json: bool, out: &mut dyn Write) -> Result<()> {
+    let sets = client.sets()?;
+    print(out, json, &sets, |s| render::topology(s))
+}
+
+fn set_id(s: &str) -> Result<tandem_proto::ReplicaSetId> {
+    tandem_proto::ReplicaSetId::new(s).map_err(|e| anyhow::anyhow!("invalid replica set id: {e}"))
+}
+
+pub fn set(client: &Client, cmd: SetCmd, json: bool, out: &mut dyn Write) -> Result<()> {
+    match cmd {
+        SetCmd::List => {
+            let sets = client.sets()?;
+            print(out, json, &sets, |sets| {
+                sets.iter()
+                    .map(|s| {
+                        format!(
+                            "{}  master {}  epoch {}  members {}\n",
+                            s.id,
+                            s.master,
+                            s.epoch.get(),
+                            s.members.len()
+                        )
+                    })
+                    .collect()
+            })
+        }
+        SetCmd::SemiSync { set, state, wait } => {
+            let row = client.semi_sync(&set, state == "on")?;
+            follow(client, out, json, row, wait)
+        }
+        SetCmd::Create {
+            set,
+            master,
+            semi_sync,
+            wait,
+        } => {
+            let request = CreateSet {
+                id: set_id(&set)?,
+                master: instance_id(&master)?,
+                semi_sync,
+            };
+            let row = client.create_set(&request)?;
+            follow(client, out, json, row, wait)
+        }
+    }
+}
+
+pub fn replica(client: &Client, cmd: ReplicaCmd, json: bool, out: &mut dyn Write) -> Result<()> {
+    match cmd {
+        ReplicaCmd::Add {
+            set,
+            instances,
+            seed,
+            from,
+            backup,
+            wait,
+        } => {
+            let request = AddReplica {
+                instance: None,
+                instances: instances
+                    .iter()
+                    .map(|i| instance_id(i))
+                    .collect::<Result<_>>()?,
+                seed,
+                from: from.as_deref().map(instance_id).transpose()?,
+                backup,
+            };
+            let row = client.add_replicas(&set, &request)?;
+            let mut progress = Progress::new(if wait { request.instances } else { Vec::new() });
+            crate::workflows::started(client, out, json, row, wait, &mut progress)
+        }
+        ReplicaCmd::Detach {
+            set,
+            instance,
+            wait,
+        } => {
+            let row = client.detach(&set, &instance_id(&instance)?)?;
+            follow(client, out, json, row, wait)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn promote(
+    client: &Client,
+    set: &str,
+    candidate: &str,
+    catch_up_timeout_ms: Option<u64>,
+    wait: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let request = Switchover {
+        candidate: instance_id(candidate)?,
+        catch_up_timeout_ms,
+    };
+    let row = client.switchover(set, &request)?;
+    follow(client, out, json, row, wait)
+}
+
+pub fn failover(client: &Client, cmd: FailoverCmd, json: bool, out: &mut dyn Write) -> Result<()> {
+    let (set, action) = match cmd {
+        FailoverCmd::Run {
+            set,
+            candidate,
+            force,
+            wait,
+        } => {
+            let request = Failover {
+                candidate: candidate.as_deref().map(instance_id).transpose()?,
+                force,
+            };
+            let row = client.failover(&set, &request)?;
+            return follow(client, out, json, row, wait);
+        }
+        FailoverCmd::Pause { set } => (set, FailoverAction::Pause),
+        FailoverCmd::Resume { set } => (set, FailoverAction::Resume),
+        FailoverCmd::Ack { set } => (set, FailoverAction::Ack),
+    };
+    let state = client.failover_control(&set, action)?;
+    print(out, json, &state, |state| {
+        format!(
+            "set {set}: automatic failover {}{}\n",
+            if state.paused { "paused" } else { "on" },
+            state
+                .blocked
+                .as_ref()
+                .map(|b| format!("; BLOCKED: {b}"))
+                .unwrap_or_default()
+        )
+    })
+}
