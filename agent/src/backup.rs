@@ -381,7 +381,12 @@ impl<E: Engine> Agent<E> {
     }
 
     pub(crate) async fn delete_backup(&self, backup_id: &str) -> Result<(), CommandError> {
-        self.store().await?.delete(backup_id).await?;
+        if !self.store().await?.delete(backup_id).await? {
+            tracing::info!(
+                backup = backup_id,
+                "asked to delete a backup that is not in the store: nothing to do"
+            );
+        }
         Ok(())
     }
 }

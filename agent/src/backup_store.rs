@@ -271,13 +271,12 @@ impl BackupStore {
         Ok(path)
     }
 
-    pub async fn delete(&self, backup_id: &str) -> Result<(), EngineError> {
+    /// Deletes a backup; `false` when there was none by that id (a delete is done when
+    /// the backup is gone, so asking twice is not an error).
+    pub async fn delete(&self, backup_id: &str) -> Result<bool, EngineError> {
         crate::engine::mariadb::safe_token("the backup id", backup_id)?;
         if !self.exists(backup_id).await? {
-            return Err(EngineError::BadRequest(format!(
-                "there is no backup {backup_id} in {}",
-                self.name
-            )));
+            return Ok(false);
         }
         // Metadata first: a half-deleted backup is then simply not a backup.
         for key in [meta_key(backup_id), data_key(backup_id)] {
@@ -286,7 +285,7 @@ impl BackupStore {
                 .await
                 .map_err(|e| self.error(&format!("delete {key}"), e))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Removes whatever an unfinished backup wrote (metadata first, then data); what is
@@ -485,8 +484,7 @@ mod tests {
             let err = result.unwrap_err().to_string();
             assert!(err.contains(expected), "{id}: {err}");
         }
-        store.delete("good").await.unwrap();
-        let err = store.delete("good").await.unwrap_err().to_string();
-        assert!(err.contains("there is no backup good"), "{err}");
+        assert!(store.delete("good").await.unwrap());
+        assert!(!store.delete("good").await.unwrap(), "deleted twice");
     }
 }

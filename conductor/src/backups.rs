@@ -204,16 +204,13 @@ pub async fn delete(c: &Conductor, backup_id: &str) -> Result<(), DeleteError> {
             BUDGET,
         )
         .await;
-    match reply.into_result() {
-        Ok(_) => {}
-        // Already gone from the store: forgetting it is the right repair.
-        Err(e) if e.message.contains("there is no backup") => {}
-        Err(e) => {
-            return Err(DeleteError::Other(format!(
-                "the agent of {} could not delete it: {e}",
-                info.instance
-            )))
-        }
+    // The agent answers done for a backup already gone from the store (a delete is
+    // done when it is gone): forgetting it here is then the right repair.
+    if let Err(e) = reply.into_result() {
+        return Err(DeleteError::Other(format!(
+            "the agent of {} could not delete it: {e}",
+            info.instance
+        )));
     }
     c.store
         .forget_backup(backup_id)

@@ -7,15 +7,17 @@
 //! Architecture invariant: only the conductor decides roles; agents obey the highest
 //! epoch they have seen and report what their engines say.
 
+pub mod agents;
 pub mod api;
 pub mod backoff;
 pub mod backups;
 pub mod broker_users;
 pub mod config;
-pub mod drift;
+pub mod decide;
+pub mod detector;
 pub mod enrolment;
 pub mod events;
-pub mod failover;
+pub mod failover_memory;
 pub mod failsafe;
 pub mod fence;
 pub mod keys;
@@ -59,7 +61,8 @@ impl BackupRun {
 
 pub struct Conductor {
     pub settings: Settings,
-    pub transport: Transport,
+    /// How commands reach agents: the broker, or a fake agent in unit tests.
+    pub agents: Box<dyn agents::AgentLink>,
     pub registry: registry::Registry,
     pub store: Box<dyn Store>,
     pub events: events::Events,
@@ -74,7 +77,7 @@ pub struct Conductor {
     /// Instances with an open drift event.
     open_drift: std::sync::Mutex<std::collections::HashSet<tandem_proto::InstanceId>>,
     /// The failure detector's current verdict on every set.
-    pub failover_watch: failover::Watch,
+    pub failover_watch: detector::Watch,
     /// When this process started (the age of a master it never heard from).
     pub started: std::time::Instant,
 }
@@ -150,7 +153,7 @@ impl Conductor {
         let Some(member) = set.members.iter().find(|m| &m.instance == instance) else {
             return;
         };
-        let differences = drift::drift(
+        let differences = decide::drift::drift(
             member,
             self.registry.report(instance).as_ref(),
             self.intended_delay_s(instance),
@@ -208,7 +211,7 @@ async fn run_led(
 ) -> anyhow::Result<()> {
     let db = settings.data_dir.join("tandem.db");
     let fresh = !db.exists();
-    let conductor = match prepare(settings, &db, &shutdown).await {
+    let (conductor, transport) = match prepare(settings, &db, &shutdown).await {
         Ok(c) => c,
         Err(e) => {
             // A conductor that never started leaves no store behind: the next start
@@ -221,7 +224,7 @@ async fn run_led(
         }
     };
     tracing::info!(lock = %leadership.path.display(), "acting conductor of this store");
-    serve(conductor, listener, leadership, shutdown).await
+    serve(conductor, transport, listener, leadership, shutdown).await
 }
 
 /// Removes a store this process made (and the operator token it wrote for it).
@@ -245,7 +248,7 @@ async fn prepare(
     settings: Settings,
     db: &std::path::Path,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Arc<Conductor>> {
+) -> anyhow::Result<(Arc<Conductor>, Transport)> {
     let store = store::sqlite::SqliteStore::open(db)?;
     let term = store.begin_term()?;
     tracing::info!(term, "this conductor's term");
@@ -264,30 +267,51 @@ async fn prepare(
     let enrolments = Arc::new(enrolment::Enrolments::load(&store, secret)?);
     transport_config.reply_keys = Some(enrolments.clone());
     let transport = Transport::connect(transport_config, shutdown.clone()).await?;
-    Ok(Arc::new(Conductor {
-        secret,
-        enrolments,
-        backups_running: Default::default(),
+    let conductor = Conductor::new(
         settings,
-        transport,
-        registry: registry::Registry::default(),
-        store: Box::new(store),
-        events: events::Events::default(),
-        open_drift: Default::default(),
-        failover_watch: Default::default(),
-        started: std::time::Instant::now(),
-    }))
+        Box::new(store),
+        Box::new(transport.clone()),
+        enrolments,
+        secret,
+    );
+    Ok((Arc::new(conductor), transport))
+}
+
+impl Conductor {
+    /// A conductor on `store`, reaching agents through `agents`.
+    pub fn new(
+        settings: Settings,
+        store: Box<dyn Store>,
+        agents: Box<dyn agents::AgentLink>,
+        enrolments: Arc<enrolment::Enrolments>,
+        secret: [u8; 32],
+    ) -> Conductor {
+        Conductor {
+            secret,
+            enrolments,
+            backups_running: Default::default(),
+            settings,
+            agents,
+            registry: registry::Registry::default(),
+            store,
+            events: events::Events::default(),
+            open_drift: Default::default(),
+            failover_watch: Default::default(),
+            started: std::time::Instant::now(),
+        }
+    }
 }
 
 /// Follows reports, resumes workflows, watches for failures and serves the API until
 /// `shutdown`.
 async fn serve(
     conductor: Arc<Conductor>,
+    transport: Transport,
     listener: TcpListener,
     leadership: leadership::Leadership,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut reports = conductor.transport.subscribe_status("#");
+    let mut reports = transport.subscribe_status("#");
     let follower = {
         let c = conductor.clone();
         tokio::spawn(async move {
@@ -323,7 +347,7 @@ async fn serve(
     }
 
     let detector_stop = CancellationToken::new();
-    tokio::spawn(failover::watch(conductor.clone(), detector_stop.clone()));
+    tokio::spawn(detector::watch(conductor.clone(), detector_stop.clone()));
 
     let app = api::router(conductor.clone());
     let stop = shutdown.clone().cancelled_owned();

@@ -2,7 +2,7 @@
 //! other key is free-form (Trove's instance metadata); these are refused when wrong,
 //! so that a typo never silently changes a failover or an engine setting.
 
-use crate::failover::PromotionRule;
+use crate::decide::candidate::PromotionRule;
 
 /// `failover_priority` runs from minus this to this.
 pub const PRIORITY_RANGE: i64 = 1000;

@@ -114,7 +114,7 @@ async fn broker_user(
         ApiError::new(tandem_api::ErrorKind::BrokerUnavailable, e)
             .with_status(axum::http::StatusCode::BAD_GATEWAY)
     })?;
-    c.transport.ensure_agent_queue(id).await.map_err(|e| {
+    c.agents.ensure_agent_queue(id).await.map_err(|e| {
         ApiError::new(
             tandem_api::ErrorKind::BrokerUnavailable,
             format!("declare {id}'s command queue: {e}"),

@@ -19,7 +19,7 @@ use crate::Conductor;
 pub async fn health(State(c): State<Arc<Conductor>>) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
-        broker_connected: c.transport.is_connected(),
+        broker_connected: c.agents.is_connected(),
         instances: c.registry.list().len(),
     })
 }
@@ -57,10 +57,7 @@ pub async fn ping(
     )
     .expires_in(c.settings.command_timeout);
     let started = Instant::now();
-    let reply = c
-        .transport
-        .call(&envelope, c.settings.command_timeout)
-        .await?;
+    let reply = c.agents.call(&envelope, c.settings.command_timeout).await?;
     let elapsed = started.elapsed();
     match reply.body.into_result() {
         Ok(ReplyBody::Pong {

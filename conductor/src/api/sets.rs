@@ -31,7 +31,8 @@ fn view(c: &Conductor, set: ReplicaSet) -> SetView {
         .iter()
         .map(|m| {
             let report = c.registry.report(&m.instance);
-            let drift = crate::drift::drift(m, report.as_ref(), c.intended_delay_s(&m.instance));
+            let drift =
+                crate::decide::drift::drift(m, report.as_ref(), c.intended_delay_s(&m.instance));
             let r = report.as_ref();
             MemberView {
                 instance: m.instance.clone(),

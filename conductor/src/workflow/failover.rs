@@ -3,7 +3,7 @@
 //! 1. at once and in parallel: the old master is told to go read-only (one short try:
 //!    it is probably gone), and every replica stops receiving and applies everything
 //!    it received (`drain_relay_log`);
-//! 2. the candidate is chosen among the drained replicas ([`crate::failover::choose`])
+//! 2. the candidate is chosen among the drained replicas ([`crate::decide::candidate::choose`])
 //!    and the choice is journaled, with what the old master may hold that the
 //!    candidate lacks;
 //! 3. the change is recorded: new epoch, candidate is master, the old master is
@@ -26,7 +26,8 @@ use tandem_proto::{Command, ErrorKind, Health, InstanceId, Position, ReplyBody};
 use tandem_api::FailoverSummary;
 
 use super::{Ctx, Limits, Outcome, StepError};
-use crate::failover::{choose, lease_left, Drained, PromotionRule};
+use crate::decide::candidate::{choose, Drained, PromotionRule};
+use crate::decide::verdict::lease_left;
 use crate::store::{IntendedRole, TopologyChange};
 
 /// The old master gets this long to answer "read-only" before it is treated as gone.

@@ -27,10 +27,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tandem_proto::{
-    Command, CommandError, Envelope, Epoch, ErrorKind, InstanceId, MessageId, Reply, ReplyBody,
-    Sealed, Secret, Sender, SourceEndpoint, Timestamp,
+    Command, CommandError, Epoch, ErrorKind, InstanceId, MessageId, Reply, ReplyBody, Sealed,
+    Secret, SourceEndpoint, Timestamp,
 };
-use tandem_transport::CallError;
 
 use crate::store::{
     JournalEntry, ReplicaSet, StoreError, TopologyChange, WorkflowRow, WorkflowState,
@@ -659,82 +658,6 @@ fn to_result(
         target: target.clone(),
         error,
     })
-}
-
-impl Conductor {
-    /// Sends `command` with a fixed message id until it gets a reply that is not a
-    /// retryable failure, or `budget` runs out.
-    pub(crate) async fn call_until(
-        &self,
-        message_id: MessageId,
-        target: &InstanceId,
-        epoch: Epoch,
-        command: Command,
-        budget: Duration,
-    ) -> Reply {
-        self.call_within(
-            message_id,
-            target,
-            epoch,
-            command,
-            budget,
-            self.settings.command_timeout,
-        )
-        .await
-    }
-
-    /// As [`Conductor::call_until`], each try waiting at most `timeout` for its reply.
-    pub(crate) async fn call_within(
-        &self,
-        message_id: MessageId,
-        target: &InstanceId,
-        epoch: Epoch,
-        command: Command,
-        budget: Duration,
-        timeout: Duration,
-    ) -> Reply {
-        let started = Instant::now();
-        // The version rule: never send a command the agent's advertised protocol
-        // versions do not cover (an agent that has not reported yet is given the benefit:
-        // it will answer `unsupported` itself).
-        let mut version = tandem_proto::ProtocolVersion::CURRENT;
-        if let Some(report) = self.registry.report(target) {
-            match tandem_proto::version::ensure_supported(&command, &report.protocol) {
-                Ok(v) => version = v,
-                Err(e) => return Reply::Err(CommandError::unsupported(e.to_string())),
-            }
-        }
-        let mut envelope = Envelope::new(
-            Sender::Conductor {
-                name: self.settings.name.clone(),
-            },
-            target.clone(),
-            epoch,
-            command,
-        );
-        envelope.message_id = message_id;
-        envelope.protocol_version = version;
-        loop {
-            envelope.issued_at = Timestamp::now();
-            envelope.expires_at = Some(envelope.issued_at.plus(timeout));
-            let outcome = match self.transport.call(&envelope, timeout).await {
-                Ok(reply) => reply.body,
-                Err(CallError::UnknownInstance(i)) => Reply::Err(CommandError::new(
-                    ErrorKind::BadRequest,
-                    format!("no agent queue is bound for instance {i}"),
-                )),
-                Err(e @ CallError::NotEnrolled(_)) => {
-                    Reply::Err(CommandError::new(ErrorKind::BadRequest, e.to_string()))
-                }
-                Err(e) => Reply::Err(CommandError::new(ErrorKind::TimedOut, e.to_string())),
-            };
-            let retry = matches!(&outcome, Reply::Err(e) if e.retryable);
-            if !retry || started.elapsed() >= budget {
-                return outcome;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
 }
 
 /// How a workflow that made `master` writable ends: done, or failed naming the members
