@@ -4,7 +4,9 @@
 //! through [`AgentLink`], with the retry and version rules of
 //! [`Conductor::call_within`].
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::future::BoxFuture;
 use tandem_proto::{

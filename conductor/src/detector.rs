@@ -106,7 +106,7 @@ pub async fn watch(c: Arc<Conductor>, stop: CancellationToken) {
     }
 }
 
-fn seen(c: &Conductor, id: &InstanceId, started: Instant) -> Seen {
+fn seen(c: &Conductor, id: &InstanceId, started: tokio::time::Instant) -> Seen {
     match c.registry.report_with_age(id) {
         Some((report, age)) => Seen {
             report: Some(report),
@@ -119,7 +119,7 @@ fn seen(c: &Conductor, id: &InstanceId, started: Instant) -> Seen {
     }
 }
 
-fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: Instant) {
+fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) {
     let f = &c.settings.failover;
     let master = &set.master;
     let seen_master = seen(c, master, started);

@@ -79,7 +79,7 @@ pub struct Conductor {
     /// The failure detector's current verdict on every set.
     pub failover_watch: detector::Watch,
     /// When this process started (the age of a master it never heard from).
-    pub started: std::time::Instant,
+    pub started: tokio::time::Instant,
 }
 
 impl Conductor {
@@ -297,7 +297,7 @@ impl Conductor {
             events: events::Events::default(),
             open_drift: Default::default(),
             failover_watch: Default::default(),
-            started: std::time::Instant::now(),
+            started: tokio::time::Instant::now(),
         }
     }
 }

@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
-use std::time::Instant;
+// tokio's clock (the monotonic clock, mockable in tests with paused time).
+use tokio::time::Instant;
 
 use tandem_proto::{InstanceId, StatusReport};
 

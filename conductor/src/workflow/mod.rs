@@ -23,7 +23,9 @@ mod semi_sync;
 mod switchover;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 use tandem_proto::{
@@ -780,7 +782,7 @@ pub async fn start_for_operator(
     spec: Spec,
     requested_by: &str,
 ) -> Result<WorkflowRow, StoreError> {
-    let patience = std::time::Instant::now() + Duration::from_secs(5);
+    let patience = Instant::now() + Duration::from_secs(5);
     loop {
         match start(c, spec.clone(), requested_by) {
             Err(StoreError::Busy { set, active }) => {
@@ -788,7 +790,7 @@ pub async fn start_for_operator(
                     .store
                     .workflow(&active)?
                     .is_some_and(|w| w.kind.is_upkeep());
-                if !upkeep || std::time::Instant::now() >= patience {
+                if !upkeep || Instant::now() >= patience {
                     return Err(StoreError::Busy { set, active });
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -807,3 +809,6 @@ pub fn resume_all(c: &Arc<Conductor>) -> Result<usize, StoreError> {
     }
     Ok(active.len())
 }
+
+#[cfg(test)]
+mod tests;
