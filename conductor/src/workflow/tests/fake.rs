@@ -192,8 +192,10 @@ pub fn s1() -> ReplicaSetId {
 impl World {
     pub fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = crate::ConductorConfig::default();
-        config.data_dir = dir.path().to_path_buf();
+        let config = crate::ConductorConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
         let settings = config.validate().unwrap();
         let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db")).unwrap();
         let secret = [7u8; 32];
