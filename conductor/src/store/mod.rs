@@ -6,6 +6,7 @@
 //! a check-then-set. SQLite by default ([`sqlite::SqliteStore`]); the trait is what a
 //! PostgreSQL store for several conductors will implement.
 
+pub mod migrations;
 pub mod sqlite;
 
 use serde::{Deserialize, Serialize};

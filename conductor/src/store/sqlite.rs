@@ -11,125 +11,6 @@ use tandem_api::Word;
 
 use super::*;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS instances (
-    id TEXT PRIMARY KEY,
-    zone TEXT NOT NULL,
-    engine TEXT NOT NULL,
-    host TEXT,
-    port INTEGER
-);
-CREATE TABLE IF NOT EXISTS metadata (
-    instance TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (instance, key)
-);
-CREATE TABLE IF NOT EXISTS replica_sets (
-    id TEXT PRIMARY KEY,
-    epoch INTEGER NOT NULL,
-    master TEXT NOT NULL,
-    created_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS members (
-    instance TEXT PRIMARY KEY,          -- an instance is in at most one set
-    set_id TEXT NOT NULL REFERENCES replica_sets(id),
-    role TEXT NOT NULL CHECK (role IN ('master', 'replica', 'failed', 'quarantined')),
-    replicates_from TEXT,
-    writable INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS workflows (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    set_id TEXT NOT NULL,
-    params TEXT NOT NULL,
-    state TEXT NOT NULL,
-    requested_by TEXT NOT NULL,
-    error TEXT,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
-);
--- An operator's request to stop a running workflow, kept so that a conductor that
--- resumes the workflow after a restart still honours it.
-CREATE TABLE IF NOT EXISTS workflow_cancels (
-    workflow_id TEXT PRIMARY KEY,
-    requested_by TEXT NOT NULL,
-    requested_at INTEGER NOT NULL
-);
--- At most one active workflow per set, enforced here rather than checked-then-set.
-CREATE UNIQUE INDEX IF NOT EXISTS one_active_workflow_per_set
-    ON workflows (set_id) WHERE state IN ('running', 'rolling_back');
--- Epochs come from one sequence for all sets: an agent keeps a single highest epoch, and
--- a server that leaves one set and joins another must never see a lower number.
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO counters (name, value) VALUES ('epoch', 0);
-INSERT OR IGNORE INTO counters (name, value) VALUES ('conductor_term', 0);
--- Per set: automatic failover paused, semi-sync wanted, anti-flapping memory.
-CREATE TABLE IF NOT EXISTS set_failover (
-    set_id TEXT PRIMARY KEY,
-    state TEXT NOT NULL
-);
--- Backups the agents reported finished, as their BackupInfo (JSON).
-CREATE TABLE IF NOT EXISTS backups (
-    id TEXT PRIMARY KEY,
-    instance TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    info TEXT NOT NULL
-);
--- The conductor's own secrets (the failsafe's, from which each replica's key is derived).
-CREATE TABLE IF NOT EXISTS secrets (
-    name TEXT PRIMARY KEY,
-    value BLOB NOT NULL
-);
--- Failsafe lists sent to a set's master, recorded before they leave: a failover must
--- know every list the old master may hold.
-CREATE TABLE IF NOT EXISTS failsafe_lists (
-    set_id TEXT NOT NULL,
-    master TEXT NOT NULL,
-    epoch INTEGER NOT NULL,
-    peers TEXT NOT NULL,
-    PRIMARY KEY (set_id, master, epoch)
-);
--- The key each instance's agent signs with, pinned at enrolment; NULL after a re-key.
-CREATE TABLE IF NOT EXISTS enrolments (
-    instance TEXT PRIMARY KEY,
-    public_key TEXT,
-    generation INTEGER NOT NULL,
-    changed_at INTEGER NOT NULL
-);
--- API tokens: their SHA-256 only.
-CREATE TABLE IF NOT EXISTS api_tokens (
-    name TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    hash TEXT NOT NULL UNIQUE,
-    created_at INTEGER NOT NULL
-);
--- Every request that changed something, and who made it.
-CREATE TABLE IF NOT EXISTS api_requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at INTEGER NOT NULL,
-    who TEXT NOT NULL,
-    method TEXT NOT NULL,
-    path TEXT NOT NULL,
-    status INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS journal (
-    workflow_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    step TEXT NOT NULL,
-    target TEXT NOT NULL,
-    command TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    epoch INTEGER NOT NULL,
-    result TEXT,
-    sent_at INTEGER NOT NULL,
-    PRIMARY KEY (workflow_id, seq)
-);
-";
-
 pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
@@ -165,7 +46,9 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = conn;
+        super::migrations::migrate(&mut conn)
+            .map_err(|e| anyhow::anyhow!("the store {}: {e}", path.display()))?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
