@@ -1,0 +1,185 @@
+//! A set's topology in SQL: loading a set, applying a change and bumping the epoch in
+//! the same transaction.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tandem_api::Word;
+use tandem_proto::{Epoch, InstanceId, ReplicaSetId, Timestamp};
+
+use crate::store::*;
+
+use super::rows::*;
+
+pub(super) fn next_epoch(conn: &Connection) -> Result<Epoch> {
+    let v: i64 = conn.query_row(
+        "UPDATE counters SET value = value + 1 WHERE name = 'epoch' RETURNING value",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(Epoch::new(v as u64))
+}
+
+pub(super) fn apply_in(
+    conn: &Connection,
+    set: &ReplicaSetId,
+    change: &TopologyChange,
+) -> Result<ReplicaSet> {
+    let current = load_set(conn, set)?
+        .ok_or_else(|| StoreError::NotFound(format!("no replica set {set}")))?;
+    match change {
+        TopologyChange::AddReplica { instance } => {
+            let n = conn.execute(
+                "INSERT INTO members (instance, set_id, role, replicates_from, writable) \
+                 VALUES (?1, ?2, 'replica', ?3, 0) ON CONFLICT (instance) DO NOTHING",
+                params![instance.as_str(), set.as_str(), current.master.as_str()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "{instance} is already a member of a replica set"
+                )));
+            }
+        }
+        TopologyChange::RemoveReplica { instance } => {
+            let n = conn.execute(
+                "DELETE FROM members WHERE instance = ?1 AND set_id = ?2 AND role = 'replica'",
+                params![instance.as_str(), set.as_str()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "{instance} is not a replica of set {set}"
+                )));
+            }
+        }
+        TopologyChange::NewMaster { new_master } => {
+            if !current.members.iter().any(|m| &m.instance == new_master) {
+                return Err(StoreError::NotFound(format!(
+                    "{new_master} is not a member of set {set}"
+                )));
+            }
+            new_master_in(conn, &current, new_master)?;
+        }
+        TopologyChange::Failover { new_master, failed } => {
+            new_master_in(conn, &current, new_master)?;
+            conn.execute(
+                "UPDATE members SET role = 'failed', replicates_from = NULL, writable = 0 \
+                 WHERE instance = ?1 AND set_id = ?2",
+                params![failed.as_str(), set.as_str()],
+            )?;
+        }
+        TopologyChange::Rejoin { instance } | TopologyChange::Quarantine { instance } => {
+            // Rejoin: a failed or quarantined member replicates again. Quarantine: a
+            // returning failed master, or a replica whose re-seeding failed.
+            let (role, from, from_roles) = match change {
+                TopologyChange::Rejoin { .. } => (
+                    "replica",
+                    Some(current.master.as_str()),
+                    "'failed', 'quarantined'",
+                ),
+                _ => ("quarantined", None, "'failed', 'quarantined', 'replica'"),
+            };
+            let n = conn.execute(
+                &format!(
+                    "UPDATE members SET role = ?3, replicates_from = ?4, writable = 0 \
+                     WHERE instance = ?1 AND set_id = ?2 AND role IN ({from_roles})"
+                ),
+                params![instance.as_str(), set.as_str(), role, from],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "{instance} cannot be {} in set {set}: not a member in a role that allows it",
+                    if role == "replica" {
+                        "rejoined"
+                    } else {
+                        "quarantined"
+                    }
+                )));
+            }
+        }
+    }
+    let epoch = next_epoch(conn)?;
+    conn.execute(
+        "UPDATE replica_sets SET epoch = ?2 WHERE id = ?1",
+        params![set.as_str(), epoch.get() as i64],
+    )?;
+    Ok(load_set(conn, set)?.expect("exists"))
+}
+
+/// `new_master` becomes the writable master; the other replicating members (not failed
+/// or quarantined ones) replicate from it.
+pub(super) fn new_master_in(
+    conn: &Connection,
+    current: &ReplicaSet,
+    new_master: &InstanceId,
+) -> Result<()> {
+    let set = &current.id;
+    if !current.members.iter().any(|m| {
+        &m.instance == new_master && matches!(m.role, IntendedRole::Master | IntendedRole::Replica)
+    }) {
+        return Err(StoreError::NotFound(format!(
+            "{new_master} is not a replicating member of set {set}"
+        )));
+    }
+    conn.execute(
+        "UPDATE members SET role = 'replica', replicates_from = ?2, writable = 0 \
+         WHERE set_id = ?1 AND role IN ('master', 'replica')",
+        params![set.as_str(), new_master.as_str()],
+    )?;
+    conn.execute(
+        "UPDATE members SET role = 'master', replicates_from = NULL, writable = 1 \
+         WHERE instance = ?1",
+        [new_master.as_str()],
+    )?;
+    conn.execute(
+        "UPDATE replica_sets SET master = ?2 WHERE id = ?1",
+        params![set.as_str(), new_master.as_str()],
+    )?;
+    Ok(())
+}
+
+pub(super) fn load_set(conn: &Connection, set: &ReplicaSetId) -> Result<Option<ReplicaSet>> {
+    let row = conn
+        .query_row(
+            "SELECT epoch, master, created_at FROM replica_sets WHERE id = ?1",
+            [set.as_str()],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((epoch, master, created_at)) = row else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare(
+        "SELECT instance, role, replicates_from, writable FROM members WHERE set_id = ?1 \
+         ORDER BY role = 'replica', instance",
+    )?;
+    let members = stmt
+        .query_map([set.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, bool>(3)?,
+            ))
+        })?
+        .map(|row| {
+            let (instance, role, from, writable) = row?;
+            Ok(Member {
+                instance: id(instance)?,
+                role: IntendedRole::parse_word(&role).map_err(StoreError::Internal)?,
+                replicates_from: from.map(id).transpose()?,
+                writable,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(ReplicaSet {
+        id: set.clone(),
+        epoch: Epoch::new(epoch as u64),
+        master: id(master)?,
+        members,
+        created_at: Timestamp(created_at as u64),
+    }))
+}

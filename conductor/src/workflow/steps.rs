@@ -1,0 +1,197 @@
+//! The steps several workflows share: giving a master its role, the replication
+//! account and attach of a replica, re-pointing replicas, reading positions, and the
+//! keys secrets are sealed to.
+
+use tandem_proto::{Command, Epoch, InstanceId, ReplyBody, Sealed, Secret, SourceEndpoint};
+
+use super::{Ctx, StepError};
+
+impl Ctx<'_> {
+    /// The set's semi-synchronous replication, for the commands that give roles.
+    pub fn semi_sync(&self) -> Result<Option<tandem_proto::SemiSyncSettings>, StepError> {
+        let state = self.c.store.failover_state(&self.wf.set_id)?;
+        Ok(state.semi_sync.then_some(tandem_proto::SemiSyncSettings {
+            timeout_ms: self.c.settings.failover.semi_sync_timeout.as_millis() as u64,
+        }))
+    }
+
+    /// Enables `master` as the set's master, as one step; semi-synchronous replication
+    /// comes later, with [`Ctx::semi_sync_on`].
+    pub async fn enable_as_master(
+        &mut self,
+        step: &str,
+        master: &InstanceId,
+        epoch: Epoch,
+    ) -> Result<ReplyBody, StepError> {
+        self.send(
+            step,
+            master,
+            epoch,
+            Command::EnableAsMaster { semi_sync: None },
+        )
+        .await
+    }
+
+    /// Switches the master's semi-synchronous replication on when the set wants it (a
+    /// step), else nothing. Sent once its replicas are attached: a semi-sync master
+    /// with no replica holds every commit for the whole timeout, including the one
+    /// that creates the account its first replica needs.
+    pub async fn semi_sync_on(
+        &mut self,
+        master: &InstanceId,
+        epoch: Epoch,
+    ) -> Result<(), StepError> {
+        if let Some(semi_sync) = self.semi_sync()? {
+            self.send(
+                "semi-synchronous replication on the master",
+                master,
+                epoch,
+                Command::EnableAsMaster {
+                    semi_sync: Some(semi_sync),
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The key `instance` pinned at enrolment, which its secrets are sealed to.
+    pub fn key_of(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<tandem_transport::identity::PublicKey, StepError> {
+        use tandem_transport::identity::KeyBook;
+        self.c.enrolments.key_of(instance).ok_or_else(|| {
+            StepError::Precondition(format!(
+                "{instance} is not enrolled: there is no key to seal its secrets to \
+                 (`tandem instance enroll {instance}`)"
+            ))
+        })
+    }
+
+    /// `secret`, sealed to `instance`'s pinned key.
+    pub fn seal_to(&self, instance: &InstanceId, secret: &Secret) -> Result<Sealed, StepError> {
+        self.key_of(instance)?
+            .seal(secret)
+            .map_err(|e| StepError::Precondition(format!("{instance}: {e}")))
+    }
+
+    /// Where replicas reach `instance`, as its agent last advertised.
+    pub fn endpoint(&self, instance: &InstanceId) -> Result<SourceEndpoint, StepError> {
+        let record = self.c.store.instance(instance)?;
+        match record.and_then(|r| Some((r.host?, r.port?))) {
+            Some((host, port)) => Ok(SourceEndpoint {
+                instance: instance.clone(),
+                host,
+                port,
+            }),
+            None => Err(StepError::Precondition(format!(
+                "the agent of {instance} has not reported its engine's address"
+            ))),
+        }
+    }
+
+    /// Reads `instance`'s latest position, as one step.
+    pub async fn latest_position(
+        &mut self,
+        step: &str,
+        instance: &InstanceId,
+        epoch: Epoch,
+    ) -> Result<tandem_proto::Position, StepError> {
+        match self
+            .send(step, instance, epoch, Command::GetLatestPosition)
+            .await?
+        {
+            ReplyBody::Position { position } => Ok(position),
+            other => Err(StepError::Precondition(format!(
+                "{instance} answered get_latest_position with {other:?}"
+            ))),
+        }
+    }
+
+    /// Re-points `replicas` to a new master, one after the other; returns those that
+    /// could not be, each with why (the workflow goes on without them).
+    pub async fn repoint(
+        &mut self,
+        master: &InstanceId,
+        replicas: &[InstanceId],
+        epoch: Epoch,
+    ) -> Vec<String> {
+        let mut left_behind = Vec::new();
+        for replica in replicas {
+            if let Err(e) = self
+                .attach_to("re-point a replica", master, replica, epoch, None)
+                .await
+            {
+                left_behind.push(format!("{replica} ({e})"));
+            }
+        }
+        left_behind
+    }
+
+    /// Gives `replica` its own replication account on `source` and attaches it there
+    /// (two journaled steps, named after `what`).
+    pub async fn attach_to(
+        &mut self,
+        what: &str,
+        source: &InstanceId,
+        replica: &InstanceId,
+        epoch: Epoch,
+        position: Option<tandem_proto::Position>,
+    ) -> Result<ReplyBody, StepError> {
+        let endpoint = self.endpoint(source)?;
+        let credentials = self
+            .replication_credentials(&format!("{what}: replication user"), source, replica, epoch)
+            .await?;
+        self.send(
+            &format!("{what}: attach"),
+            replica,
+            epoch,
+            Command::AttachToSource {
+                source: endpoint,
+                credentials,
+                position,
+                semi_sync: self.semi_sync()?.is_some(),
+                delay_s: self.c.intended_delay_s(replica),
+            },
+        )
+        .await
+    }
+
+    async fn replication_credentials(
+        &mut self,
+        step: &str,
+        master: &InstanceId,
+        replica: &InstanceId,
+        epoch: Epoch,
+    ) -> Result<tandem_proto::ReplicationCredentials, StepError> {
+        match self
+            .send(
+                step,
+                master,
+                epoch,
+                Command::CreateReplicationUser {
+                    replica: replica.clone(),
+                    // The master seals the password straight to the replica.
+                    seal_to: self.key_of(replica)?.into(),
+                    // Only from the address the replica reports for its engine.
+                    from: match self.c.settings.replication_accounts_from {
+                        crate::config::AccountsFrom::Any => None,
+                        crate::config::AccountsFrom::ReplicaAddress => self
+                            .c
+                            .registry
+                            .report(replica)
+                            .and_then(|r| r.endpoint)
+                            .map(|e| e.host),
+                    },
+                },
+            )
+            .await?
+        {
+            ReplyBody::Credentials { credentials } => Ok(credentials),
+            other => Err(StepError::Precondition(format!(
+                "{master} answered create_replication_user with {other:?}"
+            ))),
+        }
+    }
+}
