@@ -154,7 +154,7 @@ async fn main() {
         let t = Instant::now();
         call(tandem_proto::Command::TakeBackup(
             tandem_proto::BackupRequest {
-                backup_id: "heavy-1".into(),
+                backup_id: "heavy-1".parse().unwrap(),
                 kind: tandem_proto::BackupKind::Full,
                 time_limit_s: None,
             },
@@ -167,7 +167,7 @@ async fn main() {
         let t = Instant::now();
         call(tandem_proto::Command::Restore(
             tandem_proto::RestoreRequest {
-                backup_id: "heavy-1".into(),
+                backup_id: "heavy-1".parse().unwrap(),
                 time_limit_s: None,
             },
         ))

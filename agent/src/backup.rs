@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::atomic::Ordering;
 
 use tandem_proto::{
-    BackupInfo, BackupKind, BackupRequest, CommandError, ErrorKind, Position, Timestamp,
+    BackupId, BackupInfo, BackupKind, BackupRequest, CommandError, ErrorKind, Position, Timestamp,
 };
 
 use crate::backup_store::BackupStore;
@@ -56,7 +56,6 @@ impl<E: Engine> Agent<E> {
         progress: &Progress,
     ) -> Result<BackupInfo, CommandError> {
         let id = &request.backup_id;
-        crate::engine::mariadb::safe_token("the backup id", id)?;
         let store = self.store().await?;
         if store.exists(id).await? {
             return Err(CommandError::bad_request(format!(
@@ -156,7 +155,7 @@ impl<E: Engine> Agent<E> {
     /// data directory is only swapped once the copy is prepared.
     pub(crate) async fn restore(
         &self,
-        backup_id: &str,
+        backup_id: &BackupId,
         progress: &Progress,
     ) -> Result<Position, CommandError> {
         let store = self.store().await?;
@@ -211,7 +210,7 @@ impl<E: Engine> Agent<E> {
     async fn chain(
         &self,
         store: &BackupStore,
-        backup_id: &str,
+        backup_id: &BackupId,
     ) -> Result<Vec<BackupInfo>, CommandError> {
         let mut chain = vec![store.info(backup_id, self.engine.kind()).await?];
         while let BackupKind::Incremental { parent } = &chain.last().expect("non-empty").kind {
@@ -380,10 +379,10 @@ impl<E: Engine> Agent<E> {
         }
     }
 
-    pub(crate) async fn delete_backup(&self, backup_id: &str) -> Result<(), CommandError> {
+    pub(crate) async fn delete_backup(&self, backup_id: &BackupId) -> Result<(), CommandError> {
         if !self.store().await?.delete(backup_id).await? {
             tracing::info!(
-                backup = backup_id,
+                backup = %backup_id,
                 "asked to delete a backup that is not in the store: nothing to do"
             );
         }

@@ -201,17 +201,9 @@ impl<E: Engine> Agent<E> {
         }
 
         if command.body.is_long_running() {
-            // What can be judged now is judged now, not in an event a minute later.
-            let backup_id = match &command.body {
-                Command::TakeBackup(request) => Some(&request.backup_id),
-                Command::Restore(request) => Some(&request.backup_id),
-                _ => None,
-            };
-            if let Some(id) = backup_id {
-                if let Err(e) = crate::engine::mariadb::safe_token("the backup id", id) {
-                    return Reply::Err(e.into());
-                }
-            }
+            // What can be judged now is judged now, not in an event a minute later. (A
+            // backup id is checked where it is decoded: `BackupId` holds only a plain
+            // file name.)
             if let Command::SeedFrom(source) = &command.body {
                 if source.instance == self.settings.instance_id {
                     return Reply::Err(CommandError::bad_request(format!(
@@ -380,7 +372,7 @@ impl<E: Engine> Agent<E> {
                 self.update_state(|s| s.source = None)?;
                 self.engine.set_writable(true).await?;
             }
-            Command::DrainRelayLog { timeout_ms } => {
+            Command::DrainReceived { timeout_ms } => {
                 let position = self
                     .engine
                     .drain(Duration::from_millis(*timeout_ms).min(wait_limit))

@@ -32,7 +32,7 @@ pub struct State {
     pub master: bool,
     /// Backups being written to the store and not committed yet: what a failed,
     /// cancelled or interrupted backup must remove (after a restart too).
-    pub unfinished_backups: Vec<String>,
+    pub unfinished_backups: Vec<tandem_proto::BackupId>,
     results: VecDeque<(MessageId, Reply)>,
 }
 

@@ -77,7 +77,7 @@ fn take_backup(target: &str, id: &str) -> Envelope<Command> {
         target,
         Epoch::new(1),
         Command::TakeBackup(BackupRequest {
-            backup_id: id.into(),
+            backup_id: id.parse().unwrap(),
             kind: BackupKind::Full,
             time_limit_s: None,
         }),
@@ -89,7 +89,7 @@ fn restore_of(target: &str, id: &str) -> Envelope<Command> {
         target,
         Epoch::new(1),
         Command::Restore(RestoreRequest {
-            backup_id: id.into(),
+            backup_id: id.parse().unwrap(),
             time_limit_s: None,
         }),
     )
@@ -221,7 +221,7 @@ async fn a_cancelled_or_interrupted_restore_leaves_the_target_as_it_was_and_clea
     mark(&h.node("db-2").db);
 
     // Cancelled while it verifies or unpacks.
-    let cancelled = restore_of("db-2", &full.backup_id);
+    let cancelled = restore_of("db-2", full.backup_id.as_str());
     h.send(&cancelled).await.unwrap();
     running_in(&h, "db-2", &["verifying", "unpacking"]).await;
     let cancel = Command::CancelOperation {
@@ -253,7 +253,7 @@ async fn a_cancelled_or_interrupted_restore_leaves_the_target_as_it_was_and_clea
     // The agent dies (kill -9) while it unpacks: its pipeline dies with it; started
     // again, it ends the restore as interrupted (a re-send is told so, nothing runs
     // again blindly) and removes what the restore had staged.
-    let interrupted = restore_of("db-2", &full.backup_id);
+    let interrupted = restore_of("db-2", full.backup_id.as_str());
     h.send(&interrupted).await.unwrap();
     running_in(&h, "db-2", &["unpacking"]).await;
     // A stage that cannot end on its own (stopped): it must not outlive its agent.
@@ -290,7 +290,7 @@ async fn a_cancelled_or_interrupted_restore_leaves_the_target_as_it_was_and_clea
     assert!(still_marked(&h.node("db-2").db), "the target changed");
 
     // And the same restore, sent anew, completes.
-    restore(&h, "db-2", &full.backup_id).await.unwrap();
+    restore(&h, "db-2", full.backup_id.as_str()).await.unwrap();
     assert_eq!(count(&h.node("db-2").db), "3");
 }
 
@@ -309,7 +309,9 @@ async fn copies_into_a_disk_without_room_are_refused_up_front_and_one_that_fills
 
     // The backup's metadata says how much room it needs: refused before anything.
     let started = Instant::now();
-    let err = restore(&h, "db-2", &full.backup_id).await.unwrap_err();
+    let err = restore(&h, "db-2", full.backup_id.as_str())
+        .await
+        .unwrap_err();
     assert!(err.message.contains("not enough disk space"), "{err:?}");
     assert!(err.message.contains("needs about"), "{err:?}");
     assert!(err.message.contains("MiB are free"), "{err:?}");

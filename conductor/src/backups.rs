@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_proto::{
-    BackupInfo, BackupKind, BackupRequest, Command, CommandError, Epoch, InstanceId, MessageId,
-    Reply, ReplyBody, Timestamp,
+    BackupId, BackupInfo, BackupKind, BackupRequest, Command, CommandError, Epoch, InstanceId,
+    MessageId, Reply, ReplyBody, Timestamp,
 };
 
 use crate::{BackupRun, Conductor};
@@ -42,8 +42,10 @@ pub async fn start(
     c: &Arc<Conductor>,
     instance: &InstanceId,
     kind: BackupKind,
-) -> Result<String, CommandError> {
-    let backup_id = format!("{instance}-{}", Timestamp::now().0);
+) -> Result<BackupId, CommandError> {
+    // An instance id and a number: always a valid backup id.
+    let backup_id = BackupId::new(format!("{instance}-{}", Timestamp::now().0))
+        .map_err(|e| CommandError::bad_request(e.to_string()))?;
     let command = Command::TakeBackup(BackupRequest {
         backup_id: backup_id.clone(),
         kind,
@@ -101,7 +103,7 @@ pub async fn start(
     Ok(backup_id)
 }
 
-async fn finish(c: &Arc<Conductor>, backup_id: &str, result: Reply) {
+async fn finish(c: &Arc<Conductor>, backup_id: &BackupId, result: Reply) {
     let info = match result.into_result() {
         Ok(ReplyBody::Backup { backup }) => *backup,
         Ok(other) => return fail(c, backup_id, format!("the agent answered {other:?}")),
@@ -114,14 +116,14 @@ async fn finish(c: &Arc<Conductor>, backup_id: &str, result: Reply) {
         .lock()
         .expect("poisoned")
         .remove(backup_id);
-    tracing::info!(backup = backup_id, instance = %info.instance, bytes = info.size_bytes, "backup recorded");
+    tracing::info!(backup = %backup_id, instance = %info.instance, bytes = info.size_bytes, "backup recorded");
     if info.kind == BackupKind::Full {
         retain(c, &info.instance).await;
     }
 }
 
-fn fail(c: &Conductor, backup_id: &str, error: String) {
-    tracing::warn!(backup = backup_id, %error, "backup failed");
+fn fail(c: &Conductor, backup_id: &BackupId, error: String) {
+    tracing::warn!(backup = %backup_id, %error, "backup failed");
     if let Some(run) = c
         .backups_running
         .lock()
@@ -135,7 +137,7 @@ fn fail(c: &Conductor, backup_id: &str, error: String) {
 
 /// Asks the agent taking backup `backup_id` to stop it: the backup then fails as
 /// cancelled, and the agent removes what it wrote.
-pub async fn cancel(c: &Conductor, backup_id: &str) -> Result<(), CommandError> {
+pub async fn cancel(c: &Conductor, backup_id: &BackupId) -> Result<(), CommandError> {
     let run = c
         .backups_running
         .lock()
@@ -161,9 +163,9 @@ pub async fn cancel(c: &Conductor, backup_id: &str) -> Result<(), CommandError> 
 }
 
 /// Backups that continue `backup_id` (directly or through others), newest first.
-pub fn dependents(all: &[BackupInfo], backup_id: &str) -> Vec<String> {
+pub fn dependents(all: &[BackupInfo], backup_id: &BackupId) -> Vec<BackupId> {
     let mut out = Vec::new();
-    let mut frontier = vec![backup_id.to_string()];
+    let mut frontier = vec![backup_id.clone()];
     while let Some(parent) = frontier.pop() {
         for b in all {
             if matches!(&b.kind, BackupKind::Incremental { parent: p } if *p == parent) {
@@ -177,20 +179,24 @@ pub fn dependents(all: &[BackupInfo], backup_id: &str) -> Vec<String> {
 
 /// Deletes one backup through its instance's agent, then forgets it. Refused while
 /// incrementals depend on it.
-pub async fn delete(c: &Conductor, backup_id: &str) -> Result<(), DeleteError> {
+pub async fn delete(c: &Conductor, backup_id: &BackupId) -> Result<(), DeleteError> {
     let all = c
         .store
         .backups(None)
         .map_err(|e| DeleteError::Other(e.to_string()))?;
     let info = all
         .iter()
-        .find(|b| b.backup_id == backup_id)
+        .find(|b| &b.backup_id == backup_id)
         .ok_or_else(|| DeleteError::NotFound(format!("no backup {backup_id} is recorded")))?;
     let children = dependents(&all, backup_id);
     if !children.is_empty() {
         return Err(DeleteError::Conflict(format!(
             "backup {backup_id} has incrementals that depend on it ({}); delete them first",
-            children.join(", ")
+            children
+                .iter()
+                .map(BackupId::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     let reply = c
@@ -199,7 +205,7 @@ pub async fn delete(c: &Conductor, backup_id: &str) -> Result<(), DeleteError> {
             &info.instance,
             current_epoch(c, &info.instance),
             Command::DeleteBackup {
-                backup_id: backup_id.into(),
+                backup_id: backup_id.clone(),
             },
             BUDGET,
         )
@@ -243,9 +249,9 @@ async fn retain(c: &Conductor, instance: &InstanceId) {
         chain.sort_by_key(|id| std::cmp::Reverse(depth(&all, id)));
         for id in chain {
             match delete(c, &id).await {
-                Ok(()) => tracing::info!(backup = id, "deleted by retention"),
+                Ok(()) => tracing::info!(backup = %id, "deleted by retention"),
                 Err(e) => {
-                    tracing::warn!(backup = id, error = ?e, "retention could not delete a backup");
+                    tracing::warn!(backup = %id, error = ?e, "retention could not delete a backup");
                     break;
                 }
             }
@@ -253,9 +259,9 @@ async fn retain(c: &Conductor, instance: &InstanceId) {
     }
 }
 
-fn depth(all: &[BackupInfo], id: &str) -> usize {
+fn depth(all: &[BackupInfo], id: &BackupId) -> usize {
     let mut d = 0;
-    let mut at = id.to_string();
+    let mut at = id.clone();
     while let Some(BackupInfo {
         kind: BackupKind::Incremental { parent },
         ..

@@ -73,7 +73,8 @@ pub struct Conductor {
     /// dropped.
     pub enrolments: Arc<enrolment::Enrolments>,
     /// Backups being taken, by backup id (see [`api`]).
-    pub backups_running: std::sync::Mutex<std::collections::HashMap<String, BackupRun>>,
+    pub backups_running:
+        std::sync::Mutex<std::collections::HashMap<tandem_proto::BackupId, BackupRun>>,
     /// Instances with an open drift event.
     open_drift: std::sync::Mutex<std::collections::HashSet<tandem_proto::InstanceId>>,
     /// The failure detector's current verdict on every set.

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::failsafe::FailsafeAssignment;
-use crate::{AgentKey, InstanceId, Position, ProtocolVersion, Sealed};
+use crate::{AgentKey, BackupId, InstanceId, Position, ProtocolVersion, Sealed};
 
 /// Where a replica connects to read the replication stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,12 +29,12 @@ pub struct ReplicationCredentials {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BackupKind {
     Full,
-    Incremental { parent: String },
+    Incremental { parent: BackupId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupRequest {
-    pub backup_id: String,
+    pub backup_id: BackupId,
     pub kind: BackupKind,
     /// The whole operation must end within this many seconds of its acceptance, or it
     /// is stopped and fails saying so (the agent's `max_operation_s` bounds it too).
@@ -44,7 +44,7 @@ pub struct BackupRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreRequest {
-    pub backup_id: String,
+    pub backup_id: BackupId,
     /// The whole operation must end within this many seconds of its acceptance, or it
     /// is stopped and fails saying so (the agent's `max_operation_s` bounds it too).
     #[serde(default)]
@@ -135,8 +135,11 @@ pub enum Command {
     },
     /// Stop receiving from the source and wait, for at most `timeout_ms`, until
     /// everything received has been applied; answered with the position then reached.
-    /// A failover candidate is chosen among replicas drained this way.
-    DrainRelayLog {
+    /// A failover candidate is chosen among replicas drained this way. (MariaDB: the
+    /// IO thread stops and the relay log is applied; PostgreSQL: the WAL receiver
+    /// stops and replay catches up.) Its first name, `drain_relay_log`, still reads.
+    #[serde(alias = "drain_relay_log")]
+    DrainReceived {
         timeout_ms: u64,
     },
     /// Take a backup; long-running, acknowledged on acceptance.
@@ -146,7 +149,7 @@ pub enum Command {
     Restore(RestoreRequest),
     /// Delete one stored backup (its data and metadata).
     DeleteBackup {
-        backup_id: String,
+        backup_id: BackupId,
     },
     /// Accept one seeding connection presenting `token` within `ttl_ms` (source side);
     /// the token is sealed to the source.
@@ -191,7 +194,7 @@ impl Command {
             Command::Quarantine => "quarantine",
             Command::GetLatestPosition => "get_latest_position",
             Command::WaitForPosition { .. } => "wait_for_position",
-            Command::DrainRelayLog { .. } => "drain_relay_log",
+            Command::DrainReceived { .. } => "drain_received",
             Command::TakeBackup(_) => "take_backup",
             Command::Restore(_) => "restore",
             Command::DeleteBackup { .. } => "delete_backup",
@@ -221,7 +224,7 @@ impl Command {
             | Command::Quarantine
             | Command::GetLatestPosition
             | Command::WaitForPosition { .. }
-            | Command::DrainRelayLog { .. }
+            | Command::DrainReceived { .. }
             | Command::TakeBackup(_)
             | Command::Restore(_)
             | Command::DeleteBackup { .. }
@@ -260,7 +263,7 @@ impl Command {
                 | Command::AttachToSource { .. }
                 | Command::Detach
                 | Command::Quarantine
-                | Command::DrainRelayLog { .. }
+                | Command::DrainReceived { .. }
         )
     }
 

@@ -18,6 +18,10 @@ pub enum IdError {
          (it becomes an AMQP routing key and part of queue names)"
     )]
     BadCharacter { id: String, bad: char },
+    #[error(
+        "backup id {id:?} contains {bad:?}; use letters, digits, '_', '-' and '.' (not first)"
+    )]
+    BadBackupCharacter { id: String, bad: char },
     #[error("{0:?} is not a UUID")]
     NotUuid(String),
 }
@@ -49,8 +53,39 @@ fn validate_name(s: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// A backup id names files in the backup store: `[A-Za-z0-9_.-]{1,128}`, not starting
+/// with a dot (never `..`, never hidden).
+fn validate_backup_id(s: &str) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if s.len() > MAX_BACKUP_ID_LEN {
+        return Err(IdError::TooLong {
+            id: s.to_owned(),
+            len: s.len(),
+            max: MAX_BACKUP_ID_LEN,
+        });
+    }
+    if let Some(bad) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        .or_else(|| s.starts_with('.').then_some('.'))
+    {
+        return Err(IdError::BadBackupCharacter {
+            id: s.to_owned(),
+            bad,
+        });
+    }
+    Ok(())
+}
+
+const MAX_BACKUP_ID_LEN: usize = 128;
+
 macro_rules! name_id {
     ($(#[$doc:meta])* $name:ident) => {
+        name_id!($(#[$doc])* $name, validate_name);
+    };
+    ($(#[$doc:meta])* $name:ident, $validate:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -59,7 +94,7 @@ macro_rules! name_id {
         impl $name {
             pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
-                validate_name(&s)?;
+                $validate(&s)?;
                 Ok(Self(s))
             }
             pub fn as_str(&self) -> &str {
@@ -99,6 +134,11 @@ name_id!(
 name_id!(
     /// The id of a replica set: one master and its replicas.
     ReplicaSetId
+);
+name_id!(
+    /// The id of one backup in the backup store (its files are named after it).
+    BackupId,
+    validate_backup_id
 );
 
 /// The id of one message. Commands are idempotent by this id: an agent that sees the

@@ -30,8 +30,10 @@ pub use envelope::{Envelope, Sender, Timestamp};
 pub use failsafe::{
     FailsafeAssignment, FailsafeDatagram, FailsafeMessage, FailsafePeer, FailsafeState,
 };
-pub use ids::{Epoch, IdError, InstanceId, MessageId, ReplicaSetId};
-pub use position::{Gtid, GtidSet, Lsn, Position, PositionError};
+pub use ids::{BackupId, Epoch, IdError, InstanceId, MessageId, ReplicaSetId};
+pub use position::{
+    Gtid, GtidSet, Lsn, Position, PositionError, Timeline, TimelineSwitch, WalPosition,
+};
 pub use reply::{BackupInfo, CommandError, ErrorKind, Event, Reply, ReplyBody};
 pub use secret::{AgentKey, Sealed, Secret};
 pub use status::{

@@ -10,7 +10,13 @@
 //!   `gtid_strict_mode`, so a higher sequence is further ahead. Two sets that hold the
 //!   same sequence in a domain from *different* servers have diverged: neither contains
 //!   the other.
-//! * PostgreSQL: an [`Lsn`] is a byte offset into the WAL, totally ordered.
+//! * PostgreSQL: a [`WalPosition`] is an [`Lsn`] (a byte offset into the WAL) on a
+//!   [`Timeline`], with the timeline's history: where each ancestor timeline ended
+//!   when a promotion forked the next one (PostgreSQL's `.history` file). On one
+//!   timeline LSNs are totally ordered; across timelines a position contains another
+//!   only when the other's timeline is an ancestor and the other stopped at or before
+//!   the fork. A server that wrote past the fork on the old timeline has diverged,
+//!   however its LSN compares.
 //!
 //! Positions of different engines are never comparable.
 
@@ -242,19 +248,86 @@ impl<'de> Deserialize<'de> for Lsn {
     }
 }
 
+/// A PostgreSQL timeline id (1 for a cluster never promoted; each promotion starts the
+/// next).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Timeline(pub u32);
+
+impl fmt::Display for Timeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where an ancestor timeline ended: the LSN at which the next one forked from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TimelineSwitch {
+    pub timeline: Timeline,
+    pub ended_at: Lsn,
+}
+
+/// A PostgreSQL position: an LSN on a timeline, and that timeline's ancestry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WalPosition {
+    pub timeline: Timeline,
+    pub lsn: Lsn,
+    /// Every ancestor timeline and where it ended (empty on timeline 1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<TimelineSwitch>,
+}
+
+impl WalPosition {
+    /// Where `timeline` ended in this position's ancestry, if it is an ancestor.
+    fn ancestor_end(&self, timeline: Timeline) -> Option<Lsn> {
+        self.history
+            .iter()
+            .find(|s| s.timeline == timeline)
+            .map(|s| s.ended_at)
+    }
+}
+
+impl PartialOrd for WalPosition {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        if self.timeline == other.timeline {
+            return Some(self.lsn.cmp(&other.lsn));
+        }
+        // `a` on a descendant timeline of `b`'s contains `b` when `b` stopped at or
+        // before the fork; past it, `b` wrote what `a` never had: diverged.
+        let contains = |a: &WalPosition, b: &WalPosition| {
+            a.ancestor_end(b.timeline).is_some_and(|end| b.lsn <= end)
+        };
+        if contains(self, other) {
+            Some(Ordering::Greater)
+        } else if contains(other, self) {
+            Some(Ordering::Less)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for WalPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.lsn, self.timeline)
+    }
+}
+
 /// A replication position of either engine.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Position {
     Gtid(GtidSet),
-    Lsn(Lsn),
+    Wal(WalPosition),
 }
 
 impl PartialOrd for Position {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         match (self, other) {
             (Position::Gtid(a), Position::Gtid(b)) => a.partial_cmp(b),
-            (Position::Lsn(a), Position::Lsn(b)) => a.partial_cmp(b),
+            (Position::Wal(a), Position::Wal(b)) => a.partial_cmp(b),
             _ => None,
         }
     }
@@ -272,8 +345,8 @@ impl Position {
 
 impl Position {
     /// What `self` holds that none of `sources` does (see [`GtidSet::beyond`]); `None`
-    /// when nothing. An LSN is beyond its sources when it is ahead of all of them (a
-    /// PostgreSQL standby cannot write, so for it that means a fork); positions of
+    /// when nothing. A WAL position is beyond its sources when none of them contains it
+    /// (a PostgreSQL standby cannot write, so for it that means a fork); positions of
     /// another engine never count as a source.
     pub fn beyond(&self, sources: &[&Position]) -> Option<Position> {
         match self {
@@ -282,17 +355,15 @@ impl Position {
                     .iter()
                     .filter_map(|s| match s {
                         Position::Gtid(s) => Some(s),
-                        Position::Lsn(_) => None,
+                        Position::Wal(_) => None,
                     })
                     .collect();
                 let errant = g.beyond(&gtid_sources);
                 (!errant.is_empty()).then_some(Position::Gtid(errant))
             }
-            Position::Lsn(l) => {
-                let held = sources
-                    .iter()
-                    .any(|s| matches!(s, Position::Lsn(h) if h >= l));
-                (!held).then_some(Position::Lsn(*l))
+            Position::Wal(_) => {
+                let held = sources.iter().any(|s| s.contains(self));
+                (!held).then(|| self.clone())
             }
         }
     }
@@ -303,7 +374,7 @@ impl fmt::Display for Position {
         match self {
             Position::Gtid(g) if g.is_empty() => f.write_str("gtid:(empty)"),
             Position::Gtid(g) => write!(f, "gtid:{g}"),
-            Position::Lsn(l) => write!(f, "lsn:{l}"),
+            Position::Wal(w) => write!(f, "wal:{w}"),
         }
     }
 }
@@ -389,7 +460,13 @@ mod tests {
             let refs: Vec<&GtidSet> = sources.iter().collect();
             assert_eq!(gs(candidate).beyond(&refs), gs(expect), "{candidate:?}");
         }
-        let l = |n| Position::Lsn(Lsn(n));
+        let l = |n| {
+            Position::Wal(WalPosition {
+                timeline: Timeline(1),
+                lsn: Lsn(n),
+                history: Vec::new(),
+            })
+        };
         assert_eq!(l(5).beyond(&[&l(5)]), None);
         assert_eq!(l(6).beyond(&[&l(5)]), Some(l(6)));
         let g = Position::Gtid(gs("0-1-1"));
@@ -428,9 +505,80 @@ mod tests {
     #[test]
     fn positions_of_different_engines_do_not_compare() {
         let g = Position::Gtid(gs("0-1-1"));
-        let l = Position::Lsn(Lsn(1));
+        let l = Position::Wal(wal("1:0/1"));
         assert_eq!(g.partial_cmp(&l), None);
         assert!(!g.contains(&l));
         assert!(g.contains(&g));
+    }
+
+    /// `"3:0/700 1:0/500 2:0/600"`: timeline 3 at 0/700, whose ancestors ended at
+    /// 0/500 (timeline 1) and 0/600 (timeline 2).
+    fn wal(s: &str) -> WalPosition {
+        let mut parts = s.split_whitespace().map(|p| {
+            let (tl, lsn) = p.split_once(':').unwrap();
+            (Timeline(tl.parse().unwrap()), lsn.parse::<Lsn>().unwrap())
+        });
+        let (timeline, lsn) = parts.next().unwrap();
+        WalPosition {
+            timeline,
+            lsn,
+            history: parts
+                .map(|(timeline, ended_at)| TimelineSwitch { timeline, ended_at })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn wal_positions_across_timelines() {
+        // (left, right, expected partial_cmp(left, right))
+        let cases: &[(&str, &str, Option<Ordering>)] = &[
+            // One timeline: lag, totally ordered.
+            ("1:0/500", "1:0/400", Some(Greater)),
+            ("1:0/500", "1:0/500", Some(Equal)),
+            // After a promotion at 0/500: the new timeline holds everything the old
+            // one had up to the fork...
+            ("2:0/600 1:0/500", "1:0/400", Some(Greater)),
+            ("2:0/600 1:0/500", "1:0/500", Some(Greater)),
+            // ...and nothing the old primary wrote past it: a fork, whatever the LSNs.
+            ("2:0/600 1:0/500", "1:0/550", None),
+            ("2:0/600 1:0/500", "1:0/700", None),
+            // Two promotions.
+            ("3:0/800 1:0/500 2:0/700", "2:0/650", Some(Greater)),
+            ("3:0/800 1:0/500 2:0/700", "2:0/750", None),
+            ("3:0/800 1:0/500 2:0/700", "1:0/500", Some(Greater)),
+            // Two replicas promoted from the same timeline: sibling forks.
+            ("2:0/600 1:0/500", "3:0/600 1:0/520", None),
+            // A standby that has not followed the switch yet is behind, not forked.
+            ("1:0/480", "2:0/600 1:0/500", Some(Less)),
+        ];
+        for (a, b, expect) in cases {
+            let (pa, pb) = (Position::Wal(wal(a)), Position::Wal(wal(b)));
+            assert_eq!(pa.partial_cmp(&pb), *expect, "{a:?} vs {b:?}");
+            assert_eq!(
+                pb.partial_cmp(&pa),
+                expect.map(Ordering::reverse),
+                "{b:?} vs {a:?}"
+            );
+            // A fork is what `beyond` reports: the left holds what the right lacks.
+            let beyond = pa.beyond(&[&pb]).is_some();
+            assert_eq!(
+                beyond,
+                !matches!(expect, Some(Less | Equal)),
+                "{a:?} beyond {b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wal_position_travels_as_json_with_its_history() {
+        let p = Position::Wal(wal("2:16/B374D848 1:16/B0000000"));
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"wal": {"timeline": 2, "lsn": "16/B374D848",
+                "history": [{"timeline": 1, "ended_at": "16/B0000000"}]}})
+        );
+        assert_eq!(serde_json::from_value::<Position>(json).unwrap(), p);
+        assert_eq!(p.to_string(), "wal:16/B374D848@2");
     }
 }

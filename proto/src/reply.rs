@@ -5,8 +5,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BackupKind, EngineKind, InstanceId, MessageId, Position, ReplicationCredentials, StatusReport,
-    Timestamp, VersionRange,
+    BackupId, BackupKind, EngineKind, InstanceId, MessageId, Position, ReplicationCredentials,
+    StatusReport, Timestamp, VersionRange,
 };
 
 /// Why a command failed. Closed: a caller branches on it (retry, give up, re-fence).
@@ -114,7 +114,7 @@ pub enum ReplyBody {
 /// What a finished backup is: enough to find it, verify it and seed from it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupInfo {
-    pub backup_id: String,
+    pub backup_id: BackupId,
     pub kind: BackupKind,
     pub instance: InstanceId,
     pub engine: EngineKind,

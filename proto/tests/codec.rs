@@ -23,10 +23,29 @@ fn gtid_set() -> impl Strategy<Value = GtidSet> {
     })
 }
 
+fn backup_id() -> impl Strategy<Value = BackupId> {
+    "[A-Za-z0-9_-][A-Za-z0-9_.-]{0,20}".prop_map(|s| BackupId::new(s).unwrap())
+}
+
 fn position() -> impl Strategy<Value = Position> {
     prop_oneof![
         gtid_set().prop_map(Position::Gtid),
-        any::<u64>().prop_map(|n| Position::Lsn(Lsn(n))),
+        (
+            1..5u32,
+            any::<u64>(),
+            proptest::collection::vec((1..5u32, any::<u64>()), 0..3)
+        )
+            .prop_map(|(timeline, lsn, history)| Position::Wal(WalPosition {
+                timeline: Timeline(timeline),
+                lsn: Lsn(lsn),
+                history: history
+                    .into_iter()
+                    .map(|(t, e)| TimelineSwitch {
+                        timeline: Timeline(t),
+                        ended_at: Lsn(e),
+                    })
+                    .collect(),
+            })),
     ]
 }
 
@@ -81,24 +100,26 @@ fn command() -> impl Strategy<Value = Command> {
             position,
             timeout_ms
         }),
-        any::<u64>().prop_map(|timeout_ms| Command::DrainRelayLog { timeout_ms }),
-        (".{0,10}", prop::option::of(any::<u64>())).prop_map(|(backup_id, time_limit_s)| {
+        any::<u64>().prop_map(|timeout_ms| Command::DrainReceived { timeout_ms }),
+        (backup_id(), prop::option::of(any::<u64>())).prop_map(|(backup_id, time_limit_s)| {
             Command::TakeBackup(BackupRequest {
                 backup_id,
                 kind: BackupKind::Full,
                 time_limit_s,
             })
         }),
-        (".{0,10}", ".{0,10}").prop_map(|(backup_id, parent)| Command::TakeBackup(BackupRequest {
-            backup_id,
-            kind: BackupKind::Incremental { parent },
-            time_limit_s: None,
-        })),
-        ".{0,10}".prop_map(|backup_id| Command::Restore(RestoreRequest {
+        (backup_id(), backup_id()).prop_map(|(backup_id, parent)| Command::TakeBackup(
+            BackupRequest {
+                backup_id,
+                kind: BackupKind::Incremental { parent },
+                time_limit_s: None,
+            }
+        )),
+        backup_id().prop_map(|backup_id| Command::Restore(RestoreRequest {
             backup_id,
             time_limit_s: Some(60),
         })),
-        ".{0,10}".prop_map(|backup_id| Command::DeleteBackup { backup_id }),
+        backup_id().prop_map(|backup_id| Command::DeleteBackup { backup_id }),
         (sealed(), any::<u64>()).prop_map(|(token, ttl_ms)| Command::OfferSeed { token, ttl_ms }),
         (instance_id(), ".{0,10}", any::<u16>(), sealed()).prop_map(
             |(instance, host, port, token)| {
@@ -241,24 +262,26 @@ fn reply() -> impl Strategy<Value = Reply> {
         Just(Reply::Ok(ReplyBody::Done)),
         position().prop_map(|p| Reply::Ok(ReplyBody::Position { position: p })),
         credentials().prop_map(|c| Reply::Ok(ReplyBody::Credentials { credentials: c })),
-        (".{0,12}", any::<u64>(), prop::option::of(position())).prop_map(|(id, size, position)| {
-            Reply::Ok(ReplyBody::Backup {
-                backup: Box::new(BackupInfo {
-                    backup_id: id,
-                    kind: BackupKind::Full,
-                    instance: InstanceId::new("db-1").unwrap(),
-                    engine: EngineKind::Mariadb,
-                    engine_version: "10.11".into(),
-                    position,
-                    size_bytes: size,
-                    sha256: "ab".repeat(32),
-                    checkpoint: Some(size.to_string()),
-                    data_bytes: Some(size),
-                    created_at: Timestamp(size),
-                    location: "/var/lib/tandem-agent/backups/x.xb.zst".into(),
-                }),
-            })
-        }),
+        (backup_id(), any::<u64>(), prop::option::of(position())).prop_map(
+            |(id, size, position)| {
+                Reply::Ok(ReplyBody::Backup {
+                    backup: Box::new(BackupInfo {
+                        backup_id: id,
+                        kind: BackupKind::Full,
+                        instance: InstanceId::new("db-1").unwrap(),
+                        engine: EngineKind::Mariadb,
+                        engine_version: "10.11".into(),
+                        position,
+                        size_bytes: size,
+                        sha256: "ab".repeat(32),
+                        checkpoint: Some(size.to_string()),
+                        data_bytes: Some(size),
+                        created_at: Timestamp(size),
+                        location: "/var/lib/tandem-agent/backups/x.xb.zst".into(),
+                    }),
+                })
+            }
+        ),
         status_report().prop_map(|s| Reply::Ok(ReplyBody::Status {
             report: Box::new(s)
         })),
@@ -418,4 +441,30 @@ fn the_json_form_is_readable() {
     let text = to_json(&e).unwrap();
     assert!(text.contains(r#""gtid": "0-1-42""#), "{text}");
     assert!(text.contains(r#""kind": "agent""#), "{text}");
+}
+
+/// A command renamed to a word both engines share still reads under its first name.
+#[test]
+fn the_drain_command_reads_under_its_first_name() {
+    let old = r#"{"command": "drain_relay_log", "timeout_ms": 5}"#;
+    let cmd: Command = serde_json::from_str(old).unwrap();
+    assert_eq!(cmd, Command::DrainReceived { timeout_ms: 5 });
+    assert_eq!(
+        serde_json::to_value(&cmd).unwrap()["command"],
+        "drain_received"
+    );
+}
+
+/// A backup id names files: anything that could leave the store's directory, hide a
+/// file or break a name is refused where it arrives.
+#[test]
+fn backup_ids_that_are_not_plain_file_names_are_refused() {
+    for bad in ["", "..", ".hidden", "a/b", "a b", "x\0", &"a".repeat(129)] {
+        assert!(BackupId::new(bad).is_err(), "{bad:?} accepted");
+        let json = serde_json::json!({"command": "delete_backup", "backup_id": bad});
+        assert!(serde_json::from_value::<Command>(json).is_err(), "{bad:?}");
+    }
+    for good in ["db-1-1733400000000", "b1", "full.2026-12-05"] {
+        assert_eq!(BackupId::new(good).unwrap().as_str(), good);
+    }
 }

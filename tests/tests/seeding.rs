@@ -269,7 +269,7 @@ fn an_operator_cancels_a_running_backup_and_nothing_is_left_in_the_store() {
         child.signal(tandem_testkit::Signal::SIGSTOP).ok()?;
         Some(child)
     });
-    let out = c.cli_ok(&["backup", "cancel", &backup]);
+    let out = c.cli_ok(&["backup", "cancel", backup.as_str()]);
     assert!(out.contains("cancel requested"), "{out}");
     let error = eventually(Duration::from_secs(60), "the backup to fail", || {
         let v: BackupList = c.cli_json(&["backup", "list"]);
@@ -289,10 +289,10 @@ fn an_operator_cancels_a_running_backup_and_nothing_is_left_in_the_store() {
         .unwrap()
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&backup))
+        .filter(|n| n.starts_with(backup.as_str()))
         .collect();
     assert!(left.is_empty(), "left in the store: {left:?}");
-    let (ok, _, err) = c.cli(&["backup", "cancel", &backup]);
+    let (ok, _, err) = c.cli(&["backup", "cancel", backup.as_str()]);
     assert!(!ok && err.contains("is not running"), "{err}");
     // The next backup is stored.
     let out = c.cli_ok(&["backup", "create", "db-1", "--wait"]);

@@ -201,7 +201,7 @@ fn col<T: mysql_async::prelude::FromValue>(row: &Row, name: &str) -> Option<T> {
 
 /// Only what we generate or validate is ever put into SQL text; this is the check for
 /// values that arrive in a command.
-pub(crate) fn safe_token(what: &str, s: &str) -> Result<(), EngineError> {
+fn safe_token(what: &str, s: &str) -> Result<(), EngineError> {
     if s.is_empty()
         || s.len() > 128
         || !s

@@ -38,7 +38,7 @@ pub async fn long(
 
 pub async fn backup(h: &Harness, target: &str, id: &str, kind: BackupKind) -> BackupInfo {
     let request = BackupRequest {
-        backup_id: id.into(),
+        backup_id: id.parse().unwrap(),
         kind,
         time_limit_s: None,
     };
@@ -50,7 +50,7 @@ pub async fn backup(h: &Harness, target: &str, id: &str, kind: BackupKind) -> Ba
 
 pub async fn restore(h: &Harness, target: &str, id: &str) -> Result<Position, CommandError> {
     let request = RestoreRequest {
-        backup_id: id.into(),
+        backup_id: id.parse().unwrap(),
         time_limit_s: None,
     };
     long(h, target, 1, Command::Restore(request))

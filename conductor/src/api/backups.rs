@@ -10,12 +10,17 @@ use tandem_api::{
     BackupList, BackupRunState, BackupStarted, BackupStatus, CancelRequested, Deleted, ErrorBody,
     ErrorKind, TakeBackup, TakeBackupKind,
 };
-use tandem_proto::BackupKind;
+use tandem_proto::{BackupId, BackupKind};
 
 use super::{
     agent_error, bad_request, body, conflict, not_found, parse_id, unknown_instance, ApiError,
 };
 use crate::Conductor;
+
+/// A backup id from a path, or a 400 saying what a backup id is.
+fn parse_backup(id: &str) -> Result<BackupId, ApiError> {
+    BackupId::new(id).map_err(|e| bad_request(e.to_string()))
+}
 
 #[utoipa::path(post, path = "/v1/instances/{id}/backups", tag = "backups", params(("id" = String, Path)), request_body = TakeBackup, responses((status = 202, body = BackupStarted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn take(
@@ -112,6 +117,7 @@ pub async fn get_one(
     State(c): State<Arc<Conductor>>,
     Path(id): Path<String>,
 ) -> Result<Json<BackupStatus>, ApiError> {
+    let id = parse_backup(&id)?;
     if let Some(b) = c
         .store
         .backups(None)?
@@ -142,6 +148,7 @@ pub async fn cancel(
     State(c): State<Arc<Conductor>>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<CancelRequested>), ApiError> {
+    let id = parse_backup(&id)?;
     crate::backups::cancel(&c, &id).await.map_err(|e| {
         if e.kind == tandem_proto::ErrorKind::BadRequest {
             conflict(e.message)
@@ -158,11 +165,14 @@ pub async fn delete(
     State(c): State<Arc<Conductor>>,
     Path(id): Path<String>,
 ) -> Result<Json<Deleted>, ApiError> {
+    let id = parse_backup(&id)?;
     use crate::backups::DeleteError;
     crate::backups::delete(&c, &id).await.map_err(|e| match e {
         DeleteError::NotFound(m) => not_found(m),
         DeleteError::Conflict(m) => conflict(m),
         DeleteError::Other(m) => ApiError::new(ErrorKind::AgentError, m),
     })?;
-    Ok(Json(Deleted { deleted: id }))
+    Ok(Json(Deleted {
+        deleted: id.to_string(),
+    }))
 }

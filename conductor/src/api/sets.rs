@@ -12,7 +12,7 @@ use tandem_api::{
     IntendedRole, MemberView, SeedMethod, SemiSyncRequest, SetView, Switchover, Verdict,
     WorkflowRow,
 };
-use tandem_proto::{InstanceId, ReplicaSetId, Timestamp};
+use tandem_proto::{BackupId, InstanceId, ReplicaSetId, Timestamp};
 
 use super::{
     bad_request, body, conflict, not_found, parse_id, parse_set, unknown_instance, ApiError,
@@ -252,12 +252,16 @@ fn newest_backup(
         .find(|b| members.contains(&&b.instance)))
 }
 
-fn recorded_backup(c: &Conductor, set: &ReplicaSet, backup_id: &str) -> Result<String, ApiError> {
+fn recorded_backup(
+    c: &Conductor,
+    set: &ReplicaSet,
+    backup_id: &BackupId,
+) -> Result<BackupId, ApiError> {
     let b = c
         .store
         .backups(None)?
         .into_iter()
-        .find(|b| b.backup_id == backup_id)
+        .find(|b| &b.backup_id == backup_id)
         .ok_or_else(|| not_found(format!("no backup {backup_id} is recorded")))?;
     if b.instance != set.master && !set.replicas().any(|r| r == &b.instance) {
         return Err(bad_request(format!(

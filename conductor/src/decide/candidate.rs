@@ -29,7 +29,7 @@ impl PromotionRule {
     }
 }
 
-/// One replica after it was asked to drain its relay log.
+/// One replica after it was asked to drain what it received (`drain_received`).
 #[derive(Debug, Clone)]
 pub struct Drained {
     pub instance: InstanceId,

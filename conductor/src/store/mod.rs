@@ -175,7 +175,7 @@ pub trait Store: Send + Sync + 'static {
     fn record_backup(&self, info: &tandem_proto::BackupInfo) -> Result<()>;
     /// Newest first; all instances' when `instance` is None.
     fn backups(&self, instance: Option<&InstanceId>) -> Result<Vec<tandem_proto::BackupInfo>>;
-    fn forget_backup(&self, id: &str) -> Result<bool>;
+    fn forget_backup(&self, id: &tandem_proto::BackupId) -> Result<bool>;
 
     /// The next conductor term (a fencing number), taken by a conductor that just became
     /// the store's acting one (see `crate::leadership`).

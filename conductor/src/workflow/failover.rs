@@ -2,7 +2,7 @@
 //!
 //! 1. at once and in parallel: the old master is told to go read-only (one short try:
 //!    it is probably gone), and every replica stops receiving and applies everything
-//!    it received (`drain_relay_log`);
+//!    it received (`drain_received`);
 //! 2. the candidate is chosen among the drained replicas ([`crate::decide::candidate::choose`])
 //!    and the choice is journaled, with what the old master may hold that the
 //!    candidate lacks;
@@ -92,10 +92,10 @@ pub async fn run(
     )];
     for r in &replicas {
         steps.push((
-            "drain the relay log".to_string(),
+            "drain what it received".to_string(),
             r.clone(),
             epoch,
-            Command::DrainRelayLog {
+            Command::DrainReceived {
                 timeout_ms: drain_ms,
             },
             Limits {

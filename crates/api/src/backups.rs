@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tandem_proto::{BackupInfo, InstanceId};
+use tandem_proto::{BackupId, BackupInfo, InstanceId};
 
 /// What kind of backup to take.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -27,13 +27,15 @@ pub struct TakeBackup {
     pub kind: TakeBackupKind,
     /// For an incremental: the backup it continues (default: this instance's newest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub parent: Option<BackupId>,
 }
 
 /// The answer to `POST /v1/instances/{id}/backups`: the backup runs in the background.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackupStarted {
-    pub backup_id: String,
+    #[schema(value_type = String)]
+    pub backup_id: BackupId,
     #[schema(value_type = String)]
     pub instance: InstanceId,
 }
@@ -61,7 +63,8 @@ pub struct BackupRunView {
 pub struct BackupList {
     #[schema(value_type = Vec<Object>)]
     pub backups: Vec<BackupInfo>,
-    pub running: BTreeMap<String, BackupRunView>,
+    #[schema(value_type = Object)]
+    pub running: BTreeMap<BackupId, BackupRunView>,
 }
 
 /// `GET /v1/backups/{id}`.
@@ -87,5 +90,6 @@ pub enum BackupStatus {
 /// workflow's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CancelRequested {
-    pub backup: String,
+    #[schema(value_type = String)]
+    pub backup: BackupId,
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tandem_proto::InstanceId;
+use tandem_proto::{BackupId, InstanceId};
 
 use crate::*;
 
@@ -247,14 +247,14 @@ impl Client {
             None => self.get("/v1/backups"),
         }
     }
-    pub fn backup(&self, id: &str) -> Result<BackupStatus> {
-        self.get(&format!("/v1/backups/{}", seg(id)))
+    pub fn backup(&self, id: &BackupId) -> Result<BackupStatus> {
+        self.get(&format!("/v1/backups/{}", seg(id.as_str())))
     }
-    pub fn delete_backup(&self, id: &str) -> Result<Deleted> {
-        self.delete(&format!("/v1/backups/{}", seg(id)))
+    pub fn delete_backup(&self, id: &BackupId) -> Result<Deleted> {
+        self.delete(&format!("/v1/backups/{}", seg(id.as_str())))
     }
-    pub fn cancel_backup(&self, id: &str) -> Result<CancelRequested> {
-        self.post(&format!("/v1/backups/{}/cancel", seg(id)), &())
+    pub fn cancel_backup(&self, id: &BackupId) -> Result<CancelRequested> {
+        self.post(&format!("/v1/backups/{}/cancel", seg(id.as_str())), &())
     }
 
     // ---- workflows and audit ----

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tandem_proto::{
-    Epoch, FailsafeState, Health, InstanceId, Position, ReplicaSetId, Role, SemiSync, Timestamp,
+    BackupId, Epoch, FailsafeState, Health, InstanceId, Position, ReplicaSetId, Role, SemiSync,
+    Timestamp,
 };
 
 use crate::instances::Contract;
@@ -227,7 +228,8 @@ pub struct AddReplica {
     pub from: Option<InstanceId>,
     /// With `backup`: the backup (default the set's newest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub backup: Option<BackupId>,
 }
 
 /// `POST /v1/sets/{id}/switchover`.

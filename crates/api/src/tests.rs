@@ -48,7 +48,7 @@ fn a_specs_kind_is_its_tag() {
             set,
             instances: vec![db],
             seed: Seed::Backup {
-                backup_id: "b".into(),
+                backup_id: "b".parse().unwrap(),
             },
         },
     ];
@@ -113,4 +113,25 @@ fn a_step_outcome_reads_the_error() {
     );
     let note = serde_json::json!({"err": "not a reply"});
     assert_eq!(entry(Some(note), "note").outcome(), StepOutcome::Ok);
+}
+
+/// Backup ids are map keys in the backup list: they travel as strings and read back.
+#[test]
+fn a_backup_list_reads_back() {
+    let mut running = std::collections::BTreeMap::new();
+    running.insert(
+        "db-1-17".parse::<tandem_proto::BackupId>().unwrap(),
+        BackupRunView {
+            instance: "db-1".parse().unwrap(),
+            state: BackupRunState::Failed,
+            error: Some("disk full".into()),
+        },
+    );
+    let list = BackupList {
+        backups: Vec::new(),
+        running,
+    };
+    let json = serde_json::to_string(&list).unwrap();
+    assert!(json.contains("\"db-1-17\":"), "{json}");
+    assert_eq!(serde_json::from_str::<BackupList>(&json).unwrap(), list);
 }

@@ -2,7 +2,7 @@
 //! journal of the commands it sent; and the audit of API requests.
 
 use serde::{Deserialize, Serialize};
-use tandem_proto::{CommandError, Epoch, InstanceId, MessageId, ReplicaSetId, Timestamp};
+use tandem_proto::{BackupId, CommandError, Epoch, InstanceId, MessageId, ReplicaSetId, Timestamp};
 
 /// How new replicas get their data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -11,7 +11,7 @@ pub enum Seed {
     /// A live copy streamed from `from`'s agent (the master or a replica).
     Stream { from: InstanceId },
     /// A stored backup (a full, or an incremental and its chain).
-    Backup { backup_id: String },
+    Backup { backup_id: BackupId },
 }
 
 /// What a workflow was asked to do: its parameters, fixed when it is accepted, so that a

@@ -45,7 +45,7 @@ pub fn run(client: &Client, cmd: BackupCmd, json: bool, out: &mut dyn Write) -> 
                     text.push('\n');
                 }
                 for (id, r) in &list.running {
-                    text.push_str(&render::running_line(id, r));
+                    text.push_str(&render::running_line(id.as_str(), r));
                     text.push('\n');
                 }
                 text
@@ -69,7 +69,7 @@ pub fn run(client: &Client, cmd: BackupCmd, json: bool, out: &mut dyn Write) -> 
 /// Follows a backup to its end, with a progress bar; fails unless it is stored.
 fn follow(
     client: &Client,
-    id: &str,
+    id: &tandem_proto::BackupId,
     instance: tandem_proto::InstanceId,
     json: bool,
     out: &mut dyn Write,

@@ -145,7 +145,7 @@ pub enum ReplicaCmd {
         from: Option<String>,
         /// With --seed backup: this backup (default: the set's newest).
         #[arg(long)]
-        backup: Option<String>,
+        backup: Option<tandem_proto::BackupId>,
         /// Wait until the workflow ends, showing seeding progress.
         #[arg(long)]
         wait: bool,
@@ -191,7 +191,7 @@ pub enum BackupCmd {
         #[arg(long)]
         incremental: bool,
         #[arg(long, requires = "incremental")]
-        parent: Option<String>,
+        parent: Option<tandem_proto::BackupId>,
         /// Wait until it is stored, showing progress.
         #[arg(long)]
         wait: bool,
@@ -202,9 +202,9 @@ pub enum BackupCmd {
         instance: Option<String>,
     },
     /// Delete one backup (refused while incrementals depend on it).
-    Delete { backup: String },
+    Delete { backup: tandem_proto::BackupId },
     /// Stop a running backup; the agent removes what it wrote.
-    Cancel { backup: String },
+    Cancel { backup: tandem_proto::BackupId },
 }
 
 #[derive(Subcommand)]

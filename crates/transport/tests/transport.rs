@@ -61,7 +61,7 @@ fn slow(target: &str, millis: u64) -> Envelope<Command> {
     command(
         target,
         Command::WaitForPosition {
-            position: tandem_proto::Position::Lsn(tandem_proto::Lsn(0)),
+            position: tandem_proto::Position::Gtid(tandem_proto::GtidSet::empty()),
             timeout_ms: millis,
         },
     )

@@ -472,7 +472,7 @@ impl Store for SqliteStore {
                 "INSERT INTO backups (id, instance, created_at, info) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (id) DO UPDATE SET info = ?4",
                 params![
-                    info.backup_id,
+                    info.backup_id.as_str(),
                     info.instance.as_str(),
                     info.created_at.0 as i64,
                     json
@@ -498,8 +498,8 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    fn forget_backup(&self, id: &str) -> Result<bool> {
-        self.with(|c| Ok(c.execute("DELETE FROM backups WHERE id = ?1", [id])? > 0))
+    fn forget_backup(&self, id: &tandem_proto::BackupId) -> Result<bool> {
+        self.with(|c| Ok(c.execute("DELETE FROM backups WHERE id = ?1", [id.as_str()])? > 0))
     }
 
     fn journal_recent(&self, limit: usize) -> Result<Vec<JournalEntry>> {

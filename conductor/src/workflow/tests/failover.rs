@@ -63,10 +63,7 @@ async fn nobody_is_promoted_before_the_lost_masters_lease_and_margin_run_out() {
         promoted.at - last_report
     );
     // Every replica was drained before anyone was promoted.
-    let drains = sent
-        .iter()
-        .filter(|s| s.name() == "drain_relay_log")
-        .count();
+    let drains = sent.iter().filter(|s| s.name() == "drain_received").count();
     assert_eq!(drains, 2, "{}", lines(&sent));
 }
 

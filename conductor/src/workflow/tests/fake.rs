@@ -67,7 +67,7 @@ pub fn gtid(s: &str) -> Position {
 /// What a healthy agent answers: positions at `0-1-10`, a replication account, done.
 pub fn healthy(sent: &Sent) -> Answer {
     match &sent.command {
-        Command::GetLatestPosition | Command::DrainRelayLog { .. } => {
+        Command::GetLatestPosition | Command::DrainReceived { .. } => {
             Answer::ok(ReplyBody::Position {
                 position: gtid("0-1-10"),
             })
