@@ -1,0 +1,74 @@
+//! The engine suite ([`engine_suite`]) against MariaDB: a private `mariadbd` per
+//! subject, the agent's MariaDB adapter on its socket.
+
+mod engine_suite;
+
+use tandem_agent::config::EngineConfig;
+use tandem_agent::engine::mariadb::MariaDb as Adapter;
+use tandem_proto::{InstanceId, SourceEndpoint};
+use tandem_testkit::{MariaDb, MariaDbOptions};
+
+struct MariaDbSubject {
+    id: InstanceId,
+    db: MariaDb,
+    adapter: Adapter,
+}
+
+impl engine_suite::Subject for MariaDbSubject {
+    type E = Adapter;
+
+    async fn start(name: &str) -> Self {
+        let id: InstanceId = name.parse().unwrap();
+        let db = MariaDb::start(MariaDbOptions {
+            server_id: tandem_agent::server_id_for(&id),
+            ..Default::default()
+        })
+        .unwrap();
+        let config = EngineConfig {
+            host: db.host().into(),
+            port: db.port(),
+            socket: Some(db.socket()),
+            data_dir: db.datadir(),
+            backup_dir: db.dir().join("backups"),
+            managed_config: None,
+            ..EngineConfig::default()
+        };
+        MariaDbSubject {
+            id,
+            adapter: Adapter::new(config, None),
+            db,
+        }
+    }
+    fn engine(&self) -> &Adapter {
+        &self.adapter
+    }
+    fn id(&self) -> InstanceId {
+        self.id.clone()
+    }
+    fn endpoint(&self) -> SourceEndpoint {
+        SourceEndpoint {
+            instance: self.id.clone(),
+            host: self.db.host().into(),
+            port: self.db.port(),
+        }
+    }
+    fn write(&self, n: u32) {
+        self.db
+            .sql(&format!(
+                "CREATE DATABASE IF NOT EXISTS suite; \
+                 CREATE TABLE IF NOT EXISTS suite.t (id INT PRIMARY KEY); \
+                 INSERT INTO suite.t VALUES ({n})"
+            ))
+            .unwrap();
+    }
+    fn count(&self) -> u32 {
+        self.db
+            .sql("SELECT COUNT(*) FROM suite.t")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+engine_suite!(MariaDbSubject);

@@ -1,0 +1,207 @@
+//! The one engine test suite: every behaviour of the [`Engine`] trait the agent relies
+//! on, written once over the trait (as garage runs one suite over every storage
+//! adapter). An engine joins by implementing [`Subject`] (start a private server, write
+//! a row, count rows) and instantiating the suite with [`engine_suite!`]; MariaDB does
+//! in `engine_mariadb.rs`, PostgreSQL will beside it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tandem_agent::engine::{Engine, ReplicationLogin};
+use tandem_proto::{InstanceId, SourceEndpoint};
+
+/// One private server of an engine, with the agent's adapter on it.
+pub trait Subject: Sized + Send + Sync {
+    type E: Engine;
+    /// Starts a fresh server named `name` (its data, its port) and the adapter on it.
+    fn start(name: &str) -> impl Future<Output = Self> + Send;
+    fn engine(&self) -> &Self::E;
+    fn id(&self) -> InstanceId;
+    /// Where replicas reach it.
+    fn endpoint(&self) -> SourceEndpoint;
+    /// Commits one row `n` in the suite's table (made on first use), as a client would.
+    fn write(&self, n: u32);
+    /// The rows of the suite's table, as a client on this server sees them.
+    fn count(&self) -> u32;
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Writable and read-only on demand, as observed; a fence makes it read-only.
+pub async fn writability_is_set_and_observed<S: Subject>() {
+    let s = S::start("e-1").await;
+    let e = s.engine();
+    e.set_writable(true).await.unwrap();
+    assert!(e.observe().await.unwrap().writable);
+    e.set_writable(false).await.unwrap();
+    assert!(!e.observe().await.unwrap().writable);
+    e.set_writable(true).await.unwrap();
+    e.fence().await.unwrap();
+    assert!(!e.observe().await.unwrap().writable, "fenced yet writable");
+}
+
+/// Each commit moves the position forward; an older position is contained in a newer.
+pub async fn positions_grow_with_commits<S: Subject>() {
+    let s = S::start("e-1").await;
+    s.engine().set_writable(true).await.unwrap();
+    s.write(1);
+    let before = s.engine().latest_position().await.unwrap();
+    s.write(2);
+    let after = s.engine().latest_position().await.unwrap();
+    assert!(after.contains(&before), "{after} does not contain {before}");
+    assert!(
+        !before.contains(&after),
+        "{before} contains the later {after}"
+    );
+}
+
+async fn pair<S: Subject>() -> (S, S, ReplicationLogin) {
+    let master = S::start("e-1").await;
+    let replica = S::start("e-2").await;
+    let m = master.engine();
+    m.set_writable(true).await.unwrap();
+    m.prepare_master().await.unwrap();
+    let login = m
+        .ensure_replication_user(&replica.id(), None)
+        .await
+        .unwrap();
+    replica
+        .engine()
+        .attach(
+            &replica.id(),
+            &master.endpoint(),
+            &login,
+            None,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    (master, replica, login)
+}
+
+/// A replica receives, applies and says whom from; it is read-only; waiting for the
+/// master's position ends once it holds it.
+pub async fn a_replica_follows_its_source_and_says_so<S: Subject>() {
+    let (master, replica, _) = pair::<S>().await;
+    for n in 1..=3 {
+        master.write(n);
+    }
+    let at = master.engine().latest_position().await.unwrap();
+    replica.engine().wait_for_position(&at, WAIT).await.unwrap();
+    assert_eq!(replica.count(), 3);
+    let seen = replica.engine().observe().await.unwrap();
+    assert!(!seen.writable, "a replica is read-only");
+    assert!(seen.position.contains(&at), "{} lacks {at}", seen.position);
+    let endpoint = master.endpoint();
+    assert_eq!(seen.source, Some((endpoint.host, endpoint.port)));
+    let state = seen.replication.expect("a replica reports its replication");
+    assert!(state.receiving && state.applying, "{state:?}");
+    assert!(state.diverged.is_none(), "{state:?}");
+}
+
+/// Draining stops receiving and returns a position holding everything received; a
+/// server that is not a replica is refused.
+pub async fn draining_applies_everything_received<S: Subject>() {
+    let (master, replica, _) = pair::<S>().await;
+    master.write(1);
+    master.write(2);
+    let at = master.engine().latest_position().await.unwrap();
+    replica.engine().wait_for_position(&at, WAIT).await.unwrap();
+    let drained = replica.engine().drain(WAIT).await.unwrap();
+    assert!(
+        drained.contains(&at),
+        "drained to {drained}, master at {at}"
+    );
+    let state = replica.engine().observe().await.unwrap().replication;
+    assert!(
+        state.as_ref().is_some_and(|s| !s.receiving),
+        "still receiving after a drain: {state:?}"
+    );
+    assert!(
+        master.engine().drain(WAIT).await.is_err(),
+        "a master drained"
+    );
+}
+
+/// Waiting for a position the server will not reach ends at its limit with an error.
+pub async fn a_wait_for_an_unreached_position_is_bounded<S: Subject>() {
+    let (master, replica, _) = pair::<S>().await;
+    let at = master.engine().latest_position().await.unwrap();
+    replica.engine().wait_for_position(&at, WAIT).await.unwrap();
+    replica.engine().drain(WAIT).await.unwrap();
+    master.write(9);
+    let ahead = master.engine().latest_position().await.unwrap();
+    let started = std::time::Instant::now();
+    let waited = replica
+        .engine()
+        .wait_for_position(&ahead, Duration::from_millis(500))
+        .await;
+    assert!(waited.is_err(), "reached a position it never received");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Detaching forgets the source and leaves writability alone; the data stays.
+pub async fn a_detached_replica_is_standalone_with_its_data<S: Subject>() {
+    let (master, replica, _) = pair::<S>().await;
+    master.write(1);
+    let at = master.engine().latest_position().await.unwrap();
+    replica.engine().wait_for_position(&at, WAIT).await.unwrap();
+    replica.engine().detach(&replica.id()).await.unwrap();
+    let seen = replica.engine().observe().await.unwrap();
+    assert_eq!(seen.source, None);
+    assert!(seen.replication.is_none(), "{:?}", seen.replication);
+    assert!(!seen.writable, "detach changed writability");
+    assert_eq!(replica.count(), 1);
+}
+
+/// A replica is never made writable (it would take writes its source never has):
+/// refused, and it stays read-only and replicating.
+pub async fn a_replica_is_never_made_writable<S: Subject>() {
+    let (master, replica, _) = pair::<S>().await;
+    master.write(1);
+    let at = master.engine().latest_position().await.unwrap();
+    replica.engine().wait_for_position(&at, WAIT).await.unwrap();
+    assert!(replica.engine().set_writable(true).await.is_err());
+    let seen = replica.engine().observe().await.unwrap();
+    assert!(!seen.writable);
+    assert!(seen.source.is_some(), "the refusal detached it");
+}
+
+/// Instantiates the suite for one engine's [`Subject`].
+#[macro_export]
+macro_rules! engine_suite {
+    ($subject:ty) => {
+        #[tokio::test]
+        async fn writability_is_set_and_observed() {
+            engine_suite::writability_is_set_and_observed::<$subject>().await
+        }
+        #[tokio::test]
+        async fn positions_grow_with_commits() {
+            engine_suite::positions_grow_with_commits::<$subject>().await
+        }
+        #[tokio::test]
+        async fn a_replica_follows_its_source_and_says_so() {
+            engine_suite::a_replica_follows_its_source_and_says_so::<$subject>().await
+        }
+        #[tokio::test]
+        async fn draining_applies_everything_received() {
+            engine_suite::draining_applies_everything_received::<$subject>().await
+        }
+        #[tokio::test]
+        async fn a_wait_for_an_unreached_position_is_bounded() {
+            engine_suite::a_wait_for_an_unreached_position_is_bounded::<$subject>().await
+        }
+        #[tokio::test]
+        async fn a_detached_replica_is_standalone_with_its_data() {
+            engine_suite::a_detached_replica_is_standalone_with_its_data::<$subject>().await
+        }
+        #[tokio::test]
+        async fn a_replica_is_never_made_writable() {
+            engine_suite::a_replica_is_never_made_writable::<$subject>().await
+        }
+    };
+}
