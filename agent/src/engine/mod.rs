@@ -6,8 +6,6 @@
 //! `pg_promote()`; a restart-requiring setting is reported rather than silently applied.
 
 pub mod mariadb;
-mod mariadb_backup;
-mod mariadb_fence;
 
 use std::collections::BTreeMap;
 use std::future::Future;

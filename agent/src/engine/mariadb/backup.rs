@@ -9,8 +9,8 @@ use std::process::Stdio;
 use tandem_proto::{GtidSet, Position};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::{BackupStream, EngineError, StreamEnd};
 use crate::config::EngineConfig;
+use crate::engine::{BackupStream, EngineError, StreamEnd};
 use crate::operations::Progress;
 
 /// Starts `mariabackup --backup --stream=xbstream`. `scratch` holds the checkpoint

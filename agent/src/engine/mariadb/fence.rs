@@ -11,8 +11,8 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
-use super::mariadb::{timed, MariaDb};
-use super::EngineError;
+use super::{timed, MariaDb};
+use crate::engine::EngineError;
 
 impl MariaDb {
     /// Accounts other than the agent's own that hold `READ_ONLY ADMIN`, as `'user'@'host'`.
