@@ -1,5 +1,8 @@
 //! The agent binary against real `mariadbd` instances and the real broker. A test plays
 //! the conductor: it sends commands through the transport and reads replies and reports.
+//! One cohesive thing, hence its length: the agent's command contract end to end (each
+//! test one behaviour of dispatch on a real server); the `Engine` trait alone is tested
+//! by the engine suite (`engine_suite/`).
 
 mod common;
 use common::*;
