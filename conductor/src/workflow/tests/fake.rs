@@ -99,7 +99,8 @@ impl FakeAgents {
     }
 }
 
-impl AgentLink for FakeAgents {
+// On the `Arc`, so that the test keeps a handle on the fake the conductor calls.
+impl AgentLink for Arc<FakeAgents> {
     fn call<'a>(
         &'a self,
         command: &'a Envelope<Command>,
@@ -159,28 +160,6 @@ pub struct World {
     _dir: tempfile::TempDir,
 }
 
-/// Forwards to the shared fake, so the test keeps a handle on it.
-struct Shared(Arc<FakeAgents>);
-
-impl AgentLink for Shared {
-    fn call<'a>(
-        &'a self,
-        command: &'a Envelope<Command>,
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<Envelope<Reply>, CallError>> {
-        self.0.call(command, timeout)
-    }
-    fn is_connected(&self) -> bool {
-        true
-    }
-    fn ensure_agent_queue<'a>(
-        &'a self,
-        instance: &'a InstanceId,
-    ) -> BoxFuture<'a, Result<(), TransportError>> {
-        self.0.ensure_agent_queue(instance)
-    }
-}
-
 pub fn i(s: &str) -> InstanceId {
     s.parse().unwrap()
 }
@@ -204,7 +183,7 @@ impl World {
         let c = Conductor::new(
             settings,
             Box::new(store),
-            Box::new(Shared(agents.clone())),
+            Box::new(agents.clone()),
             enrolments,
             secret,
         );

@@ -35,6 +35,14 @@ fn returning_at(w: &World, position: &'static str) {
     });
 }
 
+async fn rejoin(w: &World) -> tandem_api::WorkflowRow {
+    w.run(Spec::Rejoin {
+        set: s1(),
+        instance: i("db-1"),
+    })
+    .await
+}
+
 fn role_of(w: &World, name: &str) -> IntendedRole {
     let set = w.c.store.set(&s1()).unwrap().unwrap();
     set.members
@@ -48,12 +56,7 @@ fn role_of(w: &World, name: &str) -> IntendedRole {
 async fn a_returning_master_with_nothing_extra_rejoins_as_a_replica() {
     let w = failed_over();
     returning_at(&w, "0-1-9");
-    let row = w
-        .run(Spec::Rejoin {
-            set: s1(),
-            instance: i("db-1"),
-        })
-        .await;
+    let row = rejoin(&w).await;
     let sent = w.agents.sent();
     assert_eq!(row.state, WorkflowState::Done, "{:?}", row.error);
     assert_eq!(role_of(&w, "db-1"), IntendedRole::Replica);
@@ -67,12 +70,7 @@ async fn a_returning_master_with_nothing_extra_rejoins_as_a_replica() {
 async fn a_returning_master_holding_a_transaction_the_new_one_lacks_is_quarantined() {
     let w = failed_over();
     returning_at(&w, "0-1-12");
-    let row = w
-        .run(Spec::Rejoin {
-            set: s1(),
-            instance: i("db-1"),
-        })
-        .await;
+    let row = rejoin(&w).await;
     let sent = w.agents.sent();
     assert_eq!(role_of(&w, "db-1"), IntendedRole::Quarantined, "{:?}", row);
     assert!(
