@@ -187,15 +187,10 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
     });
 }
 
-/// Starts a workflow: recorded in the store (which refuses a second active one per set),
-/// then run in the background.
-pub fn start(
-    c: &Arc<Conductor>,
-    spec: Spec,
-    requested_by: &str,
-) -> Result<WorkflowRow, StoreError> {
+/// A new workflow's record: a fresh id, running, asked for by `requested_by`.
+pub(crate) fn new_row(spec: Spec, requested_by: &str) -> WorkflowRow {
     let now = Timestamp::now();
-    let row = WorkflowRow {
+    WorkflowRow {
         id: format!("wf-{}", &MessageId::random().to_string()[..8]),
         kind: spec.kind(),
         set_id: spec.set().clone(),
@@ -205,13 +200,23 @@ pub fn start(
         error: None,
         created_at: now,
         updated_at: now,
-    };
+    }
+}
+
+/// Starts a workflow: recorded in the store (which refuses a second active one per set),
+/// then run in the background.
+pub fn start(
+    c: &Arc<Conductor>,
+    spec: Spec,
+    requested_by: &str,
+) -> Result<WorkflowRow, StoreError> {
+    let row = new_row(spec, requested_by);
     c.store.start_workflow(&row)?;
     c.events.publish(crate::events::ApiEvent::WorkflowStarted {
         workflow: row.id.clone(),
         kind: row.kind,
         set: row.set_id.clone(),
-        at: now,
+        at: row.created_at,
     });
     tokio::spawn(run(c.clone(), row.clone()));
     Ok(row)

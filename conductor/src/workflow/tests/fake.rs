@@ -12,7 +12,7 @@ use tandem_transport::{CallError, TransportError};
 use tokio::time::Instant;
 
 use crate::agents::AgentLink;
-use crate::store::{InstanceRecord, TopologyChange, WorkflowRow, WorkflowState};
+use crate::store::{InstanceRecord, TopologyChange, WorkflowRow};
 use crate::workflow::Spec;
 use crate::Conductor;
 
@@ -253,18 +253,7 @@ impl World {
 
     /// Records `spec` as a running workflow without running it.
     pub fn start(&self, spec: Spec) -> WorkflowRow {
-        let now = tandem_proto::Timestamp::now();
-        let row = WorkflowRow {
-            id: format!("wf-{}", &MessageId::random().to_string()[..8]),
-            kind: spec.kind(),
-            set_id: spec.set().clone(),
-            params: spec,
-            state: WorkflowState::Running,
-            requested_by: "test".into(),
-            error: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let row = crate::workflow::new_row(spec, "test");
         self.c.store.start_workflow(&row).unwrap();
         row
     }
