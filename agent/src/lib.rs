@@ -28,7 +28,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tandem_proto::{EngineKind, InstanceId};
+use tandem_proto::InstanceId;
 use tandem_transport::{Transport, TransportConfig};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,7 @@ pub use config::{AgentConfig, Settings};
 pub use engine::{server_id_for, Engine};
 pub use seed::SeedTls;
 
+use config::PerEngine;
 use engine::mariadb::MariaDb;
 use engine::EngineError;
 use state::{State, StateFile};
@@ -84,12 +85,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     host::tune_allocator();
     // One TLS provider for the process: seeding, object stores and engine TLS use it.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match settings.engine.kind {
-        EngineKind::Mariadb => {
-            let engine = MariaDb::new(settings.engine.clone(), settings.admin_password.clone());
+    match settings.engine.own.clone() {
+        PerEngine::Mariadb(own) => {
+            let engine = MariaDb::new(settings.engine.clone(), own);
             run_with(settings, engine, shutdown).await
         }
-        EngineKind::Postgresql => anyhow::bail!(
+        PerEngine::Postgresql => anyhow::bail!(
             "field `engine.kind` is \"postgresql\", which this agent version does not support yet"
         ),
     }

@@ -145,17 +145,17 @@ impl<E: Engine> Agent<E> {
         report
     }
 
-    /// The accounts that can write past read-only, after taking that power away from
-    /// them when the configuration says so (`engine.revoke_read_only_bypass`): what is
-    /// left is reported as a fencing hazard.
+    /// The accounts that can write past read-only, after the engine took that power
+    /// away from them where its configuration says so: what is left is reported as a
+    /// fencing hazard.
     async fn fencing_hazards(&self, found: Vec<String>) -> Vec<String> {
-        if found.is_empty() || !self.settings.engine.revoke_read_only_bypass {
+        if found.is_empty() {
             return found;
         }
         match self.engine.remove_fencing_hazards(&found).await {
             Ok(left) => left,
             Err(e) => {
-                tracing::warn!(error = %e, accounts = ?found, "could not revoke READ_ONLY ADMIN");
+                tracing::warn!(error = %e, accounts = ?found, "could not remove the fencing hazards");
                 found
             }
         }

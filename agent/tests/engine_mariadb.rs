@@ -3,7 +3,7 @@
 
 mod engine_suite;
 
-use tandem_agent::config::EngineConfig;
+use tandem_agent::config::{EngineSettings, MariadbConfig, PerEngine};
 use tandem_agent::engine::mariadb::MariaDb as Adapter;
 use tandem_proto::{InstanceId, SourceEndpoint};
 use tandem_testkit::{MariaDb, MariaDbOptions};
@@ -24,18 +24,26 @@ impl engine_suite::Subject for MariaDbSubject {
             ..Default::default()
         })
         .unwrap();
-        let config = EngineConfig {
+        let own = MariadbConfig {
+            socket: Some(db.socket()),
+            managed_config: None,
+            ..MariadbConfig::default()
+        };
+        let config = EngineSettings {
             host: db.host().into(),
             port: db.port(),
-            socket: Some(db.socket()),
+            admin_user: "root".into(),
+            admin_password: None,
             data_dir: db.datadir(),
             backup_dir: db.dir().join("backups"),
-            managed_config: None,
-            ..EngineConfig::default()
+            stop_command: None,
+            start_command: None,
+            tls_ca_file: None,
+            own: PerEngine::Mariadb(own.clone()),
         };
         MariaDbSubject {
             id,
-            adapter: Adapter::new(config, None),
+            adapter: Adapter::new(config, own),
             db,
         }
     }

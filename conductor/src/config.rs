@@ -172,7 +172,7 @@ impl Default for ConductorConfig {
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// HTTPS for the API, when configured.
-    pub api_tls: Option<crate::api::tls::ApiTls>,
+    pub api_tls: Option<crate::api_tls::ApiTls>,
     pub replication_accounts_from: AccountsFrom,
     /// Per-agent broker users, when configured.
     pub agent_users: Option<crate::broker_users::BrokerUsers>,
@@ -186,7 +186,7 @@ pub struct Settings {
     pub long_command_timeout: Duration,
     pub backup_keep: usize,
     pub seed_backup_max_age: Duration,
-    pub failpoint: Option<crate::workflow::Failpoint>,
+    pub failpoint: Option<crate::failpoint::Failpoint>,
     pub failover: FailoverSettings,
 }
 
@@ -309,7 +309,7 @@ impl ConductorConfig {
             ),
         };
         let api_tls = match (&self.tls_cert_file, &self.tls_key_file) {
-            (Some(cert), Some(key)) => Some(crate::api::tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(crate::api_tls::acceptor(cert, key)?),
             (None, None) => None,
             _ => anyhow::bail!(
                 "fields `tls_cert_file` and `tls_key_file` go together; set both or neither"

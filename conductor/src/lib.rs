@@ -7,8 +7,10 @@
 //! Architecture invariant: only the conductor decides roles; agents obey the highest
 //! epoch they have seen and report what their engines say.
 
+pub mod access;
 pub mod agents;
 pub mod api;
+pub mod api_tls;
 pub mod backoff;
 pub mod backups;
 pub mod broker_users;
@@ -18,6 +20,7 @@ pub mod detector;
 pub mod enrolment;
 pub mod events;
 pub mod failover_memory;
+pub mod failpoint;
 pub mod failsafe;
 pub mod fence;
 pub mod keys;
@@ -355,7 +358,7 @@ async fn serve(
     let result = match conductor.settings.api_tls.clone() {
         Some(acceptor) => {
             tracing::info!(listen = %listener.local_addr()?, "tandem-conductor serving HTTPS");
-            let listener = api::tls::TlsListener::new(listener, acceptor.0)?;
+            let listener = api_tls::TlsListener::new(listener, acceptor.0)?;
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
                 .await

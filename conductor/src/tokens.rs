@@ -11,58 +11,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+pub use crate::access::{Caller, Role, TokenRecord};
 use crate::store::{Store, StoreError};
-
-/// What a token may do.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Status, topology, sets, workflows, backups, metadata, events, audit: every read.
-    Reader,
-    /// Every read and every change.
-    Operator,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Reader => "reader",
-            Role::Operator => "operator",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Role, String> {
-        match s {
-            "reader" => Ok(Role::Reader),
-            "operator" => Ok(Role::Operator),
-            other => Err(format!(
-                "role {other:?} is neither \"reader\" nor \"operator\""
-            )),
-        }
-    }
-
-    /// Whether this role may make a request that changes something.
-    pub fn may_change(self) -> bool {
-        self == Role::Operator
-    }
-}
-
-/// Who made a request: a token's name and role.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub name: String,
-    pub role: Role,
-}
-
-/// A token as the store keeps it (never the token itself).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TokenRecord {
-    pub name: String,
-    pub role: Role,
-    pub created_at: tandem_proto::Timestamp,
-}
 
 /// The hash a token is stored and looked up by.
 pub fn hash(token: &str) -> String {

@@ -10,7 +10,10 @@ use anyhow::{Context, Result};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
-use tandem_proto::{EngineKind, InstanceId};
+use tandem_proto::InstanceId;
+
+mod engine;
+pub use engine::{EngineConfig, EngineSettings, MariadbConfig, PerEngine};
 
 pub const DEFAULT_PATH: &str = "/etc/tandem/agent.toml";
 
@@ -184,35 +187,6 @@ pub struct BrokerConfig {
     pub ca_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct EngineConfig {
-    pub kind: EngineKind,
-    /// The address replicas use to reach this engine (advertised to the conductor).
-    pub host: String,
-    pub port: u16,
-    /// The local admin socket the agent connects through.
-    pub socket: Option<PathBuf>,
-    pub admin_user: String,
-    pub admin_password_file: Option<PathBuf>,
-    pub data_dir: PathBuf,
-    pub backup_dir: PathBuf,
-    /// The configuration include the agent owns (MariaDB: a `.cnf` in `conf.d`).
-    pub managed_config: Option<PathBuf>,
-    /// How the agent stops and starts the engine (e.g. `systemctl stop mariadb`).
-    pub stop_command: Option<Vec<String>>,
-    pub start_command: Option<Vec<String>>,
-    /// Revoke `READ_ONLY ADMIN` from every account but the agent's own (each server on
-    /// its own, not replicated), so that read-only stops every client. Off: such
-    /// accounts are only reported, as fencing hazards.
-    pub revoke_read_only_bypass: bool,
-    /// The CA every engine's certificate chains to (PEM). When set, replication between
-    /// engines is TLS only: replication accounts `REQUIRE SSL`, and a replica verifies
-    /// its source's certificate (which must name the address it is reached at). Each
-    /// server's own certificate is MariaDB's `ssl_cert` / `ssl_key`.
-    pub tls_ca_file: Option<PathBuf>,
-}
-
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
@@ -253,26 +227,6 @@ impl Default for BrokerConfig {
     }
 }
 
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            kind: EngineKind::Mariadb,
-            host: "127.0.0.1".into(),
-            port: 3306,
-            socket: Some("/run/mysqld/mysqld.sock".into()),
-            admin_user: "root".into(),
-            admin_password_file: None,
-            data_dir: "/var/lib/mysql".into(),
-            backup_dir: "/var/lib/tandem-agent/backups".into(),
-            managed_config: Some("/etc/mysql/mariadb.conf.d/90-tandem.cnf".into()),
-            stop_command: None,
-            start_command: None,
-            revoke_read_only_bypass: true,
-            tls_ca_file: None,
-        }
-    }
-}
-
 /// The configuration after validation: typed, secrets loaded.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -298,8 +252,7 @@ pub struct Settings {
     pub broker_declares: bool,
     pub queue_type: tandem_transport::QueueType,
     pub prefetch: u16,
-    pub engine: EngineConfig,
-    pub admin_password: Option<String>,
+    pub engine: EngineSettings,
     pub backup_store: StoreSettings,
     pub seed_listen: std::net::SocketAddr,
     pub seed_advertise_host: String,
@@ -431,23 +384,6 @@ impl AgentConfig {
             .map(|path| tandem_transport::read_ca_file(path, "broker.ca_file"))
             .transpose()
             .map_err(anyhow::Error::msg)?;
-        let admin_password = self
-            .engine
-            .admin_password_file
-            .as_deref()
-            .map(|f| read_secret(f, "engine.admin_password_file"))
-            .transpose()?;
-        if let Some(ca) = &self.engine.tls_ca_file {
-            // The path goes into `CHANGE MASTER TO`: plain characters only.
-            let text = ca.display().to_string();
-            anyhow::ensure!(
-                !text.contains(['\'', '\\', '\n']),
-                "field `engine.tls_ca_file` ({text:?}) holds a quote, backslash or newline"
-            );
-            std::fs::read(ca).with_context(|| {
-                format!("field `engine.tls_ca_file`: cannot read {}", ca.display())
-            })?;
-        }
         let backup_store = self.backup_store.validate(&self.engine)?;
         let seed_listen = self.seed.listen.parse().with_context(|| {
             format!(
@@ -455,11 +391,12 @@ impl AgentConfig {
                 self.seed.listen
             )
         })?;
+        let engine = self.engine.validate()?;
         let seed_advertise_host = self
             .seed
             .advertise_host
             .clone()
-            .unwrap_or_else(|| self.engine.host.clone());
+            .unwrap_or_else(|| engine.host.clone());
         let seed_tls = match (
             &self.seed.tls_cert_file,
             &self.seed.tls_key_file,
@@ -497,8 +434,7 @@ impl AgentConfig {
             broker_declares,
             queue_type,
             prefetch: self.broker.prefetch.max(1),
-            engine: self.engine,
-            admin_password,
+            engine,
         })
     }
 }

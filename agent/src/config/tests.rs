@@ -1,4 +1,5 @@
 use super::*;
+use tandem_proto::EngineKind;
 
 const KEY: &str = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c";
 
@@ -103,4 +104,59 @@ fn broker_secret_comes_from_a_file() {
     ))
     .unwrap();
     assert_eq!(s.broker_uri, "amqp://tandem:s3cr%3At%2F@h:5672/v");
+}
+
+#[test]
+fn engine_defaults_follow_its_kind_and_its_own_section() {
+    let s = config("instance_id = \"db\"").unwrap();
+    assert_eq!(s.engine.kind(), EngineKind::Mariadb);
+    assert_eq!(s.engine.port, 3306);
+    assert_eq!(s.engine.admin_user, "root");
+    assert_eq!(s.engine.data_dir, PathBuf::from("/var/lib/mysql"));
+    let PerEngine::Mariadb(own) = &s.engine.own else {
+        panic!(
+            "a MariaDB agent gets its MariaDB section: {:?}",
+            s.engine.own
+        )
+    };
+    assert_eq!(
+        own.socket.as_deref(),
+        Some(Path::new("/run/mysqld/mysqld.sock"))
+    );
+    assert!(own.revoke_read_only_bypass);
+
+    let s = config(
+        "instance_id = \"db\"\n[engine]\nport = 3407\n[engine.mariadb]\n\
+         socket = \"/tmp/my.sock\"\nrevoke_read_only_bypass = false",
+    )
+    .unwrap();
+    assert_eq!(s.engine.port, 3407);
+    let PerEngine::Mariadb(own) = &s.engine.own else {
+        panic!("{:?}", s.engine.own)
+    };
+    assert_eq!(own.socket.as_deref(), Some(Path::new("/tmp/my.sock")));
+    assert!(!own.revoke_read_only_bypass);
+
+    let s = config("instance_id = \"db\"\n[engine]\nkind = \"postgresql\"").unwrap();
+    assert_eq!(s.engine.kind(), EngineKind::Postgresql);
+    assert_eq!(s.engine.port, 5432);
+    assert_eq!(s.engine.admin_user, "postgres");
+}
+
+#[test]
+fn a_field_that_moved_into_the_engine_section_is_refused_with_its_new_place() {
+    for field in [
+        "socket = \"/tmp/s\"",
+        "managed_config = \"/tmp/c\"",
+        "revoke_read_only_bypass = false",
+    ] {
+        let name = field.split(' ').next().unwrap();
+        let err = config(&format!("instance_id = \"db\"\n[engine]\n{field}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("engine.mariadb.{name}")),
+            "{field}: {err}"
+        );
+    }
 }

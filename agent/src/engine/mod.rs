@@ -143,8 +143,9 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Takes the power to write past read-only away from every account in `accounts`
     /// (as [`Observation::fencing_hazards`] names them) and ends their sessions, which
-    /// keep the privilege they logged in with. Returns the accounts it could not fix,
-    /// each with why.
+    /// keep the privilege they logged in with, where the engine's configuration allows
+    /// it (MariaDB: `engine.mariadb.revoke_read_only_bypass`). Returns the accounts it
+    /// did not fix, each with why where it tried.
     fn remove_fencing_hazards(
         &self,
         accounts: &[String],

@@ -23,7 +23,6 @@ mod backups;
 mod enrolment;
 mod instances;
 mod sets;
-pub mod tls;
 mod workflows;
 
 pub fn router(conductor: Arc<Conductor>) -> Router {

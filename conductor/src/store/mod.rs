@@ -213,9 +213,9 @@ pub trait Store: Send + Sync + 'static {
 
     // API tokens (see `crate::tokens`): only their hashes are kept.
     /// A conflict when the name is taken.
-    fn add_token(&self, name: &str, role: crate::tokens::Role, hash: &str) -> Result<()>;
-    fn token_by_hash(&self, hash: &str) -> Result<Option<crate::tokens::Caller>>;
-    fn tokens(&self) -> Result<Vec<crate::tokens::TokenRecord>>;
+    fn add_token(&self, name: &str, role: crate::access::Role, hash: &str) -> Result<()>;
+    fn token_by_hash(&self, hash: &str) -> Result<Option<crate::access::Caller>>;
+    fn tokens(&self) -> Result<Vec<crate::access::TokenRecord>>;
     fn revoke_token(&self, name: &str) -> Result<bool>;
     /// Records a request that changed (or tried to change) something, and who made it.
     fn record_request(&self, request: &ApiRequest) -> Result<()>;

@@ -11,7 +11,8 @@ use tandem_proto::{
 };
 use tokio::time::Instant;
 
-use super::{Point, StepError};
+use super::StepError;
+use crate::failpoint::Point;
 use crate::store::{JournalEntry, ReplicaSet, StoreError, TopologyChange, WorkflowRow};
 use crate::Conductor;
 

@@ -35,7 +35,6 @@ use tokio::time::Instant;
 use crate::store::{StoreError, WorkflowRow, WorkflowState};
 use crate::Conductor;
 
-use tandem_api::WorkflowKind;
 /// What a workflow was asked to do: the API's type, so that what an operator sees
 /// of a workflow is exactly what it runs on.
 pub use tandem_api::WorkflowSpec as Spec;
@@ -61,47 +60,6 @@ pub enum StepError {
     Precondition(String),
     #[error("step {step}: not started: the workflow was cancelled by {by}")]
     Cancelled { step: String, by: String },
-}
-
-/// A named crash point, for proving that every step survives a conductor crash:
-/// `TANDEM_CONDUCTOR_FAILPOINT=<workflow kind>:<step number>:<before|sent|after>`.
-/// `before`: journaled, not sent. `sent`: the agent ran it, the reply is not recorded
-/// (the hardest case: on resume the same message id goes out again). `after`: recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failpoint {
-    pub kind: WorkflowKind,
-    pub seq: u32,
-    pub at: Point,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Point {
-    Before,
-    Sent,
-    After,
-}
-
-impl std::str::FromStr for Failpoint {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = s.split(':').collect();
-        match parts.as_slice() {
-            [kind, seq, when @ ("before" | "sent" | "after")] => Ok(Failpoint {
-                kind: kind.parse().map_err(|e| format!("failpoint kind {e}"))?,
-                seq: seq
-                    .parse()
-                    .map_err(|_| format!("failpoint step {seq:?} is not a number"))?,
-                at: match *when {
-                    "before" => Point::Before,
-                    "sent" => Point::Sent,
-                    _ => Point::After,
-                },
-            }),
-            _ => Err(format!(
-                "failpoint {s:?} is not <kind>:<step>:<before|sent|after>"
-            )),
-        }
-    }
 }
 
 /// How a workflow that made `master` writable ends: done, or failed naming the members
@@ -223,7 +181,7 @@ pub fn start(
 }
 
 /// As [`start`], for an operator's request: when the set is busy only with upkeep
-/// ([`WorkflowKind::is_upkeep`]), waits up to a few seconds for it to end.
+/// ([`tandem_api::WorkflowKind::is_upkeep`]), waits up to a few seconds for it to end.
 pub async fn start_for_operator(
     c: &Arc<Conductor>,
     spec: Spec,

@@ -79,7 +79,7 @@ impl AgentProcess {
             ("TANDEM_AGENT_ENGINE__HOST".into(), db.host().into()),
             ("TANDEM_AGENT_ENGINE__PORT".into(), db.port().to_string()),
             (
-                "TANDEM_AGENT_ENGINE__SOCKET".into(),
+                "TANDEM_AGENT_ENGINE__MARIADB__SOCKET".into(),
                 db.socket().display().to_string(),
             ),
             (
@@ -91,7 +91,7 @@ impl AgentProcess {
                 dir.path().join("backups").display().to_string(),
             ),
             (
-                "TANDEM_AGENT_ENGINE__MANAGED_CONFIG".into(),
+                "TANDEM_AGENT_ENGINE__MARIADB__MANAGED_CONFIG".into(),
                 dir.path().join("90-tandem.cnf").display().to_string(),
             ),
             (

@@ -9,15 +9,15 @@ use std::process::Stdio;
 use tandem_proto::{GtidSet, Position};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::config::EngineConfig;
+use crate::config::{EngineSettings, MariadbConfig};
 use crate::engine::{BackupStream, EngineError, StreamEnd};
 use crate::operations::Progress;
 
 /// Starts `mariabackup --backup --stream=xbstream`. `scratch` holds the checkpoint
 /// file; it is removed when the stream finishes.
 pub async fn stream(
-    config: &EngineConfig,
-    admin_password: Option<&str>,
+    config: &EngineSettings,
+    own: &MariadbConfig,
     engine_version: String,
     scratch: &Path,
     since: Option<&str>,
@@ -44,14 +44,14 @@ pub async fn stream(
         }
         backup.arg(format!("--incremental-lsn={lsn}"));
     }
-    if let Some(socket) = &config.socket {
+    if let Some(socket) = &own.socket {
         backup.arg(format!("--socket={}", socket.display()));
     } else {
         backup
             .arg(format!("--host={}", config.host))
             .arg(format!("--port={}", config.port));
     }
-    if let Some(pw) = admin_password {
+    if let Some(pw) = &config.admin_password {
         // Through the environment, not argv: argv is visible to every local user.
         backup.env("MYSQL_PWD", pw);
     }

@@ -22,14 +22,7 @@ impl MariaDb {
                 .await?
                 .unwrap_or_default()
         };
-        super::backup::stream(
-            &self.config,
-            self.admin_password.as_deref(),
-            version,
-            scratch,
-            since,
-        )
-        .await
+        super::backup::stream(&self.config, &self.own, version, scratch, since).await
     }
 
     pub(super) async fn unpack(

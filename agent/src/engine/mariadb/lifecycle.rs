@@ -17,7 +17,7 @@ impl MariaDb {
         instance: &InstanceId,
     ) -> Result<ConfigOutcome, EngineError> {
         let wanted = managed_settings(instance);
-        if let Some(path) = &self.config.managed_config {
+        if let Some(path) = &self.own.managed_config {
             write_include(path, &wanted).map_err(EngineError::Internal)?;
         }
         let mut c = self.conn().await?;
@@ -92,6 +92,9 @@ impl MariaDb {
         &self,
         accounts: &[String],
     ) -> Result<Vec<String>, EngineError> {
+        if accounts.is_empty() || !self.own.revoke_read_only_bypass {
+            return Ok(accounts.to_vec());
+        }
         self.revoke_read_only_bypass(accounts).await
     }
 

@@ -25,7 +25,7 @@ use super::{
     server_id_for, BackupStream, ConfigOutcome, Engine, EngineError, Observation, Pulse,
     ReplicationLogin,
 };
-use crate::config::EngineConfig;
+use crate::config::{EngineSettings, MariadbConfig};
 use crate::operations::Progress;
 
 /// The longest any single statement may take before the engine counts as hung.
@@ -37,8 +37,9 @@ const ATTACH_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct MariaDb {
     pool: Pool,
-    pub(super) config: EngineConfig,
-    admin_password: Option<String>,
+    pub(super) config: EngineSettings,
+    /// The `[engine.mariadb]` section.
+    pub(super) own: MariadbConfig,
     /// Transactions in this replica's binary log that replication did not apply, as
     /// the last observation saw them (see [`MariaDb::written_here`]).
     written_here_before: std::sync::Mutex<GtidSet>,
@@ -57,16 +58,16 @@ impl MariaDb {
         }
     }
 
-    pub fn new(config: EngineConfig, admin_password: Option<String>) -> MariaDb {
+    pub fn new(config: EngineSettings, own: MariadbConfig) -> MariaDb {
         let mut opts = OptsBuilder::default()
             .user(Some(config.admin_user.clone()))
-            .pass(admin_password.clone())
+            .pass(config.admin_password.clone())
             .pool_opts(
                 PoolOpts::default()
                     .with_constraints(PoolConstraints::new(0, 4).expect("0 <= 4"))
                     .with_inactive_connection_ttl(Duration::from_secs(30)),
             );
-        opts = match &config.socket {
+        opts = match &own.socket {
             Some(s) => opts.socket(Some(s.to_string_lossy().into_owned())),
             None => opts
                 .ip_or_hostname(config.host.clone())
@@ -74,8 +75,8 @@ impl MariaDb {
         };
         MariaDb {
             pool: Pool::new(opts),
-            admin_password,
             config,
+            own,
             written_here_before: Default::default(),
         }
     }

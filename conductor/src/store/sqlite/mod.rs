@@ -568,7 +568,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn add_token(&self, name: &str, role: crate::tokens::Role, hash: &str) -> Result<()> {
+    fn add_token(&self, name: &str, role: crate::access::Role, hash: &str) -> Result<()> {
         self.with(|c| {
             let added = c.execute(
                 "INSERT OR IGNORE INTO api_tokens (name, role, hash, created_at) \
@@ -584,7 +584,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn token_by_hash(&self, hash: &str) -> Result<Option<crate::tokens::Caller>> {
+    fn token_by_hash(&self, hash: &str) -> Result<Option<crate::access::Caller>> {
         self.with(|c| {
             let row: Option<(String, String)> = c
                 .query_row(
@@ -594,16 +594,16 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             row.map(|(name, role)| {
-                Ok(crate::tokens::Caller {
+                Ok(crate::access::Caller {
                     name,
-                    role: crate::tokens::Role::parse(&role).map_err(StoreError::Internal)?,
+                    role: crate::access::Role::parse(&role).map_err(StoreError::Internal)?,
                 })
             })
             .transpose()
         })
     }
 
-    fn tokens(&self) -> Result<Vec<crate::tokens::TokenRecord>> {
+    fn tokens(&self) -> Result<Vec<crate::access::TokenRecord>> {
         self.with(|c| {
             let rows: Vec<(String, String, i64)> = c
                 .prepare("SELECT name, role, created_at FROM api_tokens ORDER BY name")?
@@ -611,9 +611,9 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             rows.into_iter()
                 .map(|(name, role, at)| {
-                    Ok(crate::tokens::TokenRecord {
+                    Ok(crate::access::TokenRecord {
                         name,
-                        role: crate::tokens::Role::parse(&role).map_err(StoreError::Internal)?,
+                        role: crate::access::Role::parse(&role).map_err(StoreError::Internal)?,
                         created_at: Timestamp(at as u64),
                     })
                 })
