@@ -336,6 +336,7 @@ impl<E: Engine> Agent<E> {
                 position,
                 semi_sync,
                 delay_s,
+                paused,
             } => {
                 let login = ReplicationLogin {
                     user: credentials.user.clone(),
@@ -349,6 +350,7 @@ impl<E: Engine> Agent<E> {
                         &login,
                         position.as_ref(),
                         Duration::from_secs(*delay_s),
+                        paused.as_ref(),
                     )
                     .await?;
                 self.update_state(|s| {
@@ -371,6 +373,13 @@ impl<E: Engine> Agent<E> {
                 self.engine.detach(me).await?;
                 self.update_state(|s| s.source = None)?;
                 self.engine.set_writable(true).await?;
+            }
+            Command::PauseReplication { until } => {
+                let position = self.engine.pause_replication(until.as_ref()).await?;
+                return Ok(ReplyBody::Position { position });
+            }
+            Command::ResumeReplication { semi_sync } => {
+                self.engine.resume_replication(*semi_sync).await?;
             }
             Command::DrainReceived { timeout_ms } => {
                 let position = self

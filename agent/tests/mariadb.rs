@@ -349,6 +349,7 @@ async fn wrong_input_gets_a_clear_error_and_changes_nothing() {
             position: None,
             semi_sync: false,
             delay_s: 0,
+            paused: None,
         };
 
     // A source nothing listens on.

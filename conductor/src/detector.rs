@@ -238,7 +238,7 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                 else {
                     continue;
                 };
-                if !crate::decide::drift::repointable(m, r, c.intended_delay_s(&m.instance)) {
+                if !crate::decide::drift::repointable(m, r) {
                     continue;
                 }
                 let now = Instant::now();

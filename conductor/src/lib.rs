@@ -87,17 +87,6 @@ pub struct Conductor {
 }
 
 impl Conductor {
-    /// The delay `instance` is meant to replicate with: its metadata
-    /// `replication_delay_s` in whole seconds, 0 when unset (see [`metadata`]).
-    pub fn intended_delay_s(&self, instance: &tandem_proto::InstanceId) -> u64 {
-        let stored = self.store.metadata(instance).unwrap_or_default();
-        let value = stored
-            .iter()
-            .find(|(k, _)| k == "replication_delay_s")
-            .map(|(_, v)| v.as_str());
-        metadata::delay_s(value)
-    }
-
     /// Whether a message naming `instance`, from `sender`, is believed (see
     /// [`enrolment`]): an agent enrolling with a valid proof is pinned here; anything
     /// else not signed by the pinned key is dropped, with one event and one log line
@@ -157,11 +146,7 @@ impl Conductor {
         let Some(member) = set.members.iter().find(|m| &m.instance == instance) else {
             return;
         };
-        let differences = decide::drift::drift(
-            member,
-            self.registry.report(instance).as_ref(),
-            self.intended_delay_s(instance),
-        );
+        let differences = decide::drift::drift(member, self.registry.report(instance).as_ref());
         let mut open = self.open_drift.lock().expect("poisoned");
         let now = tandem_proto::Timestamp::now();
         if !differences.is_empty() && !busy {

@@ -1,14 +1,16 @@
 //! The instance metadata keys the conductor acts on, and the values each takes. Any
 //! other key is free-form (Trove's instance metadata); these are refused when wrong,
 //! so that a typo never silently changes a failover or an engine setting.
+//! `replication_delay_s` is a read-only view of what the engine applies: the delay is
+//! a replica's option (`tandem replica delay`), never a note beside it.
 
 use crate::decide::candidate::PromotionRule;
 
 /// `failover_priority` runs from minus this to this.
 pub const PRIORITY_RANGE: i64 = 1000;
 
-/// MariaDB's `MASTER_DELAY` upper bound, in seconds.
-pub const MAX_DELAY_S: u64 = (1 << 31) - 1;
+/// The keys shown from the engine, never stored.
+pub const READ_ONLY: &[&str] = &["replication_delay_s"];
 
 /// Checks `value` for a known `key`; says what the key takes when it is wrong.
 pub fn validate(key: &str, value: &str) -> Result<(), String> {
@@ -21,23 +23,26 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
                  {PRIORITY_RANGE} (higher is preferred)"
             )),
         },
-        "replication_delay_s" => match value.parse::<u64>() {
-            Ok(d) if d <= MAX_DELAY_S => Ok(()),
-            _ => Err(format!(
-                "replication_delay_s {value:?} is not a whole number of seconds from 0 to {MAX_DELAY_S}"
-            )),
-        },
+        "replication_delay_s" => Err(read_only(key)),
         _ => Ok(()),
     }
 }
 
-/// A replica's intended delay from its `replication_delay_s` value; 0 when unset or
-/// (stored before it was validated) not a valid one.
-pub fn delay_s(value: Option<&str>) -> u64 {
-    value
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|d| *d <= MAX_DELAY_S)
-        .unwrap_or(0)
+/// Why a read-only key cannot be set or deleted, and what to do instead.
+pub fn read_only(key: &str) -> String {
+    format!(
+        "{key} is read-only: it shows the delay the replica's engine applies; change it \
+         with `tandem replica delay SET INSTANCE SECONDS` (or `tandem replica catch-up`)"
+    )
+}
+
+/// The read-only keys of an instance, from its last report: the delay its engine
+/// applies, for a replica.
+pub fn from_engine(report: Option<&tandem_proto::StatusReport>) -> Vec<(String, String)> {
+    report
+        .and_then(|r| r.replication.as_ref())
+        .map(|s| vec![("replication_delay_s".to_string(), s.delay_s.to_string())])
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -58,10 +63,7 @@ mod tests {
                 "99999999999999999999",
                 Err("from -1000 to 1000"),
             ),
-            ("replication_delay_s", "3600", Ok(())),
-            ("replication_delay_s", "-1", Err("from 0 to")),
-            ("replication_delay_s", "1.5", Err("from 0 to")),
-            ("replication_delay_s", "99999999999", Err("from 0 to")),
+            ("replication_delay_s", "3600", Err("is read-only")),
             ("owner", "anything at all", Ok(())),
         ];
         for (key, value, expect) in cases {
@@ -71,8 +73,5 @@ mod tests {
                 (got, _) => panic!("{key}={value}: got {got:?}, expected {expect:?}"),
             }
         }
-        assert_eq!(delay_s(Some("5")), 5);
-        assert_eq!(delay_s(Some("x")), 0);
-        assert_eq!(delay_s(None), 0);
     }
 }

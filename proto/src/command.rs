@@ -66,6 +66,13 @@ pub struct SeedSource {
     pub time_limit_s: Option<u64>,
 }
 
+/// A replica an operator paused: stopped, or applying only up to `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paused {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Position>,
+}
+
 /// Semi-synchronous replication on a master: every commit waits until a replica has
 /// the transaction, for at most `timeout_ms`; after that the master falls back to
 /// asynchronous replication (and says so in its reports) rather than stop writing.
@@ -118,6 +125,11 @@ pub enum Command {
         /// delayed replica); 0 for none.
         #[serde(default)]
         delay_s: u64,
+        /// Attach paused: the source is set but nothing is applied (with `until`, only
+        /// up to there), so a paused replica re-pointed to a new master applies
+        /// nothing on the way.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        paused: Option<Paused>,
     },
     /// Stop replicating and forget the source; the server becomes standalone.
     Detach,
@@ -141,6 +153,21 @@ pub enum Command {
     #[serde(alias = "drain_relay_log")]
     DrainReceived {
         timeout_ms: u64,
+    },
+    /// Stop replicating, keeping the source (an operator's pause: for a consistent
+    /// snapshot, for analytics, or to stop before a bad transaction). With `until`, the
+    /// replica first applies up to that position and then stops there. A paused replica
+    /// acknowledges nothing to a semi-synchronous master. Answered with the position
+    /// when it stopped (with `until`, the position reached so far: it stops there).
+    PauseReplication {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<Position>,
+    },
+    /// Replicate again from where a pause stopped, from the same source, acknowledging
+    /// to a semi-synchronous master when `semi_sync`.
+    ResumeReplication {
+        #[serde(default)]
+        semi_sync: bool,
     },
     /// Take a backup; long-running, acknowledged on acceptance.
     TakeBackup(BackupRequest),
@@ -195,6 +222,8 @@ impl Command {
             Command::GetLatestPosition => "get_latest_position",
             Command::WaitForPosition { .. } => "wait_for_position",
             Command::DrainReceived { .. } => "drain_received",
+            Command::PauseReplication { .. } => "pause_replication",
+            Command::ResumeReplication { .. } => "resume_replication",
             Command::TakeBackup(_) => "take_backup",
             Command::Restore(_) => "restore",
             Command::DeleteBackup { .. } => "delete_backup",
@@ -235,6 +264,9 @@ impl Command {
             | Command::Failsafe(_)
             | Command::Unknown => ProtocolVersion::V1,
             Command::CancelOperation { .. } => ProtocolVersion::V2,
+            Command::PauseReplication { .. } | Command::ResumeReplication { .. } => {
+                ProtocolVersion::V3
+            }
         }
     }
 
@@ -307,6 +339,7 @@ mod tests {
             position: None,
             semi_sync: false,
             delay_s: 0,
+            paused: None,
         };
         let shown = format!("{c:?}");
         assert!(!shown.contains("68756e74657232"), "{shown}");

@@ -35,6 +35,8 @@ pub enum PositionError {
     DuplicateDomain { input: String, domain: u32 },
     #[error("{input:?} is not an LSN (expected two hex numbers, e.g. 16/B374D848)")]
     BadLsn { input: String },
+    #[error("{input:?} is not a timeline (expected a whole number after the @)")]
+    BadTimeline { input: String },
 }
 
 /// One MariaDB global transaction id.
@@ -379,10 +381,65 @@ impl fmt::Display for Position {
     }
 }
 
+/// A position as [`Position`]'s `Display` writes it (`gtid:0-1-42`, `wal:16/B374D848@2`),
+/// or a bare GTID set (`0-1-42,1-2-7`) or LSN (`16/B374D848`, timeline 1) as an
+/// operator types one.
+impl FromStr for Position {
+    type Err = PositionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let wal = |w: &str| -> Result<Position, PositionError> {
+            let (lsn, timeline) = match w.split_once('@') {
+                Some((lsn, tl)) => (
+                    lsn,
+                    tl.parse::<u32>()
+                        .map_err(|_| PositionError::BadTimeline { input: tl.into() })?,
+                ),
+                None => (w, 1),
+            };
+            Ok(Position::Wal(WalPosition {
+                timeline: Timeline(timeline),
+                lsn: lsn.parse()?,
+                history: Vec::new(),
+            }))
+        };
+        if let Some(g) = s.strip_prefix("gtid:") {
+            Ok(Position::Gtid(if g == "(empty)" {
+                GtidSet::empty()
+            } else {
+                g.parse()?
+            }))
+        } else if let Some(w) = s.strip_prefix("wal:") {
+            wal(w)
+        } else if s.contains('/') {
+            wal(s)
+        } else {
+            Ok(Position::Gtid(s.parse()?))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use Ordering::*;
+
+    #[test]
+    fn a_position_reads_back_as_written_and_as_typed() {
+        for text in ["gtid:0-1-42,1-2-7", "gtid:(empty)", "wal:16/B374D848@2"] {
+            let p: Position = text.parse().unwrap();
+            assert_eq!(p.to_string(), text);
+        }
+        assert_eq!(
+            "0-1-42".parse::<Position>().unwrap().to_string(),
+            "gtid:0-1-42"
+        );
+        assert_eq!(
+            "16/B374D848".parse::<Position>().unwrap().to_string(),
+            "wal:16/B374D848@1"
+        );
+        assert!("soon".parse::<Position>().is_err());
+    }
 
     fn gs(s: &str) -> GtidSet {
         s.parse().unwrap_or_else(|e| panic!("{s:?}: {e}"))

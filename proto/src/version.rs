@@ -27,8 +27,10 @@ impl ProtocolVersion {
     pub const V1: ProtocolVersion = ProtocolVersion(1);
     /// `cancel_operation`.
     pub const V2: ProtocolVersion = ProtocolVersion(2);
+    /// `pause_replication`, `resume_replication`.
+    pub const V3: ProtocolVersion = ProtocolVersion(3);
     /// The version this build speaks natively.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion::V2;
+    pub const CURRENT: ProtocolVersion = ProtocolVersion::V3;
     /// The oldest version this build still understands.
     pub const OLDEST_SUPPORTED: ProtocolVersion = ProtocolVersion::V1;
 }

@@ -90,6 +90,7 @@ fn command() -> impl Strategy<Value = Command> {
                 credentials,
                 semi_sync: position.is_some(),
                 delay_s: 0,
+                paused: None,
                 position,
             }
         ),

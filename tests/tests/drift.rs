@@ -55,18 +55,33 @@ fn a_replica_on_the_wrong_source_or_delay_is_brought_back_to_the_intent() {
         || (source_and_delay(&c, "db-2")? == (port("db-1"), 0)).then_some(()),
     );
 
-    // A wrong value for a key the conductor acts on is refused and nothing is stored.
-    let (ok, _, err) = c.cli(&["metadata", "set", "db-3", "replication_delay_s", "soon"]);
-    assert!(!ok && err.contains("replication_delay_s"), "{err}");
-    let (ok, _, _) = c.cli(&["metadata", "get", "db-3", "replication_delay_s"]);
-    assert!(!ok, "a refused value was stored");
+    // The delay is the replica's option: its metadata key is a read-only view.
+    let (ok, _, err) = c.cli(&["metadata", "set", "db-3", "replication_delay_s", "5"]);
+    assert!(!ok && err.contains("read-only"), "{err}");
+    let (ok, _, err) = c.cli(&["metadata", "delete", "db-3", "replication_delay_s"]);
+    assert!(!ok && err.contains("read-only"), "{err}");
 
-    // The intent names a delay: the engine gets it.
-    c.cli_ok(&["metadata", "set", "db-3", "replication_delay_s", "5"]);
+    // The intent names a delay: the engine gets it, and the metadata key shows it.
+    c.cli_ok(&["replica", "delay", "s1", "db-3", "5", "--wait"]);
     eventually(Duration::from_secs(20), "db-3 delayed by 5 s", || {
         (source_and_delay(&c, "db-3")? == (port("db-1"), 5)).then_some(())
     });
-    c.cli_ok(&["metadata", "delete", "db-3", "replication_delay_s"]);
+    eventually(
+        Duration::from_secs(5),
+        "the metadata view of the delay",
+        || {
+            let shown = c.cli_ok(&["metadata", "get", "db-3", "replication_delay_s"]);
+            (shown.trim() == "5").then_some(())
+        },
+    );
+    // A delay taken away by hand is put back: the option is the intent.
+    c.db("db-3")
+        .sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE")
+        .unwrap();
+    eventually(Duration::from_secs(20), "db-3 delayed again", || {
+        (source_and_delay(&c, "db-3")? == (port("db-1"), 5)).then_some(())
+    });
+    c.cli_ok(&["replica", "catch-up", "s1", "db-3", "--wait"]);
     eventually(Duration::from_secs(20), "db-3 no longer delayed", || {
         (source_and_delay(&c, "db-3")? == (port("db-1"), 0)).then_some(())
     });

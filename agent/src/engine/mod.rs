@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tandem_proto::{
-    CommandError, EngineKind, ErrorKind, InstanceId, Lag, Position, ReplicationState,
+    CommandError, EngineKind, ErrorKind, InstanceId, Lag, Paused, Position, ReplicationState,
     SourceEndpoint,
 };
 
@@ -172,7 +172,8 @@ pub trait Engine: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
 
     /// Replicates from `source`, read-only. Checks the source is reachable with these
-    /// credentials before changing anything.
+    /// credentials before changing anything. `paused`: the source is set, but nothing
+    /// is applied (with a stop position, only up to it).
     fn attach(
         &self,
         me: &InstanceId,
@@ -180,6 +181,7 @@ pub trait Engine: Send + Sync + 'static {
         login: &ReplicationLogin,
         position: Option<&Position>,
         delay: Duration,
+        paused: Option<&Paused>,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
 
     /// Stops replicating and forgets the source. Leaves writability alone.
@@ -203,9 +205,28 @@ pub trait Engine: Send + Sync + 'static {
         replica: bool,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
 
+    /// Stops replicating, keeping the source; with `until`, applies up to that position
+    /// first and stops there. Acknowledges nothing to a semi-synchronous master while
+    /// paused. Returns the position applied when it returns (with `until`, the applier
+    /// may still be on its way there). Refused on a server that is not a replica, and
+    /// for an `until` the replica has already passed.
+    fn pause_replication(
+        &self,
+        until: Option<&Position>,
+    ) -> impl Future<Output = Result<Position, EngineError>> + Send;
+
+    /// Replicates again, from where a pause stopped and from the same source;
+    /// acknowledging to a semi-synchronous master when `semi_sync`. Refused on a server
+    /// that is not a replica.
+    fn resume_replication(
+        &self,
+        semi_sync: bool,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
     /// Stops receiving from the source (the connection only: the applier goes on) and
     /// waits until everything received has been applied; returns the position reached.
-    /// Refused on a server that is not a replica.
+    /// Refused on a server that is not a replica, and at once on one whose applier is
+    /// paused or delayed (it could never finish in time; neither is ever promoted).
     fn drain(
         &self,
         timeout: Duration,

@@ -128,6 +128,7 @@ pub async fn attach_at(h: &Harness, master: &str, replica: &str, position: Posit
             position: Some(position),
             semi_sync: false,
             delay_s: 0,
+            paused: None,
         },
     )
     .await;

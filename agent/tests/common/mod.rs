@@ -287,6 +287,7 @@ impl Harness {
                 position: None,
                 semi_sync: false,
                 delay_s: 0,
+                paused: None,
             },
         )
         .await;

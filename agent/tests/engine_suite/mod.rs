@@ -73,6 +73,7 @@ async fn pair<S: Subject>() -> (S, S, ReplicationLogin) {
             &login,
             None,
             Duration::ZERO,
+            None,
         )
         .await
         .unwrap();
@@ -121,6 +122,74 @@ pub async fn draining_applies_everything_received<S: Subject>() {
         master.engine().drain(WAIT).await.is_err(),
         "a master drained"
     );
+}
+
+/// A paused replica applies nothing and refuses a drain at once; resumed, it applies
+/// everything; paused at a position it applies up to there and stops; a position it
+/// has passed is refused, and it goes on as before.
+pub async fn a_paused_replica_applies_nothing_until_resumed<S: Subject>() {
+    let (master, replica, _) = pair::<S>().await;
+    master.write(1);
+    let first = master.engine().latest_position().await.unwrap();
+    replica
+        .engine()
+        .wait_for_position(&first, WAIT)
+        .await
+        .unwrap();
+    let paused_at = replica.engine().pause_replication(None).await.unwrap();
+    master.write(2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(replica.count(), 1, "a paused replica applied a row");
+    let state = replica.engine().observe().await.unwrap().replication;
+    assert!(
+        state.as_ref().is_some_and(|s| !s.applying),
+        "paused yet applying: {state:?}"
+    );
+    assert!(
+        replica.engine().drain(WAIT).await.is_err(),
+        "a paused replica drained"
+    );
+    assert_eq!(replica.engine().latest_position().await.unwrap(), paused_at);
+    replica.engine().resume_replication(false).await.unwrap();
+    let second = master.engine().latest_position().await.unwrap();
+    replica
+        .engine()
+        .wait_for_position(&second, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(replica.count(), 2);
+
+    // Paused at a position: applies row 3, not row 4.
+    replica.engine().pause_replication(None).await.unwrap();
+    master.write(3);
+    let third = master.engine().latest_position().await.unwrap();
+    master.write(4);
+    replica
+        .engine()
+        .pause_replication(Some(&third))
+        .await
+        .unwrap();
+    replica
+        .engine()
+        .wait_for_position(&third, WAIT)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(replica.count(), 3, "it went past its stop position");
+    // A position it passed: refused.
+    assert!(replica
+        .engine()
+        .pause_replication(Some(&first))
+        .await
+        .is_err());
+    replica.engine().resume_replication(false).await.unwrap();
+    let fourth = master.engine().latest_position().await.unwrap();
+    replica
+        .engine()
+        .wait_for_position(&fourth, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(replica.count(), 4);
 }
 
 /// Waiting for a position the server will not reach ends at its limit with an error.
@@ -198,6 +267,10 @@ macro_rules! engine_suite {
         #[tokio::test]
         async fn a_detached_replica_is_standalone_with_its_data() {
             engine_suite::a_detached_replica_is_standalone_with_its_data::<$subject>().await
+        }
+        #[tokio::test]
+        async fn a_paused_replica_applies_nothing_until_resumed() {
+            engine_suite::a_paused_replica_applies_nothing_until_resumed::<$subject>().await
         }
         #[tokio::test]
         async fn a_replica_is_never_made_writable() {

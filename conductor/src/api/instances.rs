@@ -84,7 +84,11 @@ pub async fn list_metadata(
 ) -> Result<Json<BTreeMap<String, String>>, ApiError> {
     let id = parse_id(&id)?;
     known_instance(&c, &id)?;
-    Ok(Json(c.store.metadata(&id)?.into_iter().collect()))
+    let mut all: BTreeMap<String, String> = c.store.metadata(&id)?.into_iter().collect();
+    all.extend(crate::metadata::from_engine(
+        c.registry.report(&id).as_ref(),
+    ));
+    Ok(Json(all))
 }
 
 #[utoipa::path(get, path = "/v1/instances/{id}/metadata/{key}", tag = "metadata", params(("id" = String, Path), ("key" = String, Path)), responses((status = 200, body = MetadataEntry), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -94,7 +98,14 @@ pub async fn get_metadata(
 ) -> Result<Json<MetadataEntry>, ApiError> {
     let id = parse_id(&id)?;
     known_instance(&c, &id)?;
-    let value = c.store.metadata(&id)?.into_iter().find(|(k, _)| *k == key);
+    let value = c
+        .store
+        .metadata(&id)?
+        .into_iter()
+        .chain(crate::metadata::from_engine(
+            c.registry.report(&id).as_ref(),
+        ))
+        .find(|(k, _)| *k == key);
     match value {
         Some((key, value)) => Ok(Json(MetadataEntry { key, value })),
         None => Err(not_found(format!(
@@ -127,6 +138,9 @@ pub async fn delete_metadata(
 ) -> Result<Json<Deleted>, ApiError> {
     let id = parse_id(&id)?;
     known_instance(&c, &id)?;
+    if crate::metadata::READ_ONLY.contains(&key.as_str()) {
+        return Err(bad_request(crate::metadata::read_only(&key)));
+    }
     if c.store.delete_metadata(&id, &key)? {
         Ok(Json(Deleted { deleted: key }))
     } else {

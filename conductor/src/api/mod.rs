@@ -22,6 +22,7 @@ mod auth;
 mod backups;
 mod enrolment;
 mod instances;
+mod replicas;
 mod sets;
 mod workflows;
 
@@ -50,6 +51,18 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         .route(
             "/v1/sets/{id}/replicas/{instance}",
             delete(sets::detach_replica),
+        )
+        .route(
+            "/v1/sets/{id}/replicas/{instance}/pause",
+            post(replicas::pause),
+        )
+        .route(
+            "/v1/sets/{id}/replicas/{instance}/resume",
+            post(replicas::resume),
+        )
+        .route(
+            "/v1/sets/{id}/replicas/{instance}/delay",
+            post(replicas::delay),
         )
         .route("/v1/sets/{id}/switchover", post(sets::switchover))
         .route("/v1/sets/{id}/failover", post(sets::failover))
@@ -109,6 +122,9 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         sets::create,
         sets::add_replica,
         sets::detach_replica,
+        replicas::pause,
+        replicas::resume,
+        replicas::delay,
         sets::switchover,
         sets::failover,
         sets::failover_control,
@@ -141,6 +157,10 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         tandem_api::SetView,
         tandem_api::CreateSet,
         tandem_api::AddReplica,
+        tandem_api::PauseReplica,
+        tandem_api::DelayReplica,
+        tandem_api::ReplicaOptions,
+        tandem_api::Pause,
         tandem_api::SeedMethod,
         tandem_api::Switchover,
         tandem_api::Failover,

@@ -17,7 +17,7 @@ use tandem_proto::{BackupId, InstanceId, ReplicaSetId, Timestamp};
 use super::{
     bad_request, body, conflict, not_found, parse_id, parse_set, unknown_instance, ApiError,
 };
-use crate::store::ReplicaSet;
+use crate::store::{ReplicaOptions, ReplicaSet};
 use crate::workflow::provision::Seed;
 use crate::workflow::{start_for_operator, Spec};
 use crate::Conductor;
@@ -31,8 +31,7 @@ fn view(c: &Conductor, set: ReplicaSet) -> SetView {
         .iter()
         .map(|m| {
             let report = c.registry.report(&m.instance);
-            let drift =
-                crate::decide::drift::drift(m, report.as_ref(), c.intended_delay_s(&m.instance));
+            let drift = crate::decide::drift::drift(m, report.as_ref());
             let r = report.as_ref();
             MemberView {
                 instance: m.instance.clone(),
@@ -47,6 +46,8 @@ fn view(c: &Conductor, set: ReplicaSet) -> SetView {
                 diverged: r
                     .and_then(|r| r.replication.as_ref())
                     .and_then(|s| s.diverged.clone()),
+                applying: r.and_then(|r| r.replication.as_ref()).map(|s| s.applying),
+                engine_delay_s: r.and_then(|r| r.replication.as_ref()).map(|s| s.delay_s),
                 fencing_hazards: r.map(|r| r.fencing_hazards.clone()).unwrap_or_default(),
                 restart_needed: r.map(|r| r.restart_needed.clone()).unwrap_or_default(),
                 failsafe: r.and_then(|r| r.failsafe.clone()),
@@ -87,7 +88,7 @@ pub async fn get_one(
 }
 
 /// The set `id`, or a 404 that names it.
-fn existing(c: &Conductor, id: &ReplicaSetId) -> Result<ReplicaSet, ApiError> {
+pub(super) fn existing(c: &Conductor, id: &ReplicaSetId) -> Result<ReplicaSet, ApiError> {
     c.store
         .set(id)?
         .ok_or_else(|| not_found(format!("no replica set {id}")))
@@ -117,12 +118,12 @@ fn replica_of(set: &ReplicaSet, candidate: &InstanceId) -> Result<(), ApiError> 
     )))
 }
 
-fn accepted(row: WorkflowRow) -> (StatusCode, Json<WorkflowRow>) {
+pub(super) fn accepted(row: WorkflowRow) -> (StatusCode, Json<WorkflowRow>) {
     (StatusCode::ACCEPTED, Json(row))
 }
 
-type Accepted = Result<(StatusCode, Json<WorkflowRow>), ApiError>;
-type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+pub(super) type Accepted = Result<(StatusCode, Json<WorkflowRow>), ApiError>;
+pub(super) type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 #[utoipa::path(post, path = "/v1/sets", tag = "sets", request_body = CreateSet, responses((status = 202, description = "the workflow that creates it", body = WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create(State(c): State<Arc<Conductor>>, b: JsonBody<CreateSet>) -> Accepted {
@@ -164,6 +165,10 @@ pub async fn add_replica(
         ));
     }
     let set = existing(&c, &id)?;
+    let options = ReplicaOptions {
+        delay_s: super::replicas::valid_delay(req.delay_s)?,
+        paused: None,
+    };
     let seeded = req.seed != SeedMethod::None;
     let mut instances: Vec<InstanceId> = Vec::new();
     for i in names {
@@ -191,7 +196,11 @@ pub async fn add_replica(
             let [instance] = <[InstanceId; 1]>::try_from(instances).map_err(|_| {
                 bad_request("several replicas at once need a seed method (stream, backup or auto)")
             })?;
-            let spec = Spec::Attach { set: id, instance };
+            let spec = Spec::Attach {
+                set: id,
+                instance,
+                options,
+            };
             return Ok(accepted(start_for_operator(&c, spec, BY).await?));
         }
         SeedMethod::Stream => stream_from(&set, req.from)?,
@@ -225,6 +234,7 @@ pub async fn add_replica(
         set: id,
         instances,
         seed,
+        options,
     };
     Ok(accepted(start_for_operator(&c, spec, BY).await?))
 }
@@ -299,6 +309,18 @@ pub async fn switchover(
     let req = body(b, r#"{"candidate": "<instance>"}"#)?;
     let set = existing(&c, &id)?;
     replica_of(&set, &req.candidate)?;
+    if let Some(why) = set
+        .members
+        .iter()
+        .find(|m| m.instance == req.candidate)
+        .and_then(|m| m.options.never_promoted())
+    {
+        return Err(bad_request(format!(
+            "{} is never promoted: {why}; resume it or catch it up first \
+             (`tandem replica resume|catch-up {id} {}`)",
+            req.candidate, req.candidate
+        )));
+    }
     if let Some(ms) = req.catch_up_timeout_ms {
         if !(100..=3_600_000).contains(&ms) {
             return Err(bad_request(

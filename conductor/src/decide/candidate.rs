@@ -42,8 +42,8 @@ pub struct Drained {
     pub rule: PromotionRule,
     /// Instance metadata `failover_priority`: higher is preferred among equals.
     pub priority: i64,
-    /// Instance metadata `replication_delay_s` > 0: a delayed replica, never promoted.
-    pub delayed: bool,
+    /// Why an operator's options keep it from promotion (paused, delayed), when they do.
+    pub held_back: Option<String>,
     /// Its history split from the master's (a transaction written on it, or one it
     /// could not apply): never promoted, not even by force, and never a source.
     pub diverged: Option<String>,
@@ -77,9 +77,9 @@ pub fn choose(
                 "diverged: {}",
                 d.diverged.as_deref().unwrap_or_default()
             )),
+            _ if d.held_back.is_some() => d.held_back.clone(),
             Err(e) => Some(format!("not drained: {e}")),
             Ok(_) if d.rule == PromotionRule::MustNot => Some("promotion_rule must_not".into()),
-            Ok(_) if d.delayed => Some("a delayed replica".into()),
             Ok(_) if d.lag_s.is_some_and(|l| l > max_lag_s) => Some(format!(
                 "lagged {:.1} s, more than max_lag_s {max_lag_s}",
                 d.lag_s.unwrap_or_default()
@@ -197,7 +197,7 @@ mod tests {
             lag_s: Some(0.1),
             rule: PromotionRule::Neutral,
             priority: 0,
-            delayed: false,
+            held_back: None,
             diverged: None,
         }
     }
@@ -221,9 +221,23 @@ mod tests {
         // The most advanced is never promotable: the next best that contains the rest.
         let mut d2 = d.clone();
         d2[1].rule = PromotionRule::MustNot;
-        d2[2].delayed = true;
+        d2[2].held_back = Some("a delayed replica (3600 s)".into());
         let c = choose(&d2, "a", 30.0, None, false).unwrap();
         assert_eq!(c.candidate, i("db-2"));
+        assert!(c
+            .excluded
+            .iter()
+            .any(|(r, why)| r == &d2[2].instance && why == "a delayed replica (3600 s)"));
+
+        // A paused replica: its drain was refused, and it is excluded for its pause.
+        let mut d5 = d.clone();
+        d5[2].held_back = Some("paused by an operator".into());
+        d5[2].position = Err("its applier is paused".into());
+        let c = choose(&d5, "a", 30.0, None, false).unwrap();
+        assert!(c
+            .excluded
+            .iter()
+            .any(|(r, why)| r == &d5[2].instance && why == "paused by an operator"));
 
         // A lagging replica is never chosen.
         let mut d3 = d.clone();

@@ -3,13 +3,13 @@
 //! it, raised as events, and closed by the detector's re-point workflow when that is
 //! safe.
 
-use tandem_proto::{Health, InstanceId, StatusReport};
+use tandem_proto::{Health, InstanceId, ReplicationState, StatusReport};
 
 use crate::store::{IntendedRole, Member};
 
-/// Every difference between `m`'s intent (and its intended replication delay) and
-/// what its agent last reported; empty when they agree.
-pub fn drift(m: &Member, report: Option<&StatusReport>, intended_delay_s: u64) -> Vec<String> {
+/// Every difference between `m`'s intent (its source, writability and replica options)
+/// and what its agent last reported; empty when they agree.
+pub fn drift(m: &Member, report: Option<&StatusReport>) -> Vec<String> {
     let mut drift = Vec::new();
     let Some(r) = report else {
         drift.push("no status report yet".to_string());
@@ -38,33 +38,56 @@ pub fn drift(m: &Member, report: Option<&StatusReport>, intended_delay_s: u64) -
     }
     if m.role == IntendedRole::Replica {
         if let Some(state) = &r.replication {
-            if state.delay_s != intended_delay_s {
-                drift.push(format!(
-                    "replication delay: wanted {intended_delay_s} s, engine says {} s",
-                    state.delay_s
-                ));
-            }
+            drift.extend(options_drift(m, state));
         }
     }
     drift
 }
 
+/// How a replica's engine differs from its options: the delay it applies with, and
+/// whether it applies at all (an operator's pause; a pause with a stop position applies
+/// until it gets there, so only a pause without one must not be applying).
+fn options_drift(m: &Member, state: &ReplicationState) -> Vec<String> {
+    let mut drift = Vec::new();
+    let wanted = m.options.delay_s;
+    if state.delay_s != wanted {
+        drift.push(format!(
+            "replication delay: wanted {wanted} s, engine says {} s",
+            state.delay_s
+        ));
+    }
+    let stopped = !state.receiving && !state.applying;
+    let broken = state.last_apply_error.is_some() || state.last_receive_error.is_some();
+    match &m.options.paused {
+        Some(p) if p.until.is_none() && state.applying => {
+            drift.push("paused: wanted, engine applies".into())
+        }
+        None if stopped && !broken && state.diverged.is_none() => {
+            drift.push("replicating: wanted, engine stopped (not paused by the conductor)".into())
+        }
+        _ => {}
+    }
+    drift
+}
+
 /// Whether the drift of a replica is one the re-point workflow closes: its engine is
-/// up and it replicates from the wrong source, from none, or with the wrong delay, and
-/// it is not diverged (a diverged one is quarantined instead).
-pub fn repointable(m: &Member, report: &StatusReport, intended_delay_s: u64) -> bool {
+/// up and it replicates from the wrong source, from none, with the wrong delay, or
+/// paused when it should not be (or the other way round), and it is not diverged (a
+/// diverged one is quarantined instead).
+pub fn repointable(m: &Member, report: &StatusReport) -> bool {
     let state = report.replication.as_ref();
     m.role == IntendedRole::Replica
         && matches!(report.health, Health::Healthy | Health::Degraded)
         && state.is_none_or(|s| s.diverged.is_none())
         && (report.replicates_from != m.replicates_from
-            || state.is_some_and(|s| s.delay_s != intended_delay_s))
+            || state.is_some_and(|s| !options_drift(m, s).is_empty()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_proto::{ReplicationState, Role};
+    use tandem_api::{Pause, ReplicaOptions};
+    use tandem_proto::Role;
 
     fn replica_of(master: &str) -> Member {
         Member {
@@ -72,6 +95,7 @@ mod tests {
             role: IntendedRole::Replica,
             replicates_from: Some(master.parse().unwrap()),
             writable: false,
+            options: ReplicaOptions::default(),
         }
     }
 
@@ -147,14 +171,54 @@ mod tests {
             ),
         ];
         for (r, delay, expected, repoint) in cases {
-            assert_eq!(drift(&m, Some(r), *delay), *expected, "{r:?}");
-            assert_eq!(repointable(&m, r, *delay), *repoint, "{r:?}");
+            let mut m = m.clone();
+            m.options.delay_s = *delay;
+            assert_eq!(drift(&m, Some(r),), *expected, "{r:?}");
+            assert_eq!(repointable(&m, r), *repoint, "{r:?}");
         }
         // Only a replica is ever re-pointed.
         let mut master = replica_of("db-1");
         master.role = IntendedRole::Master;
         master.replicates_from = None;
-        assert!(!repointable(&master, &cases[1].0, 0));
-        assert_eq!(drift(&m, None, 0), ["no status report yet"]);
+        assert!(!repointable(&master, &cases[1].0));
+        assert_eq!(drift(&m, None), ["no status report yet"]);
+    }
+
+    #[test]
+    fn a_pause_is_kept_and_only_an_intended_one_is_left_alone() {
+        let stopped = |r: &mut StatusReport| {
+            let s = r.replication.as_mut().unwrap();
+            s.receiving = false;
+            s.applying = false;
+        };
+        let running = report(Some("db-1"), 0, false, Health::Healthy);
+        let mut halted = running.clone();
+        stopped(&mut halted);
+
+        let mut paused = replica_of("db-1");
+        paused.options.paused = Some(Pause {
+            until: None,
+            since: tandem_proto::Timestamp(1),
+        });
+        assert!(drift(&paused, Some(&halted)).is_empty());
+        assert_eq!(
+            drift(&paused, Some(&running)),
+            ["paused: wanted, engine applies"]
+        );
+        assert!(repointable(&paused, &running));
+
+        // Paused at a position: it applies until it gets there.
+        let mut until = paused.clone();
+        until.options.paused.as_mut().unwrap().until =
+            Some(tandem_proto::Position::Gtid("0-1-9".parse().unwrap()));
+        assert!(drift(&until, Some(&running)).is_empty());
+
+        // Not paused by the conductor, yet stopped without an error: started again.
+        let plain = replica_of("db-1");
+        assert_eq!(
+            drift(&plain, Some(&halted)),
+            ["replicating: wanted, engine stopped (not paused by the conductor)"]
+        );
+        assert!(repointable(&plain, &halted));
     }
 }

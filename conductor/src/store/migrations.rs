@@ -18,10 +18,11 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "the schema when versioning began",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "the schema when versioning began",
+        sql: "
 CREATE TABLE IF NOT EXISTS instances (
     id TEXT PRIMARY KEY,
     zone TEXT NOT NULL,
@@ -139,7 +140,24 @@ CREATE TABLE IF NOT EXISTS journal (
     PRIMARY KEY (workflow_id, seq)
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "replica options (delay, pause) on members; the delay out of metadata",
+        sql: "
+ALTER TABLE members ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+-- The metadata marker `replication_delay_s` was the intended delay: it becomes the
+-- replica's option, and metadata shows the option from now on.
+UPDATE members SET options = json_object('delay_s', (
+    SELECT CAST(value AS INTEGER) FROM metadata
+    WHERE metadata.instance = members.instance AND key = 'replication_delay_s'))
+WHERE role = 'replica' AND EXISTS (
+    SELECT 1 FROM metadata WHERE metadata.instance = members.instance
+    AND key = 'replication_delay_s' AND CAST(value AS INTEGER) > 0);
+DELETE FROM metadata WHERE key = 'replication_delay_s';
+",
+    },
+];
 
 /// The newest schema this conductor knows.
 pub fn newest() -> u32 {
@@ -230,6 +248,41 @@ mod tests {
             })
             .unwrap();
         assert_eq!(epoch, 7);
+    }
+
+    #[test]
+    fn a_delay_kept_as_metadata_becomes_the_replicas_option() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0].sql).unwrap();
+        conn.execute_batch(
+            "INSERT INTO replica_sets (id, epoch, master, created_at) VALUES ('s1', 7, 'db-1', 1);
+             INSERT INTO members VALUES ('db-1', 's1', 'master', NULL, 1);
+             INSERT INTO members VALUES ('db-2', 's1', 'replica', 'db-1', 0);
+             INSERT INTO members VALUES ('db-3', 's1', 'replica', 'db-1', 0);
+             INSERT INTO metadata VALUES ('db-2', 'replication_delay_s', '3600');
+             INSERT INTO metadata VALUES ('db-2', 'promotion_rule', 'prefer');",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let options = |i: &str| -> String {
+            conn.query_row(
+                "SELECT options FROM members WHERE instance = ?1",
+                [i],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let db2: tandem_api::ReplicaOptions = serde_json::from_str(&options("db-2")).unwrap();
+        assert_eq!(db2.delay_s, 3600);
+        assert_eq!(options("db-3"), "{}");
+        let left: Vec<String> = conn
+            .prepare("SELECT key FROM metadata")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(left, ["promotion_rule"]);
     }
 
     #[test]

@@ -11,7 +11,8 @@ pub mod sqlite;
 
 use serde::{Deserialize, Serialize};
 pub use tandem_api::{
-    ApiRequest, FailoverState, IntendedRole, JournalEntry, Member, WorkflowRow, WorkflowState,
+    ApiRequest, FailoverState, IntendedRole, JournalEntry, Member, ReplicaOptions, WorkflowRow,
+    WorkflowState,
 };
 use tandem_proto::{Epoch, InstanceId, ReplicaSetId, Timestamp};
 use tandem_transport::identity::PublicKey;
@@ -65,6 +66,12 @@ impl ReplicaSet {
 pub enum TopologyChange {
     AddReplica {
         instance: InstanceId,
+        options: ReplicaOptions,
+    },
+    /// A replica's options (delay, pause) change.
+    SetOptions {
+        instance: InstanceId,
+        options: ReplicaOptions,
     },
     RemoveReplica {
         instance: InstanceId,
@@ -92,7 +99,12 @@ pub enum TopologyChange {
 impl std::fmt::Display for TopologyChange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TopologyChange::AddReplica { instance } => write!(f, "store: add replica {instance}"),
+            TopologyChange::AddReplica { instance, .. } => {
+                write!(f, "store: add replica {instance}")
+            }
+            TopologyChange::SetOptions { instance, options } => {
+                write!(f, "store: options of {instance}: {options}")
+            }
             TopologyChange::RemoveReplica { instance } => {
                 write!(f, "store: remove replica {instance}")
             }

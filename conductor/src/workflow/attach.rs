@@ -5,13 +5,18 @@
 use tandem_proto::{Command, InstanceId};
 
 use super::{Ctx, Outcome, StepError};
-use crate::store::TopologyChange;
+use crate::store::{ReplicaOptions, TopologyChange};
 
-pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, StepError> {
+pub async fn run(
+    ctx: &mut Ctx<'_>,
+    instance: &InstanceId,
+    options: &ReplicaOptions,
+) -> Result<Outcome, StepError> {
     let set = ctx.apply(
         "add to the set",
         TopologyChange::AddReplica {
             instance: instance.clone(),
+            options: options.clone(),
         },
     )?;
     let (master, epoch) = (set.master.clone(), set.epoch);

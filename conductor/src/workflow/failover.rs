@@ -183,7 +183,12 @@ pub async fn run(
         }
     }
 
-    // Step 2.
+    // Step 2. Replicas an operator paused or delayed are never candidates.
+    let held_back: HashMap<InstanceId, Option<String>> = set
+        .members
+        .iter()
+        .map(|m| (m.instance.clone(), m.options.never_promoted()))
+        .collect();
     let decision: Decision = ctx.decide("choose the candidate", failed, epoch, |c| {
         let old = c.registry.report(failed);
         let master_zone = old.as_ref().map(|r| r.zone.clone()).unwrap_or_default();
@@ -219,10 +224,7 @@ pub async fn run(
                         .get("failover_priority")
                         .and_then(|p| p.parse().ok())
                         .unwrap_or(0),
-                    delayed: meta
-                        .get("replication_delay_s")
-                        .and_then(|d| d.parse::<f64>().ok())
-                        .is_some_and(|d| d > 0.0),
+                    held_back: held_back.get(instance).cloned().flatten(),
                     diverged: diverged.clone().or(reported_diverged),
                 }
             })
@@ -251,9 +253,10 @@ pub async fn run(
                 .iter()
                 .filter_map(|d| Some((d.instance.clone(), d.diverged.clone()?)))
                 .collect(),
+            // A paused or delayed replica refuses the drain; it follows the new master.
             not_drained: candidates
                 .iter()
-                .filter(|d| d.diverged.is_none())
+                .filter(|d| d.diverged.is_none() && d.held_back.is_none())
                 .filter_map(|d| Some((d.instance.clone(), d.position.clone().err()?)))
                 .collect(),
         })

@@ -18,6 +18,7 @@ mod failover;
 mod failsafe;
 pub mod provision;
 mod quarantine;
+mod reconfigure;
 mod rejoin;
 mod repoint;
 mod semi_sync;
@@ -86,7 +87,9 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
     let mut ctx = Ctx::new(&c, &wf);
     let result = match &spec {
         Spec::CreateSet { master, .. } => create_set::run(&mut ctx, master).await,
-        Spec::Attach { instance, .. } => attach::run(&mut ctx, instance).await,
+        Spec::Attach {
+            instance, options, ..
+        } => attach::run(&mut ctx, instance, options).await,
         Spec::Detach { instance, .. } => detach::run(&mut ctx, instance).await,
         Spec::Switchover {
             candidate,
@@ -96,8 +99,14 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
             ..
         } => switchover::run(&mut ctx, candidate, from, *epoch, *catch_up_timeout_ms).await,
         Spec::Provision {
-            instances, seed, ..
-        } => provision::run(&mut ctx, instances, seed).await,
+            instances,
+            seed,
+            options,
+            ..
+        } => provision::run(&mut ctx, instances, seed, options).await,
+        Spec::Reconfigure {
+            instance, options, ..
+        } => reconfigure::run(&mut ctx, instance, options).await,
         Spec::Failover {
             failed,
             candidate,

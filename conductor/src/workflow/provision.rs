@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tandem_proto::{Command, InstanceId, Position, ReplyBody, RestoreRequest, Secret, SeedSource};
 
 use super::{Ctx, Outcome, StepError};
-use crate::store::{IntendedRole, TopologyChange};
+use crate::store::{IntendedRole, ReplicaOptions, TopologyChange};
 
 pub use tandem_api::Seed;
 
@@ -19,6 +19,7 @@ pub async fn run(
     ctx: &mut Ctx<'_>,
     instances: &[InstanceId],
     seed: &Seed,
+    options: &ReplicaOptions,
 ) -> Result<Outcome, StepError> {
     // No step touches the new instances before their copy is complete: the agent
     // installs it read-only, so a failed seeding leaves them exactly as they were.
@@ -96,7 +97,7 @@ pub async fn run(
                 continue;
             }
         };
-        match join(ctx, instance, position).await {
+        match join(ctx, instance, position, options).await {
             Ok(()) => attached.push(instance.to_string()),
             Err(e) => failures.push(format!("{instance}: {e}")),
         }
@@ -126,6 +127,7 @@ async fn join(
     ctx: &mut Ctx<'_>,
     instance: &InstanceId,
     position: Position,
+    options: &ReplicaOptions,
 ) -> Result<(), StepError> {
     let quarantined = ctx
         .set()?
@@ -141,9 +143,21 @@ async fn join(
         } else {
             TopologyChange::AddReplica {
                 instance: instance.clone(),
+                options: options.clone(),
             }
         },
     )?;
+    let set = if quarantined && options != &ReplicaOptions::default() {
+        ctx.apply(
+            &format!("the options of {instance}"),
+            TopologyChange::SetOptions {
+                instance: instance.clone(),
+                options: options.clone(),
+            },
+        )?
+    } else {
+        set
+    };
     let attached = ctx
         .attach_to(
             &format!("attach {instance} at {position}"),

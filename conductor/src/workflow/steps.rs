@@ -5,6 +5,7 @@
 use tandem_proto::{Command, Epoch, InstanceId, ReplyBody, Sealed, Secret, SourceEndpoint};
 
 use super::{Ctx, StepError};
+use crate::store::ReplicaOptions;
 
 impl Ctx<'_> {
     /// The set's semi-synchronous replication, for the commands that give roles.
@@ -129,8 +130,21 @@ impl Ctx<'_> {
         left_behind
     }
 
+    /// The options of `replica` in the set (the defaults for a server not in it yet).
+    pub fn options_of(&self, replica: &InstanceId) -> Result<ReplicaOptions, StepError> {
+        Ok(self
+            .set()?
+            .members
+            .into_iter()
+            .find(|m| &m.instance == replica)
+            .map(|m| m.options)
+            .unwrap_or_default())
+    }
+
     /// Gives `replica` its own replication account on `source` and attaches it there
-    /// (two journaled steps, named after `what`).
+    /// with its options: its delay, acknowledging to a semi-sync master only when it
+    /// could be promoted, and attached paused when an operator paused it (two journaled
+    /// steps, named after `what`).
     pub async fn attach_to(
         &mut self,
         what: &str,
@@ -139,6 +153,7 @@ impl Ctx<'_> {
         epoch: Epoch,
         position: Option<tandem_proto::Position>,
     ) -> Result<ReplyBody, StepError> {
+        let options = self.options_of(replica)?;
         let endpoint = self.endpoint(source)?;
         let credentials = self
             .replication_credentials(&format!("{what}: replication user"), source, replica, epoch)
@@ -151,8 +166,12 @@ impl Ctx<'_> {
                 source: endpoint,
                 credentials,
                 position,
-                semi_sync: self.semi_sync()?.is_some(),
-                delay_s: self.c.intended_delay_s(replica),
+                semi_sync: self.semi_sync()?.is_some() && options.acknowledges(),
+                delay_s: options.delay_s,
+                // Attached paused: nothing is applied on the way to the new source.
+                paused: options
+                    .paused
+                    .map(|p| tandem_proto::Paused { until: p.until }),
             },
         )
         .await

@@ -128,9 +128,19 @@ impl Client {
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let r = self
-            .with_token(self.agent.get(format!("{}{path}", self.base)))
-            .call();
+        let call = || {
+            self.with_token(self.agent.get(format!("{}{path}", self.base)))
+                .call()
+        };
+        // A GET is safe to repeat: a kept-alive connection the server closed just as
+        // it was reused fails once ("Peer disconnected"); a second try opens a new one.
+        let r = match call() {
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(100));
+                call()
+            }
+            ok => ok,
+        };
         self.answer(path, r)
     }
 
@@ -215,6 +225,34 @@ impl Client {
     }
     pub fn detach(&self, set: &str, instance: &InstanceId) -> Result<WorkflowRow> {
         self.delete(&format!("/v1/sets/{}/replicas/{instance}", seg(set)))
+    }
+    pub fn pause_replica(
+        &self,
+        set: &str,
+        instance: &InstanceId,
+        request: &PauseReplica,
+    ) -> Result<WorkflowRow> {
+        self.post(
+            &format!("/v1/sets/{}/replicas/{instance}/pause", seg(set)),
+            request,
+        )
+    }
+    pub fn resume_replica(&self, set: &str, instance: &InstanceId) -> Result<WorkflowRow> {
+        self.post(
+            &format!("/v1/sets/{}/replicas/{instance}/resume", seg(set)),
+            &(),
+        )
+    }
+    pub fn delay_replica(
+        &self,
+        set: &str,
+        instance: &InstanceId,
+        request: &DelayReplica,
+    ) -> Result<WorkflowRow> {
+        self.post(
+            &format!("/v1/sets/{}/replicas/{instance}/delay", seg(set)),
+            request,
+        )
     }
     pub fn switchover(&self, set: &str, request: &Switchover) -> Result<WorkflowRow> {
         self.post(&format!("/v1/sets/{}/switchover", seg(set)), request)

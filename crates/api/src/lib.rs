@@ -28,8 +28,9 @@ pub use instances::{
     MetadataValue, PingResult,
 };
 pub use sets::{
-    AddReplica, CreateSet, Failover, FailoverAction, FailoverState, FailoverView, IntendedRole,
-    Member, MemberView, SeedMethod, SemiSyncRequest, SetView, Switchover, Verdict,
+    AddReplica, CreateSet, DelayReplica, Failover, FailoverAction, FailoverState, FailoverView,
+    IntendedRole, Member, MemberView, Pause, PauseReplica, ReplicaOptions, SeedMethod,
+    SemiSyncRequest, SetView, Switchover, Verdict, MAX_DELAY_S,
 };
 pub use workflows::{
     ApiRequest, FailoverSummary, JournalEntry, Seed, StepOutcome, WorkflowDetail, WorkflowKind,

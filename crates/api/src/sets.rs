@@ -41,6 +41,76 @@ pub struct Member {
     #[schema(value_type = Option<String>)]
     pub replicates_from: Option<InstanceId>,
     pub writable: bool,
+    /// How a replica replicates (delay, pause); the defaults for any other member.
+    #[serde(default)]
+    pub options: ReplicaOptions,
+}
+
+/// The longest replication delay a replica may be given: a week.
+pub const MAX_DELAY_S: u64 = 7 * 24 * 3600;
+
+/// How one replica replicates, beyond where from. Chosen when it is added, changed by
+/// a workflow (`tandem replica pause|resume|delay|catch-up`). A replica with any of
+/// these is never promoted and acknowledges nothing to a semi-synchronous master.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReplicaOptions {
+    /// Each transaction is applied this many seconds after its source wrote it (a
+    /// guard against a bad statement); 0 for none.
+    #[serde(default)]
+    pub delay_s: u64,
+    /// Stopped by an operator: nothing is applied until it is resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Pause>,
+}
+
+impl ReplicaOptions {
+    /// Why a replica with these options is never promoted, when it is not.
+    pub fn never_promoted(&self) -> Option<String> {
+        if let Some(p) = &self.paused {
+            return Some(match &p.until {
+                Some(until) => format!("paused by an operator (at {until})"),
+                None => "paused by an operator".into(),
+            });
+        }
+        (self.delay_s > 0).then(|| format!("a delayed replica ({} s)", self.delay_s))
+    }
+
+    /// Whether such a replica acknowledges to a semi-synchronous master: only one that
+    /// could be promoted, so that an acknowledged write is on a possible successor.
+    pub fn acknowledges(&self) -> bool {
+        self.never_promoted().is_none()
+    }
+}
+
+impl std::fmt::Display for ReplicaOptions {
+    /// `delay 3600 s, paused until 0-1-42`; `as any replica` for the defaults.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if self.delay_s > 0 {
+            parts.push(format!("delay {} s", self.delay_s));
+        }
+        match &self.paused {
+            Some(Pause { until: Some(p), .. }) => parts.push(format!("paused at {p}")),
+            Some(Pause { until: None, .. }) => parts.push("paused".into()),
+            None => {}
+        }
+        if parts.is_empty() {
+            f.write_str("as any replica")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
+
+/// An operator's pause of a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Pause {
+    /// Where it stops: it applies up to here first (absent: where it stood).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub until: Option<Position>,
+    #[schema(value_type = u64)]
+    pub since: Timestamp,
 }
 
 /// A set's automatic failover switches and anti-flapping memory.
@@ -127,6 +197,13 @@ pub struct MemberView {
     pub fenced: bool,
     /// Why this replica's history split from the master's, when it did.
     pub diverged: Option<String>,
+    /// Whether its engine applies what it receives (false: paused, or stopped by an
+    /// error); absent for a server that is not replicating.
+    #[serde(default)]
+    pub applying: Option<bool>,
+    /// The delay its engine applies, in seconds (the intent is `intended.options`).
+    #[serde(default)]
+    pub engine_delay_s: Option<u64>,
     /// Accounts that can write through read-only on this engine.
     pub fencing_hazards: Vec<String>,
     /// Managed settings waiting for an engine restart.
@@ -230,6 +307,32 @@ pub struct AddReplica {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub backup: Option<BackupId>,
+    /// A delayed replica: each transaction applied this many seconds late.
+    #[serde(default)]
+    pub delay_s: u64,
+}
+
+/// `POST /v1/sets/{id}/replicas/{instance}/pause`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PauseReplica {
+    /// Apply up to this position first, then stop there (e.g. just before a bad
+    /// transaction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub until: Option<Position>,
+    /// Pause even the last replica acknowledging to a semi-synchronous master (the
+    /// master then falls back to asynchronous replication).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/sets/{id}/replicas/{instance}/delay`; a delay of 0 is a catch-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DelayReplica {
+    pub delay_s: u64,
+    /// Delay even the last replica acknowledging to a semi-synchronous master.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `POST /v1/sets/{id}/switchover`.

@@ -45,10 +45,22 @@ fn a_specs_kind_is_its_tag() {
         },
         WorkflowSpec::RestoreWrites { set: set.clone() },
         WorkflowSpec::Provision {
-            set,
-            instances: vec![db],
+            set: set.clone(),
+            instances: vec![db.clone()],
             seed: Seed::Backup {
                 backup_id: "b".parse().unwrap(),
+            },
+            options: ReplicaOptions::default(),
+        },
+        WorkflowSpec::Reconfigure {
+            set,
+            instance: db,
+            options: ReplicaOptions {
+                delay_s: 60,
+                paused: Some(Pause {
+                    until: Some(tandem_proto::Position::Gtid("0-1-9".parse().unwrap())),
+                    since: tandem_proto::Timestamp(5),
+                }),
             },
         },
     ];
@@ -134,4 +146,37 @@ fn a_backup_list_reads_back() {
     let json = serde_json::to_string(&list).unwrap();
     assert!(json.contains("\"db-1-17\":"), "{json}");
     assert_eq!(serde_json::from_str::<BackupList>(&json).unwrap(), list);
+}
+
+#[test]
+fn a_replica_with_a_pause_or_a_delay_is_never_promoted_nor_acknowledges() {
+    let plain = ReplicaOptions::default();
+    assert!(plain.acknowledges() && plain.never_promoted().is_none());
+    assert_eq!(plain.to_string(), "as any replica");
+    let delayed = ReplicaOptions {
+        delay_s: 60,
+        paused: None,
+    };
+    assert_eq!(
+        delayed.never_promoted().as_deref(),
+        Some("a delayed replica (60 s)")
+    );
+    assert!(!delayed.acknowledges());
+    let paused = ReplicaOptions {
+        delay_s: 0,
+        paused: Some(Pause {
+            until: None,
+            since: tandem_proto::Timestamp(1),
+        }),
+    };
+    assert_eq!(
+        paused.never_promoted().as_deref(),
+        Some("paused by an operator")
+    );
+    // A member stored before options existed reads as a plain replica.
+    let member: Member = serde_json::from_str(
+        r#"{"instance": "db-2", "role": "replica", "replicates_from": "db-1", "writable": false}"#,
+    )
+    .unwrap();
+    assert_eq!(member.options, plain);
 }

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use tandem_proto::{BackupId, CommandError, Epoch, InstanceId, MessageId, ReplicaSetId, Timestamp};
 
+use crate::ReplicaOptions;
+
 /// How new replicas get their data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
@@ -28,6 +30,8 @@ pub enum WorkflowSpec {
     Attach {
         set: ReplicaSetId,
         instance: InstanceId,
+        #[serde(default)]
+        options: ReplicaOptions,
     },
     /// A replica leaves the set and becomes an independent writable server.
     Detach {
@@ -52,6 +56,8 @@ pub enum WorkflowSpec {
         set: ReplicaSetId,
         instances: Vec<InstanceId>,
         seed: Seed,
+        #[serde(default)]
+        options: ReplicaOptions,
     },
     /// The master is lost: a replica takes its place (automatic, or an operator's eject).
     Failover {
@@ -93,6 +99,13 @@ pub enum WorkflowSpec {
     },
     /// The set's failsafe assignment brought in line with its membership.
     Failsafe { set: ReplicaSetId },
+    /// A replica's options changed (paused, resumed, delayed, caught up): recorded,
+    /// then applied on its engine; the old options back when the engine refuses.
+    Reconfigure {
+        set: ReplicaSetId,
+        instance: InstanceId,
+        options: ReplicaOptions,
+    },
 }
 
 /// The kinds of workflow: [`WorkflowSpec`]'s tags.
@@ -111,6 +124,7 @@ pub enum WorkflowKind {
     Repoint,
     Quarantine,
     Failsafe,
+    Reconfigure,
 }
 
 crate::words!(WorkflowKind {
@@ -126,6 +140,7 @@ crate::words!(WorkflowKind {
     Repoint => "repoint",
     Quarantine => "quarantine",
     Failsafe => "failsafe",
+    Reconfigure => "reconfigure",
 });
 
 impl WorkflowKind {
@@ -154,6 +169,7 @@ impl WorkflowSpec {
             WorkflowSpec::Quarantine { .. } => WorkflowKind::Quarantine,
             WorkflowSpec::Repoint { .. } => WorkflowKind::Repoint,
             WorkflowSpec::Failsafe { .. } => WorkflowKind::Failsafe,
+            WorkflowSpec::Reconfigure { .. } => WorkflowKind::Reconfigure,
         }
     }
 
@@ -176,6 +192,7 @@ impl WorkflowSpec {
             | WorkflowSpec::SemiSync { set, .. }
             | WorkflowSpec::Quarantine { set, .. }
             | WorkflowSpec::Repoint { set, .. }
+            | WorkflowSpec::Reconfigure { set, .. }
             | WorkflowSpec::Failsafe { set } => set,
         }
     }

@@ -146,7 +146,50 @@ pub enum ReplicaCmd {
         /// With --seed backup: this backup (default: the set's newest).
         #[arg(long)]
         backup: Option<tandem_proto::BackupId>,
+        /// A delayed replica: each transaction applied SECONDS after the master wrote
+        /// it (a guard against a bad statement); never promoted.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        delay: u64,
         /// Wait until the workflow ends, showing seeding progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop a replica applying (for a consistent snapshot, analytics, or to stop just
+    /// before a bad transaction with --until-position); never promoted while paused.
+    Pause {
+        set: String,
+        instance: String,
+        /// Apply up to this position first, then stop there (e.g. 0-1-42).
+        #[arg(long, value_name = "POSITION")]
+        until_position: Option<tandem_proto::Position>,
+        /// Pause even the last replica acknowledging to a semi-synchronous master.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Let a paused replica apply again, from where it stopped.
+    Resume {
+        set: String,
+        instance: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Give a replica a new replication delay, in seconds (0: none).
+    Delay {
+        set: String,
+        instance: String,
+        seconds: u64,
+        /// Delay even the last replica acknowledging to a semi-synchronous master.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Drop a delayed replica's delay so that it catches up (the same as `delay … 0`).
+    CatchUp {
+        set: String,
+        instance: String,
         #[arg(long)]
         wait: bool,
     },

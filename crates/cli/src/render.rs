@@ -303,6 +303,27 @@ pub fn topology(sets: &[SetView]) -> String {
             if m.fenced {
                 held.push_str(" FENCED");
             }
+            let options = &m.intended.options;
+            if options.paused.is_some() {
+                let at = match &options.paused {
+                    Some(tandem_api::Pause { until: Some(p), .. }) => format!(" at {p}"),
+                    _ => String::new(),
+                };
+                let still = if m.applying == Some(true) {
+                    " (applying until then)"
+                } else {
+                    ""
+                };
+                held.push_str(&format!(" PAUSED{at}{still}"));
+            }
+            if options.delay_s > 0 || m.engine_delay_s.is_some_and(|d| d > 0) {
+                held.push_str(&format!(
+                    " DELAYED {} s (engine {})",
+                    options.delay_s,
+                    m.engine_delay_s
+                        .map_or("unknown".to_owned(), |d| format!("{d} s"))
+                ));
+            }
             for line in needs_attention(
                 m.diverged.as_deref(),
                 &m.fencing_hazards,

@@ -5,7 +5,9 @@ use std::io::Write;
 
 use anyhow::Result;
 use tandem_api::client::Client;
-use tandem_api::{AddReplica, CreateSet, Failover, FailoverAction, Switchover};
+use tandem_api::{
+    AddReplica, CreateSet, DelayReplica, Failover, FailoverAction, PauseReplica, Switchover,
+};
 
 use crate::workflows::{follow, Progress};
 use crate::{instance_id, print, render, FailoverCmd, ReplicaCmd, SetCmd};
@@ -66,9 +68,11 @@ pub fn replica(client: &Client, cmd: ReplicaCmd, json: bool, out: &mut dyn Write
             seed,
             from,
             backup,
+            delay,
             wait,
         } => {
             let request = AddReplica {
+                delay_s: delay,
                 instance: None,
                 instances: instances
                     .iter()
@@ -88,6 +92,54 @@ pub fn replica(client: &Client, cmd: ReplicaCmd, json: bool, out: &mut dyn Write
             wait,
         } => {
             let row = client.detach(&set, &instance_id(&instance)?)?;
+            follow(client, out, json, row, wait)
+        }
+        ReplicaCmd::Pause {
+            set,
+            instance,
+            until_position,
+            force,
+            wait,
+        } => {
+            let request = PauseReplica {
+                until: until_position,
+                force,
+            };
+            let row = client.pause_replica(&set, &instance_id(&instance)?, &request)?;
+            follow(client, out, json, row, wait)
+        }
+        ReplicaCmd::Resume {
+            set,
+            instance,
+            wait,
+        } => {
+            let row = client.resume_replica(&set, &instance_id(&instance)?)?;
+            follow(client, out, json, row, wait)
+        }
+        ReplicaCmd::Delay {
+            set,
+            instance,
+            seconds,
+            force,
+            wait,
+        } => {
+            let request = DelayReplica {
+                delay_s: seconds,
+                force,
+            };
+            let row = client.delay_replica(&set, &instance_id(&instance)?, &request)?;
+            follow(client, out, json, row, wait)
+        }
+        ReplicaCmd::CatchUp {
+            set,
+            instance,
+            wait,
+        } => {
+            let request = DelayReplica {
+                delay_s: 0,
+                force: false,
+            };
+            let row = client.delay_replica(&set, &instance_id(&instance)?, &request)?;
             follow(client, out, json, row, wait)
         }
     }

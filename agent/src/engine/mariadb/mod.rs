@@ -305,8 +305,9 @@ impl Engine for MariaDb {
         login: &ReplicationLogin,
         position: Option<&Position>,
         delay: Duration,
+        paused: Option<&tandem_proto::Paused>,
     ) -> Result<(), EngineError> {
-        MariaDb::attach(self, me, source, login, position, delay).await
+        MariaDb::attach(self, me, source, login, position, delay, paused).await
     }
 
     async fn detach(&self, me: &InstanceId) -> Result<(), EngineError> {
@@ -335,6 +336,14 @@ impl Engine for MariaDb {
 
     async fn drain(&self, timeout: Duration) -> Result<Position, EngineError> {
         MariaDb::drain(self, timeout).await
+    }
+
+    async fn pause_replication(&self, until: Option<&Position>) -> Result<Position, EngineError> {
+        MariaDb::pause_replication(self, until).await
+    }
+
+    async fn resume_replication(&self, semi_sync: bool) -> Result<(), EngineError> {
+        MariaDb::resume_replication(self, semi_sync).await
     }
 
     async fn backup_stream(

@@ -48,10 +48,18 @@ fn epochs_come_from_one_sequence_and_a_journaled_change_is_applied_once() {
     assert!(b.epoch > a.epoch, "two sets never share an epoch");
     let add = TopologyChange::AddReplica {
         instance: i("db-2"),
+        options: ReplicaOptions {
+            delay_s: 60,
+            paused: None,
+        },
     };
     let after = s.apply_step("w1", 0, "add", &set("s1"), &add).unwrap();
     assert!(after.epoch > b.epoch);
     assert_eq!(after.replicas().collect::<Vec<_>>(), vec![&i("db-2")]);
+    assert_eq!(
+        after.members[1].options.delay_s, 60,
+        "options kept with the member"
+    );
     // Replayed after a crash: nothing changes, the epoch is not bumped again.
     let again = s.apply_step("w1", 0, "add", &set("s1"), &add).unwrap();
     assert_eq!(again, after);
@@ -61,6 +69,7 @@ fn epochs_come_from_one_sequence_and_a_journaled_change_is_applied_once() {
             &set("s2"),
             &TopologyChange::AddReplica {
                 instance: i("db-2"),
+                options: ReplicaOptions::default(),
             },
         )
         .unwrap_err();

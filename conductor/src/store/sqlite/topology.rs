@@ -26,15 +26,32 @@ pub(super) fn apply_in(
     let current = load_set(conn, set)?
         .ok_or_else(|| StoreError::NotFound(format!("no replica set {set}")))?;
     match change {
-        TopologyChange::AddReplica { instance } => {
+        TopologyChange::AddReplica { instance, options } => {
             let n = conn.execute(
-                "INSERT INTO members (instance, set_id, role, replicates_from, writable) \
-                 VALUES (?1, ?2, 'replica', ?3, 0) ON CONFLICT (instance) DO NOTHING",
-                params![instance.as_str(), set.as_str(), current.master.as_str()],
+                "INSERT INTO members (instance, set_id, role, replicates_from, writable, options) \
+                 VALUES (?1, ?2, 'replica', ?3, 0, ?4) ON CONFLICT (instance) DO NOTHING",
+                params![
+                    instance.as_str(),
+                    set.as_str(),
+                    current.master.as_str(),
+                    options_json(options)?
+                ],
             )?;
             if n == 0 {
                 return Err(StoreError::Conflict(format!(
                     "{instance} is already a member of a replica set"
+                )));
+            }
+        }
+        TopologyChange::SetOptions { instance, options } => {
+            let n = conn.execute(
+                "UPDATE members SET options = ?3 \
+                 WHERE instance = ?1 AND set_id = ?2 AND role = 'replica'",
+                params![instance.as_str(), set.as_str(), options_json(options)?],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "{instance} is not a replica of set {set}"
                 )));
             }
         }
@@ -60,8 +77,8 @@ pub(super) fn apply_in(
         TopologyChange::Failover { new_master, failed } => {
             new_master_in(conn, &current, new_master)?;
             conn.execute(
-                "UPDATE members SET role = 'failed', replicates_from = NULL, writable = 0 \
-                 WHERE instance = ?1 AND set_id = ?2",
+                "UPDATE members SET role = 'failed', replicates_from = NULL, writable = 0, \
+                 options = '{}' WHERE instance = ?1 AND set_id = ?2",
                 params![failed.as_str(), set.as_str()],
             )?;
         }
@@ -123,9 +140,10 @@ pub(super) fn new_master_in(
          WHERE set_id = ?1 AND role IN ('master', 'replica')",
         params![set.as_str(), new_master.as_str()],
     )?;
+    // A master has no replica options (one promoted by force loses its pause or delay).
     conn.execute(
-        "UPDATE members SET role = 'master', replicates_from = NULL, writable = 1 \
-         WHERE instance = ?1",
+        "UPDATE members SET role = 'master', replicates_from = NULL, writable = 1, \
+         options = '{}' WHERE instance = ?1",
         [new_master.as_str()],
     )?;
     conn.execute(
@@ -133,6 +151,10 @@ pub(super) fn new_master_in(
         params![set.as_str(), new_master.as_str()],
     )?;
     Ok(())
+}
+
+fn options_json(options: &ReplicaOptions) -> Result<String> {
+    serde_json::to_string(options).map_err(|e| StoreError::Internal(e.to_string()))
 }
 
 pub(super) fn load_set(conn: &Connection, set: &ReplicaSetId) -> Result<Option<ReplicaSet>> {
@@ -153,8 +175,8 @@ pub(super) fn load_set(conn: &Connection, set: &ReplicaSetId) -> Result<Option<R
         return Ok(None);
     };
     let mut stmt = conn.prepare(
-        "SELECT instance, role, replicates_from, writable FROM members WHERE set_id = ?1 \
-         ORDER BY role = 'replica', instance",
+        "SELECT instance, role, replicates_from, writable, options FROM members \
+         WHERE set_id = ?1 ORDER BY role = 'replica', instance",
     )?;
     let members = stmt
         .query_map([set.as_str()], |r| {
@@ -163,11 +185,14 @@ pub(super) fn load_set(conn: &Connection, set: &ReplicaSetId) -> Result<Option<R
                 r.get::<_, String>(1)?,
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, bool>(3)?,
+                r.get::<_, String>(4)?,
             ))
         })?
         .map(|row| {
-            let (instance, role, from, writable) = row?;
+            let (instance, role, from, writable, options) = row?;
             Ok(Member {
+                options: serde_json::from_str(&options)
+                    .map_err(|e| StoreError::Internal(format!("the options of {instance}: {e}")))?,
                 instance: id(instance)?,
                 role: IntendedRole::parse_word(&role).map_err(StoreError::Internal)?,
                 replicates_from: from.map(id).transpose()?,

@@ -210,7 +210,13 @@ impl World {
         store.create_set(&s1(), &i("db-1")).unwrap();
         for r in ["db-2", "db-3"] {
             store
-                .apply(&s1(), &TopologyChange::AddReplica { instance: i(r) })
+                .apply(
+                    &s1(),
+                    &TopologyChange::AddReplica {
+                        instance: i(r),
+                        options: Default::default(),
+                    },
+                )
                 .unwrap();
         }
         w.report("db-1", |r| r.role = tandem_proto::Role::Master);

@@ -7,6 +7,7 @@
 
 mod failover;
 mod fake;
+mod reconfigure;
 mod rejoin;
 mod resume;
 mod switchover;

@@ -1,0 +1,98 @@
+//! A replica's options change: paused (maybe at a position), resumed, delayed, or
+//! caught up (its delay dropped).
+//!
+//! 1. the new options are recorded (a replica with a pause or a delay is never
+//!    promoted from this moment, before its engine changes);
+//! 2. they are applied on its engine: a new delay by attaching it again to its source
+//!    with that delay (from what it holds; paused again when it is paused); a pause
+//!    or a resume by stopping or starting its replication where it stands;
+//! 3. when the engine refuses (a stop position it already passed, an engine down),
+//!    the old options are recorded again and the engine is as it was.
+
+use tandem_proto::{Command, InstanceId};
+
+use super::{Ctx, Outcome, StepError};
+use crate::store::{IntendedRole, ReplicaOptions, TopologyChange};
+
+pub async fn run(
+    ctx: &mut Ctx<'_>,
+    instance: &InstanceId,
+    options: &ReplicaOptions,
+) -> Result<Outcome, StepError> {
+    let set = ctx.set()?;
+    let Some(member) = set
+        .members
+        .iter()
+        .find(|m| &m.instance == instance && m.role == IntendedRole::Replica)
+    else {
+        return Err(StepError::Precondition(format!(
+            "{instance} is not a replica of set {}",
+            set.id
+        )));
+    };
+    let (old, source) = (member.options.clone(), member.replicates_from.clone());
+    let Some(source) = source else {
+        return Err(StepError::Precondition(format!(
+            "{instance} replicates from nobody in the intent"
+        )));
+    };
+    let set = ctx.apply(
+        "record the new options",
+        TopologyChange::SetOptions {
+            instance: instance.clone(),
+            options: options.clone(),
+        },
+    )?;
+    let epoch = set.epoch;
+    let applied = if old.delay_s != options.delay_s {
+        ctx.attach_to(
+            &format!("replicate with a delay of {} s", options.delay_s),
+            &source,
+            instance,
+            epoch,
+            None,
+        )
+        .await
+        .map(|_| ())
+    } else {
+        match &options.paused {
+            Some(pause) => ctx
+                .send(
+                    "pause replication",
+                    instance,
+                    epoch,
+                    Command::PauseReplication {
+                        until: pause.until.clone(),
+                    },
+                )
+                .await
+                .map(|_| ()),
+            None => {
+                let semi_sync = ctx.semi_sync()?.is_some() && options.acknowledges();
+                ctx.send(
+                    "resume replication",
+                    instance,
+                    epoch,
+                    Command::ResumeReplication { semi_sync },
+                )
+                .await
+                .map(|_| ())
+            }
+        }
+    };
+    match applied {
+        Ok(()) => Ok(Outcome::Done),
+        Err(e) => {
+            ctx.apply(
+                "record the old options again",
+                TopologyChange::SetOptions {
+                    instance: instance.clone(),
+                    options: old.clone(),
+                },
+            )?;
+            Ok(Outcome::RolledBack(format!(
+                "{e}; {instance} keeps its options ({old})"
+            )))
+        }
+    }
+}
