@@ -337,6 +337,7 @@ impl<E: Engine> Agent<E> {
                 semi_sync,
                 delay_s,
                 paused,
+                filter,
             } => {
                 let login = ReplicationLogin {
                     user: credentials.user.clone(),
@@ -349,8 +350,11 @@ impl<E: Engine> Agent<E> {
                         source,
                         &login,
                         position.as_ref(),
-                        Duration::from_secs(*delay_s),
-                        paused.as_ref(),
+                        &crate::engine::Applying {
+                            delay: Duration::from_secs(*delay_s),
+                            paused: paused.clone(),
+                            filter: filter.clone(),
+                        },
                     )
                     .await?;
                 self.update_state(|s| {

@@ -350,6 +350,7 @@ async fn wrong_input_gets_a_clear_error_and_changes_nothing() {
             semi_sync: false,
             delay_s: 0,
             paused: None,
+            filter: None,
         };
 
     // A source nothing listens on.

@@ -66,6 +66,55 @@ pub struct SeedSource {
     pub time_limit_s: Option<u64>,
 }
 
+/// Which databases a filtered replica applies: only these, or all but these. Each name
+/// is `[A-Za-z0-9_]`, 1 to 64 characters ([`DatabaseFilter::check`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseFilter {
+    Only(Vec<String>),
+    Except(Vec<String>),
+}
+
+impl DatabaseFilter {
+    pub fn databases(&self) -> &[String] {
+        match self {
+            DatabaseFilter::Only(d) | DatabaseFilter::Except(d) => d,
+        }
+    }
+
+    /// At least one name, each a plain database name, none twice.
+    pub fn check(&self) -> Result<(), String> {
+        let names = self.databases();
+        if names.is_empty() {
+            return Err("a database filter names at least one database".into());
+        }
+        for (n, name) in names.iter().enumerate() {
+            let plain = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !plain {
+                return Err(format!(
+                    "{name:?} is not a database name this filter takes (letters, digits and \
+                     _, 1 to 64 of them)"
+                ));
+            }
+            if names[..n].contains(name) {
+                return Err(format!("database {name:?} is named twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for DatabaseFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseFilter::Only(d) => write!(f, "only {}", d.join(", ")),
+            DatabaseFilter::Except(d) => write!(f, "all but {}", d.join(", ")),
+        }
+    }
+}
+
 /// A replica an operator paused: stopped, or applying only up to `until`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Paused {
@@ -130,6 +179,9 @@ pub enum Command {
         /// nothing on the way.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         paused: Option<Paused>,
+        /// Apply only some databases' changes (a filtered replica); all when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filter: Option<DatabaseFilter>,
     },
     /// Stop replicating and forget the source; the server becomes standalone.
     Detach,
@@ -325,6 +377,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_database_filter_takes_only_plain_names_once() {
+        let only =
+            |names: &[&str]| DatabaseFilter::Only(names.iter().map(|n| n.to_string()).collect());
+        assert!(only(&["sales", "stock_2"]).check().is_ok());
+        for (bad, says) in [
+            (only(&[]), "at least one"),
+            (only(&["sales", "sales"]), "twice"),
+            (only(&["a,b"]), "not a database name"),
+            (only(&["x'; DROP"]), "not a database name"),
+            (only(&[""]), "not a database name"),
+        ] {
+            let err = bad.check().unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+        assert_eq!(only(&["a", "b"]).to_string(), "only a, b");
+    }
+
+    #[test]
     fn secrets_do_not_leak_through_debug() {
         let c = Command::AttachToSource {
             source: SourceEndpoint {
@@ -340,6 +410,7 @@ mod tests {
             semi_sync: false,
             delay_s: 0,
             paused: None,
+            filter: None,
         };
         let shown = format!("{c:?}");
         assert!(!shown.contains("68756e74657232"), "{shown}");

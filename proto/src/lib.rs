@@ -23,8 +23,8 @@ pub mod version;
 
 pub use codec::{CodecError, Format};
 pub use command::{
-    BackupKind, BackupRequest, Command, Paused, ReplicationCredentials, RestoreRequest, SeedSource,
-    SemiSyncSettings, SourceEndpoint,
+    BackupKind, BackupRequest, Command, DatabaseFilter, Paused, ReplicationCredentials,
+    RestoreRequest, SeedSource, SemiSyncSettings, SourceEndpoint,
 };
 pub use envelope::{Envelope, Sender, Timestamp};
 pub use failsafe::{

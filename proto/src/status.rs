@@ -97,6 +97,9 @@ pub struct ReplicationState {
     /// seconds; 0 for none.
     #[serde(default)]
     pub delay_s: u64,
+    /// The databases it applies, when it filters them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::DatabaseFilter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

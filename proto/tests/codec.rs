@@ -91,6 +91,7 @@ fn command() -> impl Strategy<Value = Command> {
                 semi_sync: position.is_some(),
                 delay_s: 0,
                 paused: None,
+                filter: None,
                 position,
             }
         ),
@@ -223,6 +224,7 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                     received: position,
                     diverged: None,
                     delay_s: 0,
+                    filter: None,
                 }),
                 health: Health::Degraded,
                 last_error: None,

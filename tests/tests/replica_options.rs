@@ -274,6 +274,16 @@ fn wrong_replica_options_are_refused_and_change_nothing() {
             "soon",
         ),
         (&["replica", "add", "s1", "db-9", "--delay", "x"], "x"),
+        (
+            &["replica", "add", "s1", "db-2", "--databases", "x'y"],
+            "not a database name",
+        ),
+        (
+            &["replica", "filter", "s1", "db-3", "--databases", "a,a"],
+            "named twice",
+        ),
+        (&["replica", "filter", "s1", "db-3"], "name the databases"),
+        (&["replica", "filter", "s1", "db-3", "--all"], "already"),
     ];
     for (args, said) in refused {
         let (ok, _, err) = c.cli(args);
@@ -326,4 +336,109 @@ fn wrong_replica_options_are_refused_and_change_nothing() {
     );
     assert!(view_of(&c, "db-3").intended.options.paused.is_none());
     c.converged("s1");
+}
+
+/// Whether database `name` exists on `server`.
+fn has_database(c: &Cluster, server: &str, name: &str) -> bool {
+    c.db(server)
+        .sql(&format!(
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{name}'"
+        ))
+        .unwrap()
+        .trim()
+        == "1"
+}
+
+#[test]
+fn filtered_replicas_hold_only_their_databases_and_are_never_candidates() {
+    let mut c = Cluster::start(3);
+    c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
+    c.cli_ok(&[
+        "replica",
+        "add",
+        "s1",
+        "db-2",
+        "--databases",
+        "sales",
+        "--wait",
+    ]);
+    c.cli_ok(&[
+        "replica",
+        "add",
+        "s1",
+        "db-3",
+        "--exclude-databases",
+        "sales",
+        "--wait",
+    ]);
+    // Sent as an application would, without `USE`: the filter judges by table.
+    c.db("db-1")
+        .sql(
+            "CREATE DATABASE sales; CREATE DATABASE stock; \
+             CREATE TABLE sales.t (id INT PRIMARY KEY); CREATE TABLE stock.t (id INT PRIMARY KEY); \
+             INSERT INTO sales.t VALUES (1), (2); INSERT INTO stock.t VALUES (1)",
+        )
+        .unwrap();
+    eventually(Duration::from_secs(10), "each replica's databases", || {
+        (count(&c, "db-2", "sales.t") == 2 && count(&c, "db-3", "stock.t") == 1).then_some(())
+    });
+    assert!(!has_database(&c, "db-2", "stock"), "db-2 got stock");
+    assert!(!has_database(&c, "db-3", "sales"), "db-3 got sales");
+    // Shown in the set view and the topology, with no drift.
+    let view = c.set("s1");
+    for (name, filter) in [
+        (
+            "db-2",
+            tandem_proto::DatabaseFilter::Only(vec!["sales".into()]),
+        ),
+        (
+            "db-3",
+            tandem_proto::DatabaseFilter::Except(vec!["sales".into()]),
+        ),
+    ] {
+        let m = member(&view, name);
+        assert_eq!(m.intended.options.filter.as_ref(), Some(&filter), "{m:?}");
+        assert_eq!(m.engine_filter.as_ref(), Some(&filter), "{m:?}");
+        assert!(m.drift.is_empty(), "{m:?}");
+    }
+    assert!(c.cli_ok(&["topology"]).contains("FILTERED only sales"));
+    let (ok, _, err) = c.cli(&["promote", "s1", "db-2"]);
+    assert!(!ok && err.contains("filtered"), "{err}");
+
+    // Narrowed later, by a workflow: stock stops reaching db-3.
+    c.cli_ok(&[
+        "replica",
+        "filter",
+        "s1",
+        "db-3",
+        "--exclude-databases",
+        "sales,stock",
+        "--wait",
+    ]);
+    c.db("db-1")
+        .sql("INSERT INTO stock.t VALUES (2); INSERT INTO sales.t VALUES (3)")
+        .unwrap();
+    eventually(Duration::from_secs(10), "db-2 has sales row 3", || {
+        (count(&c, "db-2", "sales.t") == 3).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count(&c, "db-3", "stock.t"),
+        1,
+        "a filtered-out row arrived"
+    );
+
+    // The master is lost: no filtered replica is promoted; the failover says why.
+    c.node_mut("db-1").db.kill();
+    let failed = eventually(Duration::from_secs(30), "the failover gives up", || {
+        workflows_of_kind(&c, WorkflowKind::Failover)
+            .into_iter()
+            .find(|w| w.state == WorkflowState::Failed)
+    });
+    let error = failed.error.unwrap_or_default();
+    assert!(
+        error.contains("db-2: a filtered replica") && error.contains("db-3: a filtered replica"),
+        "{error}"
+    );
+    assert_eq!(c.set("s1").master.as_str(), "db-1");
 }

@@ -14,11 +14,22 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tandem_proto::{
-    CommandError, EngineKind, ErrorKind, InstanceId, Lag, Paused, Position, ReplicationState,
-    SourceEndpoint,
+    CommandError, DatabaseFilter, EngineKind, ErrorKind, InstanceId, Lag, Paused, Position,
+    ReplicationState, SourceEndpoint,
 };
 
 use crate::operations::Progress;
+
+/// How an attached replica applies what it receives: the options an operator gave it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applying {
+    /// Each transaction this long after its source wrote it (a delayed replica).
+    pub delay: Duration,
+    /// Attached paused: nothing applied (with a stop position, only up to it).
+    pub paused: Option<Paused>,
+    /// Only some databases' changes (a filtered replica).
+    pub filter: Option<DatabaseFilter>,
+}
 
 /// A replication account as the engine uses it, password in clear: it exists only in
 /// the agent's memory (the wire carries the password sealed to the replica).
@@ -171,17 +182,15 @@ pub trait Engine: Send + Sync + 'static {
         replica: &InstanceId,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
 
-    /// Replicates from `source`, read-only. Checks the source is reachable with these
-    /// credentials before changing anything. `paused`: the source is set, but nothing
-    /// is applied (with a stop position, only up to it).
+    /// Replicates from `source`, read-only, applying as `applying` says. Checks the
+    /// source is reachable with these credentials before changing anything.
     fn attach(
         &self,
         me: &InstanceId,
         source: &SourceEndpoint,
         login: &ReplicationLogin,
         position: Option<&Position>,
-        delay: Duration,
-        paused: Option<&Paused>,
+        applying: &Applying,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
 
     /// Stops replicating and forgets the source. Leaves writability alone.

@@ -129,6 +129,7 @@ pub async fn attach_at(h: &Harness, master: &str, replica: &str, position: Posit
             semi_sync: false,
             delay_s: 0,
             paused: None,
+            filter: None,
         },
     )
     .await;

@@ -288,6 +288,7 @@ impl Harness {
                 semi_sync: false,
                 delay_s: 0,
                 paused: None,
+                filter: None,
             },
         )
         .await;

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tandem_agent::engine::{Engine, ReplicationLogin};
+use tandem_agent::engine::{Applying, Engine, ReplicationLogin};
 use tandem_proto::{InstanceId, SourceEndpoint};
 
 /// One private server of an engine, with the agent's adapter on it.
@@ -72,8 +72,7 @@ async fn pair<S: Subject>() -> (S, S, ReplicationLogin) {
             &master.endpoint(),
             &login,
             None,
-            Duration::ZERO,
-            None,
+            &Applying::default(),
         )
         .await
         .unwrap();

@@ -64,6 +64,10 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
             "/v1/sets/{id}/replicas/{instance}/delay",
             post(replicas::delay),
         )
+        .route(
+            "/v1/sets/{id}/replicas/{instance}/filter",
+            post(replicas::filter),
+        )
         .route("/v1/sets/{id}/switchover", post(sets::switchover))
         .route("/v1/sets/{id}/failover", post(sets::failover))
         .route(
@@ -125,6 +129,7 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         replicas::pause,
         replicas::resume,
         replicas::delay,
+        replicas::filter,
         sets::switchover,
         sets::failover,
         sets::failover_control,
@@ -159,6 +164,7 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         tandem_api::AddReplica,
         tandem_api::PauseReplica,
         tandem_api::DelayReplica,
+        tandem_api::FilterReplica,
         tandem_api::ReplicaOptions,
         tandem_api::Pause,
         tandem_api::SeedMethod,

@@ -1,12 +1,15 @@
-//! One replica's options: pause (maybe at a position), resume, delay, catch up. Each
+//! One replica's options: pause (maybe at a position), resume, delay, catch up, the
+//! databases it applies. Each
 //! starts a `reconfigure` workflow; what would leave a semi-synchronous master with no
 //! replica to acknowledge its commits is refused unless forced.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use tandem_api::{DelayReplica, ErrorBody, IntendedRole, Pause, PauseReplica, MAX_DELAY_S};
-use tandem_proto::{InstanceId, Timestamp};
+use tandem_api::{
+    DelayReplica, ErrorBody, FilterReplica, IntendedRole, Pause, PauseReplica, MAX_DELAY_S,
+};
+use tandem_proto::{DatabaseFilter, InstanceId, Timestamp};
 
 use super::sets::{accepted, existing, Accepted, JsonBody};
 use super::{bad_request, body, parse_id, parse_set, ApiError};
@@ -24,6 +27,17 @@ pub(super) fn valid_delay(delay_s: u64) -> Result<u64, ApiError> {
         )));
     }
     Ok(delay_s)
+}
+
+/// A database filter with plain names (a name the master does not have yet is fine:
+/// it may be created later, and its changes then reach the replica).
+pub(super) fn valid_filter(
+    filter: Option<DatabaseFilter>,
+) -> Result<Option<DatabaseFilter>, ApiError> {
+    if let Some(f) = &filter {
+        f.check().map_err(bad_request)?;
+    }
+    Ok(filter)
 }
 
 /// The options of `instance`, a replica of `set`.
@@ -145,5 +159,31 @@ pub async fn delay(
         keeps_an_acknowledger(&c, &set, &instance, req.force)?;
     }
     options.delay_s = delay_s;
+    reconfigure(&c, set, instance, options).await
+}
+
+/// A new database filter (none: every database again); re-attaches the replica.
+#[utoipa::path(post, path = "/v1/sets/{id}/replicas/{instance}/filter", tag = "sets", params(("id" = String, Path), ("instance" = String, Path)), request_body = FilterReplica, responses((status = 202, body = tandem_api::WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn filter(
+    State(c): State<Arc<Conductor>>,
+    Path((id, instance)): Path<(String, String)>,
+    b: JsonBody<FilterReplica>,
+) -> Accepted {
+    let id = parse_set(&id)?;
+    let instance = parse_id(&instance)?;
+    let req = body(b, r#"{"filter": {"only": ["sales"]}} or {"filter": null}"#)?;
+    let filter = valid_filter(req.filter)?;
+    let set = existing(&c, &id)?;
+    let mut options = options_of(&set, &instance)?;
+    if options.filter == filter {
+        return Err(bad_request(format!(
+            "{instance} applies {} already",
+            filter.map_or("every database".to_owned(), |f| f.to_string())
+        )));
+    }
+    if filter.is_some() {
+        keeps_an_acknowledger(&c, &set, &instance, false)?;
+    }
+    options.filter = filter;
     reconfigure(&c, set, instance, options).await
 }

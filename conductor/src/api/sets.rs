@@ -48,6 +48,9 @@ fn view(c: &Conductor, set: ReplicaSet) -> SetView {
                     .and_then(|s| s.diverged.clone()),
                 applying: r.and_then(|r| r.replication.as_ref()).map(|s| s.applying),
                 engine_delay_s: r.and_then(|r| r.replication.as_ref()).map(|s| s.delay_s),
+                engine_filter: r
+                    .and_then(|r| r.replication.as_ref())
+                    .and_then(|s| s.filter.clone()),
                 fencing_hazards: r.map(|r| r.fencing_hazards.clone()).unwrap_or_default(),
                 restart_needed: r.map(|r| r.restart_needed.clone()).unwrap_or_default(),
                 failsafe: r.and_then(|r| r.failsafe.clone()),
@@ -168,6 +171,7 @@ pub async fn add_replica(
     let options = ReplicaOptions {
         delay_s: super::replicas::valid_delay(req.delay_s)?,
         paused: None,
+        filter: super::replicas::valid_filter(req.filter)?,
     };
     let seeded = req.seed != SeedMethod::None;
     let mut instances: Vec<InstanceId> = Vec::new();

@@ -56,6 +56,17 @@ fn options_drift(m: &Member, state: &ReplicationState) -> Vec<String> {
             state.delay_s
         ));
     }
+    if state.filter != m.options.filter {
+        let name = |f: &Option<tandem_proto::DatabaseFilter>| {
+            f.as_ref()
+                .map_or("every database".to_owned(), |f| f.to_string())
+        };
+        drift.push(format!(
+            "databases: wanted {}, engine applies {}",
+            name(&m.options.filter),
+            name(&state.filter)
+        ));
+    }
     let stopped = !state.receiving && !state.applying;
     let broken = state.last_apply_error.is_some() || state.last_receive_error.is_some();
     match &m.options.paused {
@@ -114,6 +125,7 @@ mod tests {
                 received: None,
                 diverged: diverged.then(|| "out-of-order transaction".into()),
                 delay_s,
+                filter: None,
             }),
             health,
             ..crate::registry::sample_report("db-3")

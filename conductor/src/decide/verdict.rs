@@ -154,6 +154,7 @@ mod tests {
                 received: None,
                 diverged: None,
                 delay_s: 0,
+                filter: None,
             }),
             health,
             lease_ms: Some(1500),

@@ -1,10 +1,10 @@
-//! A replica's options change: paused (maybe at a position), resumed, delayed, or
-//! caught up (its delay dropped).
+//! A replica's options change: paused (maybe at a position), resumed, delayed, caught
+//! up (its delay dropped), or filtered to some databases (or to all again).
 //!
 //! 1. the new options are recorded (a replica with a pause or a delay is never
 //!    promoted from this moment, before its engine changes);
-//! 2. they are applied on its engine: a new delay by attaching it again to its source
-//!    with that delay (from what it holds; paused again when it is paused); a pause
+//! 2. they are applied on its engine: a new delay or database filter by attaching it
+//!    again to its source with them (from what it holds; paused when paused); a pause
 //!    or a resume by stopping or starting its replication where it stands;
 //! 3. when the engine refuses (a stop position it already passed, an engine down),
 //!    the old options are recorded again and the engine is as it was.
@@ -44,9 +44,9 @@ pub async fn run(
         },
     )?;
     let epoch = set.epoch;
-    let applied = if old.delay_s != options.delay_s {
+    let applied = if old.delay_s != options.delay_s || old.filter != options.filter {
         ctx.attach_to(
-            &format!("replicate with a delay of {} s", options.delay_s),
+            &format!("replicate as `{options}`"),
             &source,
             instance,
             epoch,

@@ -172,6 +172,7 @@ impl Ctx<'_> {
                 paused: options
                     .paused
                     .map(|p| tandem_proto::Paused { until: p.until }),
+                filter: options.filter,
             },
         )
         .await

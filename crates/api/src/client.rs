@@ -254,6 +254,17 @@ impl Client {
             request,
         )
     }
+    pub fn filter_replica(
+        &self,
+        set: &str,
+        instance: &InstanceId,
+        request: &FilterReplica,
+    ) -> Result<WorkflowRow> {
+        self.post(
+            &format!("/v1/sets/{}/replicas/{instance}/filter", seg(set)),
+            request,
+        )
+    }
     pub fn switchover(&self, set: &str, request: &Switchover) -> Result<WorkflowRow> {
         self.post(&format!("/v1/sets/{}/switchover", seg(set)), request)
     }

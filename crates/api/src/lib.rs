@@ -29,8 +29,8 @@ pub use instances::{
 };
 pub use sets::{
     AddReplica, CreateSet, DelayReplica, Failover, FailoverAction, FailoverState, FailoverView,
-    IntendedRole, Member, MemberView, Pause, PauseReplica, ReplicaOptions, SeedMethod,
-    SemiSyncRequest, SetView, Switchover, Verdict, MAX_DELAY_S,
+    FilterReplica, IntendedRole, Member, MemberView, Pause, PauseReplica, ReplicaOptions,
+    SeedMethod, SemiSyncRequest, SetView, Switchover, Verdict, MAX_DELAY_S,
 };
 pub use workflows::{
     ApiRequest, FailoverSummary, JournalEntry, Seed, StepOutcome, WorkflowDetail, WorkflowKind,

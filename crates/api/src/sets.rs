@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tandem_proto::{
-    BackupId, Epoch, FailsafeState, Health, InstanceId, Position, ReplicaSetId, Role, SemiSync,
-    Timestamp,
+    BackupId, DatabaseFilter, Epoch, FailsafeState, Health, InstanceId, Position, ReplicaSetId,
+    Role, SemiSync, Timestamp,
 };
 
 use crate::instances::Contract;
@@ -61,11 +61,20 @@ pub struct ReplicaOptions {
     /// Stopped by an operator: nothing is applied until it is resumed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<Pause>,
+    /// Only some databases are applied (`{"only": [...]}` or `{"except": [...]}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<DatabaseFilter>,
 }
 
 impl ReplicaOptions {
     /// Why a replica with these options is never promoted, when it is not.
     pub fn never_promoted(&self) -> Option<String> {
+        if let Some(f) = &self.filter {
+            return Some(format!(
+                "a filtered replica ({f}): it does not hold all the data"
+            ));
+        }
         if let Some(p) = &self.paused {
             return Some(match &p.until {
                 Some(until) => format!("paused by an operator (at {until})"),
@@ -93,6 +102,9 @@ impl std::fmt::Display for ReplicaOptions {
             Some(Pause { until: Some(p), .. }) => parts.push(format!("paused at {p}")),
             Some(Pause { until: None, .. }) => parts.push("paused".into()),
             None => {}
+        }
+        if let Some(filter) = &self.filter {
+            parts.push(format!("databases: {filter}"));
         }
         if parts.is_empty() {
             f.write_str("as any replica")
@@ -204,6 +216,10 @@ pub struct MemberView {
     /// The delay its engine applies, in seconds (the intent is `intended.options`).
     #[serde(default)]
     pub engine_delay_s: Option<u64>,
+    /// The database filter its engine applies.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub engine_filter: Option<DatabaseFilter>,
     /// Accounts that can write through read-only on this engine.
     pub fencing_hazards: Vec<String>,
     /// Managed settings waiting for an engine restart.
@@ -310,6 +326,19 @@ pub struct AddReplica {
     /// A delayed replica: each transaction applied this many seconds late.
     #[serde(default)]
     pub delay_s: u64,
+    /// A filtered replica: only these databases' changes are applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<DatabaseFilter>,
+}
+
+/// `POST /v1/sets/{id}/replicas/{instance}/filter`: a new database filter (none: every
+/// database again).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FilterReplica {
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<DatabaseFilter>,
 }
 
 /// `POST /v1/sets/{id}/replicas/{instance}/pause`.

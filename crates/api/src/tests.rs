@@ -61,6 +61,7 @@ fn a_specs_kind_is_its_tag() {
                     until: Some(tandem_proto::Position::Gtid("0-1-9".parse().unwrap())),
                     since: tandem_proto::Timestamp(5),
                 }),
+                filter: None,
             },
         },
     ];
@@ -156,6 +157,7 @@ fn a_replica_with_a_pause_or_a_delay_is_never_promoted_nor_acknowledges() {
     let delayed = ReplicaOptions {
         delay_s: 60,
         paused: None,
+        filter: None,
     };
     assert_eq!(
         delayed.never_promoted().as_deref(),
@@ -168,6 +170,7 @@ fn a_replica_with_a_pause_or_a_delay_is_never_promoted_nor_acknowledges() {
             until: None,
             since: tandem_proto::Timestamp(1),
         }),
+        filter: None,
     };
     assert_eq!(
         paused.never_promoted().as_deref(),

@@ -128,6 +128,34 @@ pub enum SetCmd {
     },
 }
 
+/// A filtered replica: only some databases' changes applied (never promoted).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DatabasesArgs {
+    /// Apply only these databases (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "DB,...")]
+    pub databases: Vec<String>,
+    /// Apply every database but these (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "DB,...",
+        conflicts_with = "databases"
+    )]
+    pub exclude_databases: Vec<String>,
+}
+
+impl DatabasesArgs {
+    pub fn filter(self) -> Option<tandem_proto::DatabaseFilter> {
+        if !self.databases.is_empty() {
+            Some(tandem_proto::DatabaseFilter::Only(self.databases))
+        } else if !self.exclude_databases.is_empty() {
+            Some(tandem_proto::DatabaseFilter::Except(self.exclude_databases))
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum ReplicaCmd {
     /// Add read-only replicas: attach an existing server as it is, or seed fresh ones
@@ -150,7 +178,21 @@ pub enum ReplicaCmd {
         /// it (a guard against a bad statement); never promoted.
         #[arg(long, value_name = "SECONDS", default_value_t = 0)]
         delay: u64,
+        #[command(flatten)]
+        databases: DatabasesArgs,
         /// Wait until the workflow ends, showing seeding progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Change which databases a replica applies (a workflow: it re-attaches).
+    Filter {
+        set: String,
+        instance: String,
+        #[command(flatten)]
+        databases: DatabasesArgs,
+        /// Apply every database again.
+        #[arg(long, conflicts_with_all = ["databases", "exclude_databases"])]
+        all: bool,
         #[arg(long)]
         wait: bool,
     },

@@ -316,6 +316,9 @@ pub fn topology(sets: &[SetView]) -> String {
                 };
                 held.push_str(&format!(" PAUSED{at}{still}"));
             }
+            if let Some(filter) = options.filter.as_ref().or(m.engine_filter.as_ref()) {
+                held.push_str(&format!(" FILTERED {filter}"));
+            }
             if options.delay_s > 0 || m.engine_delay_s.is_some_and(|d| d > 0) {
                 held.push_str(&format!(
                     " DELAYED {} s (engine {})",

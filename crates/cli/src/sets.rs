@@ -6,7 +6,8 @@ use std::io::Write;
 use anyhow::Result;
 use tandem_api::client::Client;
 use tandem_api::{
-    AddReplica, CreateSet, DelayReplica, Failover, FailoverAction, PauseReplica, Switchover,
+    AddReplica, CreateSet, DelayReplica, Failover, FailoverAction, FilterReplica, PauseReplica,
+    Switchover,
 };
 
 use crate::workflows::{follow, Progress};
@@ -69,10 +70,12 @@ pub fn replica(client: &Client, cmd: ReplicaCmd, json: bool, out: &mut dyn Write
             from,
             backup,
             delay,
+            databases,
             wait,
         } => {
             let request = AddReplica {
                 delay_s: delay,
+                filter: databases.filter(),
                 instance: None,
                 instances: instances
                     .iter()
@@ -106,6 +109,21 @@ pub fn replica(client: &Client, cmd: ReplicaCmd, json: bool, out: &mut dyn Write
                 force,
             };
             let row = client.pause_replica(&set, &instance_id(&instance)?, &request)?;
+            follow(client, out, json, row, wait)
+        }
+        ReplicaCmd::Filter {
+            set,
+            instance,
+            databases,
+            all,
+            wait,
+        } => {
+            let filter = databases.filter();
+            if filter.is_none() && !all {
+                anyhow::bail!("name the databases (--databases or --exclude-databases), or --all");
+            }
+            let request = FilterReplica { filter };
+            let row = client.filter_replica(&set, &instance_id(&instance)?, &request)?;
             follow(client, out, json, row, wait)
         }
         ReplicaCmd::Resume {

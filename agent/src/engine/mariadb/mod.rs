@@ -304,10 +304,9 @@ impl Engine for MariaDb {
         source: &SourceEndpoint,
         login: &ReplicationLogin,
         position: Option<&Position>,
-        delay: Duration,
-        paused: Option<&tandem_proto::Paused>,
+        applying: &crate::engine::Applying,
     ) -> Result<(), EngineError> {
-        MariaDb::attach(self, me, source, login, position, delay, paused).await
+        MariaDb::attach(self, me, source, login, position, applying).await
     }
 
     async fn detach(&self, me: &InstanceId) -> Result<(), EngineError> {

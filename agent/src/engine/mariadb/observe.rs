@@ -76,6 +76,10 @@ impl MariaDb {
                         received,
                         diverged,
                         delay_s: col(row, "SQL_Delay").unwrap_or(0),
+                        filter: filter_of(
+                            &col::<String>(row, "Replicate_Wild_Do_Table").unwrap_or_default(),
+                            &col::<String>(row, "Replicate_Wild_Ignore_Table").unwrap_or_default(),
+                        ),
                     }),
                     col::<u64>(row, "Seconds_Behind_Master"),
                 )
@@ -166,5 +170,55 @@ impl MariaDb {
             settings,
             fencing_hazards,
         })
+    }
+}
+
+/// The table patterns that filter whole databases: `db.%` each, with `_` (a wildcard
+/// in a pattern) escaped so that `sales_2` never matches `salesX2`. These are the
+/// values; inside an SQL string their backslashes are doubled.
+pub(super) fn wild_tables(databases: &[String]) -> String {
+    databases
+        .iter()
+        .map(|d| format!("{}.%", d.replace('_', r"\_")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The database filter a replica applies, from `SHOW SLAVE STATUS`'s comma-separated
+/// `Replicate_Wild_Do_Table` and `Replicate_Wild_Ignore_Table` (as [`wild_tables`]
+/// writes them).
+fn filter_of(only: &str, except: &str) -> Option<tandem_proto::DatabaseFilter> {
+    let names = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(str::trim)
+            .filter_map(|p| p.strip_suffix(".%"))
+            .map(|d| d.replace(r"\_", "_"))
+            .collect()
+    };
+    match (names(only), names(except)) {
+        (only, _) if !only.is_empty() => Some(tandem_proto::DatabaseFilter::Only(only)),
+        (_, except) if !except.is_empty() => Some(tandem_proto::DatabaseFilter::Except(except)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_proto::DatabaseFilter;
+
+    #[test]
+    fn a_database_filter_reads_back_from_its_table_patterns() {
+        let names = vec!["sales_2".to_string(), "stock".to_string()];
+        let written = super::wild_tables(&names);
+        assert_eq!(written, r"sales\_2.%,stock.%");
+        assert_eq!(
+            super::filter_of(&written, ""),
+            Some(DatabaseFilter::Only(names.clone()))
+        );
+        assert_eq!(
+            super::filter_of("", &written),
+            Some(DatabaseFilter::Except(names))
+        );
+        assert_eq!(super::filter_of("", ""), None);
     }
 }

@@ -142,9 +142,11 @@ impl MariaDb {
         source: &SourceEndpoint,
         login: &ReplicationLogin,
         position: Option<&Position>,
-        delay: Duration,
-        paused: Option<&tandem_proto::Paused>,
+        applying: &crate::engine::Applying,
     ) -> Result<(), EngineError> {
+        if let Some(filter) = &applying.filter {
+            filter.check().map_err(EngineError::BadRequest)?;
+        }
         if &source.instance == me {
             return Err(EngineError::BadRequest(format!(
                 "{me} cannot replicate from itself"
@@ -192,6 +194,37 @@ impl MariaDb {
         };
         self.exec(&mut c, &format!("SET GLOBAL gtid_slave_pos = '{start_at}'"))
             .await?;
+        // Filtered by table (`db.%`), not by `replicate_do_db`: that one judges a DDL
+        // statement by the session's default database, so a `CREATE TABLE sales.t` sent
+        // without `USE sales` would be skipped and the rows that follow would break
+        // replication. A `db.%` pattern also takes `CREATE DATABASE db`. Both are set
+        // every time, so that an attach without a filter removes an old one (they take
+        // effect while replication is stopped; names checked above).
+        let (only, except) = match &applying.filter {
+            Some(tandem_proto::DatabaseFilter::Only(d)) => {
+                (super::observe::wild_tables(d), String::new())
+            }
+            Some(tandem_proto::DatabaseFilter::Except(d)) => {
+                (String::new(), super::observe::wild_tables(d))
+            }
+            None => (String::new(), String::new()),
+        };
+        self.exec(
+            &mut c,
+            &format!(
+                "SET GLOBAL replicate_wild_do_table = '{}'",
+                only.replace('\\', r"\\")
+            ),
+        )
+        .await?;
+        self.exec(
+            &mut c,
+            &format!(
+                "SET GLOBAL replicate_wild_ignore_table = '{}'",
+                except.replace('\\', r"\\")
+            ),
+        )
+        .await?;
         self.exec(
             &mut c,
             &format!(
@@ -202,12 +235,12 @@ impl MariaDb {
                 source.port,
                 login.user,
                 login.password.expose(),
-                delay.as_secs(),
+                applying.delay.as_secs(),
                 self.master_tls()
             ),
         )
         .await?;
-        match paused {
+        match &applying.paused {
             None => self.exec(&mut c, "START SLAVE").await?,
             // Paused: the source is set (and was checked above); nothing is applied.
             Some(tandem_proto::Paused { until: None }) => return Ok(()),

@@ -51,6 +51,7 @@ fn epochs_come_from_one_sequence_and_a_journaled_change_is_applied_once() {
         options: ReplicaOptions {
             delay_s: 60,
             paused: None,
+            filter: None,
         },
     };
     let after = s.apply_step("w1", 0, "add", &set("s1"), &add).unwrap();

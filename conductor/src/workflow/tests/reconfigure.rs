@@ -23,6 +23,7 @@ fn paused_at(position: &str) -> ReplicaOptions {
             until: Some(gtid(position)),
             since: tandem_proto::Timestamp(1),
         }),
+        filter: None,
     }
 }
 
@@ -58,6 +59,7 @@ async fn a_new_delay_re_attaches_with_it_and_a_paused_replica_follows_a_switchov
             options: ReplicaOptions {
                 delay_s: 60,
                 paused: None,
+                filter: None,
             },
         })
         .await;
