@@ -123,8 +123,10 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
     let f = &c.settings.failover;
     let master = &set.master;
     let seen_master = seen(c, master, started);
+    // Only the master's direct replicas can say whether they still receive from it; a
+    // cascaded one hears its own source.
     let replicas: Vec<(InstanceId, Seen)> = set
-        .replicas()
+        .replicas_of(master)
         .map(|r| (r.clone(), seen(c, r, started)))
         .collect();
     // Safe either way (nobody is promoted before the lease runs out), but slow: say so.
@@ -197,6 +199,36 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                     );
                     return;
                 }
+            }
+            // A replica that others replicate from is lost: they go to the nearest
+            // member above it that is well.
+            let lost = |i: &InstanceId| {
+                let s = seen(c, i, started);
+                s.age >= f.detect_after
+                    || s.report
+                        .as_ref()
+                        .is_none_or(|r| r.health == Health::EngineDown)
+            };
+            if let Some(o) = crate::decide::cascade::orphaned(set, lost) {
+                // Tried again with a growing hold when it cannot finish (a replica
+                // unreachable too), like a re-point.
+                let now = Instant::now();
+                let mut tries = c.failover_watch.repoints.lock().expect("poisoned");
+                let held = tries.entry(o.lost.clone()).or_default();
+                if !held.hold(now).is_zero() {
+                    return;
+                }
+                held.record(now);
+                drop(tries);
+                start(
+                    c,
+                    Spec::Reparent {
+                        set: set.id.clone(),
+                        lost: o.lost,
+                    },
+                    "a replica that others replicate from is lost",
+                );
+                return;
             }
             // A replica whose agent says its history split from the master's (a write
             // of its own, or one it cannot apply): quarantined, never left as a

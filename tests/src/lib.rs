@@ -328,15 +328,11 @@ impl Cluster {
             },
         );
         let master = view.master.to_string();
-        let master_port = self.db(&master).port().to_string();
         for m in &view.members {
             let name = m.instance.as_str();
             let observed = m.observed.clone().expect("a converged member has reported");
             let db = self.db(name);
             let read_only = db.sql("SELECT @@read_only").unwrap();
-            let source = db
-                .sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND = 'Slave_IO'")
-                .unwrap();
             if name == master {
                 assert_eq!(read_only, "0", "master {name} must be writable");
                 assert_eq!(
@@ -346,18 +342,24 @@ impl Cluster {
                 );
                 assert_eq!(observed.writable, Some(true));
             } else {
+                // Its source: the master, or the member it is cascaded under.
+                let source = m
+                    .intended
+                    .replicates_from
+                    .as_ref()
+                    .map_or(master.clone(), |f| f.to_string());
+                let source_port = self.db(&source).port().to_string();
                 assert_eq!(read_only, "1", "replica {name} must be read-only");
                 let status = db.sql("SHOW SLAVE STATUS").unwrap();
                 assert!(
-                    status.contains(&format!("\t{master_port}\t")),
-                    "{name} does not replicate from {master} ({master_port}): {status}"
+                    status.contains(&format!("\t{source_port}\t")),
+                    "{name} does not replicate from {source} ({source_port}): {status}"
                 );
                 assert_eq!(observed.writable, Some(false));
                 assert_eq!(
                     observed.replicates_from.as_ref().map(|f| f.as_str()),
-                    Some(master.as_str())
+                    Some(source.as_str())
                 );
-                let _ = source;
             }
         }
         master

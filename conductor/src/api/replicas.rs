@@ -65,10 +65,13 @@ fn keeps_an_acknowledger(
     if force || !c.store.failover_state(&set.id)?.semi_sync {
         return Ok(());
     }
+    // Only the master's direct replicas acknowledge to it (cascaded ones to their
+    // own source, which is no semi-sync master).
     let others = set
         .members
         .iter()
         .filter(|m| m.role == IntendedRole::Replica && &m.instance != instance)
+        .filter(|m| m.replicates_from.as_ref() == Some(&set.master))
         .filter(|m| m.options.acknowledges())
         .count();
     if others == 0 {

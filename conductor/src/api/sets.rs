@@ -173,6 +173,13 @@ pub async fn add_replica(
         paused: None,
         filter: super::replicas::valid_filter(req.filter)?,
     };
+    let source = match &req.source {
+        Some(s) => Some(cascade_source(&set, s)?),
+        None => None,
+    };
+    // A cascaded replica is copied from its source by default: that source's binary
+    // log then holds everything after the copy.
+    let from = req.from.clone().or_else(|| source.clone());
     let seeded = req.seed != SeedMethod::None;
     let mut instances: Vec<InstanceId> = Vec::new();
     for i in names {
@@ -204,10 +211,11 @@ pub async fn add_replica(
                 set: id,
                 instance,
                 options,
+                source,
             };
             return Ok(accepted(start_for_operator(&c, spec, BY).await?));
         }
-        SeedMethod::Stream => stream_from(&set, req.from)?,
+        SeedMethod::Stream => stream_from(&set, from)?,
         SeedMethod::Backup => Seed::Backup {
             backup_id: match &req.backup {
                 Some(b) => recorded_backup(&c, &set, b)?,
@@ -231,7 +239,7 @@ pub async fn add_replica(
                     backup_id: b.backup_id,
                 }
             }
-            _ => stream_from(&set, req.from)?,
+            _ => stream_from(&set, from)?,
         },
     };
     let spec = Spec::Provision {
@@ -239,8 +247,34 @@ pub async fn add_replica(
         instances,
         seed,
         options,
+        source,
     };
     Ok(accepted(start_for_operator(&c, spec, BY).await?))
+}
+
+/// A cascaded replica's source: a replicating member whose stream is the whole set's
+/// (not paused, delayed or filtered: a replica under it would inherit that).
+fn cascade_source(set: &ReplicaSet, source: &InstanceId) -> Result<InstanceId, ApiError> {
+    let Some(m) = set.member(source) else {
+        return Err(bad_request(format!(
+            "{source} is not a member of set {}: a replica's source is the master or one \
+             of its replicas",
+            set.id
+        )));
+    };
+    if !matches!(m.role, IntendedRole::Master | IntendedRole::Replica) {
+        return Err(bad_request(format!(
+            "{source} is {} in set {}: it cannot be a source",
+            m.role.as_str(),
+            set.id
+        )));
+    }
+    if let Some(why) = m.options.never_promoted() {
+        return Err(bad_request(format!(
+            "{source} cannot be a source: it is {why}, and a replica under it would be too"
+        )));
+    }
+    Ok(source.clone())
 }
 
 fn stream_from(set: &ReplicaSet, from: Option<InstanceId>) -> Result<Seed, ApiError> {
@@ -297,6 +331,14 @@ pub async fn detach_replica(
     if !set.replicas().any(|r| r == &instance) {
         return Err(bad_request(format!(
             "{instance} is not a replica of set {id}"
+        )));
+    }
+    let under: Vec<String> = set.replicas_of(&instance).map(|r| r.to_string()).collect();
+    if !under.is_empty() {
+        return Err(bad_request(format!(
+            "{instance} is the source of {}: detach them first, or add them again under \
+             another member",
+            under.join(", ")
         )));
     }
     let spec = Spec::Detach { set: id, instance };

@@ -5,8 +5,10 @@
 //! * [`verdict`]: is a set's master healthy, suspected, waiting for its lease, or lost;
 //! * [`candidate`]: which replica a failover promotes, and why the others are not;
 //! * [`drift`]: how a member's engine differs from the intent, and whether a replica
-//!   is to be re-pointed.
+//!   is to be re-pointed;
+//! * [`cascade`]: where the replicas of a lost intermediate source go.
 
 pub mod candidate;
+pub mod cascade;
 pub mod drift;
 pub mod verdict;

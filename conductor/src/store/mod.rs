@@ -59,6 +59,41 @@ impl ReplicaSet {
             .filter(|m| m.role == IntendedRole::Replica)
             .map(|m| &m.instance)
     }
+
+    pub fn member(&self, instance: &InstanceId) -> Option<&Member> {
+        self.members.iter().find(|m| &m.instance == instance)
+    }
+
+    /// The replicas that replicate from `source` in the intent (for the master: its
+    /// direct replicas; for a replica: those cascaded under it).
+    pub fn replicas_of<'a>(
+        &'a self,
+        source: &'a InstanceId,
+    ) -> impl Iterator<Item = &'a InstanceId> {
+        self.members
+            .iter()
+            .filter(move |m| {
+                m.role == IntendedRole::Replica && m.replicates_from.as_ref() == Some(source)
+            })
+            .map(|m| &m.instance)
+    }
+
+    /// Where `instance` replicates from in the intent, and that source's sources up to
+    /// the master, nearest first (empty for a server that replicates from nobody).
+    pub fn ancestors(&self, instance: &InstanceId) -> Vec<InstanceId> {
+        let mut chain: Vec<InstanceId> = Vec::new();
+        let mut at = instance;
+        while let Some(from) = self.member(at).and_then(|m| m.replicates_from.as_ref()) {
+            // A cycle cannot be stored (a source is always a member already in the
+            // tree), but a walk never trusts that.
+            if chain.contains(from) || from == instance {
+                break;
+            }
+            chain.push(from.clone());
+            at = from;
+        }
+        chain
+    }
 }
 
 /// A change of a set's intended topology; applying one bumps the epoch.
@@ -67,6 +102,13 @@ pub enum TopologyChange {
     AddReplica {
         instance: InstanceId,
         options: ReplicaOptions,
+        /// The member it replicates from (a cascaded replica); the master when `None`.
+        source: Option<InstanceId>,
+    },
+    /// A replica replicates from another member (its source was lost, or moved).
+    Reparent {
+        instance: InstanceId,
+        source: InstanceId,
     },
     /// A replica's options (delay, pause) change.
     SetOptions {
@@ -101,6 +143,9 @@ impl std::fmt::Display for TopologyChange {
         match self {
             TopologyChange::AddReplica { instance, .. } => {
                 write!(f, "store: add replica {instance}")
+            }
+            TopologyChange::Reparent { instance, source } => {
+                write!(f, "store: {instance} replicates from {source}")
             }
             TopologyChange::SetOptions { instance, options } => {
                 write!(f, "store: options of {instance}: {options}")

@@ -11,19 +11,21 @@ pub async fn run(
     ctx: &mut Ctx<'_>,
     instance: &InstanceId,
     options: &ReplicaOptions,
+    source: Option<&InstanceId>,
 ) -> Result<Outcome, StepError> {
     let set = ctx.apply(
         "add to the set",
         TopologyChange::AddReplica {
             instance: instance.clone(),
             options: options.clone(),
+            source: source.cloned(),
         },
     )?;
     let (master, epoch) = (set.master.clone(), set.epoch);
     let attached = async {
         ctx.send("make read-only", instance, epoch, Command::SetReadOnly)
             .await?;
-        ctx.attach_to("replicate from the master", &master, instance, epoch, None)
+        ctx.attach_to_intent("replicate from its source", instance, epoch)
             .await
     }
     .await;

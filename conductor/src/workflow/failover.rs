@@ -162,7 +162,7 @@ pub async fn run(
     // failover stands down.
     if !force && !matches!(host, HostFence::Fenced(_)) {
         if let Err(why) = wait_for_lease(ctx, failed, epoch).await? {
-            return stand_down(ctx, failed, epoch, &replicas, why).await;
+            return stand_down(ctx, epoch, &replicas, why).await;
         }
     }
 
@@ -179,7 +179,7 @@ pub async fn run(
                 Ok(crate::failsafe::bounded(&lists, &withdrawn).err())
             })?;
         if let Some(why) = unbounded {
-            return stand_down(ctx, failed, epoch, &replicas, why).await;
+            return stand_down(ctx, epoch, &replicas, why).await;
         }
     }
 
@@ -311,7 +311,9 @@ pub async fn run(
         .filter(|r| *r != candidate && !left_out(r))
         .cloned()
         .collect();
-    left_behind.extend(ctx.repoint(candidate, &reachable, new_epoch).await);
+    // Direct replicas to the new master, cascaded ones back to their own source (the
+    // drain stopped their receiving).
+    left_behind.extend(ctx.repoint(&reachable, new_epoch).await);
     let repointed = replicas.len() - 1 - left_behind.len().min(replicas.len() - 1);
 
     // With no replica left a semi-sync master would hold every commit for the whole
@@ -454,10 +456,10 @@ async fn wait_for_lease(
 }
 
 /// The master came back before anyone was promoted: the drained replicas replicate
-/// from it again and nothing else changed.
+/// from their sources again (the master, or their own for cascaded ones) and nothing
+/// else changed.
 async fn stand_down(
     ctx: &mut Ctx<'_>,
-    failed: &InstanceId,
     epoch: tandem_proto::Epoch,
     replicas: &[InstanceId],
     why: String,
@@ -465,13 +467,7 @@ async fn stand_down(
     let mut not_back = Vec::new();
     for r in replicas {
         if let Err(e) = ctx
-            .attach_to(
-                "stand down: replicate from the master again",
-                failed,
-                r,
-                epoch,
-                None,
-            )
+            .attach_to_intent("stand down: replicate from the source again", r, epoch)
             .await
         {
             not_back.push(format!("{r} ({e})"));

@@ -20,6 +20,7 @@ pub mod provision;
 mod quarantine;
 mod reconfigure;
 mod rejoin;
+mod reparent;
 mod repoint;
 mod semi_sync;
 mod steps;
@@ -88,8 +89,11 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
     let result = match &spec {
         Spec::CreateSet { master, .. } => create_set::run(&mut ctx, master).await,
         Spec::Attach {
-            instance, options, ..
-        } => attach::run(&mut ctx, instance, options).await,
+            instance,
+            options,
+            source,
+            ..
+        } => attach::run(&mut ctx, instance, options, source.as_ref()).await,
         Spec::Detach { instance, .. } => detach::run(&mut ctx, instance).await,
         Spec::Switchover {
             candidate,
@@ -102,11 +106,13 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
             instances,
             seed,
             options,
+            source,
             ..
-        } => provision::run(&mut ctx, instances, seed, options).await,
+        } => provision::run(&mut ctx, instances, seed, options, source.as_ref()).await,
         Spec::Reconfigure {
             instance, options, ..
         } => reconfigure::run(&mut ctx, instance, options).await,
+        Spec::Reparent { lost, .. } => reparent::run(&mut ctx, lost).await,
         Spec::Failover {
             failed,
             candidate,

@@ -20,6 +20,7 @@ pub async fn run(
     instances: &[InstanceId],
     seed: &Seed,
     options: &ReplicaOptions,
+    source: Option<&InstanceId>,
 ) -> Result<Outcome, StepError> {
     // No step touches the new instances before their copy is complete: the agent
     // installs it read-only, so a failed seeding leaves them exactly as they were.
@@ -97,7 +98,7 @@ pub async fn run(
                 continue;
             }
         };
-        match join(ctx, instance, position, options).await {
+        match join(ctx, instance, position, options, source).await {
             Ok(()) => attached.push(instance.to_string()),
             Err(e) => failures.push(format!("{instance}: {e}")),
         }
@@ -128,6 +129,7 @@ async fn join(
     instance: &InstanceId,
     position: Position,
     options: &ReplicaOptions,
+    source: Option<&InstanceId>,
 ) -> Result<(), StepError> {
     let quarantined = ctx
         .set()?
@@ -144,6 +146,7 @@ async fn join(
             TopologyChange::AddReplica {
                 instance: instance.clone(),
                 options: options.clone(),
+                source: source.cloned(),
             }
         },
     )?;
@@ -158,10 +161,14 @@ async fn join(
     } else {
         set
     };
+    let from = set
+        .member(instance)
+        .and_then(|m| m.replicates_from.clone())
+        .unwrap_or_else(|| set.master.clone());
     let attached = ctx
         .attach_to(
             &format!("attach {instance} at {position}"),
-            &set.master,
+            &from,
             instance,
             set.epoch,
             Some(position),

@@ -30,7 +30,7 @@ pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, St
             "{instance} was not re-pointed: {why}; quarantined until it is re-seeded"
         )));
     }
-    ctx.attach_to("re-point to the master", &master, instance, epoch, None)
+    ctx.attach_to_intent("re-point to its source", instance, epoch)
         .await?;
     Ok(Outcome::Done)
 }

@@ -5,6 +5,9 @@
 use tandem_proto::{Command, Epoch, InstanceId, ReplyBody, Sealed, Secret, SourceEndpoint};
 
 use super::{Ctx, StepError};
+
+/// How long a cascaded replica's source may take to receive its new account.
+const ACCOUNT_WAIT_MS: u64 = 10_000;
 use crate::store::ReplicaOptions;
 
 impl Ctx<'_> {
@@ -110,24 +113,42 @@ impl Ctx<'_> {
         }
     }
 
-    /// Re-points `replicas` to a new master, one after the other; returns those that
-    /// could not be, each with why (the workflow goes on without them).
-    pub async fn repoint(
-        &mut self,
-        master: &InstanceId,
-        replicas: &[InstanceId],
-        epoch: Epoch,
-    ) -> Vec<String> {
+    /// Attaches each of `replicas` to its source in the intent (a new master for its
+    /// direct replicas, their own source for cascaded ones), one after the other;
+    /// returns those that could not be, each with why (the workflow goes on without
+    /// them).
+    pub async fn repoint(&mut self, replicas: &[InstanceId], epoch: Epoch) -> Vec<String> {
         let mut left_behind = Vec::new();
-        for replica in replicas {
+        // Sources before the replicas under them: a cascaded replica's account reaches
+        // its source only once that source replicates again.
+        let mut replicas = replicas.to_vec();
+        if let Ok(set) = self.set() {
+            replicas.sort_by_key(|r| set.ancestors(r).len());
+        }
+        for replica in &replicas {
             if let Err(e) = self
-                .attach_to("re-point a replica", master, replica, epoch, None)
+                .attach_to_intent("re-point a replica", replica, epoch)
                 .await
             {
                 left_behind.push(format!("{replica} ({e})"));
             }
         }
         left_behind
+    }
+
+    /// Attaches `replica` to its source in the intent (see [`Ctx::attach_to`]).
+    pub async fn attach_to_intent(
+        &mut self,
+        what: &str,
+        replica: &InstanceId,
+        epoch: Epoch,
+    ) -> Result<ReplyBody, StepError> {
+        let set = self.set()?;
+        let source = set
+            .member(replica)
+            .and_then(|m| m.replicates_from.clone())
+            .unwrap_or(set.master);
+        self.attach_to(what, &source, replica, epoch, None).await
     }
 
     /// The options of `replica` in the set (the defaults for a server not in it yet).
@@ -155,9 +176,33 @@ impl Ctx<'_> {
     ) -> Result<ReplyBody, StepError> {
         let options = self.options_of(replica)?;
         let endpoint = self.endpoint(source)?;
+        let master = self.set()?.master;
+        // Replication accounts are made on the master and replicate to every member:
+        // one made on a replica would be a transaction of its own (errant).
         let credentials = self
-            .replication_credentials(&format!("{what}: replication user"), source, replica, epoch)
+            .replication_credentials(
+                &format!("{what}: replication user"),
+                &master,
+                replica,
+                epoch,
+            )
             .await?;
+        if source != &master {
+            // A cascaded replica logs in to its source: wait for the account there.
+            let at = self
+                .latest_position(&format!("{what}: the master's position"), &master, epoch)
+                .await?;
+            self.send(
+                &format!("{what}: the account reaches {source}"),
+                source,
+                epoch,
+                Command::WaitForPosition {
+                    position: at,
+                    timeout_ms: ACCOUNT_WAIT_MS,
+                },
+            )
+            .await?;
+        }
         self.send(
             &format!("{what}: attach"),
             replica,

@@ -34,10 +34,13 @@ pub async fn run(
 ) -> Result<Outcome, StepError> {
     let old = old.clone();
     let catch_up_ms = catch_up_timeout_ms.unwrap_or(CATCH_UP_MS);
-    let members: Vec<InstanceId> = ctx.set()?.members.into_iter().map(|m| m.instance).collect();
-    let others: Vec<InstanceId> = members
-        .into_iter()
-        .filter(|m| m != &old && m != candidate)
+    // The old master's direct replicas follow the new master; cascaded replicas stay
+    // under their own sources (the candidate's, if it had any, included).
+    let set = ctx.set()?;
+    let others: Vec<InstanceId> = set
+        .replicas_of(&old)
+        .filter(|m| *m != candidate)
+        .cloned()
         .collect();
 
     // A candidate its agent calls diverged is refused before writes stop.
@@ -113,7 +116,7 @@ pub async fn run(
     // Steps 6-7: forward only.
     ctx.enable_as_master("enable the new master", candidate, new_epoch)
         .await?;
-    let mut left_behind = ctx.repoint(candidate, &others, new_epoch).await;
+    let mut left_behind = ctx.repoint(&others, new_epoch).await;
     let demoted = async {
         ctx.send("demote the old master", &old, new_epoch, Command::Demote)
             .await?;

@@ -326,6 +326,10 @@ pub struct AddReplica {
     /// A delayed replica: each transaction applied this many seconds late.
     #[serde(default)]
     pub delay_s: u64,
+    /// A cascaded replica: it replicates from this member (default the master).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub source: Option<InstanceId>,
     /// A filtered replica: only these databases' changes are applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]

@@ -51,6 +51,11 @@ fn a_specs_kind_is_its_tag() {
                 backup_id: "b".parse().unwrap(),
             },
             options: ReplicaOptions::default(),
+            source: Some("db-2".parse().unwrap()),
+        },
+        WorkflowSpec::Reparent {
+            set: set.clone(),
+            lost: "db-2".parse().unwrap(),
         },
         WorkflowSpec::Reconfigure {
             set,

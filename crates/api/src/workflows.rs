@@ -32,6 +32,9 @@ pub enum WorkflowSpec {
         instance: InstanceId,
         #[serde(default)]
         options: ReplicaOptions,
+        /// A cascaded replica's source (default the master).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<InstanceId>,
     },
     /// A replica leaves the set and becomes an independent writable server.
     Detach {
@@ -58,6 +61,8 @@ pub enum WorkflowSpec {
         seed: Seed,
         #[serde(default)]
         options: ReplicaOptions,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<InstanceId>,
     },
     /// The master is lost: a replica takes its place (automatic, or an operator's eject).
     Failover {
@@ -99,6 +104,9 @@ pub enum WorkflowSpec {
     },
     /// The set's failsafe assignment brought in line with its membership.
     Failsafe { set: ReplicaSetId },
+    /// A cascaded replica's source is lost: its replicas replicate from the nearest
+    /// healthy member above it.
+    Reparent { set: ReplicaSetId, lost: InstanceId },
     /// A replica's options changed (paused, resumed, delayed, caught up): recorded,
     /// then applied on its engine; the old options back when the engine refuses.
     Reconfigure {
@@ -125,6 +133,7 @@ pub enum WorkflowKind {
     Quarantine,
     Failsafe,
     Reconfigure,
+    Reparent,
 }
 
 crate::words!(WorkflowKind {
@@ -141,6 +150,7 @@ crate::words!(WorkflowKind {
     Quarantine => "quarantine",
     Failsafe => "failsafe",
     Reconfigure => "reconfigure",
+    Reparent => "reparent",
 });
 
 impl WorkflowKind {
@@ -170,6 +180,7 @@ impl WorkflowSpec {
             WorkflowSpec::Repoint { .. } => WorkflowKind::Repoint,
             WorkflowSpec::Failsafe { .. } => WorkflowKind::Failsafe,
             WorkflowSpec::Reconfigure { .. } => WorkflowKind::Reconfigure,
+            WorkflowSpec::Reparent { .. } => WorkflowKind::Reparent,
         }
     }
 
@@ -193,6 +204,7 @@ impl WorkflowSpec {
             | WorkflowSpec::Quarantine { set, .. }
             | WorkflowSpec::Repoint { set, .. }
             | WorkflowSpec::Reconfigure { set, .. }
+            | WorkflowSpec::Reparent { set, .. }
             | WorkflowSpec::Failsafe { set } => set,
         }
     }

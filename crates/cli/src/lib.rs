@@ -168,9 +168,13 @@ pub enum ReplicaCmd {
         /// backup if the set has one, else stream).
         #[arg(long, default_value = "none")]
         seed: tandem_api::SeedMethod,
-        /// With --seed stream: copy from this member (default: the master).
+        /// With --seed stream: copy from this member (default: the replica's source).
         #[arg(long)]
         from: Option<String>,
+        /// A cascaded replica: replicate from this member, not the master (so a busy
+        /// master serves one stream for many replicas).
+        #[arg(long)]
+        source: Option<String>,
         /// With --seed backup: this backup (default: the set's newest).
         #[arg(long)]
         backup: Option<tandem_proto::BackupId>,

@@ -353,18 +353,52 @@ pub fn topology(sets: &[SetView]) -> String {
         if let Some(m) = s.members.iter().find(|m| m.instance == s.master) {
             text.push_str(&format!("└─ {}\n", member_line(m)));
         }
-        let replicas: Vec<&MemberView> = s
-            .members
-            .iter()
-            .filter(|m| m.instance != s.master)
-            .collect();
-        for (i, r) in replicas.iter().enumerate() {
-            let branch = if i + 1 == replicas.len() {
-                "└─"
-            } else {
-                "├─"
-            };
-            text.push_str(&format!("   {branch} {}\n", member_line(r)));
+        // The tree as intended: each replica under its source, cascades indented
+        // further; members under no source (failed, quarantined) last, under the master.
+        let under = |parent: Option<&tandem_proto::InstanceId>| -> Vec<&MemberView> {
+            s.members
+                .iter()
+                .filter(|m| m.instance != s.master)
+                .filter(|m| match parent {
+                    Some(p) => m.intended.replicates_from.as_ref() == Some(p),
+                    None => m
+                        .intended
+                        .replicates_from
+                        .as_ref()
+                        .is_none_or(|f| !s.members.iter().any(|o| &o.instance == f)),
+                })
+                .collect()
+        };
+        let mut rows: Vec<(usize, &MemberView)> = Vec::new();
+        fn walk<'a>(
+            depth: usize,
+            parent: &tandem_proto::InstanceId,
+            under: &dyn Fn(Option<&tandem_proto::InstanceId>) -> Vec<&'a MemberView>,
+            rows: &mut Vec<(usize, &'a MemberView)>,
+        ) {
+            for m in under(Some(parent)) {
+                if rows.iter().any(|(_, r)| r.instance == m.instance) || depth > 16 {
+                    continue;
+                }
+                rows.push((depth, m));
+                walk(depth + 1, &m.instance, under, rows);
+            }
+        }
+        walk(1, &s.master, &under, &mut rows);
+        for m in under(None) {
+            rows.push((1, m));
+        }
+        for (i, (depth, m)) in rows.iter().enumerate() {
+            let last_sibling = !rows[i + 1..]
+                .iter()
+                .take_while(|(d, _)| d >= depth)
+                .any(|(d, _)| d == depth);
+            let branch = if last_sibling { "└─" } else { "├─" };
+            text.push_str(&format!(
+                "{}{branch} {}\n",
+                "   ".repeat(*depth),
+                member_line(m)
+            ));
         }
     }
     text

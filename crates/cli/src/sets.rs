@@ -68,6 +68,7 @@ pub fn replica(client: &Client, cmd: ReplicaCmd, json: bool, out: &mut dyn Write
             instances,
             seed,
             from,
+            source,
             backup,
             delay,
             databases,
@@ -83,6 +84,7 @@ pub fn replica(client: &Client, cmd: ReplicaCmd, json: bool, out: &mut dyn Write
                     .collect::<Result<_>>()?,
                 seed,
                 from: from.as_deref().map(instance_id).transpose()?,
+                source: source.as_deref().map(instance_id).transpose()?,
                 backup,
             };
             let row = client.add_replicas(&set, &request)?;

@@ -53,6 +53,7 @@ fn epochs_come_from_one_sequence_and_a_journaled_change_is_applied_once() {
             paused: None,
             filter: None,
         },
+        source: None,
     };
     let after = s.apply_step("w1", 0, "add", &set("s1"), &add).unwrap();
     assert!(after.epoch > b.epoch);
@@ -71,6 +72,7 @@ fn epochs_come_from_one_sequence_and_a_journaled_change_is_applied_once() {
             &TopologyChange::AddReplica {
                 instance: i("db-2"),
                 options: ReplicaOptions::default(),
+                source: None,
             },
         )
         .unwrap_err();

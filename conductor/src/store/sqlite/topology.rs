@@ -26,20 +26,59 @@ pub(super) fn apply_in(
     let current = load_set(conn, set)?
         .ok_or_else(|| StoreError::NotFound(format!("no replica set {set}")))?;
     match change {
-        TopologyChange::AddReplica { instance, options } => {
+        TopologyChange::AddReplica {
+            instance,
+            options,
+            source,
+        } => {
+            let from = source.as_ref().unwrap_or(&current.master);
+            if !current.members.iter().any(|m| {
+                &m.instance == from
+                    && matches!(m.role, IntendedRole::Master | IntendedRole::Replica)
+            }) {
+                return Err(StoreError::NotFound(format!(
+                    "{from} is not a replicating member of set {set}"
+                )));
+            }
             let n = conn.execute(
                 "INSERT INTO members (instance, set_id, role, replicates_from, writable, options) \
                  VALUES (?1, ?2, 'replica', ?3, 0, ?4) ON CONFLICT (instance) DO NOTHING",
                 params![
                     instance.as_str(),
                     set.as_str(),
-                    current.master.as_str(),
+                    from.as_str(),
                     options_json(options)?
                 ],
             )?;
             if n == 0 {
                 return Err(StoreError::Conflict(format!(
                     "{instance} is already a member of a replica set"
+                )));
+            }
+        }
+        TopologyChange::Reparent { instance, source } => {
+            if source == instance || current.ancestors(source).contains(instance) {
+                return Err(StoreError::Conflict(format!(
+                    "{instance} cannot replicate from {source}: {source} replicates from it \
+                     (a cycle)"
+                )));
+            }
+            if !current.members.iter().any(|m| {
+                &m.instance == source
+                    && matches!(m.role, IntendedRole::Master | IntendedRole::Replica)
+            }) {
+                return Err(StoreError::NotFound(format!(
+                    "{source} is not a replicating member of set {set}"
+                )));
+            }
+            let n = conn.execute(
+                "UPDATE members SET replicates_from = ?3 \
+                 WHERE instance = ?1 AND set_id = ?2 AND role = 'replica'",
+                params![instance.as_str(), set.as_str(), source.as_str()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "{instance} is not a replica of set {set}"
                 )));
             }
         }
@@ -120,8 +159,9 @@ pub(super) fn apply_in(
     Ok(load_set(conn, set)?.expect("exists"))
 }
 
-/// `new_master` becomes the writable master; the other replicating members (not failed
-/// or quarantined ones) replicate from it.
+/// `new_master` becomes the writable master; the old master and its direct replicas
+/// (not failed or quarantined ones) replicate from it; cascaded replicas stay under
+/// their sources.
 pub(super) fn new_master_in(
     conn: &Connection,
     current: &ReplicaSet,
@@ -137,8 +177,9 @@ pub(super) fn new_master_in(
     }
     conn.execute(
         "UPDATE members SET role = 'replica', replicates_from = ?2, writable = 0 \
-         WHERE set_id = ?1 AND role IN ('master', 'replica')",
-        params![set.as_str(), new_master.as_str()],
+         WHERE set_id = ?1 AND (role = 'master' \
+            OR (role = 'replica' AND (replicates_from = ?3 OR replicates_from IS NULL)))",
+        params![set.as_str(), new_master.as_str(), current.master.as_str()],
     )?;
     // A master has no replica options (one promoted by force loses its pause or delay).
     conn.execute(

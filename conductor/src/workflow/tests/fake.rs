@@ -215,6 +215,7 @@ impl World {
                     &TopologyChange::AddReplica {
                         instance: i(r),
                         options: Default::default(),
+                        source: None,
                     },
                 )
                 .unwrap();

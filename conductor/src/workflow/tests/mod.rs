@@ -5,6 +5,7 @@
 //! under which epoch, and how it ended. The end-to-end tests run the same workflows on
 //! real engines.
 
+mod cascade;
 mod failover;
 mod fake;
 mod reconfigure;
