@@ -87,8 +87,9 @@ fn a_conductor_killed_at_any_step_of_a_switchover_finishes_or_rolls_back_after_r
             }
         }
     }
-    // Steps: read-only, position, catch-up, record, detach, enable, two re-points (user +
-    // attach each) and demote: at least ten steps, each crashed at three points.
+    // Steps: the direct replicas (a journaled decision), read-only, position, catch-up,
+    // record, detach, enable, two re-points (user + attach each) and demote: at least
+    // ten steps, each crashed at three points.
     assert!(
         crashed_at.len() >= 30,
         "crash points covered: {crashed_at:?}"

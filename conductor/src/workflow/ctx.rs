@@ -107,6 +107,7 @@ impl<'a> Ctx<'a> {
     ) -> Result<(), StepError> {
         let seq = self.seq;
         self.seq += 1;
+        self.failpoint(seq, Point::Before);
         let store = &self.c.store;
         if store.journal_entry(&self.wf.id, seq)?.is_none() {
             store.journal_insert(&JournalEntry {
@@ -121,6 +122,9 @@ impl<'a> Ctx<'a> {
                 sent_at: Timestamp::now(),
             })?;
         }
+        // Recorded at once, like a store step: "sent" and "after" coincide.
+        self.failpoint(seq, Point::Sent);
+        self.failpoint(seq, Point::After);
         Ok(())
     }
 

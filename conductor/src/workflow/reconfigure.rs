@@ -30,8 +30,12 @@ pub async fn run(
             set.id
         )));
     };
-    let (old, source) = (member.options.clone(), member.replicates_from.clone());
-    let Some(source) = source else {
+    // Journaled: once the new options are recorded, a resumed workflow must still
+    // know the old ones (what to apply, and what to put back).
+    let current = member.options.clone();
+    let old: ReplicaOptions =
+        ctx.decide("the options before", instance, set.epoch, |_| Ok(current))?;
+    let Some(source) = member.replicates_from.clone() else {
         return Err(StepError::Precondition(format!(
             "{instance} replicates from nobody in the intent"
         )));

@@ -35,13 +35,18 @@ pub async fn run(
     let old = old.clone();
     let catch_up_ms = catch_up_timeout_ms.unwrap_or(CATCH_UP_MS);
     // The old master's direct replicas follow the new master; cascaded replicas stay
-    // under their own sources (the candidate's, if it had any, included).
+    // under their own sources (the candidate's, if it had any, included). Journaled:
+    // once the change is recorded they are the new master's, and a resumed workflow
+    // must re-point the same ones.
     let set = ctx.set()?;
-    let others: Vec<InstanceId> = set
-        .replicas_of(&old)
-        .filter(|m| *m != candidate)
-        .cloned()
-        .collect();
+    let others: Vec<InstanceId> =
+        ctx.decide("the old master's direct replicas", &old, epoch, |_| {
+            Ok(set
+                .replicas_of(&old)
+                .filter(|m| *m != candidate)
+                .cloned()
+                .collect())
+        })?;
 
     // A candidate its agent calls diverged is refused before writes stop.
     if let Some(why) = ctx

@@ -240,6 +240,7 @@ mod copies;
 mod fence;
 mod lifecycle;
 mod observe;
+mod pause;
 mod replication;
 
 // Each method is implemented in the module of its concern.
