@@ -128,6 +128,15 @@ fn a_two_level_cascade_replicates_to_its_leaves_through_a_switchover_and_a_maste
     // The new master crashes: a direct replica takes over; the cascade keeps going.
     c.node_mut("db-2").db.kill();
     let master = failed_over(&c, "db-2", Duration::from_secs(20));
+    // The summary says why the cascaded db-4 was not the candidate.
+    let summary = tandem_e2e::promise::failover_summary(&c);
+    assert!(
+        summary
+            .excluded
+            .iter()
+            .any(|(i, why)| i.as_str() == "db-4" && why.contains("cascaded under db-3")),
+        "{summary:?}"
+    );
     eventually(Duration::from_secs(10), "a write on the new master", || {
         let index = c
             .addresses()
@@ -175,25 +184,35 @@ fn the_replicas_of_a_lost_intermediate_source_move_up_with_nothing_missing() {
     c.db("db-3").resume().unwrap();
     c.node_mut("db-3").agent.resume().unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let (_, acked) = writer.finish();
-    all_replicating_with(&c, "none", &acked);
     let view = c.set("s1");
-    assert_eq!(
-        member(&view, "db-4")
-            .intended
-            .replicates_from
-            .as_ref()
-            .map(|f| f.as_str()),
-        Some("db-2")
+    for name in ["db-3", "db-4"] {
+        assert_eq!(
+            member(&view, name)
+                .intended
+                .replicates_from
+                .as_ref()
+                .map(|f| f.as_str()),
+            Some("db-2"),
+            "{name}"
+        );
+    }
+    c.converged("s1");
+
+    // Now db-2, the source of both, is killed: they go to the master.
+    c.node_mut("db-2").db.kill();
+    eventually(
+        Duration::from_secs(30),
+        "db-3 and db-4 on the master",
+        || {
+            let v = c.set("s1");
+            (from_and_to(&v, "db-3").0.as_deref() == Some("db-1")
+                && from_and_to(&v, "db-4").0.as_deref() == Some("db-1"))
+            .then_some(())
+        },
     );
-    assert_eq!(
-        member(&view, "db-3")
-            .intended
-            .replicates_from
-            .as_ref()
-            .map(|f| f.as_str()),
-        Some("db-2")
-    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, acked) = writer.finish();
+    all_replicating_with(&c, "db-2", &acked);
 }
 
 #[test]
@@ -212,6 +231,11 @@ fn wrong_sources_are_refused_and_change_nothing() {
         (
             vec!["replica", "detach", "s1", "db-3"],
             "the source of db-4",
+        ),
+        // db-2 under db-4 would close a loop: it is a member already.
+        (
+            vec!["replica", "add", "s1", "db-2", "--source", "db-4"],
+            "already a member",
         ),
     ] {
         let (ok, _, err) = c.cli(&args);

@@ -189,6 +189,15 @@ pub async fn run(
         .iter()
         .map(|m| (m.instance.clone(), m.options.never_promoted()))
         .collect();
+    let cascaded: Vec<(InstanceId, InstanceId)> = set
+        .members
+        .iter()
+        .filter(|m| m.role == IntendedRole::Replica)
+        .filter_map(|m| {
+            let source = m.replicates_from.as_ref()?;
+            (source != failed).then(|| (m.instance.clone(), source.clone()))
+        })
+        .collect();
     let decision: Decision = ctx.decide("choose the candidate", failed, epoch, |c| {
         let old = c.registry.report(failed);
         let master_zone = old.as_ref().map(|r| r.zone.clone()).unwrap_or_default();
@@ -242,10 +251,21 @@ pub async fn run(
             (Some(Position::Gtid(old)), Position::Gtid(new)) => new.transactions_behind(old),
             _ => None,
         };
+        // Cascaded replicas not chosen: said so, with their source (they hold no more
+        // than it sent them).
+        let mut excluded = choice.excluded;
+        for (instance, source) in &cascaded {
+            if instance != &choice.candidate && !excluded.iter().any(|(i, _)| i == instance) {
+                excluded.push((
+                    instance.clone(),
+                    format!("cascaded under {source}: behind its source, never ahead of it"),
+                ));
+            }
+        }
         Ok(Decision {
             candidate: choice.candidate,
             position: choice.position,
-            excluded: choice.excluded,
+            excluded,
             old_master_position,
             lost_transactions,
             old_master_fenced: fenced.clone(),

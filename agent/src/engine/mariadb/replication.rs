@@ -425,25 +425,24 @@ impl MariaDb {
 
     pub(super) async fn drain(&self, timeout: Duration) -> Result<Position, EngineError> {
         let mut c = self.conn().await?;
-        if self.slave_status(&mut c).await?.is_none() {
+        let Some(row) = self.slave_status(&mut c).await? else {
             return Err(EngineError::BadRequest(
                 "this server is not a replica; there is no relay log to drain".into(),
             ));
+        };
+        // Refused at once where waiting could never finish in time.
+        let sql: String = col(&row, "Slave_SQL_Running").unwrap_or_default();
+        let error: String = col(&row, "Last_SQL_Error").unwrap_or_default();
+        let delay: u64 = col(&row, "SQL_Delay").unwrap_or(0);
+        if sql != "Yes" && error.is_empty() {
+            return Err(EngineError::Refused(
+                "its applier is paused: what it received is not being applied".into(),
+            ));
         }
-        if let Some(row) = self.slave_status(&mut c).await? {
-            let sql: String = col(&row, "Slave_SQL_Running").unwrap_or_default();
-            let error: String = col(&row, "Last_SQL_Error").unwrap_or_default();
-            let delay: u64 = col(&row, "SQL_Delay").unwrap_or(0);
-            if sql != "Yes" && error.is_empty() {
-                return Err(EngineError::Refused(
-                    "its applier is paused: what it received is not being applied".into(),
-                ));
-            }
-            if delay > 0 {
-                return Err(EngineError::Refused(format!(
-                    "it applies {delay} s behind its source (a delayed replica)"
-                )));
-            }
+        if delay > 0 {
+            return Err(EngineError::Refused(format!(
+                "it applies {delay} s behind its source (a delayed replica)"
+            )));
         }
         self.exec(&mut c, "STOP SLAVE IO_THREAD").await?;
         // Read after the IO thread stopped: nothing arrives any more.
