@@ -382,6 +382,10 @@ impl<E: Engine> Agent<E> {
                 let position = self.engine.pause_replication(until.as_ref()).await?;
                 return Ok(ReplyBody::Position { position });
             }
+            Command::ListDatabases => {
+                let names = self.engine.databases().await?;
+                return Ok(ReplyBody::Databases { names });
+            }
             Command::ResumeReplication { semi_sync } => {
                 self.engine.resume_replication(*semi_sync).await?;
             }

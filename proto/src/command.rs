@@ -221,6 +221,8 @@ pub enum Command {
         #[serde(default)]
         semi_sync: bool,
     },
+    /// The engine's databases, answered with `databases` (its own schemas left out).
+    ListDatabases,
     /// Take a backup; long-running, acknowledged on acceptance.
     TakeBackup(BackupRequest),
     /// Replace the data directory with a backup's (verified first); long-running.
@@ -275,6 +277,7 @@ impl Command {
             Command::WaitForPosition { .. } => "wait_for_position",
             Command::DrainReceived { .. } => "drain_received",
             Command::PauseReplication { .. } => "pause_replication",
+            Command::ListDatabases => "list_databases",
             Command::ResumeReplication { .. } => "resume_replication",
             Command::TakeBackup(_) => "take_backup",
             Command::Restore(_) => "restore",
@@ -316,9 +319,9 @@ impl Command {
             | Command::Failsafe(_)
             | Command::Unknown => ProtocolVersion::V1,
             Command::CancelOperation { .. } => ProtocolVersion::V2,
-            Command::PauseReplication { .. } | Command::ResumeReplication { .. } => {
-                ProtocolVersion::V3
-            }
+            Command::PauseReplication { .. }
+            | Command::ResumeReplication { .. }
+            | Command::ListDatabases => ProtocolVersion::V3,
         }
     }
 

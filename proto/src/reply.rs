@@ -106,6 +106,10 @@ pub enum ReplyBody {
     Backup {
         backup: Box<BackupInfo>,
     },
+    /// The engine's databases (its own schemas left out).
+    Databases {
+        names: Vec<String>,
+    },
     /// A result this build does not know (sent by a newer agent).
     #[serde(other)]
     Unknown,

@@ -27,7 +27,7 @@ impl ProtocolVersion {
     pub const V1: ProtocolVersion = ProtocolVersion(1);
     /// `cancel_operation`.
     pub const V2: ProtocolVersion = ProtocolVersion(2);
-    /// `pause_replication`, `resume_replication`.
+    /// `pause_replication`, `resume_replication`, `list_databases`.
     pub const V3: ProtocolVersion = ProtocolVersion(3);
     /// The version this build speaks natively.
     pub const CURRENT: ProtocolVersion = ProtocolVersion::V3;

@@ -371,6 +371,26 @@ fn filtered_replicas_hold_only_their_databases_and_are_never_candidates() {
         "sales",
         "--wait",
     ]);
+    // Neither database exists yet: accepted, with a warning in the workflow's record.
+    let attach = workflows_of_kind(&c, WorkflowKind::Attach)
+        .into_iter()
+        .find(|w| {
+            matches!(&w.params, tandem_api::WorkflowSpec::Attach { instance, .. } if instance.as_str() == "db-2")
+        })
+        .expect("db-2's attach");
+    let detail = c.workflow(&attach.id);
+    let warning = detail
+        .steps
+        .iter()
+        .find(|s| s.is_note() && s.step == "warning")
+        .unwrap_or_else(|| panic!("no warning: {detail:?}"));
+    assert!(
+        warning
+            .result
+            .as_ref()
+            .is_some_and(|r| r.to_string().contains("has no database sales")),
+        "{warning:?}"
+    );
     // Sent as an application would, without `USE`: the filter judges by table.
     c.db("db-1")
         .sql(

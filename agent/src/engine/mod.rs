@@ -224,6 +224,9 @@ pub trait Engine: Send + Sync + 'static {
         until: Option<&Position>,
     ) -> impl Future<Output = Result<Position, EngineError>> + Send;
 
+    /// The databases applications keep here (the engine's own schemas left out).
+    fn databases(&self) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send;
+
     /// Replicates again, from where a pause stopped and from the same source;
     /// acknowledging to a semi-synchronous master when `semi_sync`. Refused on a server
     /// that is not a replica.

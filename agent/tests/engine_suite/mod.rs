@@ -55,6 +55,19 @@ pub async fn positions_grow_with_commits<S: Subject>() {
     );
 }
 
+/// The databases applications keep are listed, the engine's own schemas are not.
+pub async fn databases_are_listed_without_the_engines_own<S: Subject>() {
+    let s = S::start("e-1").await;
+    s.engine().set_writable(true).await.unwrap();
+    let before = s.engine().databases().await.unwrap();
+    s.write(1);
+    let after = s.engine().databases().await.unwrap();
+    assert_eq!(after.len(), before.len() + 1, "{before:?} -> {after:?}");
+    for own in ["mysql", "information_schema", "performance_schema", "sys"] {
+        assert!(!after.iter().any(|d| d == own), "{own} listed: {after:?}");
+    }
+}
+
 async fn pair<S: Subject>() -> (S, S, ReplicationLogin) {
     let master = S::start("e-1").await;
     let replica = S::start("e-2").await;
@@ -250,6 +263,10 @@ macro_rules! engine_suite {
         #[tokio::test]
         async fn positions_grow_with_commits() {
             engine_suite::positions_grow_with_commits::<$subject>().await
+        }
+        #[tokio::test]
+        async fn databases_are_listed_without_the_engines_own() {
+            engine_suite::databases_are_listed_without_the_engines_own::<$subject>().await
         }
         #[tokio::test]
         async fn a_replica_follows_its_source_and_says_so() {

@@ -13,6 +13,9 @@ pub async fn run(
     options: &ReplicaOptions,
     source: Option<&InstanceId>,
 ) -> Result<Outcome, StepError> {
+    let epoch = ctx.set()?.epoch;
+    ctx.warn_of_missing_databases(options.filter.as_ref(), epoch)
+        .await?;
     let set = ctx.apply(
         "add to the set",
         TopologyChange::AddReplica {

@@ -25,6 +25,8 @@ pub async fn run(
     // No step touches the new instances before their copy is complete: the agent
     // installs it read-only, so a failed seeding leaves them exactly as they were.
     let epoch = ctx.set()?.epoch;
+    ctx.warn_of_missing_databases(options.filter.as_ref(), epoch)
+        .await?;
     let seeded = match seed {
         Seed::Stream { from } => {
             let endpoint = ctx

@@ -40,6 +40,10 @@ pub async fn run(
             "{instance} replicates from nobody in the intent"
         )));
     };
+    if options.filter.is_some() && options.filter != old.filter {
+        ctx.warn_of_missing_databases(options.filter.as_ref(), set.epoch)
+            .await?;
+    }
     let set = ctx.apply(
         "record the new options",
         TopologyChange::SetOptions {

@@ -6,6 +6,9 @@ use tandem_proto::{Command, Epoch, InstanceId, ReplyBody, Sealed, Secret, Source
 
 use super::{Ctx, StepError};
 
+/// The step name of a journaled warning.
+pub const WARNING: &str = "warning";
+
 /// How long a cascaded replica's source may take to receive its new account.
 const ACCOUNT_WAIT_MS: u64 = 10_000;
 use crate::store::ReplicaOptions;
@@ -134,6 +137,48 @@ impl Ctx<'_> {
             }
         }
         left_behind
+    }
+
+    /// A filter naming a database the master does not have is accepted (the database
+    /// may be created later, and its changes then arrive), with a warning journaled
+    /// (`tandem workflow show`). An agent too old to list its databases: no warning.
+    pub async fn warn_of_missing_databases(
+        &mut self,
+        filter: Option<&tandem_proto::DatabaseFilter>,
+        epoch: Epoch,
+    ) -> Result<(), StepError> {
+        let Some(filter) = filter else {
+            return Ok(());
+        };
+        let master = self.set()?.master;
+        let names = match self
+            .send(
+                "the master's databases",
+                &master,
+                epoch,
+                Command::ListDatabases,
+            )
+            .await
+        {
+            Ok(ReplyBody::Databases { names }) => names,
+            _ => return Ok(()),
+        };
+        let missing: Vec<&str> = filter
+            .databases()
+            .iter()
+            .filter(|d| !names.contains(d))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            let warning = format!(
+                "the master {master} has no database {}: the filter is kept, and changes to \
+                 it arrive once it is created",
+                missing.join(", ")
+            );
+            tracing::warn!(workflow = %self.wf.id, %warning, "database filter");
+            self.note(WARNING, &master, epoch, serde_json::json!(warning))?;
+        }
+        Ok(())
     }
 
     /// Attaches `replica` to its source in the intent (see [`Ctx::attach_to`]).

@@ -342,6 +342,10 @@ impl Engine for MariaDb {
         MariaDb::pause_replication(self, until).await
     }
 
+    async fn databases(&self) -> Result<Vec<String>, EngineError> {
+        MariaDb::databases(self).await
+    }
+
     async fn resume_replication(&self, semi_sync: bool) -> Result<(), EngineError> {
         MariaDb::resume_replication(self, semi_sync).await
     }

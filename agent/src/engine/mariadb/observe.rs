@@ -173,6 +173,22 @@ impl MariaDb {
     }
 }
 
+impl MariaDb {
+    pub(super) async fn databases(&self) -> Result<Vec<String>, EngineError> {
+        let mut c = self.conn().await?;
+        let names: Vec<String> = timed("list databases", c.query("SHOW DATABASES")).await?;
+        Ok(names
+            .into_iter()
+            .filter(|n| {
+                !matches!(
+                    n.as_str(),
+                    "information_schema" | "mysql" | "performance_schema" | "sys" | "tandem"
+                )
+            })
+            .collect())
+    }
+}
+
 /// The table patterns that filter whole databases: `db.%` each, with `_` (a wildcard
 /// in a pattern) escaped so that `sales_2` never matches `salesX2`. These are the
 /// values; inside an SQL string their backslashes are doubled.
