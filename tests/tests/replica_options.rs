@@ -44,6 +44,22 @@ fn done(c: &Cluster, args: &[&str]) -> WorkflowRow {
     last
 }
 
+/// db-1's engine is killed: db-2 is promoted, and the failover's summary excludes
+/// db-3 for a reason that says `why`.
+fn master_killed_and_db3_excluded(c: &mut Cluster, why: &str) {
+    c.node_mut("db-1").db.kill();
+    let master = failed_over(c, "db-1", Duration::from_secs(20));
+    assert_eq!(master, "db-2");
+    let summary = failover_summary(c);
+    assert!(
+        summary
+            .excluded
+            .iter()
+            .any(|(i, said)| i.as_str() == "db-3" && said.contains(why)),
+        "{summary:?}"
+    );
+}
+
 #[test]
 fn a_delayed_replica_holds_rows_back_is_never_promoted_and_catches_up_on_request() {
     let mut c = three(false, ClusterOptions::read_only_at_start());
@@ -83,17 +99,7 @@ fn a_delayed_replica_holds_rows_back_is_never_promoted_and_catches_up_on_request
 
     // The master is lost: db-2 is promoted, db-3 is excluded for its delay and follows
     // the new master, still delayed.
-    c.node_mut("db-1").db.kill();
-    let master = failed_over(&c, "db-1", Duration::from_secs(20));
-    assert_eq!(master, "db-2");
-    let summary = failover_summary(&c);
-    assert!(
-        summary
-            .excluded
-            .iter()
-            .any(|(i, why)| i.as_str() == "db-3" && why.contains("delayed")),
-        "{summary:?}"
-    );
+    master_killed_and_db3_excluded(&mut c, "delayed");
     eventually(Duration::from_secs(30), "db-3 on the new master", || {
         let m = view_of(&c, "db-3");
         let observed = m.observed.as_ref()?;
@@ -146,17 +152,7 @@ fn a_paused_replica_falls_behind_is_never_promoted_and_catches_up_after_resume()
 
     // The master is lost: db-2 is promoted; db-3 is excluded for its pause and stays
     // paused on the new master.
-    c.node_mut("db-1").db.kill();
-    let master = failed_over(&c, "db-1", Duration::from_secs(20));
-    assert_eq!(master, "db-2");
-    let summary = failover_summary(&c);
-    assert!(
-        summary
-            .excluded
-            .iter()
-            .any(|(i, why)| i.as_str() == "db-3" && why.contains("paused")),
-        "{summary:?}"
-    );
+    master_killed_and_db3_excluded(&mut c, "paused");
     eventually(Duration::from_secs(30), "db-3 paused on db-2", || {
         let m = view_of(&c, "db-3");
         (m.observed.as_ref()?.replicates_from.as_ref()?.as_str() == "db-2"

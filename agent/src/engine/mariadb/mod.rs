@@ -188,6 +188,16 @@ fn divergence(sql_errno: u32, sql_error: &str, io_errno: u32, io_error: &str) ->
     }
 }
 
+/// The GTID set of a position; another engine's position is a wrong request.
+fn gtid_of(position: &Position) -> Result<&GtidSet, EngineError> {
+    match position {
+        Position::Gtid(g) => Ok(g),
+        other => Err(EngineError::BadRequest(format!(
+            "MariaDB positions are GTID sets, not {other}"
+        ))),
+    }
+}
+
 fn parse_gtid(text: &str) -> Result<GtidSet, EngineError> {
     text.parse()
         .map_err(|e| EngineError::Internal(anyhow::anyhow!("MariaDB reported a bad GTID: {e}")))

@@ -12,15 +12,7 @@ impl MariaDb {
         &self,
         until: Option<&Position>,
     ) -> Result<Position, EngineError> {
-        let until = match until {
-            None => None,
-            Some(Position::Gtid(g)) => Some(g.clone()),
-            Some(other) => {
-                return Err(EngineError::BadRequest(format!(
-                    "MariaDB positions are GTID sets, not {other}"
-                )))
-            }
-        };
+        let until = until.map(gtid_of).transpose()?.cloned();
         let mut c = self.conn().await?;
         if self.slave_status(&mut c).await?.is_none() {
             return Err(EngineError::BadRequest(

@@ -155,15 +155,17 @@ impl MariaDb {
         safe_token("the source host", &source.host)?;
         safe_token("the replication user", &login.user)?;
         safe_token("the replication password", login.password.expose())?;
-        let gtid = match position {
-            None => None,
-            Some(Position::Gtid(g)) => Some(g.clone()),
-            Some(other) => {
-                return Err(EngineError::BadRequest(format!(
-                    "MariaDB positions are GTID sets, not {other}"
-                )))
-            }
-        };
+        let gtid = position.map(gtid_of).transpose()?.cloned();
+        // Where a paused attach stops, checked before anything changes.
+        let until = applying
+            .paused
+            .as_ref()
+            .and_then(|p| p.until.as_ref())
+            .map(gtid_of)
+            .transpose()?;
+        if let Some(until) = until {
+            super::pause::safe_gtid(until)?;
+        }
 
         // Everything that can be wrong with the request is checked before anything
         // changes: reachability, credentials, and that the source is not this server.
@@ -240,17 +242,11 @@ impl MariaDb {
             ),
         )
         .await?;
-        match &applying.paused {
-            None => self.exec(&mut c, "START SLAVE").await?,
+        match (&applying.paused, until) {
+            (None, _) => self.exec(&mut c, "START SLAVE").await?,
             // Paused: the source is set (and was checked above); nothing is applied.
-            Some(tandem_proto::Paused { until: None }) => return Ok(()),
-            Some(tandem_proto::Paused { until: Some(until) }) => {
-                let Position::Gtid(until) = until else {
-                    return Err(EngineError::BadRequest(format!(
-                        "MariaDB positions are GTID sets, not {until}"
-                    )));
-                };
-                super::pause::safe_gtid(until)?;
+            (Some(_), None) => return Ok(()),
+            (Some(_), Some(until)) => {
                 // Already there or past it: it stays where it is.
                 let applied = self.gtid(&mut c, "gtid_slave_pos").await?;
                 if applied.beyond(&[until]).is_empty() && &applied != until {
@@ -340,11 +336,7 @@ impl MariaDb {
         position: &Position,
         timeout: Duration,
     ) -> Result<(), EngineError> {
-        let Position::Gtid(target) = position else {
-            return Err(EngineError::BadRequest(format!(
-                "MariaDB positions are GTID sets, not {position}"
-            )));
-        };
+        let target = gtid_of(position)?;
         let deadline = tokio::time::Instant::now() + timeout;
         // Polled rather than MASTER_GTID_WAIT: it also works on a server that is not (or
         // no longer) a replica, and a hung engine cannot hold the command past its deadline.
