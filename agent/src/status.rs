@@ -100,6 +100,7 @@ impl<E: Engine> Agent<E> {
         let mut report = StatusReport {
             instance: self.settings.instance_id.clone(),
             zone: self.settings.zone.clone(),
+            host_id: self.settings.host_id.clone(),
             tags: self.settings.tags.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             protocol: VersionRange::OURS,

@@ -48,6 +48,11 @@ pub struct ConductorConfig {
     /// HTTPS for the API: the certificate chain and its key (PEM); both or neither.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// The zones offered to users (`[[zones]]`: `name`, `description`), see
+    /// `crate::zones`.
+    pub zones: Vec<crate::zones::ZoneConfig>,
+    /// DR profiles (`[[dr_profiles]]`: `name`, `primary` zone, `dr` zone).
+    pub dr_profiles: Vec<crate::zones::DrProfileConfig>,
 }
 
 /// One least-privilege broker user per agent (`[agent_users]`; see
@@ -165,6 +170,8 @@ impl Default for ConductorConfig {
             replication_accounts_from: "replica_address".into(),
             tls_cert_file: None,
             tls_key_file: None,
+            zones: Vec::new(),
+            dr_profiles: Vec::new(),
         }
     }
 }
@@ -188,6 +195,7 @@ pub struct Settings {
     pub seed_backup_max_age: Duration,
     pub failpoint: Option<crate::failpoint::Failpoint>,
     pub failover: FailoverSettings,
+    pub zones: crate::zones::Zones,
 }
 
 impl ConductorConfig {
@@ -321,7 +329,9 @@ impl ConductorConfig {
             .map(|path| tandem_transport::read_ca_file(path, "broker_ca_file"))
             .transpose()
             .map_err(anyhow::Error::msg)?;
+        let zones = crate::zones::Zones::validate(&self.zones, &self.dr_profiles)?;
         Ok(Settings {
+            zones,
             broker_ca_pem,
             api_tls,
             replication_accounts_from,

@@ -26,10 +26,12 @@ pub mod fence;
 pub mod keys;
 pub mod leadership;
 pub mod metadata;
+pub mod placement;
 pub mod registry;
 pub mod store;
 pub mod tokens;
 pub mod workflow;
+pub mod zones;
 
 use std::sync::Arc;
 
@@ -315,6 +317,7 @@ async fn serve(
                     engine: r.engine.to_string(),
                     host: r.endpoint.as_ref().map(|e| e.host.clone()),
                     port: r.endpoint.as_ref().map(|e| e.port),
+                    host_id: r.host_id.clone(),
                 };
                 let changed = c.registry.significant_change(&r);
                 if let Some(event) = changed {
@@ -337,6 +340,7 @@ async fn serve(
 
     let detector_stop = CancellationToken::new();
     tokio::spawn(detector::watch(conductor.clone(), detector_stop.clone()));
+    tokio::spawn(placement::watch(conductor.clone(), detector_stop.clone()));
 
     let app = api::router(conductor.clone());
     let stop = shutdown.clone().cancelled_owned();

@@ -26,7 +26,7 @@ pub use tandem_api::{Contract, InstanceView};
 
 impl Registry {
     /// Records a report. Returns `None` when it was older than the one held, otherwise
-    /// whether the instance is new or moved (zone, engine or address changed), which is
+    /// whether the instance is new or moved (zone, host, engine or address changed), which is
     /// when the store must hear of it.
     pub fn record(&self, report: StatusReport) -> Option<bool> {
         let mut map = self.instances.write().expect("poisoned");
@@ -40,8 +40,10 @@ impl Registry {
                 return None;
             }
             let h = &held.report;
-            changed =
-                h.zone != report.zone || h.engine != report.engine || h.endpoint != report.endpoint;
+            changed = h.zone != report.zone
+                || h.host_id != report.host_id
+                || h.engine != report.engine
+                || h.endpoint != report.endpoint;
         }
         map.insert(
             report.instance.clone(),
@@ -137,6 +139,7 @@ pub(crate) fn sample_report(instance: &str) -> StatusReport {
     StatusReport {
         instance: InstanceId::new(instance).unwrap(),
         zone: "z".into(),
+        host_id: None,
         tags: vec![],
         agent_version: "t".into(),
         protocol: VersionRange::OURS,

@@ -136,6 +136,16 @@ name_id!(
     ReplicaSetId
 );
 name_id!(
+    /// A zone: a failure domain a cloud administrator offers (an availability zone).
+    /// Status routing keys are `<zone>.<instance>`, hence the same rules as an id.
+    ZoneId
+);
+name_id!(
+    /// The physical host a database VM runs on (its hypervisor; Nova's `hostId`): the
+    /// failure domain under the zone that placement rules by host are about.
+    HostId
+);
+name_id!(
     /// The id of one backup in the backup store (its files are named after it).
     BackupId,
     validate_backup_id

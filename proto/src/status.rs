@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Epoch, InstanceId, MessageId, Position, Timestamp, VersionRange};
+use crate::{Epoch, HostId, InstanceId, MessageId, Position, Timestamp, VersionRange};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,6 +144,10 @@ pub struct StatusReport {
     pub instance: InstanceId,
     #[serde(default)]
     pub zone: String,
+    /// The physical host this instance runs on (from the agent's configuration), when
+    /// known: the failure domain under the zone.
+    #[serde(default)]
+    pub host_id: Option<HostId>,
     /// Operator-defined labels from the agent's configuration (placement rules match them).
     #[serde(default)]
     pub tags: Vec<String>,

@@ -185,6 +185,7 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
             |(instance, from, to, position, writable, seq, lag)| StatusReport {
                 instance,
                 zone: "zone-a".into(),
+                host_id: None,
                 tags: vec!["ssd".into()],
                 agent_version: "0.1.0".into(),
                 protocol: VersionRange::OURS,

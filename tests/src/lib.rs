@@ -52,6 +52,9 @@ pub struct ClusterOptions {
     /// instance is enrolled with `tandem instance enroll` (which makes its broker user
     /// and queue), and each agent connects as its own user with the printed token.
     pub agent_users: bool,
+    /// Where node `db-(i+1)` runs: its zone and its host (`host_id`); nodes past the
+    /// list run in `zone-a` on an unknown host.
+    pub locations: Vec<(String, Option<String>)>,
 }
 
 impl ClusterOptions {
@@ -65,6 +68,7 @@ impl ClusterOptions {
             isolated: Vec::new(),
             fence_by_cut: false,
             agent_users: false,
+            locations: Vec::new(),
         }
     }
 }
@@ -143,6 +147,14 @@ impl Cluster {
                 })
                 .unwrap();
                 let mut env = store.clone();
+                let (zone, host_id) = options
+                    .locations
+                    .get(i - 1)
+                    .cloned()
+                    .unwrap_or_else(|| ("zone-a".into(), None));
+                if let Some(h) = host_id {
+                    env.push(("TANDEM_AGENT_HOST_ID".into(), h));
+                }
                 if let Some(b) = &bind {
                     env.push(("TANDEM_AGENT_SEED__LISTEN".into(), format!("{b}:0")));
                 }
@@ -172,7 +184,7 @@ impl Cluster {
                     host.as_ref().map(|h| h.name.as_str()),
                     &binary("tandem-agent"),
                     &name,
-                    "zone-a",
+                    &zone,
                     &broker_uri,
                     &db,
                     &env,

@@ -20,11 +20,11 @@ fn a_replica_set_is_created_switched_over_and_detached_with_the_contract_true_at
     c.write_and_see_everywhere("s1", "db-1", 1);
     let topology = c.cli_ok(&["topology"]);
     assert!(
-        topology.contains("db-1 [master writable healthy]"),
+        topology.contains("db-1 @zone-a/? [master writable healthy]"),
         "{topology}"
     );
     assert!(
-        topology.contains("db-2 [replica read-only healthy]"),
+        topology.contains("db-2 @zone-a/? [replica read-only healthy]"),
         "{topology}"
     );
 

@@ -22,7 +22,12 @@ pub const DEFAULT_PATH: &str = "/etc/tandem/agent.toml";
 pub struct AgentConfig {
     /// This instance's id; required. Names the command queue: `[a-z0-9_-]{1,64}`.
     pub instance_id: String,
+    /// The zone (availability zone) this VM runs in: `[a-z0-9_-]{1,64}`.
     pub zone: String,
+    /// The physical host this VM runs on (its hypervisor host, Nova's `hostId`): the
+    /// failure domain under the zone that placement rules by host are about. Unset:
+    /// unknown, and a set whose rules need it says so.
+    pub host_id: Option<String>,
     /// Labels for placement rules and operators (e.g. "ssd", "rack-7").
     pub tags: Vec<String>,
     /// Where the agent keeps its durable state (highest epoch, command results).
@@ -192,6 +197,7 @@ impl Default for AgentConfig {
         AgentConfig {
             instance_id: String::new(),
             zone: "default".into(),
+            host_id: None,
             tags: Vec::new(),
             state_dir: "/var/lib/tandem-agent".into(),
             status_interval_ms: 1000,
@@ -232,6 +238,7 @@ impl Default for BrokerConfig {
 pub struct Settings {
     pub instance_id: InstanceId,
     pub zone: String,
+    pub host_id: Option<tandem_proto::HostId>,
     pub tags: Vec<String>,
     pub state_dir: PathBuf,
     pub status_interval: Duration,
@@ -415,7 +422,14 @@ impl AgentConfig {
             seed_listen,
             seed_advertise_host,
             instance_id,
-            zone: self.zone,
+            zone: tandem_proto::ZoneId::new(self.zone)
+                .context("field `zone`")?
+                .to_string(),
+            host_id: self
+                .host_id
+                .map(tandem_proto::HostId::new)
+                .transpose()
+                .context("field `host_id`")?,
             tags: self.tags,
             state_dir: self.state_dir,
             status_interval: Duration::from_millis(self.status_interval_ms),

@@ -4,7 +4,8 @@
 //!
 //! One module per resource: [`instances`] (reports, ping, metadata), [`enrolment`],
 //! [`sets`] (replica sets and the workflows that change them), [`backups`],
-//! [`workflows`] (workflows, audit, live events); [`auth`] decides who may call.
+//! [`workflows`] (workflows, audit, live events), [`placement`] (zones, the free pool,
+//! placement rules); [`auth`] decides who may call.
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ mod auth;
 mod backups;
 mod enrolment;
 mod instances;
+mod placement;
 mod replicas;
 mod sets;
 mod workflows;
@@ -91,6 +93,19 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/audit", get(workflows::audit))
         .route("/v1/audit/requests", get(workflows::audit_requests))
         .route("/v1/events", get(workflows::events))
+        .route("/v1/zones", get(placement::zones))
+        .route("/v1/pool", get(placement::pool).post(placement::pool_add))
+        .route("/v1/pool/{instance}", delete(placement::pool_remove))
+        .route(
+            "/v1/rules",
+            get(placement::rules).post(placement::create_rule),
+        )
+        .route("/v1/rules/{rule}", delete(placement::delete_rule))
+        .route("/v1/sets/{id}/rules", post(placement::add_set_rules))
+        .route(
+            "/v1/sets/{id}/rules/{rule}",
+            delete(placement::remove_set_rule),
+        )
         .fallback(|| async { ApiError::new(ErrorKind::NotFound, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             conductor.clone(),
@@ -144,7 +159,16 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         workflows::cancel,
         workflows::audit,
         workflows::audit_requests,
-        workflows::events
+        workflows::events,
+        placement::zones,
+        placement::pool,
+        placement::pool_add,
+        placement::pool_remove,
+        placement::rules,
+        placement::create_rule,
+        placement::delete_rule,
+        placement::add_set_rules,
+        placement::remove_set_rule
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -192,7 +216,19 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         tandem_api::WorkflowState,
         tandem_api::WorkflowDetail,
         tandem_api::JournalEntry,
-        tandem_api::ApiRequest
+        tandem_api::ApiRequest,
+        tandem_api::ZonesView,
+        tandem_api::ZoneView,
+        tandem_api::DrProfile,
+        tandem_api::PoolEntry,
+        tandem_api::PoolChange,
+        tandem_api::Location,
+        tandem_api::PlacementRule,
+        tandem_api::PlacementPolicy,
+        tandem_api::PlacementScope,
+        tandem_api::CreateRule,
+        tandem_api::SetRules,
+        tandem_api::Violation
     ))
 )]
 pub struct ApiDoc;

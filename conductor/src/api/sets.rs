@@ -55,6 +55,7 @@ fn view(c: &Conductor, set: ReplicaSet) -> SetView {
                 restart_needed: r.map(|r| r.restart_needed.clone()).unwrap_or_default(),
                 failsafe: r.and_then(|r| r.failsafe.clone()),
                 drift,
+                location: crate::placement::location(c, &m.instance),
             }
         })
         .collect();
@@ -64,12 +65,17 @@ fn view(c: &Conductor, set: ReplicaSet) -> SetView {
         verdict: c.failover_watch.verdict(&set.id),
         state,
     };
+    let rules = crate::placement::rules_of(c, &set.id).unwrap_or_default();
+    let violations =
+        crate::decide::placement::violations(&rules, &crate::placement::of_set(c, &set));
     SetView {
         id: set.id,
         epoch: set.epoch,
         master: set.master,
         members,
         failover,
+        rules,
+        violations,
     }
 }
 
@@ -132,7 +138,23 @@ pub(super) type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonReje
 pub async fn create(State(c): State<Arc<Conductor>>, b: JsonBody<CreateSet>) -> Accepted {
     let req = body(b, r#"{"id": "<set>", "master": "<instance>"}"#)?;
     free_instance(&c, &req.master)?;
+    let rules = crate::placement::resolve(&c, &req.rules)?;
+    if let Some(why) = crate::decide::placement::contradiction(&rules) {
+        return Err(bad_request(why));
+    }
+    let master_at = vec![(
+        req.master.clone(),
+        crate::placement::location(&c, &req.master),
+    )];
+    if let Err(refused) = crate::decide::placement::admit(&rules, &Vec::new(), &master_at) {
+        return Err(conflict(refused.to_string()));
+    }
     c.store.create_set(&req.id, &req.master)?;
+    let ids: Vec<_> = rules.iter().map(|r| r.id.clone()).collect();
+    if let Err(e) = c.store.add_set_rules(&req.id, &ids) {
+        c.store.delete_set(&req.id)?;
+        return Err(e.into());
+    }
     if req.semi_sync {
         c.store.set_failover_state(
             &req.id,
@@ -160,14 +182,26 @@ pub async fn add_replica(
         b,
         r#"{"instance": "<instance>"} or {"instances": [...], "seed": "stream|backup|auto|none"}"#,
     )?;
+    let set = existing(&c, &id)?;
     let mut names = req.instances.clone();
     names.extend(req.instance.clone());
-    if names.is_empty() {
-        return Err(bad_request(
-            "name the new replica in `instance` (or several in `instances`)",
-        ));
+    match (req.count, names.is_empty()) {
+        (Some(_), false) => {
+            return Err(bad_request(
+                "either name the new replicas or give a count to take from the pool, not both",
+            ))
+        }
+        (Some(n), true) => names = from_pool(&c, &set, n, req.zone.as_deref(), req.seed)?,
+        (None, true) => {
+            return Err(bad_request(
+                "name the new replica in `instance` (or several in `instances`), or take                  `count` from the pool",
+            ))
+        }
+        (None, false) if req.zone.is_some() => {
+            return Err(bad_request("`zone` goes with `count` (servers from the pool)"))
+        }
+        (None, false) => {}
     }
-    let set = existing(&c, &id)?;
     let options = ReplicaOptions {
         delay_s: super::replicas::valid_delay(req.delay_s)?,
         paused: None,
@@ -202,6 +236,7 @@ pub async fn add_replica(
         }
         instances.push(i);
     }
+    admit_placement(&c, &set, &instances)?;
     let seed = match req.seed {
         SeedMethod::None => {
             let [instance] = <[InstanceId; 1]>::try_from(instances).map_err(|_| {
@@ -250,6 +285,79 @@ pub async fn add_replica(
         source,
     };
     Ok(accepted(start_for_operator(&c, spec, BY).await?))
+}
+
+/// Refused when `joining` would newly break one of the set's required placement rules.
+fn admit_placement(
+    c: &Conductor,
+    set: &ReplicaSet,
+    joining: &[InstanceId],
+) -> Result<(), ApiError> {
+    let rules = crate::placement::rules_of(c, &set.id)?;
+    let before = crate::placement::of_set(c, set);
+    let mut after = before.clone();
+    after.extend(
+        joining
+            .iter()
+            .filter(|i| !before.iter().any(|(b, _)| b == *i))
+            .map(|i| (i.clone(), crate::placement::location(c, i))),
+    );
+    crate::decide::placement::admit(&rules, &before, &after)
+        .map(|_| ())
+        .map_err(|refused| conflict(format!("set {}: {refused}", set.id)))
+}
+
+/// `count` servers from the free pool that keep the set's rules (in `zone` if given),
+/// running the master's engine.
+fn from_pool(
+    c: &Conductor,
+    set: &ReplicaSet,
+    count: u32,
+    zone: Option<&str>,
+    seed: SeedMethod,
+) -> Result<Vec<InstanceId>, ApiError> {
+    if !(1..=64).contains(&count) {
+        return Err(bad_request("count must be between 1 and 64"));
+    }
+    if seed == SeedMethod::None {
+        return Err(bad_request(
+            "servers from the pool are fresh: give a seed method (stream, backup or auto)",
+        ));
+    }
+    if let Some(z) = zone {
+        let zones = &c.settings.zones;
+        let reported = c.registry.list().iter().any(|r| r.zone == z);
+        if zones.zone(z).is_none() && !(zones.zones.is_empty() && reported) {
+            return Err(not_found(format!(
+                "no zone {z:?} (configured: {})",
+                zones.names()
+            )));
+        }
+    }
+    let engine = c.registry.report(&set.master).map(|r| r.engine);
+    let free: Vec<crate::decide::placement::Free> = c
+        .store
+        .pool()?
+        .into_iter()
+        .filter(|(i, _)| {
+            let r = c.registry.report(i);
+            // Only servers whose agents are here now, with the master's engine.
+            r.is_some_and(|r| engine.is_none_or(|e| r.engine == e))
+        })
+        .map(|(instance, _)| crate::decide::placement::Free {
+            location: crate::placement::location(c, &instance),
+            instance,
+        })
+        .collect();
+    let rules = crate::placement::rules_of(c, &set.id)?;
+    crate::decide::placement::choose(
+        &rules,
+        &crate::placement::of_set(c, set),
+        &free,
+        count as usize,
+        zone,
+    )
+    .map_err(|why| conflict(format!("set {}: {why}", set.id)))
 }
 
 /// A cascaded replica's source: a replicating member whose stream is the whole set's

@@ -6,9 +6,12 @@
 //! * [`candidate`]: which replica a failover promotes, and why the others are not;
 //! * [`drift`]: how a member's engine differs from the intent, and whether a replica
 //!   is to be re-pointed;
-//! * [`cascade`]: where the replicas of a lost intermediate source go.
+//! * [`cascade`]: where the replicas of a lost intermediate source go;
+//! * [`placement`]: which placement rules a set breaks, whether a change may go
+//!   ahead, which rules contradict, which free servers a new replica comes from.
 
 pub mod candidate;
 pub mod cascade;
 pub mod drift;
+pub mod placement;
 pub mod verdict;

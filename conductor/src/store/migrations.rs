@@ -157,6 +157,31 @@ WHERE role = 'replica' AND EXISTS (
 DELETE FROM metadata WHERE key = 'replication_delay_s';
 ",
     },
+    Migration {
+        version: 3,
+        name: "placement: hosts of instances, the free pool, placement rules",
+        sql: "
+ALTER TABLE instances ADD COLUMN host_id TEXT;
+-- Registered servers in no set that workflows may take (`tandem instance pool`).
+CREATE TABLE pool (
+    instance TEXT PRIMARY KEY,
+    added_at INTEGER NOT NULL
+);
+CREATE TABLE placement_rules (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    policy TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    max_per_domain INTEGER,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE set_rules (
+    set_id TEXT NOT NULL REFERENCES replica_sets(id),
+    rule_id TEXT NOT NULL REFERENCES placement_rules(id),
+    PRIMARY KEY (set_id, rule_id)
+);
+",
+    },
 ];
 
 /// The newest schema this conductor knows.

@@ -7,7 +7,10 @@
 //! PostgreSQL store for several conductors will implement.
 
 pub mod migrations;
+mod placement;
 pub mod sqlite;
+
+pub use placement::PlacementStore;
 
 use serde::{Deserialize, Serialize};
 pub use tandem_api::{
@@ -171,9 +174,11 @@ pub struct InstanceRecord {
     pub engine: String,
     pub host: Option<String>,
     pub port: Option<u16>,
+    /// The physical host it runs on, as its agent reported.
+    pub host_id: Option<tandem_proto::HostId>,
 }
 
-pub trait Store: Send + Sync + 'static {
+pub trait Store: PlacementStore + Send + Sync + 'static {
     fn upsert_instance(&self, record: &InstanceRecord) -> Result<()>;
     fn instance(&self, id: &InstanceId) -> Result<Option<InstanceRecord>>;
 

@@ -306,6 +306,37 @@ impl Client {
         self.post(&format!("/v1/backups/{}/cancel", seg(id.as_str())), &())
     }
 
+    // ---- zones, pool and placement rules ----
+
+    pub fn zones(&self) -> Result<ZonesView> {
+        self.get("/v1/zones")
+    }
+    pub fn pool(&self) -> Result<Vec<PoolEntry>> {
+        self.get("/v1/pool")
+    }
+    pub fn pool_add(&self, instances: Vec<InstanceId>) -> Result<Vec<PoolEntry>> {
+        self.post("/v1/pool", &PoolChange { instances })
+    }
+    pub fn pool_remove(&self, instance: &InstanceId) -> Result<Deleted> {
+        self.delete(&format!("/v1/pool/{instance}"))
+    }
+    pub fn rules(&self) -> Result<Vec<PlacementRule>> {
+        self.get("/v1/rules")
+    }
+    pub fn create_rule(&self, request: &CreateRule) -> Result<PlacementRule> {
+        self.post("/v1/rules", request)
+    }
+    /// By id or name.
+    pub fn delete_rule(&self, rule: &str) -> Result<Deleted> {
+        self.delete(&format!("/v1/rules/{}", seg(rule)))
+    }
+    pub fn add_set_rules(&self, set: &str, rules: Vec<String>) -> Result<Vec<PlacementRule>> {
+        self.post(&format!("/v1/sets/{}/rules", seg(set)), &SetRules { rules })
+    }
+    pub fn remove_set_rule(&self, set: &str, rule: &str) -> Result<Vec<PlacementRule>> {
+        self.delete(&format!("/v1/sets/{}/rules/{}", seg(set), seg(rule)))
+    }
+
     // ---- workflows and audit ----
 
     pub fn workflows(&self) -> Result<Vec<WorkflowRow>> {

@@ -105,6 +105,15 @@ pub enum ApiEvent {
         master_position: String,
         at: Timestamp,
     },
+    /// A set breaks placement rules (all it breaks now; raised again whenever that
+    /// changes).
+    PlacementViolation {
+        set: ReplicaSetId,
+        violations: Vec<crate::placement::Violation>,
+        at: Timestamp,
+    },
+    /// A set that broke placement rules keeps them all again.
+    PlacementRestored { set: ReplicaSetId, at: Timestamp },
     /// This subscriber fell behind and missed `missed` events (the conductor never
     /// slows down for a subscriber).
     Lagged { missed: u64 },

@@ -14,6 +14,7 @@ pub mod client;
 mod error;
 mod events;
 mod instances;
+mod placement;
 mod sets;
 mod workflows;
 
@@ -26,6 +27,10 @@ pub use events::ApiEvent;
 pub use instances::{
     Contract, Deleted, EnrolRequest, EnrolmentView, Health, InstanceView, MetadataEntry,
     MetadataValue, PingResult,
+};
+pub use placement::{
+    CreateRule, DrProfile, Location, PlacementPolicy, PlacementRule, PlacementScope, PoolChange,
+    PoolEntry, RuleId, SetRules, Violation, ZoneView, ZonesView,
 };
 pub use sets::{
     AddReplica, CreateSet, DelayReplica, Failover, FailoverAction, FailoverState, FailoverView,

@@ -230,6 +230,9 @@ pub struct MemberView {
     pub failsafe: Option<FailsafeState>,
     /// Empty when the engine does what the conductor wants.
     pub drift: Vec<String>,
+    /// Where it runs (zone and host), as its agent reported.
+    #[serde(default)]
+    pub location: Option<crate::placement::Location>,
 }
 
 /// A set's failure detection and automatic failover, as they stand.
@@ -254,6 +257,12 @@ pub struct SetView {
     pub master: InstanceId,
     pub members: Vec<MemberView>,
     pub failover: FailoverView,
+    /// The placement rules the set keeps (the default when it names none).
+    #[serde(default)]
+    pub rules: Vec<crate::placement::PlacementRule>,
+    /// What its servers break of those rules now.
+    #[serde(default)]
+    pub violations: Vec<crate::placement::Violation>,
 }
 
 impl SetView {
@@ -279,6 +288,9 @@ pub struct CreateSet {
     /// it, so a failover loses no acknowledged write.
     #[serde(default)]
     pub semi_sync: bool,
+    /// Placement rules the set keeps (ids or names); none: soft anti-affinity by host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
 }
 
 /// How new replicas get their data.
@@ -334,6 +346,13 @@ pub struct AddReplica {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub filter: Option<DatabaseFilter>,
+    /// Take this many servers from the free pool (instead of naming them), those that
+    /// keep the set's placement rules; with a seed method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// With `count`: only servers in this zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 /// `POST /v1/sets/{id}/replicas/{instance}/filter`: a new database filter (none: every

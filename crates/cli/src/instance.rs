@@ -24,6 +24,9 @@ pub enum InstanceCmd {
     Rekey { instance: String },
     /// Every enrolled instance and its key.
     Keys,
+    /// The free pool: servers in no set that `tandem replica add SET --count N` takes.
+    #[command(subcommand)]
+    Pool(crate::placement::PoolCmd),
 }
 
 pub fn run(client: &Client, cmd: InstanceCmd, json: bool, out: &mut dyn Write) -> Result<()> {
@@ -63,6 +66,7 @@ pub fn run(client: &Client, cmd: InstanceCmd, json: bool, out: &mut dyn Write) -
                 )
             })
         }
+        InstanceCmd::Pool(cmd) => crate::placement::pool(client, cmd, json, out),
         InstanceCmd::Keys => {
             let all = client.enrolments()?;
             print(out, json, &all, |all| {

@@ -15,6 +15,7 @@ use tandem_api::client::Client;
 
 mod backups;
 mod instance;
+mod placement;
 mod render;
 mod sets;
 mod status;
@@ -94,6 +95,12 @@ pub enum Cmd {
     /// Enrol instances: which agent key speaks for which instance.
     #[command(subcommand)]
     Instance(instance::InstanceCmd),
+    /// Zones and DR profiles.
+    #[command(subcommand)]
+    Zone(placement::ZoneCmd),
+    /// Placement rules: affinity and anti-affinity by host or zone.
+    #[command(subcommand)]
+    Rule(placement::RuleCmd),
     /// Follow the live event stream: status changes and workflow progress (Ctrl-C to stop).
     Events,
     /// Every command the conductor's workflows sent: what, to whom, epoch, result.
@@ -114,6 +121,10 @@ pub enum SetCmd {
         /// Semi-synchronous replication: a failover then loses no acknowledged write.
         #[arg(long)]
         semi_sync: bool,
+        /// A placement rule the set keeps (id or name; several allowed). None: soft
+        /// anti-affinity by host.
+        #[arg(long = "rule", value_name = "RULE")]
+        rules: Vec<String>,
         #[arg(long)]
         wait: bool,
     },
@@ -162,12 +173,19 @@ pub enum ReplicaCmd {
     /// (in parallel) from a live copy or a backup first.
     Add {
         set: String,
-        #[arg(required = true)]
+        #[arg(required_unless_present = "count")]
         instances: Vec<String>,
+        /// Take N servers from the free pool that keep the set's placement rules
+        /// (seeded with --seed auto unless told otherwise).
+        #[arg(long, value_name = "N", conflicts_with = "instances")]
+        count: Option<u32>,
+        /// With --count: only servers in this zone.
+        #[arg(long, requires = "count")]
+        zone: Option<String>,
         /// none (attach as it is), stream (a live copy), backup, or auto (a recent
-        /// backup if the set has one, else stream).
-        #[arg(long, default_value = "none")]
-        seed: tandem_api::SeedMethod,
+        /// backup if the set has one, else stream). Default: none, auto with --count.
+        #[arg(long)]
+        seed: Option<tandem_api::SeedMethod>,
         /// With --seed stream: copy from this member (default: the replica's source).
         #[arg(long)]
         from: Option<String>,
@@ -370,6 +388,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let json = cli.json;
     match cli.command {
         Cmd::Instance(cmd) => instance::run(&client, cmd, json, out),
+        Cmd::Zone(cmd) => placement::zone(&client, cmd, json, out),
+        Cmd::Rule(cmd) => placement::rule(&client, cmd, json, out),
         Cmd::Events => status::events(&client, json, out),
         Cmd::Audit { requests } => workflows::audit(&client, requests, json, out),
         Cmd::Topology => sets::topology(&client, json, out),

@@ -276,6 +276,7 @@ pub fn topology(sets: &[SetView]) -> String {
     for s in sets {
         text.push_str(&format!("{} (epoch {})\n", s.id, s.epoch.get()));
         text.push_str(&failover_line(&s.failover));
+        text.push_str(&placement_lines(s));
         let member_line = |m: &MemberView| {
             let writable = match m.observed.as_ref().and_then(|o| o.writable) {
                 Some(true) => "writable",
@@ -339,8 +340,9 @@ pub fn topology(sets: &[SetView]) -> String {
                 held.push_str(&format!(" {line}"));
             }
             format!(
-                "{} [{} {} {}]{}{} {}{}",
+                "{} @{} [{} {} {}]{}{} {}{}",
                 m.instance,
+                crate::placement::place(m.location.as_ref()),
                 m.role.as_ref().map_or("unknown".to_owned(), word),
                 writable,
                 m.health.as_ref().map_or("?".to_owned(), word),
@@ -400,6 +402,17 @@ pub fn topology(sets: &[SetView]) -> String {
                 member_line(m)
             ));
         }
+    }
+    text
+}
+
+/// The rules a set keeps, and what it breaks of them.
+fn placement_lines(s: &SetView) -> String {
+    let rules: Vec<String> = s.rules.iter().map(|r| r.to_string()).collect();
+    let mut text = format!("   placement {}\n", rules.join(", "));
+    for v in &s.violations {
+        let kind = if v.required { "VIOLATED" } else { "violated" };
+        text.push_str(&format!("   {kind} {}: {}\n", v.rule_name, v.reason));
     }
     text
 }

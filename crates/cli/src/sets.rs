@@ -48,12 +48,14 @@ pub fn set(client: &Client, cmd: SetCmd, json: bool, out: &mut dyn Write) -> Res
             set,
             master,
             semi_sync,
+            rules,
             wait,
         } => {
             let request = CreateSet {
                 id: set_id(&set)?,
                 master: instance_id(&master)?,
                 semi_sync,
+                rules,
             };
             let row = client.create_set(&request)?;
             follow(client, out, json, row, wait)
@@ -66,6 +68,8 @@ pub fn replica(client: &Client, cmd: ReplicaCmd, json: bool, out: &mut dyn Write
         ReplicaCmd::Add {
             set,
             instances,
+            count,
+            zone,
             seed,
             from,
             source,
@@ -82,13 +86,24 @@ pub fn replica(client: &Client, cmd: ReplicaCmd, json: bool, out: &mut dyn Write
                     .iter()
                     .map(|i| instance_id(i))
                     .collect::<Result<_>>()?,
-                seed,
+                seed: seed.unwrap_or(if count.is_some() {
+                    tandem_api::SeedMethod::Auto
+                } else {
+                    tandem_api::SeedMethod::None
+                }),
                 from: from.as_deref().map(instance_id).transpose()?,
                 source: source.as_deref().map(instance_id).transpose()?,
                 backup,
+                count,
+                zone,
             };
             let row = client.add_replicas(&set, &request)?;
-            let mut progress = Progress::new(if wait { request.instances } else { Vec::new() });
+            // Servers from the pool are named by the workflow the conductor started.
+            let chosen = match &row.params {
+                tandem_api::WorkflowSpec::Provision { instances, .. } => instances.clone(),
+                _ => request.instances,
+            };
+            let mut progress = Progress::new(if wait { chosen } else { Vec::new() });
             crate::workflows::started(client, out, json, row, wait, &mut progress)
         }
         ReplicaCmd::Detach {

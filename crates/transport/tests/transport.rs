@@ -319,6 +319,7 @@ fn sample_report(zone: &str, instance: &str, sequence: u64) -> StatusReport {
     StatusReport {
         instance: id(instance),
         zone: zone.into(),
+        host_id: None,
         tags: vec![],
         agent_version: "test".into(),
         protocol: VersionRange::OURS,

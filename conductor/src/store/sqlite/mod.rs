@@ -62,6 +62,7 @@ impl SqliteStore {
     }
 }
 
+mod placement;
 mod rows;
 mod topology;
 
@@ -72,9 +73,17 @@ impl Store for SqliteStore {
     fn upsert_instance(&self, r: &InstanceRecord) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO instances (id, zone, engine, host, port) VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT (id) DO UPDATE SET zone = ?2, engine = ?3, host = ?4, port = ?5",
-                params![r.id.as_str(), r.zone, r.engine, r.host, r.port],
+                "INSERT INTO instances (id, zone, engine, host, port, host_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO UPDATE \
+                 SET zone = ?2, engine = ?3, host = ?4, port = ?5, host_id = ?6",
+                params![
+                    r.id.as_str(),
+                    r.zone,
+                    r.engine,
+                    r.host,
+                    r.port,
+                    r.host_id.as_ref().map(|h| h.as_str())
+                ],
             )?;
             Ok(())
         })
@@ -83,7 +92,7 @@ impl Store for SqliteStore {
     fn instance(&self, instance: &InstanceId) -> Result<Option<InstanceRecord>> {
         self.with(|c| {
             c.query_row(
-                "SELECT zone, engine, host, port FROM instances WHERE id = ?1",
+                "SELECT zone, engine, host, port, host_id FROM instances WHERE id = ?1",
                 [instance.as_str()],
                 |r| {
                     Ok(InstanceRecord {
@@ -92,6 +101,9 @@ impl Store for SqliteStore {
                         engine: r.get(1)?,
                         host: r.get(2)?,
                         port: r.get(3)?,
+                        host_id: r
+                            .get::<_, Option<String>>(4)?
+                            .and_then(|h| tandem_proto::HostId::new(h).ok()),
                     })
                 },
             )
@@ -166,6 +178,7 @@ impl Store for SqliteStore {
                  VALUES (?1, ?2, 'master', NULL, 1)",
                 params![master.as_str(), set.as_str()],
             )?;
+            tx.execute("DELETE FROM pool WHERE instance = ?1", [master.as_str()])?;
             let created = load_set(&tx, set)?.expect("just inserted");
             tx.commit()?;
             Ok(created)
@@ -256,6 +269,7 @@ impl Store for SqliteStore {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute("DELETE FROM members WHERE set_id = ?1", [set.as_str()])?;
+            tx.execute("DELETE FROM set_rules WHERE set_id = ?1", [set.as_str()])?;
             tx.execute("DELETE FROM replica_sets WHERE id = ?1", [set.as_str()])?;
             tx.commit()?;
             Ok(())

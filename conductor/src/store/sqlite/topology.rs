@@ -55,6 +55,8 @@ pub(super) fn apply_in(
                     "{instance} is already a member of a replica set"
                 )));
             }
+            // A server in a set is no longer free.
+            conn.execute("DELETE FROM pool WHERE instance = ?1", [instance.as_str()])?;
         }
         TopologyChange::Reparent { instance, source } => {
             if source == instance || current.ancestors(source).contains(instance) {

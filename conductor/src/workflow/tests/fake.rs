@@ -203,6 +203,7 @@ impl World {
                     engine: "mariadb".into(),
                     host: Some("10.0.0.1".into()),
                     port: Some(3306 + n as u16),
+                    host_id: None,
                 })
                 .unwrap();
         }
