@@ -21,6 +21,7 @@ use crate::Conductor;
 
 mod auth;
 mod backups;
+mod dr;
 mod enrolment;
 mod instances;
 mod placement;
@@ -102,6 +103,7 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         )
         .route("/v1/rules/{rule}", delete(placement::delete_rule))
         .route("/v1/sets/{id}/rules", post(placement::add_set_rules))
+        .route("/v1/sets/{id}/dr/switch", post(dr::switch))
         .route(
             "/v1/sets/{id}/rules/{rule}",
             delete(placement::remove_set_rule),
@@ -168,7 +170,8 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         placement::create_rule,
         placement::delete_rule,
         placement::add_set_rules,
-        placement::remove_set_rule
+        placement::remove_set_rule,
+        dr::switch
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -228,7 +231,11 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         tandem_api::PlacementScope,
         tandem_api::CreateRule,
         tandem_api::SetRules,
-        tandem_api::Violation
+        tandem_api::Violation,
+        tandem_api::AckFrom,
+        tandem_api::DrSettings,
+        tandem_api::DrView,
+        tandem_api::DrSwitch
     ))
 )]
 pub struct ApiDoc;

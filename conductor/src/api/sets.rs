@@ -65,6 +65,12 @@ fn view(c: &Conductor, set: ReplicaSet) -> SetView {
         verdict: c.failover_watch.verdict(&set.id),
         state,
     };
+    let dr = c
+        .store
+        .dr_settings(&set.id)
+        .ok()
+        .flatten()
+        .map(|settings| dr_view(c, &set, settings, state_semi_sync(c, &set)));
     let rules = crate::placement::rules_of(c, &set.id).unwrap_or_default();
     let violations =
         crate::decide::placement::violations(&rules, &crate::placement::of_set(c, &set));
@@ -76,6 +82,57 @@ fn view(c: &Conductor, set: ReplicaSet) -> SetView {
         failover,
         rules,
         violations,
+        dr,
+    }
+}
+
+fn state_semi_sync(c: &Conductor, set: &ReplicaSet) -> bool {
+    c.store
+        .failover_state(&set.id)
+        .map(|s| s.semi_sync)
+        .unwrap_or(false)
+}
+
+/// A DR set as it stands: who acknowledges, and whether the master's zone could be
+/// lost without losing an acknowledged write.
+fn dr_view(
+    c: &Conductor,
+    set: &ReplicaSet,
+    settings: tandem_api::DrSettings,
+    semi_sync: bool,
+) -> tandem_api::DrView {
+    use tandem_proto::SemiSync;
+    let zone = |i: &InstanceId| crate::placement::location(c, i).map(|l| l.zone);
+    let dr_source = set
+        .replicas_of(&set.master)
+        .find(|r| zone(r).as_deref() == Some(settings.dr.as_str()))
+        .cloned();
+    let acknowledging: Vec<InstanceId> = set
+        .replicas()
+        .filter(|r| {
+            c.registry
+                .report(r)
+                .is_some_and(|r| r.semi_sync == Some(SemiSync::Acknowledging))
+        })
+        .cloned()
+        .collect();
+    let zone_safe = (semi_sync && settings.ack_from == tandem_api::AckFrom::OtherZone).then(|| {
+        let master_zone = zone(&set.master);
+        let waiting = c
+            .registry
+            .report(&set.master)
+            .is_some_and(|r| r.semi_sync == Some(SemiSync::Active));
+        let direct: Vec<&InstanceId> = acknowledging
+            .iter()
+            .filter(|r| set.member(r).and_then(|m| m.replicates_from.as_ref()) == Some(&set.master))
+            .collect();
+        waiting && !direct.is_empty() && direct.iter().all(|r| zone(r) != master_zone)
+    });
+    tandem_api::DrView {
+        settings,
+        dr_source,
+        acknowledging,
+        zone_safe,
     }
 }
 
@@ -138,6 +195,14 @@ pub(super) type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonReje
 pub async fn create(State(c): State<Arc<Conductor>>, b: JsonBody<CreateSet>) -> Accepted {
     let req = body(b, r#"{"id": "<set>", "master": "<instance>"}"#)?;
     free_instance(&c, &req.master)?;
+    if let Some(profile) = req.dr.clone() {
+        return super::dr::create(&c, req, &profile).await;
+    }
+    if req.dr_replicas > 0 || req.ack_from != tandem_api::AckFrom::Any {
+        return Err(bad_request(
+            "dr_replicas and ack_from go with a DR profile (`dr`)",
+        ));
+    }
     let rules = crate::placement::resolve(&c, &req.rules)?;
     if let Some(why) = crate::decide::placement::contradiction(&rules) {
         return Err(bad_request(why));

@@ -159,7 +159,7 @@ DELETE FROM metadata WHERE key = 'replication_delay_s';
     },
     Migration {
         version: 3,
-        name: "placement: hosts of instances, the free pool, placement rules",
+        name: "placement: hosts of instances, the free pool, placement rules, DR sets",
         sql: "
 ALTER TABLE instances ADD COLUMN host_id TEXT;
 -- Registered servers in no set that workflows may take (`tandem instance pool`).
@@ -179,6 +179,12 @@ CREATE TABLE set_rules (
     set_id TEXT NOT NULL REFERENCES replica_sets(id),
     rule_id TEXT NOT NULL REFERENCES placement_rules(id),
     PRIMARY KEY (set_id, rule_id)
+);
+-- A multi-zone DR set's zones (DrSettings, JSON); a DR switch swaps them in the
+-- transaction that records the new master.
+CREATE TABLE set_dr (
+    set_id TEXT PRIMARY KEY REFERENCES replica_sets(id),
+    settings TEXT NOT NULL
 );
 ",
     },

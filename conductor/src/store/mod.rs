@@ -131,6 +131,13 @@ pub enum TopologyChange {
         new_master: InstanceId,
         failed: InstanceId,
     },
+    /// A DR switch: `new_master` (the DR source) is the writable master; the old master
+    /// replicates from it, and every other member keeps its source (the old master's
+    /// replicas cascade under it now). The set's DR zones become `dr`.
+    SiteSwitch {
+        new_master: InstanceId,
+        dr: tandem_api::DrSettings,
+    },
     /// A failed or quarantined member replicates from the master again.
     Rejoin {
         instance: InstanceId,
@@ -160,6 +167,11 @@ impl std::fmt::Display for TopologyChange {
             TopologyChange::Failover { new_master, failed } => {
                 write!(f, "store: failover from {failed} to {new_master}")
             }
+            TopologyChange::SiteSwitch { new_master, dr } => write!(
+                f,
+                "store: new master {new_master}, primary zone {}, DR zone {}",
+                dr.primary, dr.dr
+            ),
             TopologyChange::Rejoin { instance } => write!(f, "store: rejoin {instance}"),
             TopologyChange::Quarantine { instance } => write!(f, "store: quarantine {instance}"),
         }

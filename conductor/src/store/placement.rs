@@ -1,7 +1,7 @@
 //! What the store keeps for placement: the free pool and placement rules, and which
 //! rules each set keeps. The decisions about them are in `crate::decide::placement`.
 
-use tandem_api::{PlacementRule, RuleId};
+use tandem_api::{DrSettings, PlacementRule, RuleId};
 use tandem_proto::{InstanceId, ReplicaSetId, Timestamp};
 
 use super::Result;
@@ -27,4 +27,10 @@ pub trait PlacementStore {
     fn add_set_rules(&self, set: &ReplicaSetId, rules: &[RuleId]) -> Result<()>;
     /// False when the set did not keep it.
     fn remove_set_rule(&self, set: &ReplicaSetId, rule: &RuleId) -> Result<bool>;
+
+    /// A multi-zone DR set's zones; `None` for any other set.
+    fn dr_settings(&self, set: &ReplicaSetId) -> Result<Option<DrSettings>>;
+    /// Makes `set` a DR set (set at creation; a DR switch changes them with its
+    /// topology change).
+    fn set_dr_settings(&self, set: &ReplicaSetId, settings: &DrSettings) -> Result<()>;
 }

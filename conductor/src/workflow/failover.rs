@@ -183,11 +183,27 @@ pub async fn run(
         }
     }
 
-    // Step 2. Replicas an operator paused or delayed are never candidates.
+    // Step 2. Replicas an operator paused or delayed are never candidates, nor (in a
+    // DR set) those outside its primary zone: the writer crosses zones only by a DR
+    // workflow.
+    let dr = ctx.c.store.dr_settings(&ctx.wf.set_id)?;
     let held_back: HashMap<InstanceId, Option<String>> = set
         .members
         .iter()
-        .map(|m| (m.instance.clone(), m.options.never_promoted()))
+        .map(|m| {
+            let outside = dr.as_ref().and_then(|dr| {
+                let zone = crate::placement::location(ctx.c, &m.instance).map(|l| l.zone);
+                (zone.as_deref() != Some(dr.primary.as_str())).then(|| {
+                    format!(
+                        "outside the primary zone {} (in {}): the writer moves there only \
+                         by `tandem dr switch` or `tandem dr failover`",
+                        dr.primary,
+                        zone.unwrap_or_else(|| "an unknown zone".into())
+                    )
+                })
+            });
+            (m.instance.clone(), m.options.never_promoted().or(outside))
+        })
         .collect();
     let cascaded: Vec<(InstanceId, InstanceId)> = set
         .members

@@ -14,6 +14,7 @@ mod attach;
 mod create_set;
 mod ctx;
 mod detach;
+mod dr;
 mod failover;
 mod failsafe;
 pub mod provision;
@@ -101,7 +102,47 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
             epoch,
             catch_up_timeout_ms,
             ..
-        } => switchover::run(&mut ctx, candidate, from, *epoch, *catch_up_timeout_ms).await,
+        } => {
+            switchover::run(
+                &mut ctx,
+                candidate,
+                from,
+                *epoch,
+                *catch_up_timeout_ms,
+                switchover::Site::Same,
+            )
+            .await
+        }
+        Spec::DrSwitch {
+            candidate,
+            from,
+            epoch,
+            catch_up_timeout_ms,
+            ..
+        } => match c.store.dr_settings(&wf.set_id) {
+            Ok(Some(dr)) => {
+                switchover::run(
+                    &mut ctx,
+                    candidate,
+                    from,
+                    *epoch,
+                    *catch_up_timeout_ms,
+                    switchover::Site::Switch(dr),
+                )
+                .await
+            }
+            Ok(None) => Err(StepError::Precondition(format!(
+                "set {} is not a DR set",
+                wf.set_id
+            ))),
+            Err(e) => Err(e.into()),
+        },
+        Spec::CreateDrSet {
+            master,
+            dr_source,
+            dr_replicas,
+            ..
+        } => dr::create(&mut ctx, master, dr_source, dr_replicas).await,
         Spec::Provision {
             instances,
             seed,

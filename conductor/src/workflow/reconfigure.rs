@@ -76,7 +76,11 @@ pub async fn run(
                 .await
                 .map(|_| ()),
             None => {
-                let semi_sync = ctx.semi_sync()?.is_some() && options.acknowledges();
+                let source = ctx
+                    .set()?
+                    .member(instance)
+                    .and_then(|m| m.replicates_from.clone());
+                let semi_sync = ctx.acknowledges(instance, source.as_ref(), options)?;
                 ctx.send(
                     "resume replication",
                     instance,

@@ -22,6 +22,33 @@ impl Ctx<'_> {
         }))
     }
 
+    /// Whether `replica`, replicating from `source` with `options`, acknowledges a
+    /// semi-synchronous master's commits: when the set wants semi-sync and the replica
+    /// could be promoted; in a DR set acknowledged from the other zone, only when it is
+    /// a direct replica of the master outside the master's zone (so that every
+    /// acknowledged commit is in another zone).
+    pub fn acknowledges(
+        &self,
+        replica: &InstanceId,
+        source: Option<&InstanceId>,
+        options: &ReplicaOptions,
+    ) -> Result<bool, StepError> {
+        if self.semi_sync()?.is_none() || !options.acknowledges() {
+            return Ok(false);
+        }
+        match self.c.store.dr_settings(&self.wf.set_id)? {
+            Some(dr) if dr.ack_from == tandem_api::AckFrom::OtherZone => {
+                let master = self.set()?.master;
+                if source != Some(&master) {
+                    return Ok(false);
+                }
+                let zone = |i: &InstanceId| crate::placement::location(self.c, i).map(|l| l.zone);
+                Ok(zone(replica).is_some_and(|z| Some(z) != zone(&master)))
+            }
+            _ => Ok(true),
+        }
+    }
+
     /// Enables `master` as the set's master, as one step; semi-synchronous replication
     /// comes later, with [`Ctx::semi_sync_on`].
     pub async fn enable_as_master(
@@ -256,7 +283,7 @@ impl Ctx<'_> {
                 source: endpoint,
                 credentials,
                 position,
-                semi_sync: self.semi_sync()?.is_some() && options.acknowledges(),
+                semi_sync: self.acknowledges(replica, Some(source), &options)?,
                 delay_s: options.delay_s,
                 // Attached paused: nothing is applied on the way to the new source.
                 paused: options

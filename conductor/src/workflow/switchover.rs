@@ -23,6 +23,31 @@ use crate::store::TopologyChange;
 /// request says otherwise.
 const CATCH_UP_MS: u64 = 10_000;
 
+/// Where the writer goes.
+pub enum Site {
+    /// Within the set: the old master's direct replicas follow the new master.
+    Same,
+    /// A DR set's writer moves to its DR zone (`tandem dr switch`; the zones as they
+    /// stand before it): every replica keeps its source, so the old master's replicas
+    /// cascade under it, and the zones swap in the same change.
+    Switch(tandem_api::DrSettings),
+}
+
+impl Site {
+    /// The topology change that makes `new_master` the master.
+    fn change(&self, new_master: &InstanceId, forward: bool) -> TopologyChange {
+        match self {
+            Site::Same => TopologyChange::NewMaster {
+                new_master: new_master.clone(),
+            },
+            Site::Switch(dr) => TopologyChange::SiteSwitch {
+                new_master: new_master.clone(),
+                dr: if forward { dr.switched() } else { dr.clone() },
+            },
+        }
+    }
+}
+
 /// A switchover of the set from `old` (its master at `epoch`, when the request was
 /// accepted) to `candidate`.
 pub async fn run(
@@ -31,21 +56,25 @@ pub async fn run(
     old: &InstanceId,
     epoch: Epoch,
     catch_up_timeout_ms: Option<u64>,
+    site: Site,
 ) -> Result<Outcome, StepError> {
     let old = old.clone();
     let catch_up_ms = catch_up_timeout_ms.unwrap_or(CATCH_UP_MS);
     // The old master's direct replicas follow the new master; cascaded replicas stay
     // under their own sources (the candidate's, if it had any, included). Journaled:
     // once the change is recorded they are the new master's, and a resumed workflow
-    // must re-point the same ones.
+    // must re-point the same ones. A site switch moves none of them.
     let set = ctx.set()?;
     let others: Vec<InstanceId> =
         ctx.decide("the old master's direct replicas", &old, epoch, |_| {
-            Ok(set
-                .replicas_of(&old)
-                .filter(|m| *m != candidate)
-                .cloned()
-                .collect())
+            Ok(match site {
+                Site::Switch(_) => Vec::new(),
+                Site::Same => set
+                    .replicas_of(&old)
+                    .filter(|m| *m != candidate)
+                    .cloned()
+                    .collect(),
+            })
         })?;
 
     // A candidate its agent calls diverged is refused before writes stop.
@@ -97,12 +126,7 @@ pub async fn run(
     }
 
     // Step 4: the change is recorded with a new epoch; everything after carries it.
-    let set = ctx.apply(
-        "record the new master",
-        TopologyChange::NewMaster {
-            new_master: candidate.clone(),
-        },
-    )?;
+    let set = ctx.apply("record the new master", site.change(candidate, true))?;
     let new_epoch = set.epoch;
 
     // Step 5: the point of no return.
@@ -115,7 +139,7 @@ pub async fn run(
         )
         .await
     {
-        return rollback_after_change(ctx, &old, candidate, e).await;
+        return rollback_after_change(ctx, &old, candidate, &site, e).await;
     }
 
     // Steps 6-7: forward only.
@@ -164,13 +188,12 @@ async fn rollback_after_change(
     ctx: &mut Ctx<'_>,
     old: &InstanceId,
     candidate: &InstanceId,
+    site: &Site,
     cause: StepError,
 ) -> Result<Outcome, StepError> {
     let set = ctx.apply(
         "rollback: record the old master again",
-        TopologyChange::NewMaster {
-            new_master: old.clone(),
-        },
+        site.change(old, false),
     )?;
     let epoch = set.epoch;
     // Never two writable: the old master gets writes back only once the candidate has

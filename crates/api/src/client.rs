@@ -333,6 +333,9 @@ impl Client {
     pub fn add_set_rules(&self, set: &str, rules: Vec<String>) -> Result<Vec<PlacementRule>> {
         self.post(&format!("/v1/sets/{}/rules", seg(set)), &SetRules { rules })
     }
+    pub fn dr_switch(&self, set: &str, request: &DrSwitch) -> Result<WorkflowRow> {
+        self.post(&format!("/v1/sets/{}/dr/switch", seg(set)), request)
+    }
     pub fn remove_set_rule(&self, set: &str, rule: &str) -> Result<Vec<PlacementRule>> {
         self.delete(&format!("/v1/sets/{}/rules/{}", seg(set), seg(rule)))
     }

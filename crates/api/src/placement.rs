@@ -252,3 +252,73 @@ pub struct PoolChange {
     #[schema(value_type = Vec<String>)]
     pub instances: Vec<InstanceId>,
 }
+
+/// Which replicas acknowledge a semi-synchronous master's commits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AckFrom {
+    /// Any replica that could be promoted.
+    #[default]
+    Any,
+    /// Only the master's direct replicas outside its zone: losing the master's whole
+    /// zone then loses no acknowledged write.
+    OtherZone,
+}
+
+crate::words!(AckFrom {
+    Any => "any",
+    OtherZone => "other-zone",
+});
+
+/// A multi-zone DR set's zones, as they stand (a DR switch swaps them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DrSettings {
+    /// The profile it was created with.
+    pub profile: String,
+    /// Where the writer is (automatic failover stays inside it).
+    #[schema(value_type = String)]
+    pub primary: ZoneId,
+    /// Where the mirror is.
+    #[schema(value_type = String)]
+    pub dr: ZoneId,
+    #[serde(default)]
+    pub ack_from: AckFrom,
+}
+
+impl DrSettings {
+    /// The same set after its writer moved to the DR zone.
+    pub fn switched(&self) -> DrSettings {
+        DrSettings {
+            profile: self.profile.clone(),
+            primary: self.dr.clone(),
+            dr: self.primary.clone(),
+            ack_from: self.ack_from,
+        }
+    }
+}
+
+/// A DR set as it stands: its zones, its DR source, who acknowledges, and whether
+/// losing the master's zone would lose no acknowledged write right now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DrView {
+    #[serde(flatten)]
+    pub settings: DrSettings,
+    /// The master's direct replica in the DR zone that its other DR members cascade
+    /// from (absent when the set has none).
+    #[schema(value_type = Option<String>)]
+    pub dr_source: Option<InstanceId>,
+    /// Replicas whose engines report they acknowledge semi-synchronous commits.
+    #[schema(value_type = Vec<String>)]
+    pub acknowledging: Vec<InstanceId>,
+    /// With semi-sync and `other-zone`: the master waits for a replica outside its
+    /// zone for every commit now. `None` when the set does not ask for it.
+    pub zone_safe: Option<bool>,
+}
+
+/// `POST /v1/sets/{id}/dr/switch`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DrSwitch {
+    /// How long the DR source may take to catch up (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up_timeout_ms: Option<u64>,
+}

@@ -263,6 +263,9 @@ pub struct SetView {
     /// What its servers break of those rules now.
     #[serde(default)]
     pub violations: Vec<crate::placement::Violation>,
+    /// For a multi-zone DR set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dr: Option<crate::placement::DrView>,
 }
 
 impl SetView {
@@ -291,6 +294,15 @@ pub struct CreateSet {
     /// Placement rules the set keeps (ids or names); none: soft anti-affinity by host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<String>,
+    /// A DR profile: a DR source is placed in its DR zone (from the pool), copied from
+    /// the master, with `dr_replicas` more cascading from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dr: Option<String>,
+    #[serde(default)]
+    pub dr_replicas: u32,
+    /// Which replicas acknowledge with semi-sync.
+    #[serde(default)]
+    pub ack_from: crate::placement::AckFrom,
 }
 
 /// How new replicas get their data.

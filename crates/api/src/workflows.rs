@@ -54,6 +54,26 @@ pub enum WorkflowSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         catch_up_timeout_ms: Option<u64>,
     },
+    /// A multi-zone DR set: its master in the primary zone, a DR source in the DR
+    /// zone copied from it, DR replicas copied from the DR source and cascading from it.
+    CreateDrSet {
+        set: ReplicaSetId,
+        master: InstanceId,
+        dr_source: InstanceId,
+        #[serde(default)]
+        dr_replicas: Vec<InstanceId>,
+    },
+    /// "Flip the switch": the writer moves to the DR source with no loss; the old
+    /// primary zone becomes the DR side (its master replicates from the new master, its
+    /// replicas stay cascaded under it).
+    DrSwitch {
+        set: ReplicaSetId,
+        candidate: InstanceId,
+        from: InstanceId,
+        epoch: Epoch,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        catch_up_timeout_ms: Option<u64>,
+    },
     /// Fresh servers are seeded (in parallel) and attached as replicas.
     Provision {
         set: ReplicaSetId,
@@ -134,6 +154,8 @@ pub enum WorkflowKind {
     Failsafe,
     Reconfigure,
     Reparent,
+    CreateDrSet,
+    DrSwitch,
 }
 
 crate::words!(WorkflowKind {
@@ -151,6 +173,8 @@ crate::words!(WorkflowKind {
     Failsafe => "failsafe",
     Reconfigure => "reconfigure",
     Reparent => "reparent",
+    CreateDrSet => "create_dr_set",
+    DrSwitch => "dr_switch",
 });
 
 impl WorkflowKind {
@@ -181,13 +205,18 @@ impl WorkflowSpec {
             WorkflowSpec::Failsafe { .. } => WorkflowKind::Failsafe,
             WorkflowSpec::Reconfigure { .. } => WorkflowKind::Reconfigure,
             WorkflowSpec::Reparent { .. } => WorkflowKind::Reparent,
+            WorkflowSpec::CreateDrSet { .. } => WorkflowKind::CreateDrSet,
+            WorkflowSpec::DrSwitch { .. } => WorkflowKind::DrSwitch,
         }
     }
 
     /// Whether the workflow runs long steps (seeding, restores) that an operator can
     /// cancel: only those are stopped; short steps always run to their end.
     pub fn cancellable(&self) -> bool {
-        matches!(self, WorkflowSpec::Provision { .. })
+        matches!(
+            self,
+            WorkflowSpec::Provision { .. } | WorkflowSpec::CreateDrSet { .. }
+        )
     }
 
     pub fn set(&self) -> &ReplicaSetId {
@@ -205,6 +234,8 @@ impl WorkflowSpec {
             | WorkflowSpec::Repoint { set, .. }
             | WorkflowSpec::Reconfigure { set, .. }
             | WorkflowSpec::Reparent { set, .. }
+            | WorkflowSpec::CreateDrSet { set, .. }
+            | WorkflowSpec::DrSwitch { set, .. }
             | WorkflowSpec::Failsafe { set } => set,
         }
     }

@@ -98,6 +98,9 @@ pub enum Cmd {
     /// Zones and DR profiles.
     #[command(subcommand)]
     Zone(placement::ZoneCmd),
+    /// Multi-zone disaster recovery: move a DR set's writer to its other zone.
+    #[command(subcommand)]
+    Dr(DrCmd),
     /// Placement rules: affinity and anti-affinity by host or zone.
     #[command(subcommand)]
     Rule(placement::RuleCmd),
@@ -125,6 +128,17 @@ pub enum SetCmd {
         /// anti-affinity by host.
         #[arg(long = "rule", value_name = "RULE")]
         rules: Vec<String>,
+        /// Multi-zone DR: a DR profile (`tandem zone list`); a DR source is taken from
+        /// the pool in its DR zone and copied from the master.
+        #[arg(long, value_name = "PROFILE")]
+        dr: Option<String>,
+        /// With --dr: this many more DR replicas, cascading from the DR source.
+        #[arg(long, value_name = "N", default_value_t = 0, requires = "dr")]
+        dr_replicas: u32,
+        /// With --dr and --semi-sync: which replicas acknowledge; other-zone: only
+        /// those outside the master's zone (losing its zone loses no acknowledged write).
+        #[arg(long, default_value = "any", requires = "dr")]
+        ack_from: tandem_api::AckFrom,
         #[arg(long)]
         wait: bool,
     },
@@ -267,6 +281,21 @@ pub enum ReplicaCmd {
 }
 
 #[derive(Subcommand)]
+pub enum DrCmd {
+    /// "Flip the switch": the writer moves to the DR zone with no loss (the master goes
+    /// read-only, the DR source catches up to its exact position and becomes the
+    /// master; the old primary zone becomes the DR side). Again to switch back.
+    Switch {
+        set: String,
+        /// How long the DR source may take to catch up before the switch rolls back.
+        #[arg(long, value_name = "MS")]
+        catch_up_timeout_ms: Option<u64>,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum FailoverCmd {
     /// Replace SET's lost master by a replica now: the candidate rule picks one unless
     /// --candidate names it. Refused while the master is healthy (use `promote`, which
@@ -389,6 +418,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     match cli.command {
         Cmd::Instance(cmd) => instance::run(&client, cmd, json, out),
         Cmd::Zone(cmd) => placement::zone(&client, cmd, json, out),
+        Cmd::Dr(cmd) => sets::dr(&client, cmd, json, out),
         Cmd::Rule(cmd) => placement::rule(&client, cmd, json, out),
         Cmd::Events => status::events(&client, json, out),
         Cmd::Audit { requests } => workflows::audit(&client, requests, json, out),

@@ -410,6 +410,29 @@ pub fn topology(sets: &[SetView]) -> String {
 fn placement_lines(s: &SetView) -> String {
     let rules: Vec<String> = s.rules.iter().map(|r| r.to_string()).collect();
     let mut text = format!("   placement {}\n", rules.join(", "));
+    if let Some(dr) = &s.dr {
+        let ack: Vec<String> = dr.acknowledging.iter().map(|i| i.to_string()).collect();
+        text.push_str(&format!(
+            "   dr {}: primary zone {}, DR zone {} (DR source {}); acknowledging: {}{}\n",
+            dr.settings.profile,
+            dr.settings.primary,
+            dr.settings.dr,
+            dr.dr_source
+                .as_ref()
+                .map_or("none".into(), |i| i.to_string()),
+            if ack.is_empty() {
+                "none".into()
+            } else {
+                ack.join(", ")
+            },
+            match dr.zone_safe {
+                Some(true) => "; zone-safe: losing the primary zone loses no acknowledged write",
+                Some(false) =>
+                    "; NOT zone-safe now: no replica outside the master's zone acknowledges",
+                None => "",
+            }
+        ));
+    }
     for v in &s.violations {
         let kind = if v.required { "VIOLATED" } else { "violated" };
         text.push_str(&format!("   {kind} {}: {}\n", v.rule_name, v.reason));

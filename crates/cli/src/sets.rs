@@ -11,7 +11,25 @@ use tandem_api::{
 };
 
 use crate::workflows::{follow, Progress};
-use crate::{instance_id, print, render, FailoverCmd, ReplicaCmd, SetCmd};
+use crate::{instance_id, print, render, DrCmd, FailoverCmd, ReplicaCmd, SetCmd};
+
+pub fn dr(client: &Client, cmd: DrCmd, json: bool, out: &mut dyn Write) -> Result<()> {
+    match cmd {
+        DrCmd::Switch {
+            set,
+            catch_up_timeout_ms,
+            wait,
+        } => {
+            let row = client.dr_switch(
+                &set,
+                &tandem_api::DrSwitch {
+                    catch_up_timeout_ms,
+                },
+            )?;
+            follow(client, out, json, row, wait)
+        }
+    }
+}
 
 pub fn topology(client: &Client, json: bool, out: &mut dyn Write) -> Result<()> {
     let sets = client.sets()?;
@@ -49,6 +67,9 @@ pub fn set(client: &Client, cmd: SetCmd, json: bool, out: &mut dyn Write) -> Res
             master,
             semi_sync,
             rules,
+            dr,
+            dr_replicas,
+            ack_from,
             wait,
         } => {
             let request = CreateSet {
@@ -56,6 +77,9 @@ pub fn set(client: &Client, cmd: SetCmd, json: bool, out: &mut dyn Write) -> Res
                 master: instance_id(&master)?,
                 semi_sync,
                 rules,
+                dr,
+                dr_replicas,
+                ack_from,
             };
             let row = client.create_set(&request)?;
             follow(client, out, json, row, wait)

@@ -270,6 +270,7 @@ impl Store for SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute("DELETE FROM members WHERE set_id = ?1", [set.as_str()])?;
             tx.execute("DELETE FROM set_rules WHERE set_id = ?1", [set.as_str()])?;
+            tx.execute("DELETE FROM set_dr WHERE set_id = ?1", [set.as_str()])?;
             tx.execute("DELETE FROM replica_sets WHERE id = ?1", [set.as_str()])?;
             tx.commit()?;
             Ok(())

@@ -1,7 +1,7 @@
 //! The SQLite side of [`PlacementStore`]: the pool and placement rules.
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
-use tandem_api::{PlacementRule, RuleId};
+use tandem_api::{DrSettings, PlacementRule, RuleId};
 use tandem_proto::{InstanceId, ReplicaSetId, Timestamp};
 
 use super::rows::{col_id, col_word};
@@ -192,4 +192,38 @@ impl PlacementStore for SqliteStore {
             )? > 0)
         })
     }
+
+    fn dr_settings(&self, set: &ReplicaSetId) -> Result<Option<DrSettings>> {
+        self.with(|c| {
+            let text: Option<String> = c
+                .query_row(
+                    "SELECT settings FROM set_dr WHERE set_id = ?1",
+                    [set.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
+        })
+    }
+
+    fn set_dr_settings(&self, set: &ReplicaSetId, settings: &DrSettings) -> Result<()> {
+        self.with(|c| {
+            write_dr(c, set, settings)?;
+            Ok(())
+        })
+    }
+}
+
+/// Records a DR set's zones (in the caller's transaction, when it has one).
+pub(super) fn write_dr(
+    c: &rusqlite::Connection,
+    set: &ReplicaSetId,
+    settings: &DrSettings,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO set_dr (set_id, settings) VALUES (?1, ?2) \
+         ON CONFLICT (set_id) DO UPDATE SET settings = ?2",
+        params![set.as_str(), serde_json::to_string(settings)?],
+    )?;
+    Ok(())
 }

@@ -115,6 +115,10 @@ pub(super) fn apply_in(
             }
             new_master_in(conn, &current, new_master)?;
         }
+        TopologyChange::SiteSwitch { new_master, dr } => {
+            site_switch_in(conn, &current, new_master)?;
+            super::placement::write_dr(conn, set, dr)?;
+        }
         TopologyChange::Failover { new_master, failed } => {
             new_master_in(conn, &current, new_master)?;
             conn.execute(
@@ -184,6 +188,32 @@ pub(super) fn new_master_in(
         params![set.as_str(), new_master.as_str(), current.master.as_str()],
     )?;
     // A master has no replica options (one promoted by force loses its pause or delay).
+    conn.execute(
+        "UPDATE members SET role = 'master', replicates_from = NULL, writable = 1, \
+         options = '{}' WHERE instance = ?1",
+        [new_master.as_str()],
+    )?;
+    conn.execute(
+        "UPDATE replica_sets SET master = ?2 WHERE id = ?1",
+        params![set.as_str(), new_master.as_str()],
+    )?;
+    Ok(())
+}
+
+/// `new_master` becomes the master; the old master replicates from it; every other
+/// member keeps its source.
+fn site_switch_in(conn: &Connection, current: &ReplicaSet, new_master: &InstanceId) -> Result<()> {
+    let set = &current.id;
+    if current.member(new_master).map(|m| m.role) != Some(IntendedRole::Replica) {
+        return Err(StoreError::NotFound(format!(
+            "{new_master} is not a replica of set {set}"
+        )));
+    }
+    conn.execute(
+        "UPDATE members SET role = 'replica', replicates_from = ?2, writable = 0 \
+         WHERE set_id = ?1 AND role = 'master'",
+        params![set.as_str(), new_master.as_str()],
+    )?;
     conn.execute(
         "UPDATE members SET role = 'master', replicates_from = NULL, writable = 1, \
          options = '{}' WHERE instance = ?1",
