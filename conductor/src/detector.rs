@@ -40,6 +40,8 @@ pub struct Watch {
     repoints: std::sync::Mutex<HashMap<InstanceId, crate::backoff::Retries>>,
     /// Failsafe assignments sent, per set.
     failsafes: std::sync::Mutex<HashMap<ReplicaSetId, crate::backoff::Retries>>,
+    /// DR sets whose primary zone looks lost, announced once per loss.
+    zone_lost: std::sync::Mutex<std::collections::HashSet<ReplicaSetId>>,
 }
 
 impl Watch {
@@ -358,6 +360,37 @@ fn start_failover(c: &Arc<Conductor>, set: &ReplicaSet, reason: String) {
     if !f.automatic || state.paused {
         return;
     }
+    // A DR set's automatic failover stays in its primary zone: with no member of that
+    // zone heard, the zone itself may be lost, which only an operator may conclude
+    // (`tandem dr failover`). Said once, not retried in a loop.
+    if let Ok(Some(dr)) = c.store.dr_settings(&set.id) {
+        let started = c.started;
+        let heard = set.replicas().any(|r| {
+            let s = seen(c, r, started);
+            s.age < f.detect_after
+                && s.report
+                    .as_ref()
+                    .is_some_and(|r| r.zone == dr.primary.as_str() && r.health == Health::Healthy)
+        });
+        let mut announced = c.failover_watch.zone_lost.lock().expect("poisoned");
+        if !heard {
+            if announced.insert(set.id.clone()) {
+                let why = format!(
+                    "{} lost ({reason}) and no other member of the primary zone {} is heard: \
+                     the zone may be lost; `tandem dr failover {}` moves the writer to zone {}",
+                    set.master, dr.primary, set.id, dr.dr
+                );
+                tracing::error!(set = %set.id, "{why}");
+                c.events.publish(crate::events::ApiEvent::FailoverBlocked {
+                    set: set.id.clone(),
+                    reason: why,
+                    at: Timestamp::now(),
+                });
+            }
+            return;
+        }
+        announced.remove(&set.id);
+    }
     if let Some(last) = state.last_automatic {
         let since = Duration::from_millis(Timestamp::now().0.saturating_sub(last.0));
         if since < f.flap_window {
@@ -395,6 +428,7 @@ fn start_failover(c: &Arc<Conductor>, set: &ReplicaSet, reason: String) {
         force: false,
         automatic: true,
         reason: Some(reason.clone()),
+        site: false,
     };
     match workflow::start(c, spec, "failure detector") {
         Ok(wf) => {

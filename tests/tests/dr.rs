@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use tandem_api::{SetView, WorkflowKind, WorkflowState};
+use std::time::Instant;
+
+use tandem_api::{IntendedRole, SetView, WorkflowKind, WorkflowState};
 use tandem_e2e::load::{self, Observer, Writer};
 use tandem_e2e::promise::{
     assert_all_acknowledged_on, assert_never_two_writable, ids_on, member, workflows_of_kind,
@@ -15,8 +17,12 @@ use tandem_e2e::promise::{
 use tandem_e2e::{eventually, Cluster, ClusterOptions};
 
 /// db-1 (hv-1) and db-2 (hv-2) in zone-a; db-3 (hv-3) and db-4 (hv-4) in zone-b;
-/// profile a-to-b.
+/// profile a-to-b. With `isolated`, each on a network-namespace host of its own.
 fn two_zones(extra: &[(&str, &str)]) -> Cluster {
+    two_zones_with(extra, false)
+}
+
+fn two_zones_with(extra: &[(&str, &str)], isolated: bool) -> Cluster {
     let at = |z: &str, h: &str| (z.to_string(), Some(h.to_string()));
     let mut conductor_env = vec![
         (
@@ -39,6 +45,11 @@ fn two_zones(extra: &[(&str, &str)]) -> Cluster {
                 at("zone-b", "hv-4"),
             ],
             conductor_env,
+            isolated: if isolated {
+                ["db-1", "db-2", "db-3", "db-4"].map(String::from).to_vec()
+            } else {
+                Vec::new()
+            },
             ..ClusterOptions::read_only_at_start()
         },
     )
@@ -232,4 +243,127 @@ fn automatic_failover_stays_in_the_primary_zone_and_wrong_dr_requests_change_not
     );
     let view = c.set("s1");
     assert_eq!(source_of(&view, "db-3").as_deref(), Some("db-2"));
+}
+
+#[test]
+fn losing_the_whole_primary_zone_a_dr_failover_loses_no_acknowledged_write_and_the_zone_comes_back()
+{
+    let c = two_zones_with(&[], true);
+    dr_set(&c);
+    eventually(Duration::from_secs(20), "zone-safe acknowledgement", || {
+        (c.set("shop").dr?.zone_safe == Some(true)).then_some(())
+    });
+    let dr_source = c.set("shop").dr.unwrap().dr_source.unwrap().to_string();
+    let writer = Writer::start(c.addresses(), Duration::from_millis(10));
+    let observer = Observer::every(c.addresses(), Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // Every host of zone-a loses the network at once.
+    let cut = Instant::now();
+    for name in ["db-1", "db-2"] {
+        c.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap()
+            .host
+            .as_ref()
+            .unwrap()
+            .cut()
+            .unwrap();
+    }
+    // The detector judges the master lost, but fails over only inside zone-a, where
+    // nobody is heard: it says so and waits for the operator.
+    eventually(Duration::from_secs(20), "the master judged lost", || {
+        let v = c.set("shop");
+        matches!(
+            v.failover.verdict,
+            Some(tandem_api::Verdict::Lost { .. } | tandem_api::Verdict::WaitingForLease { .. })
+        )
+        .then_some(())
+    });
+    assert!(
+        workflows_of_kind(&c, WorkflowKind::Failover).is_empty(),
+        "no automatic failover across zones"
+    );
+    c.cli_ok(&["dr", "failover", "shop", "--wait"]);
+    let on = c
+        .addresses()
+        .iter()
+        .position(|(_, p)| *p == c.db(&dr_source).port())
+        .unwrap();
+    let first = eventually(Duration::from_secs(10), "a write in zone-b", || {
+        writer.first_ack_on_after(on, cut)
+    });
+    eprintln!(
+        "zone lost: first write in the DR zone {} ms after the cut",
+        (first.at - cut).as_millis()
+    );
+    let view = c.set("shop");
+    assert_eq!(view.master.as_str(), dr_source);
+    let dr = view.dr.as_ref().unwrap();
+    assert_eq!(dr.settings.primary.as_str(), "zone-b");
+    for name in ["db-1", "db-2"] {
+        assert_eq!(
+            member(&view, name).intended.role,
+            IntendedRole::Failed,
+            "{name} invalidated"
+        );
+    }
+    let summary = tandem_e2e::promise::failover_summary(&c);
+    assert_eq!(summary.lost_transactions.unwrap_or(0), 0, "{summary:?}");
+    assert!(
+        summary
+            .not_repointed
+            .iter()
+            .any(|l| l.contains("db-2 (invalidated")),
+        "{summary:?}"
+    );
+
+    // Nothing acknowledged is missing in zone-b.
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, acked) = writer.finish();
+    let samples = observer.finish();
+    assert_never_two_writable(&samples);
+    assert!(
+        acked.iter().any(|a| a.server == on && a.at > cut),
+        "writes went on in zone-b"
+    );
+    assert_all_acknowledged_on(&c, &dr_source, &acked);
+
+    // The zone heals: each of its servers is compared with the new master, and rejoins
+    // (or is quarantined, never silently).
+    for name in ["db-1", "db-2"] {
+        c.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap()
+            .host
+            .as_ref()
+            .unwrap()
+            .heal()
+            .unwrap();
+    }
+    for name in ["db-1", "db-2"] {
+        let role = eventually(Duration::from_secs(60), &format!("{name} back"), || {
+            let role = member(&c.set("shop"), name).intended.role;
+            matches!(role, IntendedRole::Replica | IntendedRole::Quarantined).then_some(role)
+        });
+        if role == IntendedRole::Quarantined {
+            // Re-seeded once the other's rejoin is through.
+            eventually(
+                Duration::from_secs(60),
+                &format!("{name} re-seeded"),
+                || {
+                    let args = ["replica", "add", "shop", name, "--seed", "stream", "--wait"];
+                    let (ok, _, err) = c.cli(&args);
+                    assert!(ok || err.contains("active workflow"), "{err}");
+                    ok.then_some(())
+                },
+            );
+        }
+    }
+    assert_eq!(c.converged("shop"), dr_source);
+    for name in ["db-1", "db-2", "db-3", "db-4"] {
+        assert_all_acknowledged_on(&c, name, &acked);
+    }
 }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use tandem_api::{CreateSet, DrSettings, DrSwitch, ErrorBody, FailoverState, WorkflowRow};
+use tandem_api::{
+    CreateSet, DrFailover, DrSettings, DrSwitch, ErrorBody, FailoverState, Verdict, WorkflowRow,
+};
 use tandem_proto::InstanceId;
 
 use super::sets::{accepted, existing, Accepted, JsonBody};
@@ -155,6 +157,52 @@ pub async fn switch(
         from: set.master,
         epoch: set.epoch,
         catch_up_timeout_ms: req.catch_up_timeout_ms,
+    };
+    Ok(accepted(start_for_operator(&c, spec, BY).await?))
+}
+
+/// The primary zone is lost: after the lost master's lease, the most advanced member of
+/// the DR zone becomes the master and the primary zone's members are invalidated
+/// (compared with it when they return: rejoined or quarantined).
+#[utoipa::path(post, path = "/v1/sets/{id}/dr/failover", tag = "sets", params(("id" = String, Path)), request_body = DrFailover, responses((status = 202, body = WorkflowRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "the primary master is healthy, or another workflow is active", body = ErrorBody)))]
+pub async fn failover(
+    State(c): State<Arc<Conductor>>,
+    Path(id): Path<String>,
+    b: JsonBody<DrFailover>,
+) -> Accepted {
+    let id = parse_set(&id)?;
+    let req = body(b, r#"{"force"?: true}"#)?;
+    let set = existing(&c, &id)?;
+    let Some(dr) = c.store.dr_settings(&id)? else {
+        return Err(bad_request(format!(
+            "set {id} is not a DR set (create one with `tandem set create … --dr PROFILE`)"
+        )));
+    };
+    let in_dr_zone = set
+        .replicas()
+        .any(|r| location(&c, r).is_some_and(|l| l.zone == dr.dr.as_str()));
+    if !in_dr_zone {
+        return Err(bad_request(format!(
+            "set {id} has no member in its DR zone {}: nothing to fail over to",
+            dr.dr
+        )));
+    }
+    if !req.force && matches!(c.failover_watch.verdict(&id), None | Some(Verdict::Healthy)) {
+        return Err(conflict(format!(
+            "the master {} of set {id} in zone {} is healthy: move the writer with \
+             `tandem dr switch`, which loses nothing, or use --force for a zone known to be \
+             gone",
+            set.master, dr.primary
+        )));
+    }
+    let spec = Spec::Failover {
+        set: id,
+        failed: set.master,
+        candidate: None,
+        force: req.force,
+        automatic: false,
+        reason: Some(format!("DR failover: zone {} is lost", dr.primary)),
+        site: true,
     };
     Ok(accepted(start_for_operator(&c, spec, BY).await?))
 }

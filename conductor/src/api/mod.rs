@@ -104,6 +104,7 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/rules/{rule}", delete(placement::delete_rule))
         .route("/v1/sets/{id}/rules", post(placement::add_set_rules))
         .route("/v1/sets/{id}/dr/switch", post(dr::switch))
+        .route("/v1/sets/{id}/dr/failover", post(dr::failover))
         .route(
             "/v1/sets/{id}/rules/{rule}",
             delete(placement::remove_set_rule),
@@ -171,7 +172,8 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         placement::delete_rule,
         placement::add_set_rules,
         placement::remove_set_rule,
-        dr::switch
+        dr::switch,
+        dr::failover
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -235,7 +237,8 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         tandem_api::AckFrom,
         tandem_api::DrSettings,
         tandem_api::DrView,
-        tandem_api::DrSwitch
+        tandem_api::DrSwitch,
+        tandem_api::DrFailover
     ))
 )]
 pub struct ApiDoc;

@@ -590,6 +590,7 @@ pub async fn failover(
         force: req.force,
         automatic: false,
         reason: None,
+        site: false,
     };
     Ok(accepted(start_for_operator(&c, spec, BY).await?))
 }

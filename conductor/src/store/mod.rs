@@ -138,6 +138,14 @@ pub enum TopologyChange {
         new_master: InstanceId,
         dr: tandem_api::DrSettings,
     },
+    /// A DR failover: `new_master` (in the DR zone) is the writable master; `failed`
+    /// (the lost primary zone's members, its master first) await their return; the
+    /// set's DR zones become `dr`.
+    SiteFailover {
+        new_master: InstanceId,
+        failed: Vec<InstanceId>,
+        dr: tandem_api::DrSettings,
+    },
     /// A failed or quarantined member replicates from the master again.
     Rejoin {
         instance: InstanceId,
@@ -172,6 +180,19 @@ impl std::fmt::Display for TopologyChange {
                 "store: new master {new_master}, primary zone {}, DR zone {}",
                 dr.primary, dr.dr
             ),
+            TopologyChange::SiteFailover {
+                new_master,
+                failed,
+                dr,
+            } => {
+                let failed: Vec<String> = failed.iter().map(|i| i.to_string()).collect();
+                write!(
+                    f,
+                    "store: DR failover to {new_master} in {}, invalidated {}",
+                    dr.primary,
+                    failed.join(", ")
+                )
+            }
             TopologyChange::Rejoin { instance } => write!(f, "store: rejoin {instance}"),
             TopologyChange::Quarantine { instance } => write!(f, "store: quarantine {instance}"),
         }

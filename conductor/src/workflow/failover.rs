@@ -59,8 +59,16 @@ pub async fn run(
     requested: Option<&InstanceId>,
     force: bool,
     automatic: bool,
+    site: bool,
 ) -> Result<Outcome, StepError> {
     let set = ctx.set()?;
+    let dr = ctx.c.store.dr_settings(&ctx.wf.set_id)?;
+    if site && dr.is_none() {
+        return Err(StepError::Precondition(format!(
+            "set {} is not a DR set",
+            set.id
+        )));
+    }
     let epoch = set.epoch;
     // The same list before and after the change is recorded (the candidate is master
     // after it), so a resumed workflow sends the same steps.
@@ -77,6 +85,27 @@ pub async fn run(
             set.id
         )));
     }
+
+    // A DR failover leaves the lost zone's members alone (they are unreachable, and
+    // invalidated below): only the DR zone's are drained and considered. Journaled:
+    // once invalidated they are no replicas, and a resumed workflow must know them.
+    let in_lost_zone: Vec<InstanceId> = match (&dr, site) {
+        (Some(dr), true) => ctx.decide("the lost zone's members", failed, epoch, |c| {
+            Ok(replicas
+                .iter()
+                .filter(|r| {
+                    crate::placement::location(c, r).map(|l| l.zone).as_deref()
+                        == Some(dr.primary.as_str())
+                })
+                .cloned()
+                .collect())
+        })?,
+        _ => Vec::new(),
+    };
+    let replicas: Vec<InstanceId> = replicas
+        .into_iter()
+        .filter(|r| !in_lost_zone.contains(r))
+        .collect();
 
     // Step 1.
     let drain_ms = ctx.c.settings.failover.drain_timeout.as_millis() as u64;
@@ -185,19 +214,26 @@ pub async fn run(
 
     // Step 2. Replicas an operator paused or delayed are never candidates, nor (in a
     // DR set) those outside its primary zone: the writer crosses zones only by a DR
-    // workflow.
-    let dr = ctx.c.store.dr_settings(&ctx.wf.set_id)?;
+    // workflow. A DR failover is that workflow: only the DR zone's members are.
+    let zone_of = |i: &InstanceId| crate::placement::location(ctx.c, i).map(|l| l.zone);
     let held_back: HashMap<InstanceId, Option<String>> = set
         .members
         .iter()
         .map(|m| {
             let outside = dr.as_ref().and_then(|dr| {
-                let zone = crate::placement::location(ctx.c, &m.instance).map(|l| l.zone);
-                (zone.as_deref() != Some(dr.primary.as_str())).then(|| {
+                let zone = zone_of(&m.instance);
+                let (wanted, why) = if site {
+                    (dr.dr.as_str(), "a DR failover promotes only in the DR zone")
+                } else {
+                    (
+                        dr.primary.as_str(),
+                        "the writer moves there only by `tandem dr switch` or `tandem dr \
+                         failover`",
+                    )
+                };
+                (zone.as_deref() != Some(wanted)).then(|| {
                     format!(
-                        "outside the primary zone {} (in {}): the writer moves there only \
-                         by `tandem dr switch` or `tandem dr failover`",
-                        dr.primary,
+                        "outside zone {wanted} (in {}): {why}",
                         zone.unwrap_or_else(|| "an unknown zone".into())
                     )
                 })
@@ -300,16 +336,26 @@ pub async fn run(
     let candidate = &decision.candidate;
 
     // Step 3.
-    let set = ctx.apply(
-        "record the failover",
-        TopologyChange::Failover {
+    let change = match (&dr, site) {
+        (Some(dr), true) => TopologyChange::SiteFailover {
+            new_master: candidate.clone(),
+            failed: std::iter::once(failed.clone())
+                .chain(in_lost_zone.iter().cloned())
+                .collect(),
+            dr: dr.switched(),
+        },
+        _ => TopologyChange::Failover {
             new_master: candidate.clone(),
             failed: failed.clone(),
         },
-    )?;
+    };
+    let set = ctx.apply("record the failover", change)?;
     let new_epoch = set.epoch;
-    ctx.c
-        .remember_failed_at(&set.id, failed, &decision.position);
+    // Each invalidated member is compared with where the new master stood when it
+    // returns: rejoined when it holds nothing more, quarantined otherwise.
+    for f in std::iter::once(failed).chain(&in_lost_zone) {
+        ctx.c.remember_failed_at(&set.id, f, &decision.position);
+    }
     if automatic {
         ctx.c.automatic_failover_done(&set.id);
     }
@@ -335,12 +381,22 @@ pub async fn run(
             Err(e) => format!("{instance} (diverged: {why}; quarantine incomplete: {e})"),
         });
     }
-    for (instance, why) in &decision.not_drained {
+    for (instance, why) in decision
+        .not_drained
+        .iter()
+        .filter(|(i, _)| !in_lost_zone.contains(i))
+    {
         left_behind.push(format!("{instance} (could not be drained: {why})"));
+    }
+    for i in &in_lost_zone {
+        left_behind.push(format!(
+            "{i} (invalidated: in the lost zone; compared with the new master when it returns)"
+        ));
     }
     let left_out = |r: &InstanceId| {
         decision.quarantine.iter().any(|(i, _)| i == r)
             || decision.not_drained.iter().any(|(i, _)| i == r)
+            || in_lost_zone.contains(r)
     };
     let reachable: Vec<InstanceId> = replicas
         .iter()

@@ -159,8 +159,19 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
             candidate,
             force,
             automatic,
+            site,
             ..
-        } => failover::run(&mut ctx, failed, candidate.as_ref(), *force, *automatic).await,
+        } => {
+            failover::run(
+                &mut ctx,
+                failed,
+                candidate.as_ref(),
+                *force,
+                *automatic,
+                *site,
+            )
+            .await
+        }
         Spec::Rejoin { instance, .. } => rejoin::run(&mut ctx, instance).await,
         Spec::RestoreWrites { .. } => rejoin::restore_writes(&mut ctx).await,
         Spec::SemiSync { on, .. } => semi_sync::run(&mut ctx, *on).await,

@@ -336,6 +336,9 @@ impl Client {
     pub fn dr_switch(&self, set: &str, request: &DrSwitch) -> Result<WorkflowRow> {
         self.post(&format!("/v1/sets/{}/dr/switch", seg(set)), request)
     }
+    pub fn dr_failover(&self, set: &str, request: &DrFailover) -> Result<WorkflowRow> {
+        self.post(&format!("/v1/sets/{}/dr/failover", seg(set)), request)
+    }
     pub fn remove_set_rule(&self, set: &str, rule: &str) -> Result<Vec<PlacementRule>> {
         self.delete(&format!("/v1/sets/{}/rules/{}", seg(set), seg(rule)))
     }

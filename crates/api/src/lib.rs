@@ -29,9 +29,9 @@ pub use instances::{
     MetadataValue, PingResult,
 };
 pub use placement::{
-    AckFrom, CreateRule, DrProfile, DrSettings, DrSwitch, DrView, Location, PlacementPolicy,
-    PlacementRule, PlacementScope, PoolChange, PoolEntry, RuleId, SetRules, Violation, ZoneView,
-    ZonesView,
+    AckFrom, CreateRule, DrFailover, DrProfile, DrSettings, DrSwitch, DrView, Location,
+    PlacementPolicy, PlacementRule, PlacementScope, PoolChange, PoolEntry, RuleId, SetRules,
+    Violation, ZoneView, ZonesView,
 };
 pub use sets::{
     AddReplica, CreateSet, DelayReplica, Failover, FailoverAction, FailoverState, FailoverView,

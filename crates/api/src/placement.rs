@@ -322,3 +322,12 @@ pub struct DrSwitch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catch_up_timeout_ms: Option<u64>,
 }
+
+/// `POST /v1/sets/{id}/dr/failover`: the primary zone is lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DrFailover {
+    /// Even while the primary master is judged healthy (it may then be writable too:
+    /// only for a zone known to be gone).
+    #[serde(default)]
+    pub force: bool,
+}

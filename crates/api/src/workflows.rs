@@ -97,6 +97,11 @@ pub enum WorkflowSpec {
         /// Why the detector judged the master lost (automatic failovers).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// A DR failover (`tandem dr failover`): the primary zone is lost; a member of
+        /// the DR zone is promoted and the primary zone's members are invalidated
+        /// (compared with the new master when they return).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        site: bool,
     },
     /// A failed master is back: fenced by the epoch, compared with the master, then
     /// rejoined as a replica or quarantined.

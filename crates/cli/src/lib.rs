@@ -293,6 +293,17 @@ pub enum DrCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// The primary zone is lost: after the lost master's lease, the most advanced
+    /// member of the DR zone becomes the master; the primary zone's members are
+    /// invalidated and compared with it when they return (rejoined or quarantined).
+    /// Refused while the primary master is healthy, unless --force.
+    Failover {
+        set: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -28,6 +28,10 @@ pub fn dr(client: &Client, cmd: DrCmd, json: bool, out: &mut dyn Write) -> Resul
             )?;
             follow(client, out, json, row, wait)
         }
+        DrCmd::Failover { set, force, wait } => {
+            let row = client.dr_failover(&set, &tandem_api::DrFailover { force })?;
+            follow(client, out, json, row, wait)
+        }
     }
 }
 

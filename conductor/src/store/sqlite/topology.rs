@@ -119,6 +119,21 @@ pub(super) fn apply_in(
             site_switch_in(conn, &current, new_master)?;
             super::placement::write_dr(conn, set, dr)?;
         }
+        TopologyChange::SiteFailover {
+            new_master,
+            failed,
+            dr,
+        } => {
+            new_master_in(conn, &current, new_master)?;
+            for f in failed {
+                conn.execute(
+                    "UPDATE members SET role = 'failed', replicates_from = NULL, writable = 0, \
+                     options = '{}' WHERE instance = ?1 AND set_id = ?2",
+                    params![f.as_str(), set.as_str()],
+                )?;
+            }
+            super::placement::write_dr(conn, set, dr)?;
+        }
         TopologyChange::Failover { new_master, failed } => {
             new_master_in(conn, &current, new_master)?;
             conn.execute(

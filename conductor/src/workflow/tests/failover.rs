@@ -17,6 +17,7 @@ fn failover() -> Spec {
         force: false,
         automatic: true,
         reason: Some("test".into()),
+        site: false,
     }
 }
 
