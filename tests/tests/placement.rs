@@ -281,3 +281,83 @@ fn a_preferred_rule_is_allowed_raises_a_violation_and_clears_when_it_holds_again
         "no placement_restored after it: {seen:?}"
     );
 }
+
+#[test]
+fn the_master_is_rebuilt_from_a_replica_through_a_backup_in_swift() {
+    let swift = tandem_testkit::Swift::start().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let at = |h: &str| ("zone-a".to_string(), Some(h.to_string()));
+    let c = Cluster::start_with(
+        3,
+        ClusterOptions {
+            locations: vec![at("hv-1"), at("hv-2"), at("hv-3")],
+            agent_env: swift.agent_env(keys.path()).unwrap(),
+            ..ClusterOptions::read_only_at_start()
+        },
+    );
+    c.cli_ok(&["set", "create", "s1", "--master", "db-1", "--wait"]);
+    c.cli_ok(&["replica", "add", "s1", "db-2", "--wait"]);
+    c.write_and_see_everywhere("s1", "db-1", 1);
+    c.cli_ok(&["instance", "pool", "add", "db-3"]);
+
+    refused(
+        &c,
+        &["set", "rebuild-master", "s1", "--from", "db-1"],
+        "rebuilt from one of its replicas",
+    );
+    refused(
+        &c,
+        &["set", "rebuild-master", "s1", "--from", "db-9"],
+        "not a member of set s1",
+    );
+    refused(
+        &c,
+        &[
+            "set",
+            "rebuild-master",
+            "s1",
+            "--from",
+            "db-2",
+            "--zone",
+            "zone-b",
+        ],
+        "no zone \"zone-b\"",
+    );
+    assert_eq!(members(&c, "s1"), ["db-1", "db-2"]);
+
+    c.cli_ok(&[
+        "set",
+        "rebuild-master",
+        "s1",
+        "--from",
+        "db-2",
+        "--via",
+        "backup",
+        "--wait",
+    ]);
+    let view = c.set("s1");
+    assert_eq!(
+        view.master.as_str(),
+        "db-3",
+        "the fresh server is the master"
+    );
+    assert_eq!(c.converged("s1"), "db-3");
+    // The copy went through a full backup of db-2, stored in Swift.
+    let backups = c.api().backups(None).unwrap();
+    let of_db2 = backups
+        .backups
+        .iter()
+        .find(|b| b.instance.as_str() == "db-2")
+        .expect("a backup of db-2 recorded");
+    // The agents' store path is the prefix of their objects in the container.
+    let prefix = c.backups.path().display().to_string();
+    let prefix = prefix.trim_start_matches('/');
+    for object in [
+        format!("{prefix}/{}.json", of_db2.backup_id),
+        format!("{prefix}/{}.xb.zst", of_db2.backup_id),
+    ] {
+        assert!(swift.get(&object).unwrap().is_some(), "{object} in Swift");
+    }
+    // Everything written before is on the new master, and it takes writes.
+    c.write_and_see_everywhere("s1", "db-3", 2);
+}

@@ -25,6 +25,7 @@ mod dr;
 mod enrolment;
 mod instances;
 mod placement;
+mod rebuild;
 mod replicas;
 mod sets;
 mod workflows;
@@ -106,6 +107,10 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/sets/{id}/dr/switch", post(dr::switch))
         .route("/v1/sets/{id}/dr/failover", post(dr::failover))
         .route(
+            "/v1/sets/{id}/rebuild-master",
+            post(rebuild::rebuild_master),
+        )
+        .route(
             "/v1/sets/{id}/rules/{rule}",
             delete(placement::remove_set_rule),
         )
@@ -173,7 +178,8 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         placement::add_set_rules,
         placement::remove_set_rule,
         dr::switch,
-        dr::failover
+        dr::failover,
+        rebuild::rebuild_master
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -238,7 +244,8 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         tandem_api::DrSettings,
         tandem_api::DrView,
         tandem_api::DrSwitch,
-        tandem_api::DrFailover
+        tandem_api::DrFailover,
+        tandem_api::RebuildMaster
     ))
 )]
 pub struct ApiDoc;

@@ -374,7 +374,7 @@ fn admit_placement(
 
 /// `count` servers from the free pool that keep the set's rules (in `zone` if given),
 /// running the master's engine.
-fn from_pool(
+pub(super) fn from_pool(
     c: &Conductor,
     set: &ReplicaSet,
     count: u32,

@@ -19,6 +19,7 @@ mod failover;
 mod failsafe;
 pub mod provision;
 mod quarantine;
+mod rebuild;
 mod reconfigure;
 mod rejoin;
 mod reparent;
@@ -137,6 +138,12 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
             ))),
             Err(e) => Err(e.into()),
         },
+        Spec::RebuildMaster {
+            from,
+            instance,
+            via_backup,
+            ..
+        } => rebuild::run(&mut ctx, from, instance, *via_backup).await,
         Spec::CreateDrSet {
             master,
             dr_source,

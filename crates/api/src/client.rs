@@ -339,6 +339,9 @@ impl Client {
     pub fn dr_failover(&self, set: &str, request: &DrFailover) -> Result<WorkflowRow> {
         self.post(&format!("/v1/sets/{}/dr/failover", seg(set)), request)
     }
+    pub fn rebuild_master(&self, set: &str, request: &RebuildMaster) -> Result<WorkflowRow> {
+        self.post(&format!("/v1/sets/{}/rebuild-master", seg(set)), request)
+    }
     pub fn remove_set_rule(&self, set: &str, rule: &str) -> Result<Vec<PlacementRule>> {
         self.delete(&format!("/v1/sets/{}/rules/{}", seg(set), seg(rule)))
     }

@@ -30,8 +30,8 @@ pub use instances::{
 };
 pub use placement::{
     AckFrom, CreateRule, DrFailover, DrProfile, DrSettings, DrSwitch, DrView, Location,
-    PlacementPolicy, PlacementRule, PlacementScope, PoolChange, PoolEntry, RuleId, SetRules,
-    Violation, ZoneView, ZonesView,
+    PlacementPolicy, PlacementRule, PlacementScope, PoolChange, PoolEntry, RebuildMaster, RuleId,
+    SetRules, Violation, ZoneView, ZonesView,
 };
 pub use sets::{
     AddReplica, CreateSet, DelayReplica, Failover, FailoverAction, FailoverState, FailoverView,

@@ -331,3 +331,19 @@ pub struct DrFailover {
     #[serde(default)]
     pub force: bool,
 }
+
+/// `POST /v1/sets/{id}/rebuild-master`: restore the master from a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RebuildMaster {
+    /// The replica the new master is copied from.
+    #[schema(value_type = String)]
+    pub from: InstanceId,
+    /// Through a full backup of it in the backup store (Swift, S3, a directory) rather
+    /// than a live copy.
+    #[serde(default)]
+    pub via_backup: bool,
+    /// Where the new master goes (default: the current master's zone); it comes from
+    /// the pool, by the set's rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}

@@ -74,6 +74,16 @@ pub enum WorkflowSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         catch_up_timeout_ms: Option<u64>,
     },
+    /// Restore the master from a replica: `instance` (fresh, from the pool) is seeded
+    /// from replica `from` (directly, or through a full backup of it), attached, and
+    /// switched over to.
+    RebuildMaster {
+        set: ReplicaSetId,
+        from: InstanceId,
+        instance: InstanceId,
+        #[serde(default)]
+        via_backup: bool,
+    },
     /// Fresh servers are seeded (in parallel) and attached as replicas.
     Provision {
         set: ReplicaSetId,
@@ -161,6 +171,7 @@ pub enum WorkflowKind {
     Reparent,
     CreateDrSet,
     DrSwitch,
+    RebuildMaster,
 }
 
 crate::words!(WorkflowKind {
@@ -180,6 +191,7 @@ crate::words!(WorkflowKind {
     Reparent => "reparent",
     CreateDrSet => "create_dr_set",
     DrSwitch => "dr_switch",
+    RebuildMaster => "rebuild_master",
 });
 
 impl WorkflowKind {
@@ -212,6 +224,7 @@ impl WorkflowSpec {
             WorkflowSpec::Reparent { .. } => WorkflowKind::Reparent,
             WorkflowSpec::CreateDrSet { .. } => WorkflowKind::CreateDrSet,
             WorkflowSpec::DrSwitch { .. } => WorkflowKind::DrSwitch,
+            WorkflowSpec::RebuildMaster { .. } => WorkflowKind::RebuildMaster,
         }
     }
 
@@ -220,7 +233,9 @@ impl WorkflowSpec {
     pub fn cancellable(&self) -> bool {
         matches!(
             self,
-            WorkflowSpec::Provision { .. } | WorkflowSpec::CreateDrSet { .. }
+            WorkflowSpec::Provision { .. }
+                | WorkflowSpec::CreateDrSet { .. }
+                | WorkflowSpec::RebuildMaster { .. }
         )
     }
 
@@ -241,6 +256,7 @@ impl WorkflowSpec {
             | WorkflowSpec::Reparent { set, .. }
             | WorkflowSpec::CreateDrSet { set, .. }
             | WorkflowSpec::DrSwitch { set, .. }
+            | WorkflowSpec::RebuildMaster { set, .. }
             | WorkflowSpec::Failsafe { set } => set,
         }
     }

@@ -143,6 +143,21 @@ pub enum SetCmd {
         wait: bool,
     },
     List,
+    /// Restore the master from a replica: a fresh server from the pool (placed by the
+    /// set's rules, in the master's zone unless --zone) is copied from FROM, attached,
+    /// and switched over to, as one workflow.
+    RebuildMaster {
+        set: String,
+        #[arg(long)]
+        from: String,
+        /// Through a full backup of FROM in the backup store (e.g. Swift), not a live copy.
+        #[arg(long, value_parser = ["stream", "backup"], default_value = "stream")]
+        via: String,
+        #[arg(long)]
+        zone: Option<String>,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Switch semi-synchronous replication of a running set on or off.
     SemiSync {
         set: String,

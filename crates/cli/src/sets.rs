@@ -62,6 +62,28 @@ pub fn set(client: &Client, cmd: SetCmd, json: bool, out: &mut dyn Write) -> Res
                     .collect()
             })
         }
+        SetCmd::RebuildMaster {
+            set,
+            from,
+            via,
+            zone,
+            wait,
+        } => {
+            let row = client.rebuild_master(
+                &set,
+                &tandem_api::RebuildMaster {
+                    from: instance_id(&from)?,
+                    via_backup: via == "backup",
+                    zone,
+                },
+            )?;
+            let chosen = match &row.params {
+                tandem_api::WorkflowSpec::RebuildMaster { instance, .. } => vec![instance.clone()],
+                _ => Vec::new(),
+            };
+            let mut progress = Progress::new(if wait { chosen } else { Vec::new() });
+            crate::workflows::started(client, out, json, row, wait, &mut progress)
+        }
         SetCmd::SemiSync { set, state, wait } => {
             let row = client.semi_sync(&set, state == "on")?;
             follow(client, out, json, row, wait)
