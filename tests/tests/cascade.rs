@@ -95,7 +95,7 @@ fn a_two_level_cascade_replicates_to_its_leaves_through_a_switchover_and_a_maste
     let indent = |name: &str| {
         let line = topology
             .lines()
-            .find(|l| l.contains(&format!("{name} [")))
+            .find(|l| l.contains(&format!("{name} @")))
             .unwrap_or_else(|| panic!("{name} not drawn:\n{topology}"));
         line.find(name).unwrap()
     };
