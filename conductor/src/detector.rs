@@ -39,7 +39,9 @@ pub struct Watch {
     /// Re-points of replicas on the wrong source, per instance.
     repoints: std::sync::Mutex<HashMap<InstanceId, crate::backoff::Retries>>,
     /// Failsafe assignments sent, per set.
-    failsafes: std::sync::Mutex<HashMap<ReplicaSetId, crate::backoff::Retries>>,
+    /// Failsafe assignments sent, per set, since its master and replicas last changed
+    /// (a failover or a rejoin is no repeated failure: the count starts again).
+    failsafes: std::sync::Mutex<HashMap<ReplicaSetId, (Vec<InstanceId>, crate::backoff::Retries)>>,
     /// DR sets whose primary zone looks lost, announced once per loss.
     zone_lost: std::sync::Mutex<std::collections::HashSet<ReplicaSetId>>,
 }
@@ -329,7 +331,14 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                 if crate::failsafe::out_of_date(set, Some(&master_report), &replica_reports) {
                     let now = Instant::now();
                     let mut sent = c.failover_watch.failsafes.lock().expect("poisoned");
-                    let tries = sent.entry(set.id.clone()).or_default();
+                    let mut members: Vec<InstanceId> = set.replicas().cloned().collect();
+                    members.sort();
+                    members.insert(0, set.master.clone());
+                    let (of, tries) = sent.entry(set.id.clone()).or_default();
+                    if *of != members {
+                        *of = members;
+                        *tries = Default::default();
+                    }
                     if tries.hold(now).is_zero() {
                         tries.record(now);
                         drop(sent);

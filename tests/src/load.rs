@@ -69,6 +69,12 @@ pub struct Writer {
 
 impl Writer {
     pub fn start(servers: Vec<(String, u16)>, every: Duration) -> Writer {
+        Writer::start_numbered(servers, every, 0)
+    }
+
+    /// As [`Writer::start`], its rows numbered from `after + 1` (so that two writers
+    /// at once never write the same row).
+    pub fn start_numbered(servers: Vec<(String, u16)>, every: Duration, after: u64) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked: Arc<Mutex<Vec<Ack>>> = Arc::default();
         let thread = {
@@ -78,7 +84,7 @@ impl Writer {
                     .enable_all()
                     .build()
                     .unwrap()
-                    .block_on(write_loop(servers, every, acked, stop))
+                    .block_on(write_loop(servers, every, after, acked, stop))
             })
         };
         Writer {
@@ -121,12 +127,13 @@ impl Writer {
 async fn write_loop(
     servers: Vec<(String, u16)>,
     every: Duration,
+    after: u64,
     acked: Arc<Mutex<Vec<Ack>>>,
     stop: Arc<AtomicBool>,
 ) -> u64 {
     let pools: Vec<mysql_async::Pool> = servers.iter().map(pool).collect();
     let mut current = 0usize;
-    let mut id = 0u64;
+    let mut id = after;
     let mut tick = tokio::time::interval(every);
     while !stop.load(Ordering::SeqCst) {
         tick.tick().await;

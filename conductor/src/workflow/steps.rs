@@ -75,6 +75,19 @@ impl Ctx<'_> {
         master: &InstanceId,
         epoch: Epoch,
     ) -> Result<(), StepError> {
+        // Only once a replica acknowledges: a master none acknowledges (a DR set's
+        // other zone lost) would hold every commit for the whole timeout first.
+        let set = self.set()?;
+        let mut acknowledging = false;
+        for m in set.members.iter().filter(|m| {
+            m.role == crate::store::IntendedRole::Replica
+                && m.replicates_from.as_ref() == Some(master)
+        }) {
+            acknowledging |= self.acknowledges(&m.instance, Some(master), &m.options)?;
+        }
+        if !acknowledging {
+            return Ok(());
+        }
         if let Some(semi_sync) = self.semi_sync()? {
             self.send(
                 "semi-synchronous replication on the master",
