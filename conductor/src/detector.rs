@@ -374,12 +374,15 @@ fn start_failover(c: &Arc<Conductor>, set: &ReplicaSet, reason: String) {
     // (`tandem dr failover`). Said once, not retried in a loop.
     if let Ok(Some(dr)) = c.store.dr_settings(&set.id) {
         let started = c.started;
+        // A replica of a lost master reports itself degraded (it lost its source):
+        // heard with its engine up is enough.
         let heard = set.replicas().any(|r| {
             let s = seen(c, r, started);
             s.age < f.detect_after
-                && s.report
-                    .as_ref()
-                    .is_some_and(|r| r.zone == dr.primary.as_str() && r.health == Health::Healthy)
+                && s.report.as_ref().is_some_and(|r| {
+                    r.zone == dr.primary.as_str()
+                        && !matches!(r.health, Health::EngineDown | Health::Starting)
+                })
         });
         let mut announced = c.failover_watch.zone_lost.lock().expect("poisoned");
         if !heard {

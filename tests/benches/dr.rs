@@ -55,30 +55,7 @@ fn p50_max(mut v: Vec<Duration>) -> (f64, f64) {
 fn main() {
     let rounds = env("BENCH_ROUNDS", 5);
     let losses = env("BENCH_ZONE_LOSSES", 10);
-    let at = |z: &str, h: &str| (z.to_string(), Some(h.to_string()));
-    let c = Cluster::start_with(
-        4,
-        ClusterOptions {
-            locations: vec![
-                at("zone-a", "hv-1"),
-                at("zone-a", "hv-2"),
-                at("zone-b", "hv-3"),
-                at("zone-b", "hv-4"),
-            ],
-            conductor_env: vec![
-                (
-                    "TANDEM_CONDUCTOR_ZONES".into(),
-                    r#"[{name="zone-a"},{name="zone-b"}]"#.into(),
-                ),
-                (
-                    "TANDEM_CONDUCTOR_DR_PROFILES".into(),
-                    r#"[{name="a-to-b", primary="zone-a", dr="zone-b"}]"#.into(),
-                ),
-            ],
-            isolated: ["db-1", "db-2", "db-3", "db-4"].map(String::from).to_vec(),
-            ..ClusterOptions::read_only_at_start()
-        },
-    );
+    let c = Cluster::start_with(4, ClusterOptions::two_zones(true));
     load::prepare(c.db("db-1"));
     c.cli_ok(&["instance", "pool", "add", "db-3", "db-4"]);
     c.cli_ok(&[

@@ -58,6 +58,34 @@ pub struct ClusterOptions {
 }
 
 impl ClusterOptions {
+    /// Two zones of two hosts each: db-1 (hv-1) and db-2 (hv-2) in zone-a, db-3 (hv-3)
+    /// and db-4 (hv-4) in zone-b; the conductor offers both and the DR profile `a-to-b`;
+    /// with `isolated`, each server on a network-namespace host of its own.
+    pub fn two_zones(isolated: bool) -> ClusterOptions {
+        let at = |z: &str, h: &str| (z.to_string(), Some(h.to_string()));
+        let names = ["db-1", "db-2", "db-3", "db-4"].map(String::from);
+        ClusterOptions {
+            locations: vec![
+                at("zone-a", "hv-1"),
+                at("zone-a", "hv-2"),
+                at("zone-b", "hv-3"),
+                at("zone-b", "hv-4"),
+            ],
+            conductor_env: vec![
+                (
+                    "TANDEM_CONDUCTOR_ZONES".into(),
+                    r#"[{name="zone-a"},{name="zone-b"}]"#.into(),
+                ),
+                (
+                    "TANDEM_CONDUCTOR_DR_PROFILES".into(),
+                    r#"[{name="a-to-b", primary="zone-a", dr="zone-b"}]"#.into(),
+                ),
+            ],
+            isolated: if isolated { names.to_vec() } else { Vec::new() },
+            ..ClusterOptions::read_only_at_start()
+        }
+    }
+
     /// As on a VM with the agent's managed configuration: a server that starts (or
     /// restarts after a crash) is read-only until the conductor gives it a role.
     pub fn read_only_at_start() -> ClusterOptions {

@@ -16,43 +16,8 @@ use tandem_e2e::promise::{
 };
 use tandem_e2e::{eventually, Cluster, ClusterOptions};
 
-/// db-1 (hv-1) and db-2 (hv-2) in zone-a; db-3 (hv-3) and db-4 (hv-4) in zone-b;
-/// profile a-to-b. With `isolated`, each on a network-namespace host of its own.
-fn two_zones(extra: &[(&str, &str)]) -> Cluster {
-    two_zones_with(extra, false)
-}
-
-fn two_zones_with(extra: &[(&str, &str)], isolated: bool) -> Cluster {
-    let at = |z: &str, h: &str| (z.to_string(), Some(h.to_string()));
-    let mut conductor_env = vec![
-        (
-            "TANDEM_CONDUCTOR_ZONES".to_string(),
-            r#"[{name="zone-a"},{name="zone-b"}]"#.to_string(),
-        ),
-        (
-            "TANDEM_CONDUCTOR_DR_PROFILES".to_string(),
-            r#"[{name="a-to-b", primary="zone-a", dr="zone-b"}]"#.to_string(),
-        ),
-    ];
-    conductor_env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    Cluster::start_with(
-        4,
-        ClusterOptions {
-            locations: vec![
-                at("zone-a", "hv-1"),
-                at("zone-a", "hv-2"),
-                at("zone-b", "hv-3"),
-                at("zone-b", "hv-4"),
-            ],
-            conductor_env,
-            isolated: if isolated {
-                ["db-1", "db-2", "db-3", "db-4"].map(String::from).to_vec()
-            } else {
-                Vec::new()
-            },
-            ..ClusterOptions::read_only_at_start()
-        },
-    )
+fn two_zones(isolated: bool) -> Cluster {
+    Cluster::start_with(4, ClusterOptions::two_zones(isolated))
 }
 
 fn source_of(view: &SetView, name: &str) -> Option<String> {
@@ -91,7 +56,7 @@ fn dr_set(c: &Cluster) {
 
 #[test]
 fn a_dr_set_is_placed_from_the_pool_and_flipped_ten_times_under_load_with_nothing_lost() {
-    let c = two_zones(&[]);
+    let c = two_zones(false);
     dr_set(&c);
     let view = c.set("shop");
     let dr_source = view
@@ -186,7 +151,7 @@ fn a_dr_set_is_placed_from_the_pool_and_flipped_ten_times_under_load_with_nothin
 
 #[test]
 fn automatic_failover_stays_in_the_primary_zone_and_wrong_dr_requests_change_nothing() {
-    let mut c = two_zones(&[]);
+    let mut c = two_zones(false);
     // Wrong input first, on a clean slate.
     c.cli_ok(&["instance", "pool", "add", "db-3"]);
     let refused: &[(&[&str], &str)] = &[
@@ -238,7 +203,7 @@ fn automatic_failover_stays_in_the_primary_zone_and_wrong_dr_requests_change_not
         summary
             .excluded
             .iter()
-            .any(|(i, why)| i.as_str() == "db-3" && why.contains("outside the primary zone")),
+            .any(|(i, why)| i.as_str() == "db-3" && why.contains("outside zone zone-a")),
         "{summary:?}"
     );
     let view = c.set("s1");
@@ -248,7 +213,7 @@ fn automatic_failover_stays_in_the_primary_zone_and_wrong_dr_requests_change_not
 #[test]
 fn losing_the_whole_primary_zone_a_dr_failover_loses_no_acknowledged_write_and_the_zone_comes_back()
 {
-    let c = two_zones_with(&[], true);
+    let c = two_zones(true);
     dr_set(&c);
     eventually(Duration::from_secs(20), "zone-safe acknowledgement", || {
         (c.set("shop").dr?.zone_safe == Some(true)).then_some(())

@@ -144,13 +144,7 @@ pub async fn switch(
             "the DR source {candidate} is never promoted: {why}"
         )));
     }
-    if let Some(ms) = req.catch_up_timeout_ms {
-        if !(100..=3_600_000).contains(&ms) {
-            return Err(bad_request(
-                "catch_up_timeout_ms must be between 100 and 3600000",
-            ));
-        }
-    }
+    super::sets::valid_catch_up(req.catch_up_timeout_ms)?;
     let spec = Spec::DrSwitch {
         set: id,
         candidate,

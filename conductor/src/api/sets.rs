@@ -540,13 +540,7 @@ pub async fn switchover(
             req.candidate, req.candidate
         )));
     }
-    if let Some(ms) = req.catch_up_timeout_ms {
-        if !(100..=3_600_000).contains(&ms) {
-            return Err(bad_request(
-                "catch_up_timeout_ms must be between 100 and 3600000",
-            ));
-        }
-    }
+    valid_catch_up(req.catch_up_timeout_ms)?;
     // The old master and the epoch are fixed when the request is accepted, so that a
     // resumed workflow knows where it started.
     let spec = Spec::Switchover {
@@ -557,6 +551,16 @@ pub async fn switchover(
         catch_up_timeout_ms: req.catch_up_timeout_ms,
     };
     Ok(accepted(start_for_operator(&c, spec, BY).await?))
+}
+
+/// A switchover's catch-up time limit, when one is asked for.
+pub(super) fn valid_catch_up(ms: Option<u64>) -> Result<(), ApiError> {
+    match ms {
+        Some(ms) if !(100..=3_600_000).contains(&ms) => Err(bad_request(
+            "catch_up_timeout_ms must be between 100 and 3600000",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Manual failover (Trove's eject): for a master that is gone. A healthy master is

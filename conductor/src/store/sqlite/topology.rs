@@ -202,7 +202,12 @@ pub(super) fn new_master_in(
             OR (role = 'replica' AND (replicates_from = ?3 OR replicates_from IS NULL)))",
         params![set.as_str(), new_master.as_str(), current.master.as_str()],
     )?;
-    // A master has no replica options (one promoted by force loses its pause or delay).
+    crown(conn, set, new_master)
+}
+
+/// `new_master` is the set's writable master. A master has no replica options (one
+/// promoted by force loses its pause or delay).
+fn crown(conn: &Connection, set: &ReplicaSetId, new_master: &InstanceId) -> Result<()> {
     conn.execute(
         "UPDATE members SET role = 'master', replicates_from = NULL, writable = 1, \
          options = '{}' WHERE instance = ?1",
@@ -229,16 +234,7 @@ fn site_switch_in(conn: &Connection, current: &ReplicaSet, new_master: &Instance
          WHERE set_id = ?1 AND role = 'master'",
         params![set.as_str(), new_master.as_str()],
     )?;
-    conn.execute(
-        "UPDATE members SET role = 'master', replicates_from = NULL, writable = 1, \
-         options = '{}' WHERE instance = ?1",
-        [new_master.as_str()],
-    )?;
-    conn.execute(
-        "UPDATE replica_sets SET master = ?2 WHERE id = ?1",
-        params![set.as_str(), new_master.as_str()],
-    )?;
-    Ok(())
+    crown(conn, set, new_master)
 }
 
 fn options_json(options: &ReplicaOptions) -> Result<String> {
