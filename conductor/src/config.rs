@@ -53,6 +53,22 @@ pub struct ConductorConfig {
     pub zones: Vec<crate::zones::ZoneConfig>,
     /// DR profiles (`[[dr_profiles]]`: `name`, `primary` zone, `dr` zone).
     pub dr_profiles: Vec<crate::zones::DrProfileConfig>,
+    pub provisioner: ProvisionerConfig,
+}
+
+/// The cloud's provisioning command (`[provisioner]`; see `crate::provisioner`), run
+/// when the free pool has no server a set can take. Off unless `command` is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProvisionerConfig {
+    /// An executable: gets a JSON request on its standard input, prints the instance
+    /// ids it started as JSON.
+    pub command: Option<PathBuf>,
+    /// How long the command may run, in seconds (default 600).
+    pub timeout_s: Option<u64>,
+    /// How long the new servers' agents may take to register once the command
+    /// answered, in seconds (default 600).
+    pub register_timeout_s: Option<u64>,
 }
 
 /// One least-privilege broker user per agent (`[agent_users]`; see
@@ -172,6 +188,7 @@ impl Default for ConductorConfig {
             tls_key_file: None,
             zones: Vec::new(),
             dr_profiles: Vec::new(),
+            provisioner: ProvisionerConfig::default(),
         }
     }
 }
@@ -196,6 +213,7 @@ pub struct Settings {
     pub failpoint: Option<crate::failpoint::Failpoint>,
     pub failover: FailoverSettings,
     pub zones: crate::zones::Zones,
+    pub provisioner: Option<crate::provisioner::Provisioner>,
 }
 
 impl ConductorConfig {
@@ -260,18 +278,7 @@ impl ConductorConfig {
         let fence = match &f.fence_command {
             None => None,
             Some(path) => {
-                use std::os::unix::fs::PermissionsExt;
-                let meta = std::fs::metadata(path).with_context(|| {
-                    format!(
-                        "field `failover.fence_command`: cannot use {}",
-                        path.display()
-                    )
-                })?;
-                anyhow::ensure!(
-                    meta.is_file() && meta.permissions().mode() & 0o111 != 0,
-                    "field `failover.fence_command`: {} is not an executable file",
-                    path.display()
-                );
+                executable(path, "failover.fence_command")?;
                 anyhow::ensure!(
                     f.fence_timeout_ms >= 100,
                     "field `failover.fence_timeout_ms` is {}; it must be at least 100",
@@ -330,8 +337,10 @@ impl ConductorConfig {
             .transpose()
             .map_err(anyhow::Error::msg)?;
         let zones = crate::zones::Zones::validate(&self.zones, &self.dr_profiles)?;
+        let provisioner = crate::provisioner::Provisioner::validate(&self.provisioner)?;
         Ok(Settings {
             zones,
+            provisioner,
             broker_ca_pem,
             api_tls,
             replication_accounts_from,
@@ -348,6 +357,19 @@ impl ConductorConfig {
             seed_backup_max_age: Duration::from_secs(self.seed_backup_max_age_s),
         })
     }
+}
+
+/// Refused unless `path` is an executable file, naming the `field` that gave it.
+pub(crate) fn executable(path: &Path, field: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("field `{field}`: cannot use {}", path.display()))?;
+    anyhow::ensure!(
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0,
+        "field `{field}`: {} is not an executable file",
+        path.display()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

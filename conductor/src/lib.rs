@@ -27,6 +27,7 @@ pub mod keys;
 pub mod leadership;
 pub mod metadata;
 pub mod placement;
+pub mod provisioner;
 pub mod registry;
 pub mod store;
 pub mod tokens;

@@ -5,6 +5,7 @@ pub mod capture;
 pub mod hostile;
 pub mod load;
 pub mod promise;
+pub mod provisioner;
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,97 @@ pub struct Cluster {
     pub backups: tempfile::TempDir,
     /// With [`ClusterOptions::fence_by_cut`]: the conductor's fence command and its log.
     fence: Option<tempfile::TempDir>,
+    /// How to start another node ([`Cluster::add_node`]).
+    kit: NodeKit,
+}
+
+/// What starting one more node takes, kept from the cluster's start so that nodes can
+/// be added later (as a provisioner makes them).
+struct NodeKit {
+    engine_args: Vec<String>,
+    /// Every agent's extra settings (the backup store's among them).
+    agent_env: Vec<(String, String)>,
+    agent_users: bool,
+}
+
+impl NodeKit {
+    /// Starts `name`'s server and agent, in `zone` on `host_id`; `isolated`: on a
+    /// network-namespace host of its own. With per-agent broker users, `enrol` is the
+    /// conductor the operator enrols it with first.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        name: &str,
+        zone: &str,
+        host_id: Option<String>,
+        isolated: bool,
+        broker: &Broker,
+        network: Option<&(RootAddress, Forward)>,
+        enrol: Option<&ConductorProcess>,
+    ) -> Node {
+        let host = isolated.then(|| Host::create().unwrap());
+        let (bind, broker_uri) = match (&host, network) {
+            (Some(h), Some((_, forward))) => (
+                Some(h.ip.clone()),
+                format!("amqp://guest:guest@{}/{}", forward.listen, broker.vhost()),
+            ),
+            (None, Some((root, _))) => (Some(root.ip.clone()), broker.uri().to_owned()),
+            _ => (None, broker.uri().to_owned()),
+        };
+        let db = MariaDb::start(MariaDbOptions {
+            server_id: tandem_agent::server_id_for(&name.parse().unwrap()),
+            extra_args: self.engine_args.clone(),
+            netns: host.as_ref().map(|h| h.name.clone()),
+            bind: bind.clone(),
+            small_disk: None,
+        })
+        .unwrap();
+        let mut env = self.agent_env.clone();
+        if let Some(h) = host_id {
+            env.push(("TANDEM_AGENT_HOST_ID".into(), h));
+        }
+        if let Some(b) = &bind {
+            env.push(("TANDEM_AGENT_SEED__LISTEN".into(), format!("{b}:0")));
+        }
+        let mut broker_uri = broker_uri;
+        if let Some(c) = enrol.filter(|_| self.agent_users) {
+            // The operator's enrolment: a token and a broker user of its own.
+            let out = c.cli(&["--json", "instance", "enroll", name]);
+            assert!(out.0, "enrol {name}: {}", out.2);
+            let v: tandem_api::EnrolmentView = serde_json::from_str(&out.1).unwrap();
+            env.push((
+                "TANDEM_AGENT_BROKER__ENROLMENT_TOKEN".into(),
+                v.token.expect("an enrolment without a key answers a token"),
+            ));
+            env.push((
+                "TANDEM_AGENT_BROKER__USER".into(),
+                v.broker_user.expect("per-agent broker users are on"),
+            ));
+            broker_uri = match broker_uri.split_once('@') {
+                Some((scheme_user, rest)) => format!(
+                    "{}://{rest}",
+                    scheme_user.split("://").next().unwrap_or("amqp")
+                ),
+                None => broker_uri,
+            };
+        }
+        let agent = AgentProcess::start_mariadb_in(
+            host.as_ref().map(|h| h.name.as_str()),
+            &binary("tandem-agent"),
+            name,
+            zone,
+            &broker_uri,
+            &db,
+            &env,
+        )
+        .unwrap();
+        Node {
+            name: name.to_owned(),
+            db,
+            agent,
+            host,
+        }
+    }
 }
 
 /// How a [`Cluster`] is started, beyond the defaults.
@@ -151,79 +243,29 @@ impl Cluster {
             });
             c
         });
+        let kit = NodeKit {
+            engine_args: options.engine_args.clone(),
+            agent_env: store,
+            agent_users: options.agent_users,
+        };
         let nodes: Vec<Node> = (1..=n)
             .map(|i| {
                 let name = format!("db-{i}");
-                let host = options
-                    .isolated
-                    .contains(&name)
-                    .then(|| Host::create().unwrap());
-                let (bind, broker_uri) = match (&host, &network) {
-                    (Some(h), Some((_, forward))) => (
-                        Some(h.ip.clone()),
-                        format!("amqp://guest:guest@{}/{}", forward.listen, broker.vhost()),
-                    ),
-                    (None, Some((root, _))) => (Some(root.ip.clone()), broker.uri().to_owned()),
-                    _ => (None, broker.uri().to_owned()),
-                };
-                let db = MariaDb::start(MariaDbOptions {
-                    server_id: tandem_agent::server_id_for(&name.parse().unwrap()),
-                    extra_args: options.engine_args.clone(),
-                    netns: host.as_ref().map(|h| h.name.clone()),
-                    bind: bind.clone(),
-                    small_disk: None,
-                })
-                .unwrap();
-                let mut env = store.clone();
                 let (zone, host_id) = options
                     .locations
                     .get(i - 1)
                     .cloned()
                     .unwrap_or_else(|| ("zone-a".into(), None));
-                if let Some(h) = host_id {
-                    env.push(("TANDEM_AGENT_HOST_ID".into(), h));
-                }
-                if let Some(b) = &bind {
-                    env.push(("TANDEM_AGENT_SEED__LISTEN".into(), format!("{b}:0")));
-                }
-                let mut broker_uri = broker_uri;
-                if let Some(c) = &early {
-                    // The operator's enrolment: a token and a broker user of its own.
-                    let out = c.cli(&["--json", "instance", "enroll", &name]);
-                    assert!(out.0, "enrol {name}: {}", out.2);
-                    let v: tandem_api::EnrolmentView = serde_json::from_str(&out.1).unwrap();
-                    env.push((
-                        "TANDEM_AGENT_BROKER__ENROLMENT_TOKEN".into(),
-                        v.token.expect("an enrolment without a key answers a token"),
-                    ));
-                    env.push((
-                        "TANDEM_AGENT_BROKER__USER".into(),
-                        v.broker_user.expect("per-agent broker users are on"),
-                    ));
-                    broker_uri = match broker_uri.split_once('@') {
-                        Some((scheme_user, rest)) => format!(
-                            "{}://{rest}",
-                            scheme_user.split("://").next().unwrap_or("amqp")
-                        ),
-                        None => broker_uri,
-                    };
-                }
-                let agent = AgentProcess::start_mariadb_in(
-                    host.as_ref().map(|h| h.name.as_str()),
-                    &binary("tandem-agent"),
+                let isolated = options.isolated.contains(&name);
+                kit.start(
                     &name,
                     &zone,
-                    &broker_uri,
-                    &db,
-                    &env,
+                    host_id,
+                    isolated,
+                    &broker,
+                    network.as_ref(),
+                    early.as_ref(),
                 )
-                .unwrap();
-                Node {
-                    name,
-                    db,
-                    agent,
-                    host,
-                }
             })
             .collect();
         let fence = options.fence_by_cut.then(|| {
@@ -253,6 +295,7 @@ impl Cluster {
             broker,
             backups,
             fence,
+            kit,
         };
         let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
         eventually(Duration::from_secs(30), "every agent reported", || {
@@ -276,6 +319,59 @@ impl Cluster {
 
     pub fn node_mut(&mut self, name: &str) -> &mut Node {
         self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    }
+
+    /// Starts one more server and agent, `name`, in `zone` on `host_id` (on a
+    /// network-namespace host of its own when the cluster's nodes have hosts), as a
+    /// cloud's provisioner would boot a VM. Returns once its agent has reported.
+    pub fn add_node(&mut self, name: &str, zone: &str, host_id: Option<&str>) -> &Node {
+        assert!(
+            !self.nodes.iter().any(|n| n.name == name),
+            "{name} runs already"
+        );
+        let node = self.kit.start(
+            name,
+            zone,
+            host_id.map(str::to_owned),
+            self.network.is_some(),
+            &self.broker,
+            self.network.as_ref(),
+            Some(&self.conductor),
+        );
+        self.nodes.push(node);
+        eventually(Duration::from_secs(30), "the new agent reported", || {
+            let (ok, out, _) = self.cli(&["status"]);
+            (ok && out.contains(name)).then_some(())
+        });
+        self.nodes.last().unwrap()
+    }
+
+    /// Serves the provisioner's next request (waited for up to `limit`) as a cloud
+    /// would: each server asked for is started as the next free `db-N` on a new host
+    /// `hv-N`, in the zone asked for (`zone-a` when none), and the answer names them.
+    pub fn serve_provisioner(
+        &mut self,
+        p: &provisioner::Provisioner,
+        limit: Duration,
+    ) -> Vec<String> {
+        let pending = p.next(limit);
+        let zone = pending
+            .request
+            .zone
+            .clone()
+            .unwrap_or_else(|| "zone-a".into());
+        let mut names = Vec::new();
+        for _ in 0..pending.request.count {
+            let n = (1..)
+                .find(|n| !self.nodes.iter().any(|x| x.name == format!("db-{n}")))
+                .unwrap();
+            let name = format!("db-{n}");
+            self.add_node(&name, &zone, Some(&format!("hv-{n}")));
+            names.push(name);
+        }
+        let answer = serde_json::json!({ "instances": names }).to_string();
+        p.answer(&pending, 0, &answer, "");
+        names
     }
 
     /// Where clients reach each server: (address, port), in node order.

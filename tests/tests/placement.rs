@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use tandem_api::{ApiEvent, PlacementRule, PoolEntry, ZonesView};
+use tandem_api::{ApiEvent, PlacementPolicy, PlacementRule, PlacementScope, PoolEntry, ZonesView};
+use tandem_e2e::provisioner::Provisioner;
 use tandem_e2e::{eventually, Cluster, ClusterOptions, EventFollower};
 
 /// db-1 and db-2 share host hv-1 in zone-a, db-3 is on hv-2 in zone-a; db-4 and db-5
@@ -360,4 +361,138 @@ fn the_master_is_rebuilt_from_a_replica_through_a_backup_in_swift() {
     }
     // Everything written before is on the new master, and it takes writes.
     c.write_and_see_everywhere("s1", "db-3", 2);
+}
+
+/// The tandem CLI started in the background (it waits on a workflow while the test
+/// plays the cloud); its (success, stdout, stderr) once it ends.
+fn in_background(c: &Cluster, args: &[&str]) -> std::process::Child {
+    c.conductor
+        .cli_command()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn ended(child: std::process::Child) -> (bool, String, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An empty pool: the provisioner is asked (with the set's rule as the server group
+/// and where its members run); one that fails, and one that names a server that never
+/// registers, each end the request saying so with the set unchanged; one that starts
+/// a private engine and agent on a new network-namespace host in zone-b makes the
+/// replica.
+#[test]
+fn an_empty_pool_is_filled_by_the_provisioner_and_its_failures_are_named() {
+    let provisioner = Provisioner::new();
+    let mut options = ClusterOptions::two_zones(true);
+    options.conductor_env.extend(provisioner.conductor_env(5));
+    let mut c = Cluster::start_with(1, options);
+    c.cli_ok(&[
+        "rule",
+        "create",
+        "spread",
+        "--policy",
+        "anti-affinity",
+        "--scope",
+        "host",
+    ]);
+    c.cli_ok(&[
+        "set", "create", "s1", "--master", "db-1", "--rule", "spread", "--wait",
+    ]);
+    c.write_and_see_everywhere("s1", "db-1", 1);
+    let wait = Duration::from_secs(30);
+
+    // A provisioner that fails: its reason is the workflow's, and nothing changed.
+    let add = in_background(&c, &["replica", "add", "s1", "--count", "1", "--wait"]);
+    let asked = provisioner.next(wait);
+    let r = &asked.request;
+    assert_eq!((r.count, r.zone.as_deref()), (1, None));
+    assert_eq!(r.engine, tandem_proto::EngineKind::Mariadb);
+    assert_eq!(r.set.as_str(), "s1");
+    assert_eq!(
+        (r.server_group.policy, r.server_group.scope),
+        (PlacementPolicy::AntiAffinity, PlacementScope::Host)
+    );
+    let db1 = &r.members[0];
+    assert_eq!(db1.instance.as_str(), "db-1");
+    let at = db1.location.as_ref().expect("db-1's location");
+    assert_eq!(
+        (at.zone.as_str(), at.host_id.as_ref().map(|h| h.as_str())),
+        ("zone-a", Some("hv-1"))
+    );
+    provisioner.answer(&asked, 4, "", "quota exceeded for project shop");
+    let (ok, _, err) = ended(add);
+    assert!(
+        !ok && err.contains("quota exceeded for project shop"),
+        "{err}"
+    );
+    assert_eq!(members(&c, "s1"), ["db-1"]);
+
+    // One that names a server whose agent never registers: refused after the limit.
+    let add = in_background(
+        &c,
+        &[
+            "replica", "add", "s1", "--count", "1", "--zone", "zone-b", "--wait",
+        ],
+    );
+    let asked = provisioner.next(wait);
+    assert_eq!(asked.request.zone.as_deref(), Some("zone-b"));
+    provisioner.answer(&asked, 0, r#"{"instances": ["db-9"]}"#, "");
+    let (ok, _, err) = ended(add);
+    assert!(!ok && err.contains("db-9 did not register within"), "{err}");
+    assert_eq!(members(&c, "s1"), ["db-1"]);
+    assert!(pooled(&c).is_empty());
+
+    // A cloud that serves it: a new host in zone-b, its server seeded and attached.
+    let add = in_background(
+        &c,
+        &[
+            "replica", "add", "s1", "--count", "1", "--zone", "zone-b", "--wait",
+        ],
+    );
+    let made = c.serve_provisioner(&provisioner, wait);
+    assert_eq!(made, ["db-2"]);
+    let (ok, _, err) = ended(add);
+    assert!(ok, "{err}\n{}", c.node_logs());
+    assert_eq!(members(&c, "s1"), ["db-1", "db-2"]);
+    assert!(
+        pooled(&c).is_empty(),
+        "the new server left the pool for the set"
+    );
+    let topology = c.cli_ok(&["topology"]);
+    assert!(topology.contains("db-2 @zone-b/hv-2"), "{topology}");
+    c.write_and_see_everywhere("s1", "db-1", 2);
+}
+
+/// `set create --dr` with nothing free in the DR zone: the provisioner starts the DR
+/// source there, and the set replicates into it.
+#[test]
+fn a_dr_set_gets_its_dr_source_from_the_provisioner_when_the_pool_is_empty() {
+    let provisioner = Provisioner::new();
+    let mut options = ClusterOptions::two_zones(true);
+    options.conductor_env.extend(provisioner.conductor_env(30));
+    let mut c = Cluster::start_with(1, options);
+    let create = in_background(
+        &c,
+        &[
+            "set", "create", "shop", "--master", "db-1", "--dr", "a-to-b", "--wait",
+        ],
+    );
+    let made = c.serve_provisioner(&provisioner, Duration::from_secs(30));
+    assert_eq!(made, ["db-2"]);
+    let (ok, _, err) = ended(create);
+    assert!(ok, "{err}\n{}", c.node_logs());
+    let view = c.set("shop");
+    let dr = view.dr.as_ref().expect("a DR set");
+    assert_eq!(dr.dr_source.as_ref().map(|i| i.as_str()), Some("db-2"));
+    assert_eq!(dr.settings.dr.as_str(), "zone-b");
+    c.write_and_see_everywhere("shop", "db-1", 1);
 }

@@ -68,11 +68,28 @@ pub(super) async fn create(c: &Arc<Conductor>, req: CreateSet, profile: &str) ->
         .collect();
     let placed = vec![(req.master.clone(), location(c, &req.master))];
     let wanted = 1 + req.dr_replicas as usize;
-    let chosen = choose(&rules, &placed, &free, wanted, Some(profile.dr.as_str()))
-        .map_err(|why| conflict(format!("set {}: its DR side: {why}", req.id)))?;
-    let (dr_source, dr_replicas) = chosen.split_first().expect("at least one was chosen");
-    let (dr_source, dr_replicas): (InstanceId, Vec<InstanceId>) =
-        (dr_source.clone(), dr_replicas.to_vec());
+    let dr_zone = Some(profile.dr.as_str());
+    let (chosen, make) = match choose(&rules, &placed, &free, wanted, dr_zone) {
+        Ok(all) => (all, None),
+        Err(why) if c.settings.provisioner.is_none() => {
+            return Err(conflict(format!("set {}: its DR side: {why}", req.id)))
+        }
+        // The most the pool can give; the provisioner starts the rest in the DR zone.
+        Err(_) => {
+            let taken = (1..wanted)
+                .rev()
+                .find_map(|n| choose(&rules, &placed, &free, n, dr_zone).ok())
+                .unwrap_or_default();
+            let make = tandem_api::MakeServers {
+                count: (wanted - taken.len()) as u32,
+                zone: Some(profile.dr.to_string()),
+            };
+            (taken, Some(make))
+        }
+    };
+    let mut chosen = chosen.into_iter();
+    let (dr_source, dr_replicas): (Option<InstanceId>, Vec<InstanceId>) =
+        (chosen.next(), chosen.collect());
 
     c.store.create_set(&req.id, &req.master)?;
     let recorded = (|| {
@@ -107,6 +124,7 @@ pub(super) async fn create(c: &Arc<Conductor>, req: CreateSet, profile: &str) ->
         master: req.master,
         dr_source,
         dr_replicas,
+        make,
     };
     Ok(accepted(start_for_operator(c, spec, BY).await?))
 }

@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use tandem_api::{
     AddReplica, CreateSet, ErrorBody, Failover, FailoverAction, FailoverState, FailoverView,
-    IntendedRole, MemberView, SeedMethod, SemiSyncRequest, SetView, Switchover, Verdict,
-    WorkflowRow,
+    IntendedRole, MakeServers, MemberView, SeedMethod, SemiSyncRequest, SetView, Switchover,
+    Verdict, WorkflowRow,
 };
 use tandem_proto::{BackupId, InstanceId, ReplicaSetId, Timestamp};
 
@@ -250,13 +250,16 @@ pub async fn add_replica(
     let set = existing(&c, &id)?;
     let mut names = req.instances.clone();
     names.extend(req.instance.clone());
+    let mut make = None;
     match (req.count, names.is_empty()) {
         (Some(_), false) => {
             return Err(bad_request(
                 "either name the new replicas or give a count to take from the pool, not both",
             ))
         }
-        (Some(n), true) => names = from_pool(&c, &set, n, req.zone.as_deref(), req.seed)?,
+        (Some(n), true) => {
+            (names, make) = from_pool_or_provisioner(&c, &set, n, req.zone.as_deref(), req.seed)?
+        }
         (None, true) => {
             return Err(bad_request(
                 "name the new replica in `instance` (or several in `instances`), or take                  `count` from the pool",
@@ -348,6 +351,7 @@ pub async fn add_replica(
         seed,
         options,
         source,
+        make,
     };
     Ok(accepted(start_for_operator(&c, spec, BY).await?))
 }
@@ -381,48 +385,107 @@ pub(super) fn from_pool(
     zone: Option<&str>,
     seed: SeedMethod,
 ) -> Result<Vec<InstanceId>, ApiError> {
-    if !(1..=64).contains(&count) {
-        return Err(bad_request("count must be between 1 and 64"));
-    }
-    if seed == SeedMethod::None {
-        return Err(bad_request(
-            "servers from the pool are fresh: give a seed method (stream, backup or auto)",
-        ));
-    }
-    if let Some(z) = zone {
-        let zones = &c.settings.zones;
-        let reported = c.registry.list().iter().any(|r| r.zone == z);
-        if zones.zone(z).is_none() && !(zones.zones.is_empty() && reported) {
-            return Err(not_found(format!(
-                "no zone {z:?} (configured: {})",
-                zones.names()
-            )));
+    let pool = PoolRequest::check(c, count, zone, seed)?;
+    pool.choose(c, set, count)
+        .map_err(|why| conflict(format!("set {}: {why}", set.id)))
+}
+
+/// A valid request for servers from the pool.
+struct PoolRequest<'a> {
+    zone: Option<&'a str>,
+}
+
+impl<'a> PoolRequest<'a> {
+    /// Refused when `count`, `zone` or `seed` cannot make fresh replicas.
+    fn check(
+        c: &Conductor,
+        count: u32,
+        zone: Option<&'a str>,
+        seed: SeedMethod,
+    ) -> Result<PoolRequest<'a>, ApiError> {
+        if !(1..=64).contains(&count) {
+            return Err(bad_request("count must be between 1 and 64"));
         }
+        if seed == SeedMethod::None {
+            return Err(bad_request(
+                "servers from the pool are fresh: give a seed method (stream, backup or auto)",
+            ));
+        }
+        if let Some(z) = zone {
+            let zones = &c.settings.zones;
+            let reported = c.registry.list().iter().any(|r| r.zone == z);
+            if zones.zone(z).is_none() && !(zones.zones.is_empty() && reported) {
+                return Err(not_found(format!(
+                    "no zone {z:?} (configured: {})",
+                    zones.names()
+                )));
+            }
+        }
+        Ok(PoolRequest { zone })
     }
-    let engine = c.registry.report(&set.master).map(|r| r.engine);
-    let free: Vec<crate::decide::placement::Free> = c
-        .store
-        .pool()?
-        .into_iter()
-        .filter(|(i, _)| {
-            let r = c.registry.report(i);
-            // Only servers whose agents are here now, with the master's engine.
-            r.is_some_and(|r| engine.is_none_or(|e| r.engine == e))
-        })
-        .map(|(instance, _)| crate::decide::placement::Free {
-            location: crate::placement::location(c, &instance),
-            instance,
-        })
-        .collect();
-    let rules = crate::placement::rules_of(c, &set.id)?;
-    crate::decide::placement::choose(
-        &rules,
-        &crate::placement::of_set(c, set),
-        &free,
-        count as usize,
-        zone,
-    )
-    .map_err(|why| conflict(format!("set {}: {why}", set.id)))
+
+    /// `count` servers of the pool, or why the pool has not got them.
+    fn choose(
+        &self,
+        c: &Conductor,
+        set: &ReplicaSet,
+        count: u32,
+    ) -> Result<Vec<InstanceId>, String> {
+        let engine = c.registry.report(&set.master).map(|r| r.engine);
+        let free: Vec<crate::decide::placement::Free> = c
+            .store
+            .pool()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|(i, _)| {
+                let r = c.registry.report(i);
+                // Only servers whose agents are here now, with the master's engine.
+                r.is_some_and(|r| engine.is_none_or(|e| r.engine == e))
+            })
+            .map(|(instance, _)| crate::decide::placement::Free {
+                location: crate::placement::location(c, &instance),
+                instance,
+            })
+            .collect();
+        let rules = crate::placement::rules_of(c, &set.id).map_err(|e| e.to_string())?;
+        crate::decide::placement::choose(
+            &rules,
+            &crate::placement::of_set(c, set),
+            &free,
+            count as usize,
+            self.zone,
+        )
+    }
+}
+
+/// As [`from_pool`], and when the pool has fewer than `count` servers the set's rules
+/// allow and a provisioner is configured: the servers the pool has, and how many more
+/// the provisioner is to start.
+fn from_pool_or_provisioner(
+    c: &Conductor,
+    set: &ReplicaSet,
+    count: u32,
+    zone: Option<&str>,
+    seed: SeedMethod,
+) -> Result<(Vec<InstanceId>, Option<MakeServers>), ApiError> {
+    let pool = PoolRequest::check(c, count, zone, seed)?;
+    let short = match pool.choose(c, set, count) {
+        Ok(all) => return Ok((all, None)),
+        Err(why) => conflict(format!("set {}: {why}", set.id)),
+    };
+    if c.settings.provisioner.is_none() {
+        return Err(short);
+    }
+    // The most the pool can give; the provisioner starts the rest.
+    let taken = (1..count)
+        .rev()
+        .find_map(|n| pool.choose(c, set, n).ok())
+        .unwrap_or_default();
+    let make = MakeServers {
+        count: count - taken.len() as u32,
+        zone: zone.map(str::to_owned),
+    };
+    Ok((taken, Some(make)))
 }
 
 /// A cascaded replica's source: a replicating member whose stream is the whole set's

@@ -229,6 +229,26 @@ pub fn choose(
     Ok(chosen)
 }
 
+/// The set's rules as the one Nova server group a provisioner creates servers in: the
+/// rule by host (a requirement before a preference), else the first rule.
+pub fn server_group(rules: &[PlacementRule]) -> tandem_api::ServerGroup {
+    let by_host = |required: bool| {
+        rules
+            .iter()
+            .find(|r| r.scope == PlacementScope::Host && r.policy.required() == required)
+    };
+    let rule = by_host(true)
+        .or_else(|| by_host(false))
+        .or(rules.first())
+        .cloned()
+        .unwrap_or_else(default_rule);
+    tandem_api::ServerGroup {
+        policy: rule.policy,
+        scope: rule.scope,
+        max_per_domain: rule.limit(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,5 +400,23 @@ mod tests {
             names(choose(&hard, &set, &pool, 2, None).unwrap()),
             ["db-5", "db-6"]
         );
+    }
+
+    #[test]
+    fn the_server_group_is_the_host_rule_a_requirement_first() {
+        let zone = rule("zones", AntiAffinity, Zone);
+        let soft = rule("soft-host", SoftAffinity, Host);
+        let hard = rule("hard-host", AntiAffinity, Host);
+        let g = server_group(&[zone.clone(), soft.clone(), hard]);
+        assert_eq!(
+            (g.policy, g.scope, g.max_per_domain),
+            (AntiAffinity, Host, 1)
+        );
+        let g = server_group(&[zone.clone(), soft]);
+        assert_eq!((g.policy, g.scope), (SoftAffinity, Host));
+        let g = server_group(&[zone]);
+        assert_eq!((g.policy, g.scope), (AntiAffinity, Zone));
+        let g = server_group(&[]);
+        assert_eq!((g.policy, g.scope), (SoftAntiAffinity, Host));
     }
 }

@@ -179,6 +179,36 @@ impl<'a> Ctx<'a> {
         Ok(value)
     }
 
+    /// As [`Ctx::decide`], for a decision that takes time (a command run outside
+    /// Tandem, such as the provisioner): `decide` is awaited only when no result is on
+    /// record. A crash before the result is journaled makes a resumed workflow ask
+    /// again, so whatever `decide` runs must answer a repeated request the same way.
+    pub async fn decide_after<T, F>(
+        &mut self,
+        step: &str,
+        about: &InstanceId,
+        epoch: Epoch,
+        decide: F,
+    ) -> Result<T, StepError>
+    where
+        T: Serialize + serde::de::DeserializeOwned,
+        F: std::future::Future<Output = Result<T, StepError>>,
+    {
+        if let Some(recorded) = self.recorded()? {
+            return Ok(recorded);
+        }
+        let value = decide.await?;
+        let recorded = serde_json::to_value(&value).map_err(StoreError::from)?;
+        self.note(step, about, epoch, recorded)?;
+        Ok(value)
+    }
+
+    /// The number the next step will have: with the workflow's id, a name for a request
+    /// made outside Tandem that stays the same when a resumed workflow makes it again.
+    pub fn next_step(&self) -> u32 {
+        self.seq
+    }
+
     /// The result journaled at the next step, if any (and the step is then passed).
     fn recorded<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, StepError> {
         let Some(JournalEntry {
@@ -302,7 +332,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// Who cancelled this workflow, if anyone did.
-    fn cancelled_by(&self) -> Result<Option<String>, StepError> {
+    pub fn cancelled_by(&self) -> Result<Option<String>, StepError> {
         Ok(self.c.store.cancel_requested(&self.wf.id)?)
     }
 

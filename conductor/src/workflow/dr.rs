@@ -5,19 +5,41 @@
 
 use tandem_proto::InstanceId;
 
+use tandem_api::MakeServers;
+
 use super::provision::{self, Seed};
-use super::{create_set, Ctx, Outcome, StepError};
+use super::{create_set, make_servers, Ctx, Outcome, StepError};
 use crate::store::ReplicaOptions;
 
+/// `dr_side`: the DR zone's servers taken from the pool, the DR source first; `make`:
+/// how many more the provisioner starts there once the master is enabled.
 pub async fn create(
     ctx: &mut Ctx<'_>,
     master: &InstanceId,
-    dr_source: &InstanceId,
-    dr_replicas: &[InstanceId],
+    mut dr_side: Vec<InstanceId>,
+    make: Option<&MakeServers>,
 ) -> Result<Outcome, StepError> {
     if let Outcome::RolledBack(why) = create_set::run(ctx, master).await? {
         return Ok(Outcome::RolledBack(why));
     }
+    if let Some(make) = make {
+        let made = make_servers::run(ctx, make, &dr_side)
+            .await
+            .map_err(|e| match e {
+                StepError::Precondition(why) => StepError::Precondition(format!(
+                    "set {} has its master {master}, but no DR side: {why}",
+                    ctx.wf.set_id
+                )),
+                other => other,
+            })?;
+        dr_side.extend(made);
+    }
+    let Some((dr_source, dr_replicas)) = dr_side.split_first() else {
+        return Err(StepError::Precondition(format!(
+            "set {} has its master {master}, but no server for its DR side",
+            ctx.wf.set_id
+        )));
+    };
     let plain = ReplicaOptions::default();
     let from_master = Seed::Stream {
         from: master.clone(),

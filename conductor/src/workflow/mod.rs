@@ -17,6 +17,7 @@ mod detach;
 mod dr;
 mod failover;
 mod failsafe;
+mod make_servers;
 pub mod provision;
 mod quarantine;
 mod rebuild;
@@ -148,15 +149,30 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
             master,
             dr_source,
             dr_replicas,
+            make,
             ..
-        } => dr::create(&mut ctx, master, dr_source, dr_replicas).await,
+        } => {
+            let taken: Vec<InstanceId> = dr_source.iter().chain(dr_replicas).cloned().collect();
+            dr::create(&mut ctx, master, taken, make.as_ref()).await
+        }
         Spec::Provision {
             instances,
             seed,
             options,
             source,
+            make,
             ..
-        } => provision::run(&mut ctx, instances, seed, options, source.as_ref()).await,
+        } => {
+            provision::run_making(
+                &mut ctx,
+                instances,
+                make.as_ref(),
+                seed,
+                options,
+                source.as_ref(),
+            )
+            .await
+        }
         Spec::Reconfigure {
             instance, options, ..
         } => reconfigure::run(&mut ctx, instance, options).await,

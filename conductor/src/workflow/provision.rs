@@ -15,6 +15,24 @@ pub use tandem_api::Seed;
 /// How long a seed token stays valid on the source.
 const TOKEN_TTL_MS: u64 = 3_600_000;
 
+/// As [`run`], with `make` servers started by the provisioner first and seeded with
+/// `instances`.
+pub async fn run_making(
+    ctx: &mut Ctx<'_>,
+    instances: &[InstanceId],
+    make: Option<&tandem_api::MakeServers>,
+    seed: &Seed,
+    options: &ReplicaOptions,
+    source: Option<&InstanceId>,
+) -> Result<Outcome, StepError> {
+    let Some(make) = make else {
+        return run(ctx, instances, seed, options, source).await;
+    };
+    let made = super::make_servers::run(ctx, make, instances).await?;
+    let all: Vec<InstanceId> = instances.iter().chain(&made).cloned().collect();
+    run(ctx, &all, seed, options, source).await
+}
+
 pub async fn run(
     ctx: &mut Ctx<'_>,
     instances: &[InstanceId],

@@ -15,6 +15,7 @@ mod error;
 mod events;
 mod instances;
 mod placement;
+mod provision;
 mod sets;
 mod workflows;
 
@@ -33,6 +34,7 @@ pub use placement::{
     PlacementPolicy, PlacementRule, PlacementScope, PoolChange, PoolEntry, RebuildMaster, RuleId,
     SetRules, Violation, ZoneView, ZonesView,
 };
+pub use provision::{MakeServers, PlacedMember, ProvisionAnswer, ProvisionRequest, ServerGroup};
 pub use sets::{
     AddReplica, CreateSet, DelayReplica, Failover, FailoverAction, FailoverState, FailoverView,
     FilterReplica, IntendedRole, Member, MemberView, Pause, PauseReplica, ReplicaOptions,

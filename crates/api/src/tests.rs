@@ -52,6 +52,10 @@ fn a_specs_kind_is_its_tag() {
             },
             options: ReplicaOptions::default(),
             source: Some("db-2".parse().unwrap()),
+            make: Some(crate::MakeServers {
+                count: 2,
+                zone: Some("zone-b".into()),
+            }),
         },
         WorkflowSpec::Reparent {
             set: set.clone(),

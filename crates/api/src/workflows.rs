@@ -59,9 +59,15 @@ pub enum WorkflowSpec {
     CreateDrSet {
         set: ReplicaSetId,
         master: InstanceId,
-        dr_source: InstanceId,
+        /// None when the pool had no server for it: the first server `make` starts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dr_source: Option<InstanceId>,
         #[serde(default)]
         dr_replicas: Vec<InstanceId>,
+        /// The DR side's servers the provisioner is to start (the pool had too few);
+        /// they come after those named above.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        make: Option<crate::MakeServers>,
     },
     /// "Flip the switch": the writer moves to the DR source with no loss; the old
     /// primary zone becomes the DR side (its master replicates from the new master, its
@@ -93,6 +99,10 @@ pub enum WorkflowSpec {
         options: ReplicaOptions,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         source: Option<InstanceId>,
+        /// Servers to have the provisioner start first (the pool had too few), which
+        /// then join `instances`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        make: Option<crate::MakeServers>,
     },
     /// The master is lost: a replica takes its place (automatic, or an operator's eject).
     Failover {

@@ -183,7 +183,13 @@ impl AgentProcess {
             // `pid (comm) state ppid …`; comm may hold spaces: split after its `)`.
             let (head, rest) = stat.rsplit_once(')')?;
             let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
-            (ppid == parent && head.split_once('(')?.1 == name).then_some(Child { pid })
+            if ppid != parent || head.split_once('(')?.1 != name {
+                return None;
+            }
+            Some(Child {
+                pid,
+                target: crate::signals::Target::of(pid)?,
+            })
         })
     }
 
@@ -468,16 +474,20 @@ impl ConductorProcess {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Child {
     pub pid: u32,
+    target: crate::signals::Target,
 }
 
 impl Child {
+    /// Sends `sig` while this is still the agent's child (never to a reused pid).
     pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), sig)
-            .with_context(|| format!("send {sig} to pid {}", self.pid))
+        self.target.send(sig, "an agent's child process")
     }
 
     /// Gone, or a zombie nobody reaped yet (it runs no more).
     pub fn ended(&self) -> bool {
+        if !self.target.alive() {
+            return true;
+        }
         std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).map_or(true, |s| {
             s.rsplit_once(')')
                 .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))

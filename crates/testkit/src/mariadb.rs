@@ -246,10 +246,14 @@ impl MariaDb {
     }
 
     fn signal_adopted(&self, sig: nix::sys::signal::Signal) -> bool {
-        match self.adopted_pid() {
-            Some(pid) => nix::sys::signal::kill(pid, sig).is_ok(),
-            None => false,
-        }
+        let Some(target) = self
+            .adopted_pid()
+            .and_then(|pid| crate::signals::Target::of(pid.as_raw() as u32))
+        else {
+            return false;
+        };
+        let what = format!("mariadbd on {}", self.datadir().display());
+        target.send(sig, &what).is_ok()
     }
 
     /// Waits up to 30 s for an adopted server to exit.

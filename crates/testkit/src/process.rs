@@ -5,8 +5,9 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+
+use crate::signals::Target;
 
 /// A port nothing listens on right now. Another process may take it before we bind it,
 /// so starters retry with a new port when the bind fails.
@@ -33,6 +34,8 @@ pub(crate) fn die_with_parent(cmd: &mut Command) -> &mut Command {
 pub struct Process {
     name: String,
     child: Option<Child>,
+    /// The child as signals name it (pid and start time), read right after spawning.
+    target: Option<Target>,
     log: Option<PathBuf>,
     stop_grace: Duration,
 }
@@ -53,8 +56,10 @@ impl Process {
         let child = cmd
             .spawn()
             .with_context(|| format!("spawn {name} ({:?})", cmd.get_program()))?;
+        let target = Target::of(child.id());
         Ok(Process {
             name,
+            target,
             child: Some(child),
             log,
             stop_grace: Duration::from_secs(10),
@@ -98,9 +103,11 @@ impl Process {
         None
     }
 
+    /// Sends `sig` while the child still runs (never to a pid it no longer owns).
     pub fn signal(&self, sig: Signal) -> Result<()> {
-        kill(Pid::from_raw(self.pid() as i32), sig)
-            .with_context(|| format!("send {sig} to {} (pid {})", self.name, self.pid()))
+        self.target
+            .with_context(|| format!("{} ended before it could be named", self.name))?
+            .send(sig, &self.name)
     }
 
     /// SIGKILL and reap.
@@ -120,8 +127,10 @@ impl Process {
         if let Ok(Some(status)) = child.try_wait() {
             return Some(status);
         }
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        if let Some(target) = self.target {
+            let _ = target.send(Signal::SIGCONT, &self.name);
+            let _ = target.send(Signal::SIGTERM, &self.name);
+        }
         let deadline = Instant::now() + self.stop_grace;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {

@@ -64,7 +64,7 @@ impl MariaDb {
             .pass(config.admin_password.clone())
             .pool_opts(
                 PoolOpts::default()
-                    .with_constraints(PoolConstraints::new(0, 4).expect("0 <= 4"))
+                    .with_constraints(PoolConstraints::new(0, POOL_SIZE).expect("0 <= POOL_SIZE"))
                     .with_inactive_connection_ttl(Duration::from_secs(30)),
             );
         opts = match &own.socket {
@@ -109,8 +109,21 @@ impl MariaDb {
         }))
     }
 
+    /// A pooled connection that answers. An idle one may have been closed by the server
+    /// since it was last used (a restart for a restore, a KILL): it is pinged first and
+    /// dropped if it does not answer, so a dead socket is never mistaken for a dead
+    /// server. After as many tries as the pool holds connections, the last try's
+    /// error is the server's.
     pub(super) async fn conn(&self) -> Result<Conn, EngineError> {
-        timed("connect", self.pool.get_conn()).await
+        for _ in 0..POOL_SIZE {
+            let mut c = timed("connect", self.pool.get_conn()).await?;
+            if timed("ping", c.ping()).await.is_ok() {
+                return Ok(c);
+            }
+        }
+        let mut c = timed("connect", self.pool.get_conn()).await?;
+        timed("ping", c.ping()).await?;
+        Ok(c)
     }
 
     pub(super) async fn exec(&self, conn: &mut Conn, sql: &str) -> Result<(), EngineError> {
@@ -134,6 +147,9 @@ impl MariaDb {
         parse_gtid(text.as_deref().unwrap_or(""))
     }
 }
+
+/// The most connections the agent holds open to its server.
+const POOL_SIZE: usize = 4;
 
 pub(super) async fn timed<T>(
     what: &str,
