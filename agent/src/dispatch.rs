@@ -338,12 +338,20 @@ impl<E: Engine> Agent<E> {
                 delay_s,
                 paused,
                 filter,
+                peer,
             } => {
+                if *peer && !self.state.lock().expect("poisoned").master {
+                    return Err(CommandError::bad_request(
+                        "only the master attaches as the writable side of a pair",
+                    ));
+                }
                 let login = ReplicationLogin {
                     user: credentials.user.clone(),
                     password: self.open(&credentials.password, "the replication password")?,
                 };
-                self.engine.set_semi_sync(None, *semi_sync).await?;
+                if !*peer {
+                    self.engine.set_semi_sync(None, *semi_sync).await?;
+                }
                 self.engine
                     .attach(
                         me,
@@ -354,12 +362,14 @@ impl<E: Engine> Agent<E> {
                             delay: Duration::from_secs(*delay_s),
                             paused: paused.clone(),
                             filter: filter.clone(),
+                            peer: *peer,
                         },
                     )
                     .await?;
                 self.update_state(|s| {
                     s.source = Some(source.clone());
-                    s.master = false;
+                    // The active side of a pair stays the master.
+                    s.master &= *peer;
                 })?;
             }
             Command::Quarantine => {
@@ -381,6 +391,12 @@ impl<E: Engine> Agent<E> {
             Command::PauseReplication { until } => {
                 let position = self.engine.pause_replication(until.as_ref()).await?;
                 return Ok(ReplyBody::Position { position });
+            }
+            Command::ConfigurePair { side } => {
+                // Applied to the engine first, then recorded: a restart re-applies what
+                // the record says, so the record never claims what the engine refused.
+                self.engine.apply_managed_config(me, *side).await?;
+                self.update_state(|s| s.pair = *side)?;
             }
             Command::ListDatabases => {
                 let names = self.engine.databases().await?;

@@ -97,9 +97,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 }
 
 /// Writes and applies the settings the agent owns; returns those waiting for a restart.
-async fn apply_managed_config<E: Engine>(engine: &E, id: &InstanceId) -> Vec<String> {
+async fn apply_managed_config<E: Engine>(
+    engine: &E,
+    id: &InstanceId,
+    pair: Option<tandem_proto::PairSide>,
+) -> Vec<String> {
     let mut restart_needed = Vec::new();
-    match engine.apply_managed_config(id).await {
+    match engine.apply_managed_config(id, pair).await {
         Ok(o) if !o.restart_needed.is_empty() => {
             tracing::warn!(
                 settings = ?o.restart_needed,
@@ -200,7 +204,7 @@ async fn run_with<E: Engine>(
 
     // Only now that the broker is reached does the agent change anything on the
     // engine: an agent that cannot reach its conductor leaves the engine as it was.
-    let restart_needed = apply_managed_config(&engine, &id).await;
+    let restart_needed = apply_managed_config(&engine, &id, state.pair).await;
 
     // The failsafe answers on the seeding listener's address, over UDP.
     let failsafe_socket = match tokio::net::UdpSocket::bind(seed_listener.local_addr()?).await {

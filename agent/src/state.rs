@@ -30,6 +30,9 @@ pub struct State {
     /// Set by `enable_as_master`, cleared by `demote`: whether this agent writes
     /// heartbeats. Never true on a replica.
     pub master: bool,
+    /// The side of a master-master pair this server is (`configure_pair`): its write
+    /// stream and auto-increment offset, applied again whenever the engine restarts.
+    pub pair: Option<tandem_proto::PairSide>,
     /// Backups being written to the store and not committed yet: what a failed,
     /// cancelled or interrupted backup must remove (after a restart too).
     pub unfinished_backups: Vec<tandem_proto::BackupId>,

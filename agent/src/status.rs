@@ -87,9 +87,15 @@ impl<E: Engine> Agent<E> {
     /// A fresh report. Never fails: an engine that cannot be observed is reported down.
     pub(crate) async fn report(&self) -> StatusReport {
         let observed = self.engine.observe().await;
-        let (boot, source, master, epoch) = {
+        let (boot, source, master, epoch, pair_side) = {
             let s = self.state.lock().expect("poisoned");
-            (s.boot_count, s.source.clone(), s.master, s.highest_epoch)
+            (
+                s.boot_count,
+                s.source.clone(),
+                s.master,
+                s.highest_epoch,
+                s.pair,
+            )
         };
         let sequence = self.next_sequence(boot);
         let host = self
@@ -134,6 +140,7 @@ impl<E: Engine> Agent<E> {
             restart_needed: self.restart_needed.lock().expect("poisoned").clone(),
             failsafe: self.failsafe.state(),
             refused_commands: self.transport.refused_commands(),
+            pair_side,
         };
         match observed {
             Err(e) => report.last_error = Some(e.to_string()),
@@ -196,9 +203,10 @@ impl<E: Engine> Agent<E> {
             if up && engine_up == Some(false) {
                 // The engine restarted: its live settings (replica timeouts among them)
                 // are back to its defaults if the managed include was not read.
+                let pair = self.state.lock().expect("poisoned").pair;
                 match self
                     .engine
-                    .apply_managed_config(&self.settings.instance_id)
+                    .apply_managed_config(&self.settings.instance_id, pair)
                     .await
                 {
                     Ok(o) => {
@@ -474,6 +482,8 @@ fn fill(
     report.replicates_to = o.replicas;
     report.health = Health::Healthy;
     report.role = match (&o.source, master || !report.replicates_to.is_empty()) {
+        // The active side of a master-master pair replicates its peer too.
+        (Some(_), _) if master => Role::Master,
         (Some(_), _) => Role::Replica,
         (None, true) => Role::Master,
         (None, false) => Role::Standalone,

@@ -69,6 +69,19 @@ impl engine_suite::Subject for MariaDbSubject {
             ))
             .unwrap();
     }
+    fn write_minted(&self) -> u64 {
+        self.db
+            .sql(
+                "CREATE DATABASE IF NOT EXISTS suite; \
+                 CREATE TABLE IF NOT EXISTS suite.minted \
+                   (id BIGINT AUTO_INCREMENT PRIMARY KEY, v INT); \
+                 INSERT INTO suite.minted (v) VALUES (0); SELECT LAST_INSERT_ID()",
+            )
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
     fn count(&self) -> u32 {
         self.db
             .sql("SELECT COUNT(*) FROM suite.t")

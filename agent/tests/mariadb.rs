@@ -351,6 +351,7 @@ async fn wrong_input_gets_a_clear_error_and_changes_nothing() {
             delay_s: 0,
             paused: None,
             filter: None,
+            peer: false,
         };
 
     // A source nothing listens on.

@@ -173,6 +173,7 @@ pub(crate) fn sample_report(instance: &str) -> StatusReport {
         restart_needed: Vec::new(),
         failsafe: None,
         refused_commands: 0,
+        pair_side: None,
     }
 }
 

@@ -130,6 +130,55 @@ pub struct SemiSyncSettings {
     pub timeout_ms: u64,
 }
 
+/// A side of a master-master pair. Each side logs its writes in a replication stream
+/// of its own (MariaDB: GTID domain 1 or 2) and mints auto-increment keys the other
+/// never does (offset 1 or 2, step 2): the two can replicate from each other, and what
+/// either wrote can always be told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairSide {
+    /// The server the pair was made from.
+    First,
+    /// The peer that joined it.
+    Second,
+}
+
+impl PairSide {
+    /// Auto-increment keys step by this on both sides.
+    pub const AUTO_INCREMENT_INCREMENT: u32 = 2;
+
+    pub fn other(self) -> PairSide {
+        match self {
+            PairSide::First => PairSide::Second,
+            PairSide::Second => PairSide::First,
+        }
+    }
+    /// The GTID domain this side's writes are logged in (a server in no pair writes in
+    /// domain 0).
+    pub fn domain(self) -> u32 {
+        match self {
+            PairSide::First => 1,
+            PairSide::Second => 2,
+        }
+    }
+    /// The first auto-increment key this side mints (then every second one).
+    pub fn auto_increment_offset(self) -> u32 {
+        self.domain()
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PairSide::First => "first",
+            PairSide::Second => "second",
+        }
+    }
+}
+
+impl std::fmt::Display for PairSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Everything the conductor can ask of an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -182,6 +231,12 @@ pub enum Command {
         /// Apply only some databases' changes (a filtered replica); all when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         filter: Option<DatabaseFilter>,
+        /// The writable side of a master-master pair attaching to its passive peer
+        /// (the reverse channel): it stays writable and stays the master (lease,
+        /// heartbeats, semi-sync as a master), starting from everything it holds.
+        /// Sent only after `configure_pair` (protocol v4).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        peer: bool,
     },
     /// Stop replicating and forget the source; the server becomes standalone.
     Detach,
@@ -253,6 +308,13 @@ pub enum Command {
     /// promises renew its lease while the broker is unreachable; as a replica, whose
     /// pings it answers with one.
     Failsafe(FailsafeAssignment),
+    /// Be one side of a master-master pair (its own write stream and auto-increment
+    /// offset, kept across engine restarts), or with `None` no longer one (domain 0,
+    /// increment 1). Changes no data and no writability.
+    ConfigurePair {
+        #[serde(default)]
+        side: Option<PairSide>,
+    },
     /// A command this build does not know. Never sent; produced by decoding.
     #[serde(other)]
     Unknown,
@@ -288,6 +350,7 @@ impl Command {
             Command::StartEngine => "start_engine",
             Command::Failsafe(_) => "failsafe",
             Command::CancelOperation { .. } => "cancel_operation",
+            Command::ConfigurePair { .. } => "configure_pair",
             Command::Unknown => "unknown",
         }
     }
@@ -322,6 +385,7 @@ impl Command {
             Command::PauseReplication { .. }
             | Command::ResumeReplication { .. }
             | Command::ListDatabases => ProtocolVersion::V3,
+            Command::ConfigurePair { .. } => ProtocolVersion::V4,
         }
     }
 
@@ -414,6 +478,7 @@ mod tests {
             delay_s: 0,
             paused: None,
             filter: None,
+            peer: false,
         };
         let shown = format!("{c:?}");
         assert!(!shown.contains("68756e74657232"), "{shown}");

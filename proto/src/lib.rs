@@ -23,7 +23,7 @@ pub mod version;
 
 pub use codec::{CodecError, Format};
 pub use command::{
-    BackupKind, BackupRequest, Command, DatabaseFilter, Paused, ReplicationCredentials,
+    BackupKind, BackupRequest, Command, DatabaseFilter, PairSide, Paused, ReplicationCredentials,
     RestoreRequest, SeedSource, SemiSyncSettings, SourceEndpoint,
 };
 pub use envelope::{Envelope, Sender, Timestamp};

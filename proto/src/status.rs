@@ -222,6 +222,9 @@ pub struct StatusReport {
     /// live and wanted value; recomputed whenever the engine (re)starts.
     #[serde(default)]
     pub restart_needed: Vec<String>,
+    /// The side of a master-master pair this server was configured as, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair_side: Option<crate::PairSide>,
 }
 
 /// Semi-synchronous replication as the engine reports it.

@@ -29,8 +29,10 @@ impl ProtocolVersion {
     pub const V2: ProtocolVersion = ProtocolVersion(2);
     /// `pause_replication`, `resume_replication`, `list_databases`.
     pub const V3: ProtocolVersion = ProtocolVersion(3);
+    /// `configure_pair`.
+    pub const V4: ProtocolVersion = ProtocolVersion(4);
     /// The version this build speaks natively.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion::V3;
+    pub const CURRENT: ProtocolVersion = ProtocolVersion::V4;
     /// The oldest version this build still understands.
     pub const OLDEST_SUPPORTED: ProtocolVersion = ProtocolVersion::V1;
 }

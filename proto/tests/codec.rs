@@ -92,6 +92,7 @@ fn command() -> impl Strategy<Value = Command> {
                 delay_s: 0,
                 paused: None,
                 filter: None,
+                peer: false,
                 position,
             }
         ),
@@ -257,6 +258,7 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                 restart_needed: Vec::new(),
                 failsafe: None,
                 refused_commands: 0,
+                pair_side: None,
             },
         )
 }

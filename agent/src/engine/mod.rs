@@ -29,6 +29,9 @@ pub struct Applying {
     pub paused: Option<Paused>,
     /// Only some databases' changes (a filtered replica).
     pub filter: Option<DatabaseFilter>,
+    /// The writable side of a master-master pair replicating its passive peer: its
+    /// writability is left as it is.
+    pub peer: bool,
 }
 
 /// A replication account as the engine uses it, password in clear: it exists only in
@@ -137,9 +140,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Writes the settings the agent owns to the managed include and applies what can be
     /// applied live.
+    /// `pair`: the side of a master-master pair the server is, if any (its write
+    /// stream and key offsets are managed settings too).
     fn apply_managed_config(
         &self,
         instance: &InstanceId,
+        pair: Option<tandem_proto::PairSide>,
     ) -> impl Future<Output = Result<ConfigOutcome, EngineError>> + Send;
 
     /// Writable or read-only. Going read-only from writable also ends every client

@@ -130,6 +130,7 @@ pub async fn attach_at(h: &Harness, master: &str, replica: &str, position: Posit
             delay_s: 0,
             paused: None,
             filter: None,
+            peer: false,
         },
     )
     .await;

@@ -5,8 +5,8 @@
 pub use std::time::{Duration, Instant};
 
 pub use tandem_proto::{
-    Command, CommandError, Envelope, Epoch, ErrorKind, Health, InstanceId, ReplicationCredentials,
-    ReplyBody, Role, Sender, SourceEndpoint, StatusReport,
+    Command, CommandError, Envelope, Epoch, ErrorKind, Health, InstanceId, PairSide,
+    ReplicationCredentials, ReplyBody, Role, Sender, SourceEndpoint, StatusReport,
 };
 pub use tandem_testkit::{AgentProcess, Broker, MariaDb, MariaDbOptions};
 pub use tandem_transport::{Transport, TransportConfig};
@@ -289,6 +289,7 @@ impl Harness {
                 delay_s: 0,
                 paused: None,
                 filter: None,
+                peer: false,
             },
         )
         .await;

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use tandem_agent::engine::{Applying, Engine, ReplicationLogin};
-use tandem_proto::{InstanceId, SourceEndpoint};
+use tandem_proto::{InstanceId, PairSide, SourceEndpoint};
 
 /// One private server of an engine, with the agent's adapter on it.
 pub trait Subject: Sized + Send + Sync {
@@ -23,6 +23,9 @@ pub trait Subject: Sized + Send + Sync {
     fn write(&self, n: u32);
     /// The rows of the suite's table, as a client on this server sees them.
     fn count(&self) -> u32;
+    /// Commits one row whose key the engine mints (an auto-increment), as a client
+    /// would; the key.
+    fn write_minted(&self) -> u64;
 }
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -252,6 +255,95 @@ pub async fn a_replica_is_never_made_writable<S: Subject>() {
     assert!(seen.source.is_some(), "the refusal detached it");
 }
 
+/// The two sides of a master-master pair: each replicates the other, the writable side
+/// staying writable; each mints keys the other never does; switching the writable
+/// side (read-only, the other waits for its position, writable) loses nothing and
+/// keeps both directions running, and switching back does too.
+pub async fn a_pair_replicates_both_ways_and_switches_without_loss<S: Subject>() {
+    let (a, b, _) = pair::<S>().await;
+    let (ea, eb) = (a.engine(), b.engine());
+    ea.apply_managed_config(&a.id(), Some(PairSide::First))
+        .await
+        .unwrap();
+    eb.apply_managed_config(&b.id(), Some(PairSide::Second))
+        .await
+        .unwrap();
+    a.write(1);
+    // The reverse channel: the writable side replicates its passive peer.
+    let login = eb.ensure_replication_user(&a.id(), None).await.unwrap();
+    let peer = Applying {
+        peer: true,
+        ..Applying::default()
+    };
+    ea.attach(&a.id(), &b.endpoint(), &login, None, &peer)
+        .await
+        .unwrap();
+    let seen = ea.observe().await.unwrap();
+    assert!(
+        seen.writable,
+        "the writable side went read-only on attaching"
+    );
+    let state = seen
+        .replication
+        .expect("the writable side replicates its peer");
+    assert!(state.diverged.is_none(), "{state:?}");
+    let minted_a = [a.write_minted(), a.write_minted()];
+    a.write(2);
+    // Its own writes come back through its peer and are no errant transactions.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = ea.observe().await.unwrap();
+    assert!(
+        seen.replication
+            .as_ref()
+            .is_some_and(|s| s.diverged.is_none()),
+        "{:?}",
+        seen.replication
+    );
+
+    let mut total = 2;
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        // The switch: no write after the position is read can be lost.
+        from.engine().set_writable(false).await.unwrap();
+        let at = from.engine().latest_position().await.unwrap();
+        to.engine().wait_for_position(&at, WAIT).await.unwrap();
+        to.engine().set_writable(true).await.unwrap();
+        assert_eq!(to.count(), total, "rows lost in the switch");
+        total += 1;
+        to.write(total);
+        let now = to.engine().latest_position().await.unwrap();
+        assert!(now.contains(&at), "{now} does not contain {at}");
+        from.engine().wait_for_position(&now, WAIT).await.unwrap();
+        assert_eq!(from.count(), total, "the other direction lost a row");
+        for side in [from, to] {
+            let s = side.engine().observe().await.unwrap().replication.unwrap();
+            assert!(s.receiving && s.applying && s.diverged.is_none(), "{s:?}");
+        }
+    }
+    // a is writable again; b minted keys while it was: never one of a's.
+    let minted_b = b_minted_while_writable(&a, &b).await;
+    for k in minted_a {
+        assert_ne!(
+            k % 2,
+            minted_b % 2,
+            "{minted_a:?} and {minted_b} share a step"
+        );
+    }
+}
+
+/// Makes `b` writable for one minted key (and `a` read-only meanwhile); the key.
+async fn b_minted_while_writable<S: Subject>(a: &S, b: &S) -> u64 {
+    a.engine().set_writable(false).await.unwrap();
+    let at = a.engine().latest_position().await.unwrap();
+    b.engine().wait_for_position(&at, WAIT).await.unwrap();
+    b.engine().set_writable(true).await.unwrap();
+    let key = b.write_minted();
+    b.engine().set_writable(false).await.unwrap();
+    let at = b.engine().latest_position().await.unwrap();
+    a.engine().wait_for_position(&at, WAIT).await.unwrap();
+    a.engine().set_writable(true).await.unwrap();
+    key
+}
+
 /// Instantiates the suite for one engine's [`Subject`].
 #[macro_export]
 macro_rules! engine_suite {
@@ -287,6 +379,10 @@ macro_rules! engine_suite {
         #[tokio::test]
         async fn a_paused_replica_applies_nothing_until_resumed() {
             engine_suite::a_paused_replica_applies_nothing_until_resumed::<$subject>().await
+        }
+        #[tokio::test]
+        async fn a_pair_replicates_both_ways_and_switches_without_loss() {
+            engine_suite::a_pair_replicates_both_ways_and_switches_without_loss::<$subject>().await
         }
         #[tokio::test]
         async fn a_replica_is_never_made_writable() {

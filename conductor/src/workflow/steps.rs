@@ -303,6 +303,7 @@ impl Ctx<'_> {
                     .paused
                     .map(|p| tandem_proto::Paused { until: p.until }),
                 filter: options.filter,
+                peer: false,
             },
         )
         .await

@@ -350,5 +350,6 @@ fn sample_report(zone: &str, instance: &str, sequence: u64) -> StatusReport {
         restart_needed: Vec::new(),
         failsafe: None,
         refused_commands: 0,
+        pair_side: None,
     }
 }

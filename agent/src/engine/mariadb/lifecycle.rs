@@ -15,8 +15,9 @@ impl MariaDb {
     pub(super) async fn apply_managed_config(
         &self,
         instance: &InstanceId,
+        pair: Option<tandem_proto::PairSide>,
     ) -> Result<ConfigOutcome, EngineError> {
-        let wanted = managed_settings(instance);
+        let wanted = managed_settings(instance, pair);
         if let Some(path) = &self.own.managed_config {
             write_include(path, &wanted).map_err(EngineError::Internal)?;
         }
@@ -63,13 +64,24 @@ impl MariaDb {
     pub(super) async fn set_writable(&self, writable: bool) -> Result<(), EngineError> {
         let mut c = self.conn().await?;
         if writable {
-            if let Some(row) = self.slave_status(&mut c).await? {
-                let host: String = col(&row, "Master_Host").unwrap_or_default();
-                let port: u16 = col(&row, "Master_Port").unwrap_or(0);
-                return Err(EngineError::BadRequest(format!(
-                    "this server replicates from {host}:{port}; a replica is never made \
-                     writable: detach it first"
-                )));
+            // Only a side of a master-master pair (a write stream of its own, set by
+            // `configure_pair`) is writable while it replicates: its peer's stream
+            // brings only what it already has.
+            let domain: u32 = timed(
+                "read gtid_domain_id",
+                c.query_first("SELECT @@gtid_domain_id"),
+            )
+            .await?
+            .unwrap_or(0);
+            if domain == 0 {
+                if let Some(row) = self.slave_status(&mut c).await? {
+                    let host: String = col(&row, "Master_Host").unwrap_or_default();
+                    let port: u16 = col(&row, "Master_Port").unwrap_or(0);
+                    return Err(EngineError::BadRequest(format!(
+                        "this server replicates from {host}:{port}; a replica is never made \
+                         writable: detach it first"
+                    )));
+                }
             }
         }
         if writable {

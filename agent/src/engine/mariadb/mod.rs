@@ -242,8 +242,24 @@ fn safe_token(what: &str, s: &str) -> Result<(), EngineError> {
 }
 
 /// The settings the agent owns, as (variable, wanted value, can be set live).
-fn managed_settings(instance: &InstanceId) -> Vec<(&'static str, String, bool)> {
+fn managed_settings(
+    instance: &InstanceId,
+    pair: Option<tandem_proto::PairSide>,
+) -> Vec<(&'static str, String, bool)> {
+    // A side of a master-master pair writes in a GTID domain of its own and mints
+    // every second auto-increment key; any other server writes in domain 0.
+    let (domain, increment, offset) = match pair {
+        Some(side) => (
+            side.domain(),
+            tandem_proto::PairSide::AUTO_INCREMENT_INCREMENT,
+            side.auto_increment_offset(),
+        ),
+        None => (0, 1, 1),
+    };
     vec![
+        ("gtid_domain_id", domain.to_string(), true),
+        ("auto_increment_increment", increment.to_string(), true),
+        ("auto_increment_offset", offset.to_string(), true),
         ("server_id", server_id_for(instance).to_string(), true),
         ("log_bin", "1".into(), false),
         ("log_slave_updates", "1".into(), false),
@@ -286,8 +302,9 @@ impl Engine for MariaDb {
     async fn apply_managed_config(
         &self,
         instance: &InstanceId,
+        pair: Option<tandem_proto::PairSide>,
     ) -> Result<ConfigOutcome, EngineError> {
-        MariaDb::apply_managed_config(self, instance).await
+        MariaDb::apply_managed_config(self, instance, pair).await
     }
 
     async fn set_writable(&self, writable: bool) -> Result<(), EngineError> {

@@ -86,8 +86,12 @@ impl MariaDb {
             }
         };
 
+        // Only a read-only replica's own writes are errant: the writable side of a
+        // master-master pair replicates from its peer and writes by design.
         match replication.as_mut() {
-            Some(r) if r.diverged.is_none() => r.diverged = self.errant(&mut c).await?,
+            Some(r) if r.diverged.is_none() && read_only != 0 => {
+                r.diverged = self.errant(&mut c).await?
+            }
             Some(_) => {}
             None => *self.written_here_before.lock().expect("poisoned") = GtidSet::empty(),
         }

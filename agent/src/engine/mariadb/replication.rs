@@ -48,7 +48,9 @@ impl MariaDb {
         let read_only: u8 = timed("read read_only", c.query_first("SELECT @@read_only"))
             .await?
             .unwrap_or(1);
-        if read_only != 0 || self.slave_status(&mut c).await?.is_some() {
+        // (The writable side of a master-master pair replicates its peer and still
+        // writes heartbeats: its read replicas measure their lag by them.)
+        if read_only != 0 {
             return Ok(());
         }
         self.exec(
@@ -66,12 +68,27 @@ impl MariaDb {
     ) -> Result<ReplicationLogin, EngineError> {
         let host = account_host(from)?;
         let mut c = self.conn().await?;
-        if self.slave_status(&mut c).await?.is_some() {
-            // A write here would be an errant transaction on a replica.
-            return Err(EngineError::BadRequest(
-                "this server is a replica; replication users are created on the master".into(),
-            ));
+        // On a replica (the passive side of a master-master pair, for its peer's
+        // reverse channel) the account is made without a binary-log event: logged, it
+        // would be a transaction of the replica's own, an errant one.
+        let local = self.slave_status(&mut c).await?.is_some();
+        if local {
+            self.exec(&mut c, "SET SESSION sql_log_bin = 0").await?;
         }
+        let made = self.make_replication_user(&mut c, replica, &host).await;
+        if local {
+            // The pooled connection goes back logging, whatever happened.
+            self.exec(&mut c, "SET SESSION sql_log_bin = 1").await?;
+        }
+        made
+    }
+
+    async fn make_replication_user(
+        &self,
+        c: &mut Conn,
+        replica: &InstanceId,
+        host: &str,
+    ) -> Result<ReplicationLogin, EngineError> {
         let user = replication_user(replica);
         let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
         // With engine TLS configured, the account logs in over TLS only.
@@ -82,26 +99,26 @@ impl MariaDb {
         };
         // The replica's accounts for other addresses (it moved, or was made before
         // accounts were limited to one address) go first.
-        for other in account_hosts(&mut c, &user).await? {
+        for other in account_hosts(c, &user).await? {
             if other != host {
-                self.exec(&mut c, &format!("DROP USER IF EXISTS '{user}'@'{other}'"))
+                self.exec(c, &format!("DROP USER IF EXISTS '{user}'@'{other}'"))
                     .await?;
             }
         }
         self.exec(
-            &mut c,
+            c,
             &format!(
                 "CREATE USER IF NOT EXISTS '{user}'@'{host}' IDENTIFIED BY '{password}'{require}"
             ),
         )
         .await?;
         self.exec(
-            &mut c,
+            c,
             &format!("ALTER USER '{user}'@'{host}' IDENTIFIED BY '{password}'{require}"),
         )
         .await?;
         self.exec(
-            &mut c,
+            c,
             &format!("GRANT REPLICATION SLAVE ON *.* TO '{user}'@'{host}'"),
         )
         .await?;
@@ -186,7 +203,11 @@ impl MariaDb {
             .await?
             .unwrap_or(1);
         // Read-only first: from here on no client write can become an errant transaction.
-        self.exec(&mut c, "SET GLOBAL read_only = 1").await?;
+        // Not the active side of a pair: it writes, and its peer only ever sends back
+        // what it wrote itself (skipped by server id) until the two switch.
+        if !applying.peer {
+            self.exec(&mut c, "SET GLOBAL read_only = 1").await?;
+        }
         self.exec(&mut c, "STOP SLAVE").await?;
         let start_at = match &gtid {
             Some(g) => g.to_string(),
