@@ -75,7 +75,7 @@ impl MariaDb {
         if local {
             self.exec(&mut c, "SET SESSION sql_log_bin = 0").await?;
         }
-        let made = self.make_replication_user(&mut c, replica, &host).await;
+        let made = self.make_replication_user(&mut c, replica, host).await;
         if local {
             // The pooled connection goes back logging, whatever happened.
             self.exec(&mut c, "SET SESSION sql_log_bin = 1").await?;
