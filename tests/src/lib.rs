@@ -471,11 +471,19 @@ impl Cluster {
             let read_only = db.sql("SELECT @@read_only").unwrap();
             if name == master {
                 assert_eq!(read_only, "0", "master {name} must be writable");
-                assert_eq!(
-                    db.sql("SHOW SLAVE STATUS").unwrap(),
-                    "",
-                    "master {name} replicates"
-                );
+                let status = db.sql("SHOW SLAVE STATUS").unwrap();
+                match &view.pair {
+                    // The active side of a pair replicates its passive side.
+                    Some(pair) => {
+                        let port = self.db(pair.passive.as_str()).port();
+                        assert!(
+                            status.contains(&format!("\t{port}\t")),
+                            "active side {name} does not replicate {}: {status}",
+                            pair.passive
+                        );
+                    }
+                    None => assert_eq!(status, "", "master {name} replicates"),
+                }
                 assert_eq!(observed.writable, Some(true));
             } else {
                 // Its source: the master, or the member it is cascaded under.

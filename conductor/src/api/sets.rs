@@ -71,6 +71,7 @@ fn view(c: &Conductor, set: ReplicaSet) -> SetView {
         .ok()
         .flatten()
         .map(|settings| dr_view(c, &set, settings, state_semi_sync(c, &set)));
+    let pair = super::pair::view(c, &set);
     let rules = crate::placement::rules_of(c, &set.id).unwrap_or_default();
     let violations =
         crate::decide::placement::violations(&rules, &crate::placement::of_set(c, &set));
@@ -83,6 +84,7 @@ fn view(c: &Conductor, set: ReplicaSet) -> SetView {
         rules,
         violations,
         dr,
+        pair,
     }
 }
 
@@ -161,7 +163,7 @@ pub(super) fn existing(c: &Conductor, id: &ReplicaSetId) -> Result<ReplicaSet, A
 }
 
 /// The instance must have reported, and must not be in a set already.
-fn free_instance(c: &Conductor, id: &InstanceId) -> Result<(), ApiError> {
+pub(super) fn free_instance(c: &Conductor, id: &InstanceId) -> Result<(), ApiError> {
     if c.registry.report(id).is_none() {
         return Err(unknown_instance(id));
     }
@@ -195,6 +197,15 @@ pub(super) type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonReje
 pub async fn create(State(c): State<Arc<Conductor>>, b: JsonBody<CreateSet>) -> Accepted {
     let req = body(b, r#"{"id": "<set>", "master": "<instance>"}"#)?;
     free_instance(&c, &req.master)?;
+    match (req.mode, &req.peer) {
+        (tandem_api::SetMode::MasterMaster, _) => return super::pair::create(&c, req).await,
+        (tandem_api::SetMode::MasterSlave, Some(_)) => {
+            return Err(bad_request(
+                "`peer` goes with `mode: master-master` (--mode master-master)",
+            ))
+        }
+        _ => {}
+    }
     if let Some(profile) = req.dr.clone() {
         return super::dr::create(&c, req, &profile).await;
     }
@@ -591,6 +602,7 @@ pub async fn switchover(
     let req = body(b, r#"{"candidate": "<instance>"}"#)?;
     let set = existing(&c, &id)?;
     replica_of(&set, &req.candidate)?;
+    super::pair::check_switch(&c, &set, &req.candidate)?;
     if let Some(why) = set
         .members
         .iter()

@@ -188,6 +188,18 @@ CREATE TABLE set_dr (
 );
 ",
     },
+    Migration {
+        version: 4,
+        name: "master-master pairs",
+        sql: "
+-- A master-master pair's sides and ledger (PairRecord, JSON), written with the
+-- topology change that makes or switches it.
+CREATE TABLE set_pair (
+    set_id TEXT PRIMARY KEY REFERENCES replica_sets(id),
+    pair TEXT NOT NULL
+);
+",
+    },
 ];
 
 /// The newest schema this conductor knows.

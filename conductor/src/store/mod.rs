@@ -7,9 +7,11 @@
 //! PostgreSQL store for several conductors will implement.
 
 pub mod migrations;
+mod pair;
 mod placement;
 pub mod sqlite;
 
+pub use pair::{PairRecord, PairStore};
 pub use placement::PlacementStore;
 
 use serde::{Deserialize, Serialize};
@@ -154,6 +156,18 @@ pub enum TopologyChange {
     Quarantine {
         instance: InstanceId,
     },
+    /// The set becomes a master-master pair: the master (the first side) replicates
+    /// from `pair.second`, its replica, as that replicates from it.
+    PairUp {
+        pair: PairRecord,
+    },
+    /// A pair's writable side moves to `new_active`: it is the master (still
+    /// replicating its peer), the old one its passive replica, and the replicas of the
+    /// old one follow the new one; `pair` carries the new passive side's ledger.
+    PairSwitch {
+        new_active: InstanceId,
+        pair: PairRecord,
+    },
 }
 
 impl std::fmt::Display for TopologyChange {
@@ -195,6 +209,14 @@ impl std::fmt::Display for TopologyChange {
             }
             TopologyChange::Rejoin { instance } => write!(f, "store: rejoin {instance}"),
             TopologyChange::Quarantine { instance } => write!(f, "store: quarantine {instance}"),
+            TopologyChange::PairUp { pair } => write!(
+                f,
+                "store: master-master pair {} (active) and {}",
+                pair.first, pair.second
+            ),
+            TopologyChange::PairSwitch { new_active, .. } => {
+                write!(f, "store: {new_active} is the pair's active side")
+            }
         }
     }
 }
@@ -211,7 +233,7 @@ pub struct InstanceRecord {
     pub host_id: Option<tandem_proto::HostId>,
 }
 
-pub trait Store: PlacementStore + Send + Sync + 'static {
+pub trait Store: PlacementStore + PairStore + Send + Sync + 'static {
     fn upsert_instance(&self, record: &InstanceRecord) -> Result<()>;
     fn instance(&self, id: &InstanceId) -> Result<Option<InstanceRecord>>;
 

@@ -18,6 +18,8 @@ mod dr;
 mod failover;
 mod failsafe;
 mod make_servers;
+mod pair;
+pub use pair::written_by;
 pub mod provision;
 mod quarantine;
 mod rebuild;
@@ -98,23 +100,34 @@ pub async fn run(c: Arc<Conductor>, wf: WorkflowRow) {
             ..
         } => attach::run(&mut ctx, instance, options, source.as_ref()).await,
         Spec::Detach { instance, .. } => detach::run(&mut ctx, instance).await,
+        Spec::CreatePair {
+            master, peer, seed, ..
+        } => pair::create(&mut ctx, master, peer, *seed).await,
+        // A master-master pair's switchover is a pair switch.
         Spec::Switchover {
             candidate,
             from,
             epoch,
             catch_up_timeout_ms,
             ..
-        } => {
-            switchover::run(
-                &mut ctx,
-                candidate,
-                from,
-                *epoch,
-                *catch_up_timeout_ms,
-                switchover::Site::Same,
-            )
-            .await
-        }
+        } => match c.store.pair(&wf.set_id) {
+            Ok(Some(pair)) => {
+                let catch_up_ms = catch_up_timeout_ms.unwrap_or(switchover::CATCH_UP_MS);
+                pair::switch(&mut ctx, &pair, candidate, from, *epoch, catch_up_ms).await
+            }
+            Ok(None) => {
+                switchover::run(
+                    &mut ctx,
+                    candidate,
+                    from,
+                    *epoch,
+                    *catch_up_timeout_ms,
+                    switchover::Site::Same,
+                )
+                .await
+            }
+            Err(e) => Err(e.into()),
+        },
         Spec::DrSwitch {
             candidate,
             from,

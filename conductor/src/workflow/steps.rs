@@ -309,6 +309,42 @@ impl Ctx<'_> {
         .await
     }
 
+    /// The reverse channel of a master-master pair: `active` replicates `passive`
+    /// with an account made on `passive` (written in no binary log there), staying
+    /// writable and the master.
+    pub async fn attach_reverse(
+        &mut self,
+        active: &InstanceId,
+        passive: &InstanceId,
+        epoch: Epoch,
+    ) -> Result<ReplyBody, StepError> {
+        let credentials = self
+            .replication_credentials(
+                &format!("{active} replicates {passive}: replication user"),
+                passive,
+                active,
+                epoch,
+            )
+            .await?;
+        let source = self.endpoint(passive)?;
+        self.send(
+            &format!("{active} replicates {passive}: attach, staying writable"),
+            active,
+            epoch,
+            Command::AttachToSource {
+                source,
+                credentials,
+                position: None,
+                semi_sync: false,
+                delay_s: 0,
+                paused: None,
+                filter: None,
+                peer: true,
+            },
+        )
+        .await
+    }
+
     async fn replication_credentials(
         &mut self,
         step: &str,

@@ -21,7 +21,7 @@ use crate::store::TopologyChange;
 
 /// How long the candidate may take to apply the old master's last position, unless the
 /// request says otherwise.
-const CATCH_UP_MS: u64 = 10_000;
+pub(super) const CATCH_UP_MS: u64 = 10_000;
 
 /// Where the writer goes.
 pub enum Site {

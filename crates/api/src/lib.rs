@@ -14,6 +14,7 @@ pub mod client;
 mod error;
 mod events;
 mod instances;
+mod pair;
 mod placement;
 mod provision;
 mod sets;
@@ -29,6 +30,7 @@ pub use instances::{
     Contract, Deleted, EnrolRequest, EnrolmentView, Health, InstanceView, MetadataEntry,
     MetadataValue, PingResult,
 };
+pub use pair::{PairView, SetMode};
 pub use placement::{
     AckFrom, CreateRule, DrFailover, DrProfile, DrSettings, DrSwitch, DrView, Location,
     PlacementPolicy, PlacementRule, PlacementScope, PoolChange, PoolEntry, RebuildMaster, RuleId,

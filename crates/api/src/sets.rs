@@ -266,6 +266,9 @@ pub struct SetView {
     /// For a multi-zone DR set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dr: Option<crate::placement::DrView>,
+    /// For a master-master pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<crate::PairView>,
 }
 
 impl SetView {
@@ -303,6 +306,14 @@ pub struct CreateSet {
     /// Which replicas acknowledge with semi-sync.
     #[serde(default)]
     pub ack_from: crate::placement::AckFrom,
+    /// `master-master`: `peer` becomes the master's passive co-master.
+    #[serde(default)]
+    pub mode: crate::SetMode,
+    /// The other side of a master-master pair: empty (it is seeded from the master)
+    /// or holding the master's data already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub peer: Option<InstanceId>,
 }
 
 /// How new replicas get their data.

@@ -56,6 +56,14 @@ pub enum WorkflowSpec {
     },
     /// A multi-zone DR set: its master in the primary zone, a DR source in the DR
     /// zone copied from it, DR replicas copied from the DR source and cascading from it.
+    /// A master-master pair from a master and its peer (seeded from it first when
+    /// `seed`): each configured as its side, each replicating the other.
+    CreatePair {
+        set: ReplicaSetId,
+        master: InstanceId,
+        peer: InstanceId,
+        seed: bool,
+    },
     CreateDrSet {
         set: ReplicaSetId,
         master: InstanceId,
@@ -182,6 +190,7 @@ pub enum WorkflowKind {
     CreateDrSet,
     DrSwitch,
     RebuildMaster,
+    CreatePair,
 }
 
 crate::words!(WorkflowKind {
@@ -202,6 +211,7 @@ crate::words!(WorkflowKind {
     CreateDrSet => "create_dr_set",
     DrSwitch => "dr_switch",
     RebuildMaster => "rebuild_master",
+    CreatePair => "create_pair",
 });
 
 impl WorkflowKind {
@@ -235,6 +245,7 @@ impl WorkflowSpec {
             WorkflowSpec::CreateDrSet { .. } => WorkflowKind::CreateDrSet,
             WorkflowSpec::DrSwitch { .. } => WorkflowKind::DrSwitch,
             WorkflowSpec::RebuildMaster { .. } => WorkflowKind::RebuildMaster,
+            WorkflowSpec::CreatePair { .. } => WorkflowKind::CreatePair,
         }
     }
 
@@ -245,6 +256,7 @@ impl WorkflowSpec {
             self,
             WorkflowSpec::Provision { .. }
                 | WorkflowSpec::CreateDrSet { .. }
+                | WorkflowSpec::CreatePair { .. }
                 | WorkflowSpec::RebuildMaster { .. }
         )
     }
@@ -265,6 +277,7 @@ impl WorkflowSpec {
             | WorkflowSpec::Reconfigure { set, .. }
             | WorkflowSpec::Reparent { set, .. }
             | WorkflowSpec::CreateDrSet { set, .. }
+            | WorkflowSpec::CreatePair { set, .. }
             | WorkflowSpec::DrSwitch { set, .. }
             | WorkflowSpec::RebuildMaster { set, .. }
             | WorkflowSpec::Failsafe { set } => set,

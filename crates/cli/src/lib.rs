@@ -139,6 +139,14 @@ pub enum SetCmd {
         /// those outside the master's zone (losing its zone loses no acknowledged write).
         #[arg(long, default_value = "any", requires = "dr")]
         ack_from: tandem_api::AckFrom,
+        /// master-master: a pair of the master and --peer, each replicating the other,
+        /// the master the writable (active) side.
+        #[arg(long, default_value = "master-slave")]
+        mode: tandem_api::SetMode,
+        /// With --mode master-master: the other side, empty (seeded from the master)
+        /// or holding the master's data.
+        #[arg(long, value_name = "INSTANCE")]
+        peer: Option<String>,
         #[arg(long)]
         wait: bool,
     },

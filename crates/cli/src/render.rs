@@ -433,6 +433,17 @@ fn placement_lines(s: &SetView) -> String {
             }
         ));
     }
+    if let Some(p) = &s.pair {
+        text.push_str(&format!(
+            "   master-master pair: {} (active) <-> {} (passive, replicating both ways){}\n",
+            p.active,
+            p.passive,
+            p.stray_write.as_ref().map_or(String::new(), |g| format!(
+                "; STRAY WRITE on {}: {g} (a switch to it is refused)",
+                p.passive
+            ))
+        ));
+    }
     for v in &s.violations {
         let kind = if v.required { "VIOLATED" } else { "violated" };
         text.push_str(&format!("   {kind} {}: {}\n", v.rule_name, v.reason));

@@ -96,6 +96,8 @@ pub fn set(client: &Client, cmd: SetCmd, json: bool, out: &mut dyn Write) -> Res
             dr,
             dr_replicas,
             ack_from,
+            mode,
+            peer,
             wait,
         } => {
             let request = CreateSet {
@@ -106,6 +108,8 @@ pub fn set(client: &Client, cmd: SetCmd, json: bool, out: &mut dyn Write) -> Res
                 dr,
                 dr_replicas,
                 ack_from,
+                mode,
+                peer: peer.as_deref().map(instance_id).transpose()?,
             };
             let row = client.create_set(&request)?;
             follow(client, out, json, row, wait)

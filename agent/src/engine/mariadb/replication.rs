@@ -16,7 +16,15 @@ use crate::engine::{replication_user, EngineError, ReplicationLogin};
 impl MariaDb {
     pub(super) async fn prepare_master(&self) -> Result<(), EngineError> {
         let mut c = self.conn().await?;
-        if self.slave_status(&mut c).await?.is_some() {
+        // A side of a master-master pair (a write stream of its own) is a master that
+        // keeps replicating its peer.
+        let domain: u32 = timed(
+            "read gtid_domain_id",
+            c.query_first("SELECT @@gtid_domain_id"),
+        )
+        .await?
+        .unwrap_or(0);
+        if domain == 0 && self.slave_status(&mut c).await?.is_some() {
             return Err(EngineError::BadRequest(
                 "this server is a replica; detach it before enabling it as a master".into(),
             ));
@@ -211,9 +219,12 @@ impl MariaDb {
         self.exec(&mut c, "STOP SLAVE").await?;
         let start_at = match &gtid {
             Some(g) => g.to_string(),
-            // What this server holds already; with log_slave_updates that is everything
-            // it applied as a replica too.
-            None => self.gtid(&mut c, "gtid_binlog_pos").await?.to_string(),
+            // What this server holds already, domain by domain: what it logged (with
+            // log_slave_updates, everything it applied too) or, for a domain it has
+            // logged nothing of since it was seeded (a pair's other domain, say), where
+            // its copy stood. Its binary log alone would ask for such a domain from
+            // the beginning.
+            None => self.gtid(&mut c, "gtid_current_pos").await?.to_string(),
         };
         self.exec(&mut c, &format!("SET GLOBAL gtid_slave_pos = '{start_at}'"))
             .await?;

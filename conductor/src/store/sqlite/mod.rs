@@ -62,6 +62,7 @@ impl SqliteStore {
     }
 }
 
+mod pair;
 mod placement;
 mod rows;
 mod topology;
@@ -271,6 +272,7 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM members WHERE set_id = ?1", [set.as_str()])?;
             tx.execute("DELETE FROM set_rules WHERE set_id = ?1", [set.as_str()])?;
             tx.execute("DELETE FROM set_dr WHERE set_id = ?1", [set.as_str()])?;
+            tx.execute("DELETE FROM set_pair WHERE set_id = ?1", [set.as_str()])?;
             tx.execute("DELETE FROM replica_sets WHERE id = ?1", [set.as_str()])?;
             tx.commit()?;
             Ok(())

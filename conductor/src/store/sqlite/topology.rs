@@ -115,6 +115,39 @@ pub(super) fn apply_in(
             }
             new_master_in(conn, &current, new_master)?;
         }
+        TopologyChange::PairUp { pair } => {
+            let (master, peer) = (&current.master, &pair.second);
+            if pair.first != *master
+                || current
+                    .member(peer)
+                    .and_then(|m| m.replicates_from.as_ref())
+                    != Some(master)
+            {
+                return Err(StoreError::Conflict(format!(
+                    "{peer} is not a replica of {master}, the master of set {set}"
+                )));
+            }
+            conn.execute(
+                "UPDATE members SET replicates_from = ?2 WHERE instance = ?1",
+                params![master.as_str(), peer.as_str()],
+            )?;
+            super::pair::write_pair(conn, set, pair)?;
+        }
+        TopologyChange::PairSwitch { new_active, pair } => {
+            let old = current.master.clone();
+            if pair.side_of(new_active).is_none() || pair.peer_of(new_active) != Some(&old) {
+                return Err(StoreError::Conflict(format!(
+                    "{new_active} is not the other side of {old} in set {set}"
+                )));
+            }
+            new_master_in(conn, &current, new_active)?;
+            // The new active side keeps replicating its peer.
+            conn.execute(
+                "UPDATE members SET replicates_from = ?2 WHERE instance = ?1",
+                params![new_active.as_str(), old.as_str()],
+            )?;
+            super::pair::write_pair(conn, set, pair)?;
+        }
         TopologyChange::SiteSwitch { new_master, dr } => {
             site_switch_in(conn, &current, new_master)?;
             super::placement::write_dr(conn, set, dr)?;

@@ -1,0 +1,250 @@
+//! Single-zone failover's master-master pair, through the CLI, the conductor and real
+//! agents and engines: built from a server that keeps taking writes, switched twenty
+//! times under an independent writer and observer, a read replica following every
+//! switch; a stray write on the passive side refusing a switch; wrong input refused.
+
+use std::time::Duration;
+
+use tandem_api::{PairView, SetView};
+use tandem_e2e::load::{self, Observer, Writer};
+use tandem_e2e::promise::{assert_all_acknowledged_on, assert_never_two_writable};
+use tandem_e2e::{eventually, Cluster, ClusterOptions};
+
+fn pair_of(view: &SetView) -> &PairView {
+    view.pair.as_ref().expect("a master-master pair")
+}
+
+/// Reported by the engines: each side replicates from the other, exactly the active
+/// one is writable, and `reader` replicates from the active side.
+fn contract_holds(c: &Cluster, active: &str, passive: &str, reader: &str) -> Option<()> {
+    let view = c.set("pair1");
+    let seen = |name: &str| view.member(name)?.observed.clone();
+    let (a, p, r) = (seen(active)?, seen(passive)?, seen(reader)?);
+    let named = |i: &Option<tandem_proto::InstanceId>| i.as_ref().map(|i| i.to_string());
+    let ok = named(&a.replicates_from).as_deref() == Some(passive)
+        && named(&p.replicates_from).as_deref() == Some(active)
+        && a.writable == Some(true)
+        && p.writable == Some(false)
+        && r.writable == Some(false)
+        && named(&r.replicates_from).as_deref() == Some(active)
+        && a.replicates_to.iter().any(|i| i.as_str() == passive)
+        && p.replicates_to.iter().any(|i| i.as_str() == active);
+    ok.then_some(())
+}
+
+/// Mints one auto-increment key on `name` (as an application would); the key.
+fn mint(c: &Cluster, name: &str) -> u64 {
+    c.db(name)
+        .sql("INSERT INTO app.minted (v) VALUES (1); SELECT LAST_INSERT_ID()")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_pair_built_under_writes_switches_twenty_times_with_nothing_lost_and_one_writer() {
+    // Servers that start writable: db-1 is a standalone server taking writes.
+    let c = Cluster::start(3);
+    load::prepare(c.db("db-1"));
+    c.db("db-1")
+        .sql("CREATE TABLE app.minted (id BIGINT AUTO_INCREMENT PRIMARY KEY, v INT)")
+        .unwrap();
+    let db1 = c.addresses()[0].clone();
+    let building = Writer::start(vec![db1], Duration::from_millis(10));
+    std::thread::sleep(Duration::from_millis(300));
+    // db-2 is empty: it is seeded from db-1 while the writes go on.
+    c.cli_ok(&[
+        "set",
+        "create",
+        "pair1",
+        "--master",
+        "db-1",
+        "--mode",
+        "master-master",
+        "--peer",
+        "db-2",
+        "--wait",
+    ]);
+    c.cli_ok(&[
+        "replica", "add", "pair1", "db-3", "--seed", "stream", "--wait",
+    ]);
+    let (_, built) = building.finish();
+    assert!(
+        built.len() > 20,
+        "the writer barely wrote while the pair was built"
+    );
+    let view = c.set("pair1");
+    let pair = pair_of(&view);
+    assert_eq!(
+        (pair.first.as_str(), pair.second.as_str()),
+        ("db-1", "db-2")
+    );
+    assert_eq!(pair.active.as_str(), "db-1");
+    assert_eq!(pair.stray_write, None);
+    eventually(Duration::from_secs(20), "the pair's contract", || {
+        contract_holds(&c, "db-1", "db-2", "db-3")
+    });
+    c.converged("pair1");
+    let topology = c.cli_ok(&["topology"]);
+    assert!(
+        topology.contains("master-master pair: db-1 (active) <-> db-2 (passive"),
+        "{topology}"
+    );
+    c.read_only_binds("'admin'@'%'");
+
+    let servers: Vec<(String, u16)> = c.addresses()[..2].to_vec();
+    let writer = Writer::start_numbered(servers.clone(), Duration::from_millis(10), 1_000_000);
+    let observer = Observer::every(servers, Duration::from_millis(25));
+    let mut minted = vec![("db-1", mint(&c, "db-1"))];
+    for round in 0..20 {
+        let (to, from) = if round % 2 == 0 {
+            ("db-2", "db-1")
+        } else {
+            ("db-1", "db-2")
+        };
+        c.cli_ok(&["promote", "pair1", to, "--wait"]);
+        let view = c.set("pair1");
+        assert_eq!(pair_of(&view).active.as_str(), to, "round {round}");
+        assert_eq!(view.master.as_str(), to);
+        eventually(
+            Duration::from_secs(20),
+            "the contract after a switch",
+            || contract_holds(&c, to, from, "db-3"),
+        );
+        minted.push((to, mint(&c, to)));
+    }
+    let (_, acked) = writer.finish();
+    let samples = observer.finish();
+    assert!(
+        acked.len() > 100,
+        "the writer barely wrote: {}",
+        acked.len()
+    );
+    assert_never_two_writable(&samples);
+    c.converged("pair1");
+    for name in ["db-1", "db-2", "db-3"] {
+        let all: Vec<_> = built.iter().chain(&acked).copied().collect();
+        eventually(Duration::from_secs(20), "every acknowledged row", || {
+            let ids = tandem_e2e::promise::ids_on(&c, name);
+            all.iter().all(|a| ids.contains(&a.id)).then_some(())
+        });
+        assert_all_acknowledged_on(&c, name, &all);
+    }
+    // Keys minted on either side never collide: each side has its own offset.
+    let mut keys: Vec<u64> = minted.iter().map(|(_, k)| *k).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), minted.len(), "a key minted twice: {minted:?}");
+    for (side, key) in &minted {
+        let odd = key % 2 == 1;
+        assert_eq!(odd, *side == "db-1", "{side} minted {key}: {minted:?}");
+    }
+}
+
+#[test]
+fn a_stray_write_on_the_passive_side_refuses_the_switch_and_wrong_input_changes_nothing() {
+    let c = Cluster::start_with(4, ClusterOptions::read_only_at_start());
+    let refused = |args: &[&str], said: &str| {
+        let (ok, _, err) = c.cli(args);
+        assert!(!ok && err.contains(said), "{args:?}: {err}");
+    };
+    // db-3 holds a history of its own (a write nobody else has).
+    c.db("db-3").sql("CREATE DATABASE own").unwrap();
+    c.cli_ok(&[
+        "set",
+        "create",
+        "pair1",
+        "--master",
+        "db-1",
+        "--mode",
+        "master-master",
+        "--peer",
+        "db-2",
+        "--wait",
+    ]);
+    c.write_and_see_everywhere("pair1", "db-1", 1);
+    let create = |master: &'static str, peer: &'static str| {
+        vec![
+            "set",
+            "create",
+            "p2",
+            "--master",
+            master,
+            "--mode",
+            "master-master",
+            "--peer",
+            peer,
+        ]
+    };
+    refused(
+        &create("db-4", "db-2"),
+        "already a member of replica set pair1",
+    );
+    refused(&create("db-4", "db-3"), "does not hold db-4's data");
+    refused(&create("db-4", "db-4"), "cannot be its own peer");
+    refused(&create("db-4", "db-9"), "db-9");
+    refused(
+        &["set", "create", "p2", "--master", "db-4", "--mode", "ring"],
+        "ring",
+    );
+    refused(
+        &["set", "create", "p2", "--master", "db-4", "--peer", "db-3"],
+        "`peer` goes with",
+    );
+    refused(
+        &[
+            "set",
+            "create",
+            "p2",
+            "--master",
+            "db-4",
+            "--mode",
+            "master-master",
+        ],
+        "needs its other side",
+    );
+    refused(
+        &[
+            "set",
+            "create",
+            "p2",
+            "--master",
+            "db-4",
+            "--mode",
+            "master-master",
+            "--peer",
+            "db-3",
+            "--peer",
+            "db-2",
+        ],
+        "--peer",
+    );
+    let sets = c.api().sets().unwrap();
+    assert_eq!(sets.len(), 1, "{sets:?}");
+
+    // A read replica under the pair is never its active side.
+    c.cli_ok(&[
+        "replica", "add", "pair1", "db-3", "--seed", "stream", "--wait",
+    ]);
+    refused(&["promote", "pair1", "db-3"], "read replica of the pair");
+
+    // A stray write on the passive side (by an account that passes read-only): it
+    // reaches the active side through the reverse channel, and still refuses the switch.
+    c.db("db-2").sql("INSERT INTO app.t VALUES (999)").unwrap();
+    let stray = eventually(Duration::from_secs(20), "the stray write shown", || {
+        pair_of(&c.set("pair1")).stray_write.clone()
+    });
+    assert!(stray.starts_with("2-"), "{stray}");
+    let (ok, _, err) = c.cli(&["promote", "pair1", "db-2", "--wait"]);
+    assert!(
+        !ok && err.contains("errant") && err.contains(&stray),
+        "{err}"
+    );
+    let view = c.set("pair1");
+    assert_eq!(pair_of(&view).active.as_str(), "db-1");
+    eventually(Duration::from_secs(20), "db-1 writable again", || {
+        (view.member("db-1")?.observed.as_ref()?.writable == Some(true)).then_some(())
+    });
+    c.write_and_see_everywhere("pair1", "db-1", 2);
+}
