@@ -88,7 +88,7 @@ fn a_pair_built_under_writes_switches_twenty_times_with_nothing_lost_and_one_wri
     c.converged("pair1");
     let topology = c.cli_ok(&["topology"]);
     assert!(
-        topology.contains("master-master pair: db-1 (active) <-> db-2 (passive"),
+        topology.contains("master-master pair: db-1 (active) <-> db-2 (passive)"),
         "{topology}"
     );
     c.read_only_binds("'admin'@'%'");
@@ -247,4 +247,66 @@ fn a_stray_write_on_the_passive_side_refuses_the_switch_and_wrong_input_changes_
         (view.member("db-1")?.observed.as_ref()?.writable == Some(true)).then_some(())
     });
     c.write_and_see_everywhere("pair1", "db-1", 2);
+}
+
+/// `kill -9` of the active side: the passive side takes over (the read replica under
+/// the pair is never a candidate and follows it); the old active side, restarted,
+/// holds nothing the new one lacks, so it rejoins as the passive side with the reverse
+/// channel again, and the pair switches back.
+#[test]
+fn the_active_side_killed_the_passive_takes_over_and_the_old_one_rejoins_as_passive() {
+    let mut c = Cluster::start_with(3, ClusterOptions::read_only_at_start());
+    c.cli_ok(&[
+        "set",
+        "create",
+        "pair1",
+        "--master",
+        "db-1",
+        "--mode",
+        "master-master",
+        "--peer",
+        "db-2",
+        "--wait",
+    ]);
+    c.cli_ok(&[
+        "replica", "add", "pair1", "db-3", "--seed", "stream", "--wait",
+    ]);
+    c.write_and_see_everywhere("pair1", "db-1", 1);
+    c.converged("pair1");
+
+    c.node_mut("db-1").db.kill();
+    let new = eventually(Duration::from_secs(30), "a failover", || {
+        let v = c.set("pair1");
+        (v.master.as_str() != "db-1").then(|| v.master.to_string())
+    });
+    assert_eq!(new, "db-2", "only the passive side takes over");
+    c.write_and_see_everywhere("pair1", "db-2", 2);
+
+    c.node_mut("db-1").db.restart().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while contract_holds(&c, "db-2", "db-1", "db-3").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "db-1 is not back as the passive side:\n{}\naudit:\n{}\n{}",
+            c.cli(&["topology"]).1,
+            tandem_e2e::tail(&c.cli(&["audit"]).1, 30),
+            c.node_logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let view = c.set("pair1");
+    let pair = pair_of(&view);
+    assert_eq!(
+        (pair.active.as_str(), pair.passive.as_str()),
+        ("db-2", "db-1")
+    );
+    assert_eq!(pair.stray_write, None);
+    c.write_and_see_everywhere("pair1", "db-2", 3);
+
+    c.cli_ok(&["promote", "pair1", "db-1", "--wait"]);
+    eventually(Duration::from_secs(20), "switched back", || {
+        contract_holds(&c, "db-1", "db-2", "db-3")
+    });
+    c.write_and_see_everywhere("pair1", "db-1", 4);
+    c.converged("pair1");
 }

@@ -107,10 +107,16 @@ pub(super) fn view(c: &Conductor, set: &ReplicaSet) -> Option<PairView> {
     let pair = c.store.pair(&set.id).ok().flatten()?;
     let active = set.master.clone();
     let passive = pair.peer_of(&active)?.clone();
+    // The ledger is the passive side's only while the pair is whole (after a failover
+    // and until the old side rejoins, it is not).
+    let whole = set
+        .member(&active)
+        .is_some_and(|m| m.replicates_from.as_ref() == Some(&passive));
     let stray_write = c
         .registry
         .report(&passive)
         .and_then(|r| r.position)
+        .filter(|_| whole)
         .and_then(|at| stray_of(&pair, &passive, &at));
     Some(PairView {
         first: pair.first,

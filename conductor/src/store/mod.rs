@@ -156,8 +156,8 @@ pub enum TopologyChange {
     Quarantine {
         instance: InstanceId,
     },
-    /// The set becomes a master-master pair: the master (the first side) replicates
-    /// from `pair.second`, its replica, as that replicates from it.
+    /// The set is a master-master pair (again): the master replicates from its other
+    /// side, its replica, as that replicates from it.
     PairUp {
         pair: PairRecord,
     },
@@ -211,7 +211,7 @@ impl std::fmt::Display for TopologyChange {
             TopologyChange::Quarantine { instance } => write!(f, "store: quarantine {instance}"),
             TopologyChange::PairUp { pair } => write!(
                 f,
-                "store: master-master pair {} (active) and {}",
+                "store: master-master pair {} and {}",
                 pair.first, pair.second
             ),
             TopologyChange::PairSwitch { new_active, .. } => {

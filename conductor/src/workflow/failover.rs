@@ -216,6 +216,18 @@ pub async fn run(
     // DR set) those outside its primary zone: the writer crosses zones only by a DR
     // workflow. A DR failover is that workflow: only the DR zone's members are.
     let zone_of = |i: &InstanceId| crate::placement::location(ctx.c, i).map(|l| l.zone);
+    // In a master-master pair only the passive side takes over: a read replica under
+    // the pair would leave it without its other side.
+    let pair = ctx.c.store.pair(&set.id)?;
+    let not_a_side = |i: &InstanceId| {
+        let pair = pair.as_ref()?;
+        pair.side_of(i).is_none().then(|| {
+            format!(
+                "a read replica of the pair ({} and {}): only its passive side takes over",
+                pair.first, pair.second
+            )
+        })
+    };
     let held_back: HashMap<InstanceId, Option<String>> = set
         .members
         .iter()
@@ -238,7 +250,12 @@ pub async fn run(
                     )
                 })
             });
-            (m.instance.clone(), m.options.never_promoted().or(outside))
+            let why = m
+                .options
+                .never_promoted()
+                .or(outside)
+                .or_else(|| not_a_side(&m.instance));
+            (m.instance.clone(), why)
         })
         .collect();
     let cascaded: Vec<(InstanceId, InstanceId)> = set

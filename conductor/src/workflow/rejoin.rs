@@ -44,7 +44,21 @@ pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, St
         }
     };
 
-    let rejoin = reference.contains(&returning);
+    // The other side of a master-master pair comes back replicating the new active
+    // side (its reverse channel restarts with the engine), so it may hold what the
+    // new side wrote since, in that side's own domain: held by the master now. What
+    // it wrote itself after it was replaced is in its own domain, which the new active
+    // side never writes: still errant.
+    let pair = ctx.c.store.pair(&set.id)?;
+    let other_side = pair.as_ref().and_then(|p| p.peer_of(instance)) == Some(&master);
+    let rejoin = if other_side {
+        let now = ctx
+            .latest_position("read the active side's position", &master, epoch)
+            .await?;
+        returning.beyond(&[&reference, &now]).is_none()
+    } else {
+        reference.contains(&returning)
+    };
     let set = if rejoin {
         ctx.apply(
             "record the rejoin",
@@ -72,6 +86,24 @@ pub async fn run(ctx: &mut Ctx<'_>, instance: &InstanceId) -> Result<Outcome, St
             None,
         )
         .await?;
+        // The other side of a master-master pair is its passive side again: the
+        // active side replicates it too, and what it had written in its own stream
+        // (all of it on the new active side, or it would not be rejoining) is the
+        // ledger's new start.
+        if let Some(pair) = pair {
+            if let Some(side) = pair.side_of(instance).filter(|_| other_side) {
+                ctx.attach_reverse(&master, instance, set.epoch).await?;
+                ctx.apply(
+                    "the pair again, the returning side passive",
+                    TopologyChange::PairUp {
+                        pair: crate::store::PairRecord {
+                            passive_written: super::written_by(&returning, side),
+                            ..pair
+                        },
+                    },
+                )?;
+            }
+        }
         ctx.semi_sync_on(&master, set.epoch).await?;
         ctx.c.forget_failed_at(&set.id, instance);
         return Ok(Outcome::Done);

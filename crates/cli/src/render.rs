@@ -435,8 +435,17 @@ fn placement_lines(s: &SetView) -> String {
     }
     if let Some(p) = &s.pair {
         text.push_str(&format!(
-            "   master-master pair: {} (active) <-> {} (passive, replicating both ways){}\n",
+            "   master-master pair: {} (active) {} {} (passive){}\n",
             p.active,
+            // Both ways only while the active side replicates its peer (not after a
+            // failover, until the old side rejoins).
+            match s
+                .member(p.active.as_str())
+                .and_then(|m| m.intended.replicates_from.as_ref())
+            {
+                Some(f) if f == &p.passive => "<->",
+                _ => "->",
+            },
             p.passive,
             p.stray_write.as_ref().map_or(String::new(), |g| format!(
                 "; STRAY WRITE on {}: {g} (a switch to it is refused)",

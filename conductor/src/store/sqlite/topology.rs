@@ -116,12 +116,16 @@ pub(super) fn apply_in(
             new_master_in(conn, &current, new_master)?;
         }
         TopologyChange::PairUp { pair } => {
-            let (master, peer) = (&current.master, &pair.second);
-            if pair.first != *master
-                || current
-                    .member(peer)
-                    .and_then(|m| m.replicates_from.as_ref())
-                    != Some(master)
+            let master = &current.master;
+            let Some(peer) = pair.peer_of(master) else {
+                return Err(StoreError::Conflict(format!(
+                    "{master}, the master of set {set}, is not a side of the pair"
+                )));
+            };
+            if current
+                .member(peer)
+                .and_then(|m| m.replicates_from.as_ref())
+                != Some(master)
             {
                 return Err(StoreError::Conflict(format!(
                     "{peer} is not a replica of {master}, the master of set {set}"
