@@ -32,6 +32,22 @@ fn contract_holds(c: &Cluster, active: &str, passive: &str, reader: &str) -> Opt
     ok.then_some(())
 }
 
+/// pair1: db-1 (active) and db-2 (its peer, seeded from it when empty).
+fn make_pair(c: &Cluster) {
+    c.cli_ok(&[
+        "set",
+        "create",
+        "pair1",
+        "--master",
+        "db-1",
+        "--mode",
+        "master-master",
+        "--peer",
+        "db-2",
+        "--wait",
+    ]);
+}
+
 /// Mints one auto-increment key on `name` (as an application would); the key.
 fn mint(c: &Cluster, name: &str) -> u64 {
     c.db(name)
@@ -54,18 +70,7 @@ fn a_pair_built_under_writes_switches_twenty_times_with_nothing_lost_and_one_wri
     let building = Writer::start(vec![db1], Duration::from_millis(10));
     std::thread::sleep(Duration::from_millis(300));
     // db-2 is empty: it is seeded from db-1 while the writes go on.
-    c.cli_ok(&[
-        "set",
-        "create",
-        "pair1",
-        "--master",
-        "db-1",
-        "--mode",
-        "master-master",
-        "--peer",
-        "db-2",
-        "--wait",
-    ]);
+    make_pair(&c);
     c.cli_ok(&[
         "replica", "add", "pair1", "db-3", "--seed", "stream", "--wait",
     ]);
@@ -151,18 +156,7 @@ fn a_stray_write_on_the_passive_side_refuses_the_switch_and_wrong_input_changes_
     };
     // db-3 holds a history of its own (a write nobody else has).
     c.db("db-3").sql("CREATE DATABASE own").unwrap();
-    c.cli_ok(&[
-        "set",
-        "create",
-        "pair1",
-        "--master",
-        "db-1",
-        "--mode",
-        "master-master",
-        "--peer",
-        "db-2",
-        "--wait",
-    ]);
+    make_pair(&c);
     c.write_and_see_everywhere("pair1", "db-1", 1);
     let create = |master: &'static str, peer: &'static str| {
         vec![
@@ -256,18 +250,7 @@ fn a_stray_write_on_the_passive_side_refuses_the_switch_and_wrong_input_changes_
 #[test]
 fn the_active_side_killed_the_passive_takes_over_and_the_old_one_rejoins_as_passive() {
     let mut c = Cluster::start_with(3, ClusterOptions::read_only_at_start());
-    c.cli_ok(&[
-        "set",
-        "create",
-        "pair1",
-        "--master",
-        "db-1",
-        "--mode",
-        "master-master",
-        "--peer",
-        "db-2",
-        "--wait",
-    ]);
+    make_pair(&c);
     c.cli_ok(&[
         "replica", "add", "pair1", "db-3", "--seed", "stream", "--wait",
     ]);

@@ -125,42 +125,10 @@ pub async fn switch(
         .await?;
     stray(pair, candidate, side, &seen).map_or(Ok(()), Err)?;
 
-    let caught_up = async {
-        ctx.send(
-            "the active side read-only",
-            old,
-            epoch,
-            Command::SetReadOnly,
-        )
-        .await?;
-        let position = ctx
-            .latest_position("the active side's position", old, epoch)
-            .await?;
-        ctx.send(
-            "the passive side applies it",
-            candidate,
-            epoch,
-            Command::WaitForPosition {
-                position: position.clone(),
-                timeout_ms: catch_up_ms,
-            },
-        )
-        .await?;
-        let reached = ctx
-            .latest_position("the passive side's position, caught up", candidate, epoch)
-            .await?;
-        if let Some(errant) = reached.beyond(&[&position]) {
-            return Err(StepError::Precondition(format!(
-                "errant: {candidate} (at {reached}) holds {errant}, which {old} (at \
-                 {position}) lacks; the switch is refused"
-            )));
-        }
-        Ok(position)
-    }
-    .await;
+    let caught_up = ctx.catch_up(old, candidate, epoch, catch_up_ms).await;
     let position = match caught_up {
         Ok(p) => p,
-        Err(e) => return rollback(ctx, old, epoch, e).await,
+        Err(e) => return super::switchover::rollback_before_change(ctx, old, epoch, e).await,
     };
 
     // The point of no return: recorded with a new epoch, then the candidate writes.
@@ -223,29 +191,4 @@ fn stray(
             pair.passive_written
         ))
     })
-}
-
-async fn rollback(
-    ctx: &mut Ctx<'_>,
-    old: &InstanceId,
-    epoch: tandem_proto::Epoch,
-    cause: StepError,
-) -> Result<Outcome, StepError> {
-    match ctx
-        .send(
-            "rollback: the active side writable again",
-            old,
-            epoch,
-            Command::SetWritable,
-        )
-        .await
-    {
-        Ok(_) => Ok(Outcome::RolledBack(format!(
-            "{cause}; rolled back: {old} is the writable side again"
-        ))),
-        Err(e) => Err(StepError::Precondition(format!(
-            "{cause}; and the rollback failed: {e}; {old} may be read-only: neither side is \
-             writable"
-        ))),
-    }
 }

@@ -309,6 +309,44 @@ impl Ctx<'_> {
         .await
     }
 
+    /// The first half of every planned switch: `old` goes read-only, its position is
+    /// read, `candidate` applies exactly that and must hold nothing `old` lacks (an
+    /// errant transaction). `old`'s position; on failure nothing has changed but
+    /// `old`'s writability (the caller rolls that back).
+    pub async fn catch_up(
+        &mut self,
+        old: &InstanceId,
+        candidate: &InstanceId,
+        epoch: Epoch,
+        catch_up_ms: u64,
+    ) -> Result<tandem_proto::Position, StepError> {
+        self.send("old master read-only", old, epoch, Command::SetReadOnly)
+            .await?;
+        let position = self
+            .latest_position("read the old master's position", old, epoch)
+            .await?;
+        self.send(
+            "candidate catches up",
+            candidate,
+            epoch,
+            Command::WaitForPosition {
+                position: position.clone(),
+                timeout_ms: catch_up_ms,
+            },
+        )
+        .await?;
+        let reached = self
+            .latest_position("read the candidate's position", candidate, epoch)
+            .await?;
+        match reached.beyond(&[&position]) {
+            None => Ok(position),
+            Some(errant) => Err(StepError::Precondition(format!(
+                "errant: {candidate} (at {reached}) holds {errant}, which {old} (at {position}) \
+                 never had; it is never promoted"
+            ))),
+        }
+    }
+
     /// The reverse channel of a master-master pair: `active` replicates `passive`
     /// with an account made on `passive` (written in no binary log there), staying
     /// writable and the master.

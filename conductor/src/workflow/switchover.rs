@@ -93,34 +93,7 @@ pub async fn run(
 
     // Steps 1-3: stop writes, let the candidate catch up, and check it holds nothing
     // the old master lacks (a transaction written on it: errant).
-    let caught_up = async {
-        ctx.send("old master read-only", &old, epoch, Command::SetReadOnly)
-            .await?;
-        let position = ctx
-            .latest_position("read the old master's position", &old, epoch)
-            .await?;
-        ctx.send(
-            "candidate catches up",
-            candidate,
-            epoch,
-            Command::WaitForPosition {
-                position: position.clone(),
-                timeout_ms: catch_up_ms,
-            },
-        )
-        .await?;
-        let reached = ctx
-            .latest_position("read the candidate's position", candidate, epoch)
-            .await?;
-        match reached.beyond(&[&position]) {
-            None => Ok(()),
-            Some(errant) => Err(StepError::Precondition(format!(
-                "errant: {candidate} (at {reached}) holds {errant}, which {old} (at {position}) \
-                 never had; it is never promoted"
-            ))),
-        }
-    }
-    .await;
+    let caught_up = ctx.catch_up(&old, candidate, epoch, catch_up_ms).await;
     if let Err(e) = caught_up {
         return rollback_before_change(ctx, &old, epoch, e).await;
     }
@@ -160,7 +133,7 @@ pub async fn run(
     super::repointed(candidate, new_epoch, left_behind)
 }
 
-async fn rollback_before_change(
+pub(super) async fn rollback_before_change(
     ctx: &mut Ctx<'_>,
     old: &InstanceId,
     epoch: Epoch,
