@@ -9,6 +9,7 @@ use tandem_api::{PairView, SetView};
 use tandem_e2e::load::{self, Observer, Writer};
 use tandem_e2e::promise::{assert_all_acknowledged_on, assert_never_two_writable};
 use tandem_e2e::{eventually, Cluster, ClusterOptions};
+use tandem_proto::SemiSync;
 
 fn pair_of(view: &SetView) -> &PairView {
     view.pair.as_ref().expect("a master-master pair")
@@ -18,18 +19,25 @@ fn pair_of(view: &SetView) -> &PairView {
 /// one is writable, and `reader` replicates from the active side.
 fn contract_holds(c: &Cluster, active: &str, passive: &str, reader: &str) -> Option<()> {
     let view = c.set("pair1");
-    let seen = |name: &str| view.member(name)?.observed.clone();
-    let (a, p, r) = (seen(active)?, seen(passive)?, seen(reader)?);
+    let r = view.member(reader)?.observed.clone()?;
     let named = |i: &Option<tandem_proto::InstanceId>| i.as_ref().map(|i| i.to_string());
-    let ok = named(&a.replicates_from).as_deref() == Some(passive)
+    let ok = r.writable == Some(false) && named(&r.replicates_from).as_deref() == Some(active);
+    (ok && sides_hold(&view, active, passive)).then_some(())
+}
+
+/// Each side replicates from the other and only `active` is writable, as reported.
+fn sides_hold(view: &SetView, active: &str, passive: &str) -> bool {
+    let seen = |name: &str| view.member(name).and_then(|m| m.observed.clone());
+    let (Some(a), Some(p)) = (seen(active), seen(passive)) else {
+        return false;
+    };
+    let named = |i: &Option<tandem_proto::InstanceId>| i.as_ref().map(|i| i.to_string());
+    named(&a.replicates_from).as_deref() == Some(passive)
         && named(&p.replicates_from).as_deref() == Some(active)
         && a.writable == Some(true)
         && p.writable == Some(false)
-        && r.writable == Some(false)
-        && named(&r.replicates_from).as_deref() == Some(active)
         && a.replicates_to.iter().any(|i| i.as_str() == passive)
-        && p.replicates_to.iter().any(|i| i.as_str() == active);
-    ok.then_some(())
+        && p.replicates_to.iter().any(|i| i.as_str() == active)
 }
 
 /// pair1: db-1 (active) and db-2 (its peer, seeded from it when empty).
@@ -292,4 +300,69 @@ fn the_active_side_killed_the_passive_takes_over_and_the_old_one_rejoins_as_pass
     });
     c.write_and_see_everywhere("pair1", "db-1", 4);
     c.converged("pair1");
+}
+
+/// With semi-sync the passive side acknowledges every commit of the active one, in
+/// either direction after switches; `kill -9` of the active side under a writer loses
+/// no acknowledged row, and the killed side returns rejoined as the passive side or
+/// quarantined, as its position says.
+#[test]
+fn with_semi_sync_a_killed_active_side_loses_no_acknowledged_write() {
+    let mut c = Cluster::start_with(2, ClusterOptions::read_only_at_start());
+    c.cli_ok(&[
+        "set",
+        "create",
+        "pair1",
+        "--master",
+        "db-1",
+        "--mode",
+        "master-master",
+        "--peer",
+        "db-2",
+        "--semi-sync",
+        "--wait",
+    ]);
+    load::prepare(c.db("db-1"));
+    c.read_only_binds("'admin'@'%'");
+    for (active, passive) in [("db-1", "db-2"), ("db-2", "db-1"), ("db-1", "db-2")] {
+        if c.set("pair1").master.as_str() != active {
+            c.cli_ok(&["promote", "pair1", active, "--wait"]);
+        }
+        eventually(
+            Duration::from_secs(20),
+            "acknowledged by the passive side",
+            || {
+                let v = c.set("pair1");
+                let semi = |n: &str| v.member(n).and_then(|m| m.semi_sync);
+                (sides_hold(&v, active, passive)
+                    && semi(active) == Some(SemiSync::Active)
+                    && semi(passive) == Some(SemiSync::Acknowledging))
+                .then_some(())
+            },
+        );
+    }
+
+    let writer = Writer::start(c.addresses(), Duration::from_millis(10));
+    std::thread::sleep(Duration::from_millis(1000));
+    let t0 = std::time::Instant::now();
+    c.node_mut("db-1").db.kill();
+    eventually(Duration::from_secs(30), "a write on db-2", || {
+        writer.first_ack_on_after(1, t0)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, acked) = writer.finish();
+    assert_eq!(c.set("pair1").master.as_str(), "db-2");
+    assert_all_acknowledged_on(&c, "db-2", &acked);
+
+    c.node_mut("db-1").db.restart().unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "db-1 rejoined or quarantined",
+        || {
+            let v = c.set("pair1");
+            let quarantined =
+                v.member("db-1")?.intended.role == tandem_api::IntendedRole::Quarantined;
+            (quarantined || sides_hold(&v, "db-2", "db-1")).then_some(())
+        },
+    );
 }

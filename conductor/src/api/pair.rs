@@ -30,12 +30,6 @@ pub(super) async fn create(c: &Arc<Conductor>, req: CreateSet) -> Accepted {
             "a master-master pair runs in one zone; `dr` goes with master-slave sets",
         ));
     }
-    if req.semi_sync {
-        return Err(bad_request(
-            "semi-synchronous replication for a master-master pair is not supported yet; \
-             create the pair without it",
-        ));
-    }
     if &peer == master {
         return Err(bad_request(format!(
             "{master} cannot be its own peer: a pair is two servers"
@@ -63,6 +57,16 @@ pub(super) async fn create(c: &Arc<Conductor>, req: CreateSet) -> Accepted {
     if let Err(e) = c.store.add_set_rules(&req.id, &ids) {
         c.store.delete_set(&req.id)?;
         return Err(e.into());
+    }
+    if req.semi_sync {
+        // The passive side acknowledges every commit of the active one.
+        c.store.set_failover_state(
+            &req.id,
+            &tandem_api::FailoverState {
+                semi_sync: true,
+                ..Default::default()
+            },
+        )?;
     }
     let spec = Spec::CreatePair {
         set: req.id,

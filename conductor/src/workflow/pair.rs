@@ -154,17 +154,33 @@ pub async fn switch(
     )
     .await?;
     let mut left_behind = ctx.repoint(&readers, new_epoch).await;
-    if let Err(e) = ctx
-        .send(
+    let passive = async {
+        ctx.send(
             "the old active side passive",
             old,
             new_epoch,
             Command::Demote,
         )
-        .await
-    {
+        .await?;
+        // With semi-sync the passive side acknowledges what the active side writes:
+        // its channel (the old reverse one) restarts acknowledging.
+        let options = ctx.options_of(old)?;
+        if ctx.acknowledges(old, Some(candidate), &options)? {
+            ctx.send(
+                "the old active side acknowledges",
+                old,
+                new_epoch,
+                Command::ResumeReplication { semi_sync: true },
+            )
+            .await?;
+        }
+        Ok::<_, StepError>(())
+    }
+    .await;
+    if let Err(e) = passive {
         left_behind.push(format!("{old} ({e})"));
     }
+    ctx.semi_sync_on(candidate, new_epoch).await?;
     super::repointed(candidate, new_epoch, left_behind)
 }
 

@@ -350,12 +350,59 @@ impl Ctx<'_> {
     /// The reverse channel of a master-master pair: `active` replicates `passive`
     /// with an account made on `passive` (written in no binary log there), staying
     /// writable and the master.
+    ///
+    /// The channel starts where `active` stands, which `passive` must hold already:
+    /// MariaDB refuses a replica asking for a GTID its source lacks, and strict mode
+    /// refuses to start one from anything less. So `active` stops writing for the
+    /// moment `passive` takes to catch up (which also ends its client sessions: they
+    /// come back with its new write stream and key offsets), and writes again after,
+    /// whatever became of the attach.
     pub async fn attach_reverse(
         &mut self,
         active: &InstanceId,
         passive: &InstanceId,
         epoch: Epoch,
     ) -> Result<ReplyBody, StepError> {
+        self.send(
+            &format!("{active} read-only while {passive} catches up"),
+            active,
+            epoch,
+            Command::SetReadOnly,
+        )
+        .await?;
+        let attached = self.attach_reverse_now(active, passive, epoch).await;
+        let writable = self
+            .send(
+                &format!("{active} writable again"),
+                active,
+                epoch,
+                Command::SetWritable,
+            )
+            .await;
+        let reply = attached?;
+        writable?;
+        Ok(reply)
+    }
+
+    async fn attach_reverse_now(
+        &mut self,
+        active: &InstanceId,
+        passive: &InstanceId,
+        epoch: Epoch,
+    ) -> Result<ReplyBody, StepError> {
+        let at = self
+            .latest_position(&format!("{active}'s position"), active, epoch)
+            .await?;
+        self.send(
+            &format!("{passive} holds it"),
+            passive,
+            epoch,
+            Command::WaitForPosition {
+                position: at,
+                timeout_ms: ACCOUNT_WAIT_MS,
+            },
+        )
+        .await?;
         let credentials = self
             .replication_credentials(
                 &format!("{active} replicates {passive}: replication user"),

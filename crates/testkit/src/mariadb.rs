@@ -346,8 +346,36 @@ impl MariaDb {
 impl Drop for MariaDb {
     fn drop(&mut self) {
         self.stop();
+        self.keep_crash_log();
         if self.mounted {
             let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+impl MariaDb {
+    /// A server that crashed (a fatal signal of its own, not one the test sent) keeps
+    /// its whole error log past the test, in `$TMPDIR/tandem-mariadb-crashes/`: the
+    /// data directory goes with the test, and a crash is the engine's to explain.
+    fn keep_crash_log(&self) {
+        let Ok(log) = std::fs::read_to_string(self.error_log()) else {
+            return;
+        };
+        if !log.contains("handle_fatal_signal") && !log.contains("got signal") {
+            return;
+        }
+        let dir = std::env::temp_dir().join("tandem-mariadb-crashes");
+        let name = format!(
+            "{}-{}.err",
+            std::thread::current().name().unwrap_or("unnamed"),
+            self.port()
+        );
+        if std::fs::create_dir_all(&dir).is_ok() && std::fs::write(dir.join(&name), log).is_ok() {
+            eprintln!(
+                "mariadbd on port {} crashed; its error log is kept as {}",
+                self.port(),
+                dir.join(name).display()
+            );
         }
     }
 }
