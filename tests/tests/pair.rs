@@ -366,3 +366,61 @@ fn with_semi_sync_a_killed_active_side_loses_no_acknowledged_write() {
         },
     );
 }
+
+/// The active side's host cut off the network (agent, engine and clients with it):
+/// its lease fences it, the passive side takes over with every acknowledged write
+/// (semi-sync), never two writable in any sample; healed, it comes back as the passive
+/// side (or quarantined, when a commit was in flight at the cut).
+#[test]
+fn the_active_side_cut_off_fences_itself_and_the_passive_side_takes_over() {
+    let mut options = ClusterOptions::read_only_at_start();
+    options.isolated = vec!["db-1".into()];
+    // Only db-1 has a host of its own: its peer reaches it from the root namespace's
+    // link address, as a server behind NAT would.
+    options.conductor_env = vec![(
+        "TANDEM_CONDUCTOR_REPLICATION_ACCOUNTS_FROM".into(),
+        "any".into(),
+    )];
+    let c = Cluster::start_with(2, options);
+    c.cli_ok(&[
+        "set",
+        "create",
+        "pair1",
+        "--master",
+        "db-1",
+        "--mode",
+        "master-master",
+        "--peer",
+        "db-2",
+        "--semi-sync",
+        "--wait",
+    ]);
+    load::prepare(c.db("db-1"));
+    c.read_only_binds("'admin'@'%'");
+    eventually(Duration::from_secs(20), "acknowledged by db-2", || {
+        let v = c.set("pair1");
+        (v.member("db-1")?.semi_sync == Some(SemiSync::Active)).then_some(())
+    });
+    let observer = Observer::start(c.addresses());
+    let writer = Writer::start(c.addresses(), Duration::from_millis(10));
+    std::thread::sleep(Duration::from_millis(800));
+
+    let host = c.nodes[0].host.as_ref().unwrap();
+    host.cut().unwrap();
+    eventually(Duration::from_secs(20), "db-2 active", || {
+        (c.set("pair1").master.as_str() == "db-2").then_some(())
+    });
+    assert_eq!(c.db("db-1").sql("SELECT @@read_only").unwrap(), "1");
+    std::thread::sleep(Duration::from_millis(300));
+    host.heal().unwrap();
+    eventually(Duration::from_secs(60), "db-1 back", || {
+        let v = c.set("pair1");
+        let quarantined = v.member("db-1")?.intended.role == tandem_api::IntendedRole::Quarantined;
+        (quarantined || sides_hold(&v, "db-2", "db-1")).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, acked) = writer.finish();
+    let samples = observer.finish();
+    assert_never_two_writable(&samples);
+    assert_all_acknowledged_on(&c, "db-2", &acked);
+}
