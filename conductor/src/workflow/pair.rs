@@ -144,8 +144,8 @@ pub async fn switch(
         },
     )?;
     let new_epoch = set.epoch;
-    ctx.enable_as_master("the passive side is the master", candidate, new_epoch)
-        .await?;
+    // Writable first, as a switchover's detach is: the writer waits for nothing else.
+    // Enabling it as the master (its lease, heartbeats) follows at once.
     ctx.send(
         "the passive side writable",
         candidate,
@@ -153,6 +153,8 @@ pub async fn switch(
         Command::SetWritable,
     )
     .await?;
+    ctx.enable_as_master("the passive side is the master", candidate, new_epoch)
+        .await?;
     let mut left_behind = ctx.repoint(&readers, new_epoch).await;
     let passive = async {
         ctx.send(
