@@ -61,17 +61,7 @@ impl MariaDb {
                         account,
                         "READ_ONLY ADMIN revoked: it let the account write through read-only"
                     );
-                    let ids: Vec<u64> = timed(
-                        "list the account's sessions",
-                        c.exec(
-                            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?",
-                            (user,),
-                        ),
-                    )
-                    .await?;
-                    for id in ids {
-                        let _ = c.query_drop(format!("KILL CONNECTION {id}")).await;
-                    }
+                    self.kill_sessions(&mut c, |s| s.user == user).await?;
                 }
                 Err(e) => left.push(format!("{account} (revoke failed: {e})")),
             }
@@ -83,28 +73,8 @@ impl MariaDb {
     /// Ends every client session: everything but this connection, the server's own
     /// threads, replication, and the agent's account. Returns how many it ended.
     pub(super) async fn end_client_sessions(&self, c: &mut Conn) -> Result<usize, EngineError> {
-        let sessions: Vec<(u64, String)> = timed(
-            "list client sessions",
-            c.query(
-                "SELECT ID, USER FROM information_schema.PROCESSLIST \
-                 WHERE ID <> CONNECTION_ID() \
-                 AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', \
-                                     'Slave_SQL', 'Slave_worker') \
-                 AND USER NOT IN ('system user', 'event_scheduler', 'unauthenticated user')",
-            ),
-        )
-        .await?;
-        let mut ended = 0;
-        for (id, user) in sessions {
-            if self.is_own_account(&user) {
-                continue;
-            }
-            // A session that ended on its own meanwhile is no error.
-            if c.query_drop(format!("KILL CONNECTION {id}")).await.is_ok() {
-                ended += 1;
-            }
-        }
-        Ok(ended)
+        self.kill_sessions(c, |s| !s.is_internal() && !self.is_own_account(&s.user))
+            .await
     }
 }
 

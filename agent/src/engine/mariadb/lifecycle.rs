@@ -121,22 +121,15 @@ impl MariaDb {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if !set.is_finished() {
             let mut k = self.conn().await?;
-            let stuck: Vec<u64> = timed(
-                "list commits in flight",
-                k.query(
-                    "SELECT ID FROM information_schema.PROCESSLIST \
-                     WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Binlog Dump', 'Daemon') \
-                     AND (STATE LIKE '%semi-sync%' OR STATE LIKE '%commit%')",
-                ),
-            )
-            .await?;
-            for id in &stuck {
-                let _ = k.query_drop(format!("KILL CONNECTION {id}")).await;
-            }
-            tracing::warn!(
-                killed = stuck.len(),
-                "fence: sessions stuck in commit were killed"
-            );
+            let killed = self
+                .kill_sessions(&mut k, |s| {
+                    let state = s.state.to_ascii_lowercase();
+                    !s.is_dump()
+                        && s.command != "Daemon"
+                        && (state.contains("semi-sync") || state.contains("commit"))
+                })
+                .await?;
+            tracing::warn!(killed, "fence: sessions stuck in commit were killed");
         }
         match tokio::time::timeout(STATEMENT_TIMEOUT, set).await {
             Ok(Ok(Ok(()))) => {

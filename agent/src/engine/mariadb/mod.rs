@@ -284,6 +284,7 @@ mod lifecycle;
 mod observe;
 mod pause;
 mod replication;
+mod sessions;
 
 // Each method is implemented in the module of its concern.
 impl Engine for MariaDb {

@@ -96,16 +96,14 @@ impl MariaDb {
             None => *self.written_here_before.lock().expect("poisoned") = GtidSet::empty(),
         }
 
-        let users: Vec<String> = timed(
-            "list replicas",
-            c.query(
-                "SELECT USER FROM information_schema.PROCESSLIST \
-                 WHERE COMMAND LIKE 'Binlog Dump%' AND USER LIKE 'tandem\\_repl\\_%'",
-            ),
-        )
-        .await?;
-        let mut replicas: Vec<InstanceId> =
-            users.iter().filter_map(|u| replica_of_user(u)).collect();
+        // (`replica_of_user` takes only Tandem's `tandem_repl_` accounts.)
+        let mut replicas: Vec<InstanceId> = self
+            .sessions(&mut c)
+            .await?
+            .iter()
+            .filter(|s| s.is_dump())
+            .filter_map(|s| replica_of_user(&s.user))
+            .collect();
         replicas.sort();
         replicas.dedup();
 

@@ -148,16 +148,7 @@ impl MariaDb {
         }
         // Dropping a user does not end its sessions: end the binlog dump so the replica
         // really loses access now.
-        let ids: Vec<u64> = timed(
-            "list sessions",
-            c.query(format!(
-                "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{user}'"
-            )),
-        )
-        .await?;
-        for id in ids {
-            let _ = c.query_drop(format!("KILL CONNECTION {id}")).await;
-        }
+        self.kill_sessions(&mut c, |s| s.user == user).await?;
         Ok(())
     }
 
