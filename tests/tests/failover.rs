@@ -156,7 +156,17 @@ fn a_lagging_replica_is_not_chosen_and_a_returning_master_with_an_extra_transact
     assert_eq!(c.db("db-1").sql("SELECT @@read_only").unwrap(), "1");
     assert_eq!(c.db("db-1").sql("SHOW SLAVE STATUS").unwrap(), "");
     let audit = c.cli_ok(&["--json", "audit"]);
-    assert!(audit.contains("errant"), "the audit log names it");
+    assert!(
+        audit.contains("errant"),
+        "the audit log names it; the newest entries:\n{}\n{}",
+        c.cli(&["audit"])
+            .1
+            .lines()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        c.node_logs()
+    );
     let topology = c.cli_ok(&["topology"]);
     assert!(topology.contains("QUARANTINED"), "{topology}");
     // The set goes on without it.
