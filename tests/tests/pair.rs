@@ -56,6 +56,26 @@ fn make_pair(c: &Cluster) {
     ]);
 }
 
+/// pair1 with semi-sync, the `app` and `admin` accounts made, and `admin` unable to
+/// write past read-only anywhere.
+fn semi_sync_pair(c: &Cluster) {
+    c.cli_ok(&[
+        "set",
+        "create",
+        "pair1",
+        "--master",
+        "db-1",
+        "--mode",
+        "master-master",
+        "--peer",
+        "db-2",
+        "--semi-sync",
+        "--wait",
+    ]);
+    load::prepare(c.db("db-1"));
+    c.read_only_binds("'admin'@'%'");
+}
+
 /// Mints one auto-increment key on `name` (as an application would); the key.
 fn mint(c: &Cluster, name: &str) -> u64 {
     c.db(name)
@@ -309,21 +329,7 @@ fn the_active_side_killed_the_passive_takes_over_and_the_old_one_rejoins_as_pass
 #[test]
 fn with_semi_sync_a_killed_active_side_loses_no_acknowledged_write() {
     let mut c = Cluster::start_with(2, ClusterOptions::read_only_at_start());
-    c.cli_ok(&[
-        "set",
-        "create",
-        "pair1",
-        "--master",
-        "db-1",
-        "--mode",
-        "master-master",
-        "--peer",
-        "db-2",
-        "--semi-sync",
-        "--wait",
-    ]);
-    load::prepare(c.db("db-1"));
-    c.read_only_binds("'admin'@'%'");
+    semi_sync_pair(&c);
     for (active, passive) in [("db-1", "db-2"), ("db-2", "db-1"), ("db-1", "db-2")] {
         if c.set("pair1").master.as_str() != active {
             c.cli_ok(&["promote", "pair1", active, "--wait"]);
@@ -382,21 +388,7 @@ fn the_active_side_cut_off_fences_itself_and_the_passive_side_takes_over() {
         "any".into(),
     )];
     let c = Cluster::start_with(2, options);
-    c.cli_ok(&[
-        "set",
-        "create",
-        "pair1",
-        "--master",
-        "db-1",
-        "--mode",
-        "master-master",
-        "--peer",
-        "db-2",
-        "--semi-sync",
-        "--wait",
-    ]);
-    load::prepare(c.db("db-1"));
-    c.read_only_binds("'admin'@'%'");
+    semi_sync_pair(&c);
     eventually(Duration::from_secs(20), "acknowledged by db-2", || {
         let v = c.set("pair1");
         (v.member("db-1")?.semi_sync == Some(SemiSync::Active)).then_some(())

@@ -52,22 +52,8 @@ pub(super) async fn create(c: &Arc<Conductor>, req: CreateSet) -> Accepted {
     if let Some(why) = crate::decide::placement::contradiction(&rules) {
         return Err(bad_request(why));
     }
-    c.store.create_set(&req.id, master)?;
-    let ids: Vec<_> = rules.iter().map(|r| r.id.clone()).collect();
-    if let Err(e) = c.store.add_set_rules(&req.id, &ids) {
-        c.store.delete_set(&req.id)?;
-        return Err(e.into());
-    }
-    if req.semi_sync {
-        // The passive side acknowledges every commit of the active one.
-        c.store.set_failover_state(
-            &req.id,
-            &tandem_api::FailoverState {
-                semi_sync: true,
-                ..Default::default()
-            },
-        )?;
-    }
+    // With semi-sync the passive side acknowledges every commit of the active one.
+    super::sets::record_new_set(c, &req.id, master, &rules, req.semi_sync)?;
     let spec = Spec::CreatePair {
         set: req.id,
         master: req.master,

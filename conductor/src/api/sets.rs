@@ -162,6 +162,33 @@ pub(super) fn existing(c: &Conductor, id: &ReplicaSetId) -> Result<ReplicaSet, A
         .ok_or_else(|| not_found(format!("no replica set {id}")))
 }
 
+/// Records a new set: `master` its only member, keeping `rules`, with semi-sync when
+/// asked; nothing is left behind when a step is refused.
+pub(super) fn record_new_set(
+    c: &Conductor,
+    id: &ReplicaSetId,
+    master: &InstanceId,
+    rules: &[tandem_api::PlacementRule],
+    semi_sync: bool,
+) -> Result<(), ApiError> {
+    c.store.create_set(id, master)?;
+    let ids: Vec<_> = rules.iter().map(|r| r.id.clone()).collect();
+    if let Err(e) = c.store.add_set_rules(id, &ids) {
+        c.store.delete_set(id)?;
+        return Err(e.into());
+    }
+    if semi_sync {
+        c.store.set_failover_state(
+            id,
+            &FailoverState {
+                semi_sync: true,
+                ..Default::default()
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// The instance must have reported, and must not be in a set already.
 pub(super) fn free_instance(c: &Conductor, id: &InstanceId) -> Result<(), ApiError> {
     if c.registry.report(id).is_none() {
@@ -225,21 +252,7 @@ pub async fn create(State(c): State<Arc<Conductor>>, b: JsonBody<CreateSet>) -> 
     if let Err(refused) = crate::decide::placement::admit(&rules, &Vec::new(), &master_at) {
         return Err(conflict(refused.to_string()));
     }
-    c.store.create_set(&req.id, &req.master)?;
-    let ids: Vec<_> = rules.iter().map(|r| r.id.clone()).collect();
-    if let Err(e) = c.store.add_set_rules(&req.id, &ids) {
-        c.store.delete_set(&req.id)?;
-        return Err(e.into());
-    }
-    if req.semi_sync {
-        c.store.set_failover_state(
-            &req.id,
-            &FailoverState {
-                semi_sync: true,
-                ..Default::default()
-            },
-        )?;
-    }
+    record_new_set(&c, &req.id, &req.master, &rules, req.semi_sync)?;
     let spec = Spec::CreateSet {
         set: req.id,
         master: req.master,
