@@ -273,6 +273,41 @@ impl<E: Engine> Agent<E> {
             Command::SetWritable => {
                 self.engine.set_writable(true).await?;
             }
+            Command::StopWrites => {
+                self.engine.set_writable(false).await?;
+                let position = self.engine.latest_position().await?;
+                return Ok(ReplyBody::Position { position });
+            }
+            Command::TakeOverWrites {
+                position,
+                timeout_ms,
+            } => {
+                // A plain replica made writable while it replicates would take writes
+                // its source never sees: only a side of a pair replicates both ways.
+                if self.state.lock().expect("poisoned").pair.is_none() {
+                    return Err(CommandError::bad_request(format!(
+                        "take_over_writes is for a side of a master-master pair, and {me} \
+                         is none (configure_pair first); it stays as it is"
+                    )));
+                }
+                let wait = Duration::from_millis(*timeout_ms).min(wait_limit);
+                self.engine.wait_for_position(position, wait).await?;
+                // Nothing more comes from the peer (it stopped writing at `position`), so
+                // what this server holds now is what it becomes writable with.
+                let reached = self.engine.latest_position().await?;
+                if let Some(errant) = reached.beyond(&[position]) {
+                    return Err(CommandError::new(
+                        ErrorKind::Diverged,
+                        format!(
+                            "errant: {me} (at {reached}) holds {errant}, which its peer (at \
+                             {position}) never had; it stays read-only and never takes the \
+                             writes"
+                        ),
+                    ));
+                }
+                self.engine.set_writable(true).await?;
+                return Ok(ReplyBody::Position { position: reached });
+            }
             Command::EnableAsMaster { semi_sync } => {
                 if let Some(s) = semi_sync {
                     let lease = self.settings.lease;

@@ -315,6 +315,19 @@ pub enum Command {
         #[serde(default)]
         side: Option<PairSide>,
     },
+    /// Read-only as `set_read_only` is (client sessions that could write ended), then
+    /// answered with the position reached: the last write this server took. The first
+    /// half of a switch in two round trips (protocol v5).
+    StopWrites,
+    /// Take over the writes of a peer that stopped at `position` (`stop_writes`): wait,
+    /// for at most `timeout_ms`, until `position` is applied, refuse (`diverged`, staying
+    /// read-only) when holding anything `position` lacks, then accept writes. Answered
+    /// with the position it became writable at. The second half of a switch: only a
+    /// side of a master-master pair is made writable while it replicates (protocol v5).
+    TakeOverWrites {
+        position: Position,
+        timeout_ms: u64,
+    },
     /// A command this build does not know. Never sent; produced by decoding.
     #[serde(other)]
     Unknown,
@@ -351,6 +364,8 @@ impl Command {
             Command::Failsafe(_) => "failsafe",
             Command::CancelOperation { .. } => "cancel_operation",
             Command::ConfigurePair { .. } => "configure_pair",
+            Command::StopWrites => "stop_writes",
+            Command::TakeOverWrites { .. } => "take_over_writes",
             Command::Unknown => "unknown",
         }
     }
@@ -386,6 +401,7 @@ impl Command {
             | Command::ResumeReplication { .. }
             | Command::ListDatabases => ProtocolVersion::V3,
             Command::ConfigurePair { .. } => ProtocolVersion::V4,
+            Command::StopWrites | Command::TakeOverWrites { .. } => ProtocolVersion::V5,
         }
     }
 
@@ -395,6 +411,7 @@ impl Command {
         matches!(
             self,
             Command::SetWritable
+                | Command::TakeOverWrites { .. }
                 | Command::EnableAsMaster { .. }
                 | Command::Detach
                 | Command::Demote
@@ -410,6 +427,7 @@ impl Command {
         matches!(
             self,
             Command::SetWritable
+                | Command::TakeOverWrites { .. }
                 | Command::EnableAsMaster { .. }
                 | Command::AttachToSource { .. }
                 | Command::Detach

@@ -31,8 +31,10 @@ impl ProtocolVersion {
     pub const V3: ProtocolVersion = ProtocolVersion(3);
     /// `configure_pair`.
     pub const V4: ProtocolVersion = ProtocolVersion(4);
+    /// `stop_writes`, `take_over_writes`.
+    pub const V5: ProtocolVersion = ProtocolVersion(5);
     /// The version this build speaks natively.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion::V4;
+    pub const CURRENT: ProtocolVersion = ProtocolVersion::V5;
     /// The oldest version this build still understands.
     pub const OLDEST_SUPPORTED: ProtocolVersion = ProtocolVersion::V1;
 }

@@ -137,6 +137,11 @@ fn command() -> impl Strategy<Value = Command> {
         ),
         Just(Command::StopEngine),
         Just(Command::StartEngine),
+        Just(Command::StopWrites),
+        (position(), any::<u64>()).prop_map(|(position, timeout_ms)| Command::TakeOverWrites {
+            position,
+            timeout_ms
+        }),
         Just(Command::CancelOperation {
             operation: MessageId::random()
         }),

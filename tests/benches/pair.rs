@@ -8,6 +8,11 @@
 //!    side; the killed server restarted and rejoined as the passive side before the
 //!    next trial (which kills the other side).
 //!
+//! The 10 ms client sees a switch as one lost 10 ms tick whenever the switch's
+//! write-stopped window overlaps a tick, so its gap is nearly always 10 or 20 ms (or
+//! 30): it cannot tell a 1 ms window from a 9 ms one. A second client per set, inserting
+//! every 1 ms, measures the window itself (its gap) to about a millisecond.
+//!
 //! Acknowledged inserts missing from the final writable server are counted as lost
 //! (the pair replicates asynchronously: a `kill -9` may lose what its peer had not
 //! received).
@@ -65,6 +70,94 @@ fn whole(c: &Cluster, active: &str) {
     });
 }
 
+/// What one run of switches measured.
+struct Rounds {
+    /// Per switch, the 10 ms client's gap: master-slave, pair.
+    gaps: (Vec<Duration>, Vec<Duration>),
+    /// Per switch, the 1 ms client's gap (when it ran): master-slave, pair.
+    windows: Option<(Vec<Duration>, Vec<Duration>)>,
+    /// Per pair switch, request to done.
+    workflow: Vec<Duration>,
+    /// Acknowledged rows missing from the final writable server: master-slave, pair.
+    lost: (usize, usize),
+}
+
+/// `switches` switches of each kind, interleaved (one of each per round), under a 10 ms
+/// client per set and, with `probes`, a 1 ms client per set besides.
+fn rounds(c: &Cluster, switches: usize, probes: bool) -> Rounds {
+    let addresses = c.addresses();
+    let start = |servers: &[(String, u16)], every_ms: u64, after: u64| {
+        Writer::start_numbered(servers.to_vec(), Duration::from_millis(every_ms), after)
+    };
+    // Ids apart per client and per run: no insert collides with another's.
+    let base = if probes { 3 << 40 } else { 1 << 40 };
+    let clients = [
+        start(&addresses[..2], 10, base),
+        start(&addresses[2..], 10, base + (1 << 38)),
+    ];
+    let probe_clients = probes.then(|| {
+        [
+            start(&addresses[..2], 1, base + (2 << 38)),
+            start(&addresses[2..], 1, base + (3 << 38)),
+        ]
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut ms_windows, mut pair_windows) = (Vec::new(), Vec::new());
+    for _ in 0..switches {
+        let ms_to = other(c, "s1", "db-1", "db-2");
+        let pair_to = other(c, "pair1", "db-3", "db-4");
+        let t0 = Instant::now();
+        c.cli_ok(&["promote", "s1", &ms_to, "--wait"]);
+        ms_windows.push((t0, Instant::now()));
+        c.converged("s1");
+        std::thread::sleep(Duration::from_millis(300));
+        let t0 = Instant::now();
+        c.cli_ok(&["promote", "pair1", &pair_to, "--wait"]);
+        pair_windows.push((t0, Instant::now()));
+        whole(c, &pair_to);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let gaps = |acked: &[load::Ack], windows: &[(Instant, Instant)]| -> Vec<Duration> {
+        let at: Vec<Instant> = acked.iter().map(|a| a.at).collect();
+        windows.iter().map(|(a, b)| gap(&at, *a, *b)).collect()
+    };
+    let (ms_master, pair_active) = (c.set("s1").master, c.set("pair1").master);
+    let [ms_client, pair_client] = clients.map(|w| w.finish().1);
+    let mut lost_rows = (
+        lost(c, ms_master.as_str(), &ms_client),
+        lost(c, pair_active.as_str(), &pair_client),
+    );
+    let windows = probe_clients.map(|probe| {
+        let [ms_probe, pair_probe] = probe.map(|w| w.finish().1);
+        lost_rows.0 += lost(c, ms_master.as_str(), &ms_probe);
+        lost_rows.1 += lost(c, pair_active.as_str(), &pair_probe);
+        (
+            gaps(&ms_probe, &ms_windows),
+            gaps(&pair_probe, &pair_windows),
+        )
+    });
+    Rounds {
+        gaps: (
+            gaps(&ms_client, &ms_windows),
+            gaps(&pair_client, &pair_windows),
+        ),
+        windows,
+        workflow: pair_windows.iter().map(|(a, b)| *b - *a).collect(),
+        lost: lost_rows,
+    }
+}
+
+/// Of `a` and `b`, the one that is not the master of `set` now.
+fn other(c: &Cluster, set: &str, a: &str, b: &str) -> String {
+    if c.set(set).master.as_str() == a {
+        b
+    } else {
+        a
+    }
+    .to_string()
+}
+
 fn main() {
     let switches = env("BENCH_SWITCHES", 20);
     let trials = env("BENCH_TRIALS", 6);
@@ -97,52 +190,15 @@ fn main() {
     whole(&c, "db-3");
     c.read_only_binds("'admin'@'%'");
 
-    // 1. Switch gaps, interleaved.
-    let ms_writer = Writer::start(addresses[..2].to_vec(), Duration::from_millis(10));
-    let pair_writer = Writer::start(addresses[2..].to_vec(), Duration::from_millis(10));
-    std::thread::sleep(Duration::from_millis(500));
-    let (mut ms_windows, mut pair_windows) = (Vec::new(), Vec::new());
-    for i in 0..switches {
-        let (ms_to, pair_to) = if i % 2 == 0 {
-            ("db-2", "db-4")
-        } else {
-            ("db-1", "db-3")
-        };
-        let t0 = Instant::now();
-        c.cli_ok(&["promote", "s1", ms_to, "--wait"]);
-        ms_windows.push((t0, Instant::now()));
-        c.converged("s1");
-        std::thread::sleep(Duration::from_millis(300));
-        let t0 = Instant::now();
-        c.cli_ok(&["promote", "pair1", pair_to, "--wait"]);
-        pair_windows.push((t0, Instant::now()));
-        whole(&c, pair_to);
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let (_, ms_acked) = ms_writer.finish();
-    let (_, pair_acked) = pair_writer.finish();
-    let at = |acked: &[load::Ack]| acked.iter().map(|a| a.at).collect::<Vec<_>>();
-    let (ms_at, pair_at) = (at(&ms_acked), at(&pair_acked));
-    let ms_gaps: Vec<Duration> = ms_windows
-        .iter()
-        .map(|(a, b)| gap(&ms_at, *a, *b))
-        .collect();
-    let pair_gaps: Vec<Duration> = pair_windows
-        .iter()
-        .map(|(a, b)| gap(&pair_at, *a, *b))
-        .collect();
-    let pair_workflow: Vec<Duration> = pair_windows.iter().map(|(a, b)| *b - *a).collect();
-    let ms_master = c.set("s1").master.to_string();
+    // 1. Switch gaps, interleaved: under the 10 ms clients alone, then with the 1 ms
+    // clients added.
+    let light = rounds(&c, switches, false);
+    let busy = rounds(&c, switches, true);
     let pair_active = c.set("pair1").master.to_string();
-    let switch_lost = (
-        lost(&c, &ms_master, &ms_acked),
-        lost(&c, &pair_active, &pair_acked),
-    );
 
     // 2. kill -9 of the active side.
     let writer =
-        Writer::start_numbered(addresses[2..].to_vec(), Duration::from_millis(10), 1 << 40);
+        Writer::start_numbered(addresses[2..].to_vec(), Duration::from_millis(10), 5 << 40);
     std::thread::sleep(Duration::from_millis(500));
     let mut to_first_write = Vec::new();
     let mut active = pair_active.clone();
@@ -165,30 +221,53 @@ fn main() {
     let (_, kill_acked) = writer.finish();
     let kill_lost = lost(&c, &active, &kill_acked);
 
-    let (ms_p50, ms_max) = p50_max(ms_gaps);
-    let (pair_p50, pair_max) = p50_max(pair_gaps);
-    let (wf_p50, wf_max) = p50_max(pair_workflow);
+    let (wf_p50, wf_max) = p50_max(light.workflow.clone());
     let (kill_p50, kill_max) = p50_max(to_first_write);
     println!(
-        "master-master pair: 4 MariaDB (a master-slave set and a pair), a client per set \
-         inserting every 10 ms; {switches} switches of each kind interleaved, {trials} kills"
+        "master-master pair: 4 MariaDB (a master-slave set and a pair); {switches} switches of \
+         each kind interleaved under a client per set inserting every 10 ms, then {switches} \
+         more with a second client per set inserting every 1 ms; {trials} kills"
     );
     println!("| metric | p50 | max |");
     println!("|---|---|---|");
-    println!("| master-slave switchover write gap | {ms_p50:.0} ms | {ms_max:.0} ms |");
-    println!("| pair switch write gap | {pair_p50:.0} ms | {pair_max:.0} ms |");
-    println!("| pair switch workflow (request to done) | {wf_p50:.0} ms | {wf_max:.0} ms |");
+    for (name, run) in [("10 ms clients", &light), ("10 ms + 1 ms clients", &busy)] {
+        let (ms_p50, ms_max) = p50_max(run.gaps.0.clone());
+        let (pair_p50, pair_max) = p50_max(run.gaps.1.clone());
+        println!(
+            "| {name}: master-slave switchover write gap (10 ms client) | {ms_p50:.0} ms | \
+             {ms_max:.0} ms |"
+        );
+        println!(
+            "| {name}: pair switch write gap (10 ms client) | {pair_p50:.0} ms | {pair_max:.0} \
+             ms |"
+        );
+        let mut ratios = format!("{:.2}x", pair_p50 / ms_p50);
+        if let Some((ms_windows, pair_windows)) = &run.windows {
+            let (ms1_p50, ms1_max) = p50_max(ms_windows.clone());
+            let (pair1_p50, pair1_max) = p50_max(pair_windows.clone());
+            println!(
+                "| {name}: master-slave switchover write gap (1 ms client) | {ms1_p50:.1} ms \
+                 | {ms1_max:.1} ms |"
+            );
+            println!(
+                "| {name}: pair switch write gap (1 ms client) | {pair1_p50:.1} ms | \
+                 {pair1_max:.1} ms |"
+            );
+            ratios += &format!(" (1 ms client: {:.2}x)", pair1_p50 / ms1_p50);
+        }
+        println!("| {name}: pair / master-slave switch gap, p50 | {ratios} | |");
+        println!(
+            "| {name}: acknowledged rows lost in switches (master-slave, pair) | {} , {} | |",
+            run.lost.0, run.lost.1
+        );
+    }
+    println!(
+        "| pair switch workflow, request to done (10 ms clients) | {wf_p50:.0} ms | {wf_max:.0} \
+         ms |"
+    );
     println!(
         "| pair: kill -9 of the active side to the first write on the passive side | \
          {kill_p50:.0} ms | {kill_max:.0} ms |"
-    );
-    println!(
-        "| pair / master-slave switch gap (p50) | {:.2}x | |",
-        pair_p50 / ms_p50
-    );
-    println!(
-        "| acknowledged rows lost: switches (master-slave, pair) | {} , {} | |",
-        switch_lost.0, switch_lost.1
     );
     println!("| acknowledged rows lost: kills (asynchronous pair) | {kill_lost} | |");
 }

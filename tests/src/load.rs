@@ -141,9 +141,21 @@ async fn write_loop(
         for k in 0..pools.len() {
             let i = (current + k) % pools.len();
             let insert = async {
-                let mut conn = pools[i].get_conn().await?;
-                conn.exec_drop("INSERT INTO w (id, at) VALUES (?, NOW(6))", (id,))
-                    .await
+                let mut result = Err(mysql_async::Error::Driver(
+                    mysql_async::DriverError::ConnectionClosed,
+                ));
+                for _ in 0..2 {
+                    let once = async {
+                        let mut conn = pools[i].get_conn().await?;
+                        conn.exec_drop("INSERT INTO w (id, at) VALUES (?, NOW(6))", (id,))
+                            .await
+                    };
+                    result = once.await;
+                    if !matches!(&result, Err(e) if dropped(e)) {
+                        break;
+                    }
+                }
+                result
             };
             // A commit may wait for a semi-sync acknowledgement: give it time.
             if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(300), insert).await {
@@ -158,6 +170,19 @@ async fn write_loop(
         }
     }
     id
+}
+
+/// Whether `e` says the connection is gone (its server ended the session, as a switch
+/// does, or went away) rather than refusing the write. A dropped connection is tried
+/// again at once on a new one, as an application's pool does (Go's `database/sql`
+/// retries a bad connection, JDBC pools validate on borrow): a refusal is an answer, a
+/// dead pooled connection is not, and counting it as one would put a whole tick into
+/// every gap whatever the server did. The retry is the same insert (same id): if the
+/// first did commit, the second fails on the key and the row is not counted as
+/// acknowledged, which the loss checks allow.
+fn dropped(e: &mysql_async::Error) -> bool {
+    // 1927: ER_CONNECTION_KILLED, sent to a session ended while idle.
+    e.is_fatal() || matches!(e, mysql_async::Error::Server(s) if s.code == 1927)
 }
 
 /// One observation: when, and per server whether it accepted writes.

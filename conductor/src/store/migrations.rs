@@ -200,6 +200,18 @@ CREATE TABLE set_pair (
 );
 ",
     },
+    Migration {
+        version: 5,
+        name: "indexes for the queries of a fleet",
+        sql: "
+-- A set's members (every topology change reads its set back), the newest workflows
+-- and audit entries (the list endpoints): without these each is a scan of the table,
+-- thousands of rows at fleet scale.
+CREATE INDEX members_by_set ON members (set_id);
+CREATE INDEX workflows_by_created ON workflows (created_at);
+CREATE INDEX journal_by_sent ON journal (sent_at);
+",
+    },
 ];
 
 /// The newest schema this conductor knows.

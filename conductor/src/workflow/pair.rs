@@ -7,13 +7,16 @@
 //! got when it became passive is recorded, and anything past that is a stray write
 //! that blocks a switch to it (see `crate::store::PairRecord`).
 //!
-//! A switch is the switchover's first half and nothing else: the active side goes
-//! read-only (ending the sessions that could write), its position is read, the passive
-//! side waits until it applied exactly that, and becomes writable. Both channels stay
-//! up throughout, so no replication is re-pointed on the way: only read replicas under
-//! the pair follow the new active side afterwards.
+//! A switch is the switchover's first half and nothing else, in two round trips while
+//! writes are stopped: the active side goes read-only (ending the sessions that could
+//! write) and answers its position (`stop_writes`); the new epoch is recorded; the
+//! passive side waits until it applied exactly that, checks it holds nothing more, and
+//! becomes writable (`take_over_writes`). Both channels stay up throughout, so no
+//! replication is re-pointed on the way: only read replicas under the pair follow the
+//! new active side afterwards. (Agents older than protocol v5 take the switchover's
+//! five steps: read-only, position, wait, position, writable.)
 
-use tandem_proto::{Command, InstanceId, PairSide, Position};
+use tandem_proto::{Command, InstanceId, PairSide, Position, ProtocolVersion, ReplyBody};
 
 use super::provision::{self, Seed};
 use super::{create_set, Ctx, Outcome, StepError};
@@ -125,8 +128,43 @@ pub async fn switch(
         .await?;
     stray(pair, candidate, side, &seen).map_or(Ok(()), Err)?;
 
-    let caught_up = ctx.catch_up(old, candidate, epoch, catch_up_ms).await;
-    let position = match caught_up {
+    // Agents that speak protocol v5 switch in two round trips, the epoch recorded
+    // between them; older ones step by step. Journaled: a resumed workflow takes the
+    // same path.
+    let both_v5 = [old, candidate].iter().all(|i| {
+        ctx.c
+            .registry
+            .report(i)
+            .is_some_and(|r| r.protocol.contains(ProtocolVersion::V5))
+    });
+    let two_trips: bool = ctx.decide(
+        "switch in two round trips (protocol v5)",
+        old,
+        epoch,
+        |_| Ok(both_v5),
+    )?;
+
+    // Writes stop on the active side, and its last position is known.
+    let stopped = if two_trips {
+        match ctx
+            .send(
+                "the active side stops writes",
+                old,
+                epoch,
+                Command::StopWrites,
+            )
+            .await
+        {
+            Ok(ReplyBody::Position { position }) => Ok(position),
+            Ok(other) => Err(StepError::Precondition(format!(
+                "{old} answered stop_writes with {other:?}"
+            ))),
+            Err(e) => Err(e),
+        }
+    } else {
+        ctx.catch_up(old, candidate, epoch, catch_up_ms).await
+    };
+    let position = match stopped {
         Ok(p) => p,
         Err(e) => return super::switchover::rollback_before_change(ctx, old, epoch, e).await,
     };
@@ -146,13 +184,32 @@ pub async fn switch(
     let new_epoch = set.epoch;
     // Writable first, as a switchover's detach is: the writer waits for nothing else.
     // Enabling it as the master (its lease, heartbeats) follows at once.
-    ctx.send(
-        "the passive side writable",
-        candidate,
-        new_epoch,
-        Command::SetWritable,
-    )
-    .await?;
+    if two_trips {
+        // The wait, the errant check and writability in one command: refused, the
+        // candidate stays read-only and the switch is rolled back under a newer epoch.
+        let took = ctx
+            .send(
+                "the passive side catches up and takes the writes",
+                candidate,
+                new_epoch,
+                Command::TakeOverWrites {
+                    position,
+                    timeout_ms: catch_up_ms,
+                },
+            )
+            .await;
+        if let Err(e) = took {
+            return roll_back(ctx, pair, old, candidate, e).await;
+        }
+    } else {
+        ctx.send(
+            "the passive side writable",
+            candidate,
+            new_epoch,
+            Command::SetWritable,
+        )
+        .await?;
+    }
     ctx.enable_as_master("the passive side is the master", candidate, new_epoch)
         .await?;
     let mut left_behind = ctx.repoint(&readers, new_epoch).await;
@@ -184,6 +241,30 @@ pub async fn switch(
     }
     ctx.semi_sync_on(candidate, new_epoch).await?;
     super::repointed(candidate, new_epoch, left_behind)
+}
+
+/// Undoes a recorded switch whose candidate did not take the writes: `old` is the
+/// active side again under a newer epoch, writable only once `candidate` confirmed it
+/// is read-only (never two writable).
+async fn roll_back(
+    ctx: &mut Ctx<'_>,
+    pair: &PairRecord,
+    old: &InstanceId,
+    candidate: &InstanceId,
+    cause: StepError,
+) -> Result<Outcome, StepError> {
+    let set = ctx.apply(
+        "rollback: record the old active side again",
+        TopologyChange::PairSwitch {
+            new_active: old.clone(),
+            pair: pair.clone(),
+        },
+    )?;
+    let epoch = set.epoch;
+    super::switchover::hand_back_writes(ctx, old, candidate, epoch, &cause).await?;
+    Ok(Outcome::RolledBack(format!(
+        "{cause}; rolled back at epoch {epoch}: {old} is the writable active side again"
+    )))
 }
 
 /// The stray write `candidate` (the passive side) holds in its own domain, if any.

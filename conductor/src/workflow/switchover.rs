@@ -157,20 +157,16 @@ pub(super) async fn rollback_before_change(
     }
 }
 
-async fn rollback_after_change(
+/// Gives writes back to `old` once a recorded change was undone at `epoch`: never two
+/// writable, so only after `candidate` confirmed it is read-only; when it does not,
+/// `old` stays read-only too and the error says so.
+pub(super) async fn hand_back_writes(
     ctx: &mut Ctx<'_>,
     old: &InstanceId,
     candidate: &InstanceId,
-    site: &Site,
-    cause: StepError,
-) -> Result<Outcome, StepError> {
-    let set = ctx.apply(
-        "rollback: record the old master again",
-        site.change(old, false),
-    )?;
-    let epoch = set.epoch;
-    // Never two writable: the old master gets writes back only once the candidate has
-    // said it is read-only.
+    epoch: Epoch,
+    cause: &StepError,
+) -> Result<(), StepError> {
     if let Err(e) = ctx
         .send(
             "rollback: candidate read-only",
@@ -192,6 +188,22 @@ async fn rollback_after_change(
         Command::SetWritable,
     )
     .await?;
+    Ok(())
+}
+
+async fn rollback_after_change(
+    ctx: &mut Ctx<'_>,
+    old: &InstanceId,
+    candidate: &InstanceId,
+    site: &Site,
+    cause: StepError,
+) -> Result<Outcome, StepError> {
+    let set = ctx.apply(
+        "rollback: record the old master again",
+        site.change(old, false),
+    )?;
+    let epoch = set.epoch;
+    hand_back_writes(ctx, old, candidate, epoch, &cause).await?;
     ctx.attach_to(
         "rollback: candidate replicates again",
         old,

@@ -69,7 +69,7 @@ impl MariaDb {
             // brings only what it already has.
             let domain: u32 = timed(
                 "read gtid_domain_id",
-                c.query_first("SELECT @@gtid_domain_id"),
+                c.query_first("SELECT @@GLOBAL.gtid_domain_id"),
             )
             .await?
             .unwrap_or(0);

@@ -109,20 +109,24 @@ impl MariaDb {
         }))
     }
 
-    /// A pooled connection that answers. An idle one may have been closed by the server
-    /// since it was last used (a restart for a restore, a KILL): it is pinged first and
-    /// dropped if it does not answer, so a dead socket is never mistaken for a dead
-    /// server. After as many tries as the pool holds connections, the last try's
-    /// error is the server's.
+    /// A pooled connection that answers, its session as a new one's. An idle one may
+    /// have been closed by the server since it was last used (a restart for a restore,
+    /// a KILL): it is reset first (`COM_RESET_CONNECTION`, one round trip, as a ping
+    /// is) and dropped if it does not answer, so a dead socket is never mistaken for a
+    /// dead server. The reset also gives it the server's global settings as they are
+    /// now: a connection idle in the pool while `configure_pair` changed
+    /// `gtid_domain_id` or the auto-increment offset would otherwise write the agent's
+    /// heartbeats and accounts into the old write stream. After as many tries as the
+    /// pool holds connections, the last try's error is the server's.
     pub(super) async fn conn(&self) -> Result<Conn, EngineError> {
         for _ in 0..POOL_SIZE {
             let mut c = timed("connect", self.pool.get_conn()).await?;
-            if timed("ping", c.ping()).await.is_ok() {
+            if timed("reset", c.reset()).await.is_ok() {
                 return Ok(c);
             }
         }
         let mut c = timed("connect", self.pool.get_conn()).await?;
-        timed("ping", c.ping()).await?;
+        timed("reset", c.reset()).await?;
         Ok(c)
     }
 

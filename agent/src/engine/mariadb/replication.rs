@@ -20,7 +20,7 @@ impl MariaDb {
         // keeps replicating its peer.
         let domain: u32 = timed(
             "read gtid_domain_id",
-            c.query_first("SELECT @@gtid_domain_id"),
+            c.query_first("SELECT @@GLOBAL.gtid_domain_id"),
         )
         .await?
         .unwrap_or(0);

@@ -3,7 +3,8 @@
 //!
 //! This file holds one cohesive thing, the `Store` trait's implementation (one method
 //! after the other, each a transaction); how rows read back is in [`rows`], a set's
-//! topology changes in [`topology`].
+//! topology changes in [`topology`], the in-memory copy the hot paths read in
+//! [`cache`].
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -15,6 +16,8 @@ use super::*;
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Taken after `conn`, never before.
+    cache: Mutex<Cache>,
 }
 
 impl SqliteStore {
@@ -51,8 +54,12 @@ impl SqliteStore {
         let mut conn = conn;
         super::migrations::migrate(&mut conn)
             .map_err(|e| anyhow::anyhow!("the store {}: {e}", path.display()))?;
+        let cache = Cache::load(&conn).map_err(|e| {
+            anyhow::anyhow!("the store {}: cannot read its sets: {e}", path.display())
+        })?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            cache: Mutex::new(cache),
         })
     }
 
@@ -60,13 +67,19 @@ impl SqliteStore {
         let mut conn = self.conn.lock().expect("poisoned");
         f(&mut conn)
     }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().expect("poisoned")
+    }
 }
 
+mod cache;
 mod pair;
 mod placement;
 mod rows;
 mod topology;
 
+use cache::Cache;
 use rows::*;
 use topology::*;
 
@@ -182,37 +195,21 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM pool WHERE instance = ?1", [master.as_str()])?;
             let created = load_set(&tx, set)?.expect("just inserted");
             tx.commit()?;
+            self.cache().refresh_set(c, set)?;
             Ok(created)
         })
     }
 
     fn set(&self, set: &ReplicaSetId) -> Result<Option<ReplicaSet>> {
-        self.with(|c| load_set(c, set))
+        Ok(self.cache().set(set))
     }
 
     fn sets(&self) -> Result<Vec<ReplicaSet>> {
-        self.with(|c| {
-            let ids: Vec<String> = c
-                .prepare("SELECT id FROM replica_sets ORDER BY id")?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            ids.into_iter()
-                .map(|s| Ok(load_set(c, &id(s)?)?.expect("listed")))
-                .collect()
-        })
+        Ok(self.cache().sets())
     }
 
     fn set_of(&self, instance: &InstanceId) -> Result<Option<ReplicaSetId>> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT set_id FROM members WHERE instance = ?1",
-                [instance.as_str()],
-                |r| r.get::<_, String>(0),
-            )
-            .optional()?
-            .map(id)
-            .transpose()
-        })
+        Ok(self.cache().set_of(instance))
     }
 
     fn apply(&self, set: &ReplicaSetId, change: &TopologyChange) -> Result<ReplicaSet> {
@@ -220,6 +217,7 @@ impl Store for SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let after = apply_in(&tx, set, change)?;
             tx.commit()?;
+            self.cache().refresh_set(c, set)?;
             Ok(after)
         })
     }
@@ -262,6 +260,7 @@ impl Store for SqliteStore {
                 after
             };
             tx.commit()?;
+            self.cache().refresh_set(c, set)?;
             Ok(after)
         })
     }
@@ -275,6 +274,7 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM set_pair WHERE set_id = ?1", [set.as_str()])?;
             tx.execute("DELETE FROM replica_sets WHERE id = ?1", [set.as_str()])?;
             tx.commit()?;
+            self.cache().refresh_set(c, set)?;
             Ok(())
         })
     }
@@ -291,6 +291,7 @@ impl Store for SqliteStore {
                 return Err(StoreError::NotFound(format!("no replica set {set}")));
             }
             tx.commit()?;
+            self.cache().refresh_set(c, set)?;
             Ok(epoch)
         })
     }
@@ -312,7 +313,7 @@ impl Store for SqliteStore {
                 ],
             );
             match inserted {
-                Ok(_) => Ok(()),
+                Ok(_) => self.cache().refresh_workflows(c),
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if e.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
@@ -357,14 +358,7 @@ impl Store for SqliteStore {
     }
 
     fn active_workflows(&self) -> Result<Vec<WorkflowRow>> {
-        self.with(|c| {
-            c.prepare(&format!(
-                "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE state IN ('running', 'rolling_back') ORDER BY created_at"
-            ))?
-            .query_map([], workflow_row)?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(Into::into)
-        })
+        Ok(self.cache().active_workflows())
     }
 
     fn update_workflow(&self, wid: &str, state: WorkflowState, error: Option<&str>) -> Result<()> {
@@ -373,7 +367,7 @@ impl Store for SqliteStore {
                 "UPDATE workflows SET state = ?2, error = COALESCE(?3, error), updated_at = ?4 WHERE id = ?1",
                 params![wid, state.as_str(), error, Timestamp::now().0 as i64],
             )?;
-            Ok(())
+            self.cache().refresh_workflows(c)
         })
     }
 

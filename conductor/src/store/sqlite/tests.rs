@@ -102,3 +102,104 @@ fn epochs_come_from_one_sequence_and_a_journaled_change_is_applied_once() {
         (IntendedRole::Replica, false, Some(i("db-2")))
     );
 }
+
+#[test]
+fn the_sets_held_in_memory_are_what_the_database_holds_after_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let s = SqliteStore::open(&path).unwrap();
+    // What a store opened afresh on the same file reads: the database's truth.
+    let on_disk = || {
+        let fresh = SqliteStore::open(&path).unwrap();
+        (fresh.sets().unwrap(), fresh.active_workflows().unwrap())
+    };
+    let same = |s: &SqliteStore, why: &str| {
+        let (sets, active) = on_disk();
+        assert_eq!(s.sets().unwrap(), sets, "after {why}");
+        assert_eq!(s.active_workflows().unwrap(), active, "after {why}");
+        for set in &sets {
+            assert_eq!(s.set(&set.id).unwrap().as_ref(), Some(set), "after {why}");
+            for m in &set.members {
+                assert_eq!(s.set_of(&m.instance).unwrap().as_ref(), Some(&set.id));
+            }
+        }
+    };
+    s.create_set(&set("s2"), &i("db-5")).unwrap();
+    s.create_set(&set("s1"), &i("db-1")).unwrap();
+    same(&s, "create");
+    let add = |r: &str| TopologyChange::AddReplica {
+        instance: i(r),
+        options: ReplicaOptions::default(),
+        source: None,
+    };
+    s.apply(&set("s1"), &add("db-2")).unwrap();
+    s.apply_step("w", 0, "add", &set("s1"), &add("db-3"))
+        .unwrap();
+    same(&s, "adding replicas");
+    s.apply(
+        &set("s1"),
+        &TopologyChange::NewMaster {
+            new_master: i("db-2"),
+        },
+    )
+    .unwrap();
+    same(&s, "a promotion");
+    s.bump_epoch(&set("s2")).unwrap();
+    same(&s, "an epoch bump");
+    // A refused change leaves both as they were.
+    s.apply(&set("s2"), &add("db-2")).unwrap_err();
+    same(&s, "a refused change");
+    s.apply(
+        &set("s1"),
+        &TopologyChange::RemoveReplica {
+            instance: i("db-3"),
+        },
+    )
+    .unwrap();
+    assert_eq!(s.set_of(&i("db-3")).unwrap(), None);
+    same(&s, "a removal");
+    s.delete_set(&set("s2")).unwrap();
+    assert_eq!(s.set(&set("s2")).unwrap(), None);
+    assert_eq!(s.set_of(&i("db-5")).unwrap(), None);
+    same(&s, "a deletion");
+    s.start_workflow(&wf("a", "s1")).unwrap();
+    same(&s, "a workflow started");
+    s.update_workflow("a", WorkflowState::RollingBack, Some("why"))
+        .unwrap();
+    same(&s, "a workflow rolling back");
+    s.update_workflow("a", WorkflowState::Failed, None).unwrap();
+    assert!(s.active_workflows().unwrap().is_empty());
+    same(&s, "a workflow ended");
+}
+
+#[test]
+fn the_queries_of_a_fleet_use_an_index() {
+    let (_d, s) = store();
+    let plan = |sql: &str| -> String {
+        s.with(|c| {
+            let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            let rows: Vec<String> = stmt
+                .query_map([], |r| r.get::<_, String>(3))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows.join("; "))
+        })
+        .unwrap()
+    };
+    for (sql, index) in [
+        (
+            "SELECT instance FROM members WHERE set_id = 's1'",
+            "members_by_set",
+        ),
+        (
+            "SELECT id FROM workflows ORDER BY created_at DESC LIMIT 50",
+            "workflows_by_created",
+        ),
+        (
+            "SELECT seq FROM journal ORDER BY sent_at DESC LIMIT 50",
+            "journal_by_sent",
+        ),
+    ] {
+        let plan = plan(sql);
+        assert!(plan.contains(index), "{sql}: {plan}");
+    }
+}

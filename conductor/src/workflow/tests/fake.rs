@@ -67,11 +67,12 @@ pub fn gtid(s: &str) -> Position {
 /// What a healthy agent answers: positions at `0-1-10`, a replication account, done.
 pub fn healthy(sent: &Sent) -> Answer {
     match &sent.command {
-        Command::GetLatestPosition | Command::DrainReceived { .. } => {
-            Answer::ok(ReplyBody::Position {
-                position: gtid("0-1-10"),
-            })
-        }
+        Command::GetLatestPosition
+        | Command::DrainReceived { .. }
+        | Command::StopWrites
+        | Command::TakeOverWrites { .. } => Answer::ok(ReplyBody::Position {
+            position: gtid("0-1-10"),
+        }),
         Command::CreateReplicationUser { replica, .. } => Answer::ok(ReplyBody::Credentials {
             credentials: tandem_proto::ReplicationCredentials {
                 user: format!("tandem_repl_{replica}"),
@@ -242,6 +243,24 @@ impl World {
         r.zone = "zone-a".into();
         edit(&mut r);
         self.c.registry.record(r);
+    }
+
+    /// Makes db-1 and db-2 a master-master pair, db-1 active (db-3 a read replica
+    /// under it).
+    pub fn pair(&self) {
+        self.c
+            .store
+            .apply(
+                &s1(),
+                &TopologyChange::PairUp {
+                    pair: crate::store::PairRecord {
+                        first: i("db-1"),
+                        second: i("db-2"),
+                        passive_written: 0,
+                    },
+                },
+            )
+            .unwrap();
     }
 
     pub fn epoch(&self) -> u64 {

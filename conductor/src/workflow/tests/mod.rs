@@ -8,6 +8,7 @@
 mod cascade;
 mod failover;
 mod fake;
+mod pair;
 mod reconfigure;
 mod rejoin;
 mod resume;
