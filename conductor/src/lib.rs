@@ -23,6 +23,7 @@ pub mod failover_memory;
 pub mod failpoint;
 pub mod failsafe;
 pub mod fence;
+pub mod intake;
 pub mod keys;
 pub mod leadership;
 pub mod metadata;
@@ -87,6 +88,8 @@ pub struct Conductor {
     pub failover_watch: detector::Watch,
     /// When this process started (the age of a master it never heard from).
     pub started: tokio::time::Instant,
+    /// Reports believed and waiting to be processed (see [`intake`]).
+    pub intake: intake::Intake,
 }
 
 impl Conductor {
@@ -129,6 +132,35 @@ impl Conductor {
             });
         }
         false
+    }
+
+    /// Says that the status intake fell behind or caught up again.
+    fn announce_intake(&self, standing: intake::Standing) {
+        let state = self.intake.state();
+        let at = tandem_proto::Timestamp::now();
+        let lag_ms = state.lag.as_millis() as u64;
+        match standing {
+            intake::Standing::FellBehind => {
+                tracing::warn!(
+                    lag_ms,
+                    waiting = state.waiting,
+                    replaced = state.replaced,
+                    "the status intake is behind: reports wait longer than their period \
+                     (only each instance's newest is kept)"
+                );
+                self.events.publish(events::ApiEvent::IntakeBehind {
+                    lag_ms,
+                    waiting: state.waiting,
+                    replaced: state.replaced,
+                    at,
+                });
+            }
+            intake::Standing::CaughtUp => {
+                tracing::info!(lag_ms, "the status intake caught up");
+                self.events
+                    .publish(events::ApiEvent::IntakeCaughtUp { lag_ms, at });
+            }
+        }
     }
 
     /// Raises a drift event for `instance` while its engine differs from the intent (a
@@ -290,6 +322,7 @@ impl Conductor {
             open_drift: Default::default(),
             failover_watch: Default::default(),
             started: tokio::time::Instant::now(),
+            intake: Default::default(),
         }
     }
 }
@@ -304,14 +337,26 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut reports = transport.subscribe_status("#");
-    let follower = {
+    // Receiving (and checking the sender) apart from processing: the receiver never
+    // waits for the processing, and what waits between them is bounded (`intake`).
+    let receiver = {
         let c = conductor.clone();
         tokio::spawn(async move {
             while let Some(received) = reports.next_received().await {
-                if !c.believes(&received.envelope.body.instance, &received.sender) {
-                    continue;
+                if c.believes(&received.envelope.body.instance, &received.sender) {
+                    c.intake.offer(received.envelope.body);
                 }
-                let r = received.envelope.body;
+            }
+        })
+    };
+    let follower = {
+        let c = conductor.clone();
+        tokio::spawn(async move {
+            loop {
+                let (r, standing) = c.intake.take().await;
+                if let Some(standing) = standing {
+                    c.announce_intake(standing);
+                }
                 let record = InstanceRecord {
                     id: r.instance.clone(),
                     zone: r.zone.clone(),
@@ -362,6 +407,7 @@ async fn serve(
     };
     detector_stop.cancel();
     follower.abort();
+    receiver.abort();
     drop(leadership);
     result.map_err(Into::into)
 }

@@ -17,10 +17,14 @@ use crate::Conductor;
 
 #[utoipa::path(get, path = "/v1/health", tag = "conductor", responses((status = 200, body = Health)))]
 pub async fn health(State(c): State<Arc<Conductor>>) -> Json<Health> {
+    let intake = c.intake.state();
     Json(Health {
         status: "ok".into(),
         broker_connected: c.agents.is_connected(),
         instances: c.registry.list().len(),
+        intake_lag_ms: intake.lag.as_millis() as u64,
+        intake_waiting: intake.waiting,
+        intake_replaced: intake.replaced,
     })
 }
 

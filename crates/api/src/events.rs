@@ -114,6 +114,17 @@ pub enum ApiEvent {
     },
     /// A set that broke placement rules keeps them all again.
     PlacementRestored { set: ReplicaSetId, at: Timestamp },
+    /// The conductor processes status reports later than their period (`lag_ms` the
+    /// wait of the report it just processed): it keeps only each instance's newest,
+    /// `waiting` of them, `replaced` older ones dropped so far.
+    IntakeBehind {
+        lag_ms: u64,
+        waiting: usize,
+        replaced: u64,
+        at: Timestamp,
+    },
+    /// The status intake keeps up again.
+    IntakeCaughtUp { lag_ms: u64, at: Timestamp },
     /// This subscriber fell behind and missed `missed` events (the conductor never
     /// slows down for a subscriber).
     Lagged { missed: u64 },

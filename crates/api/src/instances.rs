@@ -11,6 +11,16 @@ pub struct Health {
     pub broker_connected: bool,
     /// Instances whose agents have reported since the conductor started.
     pub instances: usize,
+    /// How long the last status report processed had waited in the conductor (see
+    /// `intake_behind` events).
+    #[serde(default)]
+    pub intake_lag_ms: u64,
+    /// Reports waiting to be processed (at most one per instance).
+    #[serde(default)]
+    pub intake_waiting: usize,
+    /// Reports replaced by a newer one of their instance before being processed.
+    #[serde(default)]
+    pub intake_replaced: u64,
 }
 
 /// One instance as the API shows it.
