@@ -7,7 +7,10 @@ use std::path::Path;
 use crate::signing::SigningKey;
 
 /// The bytes in `path`, or new ones from `make`, written there first (0600,
-/// atomically: a crash leaves either no file or the whole one).
+/// atomically: a crash leaves either no file or the whole one). When two processes
+/// make it at once (the agent starting while `tandem-agent public-key` runs), one file
+/// wins and both return its bytes: each writes a file of its own and links it into
+/// place, which fails for the second, who then reads the first's.
 pub fn load_or_make(
     path: &Path,
     make: impl FnOnce() -> Result<Vec<u8>, String>,
@@ -23,20 +26,28 @@ pub fn load_or_make(
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
     let bytes = make()?;
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
     let written = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .and_then(|mut f| {
             f.write_all(&bytes)?;
             f.sync_all()
         })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    written.map_err(|e| format!("write {}: {e}", path.display()))?;
-    Ok(bytes)
+        .and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        Ok(()) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(path)
+            .map_err(|e| format!("read {} (made by another process): {e}", path.display())),
+        Err(e) => Err(format!("write {}: {e}", path.display())),
+    }
 }
 
 impl SigningKey {
@@ -50,6 +61,26 @@ impl SigningKey {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn keys_made_at_once_by_two_makers_are_one_key() {
+        for _ in 0..50 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("agent.key");
+            let made: Vec<Vec<u8>> = std::thread::scope(|s| {
+                let makers: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| super::load_or_make(&path, super::SigningKey::generate).unwrap())
+                    })
+                    .collect();
+                makers.into_iter().map(|m| m.join().unwrap()).collect()
+            });
+            assert!(made.windows(2).all(|w| w[0] == w[1]), "two keys were made");
+            assert_eq!(std::fs::read(&path).unwrap(), made[0]);
+            // Nothing left behind but the key.
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        }
+    }
 
     #[test]
     fn a_key_is_made_once_private_and_kept() {
