@@ -5,18 +5,19 @@
 //! is a query per set per tick and one per report, all behind the connection's lock.
 //!
 //! The copy is changed by the same calls that change the database, under the
-//! connection's lock and after their commit, so it is never behind nor ahead of what was
-//! committed: one conductor process holds the store at a time (the leadership lock), and
+//! connection's lock and right after their commit, with what they read inside their
+//! transaction (nothing can fail in between), so it is never behind nor ahead of what
+//! was committed: one conductor process holds the store at a time (the leadership lock), and
 //! it is the only writer of sets and workflows.
 
 use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::Connection;
-use tandem_proto::{InstanceId, ReplicaSetId};
+use tandem_proto::{InstanceId, ReplicaSetId, Timestamp};
 
 use super::rows::*;
 use super::topology::load_set;
-use super::{ReplicaSet, Result, WorkflowRow};
+use super::{ReplicaSet, Result, WorkflowRow, WorkflowState};
 
 #[derive(Default)]
 pub(super) struct Cache {
@@ -34,9 +35,17 @@ impl Cache {
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         for set in ids {
-            cache.refresh_set(c, &id(set)?)?;
+            if let Some(set) = load_set(c, &id(set)?)? {
+                cache.put(set);
+            }
         }
-        cache.refresh_workflows(c)?;
+        cache.active = c
+            .prepare(&format!(
+                "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE state IN ('running', \
+                 'rolling_back') ORDER BY created_at"
+            ))?
+            .query_map([], workflow_row)?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(cache)
     }
 
@@ -57,8 +66,18 @@ impl Cache {
         self.active.clone()
     }
 
-    /// Reads `set` again from the database (gone: forgotten), after a change to it.
-    pub(super) fn refresh_set(&mut self, c: &Connection, set: &ReplicaSetId) -> Result<()> {
+    /// Holds `set` as it is now, after a change to it (read inside the change's
+    /// transaction, so nothing can fail between its commit and this).
+    pub(super) fn put(&mut self, set: ReplicaSet) {
+        self.remove(&set.id);
+        for m in &set.members {
+            self.set_of.insert(m.instance.clone(), set.id.clone());
+        }
+        self.sets.insert(set.id.clone(), set);
+    }
+
+    /// Forgets `set`, deleted.
+    pub(super) fn remove(&mut self, set: &ReplicaSetId) {
         if let Some(old) = self.sets.remove(set) {
             for m in &old.members {
                 if self.set_of.get(&m.instance) == Some(set) {
@@ -66,25 +85,39 @@ impl Cache {
                 }
             }
         }
-        if let Some(now) = load_set(c, set)? {
-            for m in &now.members {
-                self.set_of.insert(m.instance.clone(), set.clone());
-            }
-            self.sets.insert(set.clone(), now);
-        }
-        Ok(())
     }
 
-    /// Reads the active workflows again, after one started or changed state (rare
-    /// next to the reads, and few: at most one per set).
-    pub(super) fn refresh_workflows(&mut self, c: &Connection) -> Result<()> {
-        self.active = c
-            .prepare(&format!(
-                "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE state IN ('running', \
-                 'rolling_back') ORDER BY created_at"
-            ))?
-            .query_map([], workflow_row)?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(())
+    /// A workflow was recorded.
+    pub(super) fn started(&mut self, row: &WorkflowRow) {
+        if is_active(row.state) {
+            self.active.push(row.clone());
+            self.active.sort_by_key(|w| w.created_at);
+        }
     }
+
+    /// A workflow's state changed, as `UPDATE workflows` changed it (an error given
+    /// replaces the one held; none keeps it).
+    pub(super) fn changed(
+        &mut self,
+        id: &str,
+        state: WorkflowState,
+        error: Option<&str>,
+        at: Timestamp,
+    ) {
+        if !is_active(state) {
+            self.active.retain(|w| w.id != id);
+            return;
+        }
+        if let Some(w) = self.active.iter_mut().find(|w| w.id == id) {
+            w.state = state;
+            if let Some(e) = error {
+                w.error = Some(e.to_owned());
+            }
+            w.updated_at = at;
+        }
+    }
+}
+
+fn is_active(state: WorkflowState) -> bool {
+    matches!(state, WorkflowState::Running | WorkflowState::RollingBack)
 }

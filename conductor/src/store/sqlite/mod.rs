@@ -195,7 +195,7 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM pool WHERE instance = ?1", [master.as_str()])?;
             let created = load_set(&tx, set)?.expect("just inserted");
             tx.commit()?;
-            self.cache().refresh_set(c, set)?;
+            self.cache().put(created.clone());
             Ok(created)
         })
     }
@@ -217,7 +217,7 @@ impl Store for SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let after = apply_in(&tx, set, change)?;
             tx.commit()?;
-            self.cache().refresh_set(c, set)?;
+            self.cache().put(after.clone());
             Ok(after)
         })
     }
@@ -260,7 +260,7 @@ impl Store for SqliteStore {
                 after
             };
             tx.commit()?;
-            self.cache().refresh_set(c, set)?;
+            self.cache().put(after.clone());
             Ok(after)
         })
     }
@@ -274,7 +274,7 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM set_pair WHERE set_id = ?1", [set.as_str()])?;
             tx.execute("DELETE FROM replica_sets WHERE id = ?1", [set.as_str()])?;
             tx.commit()?;
-            self.cache().refresh_set(c, set)?;
+            self.cache().remove(set);
             Ok(())
         })
     }
@@ -290,8 +290,9 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound(format!("no replica set {set}")));
             }
+            let after = load_set(&tx, set)?.expect("just updated");
             tx.commit()?;
-            self.cache().refresh_set(c, set)?;
+            self.cache().put(after);
             Ok(epoch)
         })
     }
@@ -313,7 +314,10 @@ impl Store for SqliteStore {
                 ],
             );
             match inserted {
-                Ok(_) => self.cache().refresh_workflows(c),
+                Ok(_) => {
+                    self.cache().started(w);
+                    Ok(())
+                }
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if e.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
@@ -362,12 +366,14 @@ impl Store for SqliteStore {
     }
 
     fn update_workflow(&self, wid: &str, state: WorkflowState, error: Option<&str>) -> Result<()> {
+        let now = Timestamp::now();
         self.with(|c| {
             c.execute(
                 "UPDATE workflows SET state = ?2, error = COALESCE(?3, error), updated_at = ?4 WHERE id = ?1",
-                params![wid, state.as_str(), error, Timestamp::now().0 as i64],
+                params![wid, state.as_str(), error, now.0 as i64],
             )?;
-            self.cache().refresh_workflows(c)
+            self.cache().changed(wid, state, error, now);
+            Ok(())
         })
     }
 
