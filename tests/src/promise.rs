@@ -73,16 +73,30 @@ pub fn ids_on(c: &Cluster, name: &str) -> HashSet<u64> {
 
 pub fn assert_all_acknowledged_on(c: &Cluster, name: &str, acked: &[Ack]) {
     let present = ids_on(c, name);
-    let missing: Vec<u64> = acked
+    let missing: Vec<&Ack> = acked.iter().filter(|a| !present.contains(&a.id)).collect();
+    if missing.is_empty() {
+        return;
+    }
+    // Which server acknowledged each, and when (from the first acknowledgement), and
+    // where the failovers stood: what a person needs to tell a loss from a test's slip.
+    let first = acked.first().map(|a| a.at).expect("rows were acknowledged");
+    let said: Vec<String> = missing
         .iter()
-        .map(|a| a.id)
-        .filter(|id| !present.contains(id))
+        .map(|a| {
+            format!(
+                "{} (by server {} at +{} ms)",
+                a.id,
+                a.server,
+                a.at.duration_since(first).as_millis()
+            )
+        })
         .collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged rows are not on {name}: {missing:?}",
+    panic!(
+        "{} of {} acknowledged rows are not on {name}: {}\naudit:\n{}",
         missing.len(),
-        acked.len()
+        acked.len(),
+        said.join(", "),
+        tail(&c.cli(&["audit"]).1, 40)
     );
 }
 

@@ -71,6 +71,22 @@ pub fn choose(
 ) -> Result<Choice, String> {
     let mut excluded = Vec::new();
     let mut eligible: Vec<(&Drained, &Position)> = Vec::new();
+    let all_positions: Vec<(&InstanceId, &Position)> = drained
+        .iter()
+        .filter_map(|d| d.position.as_ref().ok().map(|p| (&d.instance, p)))
+        .collect();
+    // Drained, a replica has applied all it received: its lag before the failure says
+    // how much it had left to apply then, not what it holds now. It is left out for it
+    // only when a replica that did not lag holds all it holds (else promoting another
+    // would lose what only it has).
+    let unlagged: Vec<&Position> = drained
+        .iter()
+        .filter(|d| d.diverged.is_none() && d.held_back.is_none())
+        .filter(|d| d.rule != PromotionRule::MustNot)
+        .filter(|d| !d.lag_s.is_some_and(|l| l > max_lag_s))
+        .filter_map(|d| d.position.as_ref().ok())
+        .collect();
+    let covered = |p: &Position| unlagged.iter().any(|q| q.contains(p));
     for d in drained {
         let why = match &d.position {
             _ if d.diverged.is_some() => Some(format!(
@@ -80,7 +96,7 @@ pub fn choose(
             _ if d.held_back.is_some() => d.held_back.clone(),
             Err(e) => Some(format!("not drained: {e}")),
             Ok(_) if d.rule == PromotionRule::MustNot => Some("promotion_rule must_not".into()),
-            Ok(_) if d.lag_s.is_some_and(|l| l > max_lag_s) => Some(format!(
+            Ok(p) if d.lag_s.is_some_and(|l| l > max_lag_s) && covered(p) => Some(format!(
                 "lagged {:.1} s, more than max_lag_s {max_lag_s}",
                 d.lag_s.unwrap_or_default()
             )),
@@ -93,10 +109,6 @@ pub fn choose(
             excluded.push((d.instance.clone(), why));
         }
     }
-    let all_positions: Vec<(&InstanceId, &Position)> = drained
-        .iter()
-        .filter_map(|d| d.position.as_ref().ok().map(|p| (&d.instance, p)))
-        .collect();
 
     if let Some(wanted) = requested {
         let Some(d) = drained.iter().find(|d| &d.instance == wanted) else {
@@ -245,6 +257,15 @@ mod tests {
         assert_eq!(
             choose(&d3, "a", 30.0, None, false).unwrap().candidate,
             i("db-3")
+        );
+
+        // Unless it holds what no other does: its lag was then, its position is now.
+        let mut d6 = d.clone();
+        d6[2].lag_s = Some(100.0);
+        d6[2].position = Ok(Position::Gtid("0-1-13".parse().unwrap()));
+        assert_eq!(
+            choose(&d6, "a", 30.0, None, false).unwrap().candidate,
+            i("db-4")
         );
 
         // Prefer beats zone; priority breaks the remaining tie.

@@ -186,6 +186,38 @@ pub async fn run(
         })
         .collect();
 
+    // With semi-synchronous replication every acknowledged commit is on at least one
+    // replica that acknowledges; one of those that could not be drained may hold the
+    // only copy of a commit the others lack (the cut reached it last). Nobody is
+    // promoted without it unless an operator accepts the loss: the failover stands
+    // down and the detector tries again, until it answers.
+    if !force && !site {
+        let mut unheard = Vec::new();
+        for (r, position, diverged) in &drained {
+            let (Err(why), None) = (position, diverged) else {
+                continue;
+            };
+            let Some(m) = set.members.iter().find(|m| &m.instance == r) else {
+                continue;
+            };
+            if m.replicates_from.as_ref() == Some(failed)
+                && ctx.acknowledges(r, Some(failed), &m.options)?
+            {
+                unheard.push(format!("{r} ({why})"));
+            }
+        }
+        if !unheard.is_empty() {
+            let why = format!(
+                "{} acknowledged the master's semi-synchronous commits and could not be \
+                 drained: it may hold acknowledged writes no other replica has; waiting \
+                 for it (`tandem failover run {} --force` promotes without it, losing them)",
+                unheard.join(", "),
+                set.id
+            );
+            return stand_down(ctx, epoch, &replicas, why).await;
+        }
+    }
+
     // The replicas are drained; nobody is promoted before the old master's lease has
     // run out (unless an operator forces it), and if the master is back meanwhile the
     // failover stands down.
@@ -351,6 +383,37 @@ pub async fn run(
         })
     })?;
     let candidate = &decision.candidate;
+
+    // Nor without what an acknowledging replica that cannot be promoted holds (its
+    // promotion rule, say): the candidate would lose acknowledged writes.
+    if !force && !site {
+        let mut ahead = Vec::new();
+        for (r, position, diverged) in &drained {
+            let (Ok(p), None) = (position, diverged) else {
+                continue;
+            };
+            let Some(m) = set.members.iter().find(|m| &m.instance == r) else {
+                continue;
+            };
+            if !decision.position.contains(p)
+                && m.replicates_from.as_ref() == Some(failed)
+                && ctx.acknowledges(r, Some(failed), &m.options)?
+            {
+                ahead.push(format!("{r} at {p}"));
+            }
+        }
+        if !ahead.is_empty() {
+            let why = format!(
+                "{} acknowledged the master's semi-synchronous commits and holds some that \
+                 the candidate {candidate} (at {}) lacks, but cannot be promoted itself; \
+                 `tandem failover run {} --force` promotes {candidate}, losing them",
+                ahead.join(", "),
+                decision.position,
+                set.id
+            );
+            return stand_down(ctx, epoch, &replicas, why).await;
+        }
+    }
 
     // Step 3.
     let change = match (&dr, site) {

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use tandem_api::WorkflowState;
-use tandem_proto::Command;
+use tandem_proto::{Command, ReplyBody};
 
-use super::fake::{healthy, i, lines, s1, Answer, World};
+use super::fake::{gtid, healthy, i, lines, s1, Answer, World};
 use crate::workflow::Spec;
 
 fn failover() -> Spec {
@@ -112,4 +112,109 @@ async fn a_failover_stands_down_when_the_master_reports_again_before_its_lease_e
             lines(&sent)
         );
     }
+}
+
+/// db-1's host froze, and db-3 (an acknowledging replica) answers nothing either.
+fn frozen_master_and_silent_replica(w: &World) {
+    w.agents.script(|s| {
+        if matches!(s.target.as_str(), "db-1" | "db-3") {
+            Answer::Silent
+        } else {
+            healthy(s)
+        }
+    });
+}
+
+fn semi_sync(w: &World) {
+    let mut state = w.c.store.failover_state(&s1()).unwrap();
+    state.semi_sync = true;
+    w.c.store.set_failover_state(&s1(), &state).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_semi_sync_nobody_is_promoted_while_an_acknowledging_replica_is_unheard() {
+    let w = World::new();
+    semi_sync(&w);
+    frozen_master_and_silent_replica(&w);
+    tokio::time::advance(w.c.settings.failover.detect_after).await;
+    let epoch = w.epoch();
+    let row = w.run(failover()).await;
+    let sent = w.agents.sent();
+    assert_eq!(
+        row.state,
+        WorkflowState::RolledBack,
+        "{:?}\n{}",
+        row.error,
+        lines(&sent)
+    );
+    let error = row.error.unwrap();
+    assert!(
+        error.contains("db-3") && error.contains("acknowledged"),
+        "{error}"
+    );
+    assert_eq!(w.master(), "db-1");
+    assert_eq!(w.epoch(), epoch, "nothing was recorded");
+    assert!(
+        !sent.iter().any(|s| s.name() == "detach"),
+        "{}",
+        lines(&sent)
+    );
+
+    // Without semi-sync no replica holds a commit the master acknowledged for it: the
+    // heard one is promoted, the silent one left behind (and said so).
+    let w = World::new();
+    frozen_master_and_silent_replica(&w);
+    tokio::time::advance(w.c.settings.failover.detect_after).await;
+    let row = w.run(failover()).await;
+    assert_eq!(row.state, WorkflowState::Done, "{:?}", row.error);
+    assert_eq!(w.master(), "db-2");
+
+    // An operator may accept the loss.
+    let w = World::new();
+    semi_sync(&w);
+    frozen_master_and_silent_replica(&w);
+    tokio::time::advance(w.c.settings.failover.detect_after).await;
+    let mut forced = failover();
+    if let Spec::Failover {
+        force, automatic, ..
+    } = &mut forced
+    {
+        *force = true;
+        *automatic = false;
+    }
+    let row = w.run(forced).await;
+    assert_eq!(row.state, WorkflowState::Done, "{:?}", row.error);
+    assert_eq!(w.master(), "db-2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_semi_sync_a_candidate_lacking_what_an_unpromotable_replica_holds_is_not_promoted() {
+    let w = World::new();
+    semi_sync(&w);
+    // db-3 received more than db-2 before the master froze, and must never be promoted.
+    w.c.store
+        .set_metadata(&i("db-3"), "promotion_rule", "must_not")
+        .unwrap();
+    w.agents.script(|s| match s.target.as_str() {
+        "db-1" => Answer::Silent,
+        "db-3" if s.name() == "drain_received" => Answer::ok(ReplyBody::Position {
+            position: gtid("0-1-12"),
+        }),
+        _ => healthy(s),
+    });
+    tokio::time::advance(w.c.settings.failover.detect_after).await;
+    let row = w.run(failover()).await;
+    let sent = w.agents.sent();
+    assert_eq!(row.state, WorkflowState::RolledBack, "{}", lines(&sent));
+    let error = row.error.unwrap();
+    assert!(
+        error.contains("db-3 at") && error.contains("0-1-12") && error.contains("lacks"),
+        "{error}"
+    );
+    assert_eq!(w.master(), "db-1");
+    assert!(
+        !sent.iter().any(|s| s.name() == "detach"),
+        "{}",
+        lines(&sent)
+    );
 }
