@@ -91,12 +91,32 @@ pub fn assert_all_acknowledged_on(c: &Cluster, name: &str, acked: &[Ack]) {
             )
         })
         .collect();
+    // Each server's semi-sync counters: commits acknowledged with and without a
+    // replica's word.
+    let semi_sync: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let counters = c
+                .db(&n.name)
+                .sql(
+                    "SELECT GROUP_CONCAT(CONCAT(VARIABLE_NAME, '=', VARIABLE_VALUE)) FROM \
+                     information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME IN \
+                     ('RPL_SEMI_SYNC_MASTER_STATUS', 'RPL_SEMI_SYNC_MASTER_YES_TX', \
+                     'RPL_SEMI_SYNC_MASTER_NO_TX', 'RPL_SEMI_SYNC_MASTER_NO_TIMES')",
+                )
+                .unwrap_or_else(|e| e.to_string());
+            format!("{}: {counters}", n.name)
+        })
+        .collect();
     panic!(
-        "{} of {} acknowledged rows are not on {name}: {}\naudit:\n{}",
+        "{} of {} acknowledged rows are not on {name}: {}\nsemi-sync: {}\naudit:\n{}\n{}",
         missing.len(),
         acked.len(),
         said.join(", "),
-        tail(&c.cli(&["audit"]).1, 40)
+        semi_sync.join("; "),
+        tail(&c.cli(&["audit"]).1, 40),
+        c.node_logs()
     );
 }
 

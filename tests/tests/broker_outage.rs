@@ -202,6 +202,15 @@ fn a_broker_outage_with_the_master_cut_from_its_replicas_fences_it_before_any_pr
         first_new.saturating_duration_since(down).as_millis(),
         first.at.saturating_duration_since(down).as_millis()
     );
+    eprintln!(
+        "{old}'s semi-sync: {}",
+        c.db(&old)
+            .sql(
+                "SELECT GROUP_CONCAT(CONCAT(VARIABLE_NAME, '=', VARIABLE_VALUE)) FROM \
+                 information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME LIKE 'RPL_SEMI_SYNC_MASTER%'"
+            )
+            .unwrap_or_default()
+    );
     assert!(
         last_old < first_new,
         "{old} was still writable after {new} became writable"

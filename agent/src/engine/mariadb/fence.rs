@@ -70,6 +70,23 @@ impl MariaDb {
         Ok(left)
     }
 
+    /// Ends the sessions that keep `SET GLOBAL read_only` (on session `setter`) from
+    /// finishing on a master whose replicas stopped acknowledging: every client
+    /// session and every busy one of the agent's own (a heartbeat in a commit group),
+    /// those waiting for an acknowledgement last (see `kill_sessions`). How many.
+    pub(super) async fn end_stuck_commits(
+        &self,
+        c: &mut Conn,
+        setter: u64,
+    ) -> Result<usize, EngineError> {
+        self.kill_sessions(c, |s| {
+            s.id != setter
+                && !s.is_internal()
+                && (!self.is_own_account(&s.user) || s.command != "Sleep")
+        })
+        .await
+    }
+
     /// Ends every client session: everything but this connection, the server's own
     /// threads, replication, and the agent's account. Returns how many it ended.
     pub(super) async fn end_client_sessions(&self, c: &mut Conn) -> Result<usize, EngineError> {

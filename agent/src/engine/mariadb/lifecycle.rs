@@ -114,35 +114,45 @@ impl MariaDb {
         // SET read_only waits for commits in progress; once it is waiting, new writes
         // queue behind it. A commit waiting for a semi-sync acknowledgement would hold
         // it for the whole semi-sync timeout and then be acknowledged to its client
-        // (asynchronously: a write the new master never sees). Its session is killed
-        // instead: the client gets an error, not an acknowledgement.
+        // (asynchronously: a write the new master never sees). Such sessions are ended
+        // instead (see `end_stuck_commits`): their clients get an error, never an
+        // acknowledgement.
         let mut c = self.conn().await?;
-        let set = tokio::spawn(async move { c.query_drop("SET GLOBAL read_only = 1").await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if !set.is_finished() {
+        let setter: u64 = timed(
+            "read CONNECTION_ID()",
+            c.query_first("SELECT CONNECTION_ID()"),
+        )
+        .await?
+        .unwrap_or(0);
+        let mut set = tokio::spawn(async move { c.query_drop("SET GLOBAL read_only = 1").await });
+        let deadline = tokio::time::Instant::now() + STATEMENT_TIMEOUT;
+        let result = loop {
+            if let Ok(done) = tokio::time::timeout(Duration::from_millis(100), &mut set).await {
+                break done;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                set.abort();
+                return Err(EngineError::Unavailable(format!(
+                    "MariaDB did not go read-only within {STATEMENT_TIMEOUT:?}"
+                )));
+            }
+            // Again each round: a statement that was past its read-only check when the
+            // SET began may reach its commit later.
             let mut k = self.conn().await?;
-            let killed = self
-                .kill_sessions(&mut k, |s| {
-                    let state = s.state.to_ascii_lowercase();
-                    !s.is_dump()
-                        && s.command != "Daemon"
-                        && (state.contains("semi-sync") || state.contains("commit"))
-                })
-                .await?;
-            tracing::warn!(killed, "fence: sessions stuck in commit were killed");
-        }
-        match tokio::time::timeout(STATEMENT_TIMEOUT, set).await {
-            Ok(Ok(Ok(()))) => {
+            let killed = self.end_stuck_commits(&mut k, setter).await?;
+            if killed > 0 {
+                tracing::warn!(killed, "fence: sessions holding up read-only were ended");
+            }
+        };
+        match result {
+            Ok(Ok(())) => {
                 let mut k = self.conn().await?;
                 let ended = self.end_client_sessions(&mut k).await?;
                 tracing::warn!(ended, "fence: read-only, client sessions ended");
                 Ok(())
             }
-            Ok(Ok(Err(e))) => Err(classify(e)),
-            Ok(Err(e)) => Err(EngineError::Internal(anyhow::anyhow!(e))),
-            Err(_) => Err(EngineError::Unavailable(format!(
-                "MariaDB did not go read-only within {STATEMENT_TIMEOUT:?}"
-            ))),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(e) => Err(EngineError::Internal(anyhow::anyhow!(e))),
         }
     }
 
