@@ -110,6 +110,25 @@ impl Registry {
         map.values().map(view).collect()
     }
 
+    /// Up to `size` instances after `after` (by id) whose report `keep` keeps, and
+    /// whether more follow. Views are made only for the page.
+    pub fn page(
+        &self,
+        after: Option<&InstanceId>,
+        size: usize,
+        keep: impl Fn(&StatusReport) -> bool,
+    ) -> (Vec<InstanceView>, bool) {
+        use std::ops::Bound;
+        let map = self.instances.read().expect("poisoned");
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut kept = map
+            .range((from, Bound::Unbounded))
+            .filter(|(_, e)| keep(&e.report));
+        let page: Vec<InstanceView> = kept.by_ref().take(size).map(|(_, e)| view(e)).collect();
+        let more = kept.next().is_some();
+        (page, more)
+    }
+
     pub fn get(&self, id: &InstanceId) -> Option<InstanceView> {
         self.instances.read().expect("poisoned").get(id).map(view)
     }

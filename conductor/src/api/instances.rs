@@ -1,18 +1,23 @@
 //! Instances as their agents report them, a ping through the broker, and Trove's
 //! instance metadata (set, get, delete, list).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::Json;
 use tandem_api::{
-    Deleted, ErrorBody, ErrorKind, Health, InstanceView, MetadataEntry, MetadataValue, PingResult,
+    page_size, Deleted, ErrorBody, ErrorKind, Health, InstanceQuery, InstanceView, MetadataEntry,
+    MetadataValue, PingResult,
 };
-use tandem_proto::{Command, Envelope, Epoch, ReplyBody, Sender};
+use tandem_proto::{Command, Envelope, Epoch, InstanceId, ReplyBody, Sender};
 
-use super::{bad_request, body, known_instance, not_found, parse_id, unknown_instance, ApiError};
+use super::paging::{self, Paged};
+use super::{
+    bad_request, body, known_instance, not_found, parse_id, parse_set, unknown_instance, ApiError,
+};
 use crate::Conductor;
 
 #[utoipa::path(get, path = "/v1/health", tag = "conductor", responses((status = 200, body = Health)))]
@@ -28,9 +33,37 @@ pub async fn health(State(c): State<Arc<Conductor>>) -> Json<Health> {
     })
 }
 
-#[utoipa::path(get, path = "/v1/instances", tag = "instances", responses((status = 200, body = [InstanceView])))]
-pub async fn list(State(c): State<Arc<Conductor>>) -> Json<Vec<InstanceView>> {
-    Json(c.registry.list())
+/// The instances that reported, by id, a page at a time (500 unless `limit` says),
+/// kept by the filters.
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", params(InstanceQuery), responses((status = 200, body = [InstanceView], headers(("x-next-page" = String, description = "the cursor of the next page (pass it as `after`); absent on the last"))), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list(
+    State(c): State<Arc<Conductor>>,
+    q: Result<Query<InstanceQuery>, QueryRejection>,
+) -> Result<Paged<InstanceView>, ApiError> {
+    let q = paging::query(q)?;
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| InstanceId::new(a).map_err(|_| paging::bad_cursor(a)))
+        .transpose()?;
+    let members: Option<HashSet<InstanceId>> = match q.set.as_deref() {
+        Some(set) => {
+            let set = super::sets::existing(&c, &parse_set(set)?)?;
+            Some(set.members.into_iter().map(|m| m.instance).collect())
+        }
+        None => None,
+    };
+    let size = page_size(q.limit, 500);
+    let (items, more) = c.registry.page(after.as_ref(), size, |r| {
+        q.zone.as_ref().is_none_or(|z| &r.zone == z)
+            && q.role.is_none_or(|role| r.role == role)
+            && q.health.is_none_or(|h| r.health == h)
+            && members.as_ref().is_none_or(|m| m.contains(&r.instance))
+    });
+    let next = more
+        .then(|| items.last().map(|i| i.id.to_string()))
+        .flatten();
+    Ok(Paged { items, next })
 }
 
 #[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", params(("id" = String, Path)), responses((status = 200, body = InstanceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]

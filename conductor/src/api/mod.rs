@@ -24,6 +24,7 @@ mod backups;
 mod dr;
 mod enrolment;
 mod instances;
+mod paging;
 mod pair;
 mod placement;
 mod rebuild;

@@ -4,16 +4,18 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use tandem_api::{
-    AddReplica, CreateSet, ErrorBody, Failover, FailoverAction, FailoverState, FailoverView,
-    IntendedRole, MakeServers, MemberView, SeedMethod, SemiSyncRequest, SetView, Switchover,
-    Verdict, WorkflowRow,
+    page_size, AddReplica, CreateSet, ErrorBody, Failover, FailoverAction, FailoverState,
+    FailoverView, IntendedRole, MakeServers, MemberView, SeedMethod, SemiSyncRequest, SetQuery,
+    SetView, Switchover, Verdict, WorkflowRow,
 };
 use tandem_proto::{BackupId, InstanceId, ReplicaSetId, Timestamp};
 
+use super::paging::{self, Paged};
 use super::{
     bad_request, body, conflict, not_found, parse_id, parse_set, unknown_instance, ApiError,
 };
@@ -138,11 +140,47 @@ fn dr_view(
     }
 }
 
-#[utoipa::path(get, path = "/v1/sets", tag = "sets", responses((status = 200, body = [SetView])))]
-pub async fn list(State(c): State<Arc<Conductor>>) -> Result<Json<Vec<SetView>>, ApiError> {
-    Ok(Json(
-        c.store.sets()?.into_iter().map(|s| view(&c, s)).collect(),
-    ))
+/// The replica sets, by id, a page at a time (500 unless `limit` says), kept by the
+/// filters.
+#[utoipa::path(get, path = "/v1/sets", tag = "sets", params(SetQuery), responses((status = 200, body = [SetView], headers(("x-next-page" = String, description = "the cursor of the next page (pass it as `after`); absent on the last"))), (status = 400, body = ErrorBody)))]
+pub async fn list(
+    State(c): State<Arc<Conductor>>,
+    q: Result<Query<SetQuery>, QueryRejection>,
+) -> Result<Paged<SetView>, ApiError> {
+    let q = paging::query(q)?;
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| ReplicaSetId::new(a).map_err(|_| paging::bad_cursor(a)))
+        .transpose()?;
+    let instance = q.instance.as_deref().map(parse_id).transpose()?;
+    let size = page_size(q.limit, 500);
+    // Sets are held in memory, in no order: sorted ids first, views only for the page.
+    let mut sets: Vec<ReplicaSet> = c
+        .store
+        .sets()?
+        .into_iter()
+        .filter(|s| after.as_ref().is_none_or(|a| &s.id > a))
+        .filter(|s| {
+            instance
+                .as_ref()
+                .is_none_or(|i| s.members.iter().any(|m| &m.instance == i))
+        })
+        .filter(|s| {
+            q.zone.as_ref().is_none_or(|z| {
+                s.members.iter().any(|m| {
+                    crate::placement::location(&c, &m.instance).is_some_and(|l| &l.zone == z)
+                })
+            })
+        })
+        .collect();
+    sets.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    sets.truncate(size + 1);
+    let page = paging::cut(sets, size, |s| s.id.to_string());
+    Ok(Paged {
+        items: page.items.into_iter().map(|s| view(&c, s)).collect(),
+        next: page.next,
+    })
 }
 
 #[utoipa::path(get, path = "/v1/sets/{id}", tag = "sets", params(("id" = String, Path)), responses((status = 200, body = SetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]

@@ -3,17 +3,49 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use tandem_api::{ApiEvent, ApiRequest, ErrorBody, JournalEntry, WorkflowDetail, WorkflowRow};
+use tandem_api::{
+    page_size, ApiEvent, ApiRequest, AuditQuery, ErrorBody, JournalEntry, WorkflowDetail,
+    WorkflowQuery, WorkflowRow,
+};
+use tandem_proto::Timestamp;
 
-use super::{conflict, not_found, ApiError};
+use super::paging::{self, Paged};
+use super::{conflict, not_found, parse_id, parse_set, ApiError};
+use crate::store::{JournalFilter, WorkflowFilter};
 use crate::Conductor;
 
-#[utoipa::path(get, path = "/v1/workflows", tag = "workflows", responses((status = 200, body = [WorkflowRow])))]
-pub async fn list(State(c): State<Arc<Conductor>>) -> Result<Json<Vec<WorkflowRow>>, ApiError> {
-    Ok(Json(c.store.workflows(100)?))
+/// Workflows newest first, a page at a time (100 unless `limit` says), kept by the
+/// filters.
+#[utoipa::path(get, path = "/v1/workflows", tag = "workflows", params(WorkflowQuery), responses((status = 200, body = [WorkflowRow], headers(("x-next-page" = String, description = "the cursor of the next page (pass it as `after`); absent on the last"))), (status = 400, body = ErrorBody)))]
+pub async fn list(
+    State(c): State<Arc<Conductor>>,
+    q: Result<Query<WorkflowQuery>, QueryRejection>,
+) -> Result<Paged<WorkflowRow>, ApiError> {
+    let q = paging::query(q)?;
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| {
+            let (at, id) = a.split_once('~').ok_or_else(|| paging::bad_cursor(a))?;
+            let at = at.parse().map_err(|_| paging::bad_cursor(a))?;
+            Ok::<_, ApiError>((Timestamp(at), id.to_owned()))
+        })
+        .transpose()?;
+    let size = page_size(q.limit, 100);
+    let rows = c.store.workflows(&WorkflowFilter {
+        set: q.set.as_deref().map(parse_set).transpose()?,
+        kind: q.kind,
+        state: q.state,
+        after,
+        limit: size + 1,
+    })?;
+    Ok(paging::cut(rows, size, |w| {
+        format!("{}~{}", w.created_at.0, w.id)
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/workflows/{id}", tag = "workflows", params(("id" = String, Path)), responses((status = 200, body = WorkflowDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -88,9 +120,40 @@ fn redacted(mut entries: Vec<JournalEntry>) -> Vec<JournalEntry> {
 
 /// Every command the conductor's workflows sent, newest first: what, to whom, under
 /// which epoch, by which workflow, and the result (passwords redacted).
-#[utoipa::path(get, path = "/v1/audit", tag = "workflows", responses((status = 200, description = "journal entries, newest first", body = [JournalEntry])))]
-pub async fn audit(State(c): State<Arc<Conductor>>) -> Result<Json<Vec<JournalEntry>>, ApiError> {
-    Ok(Json(redacted(c.store.journal_recent(500)?)))
+#[utoipa::path(get, path = "/v1/audit", tag = "workflows", params(AuditQuery), responses((status = 200, description = "journal entries, newest first, 500 a page unless `limit` says", body = [JournalEntry], headers(("x-next-page" = String, description = "the cursor of the next page (pass it as `after`); absent on the last"))), (status = 400, body = ErrorBody)))]
+pub async fn audit(
+    State(c): State<Arc<Conductor>>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Paged<JournalEntry>, ApiError> {
+    let q = paging::query(q)?;
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| {
+            let mut parts = a.splitn(3, '~');
+            let (Some(at), Some(wf), Some(seq)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(paging::bad_cursor(a));
+            };
+            let at = at.parse().map_err(|_| paging::bad_cursor(a))?;
+            let seq = seq.parse().map_err(|_| paging::bad_cursor(a))?;
+            Ok((Timestamp(at), wf.to_owned(), seq))
+        })
+        .transpose()?;
+    let size = page_size(q.limit, 500);
+    let entries = c.store.journal_recent(&JournalFilter {
+        workflow: q.workflow,
+        target: q.instance.as_deref().map(parse_id).transpose()?,
+        set: q.set.as_deref().map(parse_set).transpose()?,
+        after,
+        limit: size + 1,
+    })?;
+    let page = paging::cut(entries, size, |e| {
+        format!("{}~{}~{}", e.sent_at.0, e.workflow_id, e.seq)
+    });
+    Ok(Paged {
+        items: redacted(page.items),
+        next: page.next,
+    })
 }
 
 /// Every request that changed something, or tried to, newest first, with the name of

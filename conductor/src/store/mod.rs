@@ -233,6 +233,28 @@ pub struct InstanceRecord {
     pub host_id: Option<tandem_proto::HostId>,
 }
 
+/// Which workflows a list holds: newest first (by creation, then id), at most `limit`,
+/// starting after `after` (the last one of the page before).
+#[derive(Debug, Clone, Default)]
+pub struct WorkflowFilter {
+    pub set: Option<ReplicaSetId>,
+    pub kind: Option<tandem_api::WorkflowKind>,
+    pub state: Option<WorkflowState>,
+    pub after: Option<(Timestamp, String)>,
+    pub limit: usize,
+}
+
+/// Which journal entries the audit holds: newest first (by time sent, workflow, step),
+/// at most `limit`, starting after `after` (the last one of the page before).
+#[derive(Debug, Clone, Default)]
+pub struct JournalFilter {
+    pub workflow: Option<String>,
+    pub target: Option<InstanceId>,
+    pub set: Option<ReplicaSetId>,
+    pub after: Option<(Timestamp, String, u32)>,
+    pub limit: usize,
+}
+
 pub trait Store: PlacementStore + PairStore + Send + Sync + 'static {
     fn upsert_instance(&self, record: &InstanceRecord) -> Result<()>;
     fn instance(&self, id: &InstanceId) -> Result<Option<InstanceRecord>>;
@@ -268,7 +290,8 @@ pub trait Store: PlacementStore + PairStore + Send + Sync + 'static {
     /// Starts a workflow; fails with [`StoreError::Busy`] when the set has an active one.
     fn start_workflow(&self, row: &WorkflowRow) -> Result<()>;
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRow>>;
-    fn workflows(&self, limit: usize) -> Result<Vec<WorkflowRow>>;
+    /// Workflows newest first, as `filter` keeps them.
+    fn workflows(&self, filter: &WorkflowFilter) -> Result<Vec<WorkflowRow>>;
     fn active_workflows(&self) -> Result<Vec<WorkflowRow>>;
     fn update_workflow(&self, id: &str, state: WorkflowState, error: Option<&str>) -> Result<()>;
     /// Records that `by` asked workflow `id` to stop (a second request changes nothing).
@@ -281,8 +304,9 @@ pub trait Store: PlacementStore + PairStore + Send + Sync + 'static {
     fn journal_result(&self, workflow_id: &str, seq: u32, result: &serde_json::Value)
         -> Result<()>;
     fn journal(&self, workflow_id: &str) -> Result<Vec<JournalEntry>>;
-    /// The newest journal entries of all workflows: the audit log.
-    fn journal_recent(&self, limit: usize) -> Result<Vec<JournalEntry>>;
+    /// Journal entries of all workflows newest first, as `filter` keeps them: the
+    /// audit log.
+    fn journal_recent(&self, filter: &JournalFilter) -> Result<Vec<JournalEntry>>;
 
     /// A set's failover switches (defaults when never set).
     fn failover_state(&self, set: &ReplicaSetId) -> Result<FailoverState>;

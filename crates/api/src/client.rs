@@ -46,6 +46,21 @@ impl ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// A query's fields as query-string pairs (through its serde form: one spelling).
+fn query_pairs(query: &impl Serialize) -> Vec<(String, String)> {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(query) else {
+        return Vec::new();
+    };
+    fields
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some((k, s)),
+            other => Some((k, other.to_string())),
+        })
+        .collect()
+}
+
 /// A path segment is escaped whole: a metadata key may hold `/` or `?`.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
 
@@ -144,6 +159,51 @@ impl Client {
         self.answer(path, r)
     }
 
+    /// One page of a list endpoint: `query`'s fields as the query string, the next
+    /// page's cursor from the `x-next-page` header.
+    fn get_page<T: DeserializeOwned>(&self, path: &str, query: &impl Serialize) -> Result<Page<T>> {
+        let pairs = query_pairs(query);
+        let call = || {
+            let mut request = self.agent.get(format!("{}{path}", self.base));
+            for (k, v) in &pairs {
+                request = request.query(k, v);
+            }
+            self.with_token(request).call()
+        };
+        let r = match call() {
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(100));
+                call()
+            }
+            ok => ok,
+        };
+        let next = r.as_ref().ok().and_then(|response| {
+            let v = response.headers().get(crate::NEXT_PAGE)?;
+            Some(v.to_str().ok()?.to_owned())
+        });
+        let items = self.answer(path, r)?;
+        Ok(Page { items, next })
+    }
+
+    /// Every page of a list endpoint, following the cursors.
+    fn get_all<T: DeserializeOwned, Q: Serialize + Clone>(
+        &self,
+        path: &str,
+        query: &Q,
+        set_after: impl Fn(&mut Q, String),
+    ) -> Result<Vec<T>> {
+        let mut query = query.clone();
+        let mut all = Vec::new();
+        loop {
+            let page: Page<T> = self.get_page(path, &query)?;
+            all.extend(page.items);
+            match page.next {
+                Some(next) => set_after(&mut query, next),
+                None => return Ok(all),
+            }
+        }
+    }
+
     fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
         let r = self
             .with_token(self.agent.post(format!("{}{path}", self.base)))
@@ -170,8 +230,16 @@ impl Client {
     pub fn health(&self) -> Result<Health> {
         self.get("/v1/health")
     }
+    /// Every instance that reported (all pages).
     pub fn instances(&self) -> Result<Vec<InstanceView>> {
-        self.get("/v1/instances")
+        self.instances_matching(&InstanceQuery::default())
+    }
+    /// Every instance `query`'s filters keep (all pages from its `after`).
+    pub fn instances_matching(&self, query: &InstanceQuery) -> Result<Vec<InstanceView>> {
+        self.get_all("/v1/instances", query, |q, next| q.after = Some(next))
+    }
+    pub fn instances_page(&self, query: &InstanceQuery) -> Result<Page<InstanceView>> {
+        self.get_page("/v1/instances", query)
     }
     pub fn instance(&self, id: &InstanceId) -> Result<InstanceView> {
         self.get(&format!("/v1/instances/{id}"))
@@ -211,8 +279,15 @@ impl Client {
 
     // ---- replica sets ----
 
+    /// Every replica set (all pages).
     pub fn sets(&self) -> Result<Vec<SetView>> {
-        self.get("/v1/sets")
+        self.sets_matching(&SetQuery::default())
+    }
+    pub fn sets_matching(&self, query: &SetQuery) -> Result<Vec<SetView>> {
+        self.get_all("/v1/sets", query, |q, next| q.after = Some(next))
+    }
+    pub fn sets_page(&self, query: &SetQuery) -> Result<Page<SetView>> {
+        self.get_page("/v1/sets", query)
     }
     pub fn set(&self, id: &str) -> Result<SetView> {
         self.get(&format!("/v1/sets/{}", seg(id)))
@@ -348,8 +423,12 @@ impl Client {
 
     // ---- workflows and audit ----
 
+    /// The newest workflows (one page of the default size).
     pub fn workflows(&self) -> Result<Vec<WorkflowRow>> {
-        self.get("/v1/workflows")
+        Ok(self.workflows_page(&WorkflowQuery::default())?.items)
+    }
+    pub fn workflows_page(&self, query: &WorkflowQuery) -> Result<Page<WorkflowRow>> {
+        self.get_page("/v1/workflows", query)
     }
     pub fn workflow(&self, id: &str) -> Result<WorkflowDetail> {
         self.get(&format!("/v1/workflows/{}", seg(id)))
@@ -357,8 +436,12 @@ impl Client {
     pub fn cancel_workflow(&self, id: &str) -> Result<WorkflowRow> {
         self.post(&format!("/v1/workflows/{}/cancel", seg(id)), &())
     }
+    /// The newest audit entries (one page of the default size).
     pub fn audit(&self) -> Result<Vec<JournalEntry>> {
-        self.get("/v1/audit")
+        Ok(self.audit_page(&AuditQuery::default())?.items)
+    }
+    pub fn audit_page(&self, query: &AuditQuery) -> Result<Page<JournalEntry>> {
+        self.get_page("/v1/audit", query)
     }
     pub fn audit_requests(&self) -> Result<Vec<ApiRequest>> {
         self.get("/v1/audit/requests")

@@ -14,6 +14,7 @@ pub mod client;
 mod error;
 mod events;
 mod instances;
+mod paging;
 mod pair;
 mod placement;
 mod provision;
@@ -29,6 +30,9 @@ pub use events::ApiEvent;
 pub use instances::{
     Contract, Deleted, EnrolRequest, EnrolmentView, Health, InstanceView, MetadataEntry,
     MetadataValue, PingResult,
+};
+pub use paging::{
+    page_size, AuditQuery, InstanceQuery, Page, SetQuery, WorkflowQuery, MAX_PAGE, NEXT_PAGE,
 };
 pub use pair::{PairView, SetMode};
 pub use placement::{

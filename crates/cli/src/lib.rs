@@ -15,6 +15,7 @@ use tandem_api::client::Client;
 
 mod backups;
 mod instance;
+mod paging;
 mod placement;
 mod render;
 mod sets;
@@ -58,6 +59,20 @@ pub enum Cmd {
         /// Keep printing as reports change (Ctrl-C to stop).
         #[arg(long)]
         follow: bool,
+        /// Only those that report this zone.
+        #[arg(long)]
+        zone: Option<String>,
+        /// Only the members of this replica set.
+        #[arg(long)]
+        set: Option<String>,
+        /// Only those whose engine reports this role (standalone, master, replica, unknown).
+        #[arg(long)]
+        role: Option<String>,
+        /// Only those in this health (starting, healthy, degraded, engine_down, stopping).
+        #[arg(long)]
+        health: Option<String>,
+        #[command(flatten)]
+        page: paging::PageArgs,
     },
     /// Ask one instance's agent for a pong, through the conductor and the broker.
     Ping { instance: String },
@@ -109,8 +124,19 @@ pub enum Cmd {
     /// Every command the conductor's workflows sent: what, to whom, epoch, result.
     Audit {
         /// Instead: every API request that changed something, and whose token made it.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["workflow", "instance", "set", "limit", "after"])]
         requests: bool,
+        /// Only this workflow's commands.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only commands sent to this instance.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Only commands of this set's workflows.
+        #[arg(long)]
+        set: Option<String>,
+        #[command(flatten)]
+        page: paging::PageArgs,
     },
 }
 
@@ -150,7 +176,17 @@ pub enum SetCmd {
         #[arg(long)]
         wait: bool,
     },
-    List,
+    /// Replica sets by id (every one unless --limit or --after asks for a page).
+    List {
+        /// Only the set this instance is a member of.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Only sets with a member in this zone.
+        #[arg(long)]
+        zone: Option<String>,
+        #[command(flatten)]
+        page: paging::PageArgs,
+    },
     /// Restore the master from a replica: a fresh server from the pool (placed by the
     /// set's rules, in the master's zone unless --zone) is copied from FROM, attached,
     /// and switched over to, as one workflow.
@@ -379,7 +415,20 @@ pub enum BackupCmd {
 
 #[derive(Subcommand)]
 pub enum WorkflowCmd {
-    List,
+    /// Workflows, newest first (the newest 100 unless --limit says).
+    List {
+        /// Only this set's workflows.
+        #[arg(long)]
+        set: Option<String>,
+        /// Only workflows of this kind (failover, switchover, attach…).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only workflows in this state (running, done, failed, rolled_back…).
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        page: paging::PageArgs,
+    },
     Show {
         id: String,
     },
@@ -455,7 +504,23 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Cmd::Dr(cmd) => sets::dr(&client, cmd, json, out),
         Cmd::Rule(cmd) => placement::rule(&client, cmd, json, out),
         Cmd::Events => status::events(&client, json, out),
-        Cmd::Audit { requests } => workflows::audit(&client, requests, json, out),
+        Cmd::Audit { requests: true, .. } => workflows::audit_requests(&client, json, out),
+        Cmd::Audit {
+            workflow,
+            instance,
+            set,
+            page,
+            ..
+        } => {
+            let query = tandem_api::AuditQuery {
+                limit: page.limit,
+                after: page.after,
+                workflow,
+                instance,
+                set,
+            };
+            workflows::audit(&client, &query, json, out)
+        }
         Cmd::Topology => sets::topology(&client, json, out),
         Cmd::Set(cmd) => sets::set(&client, cmd, json, out),
         Cmd::Replica(cmd) => sets::replica(&client, cmd, json, out),
@@ -477,7 +542,24 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Cmd::Backup(cmd) => backups::run(&client, cmd, json, out),
         Cmd::Workflow(cmd) => workflows::run(&client, cmd, json, out),
         Cmd::Metadata(cmd) => status::metadata(&client, cmd, json, out),
-        Cmd::Status { follow } => status::status(&client, follow, json, out),
+        Cmd::Status {
+            follow,
+            zone,
+            set,
+            role,
+            health,
+            page,
+        } => {
+            let query = tandem_api::InstanceQuery {
+                limit: page.limit,
+                after: page.after,
+                zone,
+                set,
+                role: paging::word("role", role)?,
+                health: paging::word("health", health)?,
+            };
+            status::status(&client, &query, follow, json, out)
+        }
         Cmd::Ping { instance } => status::ping(&client, &instance, json, out),
     }
 }

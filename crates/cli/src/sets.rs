@@ -46,8 +46,23 @@ fn set_id(s: &str) -> Result<tandem_proto::ReplicaSetId> {
 
 pub fn set(client: &Client, cmd: SetCmd, json: bool, out: &mut dyn Write) -> Result<()> {
     match cmd {
-        SetCmd::List => {
-            let sets = client.sets()?;
+        SetCmd::List {
+            instance,
+            zone,
+            page,
+        } => {
+            let one_page = page.one_page();
+            let query = tandem_api::SetQuery {
+                limit: page.limit,
+                after: page.after,
+                instance,
+                zone,
+            };
+            let sets = if one_page {
+                crate::paging::items(client.sets_page(&query)?, "tandem set list")
+            } else {
+                client.sets_matching(&query)?
+            };
             print(out, json, &sets, |sets| {
                 sets.iter()
                     .map(|s| {

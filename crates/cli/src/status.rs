@@ -8,16 +8,30 @@ use tandem_api::client::Client;
 
 use crate::{instance_id, print, render, MetadataCmd};
 
-pub fn status(client: &Client, follow: bool, json: bool, out: &mut dyn Write) -> Result<()> {
+pub fn status(
+    client: &Client,
+    query: &tandem_api::InstanceQuery,
+    follow: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let one_page = query.limit.is_some() || query.after.is_some();
+    let instances = || -> Result<Vec<tandem_api::InstanceView>> {
+        Ok(if one_page {
+            crate::paging::items(client.instances_page(query)?, "tandem status")
+        } else {
+            client.instances_matching(query)?
+        })
+    };
     if !follow {
-        let instances = client.instances()?;
+        let instances = instances()?;
         return print(out, json, &instances, |i| render::status_table(i));
     }
     // Polls the API (it does not read the broker's status topic): a change shows
     // within half a second.
     let mut last = String::new();
     loop {
-        let instances = client.instances()?;
+        let instances = instances()?;
         let text = if json {
             serde_json::to_string(&instances)? + "\n"
         } else {

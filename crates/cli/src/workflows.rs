@@ -9,12 +9,24 @@ use tandem_api::client::Client;
 use tandem_api::{WorkflowRow, WorkflowState};
 use tandem_proto::InstanceId;
 
-use crate::{print, render, WorkflowCmd};
+use crate::{paging, print, render, WorkflowCmd};
 
 pub fn run(client: &Client, cmd: WorkflowCmd, json: bool, out: &mut dyn Write) -> Result<()> {
     match cmd {
-        WorkflowCmd::List => {
-            let rows = client.workflows()?;
+        WorkflowCmd::List {
+            set,
+            kind,
+            state,
+            page,
+        } => {
+            let query = tandem_api::WorkflowQuery {
+                limit: page.limit,
+                after: page.after,
+                set,
+                kind: paging::word("kind", kind)?,
+                state: paging::word("state", state)?,
+            };
+            let rows = paging::items(client.workflows_page(&query)?, "tandem workflow list");
             print(out, json, &rows, |rows| {
                 rows.iter()
                     .map(|w| render::workflow_line(w) + "\n")
@@ -58,22 +70,28 @@ pub fn run(client: &Client, cmd: WorkflowCmd, json: bool, out: &mut dyn Write) -
     }
 }
 
-pub fn audit(client: &Client, requests: bool, json: bool, out: &mut dyn Write) -> Result<()> {
-    if requests {
-        let entries = client.audit_requests()?;
-        return print(out, json, &entries, |entries| {
-            entries
-                .iter()
-                .map(|e| {
-                    format!(
-                        "{}  {:<16} {:<6} {} -> {}\n",
-                        e.at.0, e.who, e.method, e.path, e.status
-                    )
-                })
-                .collect()
-        });
-    }
-    let entries = client.audit()?;
+pub fn audit_requests(client: &Client, json: bool, out: &mut dyn Write) -> Result<()> {
+    let entries = client.audit_requests()?;
+    print(out, json, &entries, |entries| {
+        entries
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}  {:<16} {:<6} {} -> {}\n",
+                    e.at.0, e.who, e.method, e.path, e.status
+                )
+            })
+            .collect()
+    })
+}
+
+pub fn audit(
+    client: &Client,
+    query: &tandem_api::AuditQuery,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let entries = paging::items(client.audit_page(query)?, "tandem audit");
     print(out, json, &entries, |entries| {
         entries
             .iter()

@@ -350,12 +350,30 @@ impl Store for SqliteStore {
         })
     }
 
-    fn workflows(&self, limit: usize) -> Result<Vec<WorkflowRow>> {
+    fn workflows(&self, f: &WorkflowFilter) -> Result<Vec<WorkflowRow>> {
+        let (after_at, after_id) = match &f.after {
+            Some((at, id)) => (Some(at.0 as i64), Some(id.as_str())),
+            None => (None, None),
+        };
         self.with(|c| {
             c.prepare(&format!(
-                "SELECT {WORKFLOW_COLUMNS} FROM workflows ORDER BY created_at DESC, id LIMIT ?1"
+                "SELECT {WORKFLOW_COLUMNS} FROM workflows \
+                 WHERE (?1 IS NULL OR set_id = ?1) AND (?2 IS NULL OR kind = ?2) \
+                   AND (?3 IS NULL OR state = ?3) \
+                   AND (?4 IS NULL OR created_at < ?4 OR (created_at = ?4 AND id > ?5)) \
+                 ORDER BY created_at DESC, id LIMIT ?6"
             ))?
-            .query_map([limit as i64], workflow_row)?
+            .query_map(
+                params![
+                    f.set.as_ref().map(|s| s.as_str()),
+                    f.kind.map(|k| k.as_str()),
+                    f.state.map(|s| s.as_str()),
+                    after_at,
+                    after_id,
+                    f.limit as i64
+                ],
+                workflow_row,
+            )?
             .collect::<rusqlite::Result<_>>()
             .map_err(Into::into)
         })
@@ -519,12 +537,32 @@ impl Store for SqliteStore {
         self.with(|c| Ok(c.execute("DELETE FROM backups WHERE id = ?1", [id.as_str()])? > 0))
     }
 
-    fn journal_recent(&self, limit: usize) -> Result<Vec<JournalEntry>> {
+    fn journal_recent(&self, f: &JournalFilter) -> Result<Vec<JournalEntry>> {
+        let (after_at, after_wf, after_seq) = match &f.after {
+            Some((at, wf, seq)) => (Some(at.0 as i64), Some(wf.as_str()), Some(*seq as i64)),
+            None => (None, None, None),
+        };
         self.with(|c| {
             c.prepare(&format!(
-                "SELECT {JOURNAL_COLUMNS} FROM journal ORDER BY sent_at DESC, seq DESC LIMIT ?1"
+                "SELECT {JOURNAL_COLUMNS} FROM journal \
+                 WHERE (?1 IS NULL OR workflow_id = ?1) AND (?2 IS NULL OR target = ?2) \
+                   AND (?3 IS NULL OR workflow_id IN (SELECT id FROM workflows WHERE set_id = ?3)) \
+                   AND (?4 IS NULL OR sent_at < ?4 OR (sent_at = ?4 AND \
+                        (workflow_id < ?5 OR (workflow_id = ?5 AND seq < ?6)))) \
+                 ORDER BY sent_at DESC, workflow_id DESC, seq DESC LIMIT ?7"
             ))?
-            .query_map([limit as i64], journal_row)?
+            .query_map(
+                params![
+                    f.workflow.as_deref(),
+                    f.target.as_ref().map(|t| t.as_str()),
+                    f.set.as_ref().map(|s| s.as_str()),
+                    after_at,
+                    after_wf,
+                    after_seq,
+                    f.limit as i64
+                ],
+                journal_row,
+            )?
             .collect::<rusqlite::Result<_>>()
             .map_err(Into::into)
         })

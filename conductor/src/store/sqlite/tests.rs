@@ -203,3 +203,117 @@ fn the_queries_of_a_fleet_use_an_index() {
         assert!(plan.contains(index), "{sql}: {plan}");
     }
 }
+
+#[test]
+fn workflows_and_the_audit_page_newest_first_without_repeats_or_gaps_and_filter() {
+    let (_d, s) = store();
+    // Nine workflows, several created in the same millisecond (ties are ordered by id).
+    for (n, at) in [5u64, 5, 5, 7, 7, 9, 3, 5, 8].into_iter().enumerate() {
+        let mut w = wf(&format!("w{n}"), if n % 2 == 0 { "s1" } else { "s2" });
+        w.created_at = Timestamp(at);
+        w.state = if n % 3 == 0 {
+            WorkflowState::Failed
+        } else {
+            WorkflowState::Done
+        };
+        s.start_workflow(&w).unwrap();
+        for seq in 0..3u32 {
+            s.journal_insert(&JournalEntry {
+                workflow_id: w.id.clone(),
+                seq,
+                step: "step".into(),
+                target: i(if seq == 1 { "db-2" } else { "db-1" }),
+                command: "ping".into(),
+                message_id: tandem_proto::MessageId::random(),
+                epoch: Epoch::ZERO,
+                result: None,
+                sent_at: Timestamp(at * 10 + (seq as u64 % 2)),
+            })
+            .unwrap();
+        }
+    }
+    let everything = s
+        .workflows(&WorkflowFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(everything.len(), 9);
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .workflows(&WorkflowFilter {
+                after: after.clone(),
+                limit: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.created_at, last.id.clone()));
+        paged.extend(page);
+    }
+    let ids = |rows: &[WorkflowRow]| rows.iter().map(|w| w.id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&paged),
+        ids(&everything),
+        "pages of 2 are the whole list"
+    );
+    assert!(everything
+        .windows(2)
+        .all(|p| (p[0].created_at, &p[1].id) >= (p[1].created_at, &p[0].id)));
+    let s2_failed = s
+        .workflows(&WorkflowFilter {
+            set: Some(set("s2")),
+            state: Some(WorkflowState::Failed),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&s2_failed), vec!["w3".to_string()]);
+
+    let audit = |f: JournalFilter| s.journal_recent(&f).unwrap();
+    let all = audit(JournalFilter {
+        limit: 1000,
+        ..Default::default()
+    });
+    assert_eq!(all.len(), 27);
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = audit(JournalFilter {
+            after: after.clone(),
+            limit: 4,
+            ..Default::default()
+        });
+        let Some(last) = page.last() else { break };
+        after = Some((last.sent_at, last.workflow_id.clone(), last.seq));
+        paged.extend(page);
+    }
+    let keys = |e: &[JournalEntry]| {
+        e.iter()
+            .map(|e| (e.workflow_id.clone(), e.seq))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&paged), keys(&all), "pages of 4 are the whole audit");
+    let to_db2_of_s1 = audit(JournalFilter {
+        target: Some(i("db-2")),
+        set: Some(set("s1")),
+        limit: 1000,
+        ..Default::default()
+    });
+    assert_eq!(
+        to_db2_of_s1.len(),
+        5,
+        "one step to db-2 in each of s1's five"
+    );
+    assert!(to_db2_of_s1
+        .iter()
+        .all(|e| e.target == i("db-2") && e.seq == 1));
+    let one = audit(JournalFilter {
+        workflow: Some("w4".into()),
+        limit: 1000,
+        ..Default::default()
+    });
+    assert_eq!(one.len(), 3);
+}

@@ -1,0 +1,49 @@
+//! The list endpoints' answers: a page as a JSON array, the next page's cursor in the
+//! `x-next-page` header (see `tandem_api::paging`), and the 400 a bad query gets.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::Query;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use tandem_api::NEXT_PAGE;
+
+use super::{bad_request, ApiError};
+
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+impl<T: Serialize> IntoResponse for Paged<T> {
+    fn into_response(self) -> Response {
+        let mut response = Json(self.items).into_response();
+        if let Some(next) = self.next.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            response.headers_mut().insert(NEXT_PAGE, next);
+        }
+        response
+    }
+}
+
+/// The query, or a 400 that says which parameter is wrong and how.
+pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t).map_err(|e| bad_request(e.body_text()))
+}
+
+/// A cursor this conductor did not give.
+pub fn bad_cursor(cursor: &str) -> ApiError {
+    bad_request(format!(
+        "after: {cursor:?} is not a cursor of this list (pass the x-next-page header of \
+         the page before)"
+    ))
+}
+
+/// `items` cut to `size` (they were asked as `size + 1`), and the next page's cursor,
+/// made from the last item kept, when the extra one shows that more follow.
+pub fn cut<T>(mut items: Vec<T>, size: usize, cursor: impl Fn(&T) -> String) -> Paged<T> {
+    let more = items.len() > size;
+    items.truncate(size);
+    let next = more.then(|| items.last().map(&cursor)).flatten();
+    Paged { items, next }
+}
