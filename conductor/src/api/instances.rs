@@ -15,9 +15,7 @@ use tandem_api::{
 use tandem_proto::{Command, Envelope, Epoch, InstanceId, ReplyBody, Sender};
 
 use super::paging::{self, Paged};
-use super::{
-    bad_request, body, known_instance, not_found, parse_id, parse_set, unknown_instance, ApiError,
-};
+use super::{bad_request, body, known_instance, not_found, parse_id, unknown_instance, ApiError};
 use crate::Conductor;
 
 #[utoipa::path(get, path = "/v1/health", tag = "conductor", responses((status = 200, body = Health)))]
@@ -48,7 +46,7 @@ pub async fn list(
         .transpose()?;
     let members: Option<HashSet<InstanceId>> = match q.set.as_deref() {
         Some(set) => {
-            let set = super::sets::existing(&c, &parse_set(set)?)?;
+            let set = super::sets::existing(&c, &paging::set_param("set", set)?)?;
             Some(set.members.into_iter().map(|m| m.instance).collect())
         }
         None => None,

@@ -47,3 +47,13 @@ pub fn cut<T>(mut items: Vec<T>, size: usize, cursor: impl Fn(&T) -> String) -> 
     let next = more.then(|| items.last().map(&cursor)).flatten();
     Paged { items, next }
 }
+
+/// An instance id given as the query parameter `name`, or a 400 that names it.
+pub fn instance_param(name: &str, value: &str) -> Result<tandem_proto::InstanceId, ApiError> {
+    tandem_proto::InstanceId::new(value).map_err(|e| bad_request(format!("{name}: {e}")))
+}
+
+/// A replica set id given as the query parameter `name`, or a 400 that names it.
+pub fn set_param(name: &str, value: &str) -> Result<tandem_proto::ReplicaSetId, ApiError> {
+    tandem_proto::ReplicaSetId::new(value).map_err(|e| bad_request(format!("{name}: {e}")))
+}

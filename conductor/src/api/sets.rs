@@ -153,7 +153,11 @@ pub async fn list(
         .as_deref()
         .map(|a| ReplicaSetId::new(a).map_err(|_| paging::bad_cursor(a)))
         .transpose()?;
-    let instance = q.instance.as_deref().map(parse_id).transpose()?;
+    let instance = q
+        .instance
+        .as_deref()
+        .map(|i| paging::instance_param("instance", i))
+        .transpose()?;
     let size = page_size(q.limit, 500);
     // Sets are held in memory, in no order: sorted ids first, views only for the page.
     let mut sets: Vec<ReplicaSet> = c

@@ -14,7 +14,7 @@ use tandem_api::{
 use tandem_proto::Timestamp;
 
 use super::paging::{self, Paged};
-use super::{conflict, not_found, parse_id, parse_set, ApiError};
+use super::{conflict, not_found, ApiError};
 use crate::store::{JournalFilter, WorkflowFilter};
 use crate::Conductor;
 
@@ -37,7 +37,11 @@ pub async fn list(
         .transpose()?;
     let size = page_size(q.limit, 100);
     let rows = c.store.workflows(&WorkflowFilter {
-        set: q.set.as_deref().map(parse_set).transpose()?,
+        set: q
+            .set
+            .as_deref()
+            .map(|v| paging::set_param("set", v))
+            .transpose()?,
         kind: q.kind,
         state: q.state,
         after,
@@ -142,8 +146,16 @@ pub async fn audit(
     let size = page_size(q.limit, 500);
     let entries = c.store.journal_recent(&JournalFilter {
         workflow: q.workflow,
-        target: q.instance.as_deref().map(parse_id).transpose()?,
-        set: q.set.as_deref().map(parse_set).transpose()?,
+        target: q
+            .instance
+            .as_deref()
+            .map(|v| paging::instance_param("instance", v))
+            .transpose()?,
+        set: q
+            .set
+            .as_deref()
+            .map(|v| paging::set_param("set", v))
+            .transpose()?,
         after,
         limit: size + 1,
     })?;

@@ -443,6 +443,23 @@ impl ConductorProcess {
             .expect("a client of a plain-HTTP conductor")
     }
 
+    /// A GET of `path` (with its query) with the operator token, outside the typed
+    /// client: the status and the body, whatever they are.
+    pub fn http_get_status(&self, path: &str) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .get(format!("{}{path}", self.url))
+            .header("Authorization", format!("Bearer {}", self.token()))
+            .call()
+            .expect("the conductor answers");
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        (status, body)
+    }
+
     /// The `tandem` CLI aimed at this conductor, with its operator token.
     pub fn cli_command(&self) -> Command {
         let mut cmd = Command::new(binary("tandem"));

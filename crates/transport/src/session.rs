@@ -47,8 +47,9 @@ pub(crate) async fn open_channel(connection: &Connection) -> Result<Channel, Tra
         .map_err(TransportError::amqp("channel.open"))
 }
 
-/// Consumes `queue` without acknowledgements: for feeds where a lost message is
-/// repaired by the next (replies to a caller that waits, status reports, events).
+/// Consumes `queue` without acknowledgements: for replies to a caller that waits,
+/// which a lost one repairs by timing out (status feeds are bounded instead:
+/// `status::FeedBound`).
 pub(crate) async fn consume_no_ack(
     channel: &Channel,
     queue: lapin::types::ShortString,

@@ -4,8 +4,11 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 use serde::de::DeserializeOwned;
 use tandem_proto::codec::{self, CONTENT_TYPE};
@@ -16,6 +19,29 @@ use crate::identity::Sender;
 use crate::session::Session;
 use crate::topology::{kind, status_key, EVENTS_EXCHANGE, STATUS_EXCHANGE};
 use crate::{Transport, TransportError};
+
+/// How much of a feed waits for a follower that falls behind, in its process and in
+/// the broker. Reports and events are repeated or superseded by newer ones, so the
+/// broker drops the oldest once `queued` wait (`x-overflow: drop-head`): a slow
+/// follower costs bounded memory on both sides, and the newest message is never the
+/// one dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedBound {
+    /// Messages delivered and not yet taken by the receiver: the broker sends no more
+    /// until some are.
+    pub prefetch: u16,
+    /// Messages the broker keeps for this follower beyond those.
+    pub queued: u32,
+}
+
+impl FeedBound {
+    /// About ten seconds of a 10,000-instance fleet's reports wait in the broker (a few
+    /// tens of MB); a thousand in the follower.
+    pub const DEFAULT: FeedBound = FeedBound {
+        prefetch: 1000,
+        queued: 100_000,
+    };
+}
 
 /// A live feed of messages from a topic exchange; survives reconnections (messages
 /// published while the connection was down are not seen: reports are repeated every
@@ -169,20 +195,30 @@ impl Transport {
     /// Follows status reports whose routing key (`<zone>.<instance>`) matches `pattern`
     /// (`#` for all). The queue is private to this subscriber and vanishes with it.
     pub fn subscribe_status(&self, pattern: &str) -> Subscription<StatusReport> {
-        self.subscribe(STATUS_EXCHANGE, pattern)
+        self.subscribe_status_bounded(pattern, FeedBound::DEFAULT)
+    }
+
+    /// As [`Transport::subscribe_status`], with what may wait bounded by `bound`.
+    pub fn subscribe_status_bounded(
+        &self,
+        pattern: &str,
+        bound: FeedBound,
+    ) -> Subscription<StatusReport> {
+        self.subscribe(STATUS_EXCHANGE, pattern, bound)
     }
 
     /// Follows events, as [`Transport::subscribe_status`] follows reports.
     pub fn subscribe_events(&self, pattern: &str) -> Subscription<Event> {
-        self.subscribe(EVENTS_EXCHANGE, pattern)
+        self.subscribe(EVENTS_EXCHANGE, pattern, FeedBound::DEFAULT)
     }
 
     fn subscribe<T: DeserializeOwned + Send + 'static>(
         &self,
         exchange: &'static str,
         pattern: &str,
+        bound: FeedBound,
     ) -> Subscription<T> {
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(usize::from(bound.prefetch.max(1)));
         let transport = self.clone();
         let pattern = pattern.to_owned();
         tokio::spawn(async move {
@@ -191,7 +227,8 @@ impl Transport {
                     break;
                 };
                 let me = transport.inner.config.signing_key.as_deref();
-                if let Err(e) = follow(&session, exchange, &pattern, &tx, me, PhantomData).await {
+                let followed = follow(&session, (exchange, &pattern), bound, &tx, me, PhantomData);
+                if let Err(e) = followed.await {
                     tracing::debug!(exchange, error = %e, "subscription interrupted");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -203,13 +240,22 @@ impl Transport {
 
 async fn follow<T: DeserializeOwned>(
     session: &Session,
-    exchange: &'static str,
-    pattern: &str,
+    (exchange, pattern): (&'static str, &str),
+    bound: FeedBound,
     tx: &mpsc::Sender<Received<T>>,
     me: Option<&crate::signing::SigningKey>,
     _: PhantomData<T>,
 ) -> Result<(), TransportError> {
     let channel = crate::session::open_channel(&session.connection).await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-max-length"),
+        AMQPValue::LongUInt(bound.queued),
+    );
+    args.insert(
+        ShortString::from("x-overflow"),
+        AMQPValue::LongString("drop-head".into()),
+    );
     let queue = channel
         .queue_declare(
             "".into(),
@@ -218,7 +264,7 @@ async fn follow<T: DeserializeOwned>(
                 auto_delete: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            args,
         )
         .await
         .map_err(TransportError::amqp("queue.declare follower"))?;
@@ -232,24 +278,62 @@ async fn follow<T: DeserializeOwned>(
         )
         .await
         .map_err(TransportError::amqp("queue.bind follower"))?;
-    let mut consumer =
-        crate::session::consume_no_ack(&channel, queue.name().clone(), "basic.consume follower")
-            .await?;
+    // Acknowledged once handed to the receiver: what it has not taken stays in the
+    // broker, bounded there, rather than in this process's buffers.
+    channel
+        .basic_qos(bound.prefetch.max(1), BasicQosOptions::default())
+        .await
+        .map_err(TransportError::amqp("basic.qos follower"))?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(TransportError::amqp("basic.consume follower"))?;
+    // One acknowledgement covers many (`multiple`): every half prefetch, and whatever
+    // is left at the next tick.
+    let every = u64::from(bound.prefetch.max(2) / 2);
+    let mut unacked: Option<u64> = None;
+    let mut count = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let ack = |tag: u64| channel.basic_ack(tag, BasicAckOptions { multiple: true });
     loop {
         tokio::select! {
             d = consumer.next() => match d {
-                Some(Ok(d)) => match codec::decode::<Envelope<T>>(&d.data) {
-                    Ok(envelope) => {
-                        let sender = Sender::of(&d.properties, &d.data, me);
-                        if tx.send(Received { envelope, sender }).await.is_err() {
-                            return Ok(());
+                Some(Ok(d)) => {
+                    match codec::decode::<Envelope<T>>(&d.data) {
+                        Ok(envelope) => {
+                            let sender = Sender::of(&d.properties, &d.data, me);
+                            if tx.send(Received { envelope, sender }).await.is_err() {
+                                return Ok(());
+                            }
                         }
+                        Err(e) => tracing::warn!(exchange, error = %e, "ignoring an undecodable message"),
                     }
-                    Err(e) => tracing::warn!(exchange, error = %e, "ignoring an undecodable message"),
-                },
+                    unacked = Some(d.delivery_tag);
+                    count += 1;
+                    if count >= every {
+                        ack(d.delivery_tag)
+                            .await
+                            .map_err(TransportError::amqp("basic.ack follower"))?;
+                        (unacked, count) = (None, 0);
+                    }
+                }
                 Some(Err(e)) => return Err(TransportError::Amqp { op: "consume", source: e }),
                 None => return Ok(()),
             },
+            _ = tick.tick() => {
+                if let Some(tag) = unacked.take() {
+                    ack(tag)
+                        .await
+                        .map_err(TransportError::amqp("basic.ack follower"))?;
+                    count = 0;
+                }
+            }
             _ = session.lost.cancelled() => return Ok(()),
             _ = tx.closed() => return Ok(()),
         }

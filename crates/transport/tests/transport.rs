@@ -308,6 +308,54 @@ async fn status_reports_reach_followers_by_zone_pattern() {
     s.shutdown.cancel();
 }
 
+#[tokio::test]
+async fn a_follower_that_falls_behind_waits_for_a_bounded_feed_whose_oldest_reports_go_first() {
+    let s = setup("db-1", QueueType::Quorum).await;
+    let bound = tandem_transport::FeedBound {
+        prefetch: 5,
+        queued: 20,
+    };
+    let mut slow = s.client.subscribe_status_bounded("#", bound);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 500 reports while the follower takes none.
+    for seq in 1..=500 {
+        let env = Envelope::new(
+            Sender::Agent {
+                instance: id("db-1"),
+            },
+            id("db-1"),
+            Epoch::ZERO,
+            sample_report("zone-a", "db-1", seq),
+        );
+        s.agent_transport.publish_status(&env).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut taken = Vec::new();
+    while let Ok(Some(env)) = tokio::time::timeout(Duration::from_millis(500), slow.next()).await {
+        taken.push(env.body.sequence);
+    }
+    // What waited: the first few (taken before the follower stopped, and the
+    // prefetch), then only the newest `queued`, ending with the last one published.
+    let waiting = usize::from(bound.prefetch) * 2 + bound.queued as usize;
+    assert!(
+        taken.len() <= waiting,
+        "{} reports waited for the follower, more than {waiting}: {taken:?}",
+        taken.len()
+    );
+    assert_eq!(
+        taken.last(),
+        Some(&500),
+        "the newest is never dropped: {taken:?}"
+    );
+    assert!(taken.windows(2).all(|w| w[0] < w[1]), "in order: {taken:?}");
+    let newest: Vec<u64> = (481..=500).collect();
+    assert!(
+        taken.ends_with(&newest),
+        "the newest 20 all wait: {taken:?}"
+    );
+    s.shutdown.cancel();
+}
+
 async fn next(sub: &mut tandem_transport::Subscription<StatusReport>) -> Envelope<StatusReport> {
     tokio::time::timeout(Duration::from_secs(5), sub.next())
         .await
