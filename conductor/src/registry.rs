@@ -105,6 +105,11 @@ impl Registry {
             .map(|e| e.report.clone())
     }
 
+    /// How many instances have reported (without making their views).
+    pub fn count(&self) -> usize {
+        self.instances.read().expect("poisoned").len()
+    }
+
     pub fn list(&self) -> Vec<InstanceView> {
         let map = self.instances.read().expect("poisoned");
         map.values().map(view).collect()

@@ -100,6 +100,21 @@ fn a_flood_of_reports_waits_as_one_per_instance_and_moves_nothing() {
         last.intake_replaced, last.intake_lag_ms
     );
 
+    // The same figures as metrics, for Prometheus.
+    let (status, metrics) = c.conductor.http_get_status("/v1/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    assert!(value("tandem_intake_replaced_total") >= last.intake_replaced as f64);
+    assert!(value("tandem_intake_lag_seconds") >= 0.0);
+    assert_eq!(value("tandem_instances"), 2.0);
+    assert_eq!(value("tandem_sets"), 1.0);
+    assert_eq!(value("tandem_broker_connected"), 1.0);
+
     // The real agents' reports are still taken: db-1's next sequences arrive.
     let sequence = || {
         c.api()

@@ -24,7 +24,7 @@ pub async fn health(State(c): State<Arc<Conductor>>) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
         broker_connected: c.agents.is_connected(),
-        instances: c.registry.list().len(),
+        instances: c.registry.count(),
         intake_lag_ms: intake.lag.as_millis() as u64,
         intake_waiting: intake.waiting,
         intake_replaced: intake.replaced,

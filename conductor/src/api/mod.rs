@@ -24,6 +24,7 @@ mod backups;
 mod dr;
 mod enrolment;
 mod instances;
+mod metrics;
 mod paging;
 mod pair;
 mod placement;
@@ -36,6 +37,7 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
     Router::new()
         .route("/v1/health", get(instances::health))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/metrics", get(metrics::metrics))
         .route("/v1/instances", get(instances::list))
         .route("/v1/instances/{id}", get(instances::get_one))
         .route("/v1/instances/{id}/ping", post(instances::ping))
@@ -136,6 +138,7 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
     ),
     paths(
         instances::health,
+        metrics::metrics,
         instances::list,
         instances::get_one,
         instances::ping,
