@@ -39,11 +39,7 @@ pub async fn list(
     q: Result<Query<InstanceQuery>, QueryRejection>,
 ) -> Result<Paged<InstanceView>, ApiError> {
     let q = paging::query(q)?;
-    let after = q
-        .after
-        .as_deref()
-        .map(|a| InstanceId::new(a).map_err(|_| paging::bad_cursor(a)))
-        .transpose()?;
+    let after: Option<InstanceId> = paging::cursor(q.after.as_deref())?;
     let members: Option<HashSet<InstanceId>> = match q.set.as_deref() {
         Some(set) => {
             let set = super::sets::existing(&c, &paging::set_param("set", set)?)?;

@@ -31,12 +31,18 @@ pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t).map_err(|e| bad_request(e.body_text()))
 }
 
-/// A cursor this conductor did not give.
-pub fn bad_cursor(cursor: &str) -> ApiError {
-    bad_request(format!(
-        "after: {cursor:?} is not a cursor of this list (pass the x-next-page header of \
-         the page before)"
-    ))
+/// The `after` cursor, or a 400 when this list never gave it.
+pub fn cursor<T: std::str::FromStr>(after: Option<&str>) -> Result<Option<T>, ApiError> {
+    after
+        .map(|a| {
+            a.parse().map_err(|_| {
+                bad_request(format!(
+                    "after: {a:?} is not a cursor of this list (pass the x-next-page \
+                     header of the page before)"
+                ))
+            })
+        })
+        .transpose()
 }
 
 /// `items` cut to `size` (they were asked as `size + 1`), and the next page's cursor,

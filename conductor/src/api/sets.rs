@@ -148,11 +148,7 @@ pub async fn list(
     q: Result<Query<SetQuery>, QueryRejection>,
 ) -> Result<Paged<SetView>, ApiError> {
     let q = paging::query(q)?;
-    let after = q
-        .after
-        .as_deref()
-        .map(|a| ReplicaSetId::new(a).map_err(|_| paging::bad_cursor(a)))
-        .transpose()?;
+    let after: Option<ReplicaSetId> = paging::cursor(q.after.as_deref())?;
     let instance = q
         .instance
         .as_deref()

@@ -11,11 +11,10 @@ use tandem_api::{
     page_size, ApiEvent, ApiRequest, AuditQuery, ErrorBody, JournalEntry, WorkflowDetail,
     WorkflowQuery, WorkflowRow,
 };
-use tandem_proto::Timestamp;
 
 use super::paging::{self, Paged};
 use super::{conflict, not_found, ApiError};
-use crate::store::{JournalFilter, WorkflowFilter};
+use crate::store::{JournalCursor, JournalFilter, WorkflowCursor, WorkflowFilter};
 use crate::Conductor;
 
 /// Workflows newest first, a page at a time (100 unless `limit` says), kept by the
@@ -26,15 +25,7 @@ pub async fn list(
     q: Result<Query<WorkflowQuery>, QueryRejection>,
 ) -> Result<Paged<WorkflowRow>, ApiError> {
     let q = paging::query(q)?;
-    let after = q
-        .after
-        .as_deref()
-        .map(|a| {
-            let (at, id) = a.split_once('~').ok_or_else(|| paging::bad_cursor(a))?;
-            let at = at.parse().map_err(|_| paging::bad_cursor(a))?;
-            Ok::<_, ApiError>((Timestamp(at), id.to_owned()))
-        })
-        .transpose()?;
+    let after = paging::cursor(q.after.as_deref())?;
     let size = page_size(q.limit, 100);
     let rows = c.store.workflows(&WorkflowFilter {
         set: q
@@ -48,7 +39,7 @@ pub async fn list(
         limit: size + 1,
     })?;
     Ok(paging::cut(rows, size, |w| {
-        format!("{}~{}", w.created_at.0, w.id)
+        WorkflowCursor::of(w).to_string()
     }))
 }
 
@@ -130,19 +121,7 @@ pub async fn audit(
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Paged<JournalEntry>, ApiError> {
     let q = paging::query(q)?;
-    let after = q
-        .after
-        .as_deref()
-        .map(|a| {
-            let mut parts = a.splitn(3, '~');
-            let (Some(at), Some(wf), Some(seq)) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(paging::bad_cursor(a));
-            };
-            let at = at.parse().map_err(|_| paging::bad_cursor(a))?;
-            let seq = seq.parse().map_err(|_| paging::bad_cursor(a))?;
-            Ok((Timestamp(at), wf.to_owned(), seq))
-        })
-        .transpose()?;
+    let after = paging::cursor(q.after.as_deref())?;
     let size = page_size(q.limit, 500);
     let entries = c.store.journal_recent(&JournalFilter {
         workflow: q.workflow,
@@ -159,9 +138,7 @@ pub async fn audit(
         after,
         limit: size + 1,
     })?;
-    let page = paging::cut(entries, size, |e| {
-        format!("{}~{}~{}", e.sent_at.0, e.workflow_id, e.seq)
-    });
+    let page = paging::cut(entries, size, |e| JournalCursor::of(e).to_string());
     Ok(Paged {
         items: redacted(page.items),
         next: page.next,

@@ -240,8 +240,41 @@ pub struct WorkflowFilter {
     pub set: Option<ReplicaSetId>,
     pub kind: Option<tandem_api::WorkflowKind>,
     pub state: Option<WorkflowState>,
-    pub after: Option<(Timestamp, String)>,
+    pub after: Option<WorkflowCursor>,
     pub limit: usize,
+}
+
+/// Where a workflow stands in the list's order; `<created_at>~<id>` in a cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowCursor {
+    pub created_at: Timestamp,
+    pub id: String,
+}
+
+impl WorkflowCursor {
+    pub fn of(w: &WorkflowRow) -> Self {
+        WorkflowCursor {
+            created_at: w.created_at,
+            id: w.id.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for WorkflowCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}~{}", self.created_at.0, self.id)
+    }
+}
+
+impl std::str::FromStr for WorkflowCursor {
+    type Err = ();
+    fn from_str(s: &str) -> std::result::Result<Self, ()> {
+        let (at, id) = s.split_once('~').ok_or(())?;
+        Ok(WorkflowCursor {
+            created_at: Timestamp(at.parse().map_err(|_| ())?),
+            id: id.to_owned(),
+        })
+    }
 }
 
 /// Which journal entries the audit holds: newest first (by time sent, workflow, step),
@@ -251,8 +284,46 @@ pub struct JournalFilter {
     pub workflow: Option<String>,
     pub target: Option<InstanceId>,
     pub set: Option<ReplicaSetId>,
-    pub after: Option<(Timestamp, String, u32)>,
+    pub after: Option<JournalCursor>,
     pub limit: usize,
+}
+
+/// Where a journal entry stands in the audit's order; `<sent_at>~<workflow>~<seq>` in a
+/// cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalCursor {
+    pub sent_at: Timestamp,
+    pub workflow_id: String,
+    pub seq: u32,
+}
+
+impl JournalCursor {
+    pub fn of(e: &JournalEntry) -> Self {
+        JournalCursor {
+            sent_at: e.sent_at,
+            workflow_id: e.workflow_id.clone(),
+            seq: e.seq,
+        }
+    }
+}
+
+impl std::fmt::Display for JournalCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}~{}~{}", self.sent_at.0, self.workflow_id, self.seq)
+    }
+}
+
+impl std::str::FromStr for JournalCursor {
+    type Err = ();
+    fn from_str(s: &str) -> std::result::Result<Self, ()> {
+        let (at, rest) = s.split_once('~').ok_or(())?;
+        let (workflow_id, seq) = rest.rsplit_once('~').ok_or(())?;
+        Ok(JournalCursor {
+            sent_at: Timestamp(at.parse().map_err(|_| ())?),
+            workflow_id: workflow_id.to_owned(),
+            seq: seq.parse().map_err(|_| ())?,
+        })
+    }
 }
 
 pub trait Store: PlacementStore + PairStore + Send + Sync + 'static {

@@ -352,7 +352,7 @@ impl Store for SqliteStore {
 
     fn workflows(&self, f: &WorkflowFilter) -> Result<Vec<WorkflowRow>> {
         let (after_at, after_id) = match &f.after {
-            Some((at, id)) => (Some(at.0 as i64), Some(id.as_str())),
+            Some(c) => (Some(c.created_at.0 as i64), Some(c.id.as_str())),
             None => (None, None),
         };
         self.with(|c| {
@@ -539,7 +539,11 @@ impl Store for SqliteStore {
 
     fn journal_recent(&self, f: &JournalFilter) -> Result<Vec<JournalEntry>> {
         let (after_at, after_wf, after_seq) = match &f.after {
-            Some((at, wf, seq)) => (Some(at.0 as i64), Some(wf.as_str()), Some(*seq as i64)),
+            Some(c) => (
+                Some(c.sent_at.0 as i64),
+                Some(c.workflow_id.as_str()),
+                Some(i64::from(c.seq)),
+            ),
             None => (None, None, None),
         };
         self.with(|c| {

@@ -250,7 +250,7 @@ fn workflows_and_the_audit_page_newest_first_without_repeats_or_gaps_and_filter(
             })
             .unwrap();
         let Some(last) = page.last() else { break };
-        after = Some((last.created_at, last.id.clone()));
+        after = Some(WorkflowCursor::of(last));
         paged.extend(page);
     }
     let ids = |rows: &[WorkflowRow]| rows.iter().map(|w| w.id.clone()).collect::<Vec<_>>();
@@ -287,7 +287,7 @@ fn workflows_and_the_audit_page_newest_first_without_repeats_or_gaps_and_filter(
             ..Default::default()
         });
         let Some(last) = page.last() else { break };
-        after = Some((last.sent_at, last.workflow_id.clone(), last.seq));
+        after = Some(JournalCursor::of(last));
         paged.extend(page);
     }
     let keys = |e: &[JournalEntry]| {
@@ -316,4 +316,24 @@ fn workflows_and_the_audit_page_newest_first_without_repeats_or_gaps_and_filter(
         ..Default::default()
     });
     assert_eq!(one.len(), 3);
+}
+
+#[test]
+fn a_cursor_reads_back_what_it_wrote() {
+    let w = WorkflowCursor {
+        created_at: Timestamp(1_700_000_000_123),
+        id: "wf-1a2b~odd".into(),
+    };
+    let back: WorkflowCursor = w.to_string().parse().unwrap();
+    assert_eq!(back.created_at, w.created_at);
+    let j = JournalCursor {
+        sent_at: Timestamp(5),
+        workflow_id: "wf~x".into(),
+        seq: 7,
+    };
+    assert_eq!(j.to_string().parse::<JournalCursor>().unwrap(), j);
+    for bad in ["", "nonsense", "1~w", "x~w~1", "1~w~x"] {
+        assert!(bad.parse::<JournalCursor>().is_err(), "{bad}");
+    }
+    assert!("12".parse::<WorkflowCursor>().is_err());
 }
