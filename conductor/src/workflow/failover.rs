@@ -187,25 +187,34 @@ pub async fn run(
         .collect();
 
     // With semi-synchronous replication every acknowledged commit is on at least one
-    // replica that acknowledges; one of those that could not be drained may hold the
-    // only copy of a commit the others lack (the cut reached it last). Nobody is
-    // promoted without it unless an operator accepts the loss: the failover stands
-    // down and the detector tries again, until it answers.
+    // of the master's replicas that acknowledge (none without semi-sync; an operator
+    // who forces, or a DR failover, accepts the loss of what the rest hold).
+    let mut acknowledging: Vec<&InstanceId> = Vec::new();
     if !force && !site {
-        let mut unheard = Vec::new();
-        for (r, position, diverged) in &drained {
-            let (Err(why), None) = (position, diverged) else {
-                continue;
-            };
-            let Some(m) = set.members.iter().find(|m| &m.instance == r) else {
-                continue;
-            };
-            if m.replicates_from.as_ref() == Some(failed)
-                && ctx.acknowledges(r, Some(failed), &m.options)?
-            {
-                unheard.push(format!("{r} ({why})"));
+        for m in set
+            .members
+            .iter()
+            .filter(|m| m.replicates_from.as_ref() == Some(failed))
+        {
+            if ctx.acknowledges(&m.instance, Some(failed), &m.options)? {
+                acknowledging.push(&m.instance);
             }
         }
+    }
+    let acknowledged_by = |r: &InstanceId| acknowledging.contains(&r);
+
+    // One of those that could not be drained may hold the only copy of a commit the
+    // others lack (the cut reached it last). Nobody is promoted without it: the
+    // failover stands down and the detector tries again, until it answers.
+    {
+        let unheard: Vec<String> = drained
+            .iter()
+            .filter(|(r, ..)| acknowledged_by(r))
+            .filter_map(|(r, position, diverged)| match (position, diverged) {
+                (Err(why), None) => Some(format!("{r} ({why})")),
+                _ => None,
+            })
+            .collect();
         if !unheard.is_empty() {
             let why = format!(
                 "{} acknowledged the master's semi-synchronous commits and could not be \
@@ -386,22 +395,15 @@ pub async fn run(
 
     // Nor without what an acknowledging replica that cannot be promoted holds (its
     // promotion rule, say): the candidate would lose acknowledged writes.
-    if !force && !site {
-        let mut ahead = Vec::new();
-        for (r, position, diverged) in &drained {
-            let (Ok(p), None) = (position, diverged) else {
-                continue;
-            };
-            let Some(m) = set.members.iter().find(|m| &m.instance == r) else {
-                continue;
-            };
-            if !decision.position.contains(p)
-                && m.replicates_from.as_ref() == Some(failed)
-                && ctx.acknowledges(r, Some(failed), &m.options)?
-            {
-                ahead.push(format!("{r} at {p}"));
-            }
-        }
+    {
+        let ahead: Vec<String> = drained
+            .iter()
+            .filter(|(r, ..)| acknowledged_by(r))
+            .filter_map(|(r, position, diverged)| match (position, diverged) {
+                (Ok(p), None) if !decision.position.contains(p) => Some(format!("{r} at {p}")),
+                _ => None,
+            })
+            .collect();
         if !ahead.is_empty() {
             let why = format!(
                 "{} acknowledged the master's semi-synchronous commits and holds some that \
