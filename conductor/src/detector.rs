@@ -324,7 +324,7 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                 let Some(master_report) = fresh(seen(c, master, started)) else {
                     return;
                 };
-                let replica_reports: Vec<(InstanceId, Option<StatusReport>)> = set
+                let replica_reports: Vec<(InstanceId, Option<std::sync::Arc<StatusReport>>)> = set
                     .replicas()
                     .map(|r| (r.clone(), fresh(seen(c, r, started))))
                     .collect();

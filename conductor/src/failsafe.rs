@@ -28,7 +28,7 @@ pub fn key_for(secret: &[u8], set: &ReplicaSetId, instance: &InstanceId) -> Secr
 pub fn out_of_date(
     set: &ReplicaSet,
     master: Option<&StatusReport>,
-    replicas: &[(InstanceId, Option<StatusReport>)],
+    replicas: &[(InstanceId, Option<std::sync::Arc<StatusReport>>)],
 ) -> bool {
     let mut wanted: Vec<&InstanceId> = set.replicas().collect();
     wanted.sort();

@@ -12,6 +12,11 @@
 //! instance's reports still unprocessed, so replacing it does not hide the wait) is
 //! the intake's lag, shown by `GET /v1/health`; past a report period the conductor is
 //! behind the failures it watches for, and says so in an event.
+//!
+//! A conductor whose receiving falls behind (not only its processing) leaves reports
+//! waiting in the broker, where this process cannot see them by what it receives: the
+//! transport asks the broker how many wait, once a second (the backlog), and a
+//! backlog of a report period's worth (one report per instance) is falling behind too.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +47,10 @@ pub struct Intake {
     replaced: AtomicU64,
     lag_ms: AtomicU64,
     lagging: AtomicBool,
+    /// Reports waiting in the broker, and how many arrive in a report period (one per
+    /// instance), at the last asking.
+    backlog: AtomicU64,
+    period: AtomicU64,
 }
 
 /// What the intake shows of itself.
@@ -53,6 +62,8 @@ pub struct IntakeState {
     pub waiting: usize,
     /// Reports replaced by a newer one of their instance before being processed.
     pub replaced: u64,
+    /// Reports waiting in the broker, not yet received (asked once a second).
+    pub backlog: u64,
 }
 
 /// A change of the intake's standing, to announce.
@@ -89,13 +100,31 @@ impl Intake {
         drop(w);
         let lag = since.elapsed();
         self.lag_ms.store(lag.as_millis() as u64, Ordering::Relaxed);
+        Some((report, self.judged()))
+    }
+
+    /// Records what waits in the broker (`None`: not known yet) with how many
+    /// instances report, once a report period; returns the change of standing.
+    pub fn note_backlog(&self, backlog: Option<u64>, instances: usize) -> Option<Standing> {
+        self.backlog.store(backlog.unwrap_or(0), Ordering::Relaxed);
+        self.period.store(instances as u64, Ordering::Relaxed);
+        self.judged()
+    }
+
+    /// The standing now, when it changed.
+    fn judged(&self) -> Option<Standing> {
+        let lag = Duration::from_millis(self.lag_ms.load(Ordering::Relaxed));
+        let backlog = Backlog {
+            waiting: self.backlog.load(Ordering::Relaxed),
+            period: self.period.load(Ordering::Relaxed),
+        };
         let was = self.lagging.load(Ordering::Relaxed);
-        let standing = judge(was, lag);
+        let standing = judge(was, lag, backlog);
         if let Some(s) = standing {
             self.lagging
                 .store(s == Standing::FellBehind, Ordering::Relaxed);
         }
-        Some((report, standing))
+        standing
     }
 
     /// The report that waited longest, waiting for one.
@@ -114,15 +143,38 @@ impl Intake {
             lag: Duration::from_millis(self.lag_ms.load(Ordering::Relaxed)),
             waiting: self.waiting.lock().expect("poisoned").order.len(),
             replaced: self.replaced.load(Ordering::Relaxed),
+            backlog: self.backlog.load(Ordering::Relaxed),
         }
     }
 }
 
-/// Whether a report that waited `lag` changes the intake's standing.
-fn judge(lagging: bool, lag: Duration) -> Option<Standing> {
-    match (lagging, lag) {
-        (false, lag) if lag >= LAGGING => Some(Standing::FellBehind),
-        (true, lag) if lag < CAUGHT_UP => Some(Standing::CaughtUp),
+/// Reports waiting in the broker beside how many arrive in a report period.
+#[derive(Debug, Clone, Copy, Default)]
+struct Backlog {
+    waiting: u64,
+    period: u64,
+}
+
+impl Backlog {
+    /// A report period's worth or more: as late as [`LAGGING`].
+    fn behind(self) -> bool {
+        self.waiting > 0 && self.waiting >= self.period.max(1)
+    }
+
+    /// A quarter of a period at most: as [`CAUGHT_UP`] is to [`LAGGING`].
+    fn caught_up(self) -> bool {
+        self.waiting <= self.period / 4
+    }
+}
+
+/// Whether a report that waited `lag` in the conductor, with `backlog` waiting in the
+/// broker, changes the intake's standing.
+fn judge(lagging: bool, lag: Duration, backlog: Backlog) -> Option<Standing> {
+    let behind = lag >= LAGGING || backlog.behind();
+    let caught_up = lag < CAUGHT_UP && backlog.caught_up();
+    match lagging {
+        false if behind => Some(Standing::FellBehind),
+        true if caught_up => Some(Standing::CaughtUp),
         _ => None,
     }
 }
@@ -154,7 +206,8 @@ mod tests {
             IntakeState {
                 lag: Duration::ZERO,
                 waiting: 2,
-                replaced: 2
+                replaced: 2,
+                backlog: 0,
             }
         );
         assert_eq!(take(&i), Some(("db-1".into(), 3)));
@@ -193,15 +246,42 @@ mod tests {
             i.state()
         );
 
-        assert_eq!(judge(false, Duration::from_millis(999)), None);
-        assert_eq!(judge(false, LAGGING), Some(Standing::FellBehind));
-        assert_eq!(judge(true, Duration::from_secs(5)), None);
-        assert_eq!(judge(true, Duration::from_millis(500)), None);
+        let none = Backlog::default();
+        assert_eq!(judge(false, Duration::from_millis(999), none), None);
+        assert_eq!(judge(false, LAGGING, none), Some(Standing::FellBehind));
+        assert_eq!(judge(true, Duration::from_secs(5), none), None);
+        assert_eq!(judge(true, Duration::from_millis(500), none), None);
         assert_eq!(
-            judge(true, Duration::from_millis(100)),
+            judge(true, Duration::from_millis(100), none),
             Some(Standing::CaughtUp)
         );
-        assert_eq!(judge(false, Duration::from_millis(100)), None);
+        assert_eq!(judge(false, Duration::from_millis(100), none), None);
+    }
+
+    #[test]
+    fn a_report_periods_worth_waiting_in_the_broker_is_behind_until_a_quarter_is_left() {
+        let fast = Duration::from_millis(1);
+        let waiting = |waiting| Backlog {
+            waiting,
+            period: 1000,
+        };
+        assert_eq!(judge(false, fast, waiting(999)), None);
+        assert_eq!(
+            judge(false, fast, waiting(1000)),
+            Some(Standing::FellBehind)
+        );
+        assert_eq!(judge(true, fast, waiting(251)), None);
+        assert_eq!(judge(true, fast, waiting(250)), Some(Standing::CaughtUp));
+        // Caught up needs both: nothing in the broker, yet a slow intake, is behind.
+        assert_eq!(judge(true, Duration::from_millis(500), waiting(0)), None);
+
+        // Through the intake: the backlog is judged with the last lag taken.
+        let i = Intake::default();
+        assert_eq!(i.note_backlog(None, 3), None);
+        assert_eq!(i.note_backlog(Some(5), 3), Some(Standing::FellBehind));
+        assert_eq!(i.state().backlog, 5);
+        assert_eq!(i.note_backlog(Some(4), 3), None);
+        assert_eq!(i.note_backlog(Some(0), 3), Some(Standing::CaughtUp));
     }
 
     #[tokio::test]

@@ -145,13 +145,15 @@ impl Conductor {
                     lag_ms,
                     waiting = state.waiting,
                     replaced = state.replaced,
+                    backlog = state.backlog,
                     "the status intake is behind: reports wait longer than their period \
-                     (only each instance's newest is kept)"
+                     (in the broker, or here, where only each instance's newest is kept)"
                 );
                 self.events.publish(events::ApiEvent::IntakeBehind {
                     lag_ms,
                     waiting: state.waiting,
                     replaced: state.replaced,
+                    backlog: state.backlog,
                     at,
                 });
             }
@@ -181,7 +183,7 @@ impl Conductor {
         let Some(member) = set.members.iter().find(|m| &m.instance == instance) else {
             return;
         };
-        let differences = decide::drift::drift(member, self.registry.report(instance).as_ref());
+        let differences = decide::drift::drift(member, self.registry.shared(instance).as_deref());
         let mut open = self.open_drift.lock().expect("poisoned");
         let now = tandem_proto::Timestamp::now();
         if !differences.is_empty() && !busy {
@@ -337,6 +339,19 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut reports = transport.subscribe_status("#");
+    // What waits in the broker, judged once a second beside the intake's own lag.
+    let backlog = {
+        let (c, seen) = (conductor.clone(), reports.backlog());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Some(standing) = c.intake.note_backlog(seen.get(), c.registry.count()) {
+                    c.announce_intake(standing);
+                }
+            }
+        })
+    };
     // Receiving (and checking the sender) apart from processing: the receiver never
     // waits for the processing, and what waits between them is bounded (`intake`).
     let receiver = {
@@ -345,6 +360,31 @@ async fn serve(
             while let Some(received) = reports.next_received().await {
                 if c.believes(&received.envelope.body.instance, &received.sender) {
                     c.intake.offer(received.envelope.body);
+                }
+            }
+        })
+    };
+    // New and moved instances are written to the store off the report path, many to a
+    // transaction: after a restart every instance of a fleet is new to the registry,
+    // and a commit each would hold the reports up for seconds. At most one record per
+    // instance and change waits here.
+    let (recorded, mut to_record) = tokio::sync::mpsc::unbounded_channel::<InstanceRecord>();
+    let recorder = {
+        let c = conductor.clone();
+        tokio::spawn(async move {
+            while let Some(first) = to_record.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < 1000 {
+                    match to_record.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                let c = c.clone();
+                let written =
+                    tokio::task::spawn_blocking(move || c.store.upsert_instances(&batch)).await;
+                if let Ok(Err(e)) = written {
+                    tracing::error!(error = %e, "could not record instances");
                 }
             }
         })
@@ -371,9 +411,7 @@ async fn serve(
                 }
                 let instance = r.instance.clone();
                 if c.registry.record(r) == Some(true) {
-                    if let Err(e) = c.store.upsert_instance(&record) {
-                        tracing::error!(instance = %record.id, error = %e, "could not record an instance");
-                    }
+                    let _ = recorded.send(record);
                 }
                 c.check_drift(&instance);
             }
@@ -408,6 +446,8 @@ async fn serve(
     detector_stop.cancel();
     follower.abort();
     receiver.abort();
+    recorder.abort();
+    backlog.abort();
     drop(leadership);
     result.map_err(Into::into)
 }

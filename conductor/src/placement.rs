@@ -22,10 +22,10 @@ const EVERY: Duration = Duration::from_secs(1);
 
 /// Where `instance` runs: its agent's last report, else what the store last heard.
 pub fn location(c: &Conductor, instance: &InstanceId) -> Option<Location> {
-    if let Some(r) = c.registry.report(instance) {
+    if let Some(r) = c.registry.shared(instance) {
         return Some(Location {
-            zone: r.zone,
-            host_id: r.host_id,
+            zone: r.zone.clone(),
+            host_id: r.host_id.clone(),
         });
     }
     let record = c.store.instance(instance).ok().flatten()?;
@@ -87,11 +87,13 @@ pub async fn watch(c: Arc<Conductor>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let Ok(sets) = c.store.sets() else { continue };
+        let Ok(mut kept) = c.store.all_set_rules() else {
+            continue;
+        };
         held.retain(|id, _| sets.iter().any(|s| &s.id == id));
         for set in sets {
-            let Ok(now) = violations_of(&c, &set) else {
-                continue;
-            };
+            let rules = effective(kept.remove(&set.id).unwrap_or_default());
+            let now = violations(&rules, &of_set(&c, &set));
             let before = held.get(&set.id).cloned().unwrap_or_default();
             if now == before {
                 continue;

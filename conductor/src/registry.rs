@@ -3,8 +3,8 @@
 //! Reports are ordered by their sequence number: one older than the report held (a
 //! redelivery, or a report overtaken on the wire) is ignored.
 
-use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
 // tokio's clock (the monotonic clock, mockable in tests with paused time).
 use tokio::time::Instant;
 
@@ -12,11 +12,34 @@ use tandem_proto::{InstanceId, StatusReport};
 
 #[derive(Default)]
 pub struct Registry {
-    instances: RwLock<BTreeMap<InstanceId, Entry>>,
+    instances: RwLock<Instances>,
+}
+
+/// Looked up by id many thousand times a second (the detector, every report), listed
+/// in id order now and then (the API's pages).
+#[derive(Default)]
+struct Instances {
+    by_id: HashMap<InstanceId, Entry>,
+    order: BTreeSet<InstanceId>,
+}
+
+impl Instances {
+    fn get(&self, id: &InstanceId) -> Option<&Entry> {
+        self.by_id.get(id)
+    }
+
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn in_order(&self) -> impl Iterator<Item = &Entry> {
+        self.order.iter().filter_map(|id| self.by_id.get(id))
+    }
 }
 
 struct Entry {
-    report: StatusReport,
+    /// Shared, so the detector's ten looks a second at every member cost no copy.
+    report: Arc<StatusReport>,
     received: Instant,
     /// The newest position any report gave (a report from a dead engine has none).
     last_position: Option<tandem_proto::Position>,
@@ -45,10 +68,13 @@ impl Registry {
                 || h.engine != report.engine
                 || h.endpoint != report.endpoint;
         }
-        map.insert(
+        if !map.by_id.contains_key(&report.instance) {
+            map.order.insert(report.instance.clone());
+        }
+        map.by_id.insert(
             report.instance.clone(),
             Entry {
-                report,
+                report: Arc::new(report),
                 received: Instant::now(),
                 last_position,
             },
@@ -79,12 +105,24 @@ impl Registry {
     }
 
     /// The last report of `id` and how long ago it arrived.
-    pub fn report_with_age(&self, id: &InstanceId) -> Option<(StatusReport, std::time::Duration)> {
+    pub fn report_with_age(
+        &self,
+        id: &InstanceId,
+    ) -> Option<(Arc<StatusReport>, std::time::Duration)> {
         self.instances
             .read()
             .expect("poisoned")
             .get(id)
             .map(|e| (e.report.clone(), e.received.elapsed()))
+    }
+
+    /// The last report of `id`, shared (no copy).
+    pub fn shared(&self, id: &InstanceId) -> Option<Arc<StatusReport>> {
+        self.instances
+            .read()
+            .expect("poisoned")
+            .get(id)
+            .map(|e| e.report.clone())
     }
 
     /// The newest position `id` reported, also when its latest report has none.
@@ -102,7 +140,7 @@ impl Registry {
             .read()
             .expect("poisoned")
             .get(id)
-            .map(|e| e.report.clone())
+            .map(|e| StatusReport::clone(&e.report))
     }
 
     /// How many instances have reported (without making their views).
@@ -112,7 +150,7 @@ impl Registry {
 
     pub fn list(&self) -> Vec<InstanceView> {
         let map = self.instances.read().expect("poisoned");
-        map.values().map(view).collect()
+        map.in_order().map(view).collect()
     }
 
     /// Up to `size` instances after `after` (by id) whose report `keep` keeps, and
@@ -127,9 +165,11 @@ impl Registry {
         let map = self.instances.read().expect("poisoned");
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut kept = map
+            .order
             .range((from, Bound::Unbounded))
-            .filter(|(_, e)| keep(&e.report));
-        let page: Vec<InstanceView> = kept.by_ref().take(size).map(|(_, e)| view(e)).collect();
+            .filter_map(|id| map.by_id.get(id))
+            .filter(|e| keep(&e.report));
+        let page: Vec<InstanceView> = kept.by_ref().take(size).map(view).collect();
         let more = kept.next().is_some();
         (page, more)
     }
@@ -152,7 +192,7 @@ fn view(e: &Entry) -> InstanceView {
             writable: r.writable,
         },
         last_seen_ms: e.received.elapsed().as_millis() as u64,
-        status: r.clone(),
+        status: StatusReport::clone(r),
     }
 }
 

@@ -2,6 +2,7 @@
 //! processes, and checks made against what the engines say, not what Tandem says.
 
 pub mod capture;
+pub mod fleet;
 pub mod hostile;
 pub mod load;
 pub mod promise;
@@ -609,28 +610,44 @@ fn fence_script(nodes: &[Node], log: &std::path::Path) -> String {
 }
 
 /// `tandem --json events`, running: every event the conductor publishes from now on.
-pub struct EventFollower(std::process::Child);
+/// Its output is read as it comes (a pipe left unread fills at 64 KiB and stalls the
+/// stream: a fleet's events do that within seconds).
+pub struct EventFollower {
+    child: std::process::Child,
+    lines: std::thread::JoinHandle<Vec<String>>,
+}
 
 impl EventFollower {
     pub fn start(c: &Cluster) -> EventFollower {
-        EventFollower(
-            c.conductor
-                .cli_command()
-                .args(["--json", "events"])
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap(),
-        )
+        Self::of(&c.conductor)
+    }
+
+    /// Following `conductor`'s events.
+    pub fn of(conductor: &ConductorProcess) -> EventFollower {
+        let mut child = conductor
+            .cli_command()
+            .args(["--json", "events"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().expect("piped");
+        let lines = std::thread::spawn(move || {
+            std::io::BufRead::lines(std::io::BufReader::new(stdout))
+                .map_while(Result::ok)
+                .collect()
+        });
+        EventFollower { child, lines }
     }
 
     /// Stops following; the events seen, each read as the API's type (a line that does
     /// not read is a failure: the stream and the type must agree).
     pub fn stop(mut self) -> Vec<tandem_api::ApiEvent> {
-        self.0.kill().unwrap();
-        let _ = self.0.wait();
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut self.0.stdout.take().unwrap(), &mut out).unwrap();
-        out.lines()
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+        self.lines
+            .join()
+            .expect("the reader")
+            .iter()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event {l}: {e}")))
             .collect()

@@ -145,3 +145,107 @@ fn a_flood_of_reports_waits_as_one_per_instance_and_moves_nothing() {
         "{kinds:?}"
     );
 }
+
+/// A conductor that cannot keep up, end to end: 500 instances (each enrolled with its
+/// own key, simulated by `tandem_e2e::fleet`) report once a second while the conductor
+/// is starved of CPU (jailed on one CPU with busy processes). Reports pile up in the
+/// broker, where the conductor cannot see them by what it receives; it asks the broker,
+/// says it is behind (`intake_behind`, with the backlog) and, once it has its CPU back
+/// and has worked the backlog off, that it caught up. What waits stays within the
+/// feed's bound throughout. Real broker and conductor binary.
+#[test]
+fn a_conductor_that_cannot_keep_up_says_so_and_says_again_when_it_has_caught_up() {
+    use tandem_conductor::store::sqlite::SqliteStore;
+    use tandem_e2e::fleet::{Fleet, Templates};
+    use tandem_e2e::EventFollower;
+    use tandem_testkit::{Broker, ConductorProcess, CpuJail};
+    use tandem_transport::FeedBound;
+    use tokio_util::sync::CancellationToken;
+
+    const INSTANCES: usize = 500;
+    let broker = Broker::new().unwrap();
+    let mut conductor = ConductorProcess::start(broker.uri()).unwrap();
+    conductor.stop();
+    let mut fleet = Fleet::new(INSTANCES, 1);
+    fleet
+        .seed(&SqliteStore::open(&conductor.data_dir().join("tandem.db")).unwrap())
+        .unwrap();
+    conductor.start_again().unwrap();
+    let events = EventFollower::of(&conductor);
+    let api = conductor.api();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = CancellationToken::new();
+    let generator = rt.spawn(Arc::new(fleet).report_until(
+        broker.uri().to_owned(),
+        Arc::new(Templates::plain()),
+        2,
+        stop.clone(),
+    ));
+    eventually(Duration::from_secs(30), "every instance registered", || {
+        api.health()
+            .ok()
+            .filter(|h| h.instances == INSTANCES)
+            .map(|_| ())
+    });
+
+    let mut samples = Vec::new();
+    {
+        let mut jail = CpuJail::last_cpu().unwrap();
+        jail.add(conductor.pid().unwrap()).unwrap();
+        jail.saturate(30).unwrap();
+        eventually(Duration::from_secs(60), "a backlog in the broker", || {
+            let h = api.health().ok()?;
+            samples.push(h.intake_backlog);
+            (h.intake_backlog >= INSTANCES as u64).then_some(())
+        });
+        // The jail goes: the busy processes end, the conductor has its CPU back.
+    }
+    eventually(Duration::from_secs(60), "the backlog worked off", || {
+        let h = api.health().ok()?;
+        samples.push(h.intake_backlog);
+        (h.intake_backlog < INSTANCES as u64 / 4 && h.intake_lag_ms < 250).then_some(())
+    });
+    // The caught-up event follows the backlog's next asking.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.cancel();
+    rt.block_on(generator).unwrap().unwrap();
+
+    let bound = FeedBound::DEFAULT;
+    let most = samples.iter().max().copied().unwrap_or(0);
+    assert!(
+        most <= u64::from(bound.queued),
+        "{most} waited in the broker, beyond the feed's bound of {}",
+        bound.queued
+    );
+    let seen = events.stop();
+    let behind = seen.iter().position(|e| {
+        matches!(e, tandem_api::ApiEvent::IntakeBehind { backlog, lag_ms, .. }
+            if *backlog >= INSTANCES as u64 || *lag_ms >= 1000)
+    });
+    let kinds: Vec<String> = seen
+        .iter()
+        .filter(|e| !matches!(e, tandem_api::ApiEvent::InstanceChanged { .. }))
+        .map(|e| format!("{e:?}"))
+        .collect();
+    let behind = behind.unwrap_or_else(|| {
+        panic!(
+            "no intake_behind in {kinds:?} ({} events; broker backlog samples {samples:?}); \
+             the conductor said:\n{}",
+            seen.len(),
+            conductor
+                .log()
+                .lines()
+                .filter(|l| l.contains("intake") || l.contains("WARN") || l.contains("ERROR"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    assert!(
+        seen[behind..]
+            .iter()
+            .any(|e| matches!(e, tandem_api::ApiEvent::IntakeCaughtUp { .. })),
+        "no intake_caught_up after intake_behind in {kinds:?}"
+    );
+    println!("most waiting in the broker: {most}; events: {kinds:?}");
+}

@@ -28,6 +28,7 @@ pub async fn health(State(c): State<Arc<Conductor>>) -> Json<Health> {
         intake_lag_ms: intake.lag.as_millis() as u64,
         intake_waiting: intake.waiting,
         intake_replaced: intake.replaced,
+        intake_backlog: intake.backlog,
     })
 }
 

@@ -18,7 +18,7 @@ use crate::Conductor;
 /// What Prometheus asks for and gets.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-#[utoipa::path(get, path = "/v1/metrics", tag = "conductor", responses((status = 200, description = "OpenMetrics text: tandem_intake_lag_seconds, tandem_intake_waiting, tandem_intake_replaced_total, tandem_instances, tandem_sets, tandem_workflows_active, tandem_broker_connected", content_type = "application/openmetrics-text", body = String)))]
+#[utoipa::path(get, path = "/v1/metrics", tag = "conductor", responses((status = 200, description = "OpenMetrics text: tandem_intake_lag_seconds, tandem_intake_waiting, tandem_feed_backlog, tandem_intake_replaced_total, tandem_instances, tandem_sets, tandem_workflows_active, tandem_broker_connected", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(c): State<Arc<Conductor>>) -> Result<impl IntoResponse, ApiError> {
     let intake = c.intake.state();
     let mut registry = Registry::with_prefix("tandem");
@@ -39,6 +39,12 @@ pub async fn metrics(State(c): State<Arc<Conductor>>) -> Result<impl IntoRespons
         "intake_waiting",
         "Status reports waiting to be processed (at most one per instance)",
         intake.waiting as i64,
+    );
+    gauge(
+        &mut registry,
+        "feed_backlog",
+        "Status reports waiting in the broker for this conductor, not yet received (asked once a second)",
+        intake.backlog as i64,
     );
     let replaced: Counter = Counter::default();
     replaced.inc_by(intake.replaced);

@@ -32,9 +32,9 @@ fn view(c: &Conductor, set: ReplicaSet) -> SetView {
         .members
         .iter()
         .map(|m| {
-            let report = c.registry.report(&m.instance);
-            let drift = crate::decide::drift::drift(m, report.as_ref());
-            let r = report.as_ref();
+            let report = c.registry.shared(&m.instance);
+            let drift = crate::decide::drift::drift(m, report.as_deref());
+            let r = report.as_deref();
             MemberView {
                 instance: m.instance.clone(),
                 intended: m.clone(),

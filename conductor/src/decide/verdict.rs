@@ -24,7 +24,7 @@ pub use tandem_api::Verdict;
 /// What is known of one instance: its last report and the time since it arrived
 /// (`None`: no report since this conductor started, `since_start` old).
 pub struct Seen {
-    pub report: Option<StatusReport>,
+    pub report: Option<std::sync::Arc<StatusReport>>,
     pub age: Duration,
 }
 
@@ -164,7 +164,7 @@ mod tests {
 
     fn seen(r: StatusReport, age_ms: u64) -> Seen {
         Seen {
-            report: Some(r),
+            report: Some(std::sync::Arc::new(r)),
             age: Duration::from_millis(age_ms),
         }
     }

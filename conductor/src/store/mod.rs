@@ -328,6 +328,12 @@ impl std::str::FromStr for JournalCursor {
 
 pub trait Store: PlacementStore + PairStore + Send + Sync + 'static {
     fn upsert_instance(&self, record: &InstanceRecord) -> Result<()>;
+    /// Records many instances at once, writing only those that differ from what is
+    /// stored: after a restart every instance reports as new, and a fleet's worth of
+    /// commits (each one flushed to disk) would hold up everything behind the store.
+    fn upsert_instances(&self, records: &[InstanceRecord]) -> Result<()> {
+        records.iter().try_for_each(|r| self.upsert_instance(r))
+    }
     fn instance(&self, id: &InstanceId) -> Result<Option<InstanceRecord>>;
 
     fn metadata(&self, id: &InstanceId) -> Result<Vec<(String, String)>>;

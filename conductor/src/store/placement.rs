@@ -22,6 +22,9 @@ pub trait PlacementStore {
     fn delete_rule(&self, id: &RuleId) -> Result<bool>;
     /// The rules `set` keeps, oldest first.
     fn set_rules(&self, set: &ReplicaSetId) -> Result<Vec<PlacementRule>>;
+    /// The rules every set keeps (a set keeping none is absent), in one read: the
+    /// placement watch looks at every set each second.
+    fn all_set_rules(&self) -> Result<std::collections::HashMap<ReplicaSetId, Vec<PlacementRule>>>;
     /// `set` keeps `rules` from now on, beside those it kept (not found: a rule or the
     /// set that does not exist).
     fn add_set_rules(&self, set: &ReplicaSetId, rules: &[RuleId]) -> Result<()>;

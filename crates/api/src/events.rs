@@ -121,6 +121,9 @@ pub enum ApiEvent {
         lag_ms: u64,
         waiting: usize,
         replaced: u64,
+        /// Reports waiting in the broker, not yet received.
+        #[serde(default)]
+        backlog: u64,
         at: Timestamp,
     },
     /// The status intake keeps up again.

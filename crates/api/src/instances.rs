@@ -21,6 +21,10 @@ pub struct Health {
     /// Reports replaced by a newer one of their instance before being processed.
     #[serde(default)]
     pub intake_replaced: u64,
+    /// Reports waiting in the broker for this conductor, not yet received, as the
+    /// broker said at its last asking (once a second).
+    #[serde(default)]
+    pub intake_backlog: u64,
 }
 
 /// One instance as the API shows it.

@@ -396,6 +396,11 @@ impl ConductorProcess {
         self.process.take().and_then(|mut p| p.stop())
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
     /// Sets (or with `None` removes) an environment variable for the next start.
     pub fn set_env(&mut self, key: &str, value: Option<&str>) {
         self.env.retain(|(k, _)| k != key);

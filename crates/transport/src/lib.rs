@@ -30,7 +30,7 @@ pub mod topology;
 pub use config::{read_ca_file, QueueType, TransportConfig};
 pub use error::{CallError, TransportError};
 pub use serve::CommandHandler;
-pub use status::{FeedBound, Received, Subscription};
+pub use status::{status_headers, status_properties, Backlog, FeedBound, Received, Subscription};
 
 use std::sync::Arc;
 

@@ -15,8 +15,9 @@ use tandem_proto::codec::{self, CONTENT_TYPE};
 use tandem_proto::{Envelope, Event, StatusReport};
 use tokio::sync::mpsc;
 
-use crate::identity::Sender;
+use crate::identity::{PublicKey, Sender};
 use crate::session::Session;
+use crate::signing::SigningKey;
 use crate::topology::{kind, status_key, EVENTS_EXCHANGE, STATUS_EXCHANGE};
 use crate::{Transport, TransportError};
 
@@ -48,7 +49,32 @@ impl FeedBound {
 /// second, and events are also answered by re-sending their command).
 pub struct Subscription<T> {
     rx: mpsc::Receiver<Received<T>>,
+    backlog: Backlog,
 }
+
+/// How many messages wait in the broker for a subscription (delivered ones not
+/// counted), as the broker said at its last asking, once a second: what a follower
+/// that falls behind leaves waiting there, which it cannot see by what it receives.
+#[derive(Clone, Default)]
+pub struct Backlog(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Backlog {
+    /// `None` until the broker was first asked.
+    pub fn get(&self) -> Option<u64> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            n => Some(n - 1),
+        }
+    }
+
+    fn set(&self, waiting: u32) {
+        self.0
+            .store(u64::from(waiting) + 1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// How often a follower asks the broker how many messages wait for it.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 /// A message with what the transport could tell of its sender.
 #[derive(Debug)]
@@ -69,6 +95,33 @@ impl<T> Subscription<T> {
     pub async fn next_received(&mut self) -> Option<Received<T>> {
         self.rx.recv().await
     }
+
+    /// What waits for this subscription in the broker.
+    pub fn backlog(&self) -> Backlog {
+        self.backlog.clone()
+    }
+}
+
+/// The properties a status report is published with, given its authentication
+/// headers: what [`Transport::publish_status`] sends, for a load generator that speaks
+/// for many agents on one connection ([`status_headers`]).
+pub fn status_properties(headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type(CONTENT_TYPE.into())
+        .with_type(kind::STATUS.into())
+        .with_headers(headers)
+}
+
+/// The headers that authenticate a report's `bytes` from `key` to the conductor keys
+/// `to`, as an enrolled agent's transport makes them.
+pub fn status_headers(key: &SigningKey, to: &[PublicKey], bytes: &[u8]) -> FieldTable {
+    crate::identity::authenticated_headers(
+        Some(key),
+        crate::identity::Naming::PublicKey,
+        to,
+        None,
+        bytes,
+    )
 }
 
 impl Transport {
@@ -113,10 +166,7 @@ impl Transport {
                 key.as_str().into(),
                 BasicPublishOptions::default(),
                 &bytes,
-                BasicProperties::default()
-                    .with_content_type(CONTENT_TYPE.into())
-                    .with_type(kind::STATUS.into())
-                    .with_headers(headers),
+                status_properties(headers),
             )
             .await
             .map_err(TransportError::amqp("basic.publish status"))?;
@@ -221,20 +271,29 @@ impl Transport {
         let (tx, rx) = mpsc::channel(usize::from(bound.prefetch.max(1)));
         let transport = self.clone();
         let pattern = pattern.to_owned();
+        let backlog = Backlog::default();
+        let seen = backlog.clone();
         tokio::spawn(async move {
             while !tx.is_closed() {
                 let Ok(session) = transport.session_within(Duration::MAX).await else {
                     break;
                 };
                 let me = transport.inner.config.signing_key.as_deref();
-                let followed = follow(&session, (exchange, &pattern), bound, &tx, me, PhantomData);
+                let followed = follow(
+                    &session,
+                    (exchange, &pattern),
+                    bound,
+                    (&tx, &seen),
+                    me,
+                    PhantomData,
+                );
                 if let Err(e) = followed.await {
                     tracing::debug!(exchange, error = %e, "subscription interrupted");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         });
-        Subscription { rx }
+        Subscription { rx, backlog }
     }
 }
 
@@ -242,7 +301,7 @@ async fn follow<T: DeserializeOwned>(
     session: &Session,
     (exchange, pattern): (&'static str, &str),
     bound: FeedBound,
-    tx: &mpsc::Sender<Received<T>>,
+    (tx, backlog): (&mpsc::Sender<Received<T>>, &Backlog),
     me: Option<&crate::signing::SigningKey>,
     _: PhantomData<T>,
 ) -> Result<(), TransportError> {
@@ -301,6 +360,7 @@ async fn follow<T: DeserializeOwned>(
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let ack = |tag: u64| channel.basic_ack(tag, BasicAckOptions { multiple: true });
+    let mut asked: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             d = consumer.next() => match d {
@@ -332,6 +392,18 @@ async fn follow<T: DeserializeOwned>(
                         .await
                         .map_err(TransportError::amqp("basic.ack follower"))?;
                     count = 0;
+                }
+                if asked.is_none_or(|t| t.elapsed() >= BACKLOG_EVERY) {
+                    asked = Some(tokio::time::Instant::now());
+                    let passive = QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    };
+                    let waiting = channel
+                        .queue_declare(queue.name().clone(), passive, FieldTable::default())
+                        .await
+                        .map_err(TransportError::amqp("queue.declare passive follower"))?;
+                    backlog.set(waiting.message_count());
                 }
             }
             _ = session.lost.cancelled() => return Ok(()),

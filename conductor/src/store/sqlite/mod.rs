@@ -33,6 +33,8 @@ impl SqliteStore {
                 path.display()
             )
         })?;
+        // Every hot read is a cached statement (the sets view reads several per set).
+        conn.set_prepared_statement_cache_capacity(128);
         // Private to the conductor's user: the journal holds what commands carried. The
         // WAL and shared-memory files SQLite makes take the database's mode.
         {
@@ -99,6 +101,35 @@ impl Store for SqliteStore {
                     r.host_id.as_ref().map(|h| h.as_str())
                 ],
             )?;
+            Ok(())
+        })
+    }
+
+    fn upsert_instances(&self, records: &[InstanceRecord]) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                // An unchanged row is not written: a transaction that writes nothing
+                // commits without touching the disk.
+                let mut upsert = tx.prepare_cached(
+                    "INSERT INTO instances (id, zone, engine, host, port, host_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO UPDATE \
+                     SET zone = ?2, engine = ?3, host = ?4, port = ?5, host_id = ?6 \
+                     WHERE zone IS NOT ?2 OR engine IS NOT ?3 OR host IS NOT ?4 \
+                     OR port IS NOT ?5 OR host_id IS NOT ?6",
+                )?;
+                for r in records {
+                    upsert.execute(params![
+                        r.id.as_str(),
+                        r.zone,
+                        r.engine,
+                        r.host,
+                        r.port,
+                        r.host_id.as_ref().map(|h| h.as_str())
+                    ])?;
+                }
+            }
+            tx.commit()?;
             Ok(())
         })
     }
@@ -475,11 +506,8 @@ impl Store for SqliteStore {
     fn failover_state(&self, set: &ReplicaSetId) -> Result<FailoverState> {
         self.with(|c| {
             let text: Option<String> = c
-                .query_row(
-                    "SELECT state FROM set_failover WHERE set_id = ?1",
-                    [set.as_str()],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT state FROM set_failover WHERE set_id = ?1")?
+                .query_row([set.as_str()], |r| r.get(0))
                 .optional()?;
             Ok(match text {
                 Some(t) => serde_json::from_str(&t)?,

@@ -10,11 +10,8 @@ impl PairStore for SqliteStore {
     fn pair(&self, set: &ReplicaSetId) -> Result<Option<PairRecord>> {
         self.with(|c| {
             let text: Option<String> = c
-                .query_row(
-                    "SELECT pair FROM set_pair WHERE set_id = ?1",
-                    [set.as_str()],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT pair FROM set_pair WHERE set_id = ?1")?
+                .query_row([set.as_str()], |r| r.get(0))
                 .optional()?;
             Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
         })

@@ -11,18 +11,23 @@ use crate::store::{PlacementStore, Result, StoreError};
 const RULE_COLUMNS: &str = "id, name, policy, scope, max_per_domain, created_at";
 
 fn rule_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PlacementRule> {
+    rule_row_at(r, 0)
+}
+
+/// A rule from the row's columns `at`.. (`RULE_COLUMNS`, in order).
+fn rule_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<PlacementRule> {
     Ok(PlacementRule {
         id: {
-            let text: String = r.get(0)?;
+            let text: String = r.get(at)?;
             text.parse().map_err(|e: String| {
-                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+                rusqlite::Error::FromSqlConversionFailure(at, rusqlite::types::Type::Text, e.into())
             })?
         },
-        name: r.get(1)?,
-        policy: col_word(r, 2)?,
-        scope: col_word(r, 3)?,
-        max_per_domain: r.get(4)?,
-        created_at: Timestamp(r.get::<_, i64>(5)? as u64),
+        name: r.get(at + 1)?,
+        policy: col_word(r, at + 2)?,
+        scope: col_word(r, at + 3)?,
+        max_per_domain: r.get(at + 4)?,
+        created_at: Timestamp(r.get::<_, i64>(at + 5)? as u64),
     })
 }
 
@@ -138,7 +143,7 @@ impl PlacementStore for SqliteStore {
     fn set_rules(&self, set: &ReplicaSetId) -> Result<Vec<PlacementRule>> {
         self.with(|c| {
             let rows = c
-                .prepare(
+                .prepare_cached(
                     "SELECT r.id, r.name, r.policy, r.scope, r.max_per_domain, r.created_at \
                      FROM placement_rules r JOIN set_rules s ON s.rule_id = r.id \
                      WHERE s.set_id = ?1 ORDER BY r.created_at, r.id",
@@ -146,6 +151,25 @@ impl PlacementStore for SqliteStore {
                 .query_map([set.as_str()], rule_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
+        })
+    }
+
+    fn all_set_rules(&self) -> Result<std::collections::HashMap<ReplicaSetId, Vec<PlacementRule>>> {
+        self.with(|c| {
+            let mut all: std::collections::HashMap<ReplicaSetId, Vec<PlacementRule>> =
+                Default::default();
+            let mut statement = c.prepare_cached(
+                "SELECT s.set_id, r.id, r.name, r.policy, r.scope, r.max_per_domain, \
+                 r.created_at FROM placement_rules r JOIN set_rules s ON s.rule_id = r.id \
+                 ORDER BY r.created_at, r.id",
+            )?;
+            let mut rows = statement.query([])?;
+            while let Some(row) = rows.next()? {
+                let set: String = row.get(0)?;
+                let rule = rule_row_at(row, 1)?;
+                all.entry(super::rows::id(set)?).or_default().push(rule);
+            }
+            Ok(all)
         })
     }
 
@@ -196,11 +220,8 @@ impl PlacementStore for SqliteStore {
     fn dr_settings(&self, set: &ReplicaSetId) -> Result<Option<DrSettings>> {
         self.with(|c| {
             let text: Option<String> = c
-                .query_row(
-                    "SELECT settings FROM set_dr WHERE set_id = ?1",
-                    [set.as_str()],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT settings FROM set_dr WHERE set_id = ?1")?
+                .query_row([set.as_str()], |r| r.get(0))
                 .optional()?;
             Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
         })

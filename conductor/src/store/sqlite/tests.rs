@@ -337,3 +337,58 @@ fn a_cursor_reads_back_what_it_wrote() {
     }
     assert!("12".parse::<WorkflowCursor>().is_err());
 }
+
+#[test]
+fn every_sets_rules_are_read_at_once_as_each_set_reads_them() {
+    use crate::store::PlacementStore;
+    use tandem_api::{PlacementRule, RuleId};
+    let (_d, s) = store();
+    let rule = |name: &str, bits: u64| PlacementRule {
+        name: name.into(),
+        created_at: Timestamp(bits),
+        id: RuleId::from_bits(bits as u32),
+        ..crate::decide::placement::default_rule()
+    };
+    s.create_rule(&rule("b", 2)).unwrap();
+    s.create_rule(&rule("a", 1)).unwrap();
+    for (name, master) in [("s1", "db-1"), ("s2", "db-2"), ("s3", "db-3")] {
+        s.create_set(&set(name), &i(master)).unwrap();
+    }
+    s.add_set_rules(&set("s1"), &[RuleId::from_bits(2), RuleId::from_bits(1)])
+        .unwrap();
+    s.add_set_rules(&set("s2"), &[RuleId::from_bits(2)])
+        .unwrap();
+    let all = s.all_set_rules().unwrap();
+    assert_eq!(all.len(), 2, "s3 keeps none: {all:?}");
+    for name in ["s1", "s2"] {
+        assert_eq!(all[&set(name)], s.set_rules(&set(name)).unwrap(), "{name}");
+    }
+    assert_eq!(all[&set("s1")].len(), 2);
+}
+
+#[test]
+fn instances_are_recorded_many_at_once_and_an_unchanged_one_is_not_written() {
+    let (_d, s) = store();
+    let record = |id: &str, zone: &str| InstanceRecord {
+        id: i(id),
+        zone: zone.into(),
+        engine: "mariadb".into(),
+        host: Some("10.0.0.1".into()),
+        port: Some(3306),
+        host_id: None,
+    };
+    s.upsert_instances(&[record("db-1", "a"), record("db-2", "a")])
+        .unwrap();
+    let changes = |s: &SqliteStore| s.with(|c| Ok(c.total_changes())).unwrap();
+    let before = changes(&s);
+    // The same records again: nothing written.
+    s.upsert_instances(&[record("db-1", "a"), record("db-2", "a")])
+        .unwrap();
+    assert_eq!(changes(&s), before);
+    // One moved: only it.
+    s.upsert_instances(&[record("db-1", "a"), record("db-2", "b")])
+        .unwrap();
+    assert_eq!(changes(&s), before + 1);
+    assert_eq!(s.instance(&i("db-2")).unwrap().unwrap().zone, "b");
+    assert_eq!(s.instance(&i("db-1")).unwrap().unwrap().zone, "a");
+}
