@@ -115,11 +115,9 @@ async fn declare_base(channel: &Channel, config: &TransportConfig) -> Result<(),
     Ok(())
 }
 
-async fn declare_agent_queue(
-    channel: &Channel,
-    config: &TransportConfig,
-    id: &InstanceId,
-) -> Result<(), TransportError> {
+/// The arguments an agent's command queue is declared with under `config` (its type,
+/// dead-lettering and poison-message bound).
+pub fn agent_queue_arguments(config: &TransportConfig) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         ShortString::from("x-dead-letter-exchange"),
@@ -135,6 +133,15 @@ async fn declare_agent_queue(
             AMQPValue::LongUInt(config.delivery_limit),
         );
     }
+    args
+}
+
+async fn declare_agent_queue(
+    channel: &Channel,
+    config: &TransportConfig,
+    id: &InstanceId,
+) -> Result<(), TransportError> {
+    let args = agent_queue_arguments(config);
     let queue = agent_queue(id);
     channel
         .queue_declare(

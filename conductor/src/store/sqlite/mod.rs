@@ -87,22 +87,7 @@ use topology::*;
 
 impl Store for SqliteStore {
     fn upsert_instance(&self, r: &InstanceRecord) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO instances (id, zone, engine, host, port, host_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO UPDATE \
-                 SET zone = ?2, engine = ?3, host = ?4, port = ?5, host_id = ?6",
-                params![
-                    r.id.as_str(),
-                    r.zone,
-                    r.engine,
-                    r.host,
-                    r.port,
-                    r.host_id.as_ref().map(|h| h.as_str())
-                ],
-            )?;
-            Ok(())
-        })
+        self.upsert_instances(std::slice::from_ref(r))
     }
 
     fn upsert_instances(&self, records: &[InstanceRecord]) -> Result<()> {
