@@ -250,15 +250,11 @@ impl Fleet {
     /// Member `i`'s report (to be numbered and stamped when sent).
     fn report(&self, templates: &Templates, i: usize) -> Envelope<StatusReport> {
         let m = &self.members[i];
+        let epoch_of = |set: &ReplicaSetId| self.epochs.get(set).copied();
         let (template, epoch) = match &m.part {
             Part::Standalone => (&templates.standalone, None),
-            Part::Master { set, .. } | Part::Replica { set, .. } => {
-                let epoch = self.epochs.get(set).copied();
-                match m.part {
-                    Part::Master { .. } => (&templates.master, epoch),
-                    _ => (&templates.replica, epoch),
-                }
-            }
+            Part::Master { set, .. } => (&templates.master, epoch_of(set)),
+            Part::Replica { set, .. } => (&templates.replica, epoch_of(set)),
         };
         let mut e = template.clone();
         e.sender = Sender::Agent {
@@ -381,7 +377,6 @@ impl BareConsumer {
         // With `bounded`, the conductor's feed settings (its queue's bound, prefetch and
         // acknowledgements, as `tandem_transport::FeedBound::DEFAULT`), which cost the
         // broker more than a consumer that acknowledges nothing.
-        let acked = bounded;
         let mut args = FieldTable::default();
         if bounded {
             let bound = tandem_transport::FeedBound::DEFAULT;
@@ -419,7 +414,7 @@ impl BareConsumer {
                 queue.name().as_str().into(),
                 "bare".into(),
                 BasicConsumeOptions {
-                    no_ack: !acked,
+                    no_ack: !bounded,
                     ..Default::default()
                 },
                 FieldTable::default(),
@@ -439,7 +434,7 @@ impl BareConsumer {
                     };
                     let Some(Ok(delivery)) = delivery else { return };
                     n += 1;
-                    if acked && n.is_multiple_of(500) {
+                    if bounded && n.is_multiple_of(500) {
                         let multiple = BasicAckOptions { multiple: true };
                         let _ = channel.basic_ack(delivery.delivery_tag, multiple).await;
                     }
