@@ -20,7 +20,13 @@ use crate::Agent;
 impl<E: Engine> CommandHandler for Agent<E> {
     async fn handle(&self, command: Envelope<Command>, redelivered: bool) -> Envelope<Reply> {
         let started = std::time::Instant::now();
-        let reply = self.execute(&command).await;
+        let reply = match redelivered
+            .then(|| self.count_redelivery(&command))
+            .flatten()
+        {
+            Some(refused) => refused,
+            None => self.execute(&command).await,
+        };
         let outcome = match &reply {
             Reply::Ok(_) => "ok".to_string(),
             Reply::Err(e) => format!("{:?}", e.kind),
@@ -42,6 +48,46 @@ impl<E: Engine> CommandHandler for Agent<E> {
 }
 
 impl<E: Engine> Agent<E> {
+    /// Counts a redelivery of `command` in the durable state before it runs again; past
+    /// the delivery limit, the refusal to answer instead (recorded, so every re-send
+    /// gets it). A command that stops the agent each time it runs (a poison message)
+    /// then ends instead of looping: quorum queues bound this themselves
+    /// (`x-delivery-limit`), classic queues do not, so the agent does it for both.
+    fn count_redelivery(&self, command: &Envelope<Command>) -> Option<Reply> {
+        let mut state = self.state.lock().expect("poisoned");
+        if state.result_of(&command.message_id).is_some() {
+            return None; // answered from the record: nothing runs
+        }
+        let deliveries = state.redelivered(command.message_id);
+        let limit = self.settings.delivery_limit;
+        let refused = (deliveries > limit).then(|| {
+            tracing::error!(
+                command = command.body.name(),
+                command_id = %command.message_id,
+                deliveries,
+                "refusing a command delivered more often than the delivery limit without \
+                 an answer: the agent stopped each time it ran it"
+            );
+            let mut e = CommandError::new(
+                ErrorKind::Internal,
+                format!(
+                    "command {} was delivered {deliveries} times and never answered: the \
+                     agent stopped each time it ran it (its log says why); it is not run \
+                     again (delivery limit {limit})",
+                    command.body.name()
+                ),
+            );
+            e.retryable = false;
+            let reply = Reply::Err(e);
+            state.record(command.message_id, reply.clone());
+            reply
+        });
+        if let Err(e) = self.state_file.save(&state) {
+            return Some(internal(e.context("count a redelivered command")));
+        }
+        refused
+    }
+
     async fn execute(&self, command: &Envelope<Command>) -> Reply {
         if command.is_expired(Timestamp::now()) {
             return Reply::Err(CommandError::new(
@@ -182,6 +228,13 @@ impl<E: Engine> Agent<E> {
                     return internal(e.context("persist the new epoch"));
                 }
             }
+        }
+
+        // For crash tests: as a command that crashes the agent would, past the record
+        // and the fence, where it starts to run.
+        if self.settings.crash_on_command.as_deref() == Some(command.body.name()) {
+            tracing::error!(command = command.body.name(), "crash_on_command: aborting");
+            std::process::abort();
         }
 
         // A replica that promised its master to stay (the failsafe) keeps its word

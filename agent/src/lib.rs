@@ -185,6 +185,7 @@ async fn run_with<E: Engine>(
     let mut transport_config =
         TransportConfig::new(&settings.broker_uri, format!("tandem-agent {id}"));
     transport_config.queue_type = settings.queue_type;
+    transport_config.delivery_limit = settings.delivery_limit;
     transport_config.ca_pem = settings.broker_ca_pem.clone();
     transport_config.prefetch = settings.prefetch;
     tracing::info!(keys = ?settings.trusted_keys, "only commands signed by these conductor keys are obeyed");

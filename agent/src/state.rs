@@ -1,7 +1,8 @@
 //! The agent's durable memory: the highest epoch it has seen, the results of the
 //! commands it ran (so a redelivered command is answered, not re-run, also after a
-//! restart), where it replicates from, and its boot count (which orders status reports
-//! across restarts).
+//! restart), the commands redelivered to it without an answer (so one that stops the
+//! agent every time it runs is refused after a bound, whatever the queue type), where it
+//! replicates from, and its boot count (which orders status reports across restarts).
 //!
 //! Written atomically (temporary file, fsync, rename, fsync of the directory) before a
 //! command's reply is sent: a reply the conductor saw is always backed by a record.
@@ -18,6 +19,9 @@ use tandem_proto::{Epoch, MessageId, Reply, SourceEndpoint};
 /// How many command results are kept for answering repeats. The conductor re-sends
 /// within minutes, so the newest thousand are plenty.
 const KEPT_RESULTS: usize = 1000;
+/// How many redelivered, unanswered commands are counted. A command is redelivered only
+/// when the agent stopped (or lost its connection) while holding it: a handful at once.
+const KEPT_REDELIVERIES: usize = 100;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -37,6 +41,8 @@ pub struct State {
     /// cancelled or interrupted backup must remove (after a restart too).
     pub unfinished_backups: Vec<tandem_proto::BackupId>,
     results: VecDeque<(MessageId, Reply)>,
+    /// Redeliveries seen of commands not answered yet.
+    redeliveries: VecDeque<(MessageId, u32)>,
 }
 
 impl State {
@@ -78,6 +84,27 @@ impl State {
                 self.results.pop_front();
             }
         }
+        self.redeliveries.retain(|(m, _)| *m != id);
+    }
+
+    /// Counts one more redelivery of `id` (a delivery the broker flagged as redelivered)
+    /// and answers how many times it has been delivered in all: the first delivery was
+    /// never flagged, so this is the redeliveries counted plus one.
+    pub fn redelivered(&mut self, id: MessageId) -> u32 {
+        let n = match self.redeliveries.iter_mut().find(|(m, _)| *m == id) {
+            Some(entry) => {
+                entry.1 += 1;
+                entry.1
+            }
+            None => {
+                self.redeliveries.push_back((id, 1));
+                while self.redeliveries.len() > KEPT_REDELIVERIES {
+                    self.redeliveries.pop_front();
+                }
+                1
+            }
+        };
+        n + 1
     }
 }
 
@@ -153,6 +180,26 @@ mod tests {
         assert_eq!(back.highest_epoch, Epoch::new(7));
         assert!(back.result_of(&first).is_none(), "oldest result evicted");
         assert_eq!(back.results.len(), KEPT_RESULTS);
+    }
+
+    #[test]
+    fn redeliveries_are_counted_across_a_reload_until_the_command_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path()).unwrap();
+        let (poison, other) = (MessageId::random(), MessageId::random());
+        let mut s = State::default();
+        assert_eq!(
+            s.redelivered(poison),
+            2,
+            "a redelivery is the second delivery"
+        );
+        file.save(&s).unwrap();
+        let mut s = file.load().unwrap();
+        assert_eq!(s.redelivered(poison), 3, "counted across a restart");
+        assert_eq!(s.redelivered(other), 2, "each command counted apart");
+        s.record(poison, Reply::Ok(ReplyBody::Done));
+        assert_eq!(s.redelivered(poison), 2, "an answered command starts over");
+        assert_eq!(s.redelivered(other), 3);
     }
 
     #[test]

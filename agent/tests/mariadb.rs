@@ -640,3 +640,63 @@ async fn only_commands_signed_by_a_trusted_conductor_key_are_obeyed() {
     )
     .await;
 }
+
+// Multi-threaded: the call runs on while the test waits (blocking) for the agent to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_crashes_the_agent_each_time_is_refused_after_the_delivery_limit() {
+    // The agent's command queue is classic (the default), which has no delivery limit
+    // of its own: the agent counts the redeliveries in its state and ends the loop.
+    let mut h = Harness::with_env(
+        &["db-1"],
+        &[
+            (
+                "TANDEM_AGENT_CRASH_ON_COMMAND".into(),
+                "set_writable".into(),
+            ),
+            ("TANDEM_AGENT_BROKER__DELIVERY_LIMIT".into(), "3".into()),
+        ],
+    )
+    .await;
+    let read_only = h.node("db-1").db.sql("SELECT @@read_only").unwrap();
+    let poison =
+        envelope("db-1", Epoch::new(5), Command::SetWritable).expires_in(Duration::from_secs(120));
+    let call = {
+        let (client, poison) = (h.client.clone(), poison.clone());
+        tokio::spawn(async move { client.call(&poison, Duration::from_secs(120)).await })
+    };
+    for delivery in 1..=3 {
+        let agent = &mut h.node_mut("db-1").agent;
+        let exit = agent.wait_exit(Duration::from_secs(30));
+        assert!(
+            exit.is_some_and(|s| !s.success()),
+            "delivery {delivery} should have crashed the agent: {exit:?}\n{}",
+            agent.log()
+        );
+        agent.start().unwrap();
+    }
+    let reply = call.await.unwrap().expect("the refusal reaches the caller");
+    let tandem_proto::Reply::Err(e) = reply.body else {
+        panic!("refused, not run: {reply:?}");
+    };
+    assert_eq!(e.kind, ErrorKind::Internal, "{e:?}");
+    assert!(!e.retryable, "{e:?}");
+    assert!(
+        e.message.contains("delivered 4 times") && e.message.contains("delivery limit 3"),
+        "{}",
+        e.message
+    );
+    // Recorded: the same command again is answered, not run (no crash), and the agent
+    // goes on serving.
+    let again = h.send(&poison).await.unwrap_err();
+    assert_eq!(again, e);
+    assert_eq!(h.status("db-1").await.instance, id("db-1"));
+    assert_eq!(
+        h.node("db-1").db.sql("SELECT @@read_only").unwrap(),
+        read_only
+    );
+    assert!(h
+        .node("db-1")
+        .agent
+        .log()
+        .contains("refusing a command delivered"));
+}

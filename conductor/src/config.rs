@@ -22,6 +22,10 @@ pub struct ConductorConfig {
     /// For `amqps`: the CA (PEM) that signed the broker's certificate, when it is a
     /// private one (the system's roots are trusted as well).
     pub broker_ca_file: Option<PathBuf>,
+    /// The type of the agents' command queues this conductor declares (for agents with
+    /// a least-privilege broker user): `classic` (default) or `quorum` (a RabbitMQ
+    /// cluster). The agents' own `broker.queue_type` should say the same.
+    pub agent_queue_type: tandem_transport::QueueType,
     /// Where the HTTP API listens.
     pub listen: String,
     pub data_dir: PathBuf,
@@ -174,6 +178,7 @@ impl Default for ConductorConfig {
             name: "conductor".into(),
             broker_uri: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             broker_ca_file: None,
+            agent_queue_type: tandem_transport::QueueType::Classic,
             listen: "127.0.0.1:8470".into(),
             data_dir: "/var/lib/tandem".into(),
             command_timeout_ms: 15_000,
@@ -204,6 +209,7 @@ pub struct Settings {
     pub broker_uri: String,
     /// The private CA for `amqps` (PEM), read from `broker_ca_file`.
     pub broker_ca_pem: Option<String>,
+    pub agent_queue_type: tandem_transport::QueueType,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub command_timeout: Duration,
@@ -349,6 +355,7 @@ impl ConductorConfig {
             failpoint,
             name: self.name,
             broker_uri: self.broker_uri,
+            agent_queue_type: self.agent_queue_type,
             listen,
             data_dir: self.data_dir,
             command_timeout: Duration::from_millis(self.command_timeout_ms),

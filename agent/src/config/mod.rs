@@ -58,6 +58,9 @@ pub struct AgentConfig {
     /// A long command whose bytes stop moving for this many seconds (a child process
     /// stopped or stuck, a peer gone quiet) is stopped and fails saying so.
     pub stall_limit_s: u64,
+    /// For crash tests only: the agent aborts as it starts running a command of this
+    /// name (`set_writable`…), as a command that crashes the agent would.
+    pub crash_on_command: Option<String>,
     /// At most this many commands wait at once (for a position, a drain, or their turn
     /// at the engine); more are refused as busy (retryable), so questions (ping, status)
     /// are always answered.
@@ -173,8 +176,13 @@ pub struct BrokerConfig {
     /// the agent then declares nothing on the broker.
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
-    /// `quorum` (default) or `classic`.
-    pub queue_type: String,
+    /// `classic` (default) or `quorum`: the type of this agent's command queue.
+    /// Classic is lighter on a single broker (README, "Broker sizing"); quorum is
+    /// replicated across a RabbitMQ cluster's nodes.
+    pub queue_type: tandem_transport::QueueType,
+    /// How often a command may be delivered without being answered before the agent
+    /// refuses it (a command that stops the agent each time it runs).
+    pub delivery_limit: u32,
     pub prefetch: u16,
     /// The conductor public keys (64 hex digits each, `tandem-conductor public-key`)
     /// whose signed commands this agent obeys; a list, so a key can be rotated.
@@ -208,6 +216,7 @@ impl Default for AgentConfig {
             max_deadline_s: 600,
             max_operation_s: 6 * 3600,
             stall_limit_s: 120,
+            crash_on_command: None,
             max_waiting: 8,
             broker: BrokerConfig::default(),
             engine: EngineConfig::default(),
@@ -223,7 +232,8 @@ impl Default for BrokerConfig {
             uri: "amqp://127.0.0.1:5672/%2f".into(),
             user: None,
             password_file: None,
-            queue_type: "quorum".into(),
+            queue_type: tandem_transport::QueueType::Classic,
+            delivery_limit: 5,
             prefetch: 16,
             conductor_keys: Vec::new(),
             enrolment_token: None,
@@ -258,7 +268,9 @@ pub struct Settings {
     /// False for a least-privilege broker user (see `BrokerConfig::user`).
     pub broker_declares: bool,
     pub queue_type: tandem_transport::QueueType,
+    pub delivery_limit: u32,
     pub prefetch: u16,
+    pub crash_on_command: Option<String>,
     pub engine: EngineSettings,
     pub backup_store: StoreSettings,
     pub seed_listen: std::net::SocketAddr,
@@ -344,13 +356,7 @@ impl AgentConfig {
         let trusted_keys =
             tandem_transport::signing::TrustedKeys::from_hex(&self.broker.conductor_keys)
                 .map_err(|e| anyhow::anyhow!("field `broker.conductor_keys`: {e}"))?;
-        let queue_type = match self.broker.queue_type.as_str() {
-            "quorum" => tandem_transport::QueueType::Quorum,
-            "classic" => tandem_transport::QueueType::Classic,
-            other => anyhow::bail!(
-                "field `broker.queue_type` is {other:?}; it must be \"quorum\" or \"classic\""
-            ),
-        };
+        let queue_type = self.broker.queue_type;
         let enrolment_token = match (
             &self.broker.enrolment_token,
             &self.broker.enrolment_token_file,
@@ -447,7 +453,9 @@ impl AgentConfig {
             broker_ca_pem,
             broker_declares,
             queue_type,
+            delivery_limit: self.broker.delivery_limit.max(1),
             prefetch: self.broker.prefetch.max(1),
+            crash_on_command: self.crash_on_command.clone(),
             engine,
         })
     }

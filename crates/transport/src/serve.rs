@@ -57,7 +57,13 @@ impl Transport {
             .session_within(self.inner.config.connect_timeout)
             .await?;
         for what in [Declaration::Base, Declaration::AgentQueue(instance.clone())] {
-            crate::topology::declare(&session.plain_channel, &self.inner.config, &what).await?;
+            crate::topology::declare(
+                &session.connection,
+                &session.plain_channel,
+                &self.inner.config,
+                &what,
+            )
+            .await?;
         }
         Ok(())
     }

@@ -131,7 +131,13 @@ impl Supervisor {
         if !self.config.declares {
             return Ok(());
         }
-        topology::declare(&session.plain_channel, &self.config, &what).await?;
+        topology::declare(
+            &session.connection,
+            &session.plain_channel,
+            &self.config,
+            &what,
+        )
+        .await?;
         let mut list = self.declarations.lock().expect("poisoned");
         if !list.contains(&what) {
             list.push(what);
@@ -221,7 +227,7 @@ impl Supervisor {
         let plain_channel = open_channel(&connection).await?;
         let declarations = self.declarations.lock().expect("poisoned").clone();
         for what in &declarations {
-            topology::declare(&plain_channel, &self.config, what).await?;
+            topology::declare(&connection, &plain_channel, &self.config, what).await?;
         }
         let rpc_channel = open_channel(&connection).await?;
         rpc_channel

@@ -13,7 +13,7 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 use tandem_proto::InstanceId;
 
 use crate::{QueueType, TransportConfig, TransportError};
@@ -55,13 +55,14 @@ pub enum Declaration {
 }
 
 pub(crate) async fn declare(
+    connection: &Connection,
     channel: &Channel,
     config: &TransportConfig,
     what: &Declaration,
 ) -> Result<(), TransportError> {
     match what {
         Declaration::Base => declare_base(channel, config).await,
-        Declaration::AgentQueue(id) => declare_agent_queue(channel, config, id).await,
+        Declaration::AgentQueue(id) => declare_agent_queue(connection, channel, config, id).await,
     }
 }
 
@@ -137,23 +138,46 @@ pub fn agent_queue_arguments(config: &TransportConfig) -> FieldTable {
 }
 
 async fn declare_agent_queue(
+    connection: &Connection,
     channel: &Channel,
     config: &TransportConfig,
     id: &InstanceId,
 ) -> Result<(), TransportError> {
-    let args = agent_queue_arguments(config);
     let queue = agent_queue(id);
-    channel
+    // On a channel of its own: a queue that exists with other arguments (a quorum queue
+    // made before classic became the default, or by a peer configured otherwise) fails
+    // the declaration with PRECONDITION_FAILED, which closes the channel it came on.
+    let trial = connection
+        .create_channel()
+        .await
+        .map_err(TransportError::amqp("channel.open"))?;
+    let declared = trial
         .queue_declare(
             queue.as_str().into(),
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
             },
-            args,
+            agent_queue_arguments(config),
         )
-        .await
-        .map_err(TransportError::amqp("queue.declare agent queue"))?;
+        .await;
+    match declared {
+        Ok(_) => {
+            let _ = trial.close(200, "declared".into()).await;
+        }
+        Err(e) if is_precondition_failed(&e) => {
+            // Used as it is: it is durable and dead-letters like ours, and replacing it
+            // would drop what waits in it. Deleting it while its agent is stopped lets
+            // the next start declare it anew.
+            tracing::warn!(
+                queue,
+                wanted = ?config.queue_type,
+                error = %e,
+                "the agent's command queue exists with other arguments: used as it is"
+            );
+        }
+        Err(e) => return Err(TransportError::amqp("queue.declare agent queue")(e)),
+    }
     channel
         .queue_bind(
             queue.as_str().into(),
@@ -165,4 +189,16 @@ async fn declare_agent_queue(
         .await
         .map_err(TransportError::amqp("queue.bind agent queue"))?;
     Ok(())
+}
+
+/// Whether the broker refused a declaration because the thing exists with other
+/// properties (AMQP 406).
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if amqp.get_id() == lapin::protocol::AMQPErrorKind::Soft(
+                lapin::protocol::AMQPSoftError::PRECONDITIONFAILED
+            ).get_id()
+    )
 }

@@ -199,6 +199,62 @@ async fn undecodable_bytes_are_dead_lettered_and_the_consumer_keeps_serving() {
 }
 
 #[tokio::test]
+async fn an_agent_queue_made_as_another_type_is_used_as_it_is() {
+    // A fleet upgraded to classic queues keeps the quorum queues it has: the agent's
+    // declaration fails on them (PRECONDITION_FAILED) and the queue is used unchanged,
+    // with what waits in it, on a connection that stays usable.
+    let s = setup("db-1", QueueType::Quorum).await;
+    s.shutdown.cancel();
+    s.serving.await.unwrap();
+    let waiting = ping("db-1");
+    let shutdown = CancellationToken::new();
+    let client = Transport::connect(
+        TransportConfig::new(s.broker.uri(), "test-conductor"),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    // Sent while no agent serves: it waits in the quorum queue.
+    let early = {
+        let (c, w) = (client.clone(), waiting.clone());
+        tokio::spawn(async move { c.call(&w, Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let config = TransportConfig::new(s.broker.uri(), "test-agent");
+    assert_eq!(
+        config.queue_type,
+        QueueType::Classic,
+        "classic is the default"
+    );
+    let agent_transport = Transport::connect(config, shutdown.clone()).await.unwrap();
+    agent_transport
+        .declare_agent_queue(&id("db-1"))
+        .await
+        .expect("the existing queue is accepted");
+    let agent = Arc::new(TestAgent {
+        handled: AtomicU32::new(0),
+    });
+    let serving = {
+        let (t, a, stop) = (agent_transport.clone(), agent.clone(), shutdown.clone());
+        tokio::spawn(async move { t.serve_commands(&id("db-1"), a, &stop).await.unwrap() })
+    };
+    let reply = early
+        .await
+        .unwrap()
+        .expect("the waiting command is answered");
+    assert_eq!(reply.correlation_id, Some(waiting.message_id));
+    let again = client
+        .call(&ping("db-1"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(matches!(again.body, Reply::Ok(ReplyBody::Pong { .. })));
+    assert_eq!(agent.handled.load(Ordering::SeqCst), 2);
+    shutdown.cancel();
+    serving.await.unwrap();
+}
+
+#[tokio::test]
 async fn the_dead_letter_queue_is_bounded() {
     let s = setup_with("db-1", QueueType::Quorum, 2).await;
     let garbage: Vec<[u8; 2]> = (0..5u8).map(|n| [0xc1, n]).collect();
