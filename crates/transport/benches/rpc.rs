@@ -3,7 +3,8 @@
 //! direct reply-to), in the same run, on the local broker.
 //!
 //! `cargo bench -p tandem-transport --bench rpc` (env: BENCH_SERIAL, BENCH_CALLS,
-//! BENCH_QUEUE=quorum|classic). Prints a table; results go to docs/benchmarks.md.
+//! BENCH_QUEUE=classic|quorum, classic by default as for agents). Prints a table;
+//! results go to docs/benchmarks.md.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -295,8 +296,8 @@ async fn main() {
     let serial = env_usize("BENCH_SERIAL", 3000);
     let calls = env_usize("BENCH_CALLS", 6000);
     let queue_type = match std::env::var("BENCH_QUEUE").as_deref() {
-        Ok("classic") => QueueType::Classic,
-        _ => QueueType::Quorum,
+        Ok("quorum") => QueueType::Quorum,
+        _ => QueueType::Classic,
     };
     let broker = Broker::new().expect("local RabbitMQ (see README)");
     let shutdown = CancellationToken::new();
