@@ -29,6 +29,7 @@ pub struct ConductorConfig {
     /// Where the HTTP API listens.
     pub listen: String,
     pub data_dir: PathBuf,
+    pub store: StoreConfig,
     /// How long a command waits for its reply, in milliseconds.
     pub command_timeout_ms: u64,
     /// The longest a long command (a backup, a restore, a seeding) may run, in seconds:
@@ -58,6 +59,37 @@ pub struct ConductorConfig {
     /// DR profiles (`[[dr_profiles]]`: `name`, `primary` zone, `dr` zone).
     pub dr_profiles: Vec<crate::zones::DrProfileConfig>,
     pub provisioner: ProvisionerConfig,
+}
+
+/// Where the conductor keeps its intent (`[store]`): SQLite in `data_dir` unless
+/// `postgres_url` is set, a PostgreSQL database that several conductors share, one of
+/// them acting at a time under a lease of `lease_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// `postgresql://user@host:port/database` (or `key=value` settings).
+    pub postgres_url: Option<String>,
+    /// How long the acting conductor's lease lasts without a renewal: after its
+    /// process dies or freezes, a standby takes over within about this long.
+    pub lease_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            postgres_url: None,
+            lease_ms: 2_000,
+        }
+    }
+}
+
+/// The store, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSettings {
+    /// `tandem.db` in the data directory; one conductor per data directory (a lock).
+    Sqlite,
+    /// A shared PostgreSQL database, acted on under a lease.
+    Postgres { url: String, lease: Duration },
 }
 
 /// The cloud's provisioning command (`[provisioner]`; see `crate::provisioner`), run
@@ -181,6 +213,7 @@ impl Default for ConductorConfig {
             agent_queue_type: tandem_transport::QueueType::Classic,
             listen: "127.0.0.1:8470".into(),
             data_dir: "/var/lib/tandem".into(),
+            store: StoreConfig::default(),
             command_timeout_ms: 15_000,
             long_command_timeout_s: 6 * 3600,
             backup_keep: 7,
@@ -212,6 +245,7 @@ pub struct Settings {
     pub agent_queue_type: tandem_transport::QueueType,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    pub store: StoreSettings,
     pub command_timeout: Duration,
     pub long_command_timeout: Duration,
     pub backup_keep: usize,
@@ -344,7 +378,24 @@ impl ConductorConfig {
             .map_err(anyhow::Error::msg)?;
         let zones = crate::zones::Zones::validate(&self.zones, &self.dr_profiles)?;
         let provisioner = crate::provisioner::Provisioner::validate(&self.provisioner)?;
+        let store = match self.store.postgres_url.as_deref().filter(|u| !u.is_empty()) {
+            None => StoreSettings::Sqlite,
+            Some(url) => {
+                anyhow::ensure!(
+                    self.store.lease_ms >= 500,
+                    "field `store.lease_ms` is {}; it must be at least 500",
+                    self.store.lease_ms
+                );
+                url.parse::<tokio_postgres::Config>()
+                    .map_err(|e| anyhow::anyhow!("field `store.postgres_url`: {e}"))?;
+                StoreSettings::Postgres {
+                    url: url.to_owned(),
+                    lease: Duration::from_millis(self.store.lease_ms),
+                }
+            }
+        };
         Ok(Settings {
+            store,
             zones,
             provisioner,
             broker_ca_pem,
@@ -393,5 +444,40 @@ mod tests {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains("field `broker_ca_file`"), "{path}: {err}");
         }
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_a_postgres_url_is_given_and_a_bad_one_names_its_field() {
+        assert_eq!(
+            ConductorConfig::default().validate().unwrap().store,
+            StoreSettings::Sqlite
+        );
+        let with = |url: &str, lease_ms| ConductorConfig {
+            store: StoreConfig {
+                postgres_url: Some(url.into()),
+                lease_ms,
+            },
+            ..ConductorConfig::default()
+        };
+        assert_eq!(
+            with("postgresql://tandem@db:5432/tandem", 3000)
+                .validate()
+                .unwrap()
+                .store,
+            StoreSettings::Postgres {
+                url: "postgresql://tandem@db:5432/tandem".into(),
+                lease: Duration::from_secs(3),
+            }
+        );
+        let err = with("postgresql://[nonsense", 3000)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field `store.postgres_url`"), "{err}");
+        let err = with("postgresql://db/tandem", 100)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field `store.lease_ms`"), "{err}");
     }
 }

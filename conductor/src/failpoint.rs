@@ -8,11 +8,21 @@ use tandem_api::WorkflowKind;
 /// `TANDEM_CONDUCTOR_FAILPOINT=<workflow kind>:<step number>:<before|sent|after>`.
 /// `before`: journaled, not sent. `sent`: the agent ran it, the reply is not recorded
 /// (the hardest case: on resume the same message id goes out again). `after`: recorded.
+/// With `:hang` after it, the workflow stops there and the process lives on (holding
+/// the store's leadership), for a test to kill or freeze it at a known step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failpoint {
     pub kind: WorkflowKind,
     pub seq: u32,
     pub at: Point,
+    pub then: Then,
+}
+
+/// What the process does at a failpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    Exit,
+    Hang,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +36,13 @@ impl std::str::FromStr for Failpoint {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split(':').collect();
-        match parts.as_slice() {
+        let (parts, then) = match parts.as_slice() {
+            [rest @ .., "hang"] => (rest, Then::Hang),
+            all => (all, Then::Exit),
+        };
+        match parts {
             [kind, seq, when @ ("before" | "sent" | "after")] => Ok(Failpoint {
+                then,
                 kind: kind.parse().map_err(|e| format!("failpoint kind {e}"))?,
                 seq: seq
                     .parse()
@@ -39,7 +54,7 @@ impl std::str::FromStr for Failpoint {
                 },
             }),
             _ => Err(format!(
-                "failpoint {s:?} is not <kind>:<step>:<before|sent|after>"
+                "failpoint {s:?} is not <kind>:<step>:<before|sent|after>[:hang]"
             )),
         }
     }

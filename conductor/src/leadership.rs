@@ -7,15 +7,22 @@
 //! data directory waits as a standby, says so once, and neither reads the store nor
 //! sends anything until the first one is gone.
 //!
-//! Each acquisition takes the next *term* from the store (a fencing number, logged). With a shared store (PostgreSQL) the same rule becomes a leader row
-//! with an expiry, renewed by the acting conductor, and every write transaction checks
-//! that the term it started under is still the store's: a deposed conductor's write
-//! fails instead of landing. The flock makes that check unnecessary here: two processes
-//! never hold the SQLite store at once.
+//! Each acquisition takes the next *term* from the store (a fencing number, logged).
+//!
+//! With the shared PostgreSQL store the rule is a lease ([`acquire_lease`]): a leader
+//! row with an expiry on the database's clock, taken with the next term in one
+//! transaction and renewed four times per lease by a thread of its own. A standby
+//! takes it once it has expired: after the acting conductor's process died or froze,
+//! within about a lease. Every write transaction checks that its term is still the
+//! store's, so a deposed conductor's write fails instead of landing; and a conductor
+//! that cannot renew in time (frozen, cut off, or overtaken) stops acting on its own
+//! clock, before the database's lease runs out.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -26,9 +33,29 @@ use tokio_util::sync::CancellationToken;
 const STANDBY_RETRY: Duration = Duration::from_millis(500);
 
 /// The store's leadership, held until dropped.
-pub struct Leadership {
-    _lock: Flock<File>,
-    pub path: PathBuf,
+pub enum Leadership {
+    /// The SQLite store's lock file.
+    Lock { _lock: Flock<File>, path: PathBuf },
+    /// The shared store's lease, kept by its own thread.
+    Lease(LeaseKeeper),
+}
+
+impl Leadership {
+    /// What the log says of it.
+    pub fn describe(&self) -> String {
+        match self {
+            Leadership::Lock { path, .. } => format!("lock {}", path.display()),
+            Leadership::Lease(k) => format!("lease of term {} as {}", k.term, k.holder),
+        }
+    }
+
+    /// Whether the leadership was lost while acting (the conductor must stop).
+    pub fn lost(&self) -> bool {
+        match self {
+            Leadership::Lock { .. } => false,
+            Leadership::Lease(k) => k.lost.load(Ordering::SeqCst),
+        }
+    }
 }
 
 /// Takes the leadership of the store in `data_dir`, waiting as a standby while another
@@ -58,7 +85,7 @@ pub async fn acquire(
                 if said {
                     tracing::warn!(lock = %path.display(), "the acting conductor is gone: this one takes over");
                 }
-                return Ok(Some(Leadership { _lock: lock, path }));
+                return Ok(Some(Leadership::Lock { _lock: lock, path }));
             }
             Err((_, Errno::EWOULDBLOCK)) => {
                 if !said {
@@ -80,6 +107,138 @@ pub async fn acquire(
         }
     }
 }
+
+/// Keeps a lease: renews it, and says when it was lost.
+pub struct LeaseKeeper {
+    pub term: u64,
+    holder: String,
+    lost: Arc<AtomicBool>,
+    /// Set when the conductor stops: the keeper gives the lease up.
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+/// Takes the shared store's lease as `holder`, standing by while another conductor
+/// holds it; `None` when `shutdown` came first. The lease is then renewed until the
+/// returned keeper is dropped; when it cannot be, `shutdown` is cancelled and
+/// [`Leadership::lost`] says so.
+pub async fn acquire_lease(
+    url: &str,
+    lease: Duration,
+    holder: String,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Leadership>> {
+    use crate::store::postgres::Lease;
+    let mut said: Option<String> = None;
+    let (mut conn, term) = loop {
+        let (url, name) = (url.to_owned(), holder.clone());
+        let tried = tokio::task::spawn_blocking(move || {
+            let mut conn = Lease::connect(&url)?;
+            let taken = conn.try_take(&name, lease)?;
+            Ok::<_, crate::store::StoreError>((conn, taken))
+        })
+        .await?;
+        match tried {
+            Ok((conn, Ok(term))) => break (conn, term),
+            Ok((_, Err(acting))) => {
+                let now = acting.to_string();
+                if said.as_deref() != Some(&now) {
+                    tracing::warn!(
+                        acting = %now,
+                        "standby: another conductor holds the store's lease; this one reads \
+                         nothing, sends nothing and serves nothing until it expires"
+                    );
+                    said = Some(now);
+                }
+            }
+            Err(e) => tracing::warn!("standby: cannot reach the store to take its lease: {e}"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(LEASE_RETRY) => {}
+        }
+    };
+    if said.is_some() {
+        tracing::warn!(term, "the lease expired: this conductor takes over");
+    }
+    let lost = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    // Counted from before the request that took the lease, and then from before each
+    // renewal that succeeded: the database's expiry is always later than this.
+    let deadline = Arc::new(std::sync::Mutex::new(std::time::Instant::now() + lease));
+    let give_up = {
+        let (lost, shutdown) = (lost.clone(), shutdown.clone());
+        move |why: &str| {
+            if !lost.swap(true, Ordering::SeqCst) {
+                tracing::error!(
+                    term,
+                    "this conductor lost the store's lease ({why}): it stops acting"
+                );
+            }
+            shutdown.cancel();
+        }
+    };
+    let thread = {
+        let (done, deadline, give_up) = (done.clone(), deadline.clone(), give_up.clone());
+        std::thread::Builder::new()
+            .name("tandem-lease".into())
+            .spawn(move || loop {
+                std::thread::park_timeout(lease / 4);
+                if done.load(Ordering::SeqCst) {
+                    if let Err(e) = conn.release(term) {
+                        tracing::warn!("could not give the lease up: {e}");
+                    }
+                    return;
+                }
+                let asked = std::time::Instant::now();
+                match conn.renew(term, lease) {
+                    Ok(true) => *deadline.lock().expect("poisoned") = asked + lease,
+                    Ok(false) => {
+                        give_up("it expired and another term may hold it");
+                        return;
+                    }
+                    Err(e) => tracing::warn!("could not renew the lease (trying again): {e}"),
+                }
+            })?
+    };
+    // A renewal that hangs (the database unreachable) must not keep this conductor
+    // acting past its lease: the deadline is watched apart from the renewals.
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+                if std::time::Instant::now() >= *deadline.lock().expect("poisoned") {
+                    give_up("it could not be renewed in time");
+                    return;
+                }
+            }
+        });
+    }
+    Ok(Some(Leadership::Lease(LeaseKeeper {
+        term,
+        holder,
+        lost,
+        done,
+        thread: Some(thread),
+    })))
+}
+
+/// How often a standby asks for the lease.
+const LEASE_RETRY: Duration = Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {

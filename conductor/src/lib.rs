@@ -208,13 +208,13 @@ impl Conductor {
 /// Runs the conductor on `settings.listen` until `shutdown`: first it takes the store's
 /// leadership (standing by while another conductor holds it), then it listens.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Some(leadership) = leadership::acquire(&settings.data_dir, &shutdown).await? else {
+    let Some(led) = lead(&settings, &shutdown).await? else {
         return Ok(());
     };
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
-    run_led(settings, listener, leadership, shutdown).await
+    run_led(settings, listener, led, shutdown).await
 }
 
 /// As [`run`], on a listener the caller bound (tests bind port 0).
@@ -223,21 +223,85 @@ pub async fn run_with_listener(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let Some(leadership) = leadership::acquire(&settings.data_dir, &shutdown).await? else {
+    let Some(led) = lead(&settings, &shutdown).await? else {
         return Ok(());
     };
-    run_led(settings, listener, leadership, shutdown).await
+    run_led(settings, listener, led, shutdown).await
+}
+
+/// The configured store, opened for a tool beside the acting conductor (the token
+/// subcommands): it takes no term, so its writes are not fenced.
+pub fn open_store(settings: &Settings) -> anyhow::Result<Box<dyn Store>> {
+    Ok(match &settings.store {
+        config::StoreSettings::Sqlite => Box::new(store::sqlite::SqliteStore::open(
+            &settings.data_dir.join("tandem.db"),
+        )?),
+        config::StoreSettings::Postgres { url, .. } => {
+            Box::new(store::postgres::PgStore::open(url)?)
+        }
+    })
+}
+
+/// The store's leadership, and the store when taking the leadership needed it open.
+struct Led {
+    leadership: leadership::Leadership,
+    /// The shared store, already acting in the lease's term.
+    store: Option<Box<dyn Store>>,
+}
+
+/// Takes the store's leadership, standing by while another conductor holds it; `None`
+/// when `shutdown` came first.
+async fn lead(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Result<Option<Led>> {
+    match &settings.store {
+        config::StoreSettings::Sqlite => Ok(leadership::acquire(&settings.data_dir, shutdown)
+            .await?
+            .map(|leadership| Led {
+                leadership,
+                store: None,
+            })),
+        config::StoreSettings::Postgres { url, lease } => {
+            let store = {
+                let url = url.clone();
+                tokio::task::spawn_blocking(move || store::postgres::PgStore::open(&url)).await??
+            };
+            let holder = format!(
+                "{} (pid {}, {})",
+                settings.name,
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            );
+            let Some(leadership) = leadership::acquire_lease(url, *lease, holder, shutdown).await?
+            else {
+                return Ok(None);
+            };
+            if let leadership::Leadership::Lease(keeper) = &leadership {
+                store.act_in(keeper.term)?;
+            }
+            Ok(Some(Led {
+                leadership,
+                store: Some(Box::new(store)),
+            }))
+        }
+    }
 }
 
 async fn run_led(
     settings: Settings,
     listener: TcpListener,
-    leadership: leadership::Leadership,
+    led: Led,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Led { leadership, store } = led;
     let db = settings.data_dir.join("tandem.db");
-    let fresh = !db.exists();
-    let (conductor, transport) = match prepare(settings, &db, &shutdown).await {
+    let fresh = store.is_none() && !db.exists();
+    let prepared = match store {
+        Some(shared) => prepare(settings, shared, &leadership, &shutdown).await,
+        None => match store::sqlite::SqliteStore::open(&db) {
+            Ok(local) => prepare(settings, Box::new(local), &leadership, &shutdown).await,
+            Err(e) => Err(e),
+        },
+    };
+    let (conductor, transport) = match prepared {
         Ok(c) => c,
         Err(e) => {
             // A conductor that never started leaves no store behind: the next start
@@ -249,7 +313,7 @@ async fn run_led(
             return Err(e);
         }
     };
-    tracing::info!(lock = %leadership.path.display(), "acting conductor of this store");
+    tracing::info!(leadership = %leadership.describe(), "acting conductor of this store");
     serve(conductor, transport, listener, leadership, shutdown).await
 }
 
@@ -272,13 +336,17 @@ fn forget_new_store(db: &std::path::Path) {
 /// Everything before serving: the store, the term, the keys, the broker.
 async fn prepare(
     settings: Settings,
-    db: &std::path::Path,
+    store: Box<dyn Store>,
+    leadership: &leadership::Leadership,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Arc<Conductor>, Transport)> {
-    let store = store::sqlite::SqliteStore::open(db)?;
-    let term = store.begin_term()?;
+    // A shared store's term was taken with its lease; the local store's is taken now.
+    let term = match leadership {
+        leadership::Leadership::Lease(keeper) => keeper.term,
+        leadership::Leadership::Lock { .. } => store.begin_term()?,
+    };
     tracing::info!(term, "this conductor's term");
-    if let Some(path) = tokens::bootstrap(&store, &settings.data_dir)? {
+    if let Some(path) = tokens::bootstrap(&*store, &settings.data_dir)? {
         tracing::warn!(file = %path.display(), "no API token existed: wrote an operator token (`admin`) there");
     }
     let mut transport_config = TransportConfig::new(
@@ -291,12 +359,12 @@ async fn prepare(
     tracing::info!(key = signing.id(), public_key = %signing.public_hex(), "commands are signed");
     transport_config.signing_key = Some(Arc::new(signing));
     let secret = keys::load_secret(&settings.data_dir)?;
-    let enrolments = Arc::new(enrolment::Enrolments::load(&store, secret)?);
+    let enrolments = Arc::new(enrolment::Enrolments::load(&*store, secret)?);
     transport_config.reply_keys = Some(enrolments.clone());
     let transport = Transport::connect(transport_config, shutdown.clone()).await?;
     let conductor = Conductor::new(
         settings,
-        Box::new(store),
+        store,
         Box::new(transport.clone()),
         enrolments,
         secret,
@@ -449,6 +517,12 @@ async fn serve(
     receiver.abort();
     recorder.abort();
     backlog.abort();
+    let lost = leadership.lost();
     drop(leadership);
+    anyhow::ensure!(
+        !lost,
+        "this conductor lost the store's leadership and stopped acting; another conductor \
+         acts now (started again, this one stands by)"
+    );
     result.map_err(Into::into)
 }

@@ -84,22 +84,22 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            std::process::ExitCode::FAILURE
+            // At once, without waiting for tasks to wind down: a conductor that lost the
+            // store's leadership must not go on acting while it does.
+            std::process::exit(1)
         }
     }
 }
 
-/// The token subcommands, on the store in the data directory (beside a running
-/// conductor: the store takes concurrent writers).
+/// The token subcommands, on the configured store (beside a running conductor: the
+/// store takes concurrent writers).
 fn token(settings: &tandem_conductor::Settings, cmd: TokenCmd) -> anyhow::Result<()> {
-    use tandem_conductor::store::Store;
     use tandem_conductor::tokens::{self, Role};
-    let store =
-        tandem_conductor::store::sqlite::SqliteStore::open(&settings.data_dir.join("tandem.db"))?;
+    let store = tandem_conductor::open_store(settings)?;
     match cmd {
         TokenCmd::Create { name, role } => {
             let role = Role::parse(&role).map_err(|e| anyhow::anyhow!("--role: {e}"))?;
-            println!("{}", tokens::create(&store, &name, role)?);
+            println!("{}", tokens::create(&*store, &name, role)?);
         }
         TokenCmd::List => {
             for t in store.tokens()? {

@@ -330,7 +330,8 @@ impl From<crate::store::StoreError> for ApiError {
             StoreError::Busy { .. } => ErrorKind::Busy,
             StoreError::Conflict(_) => ErrorKind::Conflict,
             StoreError::NotFound(_) => ErrorKind::NotFound,
-            StoreError::Internal(_) => ErrorKind::Internal,
+            // A deposed conductor answers as a broken one: it is about to stop.
+            StoreError::Fenced { .. } | StoreError::Internal(_) => ErrorKind::Internal,
         };
         ApiError::new(kind, e.to_string())
     }

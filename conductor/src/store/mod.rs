@@ -3,13 +3,19 @@
 //! Every workflow step is written here before its command is published; every topology
 //! change bumps its replica set's epoch in the same transaction that records it; at most
 //! one workflow per replica set is active, enforced by the store (a unique index), not by
-//! a check-then-set. SQLite by default ([`sqlite::SqliteStore`]); the trait is what a
-//! PostgreSQL store for several conductors will implement.
+//! a check-then-set. SQLite by default ([`sqlite::SqliteStore`]); PostgreSQL
+//! ([`postgres::PgStore`]) for conductors that share one store. Both keep the same
+//! tables, and what a topology change means is decided once, in memory ([`change`]).
 
+mod cache;
+mod change;
 pub mod migrations;
 mod pair;
 mod placement;
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod suite;
 
 pub use pair::{PairRecord, PairStore};
 pub use placement::PlacementStore;
@@ -30,6 +36,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     NotFound(String),
+    /// A write by a conductor whose term has ended: another conductor took the store.
+    #[error("this conductor's term {mine} has ended: term {now} acts on the store now, so this conductor writes nothing more and stops acting")]
+    Fenced { mine: u64, now: u64 },
     #[error("store: {0}")]
     Internal(String),
 }

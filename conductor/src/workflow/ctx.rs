@@ -50,11 +50,39 @@ impl<'a> Ctx<'a> {
         Ctx { c, wf, seq: 0 }
     }
 
-    fn failpoint(&self, seq: u32, at: Point) {
-        if let Some(fp) = &self.c.settings.failpoint {
-            if fp.kind == self.wf.kind && fp.seq == seq && fp.at == at {
+    /// Exits at an exiting failpoint; true at a hanging one.
+    fn at_failpoint(&self, seq: u32, at: Point) -> bool {
+        let Some(fp) = &self.c.settings.failpoint else {
+            return false;
+        };
+        if fp.kind != self.wf.kind || fp.seq != seq || fp.at != at {
+            return false;
+        }
+        match fp.then {
+            crate::failpoint::Then::Exit => {
                 tracing::warn!(workflow = %self.wf.id, seq, ?at, "failpoint reached: exiting");
                 std::process::exit(86);
+            }
+            crate::failpoint::Then::Hang => {
+                tracing::warn!(workflow = %self.wf.id, seq, ?at, "failpoint reached: hanging");
+                true
+            }
+        }
+    }
+
+    /// A failpoint of a step that sends: a hanging one stops this workflow here while
+    /// the rest of the conductor lives on, until the test kills or freezes it.
+    async fn failpoint(&self, seq: u32, at: Point) {
+        if self.at_failpoint(seq, at) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// A failpoint of a store step (no await there): a hanging one blocks its thread.
+    fn failpoint_sync(&self, seq: u32, at: Point) {
+        if self.at_failpoint(seq, at) {
+            loop {
+                std::thread::park();
             }
         }
     }
@@ -107,7 +135,7 @@ impl<'a> Ctx<'a> {
     ) -> Result<(), StepError> {
         let seq = self.seq;
         self.seq += 1;
-        self.failpoint(seq, Point::Before);
+        self.failpoint_sync(seq, Point::Before);
         let store = &self.c.store;
         if store.journal_entry(&self.wf.id, seq)?.is_none() {
             store.journal_insert(&JournalEntry {
@@ -123,8 +151,8 @@ impl<'a> Ctx<'a> {
             })?;
         }
         // Recorded at once, like a store step: "sent" and "after" coincide.
-        self.failpoint(seq, Point::Sent);
-        self.failpoint(seq, Point::After);
+        self.failpoint_sync(seq, Point::Sent);
+        self.failpoint_sync(seq, Point::After);
         Ok(())
     }
 
@@ -266,7 +294,7 @@ impl<'a> Ctx<'a> {
                 e
             }
         };
-        self.failpoint(seq, Point::Before);
+        self.failpoint(seq, Point::Before).await;
         let long = command.is_long_running();
         let mut stopping = None;
         let reply = loop {
@@ -304,7 +332,7 @@ impl<'a> Ctx<'a> {
             }
             tokio::time::sleep(LONG_POLL).await;
         };
-        self.failpoint(seq, Point::Sent);
+        self.failpoint(seq, Point::Sent).await;
         let recorded = serde_json::to_value(&reply).map_err(StoreError::from)?;
         store.journal_result(&self.wf.id, seq, &recorded)?;
         self.c
@@ -327,7 +355,7 @@ impl<'a> Ctx<'a> {
             ok = matches!(reply, Reply::Ok(_)),
             "workflow step"
         );
-        self.failpoint(seq, Point::After);
+        self.failpoint(seq, Point::After).await;
         to_result(step, target, recorded)
     }
 
@@ -386,14 +414,14 @@ impl<'a> Ctx<'a> {
     pub fn apply(&mut self, step: &str, change: TopologyChange) -> Result<ReplicaSet, StepError> {
         let seq = self.seq;
         self.seq += 1;
-        self.failpoint(seq, Point::Before);
+        self.failpoint_sync(seq, Point::Before);
         let set = self
             .c
             .store
             .apply_step(&self.wf.id, seq, step, &self.wf.set_id, &change)?;
         // A store step is applied and journaled at once: "sent" and "after" coincide.
-        self.failpoint(seq, Point::Sent);
-        self.failpoint(seq, Point::After);
+        self.failpoint_sync(seq, Point::Sent);
+        self.failpoint_sync(seq, Point::After);
         Ok(set)
     }
 

@@ -364,14 +364,15 @@ impl ConductorProcess {
     }
 
     /// A second conductor on this one's data directory (its own port and log), started
-    /// and not waited for: it must stand by while this one acts.
+    /// and not waited for: it must stand by while this one acts. It has no failpoint
+    /// (a test crashes the first at one, and the second must not crash there again).
     pub fn second_on_same_store(&self) -> Result<ConductorProcess> {
         let dir = tempfile::Builder::new()
             .prefix("tandem-conductor-")
             .tempdir()?;
         let port = crate::free_port();
         let mut env = self.env.clone();
-        env.retain(|(k, _)| k != "TANDEM_CONDUCTOR_LISTEN");
+        env.retain(|(k, _)| k != "TANDEM_CONDUCTOR_LISTEN" && k != "TANDEM_CONDUCTOR_FAILPOINT");
         env.push((
             "TANDEM_CONDUCTOR_LISTEN".into(),
             format!("127.0.0.1:{port}"),
@@ -399,6 +400,13 @@ impl ConductorProcess {
     /// The running process's id.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(Process::pid)
+    }
+
+    /// Sends `sig` to the running process (SIGSTOP freezes it, SIGCONT thaws it).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        let pid = self.pid().context("the conductor is not running")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+            .with_context(|| format!("send {sig} to the conductor"))
     }
 
     /// Sets (or with `None` removes) an environment variable for the next start.

@@ -63,21 +63,21 @@ impl Broker {
     /// them `tandem-agent <id>` and `tandem-conductor <name>`).
     pub fn connection_names(&self) -> Result<Vec<String>> {
         let out = Command::new("rabbitmqctl")
-            .args([
-                "-q",
-                "list_connections",
-                "-p",
-                &self.vhost,
-                "client_properties",
-            ])
+            .args(["-q", "list_connections", "vhost", "client_properties"])
             .output()
             .context("run rabbitmqctl")?;
         let text = String::from_utf8_lossy(&out.stdout);
-        // ..., {"connection_name","tandem-conductor conductor"}, ...
+        // One line per connection: `<vhost>\t[..., {"connection_name","tandem-conductor
+        // conductor"}, ...]`. (`-p` does not narrow `list_connections` down.)
         Ok(text
-            .split("{\"connection_name\",\"")
-            .skip(1)
-            .filter_map(|rest| rest.split("\"}").next().map(str::to_owned))
+            .lines()
+            .filter(|line| line.split('\t').next() == Some(self.vhost.as_str()))
+            .filter_map(|line| {
+                line.split("{\"connection_name\",\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split("\"}").next())
+                    .map(str::to_owned)
+            })
             .collect())
     }
 

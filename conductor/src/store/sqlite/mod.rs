@@ -56,7 +56,7 @@ impl SqliteStore {
         let mut conn = conn;
         super::migrations::migrate(&mut conn)
             .map_err(|e| anyhow::anyhow!("the store {}: {e}", path.display()))?;
-        let cache = Cache::load(&conn).map_err(|e| {
+        let cache = load_cache(&conn).map_err(|e| {
             anyhow::anyhow!("the store {}: cannot read its sets: {e}", path.display())
         })?;
         Ok(SqliteStore {
@@ -75,13 +75,32 @@ impl SqliteStore {
     }
 }
 
-mod cache;
+/// What the hot paths read, as the database holds it.
+fn load_cache(c: &Connection) -> Result<Cache> {
+    let ids: Vec<String> = c
+        .prepare("SELECT id FROM replica_sets")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut sets = Vec::with_capacity(ids.len());
+    for set in ids {
+        sets.extend(load_set(c, &id(set)?)?);
+    }
+    let active = c
+        .prepare(&format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE state IN ('running', \
+             'rolling_back')"
+        ))?
+        .query_map([], workflow_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Cache::of(sets, active))
+}
+
 mod pair;
 mod placement;
 mod rows;
 mod topology;
 
-use cache::Cache;
+use super::cache::Cache;
 use rows::*;
 use topology::*;
 

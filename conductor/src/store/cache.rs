@@ -7,17 +7,15 @@
 //! The copy is changed by the same calls that change the database, under the
 //! connection's lock and right after their commit, with what they read inside their
 //! transaction (nothing can fail in between), so it is never behind nor ahead of what
-//! was committed: one conductor process holds the store at a time (the leadership lock), and
-//! it is the only writer of sets and workflows.
+//! was committed: one conductor acts on the store at a time (the leadership), and it is
+//! the only writer of sets and workflows. A conductor that takes the leadership of a
+//! shared store reads the copy afresh (`begin_term`).
 
 use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::Connection;
 use tandem_proto::{InstanceId, ReplicaSetId, Timestamp};
 
-use super::rows::*;
-use super::topology::load_set;
-use super::{ReplicaSet, Result, WorkflowRow, WorkflowState};
+use super::{ReplicaSet, WorkflowRow, WorkflowState};
 
 #[derive(Default)]
 pub(super) struct Cache {
@@ -28,25 +26,15 @@ pub(super) struct Cache {
 }
 
 impl Cache {
-    pub(super) fn load(c: &Connection) -> Result<Cache> {
+    /// Holds `sets` and the `active` workflows (running or rolling back, any order).
+    pub(super) fn of(sets: Vec<ReplicaSet>, mut active: Vec<WorkflowRow>) -> Cache {
         let mut cache = Cache::default();
-        let ids: Vec<String> = c
-            .prepare("SELECT id FROM replica_sets")?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for set in ids {
-            if let Some(set) = load_set(c, &id(set)?)? {
-                cache.put(set);
-            }
+        for set in sets {
+            cache.put(set);
         }
-        cache.active = c
-            .prepare(&format!(
-                "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE state IN ('running', \
-                 'rolling_back') ORDER BY created_at"
-            ))?
-            .query_map([], workflow_row)?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(cache)
+        active.sort_by_key(|w| w.created_at);
+        cache.active = active;
+        cache
     }
 
     pub(super) fn set(&self, set: &ReplicaSetId) -> Option<ReplicaSet> {
