@@ -222,10 +222,24 @@ impl<E: Engine> Agent<E> {
                     ),
                 ));
             }
-            if command.epoch > state.highest_epoch {
-                state.highest_epoch = command.epoch;
+            if let (Some(term), Some(seen)) = (command.term, state.highest_term) {
+                if term < seen {
+                    return Reply::Err(CommandError::new(
+                        ErrorKind::Fenced,
+                        format!(
+                            "command {} comes from conductor term {term} but this agent has \
+                             seen term {seen}: its conductor was replaced, and it was not run",
+                            command.body.name()
+                        ),
+                    ));
+                }
+            }
+            let newer_term = command.term > state.highest_term;
+            if command.epoch > state.highest_epoch || newer_term {
+                state.highest_epoch = state.highest_epoch.max(command.epoch);
+                state.highest_term = state.highest_term.max(command.term);
                 if let Err(e) = self.state_file.save(&state) {
-                    return internal(e.context("persist the new epoch"));
+                    return internal(e.context("persist the new epoch and term"));
                 }
             }
         }

@@ -27,6 +27,8 @@ const KEPT_REDELIVERIES: usize = 100;
 #[serde(default)]
 pub struct State {
     pub highest_epoch: Epoch,
+    /// The highest conductor term seen on a command (none before the first).
+    pub highest_term: Option<tandem_proto::Term>,
     pub boot_count: u64,
     /// The source this instance was told to replicate from, to name it in status
     /// (the engine itself only knows a host and a port).

@@ -182,6 +182,42 @@ async fn lag_comes_from_the_heartbeat_table_while_the_sql_thread_is_stopped() {
 }
 
 #[tokio::test]
+async fn a_command_from_a_replaced_conductors_term_is_fenced_at_any_epoch() {
+    let mut h = Harness::new(&["db-1"]).await;
+    let in_term = |term: u64, command: Command| tandem_proto::Envelope {
+        term: Some(tandem_proto::Term::new(term)),
+        ..envelope("db-1", Epoch::new(5), command)
+    };
+    h.send(&in_term(3, Command::EnableAsMaster { semi_sync: None }))
+        .await
+        .unwrap();
+    h.send(&in_term(3, Command::SetWritable)).await.unwrap();
+    // The conductor was replaced (term 4) and sent something at the same epoch.
+    h.send(&in_term(4, Command::SetWritable)).await.unwrap();
+
+    // The replaced one, thawed, sends at the current epoch: refused, nothing changes.
+    let err = h.send(&in_term(3, Command::SetReadOnly)).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Fenced);
+    assert!(
+        err.message.contains("term t3") && err.message.contains("t4"),
+        "{}",
+        err.message
+    );
+    assert_eq!(h.node("db-1").db.sql("SELECT @@read_only").unwrap(), "0");
+
+    // The highest term is on disk: also after a restart.
+    let agent = &mut h.node_mut("db-1").agent;
+    assert!(agent.stop().unwrap().success());
+    agent.start().unwrap();
+    h.wait_ready("db-1").await;
+    let err = h.send(&in_term(3, Command::SetReadOnly)).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Fenced);
+    // A command with no term (an older conductor) is judged by its epoch alone.
+    h.ok("db-1", 5, Command::SetReadOnly).await;
+    assert_eq!(h.node("db-1").db.sql("SELECT @@read_only").unwrap(), "1");
+}
+
+#[tokio::test]
 async fn stale_epochs_are_fenced_and_repeats_are_answered_from_the_record() {
     let mut h = Harness::new(&["db-1"]).await;
     h.ok("db-1", 5, Command::EnableAsMaster { semi_sync: None })

@@ -107,6 +107,7 @@ impl Conductor {
         );
         envelope.message_id = message_id;
         envelope.protocol_version = version;
+        envelope.term = self.term;
         loop {
             envelope.issued_at = Timestamp::now();
             envelope.expires_at = Some(envelope.issued_at.plus(timeout));

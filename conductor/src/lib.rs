@@ -90,6 +90,8 @@ pub struct Conductor {
     pub started: tokio::time::Instant,
     /// Reports believed and waiting to be processed (see [`intake`]).
     pub intake: intake::Intake,
+    /// The store's term this conductor acts in, carried by every command it sends.
+    pub term: Option<tandem_proto::Term>,
 }
 
 impl Conductor {
@@ -368,7 +370,8 @@ async fn prepare(
         Box::new(transport.clone()),
         enrolments,
         secret,
-    );
+    )
+    .in_term(tandem_proto::Term::new(term));
     Ok((Arc::new(conductor), transport))
 }
 
@@ -394,7 +397,15 @@ impl Conductor {
             failover_watch: Default::default(),
             started: tokio::time::Instant::now(),
             intake: Default::default(),
+            term: None,
         }
+    }
+
+    /// Acting in `term` (taken from the store when it began to act).
+    #[must_use]
+    pub fn in_term(mut self, term: tandem_proto::Term) -> Conductor {
+        self.term = Some(term);
+        self
     }
 }
 

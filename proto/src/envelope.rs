@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Epoch, InstanceId, MessageId, ProtocolVersion};
+use crate::{Epoch, InstanceId, MessageId, ProtocolVersion, Term};
 
 /// Milliseconds since the Unix epoch, UTC. Wall-clock time: used for deadlines that
 /// must mean the same on two hosts, never for ordering (sequence numbers do that).
@@ -57,6 +57,10 @@ pub struct Envelope<B> {
     pub target: InstanceId,
     /// The replica-set epoch the sender acts under (the fencing generation).
     pub epoch: Epoch,
+    /// On a conductor's command: the term the conductor acts in (see [`Term`]); none
+    /// from an older conductor, or on anything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<Term>,
     pub issued_at: Timestamp,
     /// After this instant the message must not be acted on: a command that waited in a
     /// queue past its deadline is answered `timed_out`, never run late.
@@ -75,6 +79,7 @@ impl<B> Envelope<B> {
             sender,
             target,
             epoch,
+            term: None,
             issued_at: Timestamp::now(),
             expires_at: None,
             body,
@@ -100,6 +105,7 @@ impl<B> Envelope<B> {
             sender,
             target: self.target.clone(),
             epoch,
+            term: None,
             issued_at: Timestamp::now(),
             expires_at: None,
             body,

@@ -234,6 +234,30 @@ impl fmt::Display for Epoch {
     }
 }
 
+/// The fencing number of the conductor that sent a command: the store's term, taken
+/// each time a conductor becomes the one acting on it (a restart, or a standby taking
+/// over a shared store). An agent refuses a command whose term is older than the
+/// highest it has seen, so a conductor deposed while frozen cannot act when it thaws,
+/// even with a command it had recorded before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Term(u64);
+
+impl Term {
+    pub const fn new(n: u64) -> Self {
+        Self(n)
+    }
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t{}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

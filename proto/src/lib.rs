@@ -30,7 +30,9 @@ pub use envelope::{Envelope, Sender, Timestamp};
 pub use failsafe::{
     FailsafeAssignment, FailsafeDatagram, FailsafeMessage, FailsafePeer, FailsafeState,
 };
-pub use ids::{BackupId, Epoch, HostId, IdError, InstanceId, MessageId, ReplicaSetId, ZoneId};
+pub use ids::{
+    BackupId, Epoch, HostId, IdError, InstanceId, MessageId, ReplicaSetId, Term, ZoneId,
+};
 pub use position::{
     Gtid, GtidSet, Lsn, Position, PositionError, Timeline, TimelineSwitch, WalPosition,
 };

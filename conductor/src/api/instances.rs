@@ -88,6 +88,10 @@ pub async fn ping(
         Command::Ping,
     )
     .expires_in(c.settings.command_timeout);
+    let envelope = Envelope {
+        term: c.term,
+        ..envelope
+    };
     let started = Instant::now();
     let reply = c.agents.call(&envelope, c.settings.command_timeout).await?;
     let elapsed = started.elapsed();
