@@ -26,6 +26,9 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// From the fault to the standby serving, and to its first command answered.
+type Took = (Duration, Duration);
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -77,7 +80,7 @@ impl Bed {
     /// Applies `fault` to the acting conductor; returns the times to the standby
     /// serving and to its first command answered (None: no takeover within `limit`),
     /// then makes the bed whole again (a new standby).
-    fn trial(&mut self, fault: Signal, limit: Duration) -> Option<(Duration, Duration)> {
+    fn trial(&mut self, fault: Signal, limit: Duration) -> Option<Took> {
         let at = Instant::now();
         if fault == Signal::SIGKILL {
             self.cluster.conductor.kill();
@@ -144,8 +147,7 @@ fn main() {
     let mut sqlite = Bed::new(false, lease_ms);
     let mut postgres = Bed::new(true, lease_ms);
     let limit = Duration::from_millis(lease_ms * 3 + 5000);
-    let mut rows: std::collections::BTreeMap<(&str, &str), Vec<Option<(Duration, Duration)>>> =
-        Default::default();
+    let mut rows: std::collections::BTreeMap<(&str, &str), Vec<Option<Took>>> = Default::default();
     for _ in 0..trials {
         rows.entry(("sqlite (lock)", "kill -9"))
             .or_default()
