@@ -184,6 +184,7 @@ async fn run_with<E: Engine>(
     let transport_shutdown = CancellationToken::new();
     let mut transport_config =
         TransportConfig::new(&settings.broker_uri, format!("tandem-agent {id}"));
+    transport_config.other_uris = settings.broker_other_uris.clone();
     transport_config.queue_type = settings.queue_type;
     transport_config.delivery_limit = settings.delivery_limit;
     transport_config.ca_pem = settings.broker_ca_pem.clone();

@@ -19,6 +19,9 @@ pub struct ConductorConfig {
     pub name: String,
     /// `amqp://user:pass@host:port/vhost`, or `amqps://…` for TLS.
     pub broker_uri: String,
+    /// The other nodes of a RabbitMQ cluster (same user and virtual host): the conductor
+    /// connects to the next one when one is down.
+    pub broker_other_uris: Vec<String>,
     /// For `amqps`: the CA (PEM) that signed the broker's certificate, when it is a
     /// private one (the system's roots are trusted as well).
     pub broker_ca_file: Option<PathBuf>,
@@ -209,6 +212,7 @@ impl Default for ConductorConfig {
         ConductorConfig {
             name: "conductor".into(),
             broker_uri: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            broker_other_uris: Vec::new(),
             broker_ca_file: None,
             agent_queue_type: tandem_transport::QueueType::Classic,
             listen: "127.0.0.1:8470".into(),
@@ -240,6 +244,7 @@ pub struct Settings {
     pub agent_users: Option<crate::broker_users::BrokerUsers>,
     pub name: String,
     pub broker_uri: String,
+    pub broker_other_uris: Vec<String>,
     /// The private CA for `amqps` (PEM), read from `broker_ca_file`.
     pub broker_ca_pem: Option<String>,
     pub agent_queue_type: tandem_transport::QueueType,
@@ -406,6 +411,7 @@ impl ConductorConfig {
             failpoint,
             name: self.name,
             broker_uri: self.broker_uri,
+            broker_other_uris: self.broker_other_uris,
             agent_queue_type: self.agent_queue_type,
             listen,
             data_dir: self.data_dir,

@@ -140,17 +140,23 @@ pub async fn acquire_lease(
 ) -> anyhow::Result<Option<Leadership>> {
     use crate::store::postgres::Lease;
     let mut said: Option<String> = None;
+    // The lease's connection, kept while standing by (made again after an error).
+    let mut held: Option<Lease> = None;
     let (mut conn, term) = loop {
-        let (url, name) = (url.to_owned(), holder.clone());
+        let (url, name, kept) = (url.to_owned(), holder.clone(), held.take());
         let tried = tokio::task::spawn_blocking(move || {
-            let mut conn = Lease::connect(&url)?;
+            let mut conn = match kept {
+                Some(conn) => conn,
+                None => Lease::connect(&url)?,
+            };
             let taken = conn.try_take(&name, lease)?;
             Ok::<_, crate::store::StoreError>((conn, taken))
         })
         .await?;
         match tried {
             Ok((conn, Ok(term))) => break (conn, term),
-            Ok((_, Err(acting))) => {
+            Ok((conn, Err(acting))) => {
+                held = Some(conn);
                 let now = acting.to_string();
                 if said.as_deref() != Some(&now) {
                     tracing::warn!(

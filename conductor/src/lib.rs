@@ -356,6 +356,7 @@ async fn prepare(
         format!("tandem-conductor {}", settings.name),
     );
     transport_config.ca_pem = settings.broker_ca_pem.clone();
+    transport_config.other_uris = settings.broker_other_uris.clone();
     transport_config.queue_type = settings.agent_queue_type;
     let signing = keys::signing_key(&settings.data_dir)?;
     tracing::info!(key = signing.id(), public_key = %signing.public_hex(), "commands are signed");

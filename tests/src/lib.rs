@@ -306,6 +306,16 @@ impl Cluster {
         c
     }
 
+    /// How many conductors are connected to this test's virtual host.
+    pub fn conductors_connected(&self) -> usize {
+        self.broker
+            .connection_names()
+            .unwrap()
+            .iter()
+            .filter(|n| n.starts_with("tandem-conductor"))
+            .count()
+    }
+
     /// The instances the conductor's fence command has fenced, in order.
     pub fn fenced(&self) -> Vec<String> {
         let Some(dir) = &self.fence else {

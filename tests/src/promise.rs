@@ -139,3 +139,45 @@ pub fn workflows_of_kind(c: &Cluster, kind: WorkflowKind) -> Vec<WorkflowRow> {
     let all: Vec<WorkflowRow> = c.cli_json(&["workflow", "list"]);
     all.into_iter().filter(|w| w.kind == kind).collect()
 }
+
+/// Waits for workflow `id` to end, and checks that it ended done with every step
+/// journaled once and the epochs never falling.
+pub fn done_once(c: &Cluster, id: &str) -> tandem_api::WorkflowDetail {
+    let w = eventually(Duration::from_secs(60), "the workflow to end", || {
+        let w = c.api().workflow(id).ok()?;
+        (!matches!(
+            w.workflow.state,
+            tandem_api::WorkflowState::Running | tandem_api::WorkflowState::RollingBack
+        ))
+        .then_some(w)
+    });
+    assert_eq!(
+        w.workflow.state,
+        tandem_api::WorkflowState::Done,
+        "{:?}\n{}",
+        w.workflow.error,
+        tail(&c.conductor.log(), 40)
+    );
+    let seqs: Vec<u32> = w.steps.iter().map(|s| s.seq).collect();
+    let mut unique = seqs.clone();
+    unique.dedup();
+    assert_eq!(seqs, unique, "a step journaled twice");
+    assert!(
+        w.steps.windows(2).all(|p| p[0].epoch <= p[1].epoch),
+        "epochs fell: {:?}",
+        w.steps.iter().map(|s| (s.seq, s.epoch)).collect::<Vec<_>>()
+    );
+    w
+}
+
+/// The newest workflow of `kind` (waiting briefly for one).
+pub fn newest(c: &Cluster, kind: WorkflowKind) -> String {
+    eventually(Duration::from_secs(10), "the workflow", || {
+        c.api()
+            .workflows()
+            .ok()?
+            .into_iter()
+            .find(|w| w.kind == kind)
+            .map(|w| w.id)
+    })
+}

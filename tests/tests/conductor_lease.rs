@@ -6,15 +6,6 @@ use std::time::Duration;
 
 use tandem_e2e::{eventually, Cluster};
 
-fn conductors_connected(c: &Cluster) -> usize {
-    c.broker
-        .connection_names()
-        .unwrap()
-        .iter()
-        .filter(|n| n.starts_with("tandem-conductor"))
-        .count()
-}
-
 #[test]
 fn a_second_conductor_on_the_same_store_stands_by_and_takes_over_when_the_first_is_gone() {
     let mut c = Cluster::start(2);
@@ -22,7 +13,7 @@ fn a_second_conductor_on_the_same_store_stands_by_and_takes_over_when_the_first_
     eventually(
         Duration::from_secs(10),
         "the conductor's connection",
-        || (conductors_connected(&c) == 1).then_some(()),
+        || (c.conductors_connected() == 1).then_some(()),
     );
 
     let mut second = c.conductor.second_on_same_store().unwrap();
@@ -33,7 +24,7 @@ fn a_second_conductor_on_the_same_store_stands_by_and_takes_over_when_the_first_
     std::thread::sleep(Duration::from_secs(3));
     assert!(!second.serving(), "a standby serves the API");
     assert_eq!(
-        conductors_connected(&c),
+        c.conductors_connected(),
         1,
         "a standby connected to the broker: {:?}",
         c.broker.connection_names()
@@ -58,6 +49,6 @@ fn a_second_conductor_on_the_same_store_stands_by_and_takes_over_when_the_first_
     let (ok, out, _) = second.cli(&["--json", "set", "list"]);
     assert!(ok && out.contains("\"db-2\""), "{out}");
     eventually(Duration::from_secs(10), "one conductor connected", || {
-        (conductors_connected(&c) == 1).then_some(())
+        (c.conductors_connected() == 1).then_some(())
     });
 }

@@ -6,20 +6,12 @@
 
 use std::time::{Duration, Instant};
 
+use tandem_e2e::promise::done_once;
 use tandem_e2e::{eventually, tail, Cluster, ClusterOptions};
 use tandem_testkit::{ConductorProcess, Postgres, Signal};
 
 /// How long the acting conductor's lease lasts (the default).
 const LEASE: Duration = Duration::from_millis(2000);
-
-fn conductors_connected(c: &Cluster) -> usize {
-    c.broker
-        .connection_names()
-        .unwrap()
-        .iter()
-        .filter(|n| n.starts_with("tandem-conductor"))
-        .count()
-}
 
 /// A set of three on a conductor whose store is a database of a private PostgreSQL,
 /// the conductor stopping at `failpoint` (and living on there), and a second
@@ -46,7 +38,7 @@ fn shared(failpoint: &str) -> (Postgres, Cluster, ConductorProcess) {
     assert_eq!(c.converged("s1"), "db-1");
     c.write_and_see_everywhere("s1", "db-1", 1);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while conductors_connected(&c) != 1 {
+    while c.conductors_connected() != 1 {
         assert!(
             Instant::now() < deadline,
             "{:?}\n{}",
@@ -64,7 +56,7 @@ fn shared(failpoint: &str) -> (Postgres, Cluster, ConductorProcess) {
     std::thread::sleep(Duration::from_secs(3));
     assert!(!second.serving(), "a standby serves the API");
     assert_eq!(
-        conductors_connected(&c),
+        c.conductors_connected(),
         1,
         "a standby connected to the broker: {:?}\n{}",
         c.broker.connection_names(),
@@ -96,33 +88,7 @@ fn switchover_to_the_failpoint(c: &Cluster) -> String {
 /// After the takeover: the switchover ends done under the new conductor, every step
 /// once, epochs never falling, db-2 the only writable master, nothing lost.
 fn finished_by_the_standby(c: &Cluster, workflow: &str) {
-    let done = eventually(Duration::from_secs(60), "the switchover to end", || {
-        let w = c.api().workflow(workflow).ok()?;
-        (!matches!(
-            w.workflow.state,
-            tandem_api::WorkflowState::Running | tandem_api::WorkflowState::RollingBack
-        ))
-        .then_some(w)
-    });
-    assert_eq!(
-        done.workflow.state,
-        tandem_api::WorkflowState::Done,
-        "{:?}\n{}",
-        done.workflow.error,
-        tail(&c.conductor.log(), 40)
-    );
-    let seqs: Vec<u32> = done.steps.iter().map(|s| s.seq).collect();
-    let mut unique = seqs.clone();
-    unique.dedup();
-    assert_eq!(seqs, unique, "a step journaled twice");
-    assert!(
-        done.steps.windows(2).all(|p| p[0].epoch <= p[1].epoch),
-        "epochs fell: {:?}",
-        done.steps
-            .iter()
-            .map(|s| (s.seq, s.epoch))
-            .collect::<Vec<_>>()
-    );
+    done_once(c, workflow);
     assert_eq!(c.converged("s1"), "db-2");
     c.write_and_see_everywhere("s1", "db-2", 2);
     for node in ["db-1", "db-2", "db-3"] {
@@ -144,7 +110,7 @@ fn a_standby_finishes_the_switchover_of_a_killed_conductor() {
     std::mem::swap(&mut c.conductor, &mut second);
     finished_by_the_standby(&c, &workflow);
     eventually(Duration::from_secs(10), "one conductor connected", || {
-        (conductors_connected(&c) == 1).then_some(())
+        (c.conductors_connected() == 1).then_some(())
     });
 }
 

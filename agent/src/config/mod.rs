@@ -170,6 +170,9 @@ pub enum StoreSettings {
 pub struct BrokerConfig {
     /// `amqp://host:port/vhost`; credentials may be given here or as user + password_file.
     pub uri: String,
+    /// The other nodes of a RabbitMQ cluster, as `uri` names the first (credentials
+    /// likewise): the agent connects to the next one when one is down.
+    pub other_uris: Vec<String>,
     /// The broker user. With `password_file`, its password is read there; without, it
     /// is derived from the enrolment token: the conductor made this user for this agent
     /// alone (`broker.agent_users` in its configuration), with the least privilege, and
@@ -230,6 +233,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             uri: "amqp://127.0.0.1:5672/%2f".into(),
+            other_uris: Vec::new(),
             user: None,
             password_file: None,
             queue_type: tandem_transport::QueueType::Classic,
@@ -263,6 +267,8 @@ pub struct Settings {
     pub trusted_keys: tandem_transport::signing::TrustedKeys,
     pub enrolment_token: Option<String>,
     pub broker_uri: String,
+    /// The other nodes of the broker's cluster, with the same credentials.
+    pub broker_other_uris: Vec<String>,
     /// The private CA for `amqps` (PEM), read from `broker.ca_file`.
     pub broker_ca_pem: Option<String>,
     /// False for a least-privilege broker user (see `BrokerConfig::user`).
@@ -370,11 +376,8 @@ impl AgentConfig {
             (None, None) => None,
         };
         let mut broker_declares = true;
-        let broker_uri = match (&self.broker.user, &self.broker.password_file) {
-            (Some(user), Some(file)) => {
-                let password = read_secret(file, "broker.password_file")?;
-                with_credentials(&self.broker.uri, user, &password)?
-            }
+        let credentials = match (&self.broker.user, &self.broker.password_file) {
+            (Some(user), Some(file)) => Some((user, read_secret(file, "broker.password_file")?)),
             (Some(user), None) => {
                 let token = enrolment_token.as_deref().with_context(|| {
                     "field `broker.user` is set without `broker.password_file`: the password \
@@ -382,14 +385,24 @@ impl AgentConfig {
                      (`broker.enrolment_token` or `broker.enrolment_token_file`)"
                 })?;
                 broker_declares = false;
-                let password = tandem_transport::identity::broker_password(token);
-                with_credentials(&self.broker.uri, user, &password)?
+                Some((user, tandem_transport::identity::broker_password(token)))
             }
             (None, Some(_)) => {
                 anyhow::bail!("field `broker.password_file` is set without `broker.user`; set both")
             }
-            (None, None) => self.broker.uri.clone(),
+            (None, None) => None,
         };
+        let with_user = |uri: &String| match &credentials {
+            Some((user, password)) => with_credentials(uri, user, password),
+            None => Ok(uri.clone()),
+        };
+        let broker_uri = with_user(&self.broker.uri)?;
+        let broker_other_uris = self
+            .broker
+            .other_uris
+            .iter()
+            .map(with_user)
+            .collect::<Result<Vec<_>>>()?;
         let broker_ca_pem = self
             .broker
             .ca_file
@@ -450,6 +463,7 @@ impl AgentConfig {
             trusted_keys,
             enrolment_token,
             broker_uri,
+            broker_other_uris,
             broker_ca_pem,
             broker_declares,
             queue_type,

@@ -7,7 +7,36 @@
 
 use tandem_proto::InstanceId;
 
-use super::{IntendedRole, Member, ReplicaOptions, ReplicaSet, Result, StoreError, TopologyChange};
+use super::{
+    IntendedRole, Member, PairRecord, ReplicaOptions, ReplicaSet, Result, StoreError,
+    TopologyChange,
+};
+
+/// What a change writes beside the set's members, in the same transaction.
+pub enum Beside<'a> {
+    /// A server joined: it leaves the free pool.
+    LeavesPool(&'a InstanceId),
+    /// The set's master-master pair record.
+    Pair(&'a PairRecord),
+    /// The set's DR zones.
+    Dr(&'a tandem_api::DrSettings),
+    Nothing,
+}
+
+impl TopologyChange {
+    pub fn beside(&self) -> Beside<'_> {
+        match self {
+            TopologyChange::AddReplica { instance, .. } => Beside::LeavesPool(instance),
+            TopologyChange::PairUp { pair } | TopologyChange::PairSwitch { pair, .. } => {
+                Beside::Pair(pair)
+            }
+            TopologyChange::SiteSwitch { dr, .. } | TopologyChange::SiteFailover { dr, .. } => {
+                Beside::Dr(dr)
+            }
+            _ => Beside::Nothing,
+        }
+    }
+}
 
 impl ReplicaSet {
     /// The set after `change`, at the same epoch (the store takes the next one); its

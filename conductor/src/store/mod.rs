@@ -9,6 +9,7 @@
 
 mod cache;
 mod change;
+pub use change::Beside;
 pub mod migrations;
 mod pair;
 mod placement;

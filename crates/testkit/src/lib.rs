@@ -17,6 +17,7 @@
 
 mod agent;
 mod broker;
+mod broker_cluster;
 mod cpu;
 mod disk;
 mod keys;
@@ -31,6 +32,7 @@ mod tls_broker;
 
 pub use agent::{binary, AgentProcess, Child, ConductorProcess};
 pub use broker::Broker;
+pub use broker_cluster::BrokerCluster;
 pub use cpu::CpuJail;
 pub use disk::SmallDisk;
 pub use keys::{conductor_key, conductor_secret, enrolment_token, AgentKeys, ConductorKey};

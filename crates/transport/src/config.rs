@@ -22,6 +22,9 @@ pub struct TransportConfig {
     /// `amqp://user:pass@host:port/vhost`, or `amqps://…` for TLS (the broker's
     /// certificate verified, and its name checked against the host in the URI).
     pub uri: String,
+    /// The other nodes of a RabbitMQ cluster (the same user and virtual host): when a
+    /// connection cannot be made, or is lost, the next node is tried, in turn.
+    pub other_uris: Vec<String>,
     /// For `amqps`: certificates (PEM) of the CA that signed the broker's certificate,
     /// trusted besides the system's (a private CA).
     pub ca_pem: Option<String>,
@@ -66,6 +69,7 @@ impl TransportConfig {
     pub fn new(uri: impl Into<String>, connection_name: impl Into<String>) -> Self {
         TransportConfig {
             uri: uri.into(),
+            other_uris: Vec::new(),
             ca_pem: None,
             connection_name: connection_name.into(),
             prefetch: 64,
@@ -87,6 +91,20 @@ impl TransportConfig {
     /// The URI with any password replaced, for logs and errors.
     pub fn redacted_uri(&self) -> String {
         redact_uri(&self.uri)
+    }
+
+    /// Node `i` of the broker (`uri` is 0, then `other_uris`; past the last, round
+    /// again).
+    pub fn node_uri(&self, i: usize) -> &str {
+        match i % (1 + self.other_uris.len()) {
+            0 => &self.uri,
+            k => &self.other_uris[k - 1],
+        }
+    }
+
+    /// [`TransportConfig::node_uri`] with any password replaced.
+    pub fn redacted_node_uri(&self, i: usize) -> String {
+        redact_uri(self.node_uri(i))
     }
 }
 

@@ -229,13 +229,17 @@ impl Transport {
                 return Attempt::Failed(CallError::UnknownInstance(target.clone()))
             }
             Confirmation::Nack(_) => {
+                // The broker could not take it. On a cluster that is a node's queue
+                // client left behind by a lost node: the connection is made again (on
+                // the next node) for the caller's re-send.
+                session.lost.cancel();
                 return Attempt::Failed(
                     TransportError::Nacked {
                         exchange: COMMAND_EXCHANGE.into(),
                         routing_key: target.to_string(),
                     }
                     .into(),
-                )
+                );
             }
             Confirmation::Ack(None) | Confirmation::NotRequested => {}
         }

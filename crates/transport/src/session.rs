@@ -86,6 +86,8 @@ pub(crate) struct Supervisor {
     declarations: Mutex<Vec<Declaration>>,
     last_error: Mutex<Option<String>>,
     generation: AtomicU64,
+    /// Which broker node the next connection goes to (see `TransportConfig::node_uri`).
+    node: AtomicU64,
 }
 
 impl Supervisor {
@@ -105,6 +107,7 @@ impl Supervisor {
             declarations: Mutex::new(base),
             last_error: Mutex::new(None),
             generation: AtomicU64::new(0),
+            node: AtomicU64::new(0),
         });
         tokio::spawn(supervisor.clone().run(tx, pending, shutdown));
         (supervisor, rx)
@@ -116,6 +119,16 @@ impl Supervisor {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The broker node the next connection goes to (an index into the configuration's
+    /// URIs).
+    fn node(&self) -> usize {
+        self.node.load(Ordering::SeqCst) as usize
+    }
+
+    fn next_node(&self) {
+        self.node.fetch_add(1, Ordering::SeqCst);
     }
 
     fn record_error(&self, e: impl ToString) {
@@ -176,7 +189,7 @@ impl Supervisor {
                     delays = backoff();
                     let session = Arc::new(session);
                     tracing::info!(
-                        broker = %self.config.redacted_uri(),
+                        broker = %self.config.redacted_node_uri(self.node()),
                         generation = session.generation,
                         "connected to the broker"
                     );
@@ -188,6 +201,8 @@ impl Supervisor {
                                 "lost the broker connection; reconnecting"
                             );
                             tx.send_replace(None);
+                            // A cluster's next node first: this one may be down.
+                            self.next_node();
                         }
                         _ = shutdown.cancelled() => {
                             tx.send_replace(None);
@@ -197,8 +212,9 @@ impl Supervisor {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "broker connection attempt failed");
+                    tracing::debug!(error = %e, broker = %self.config.redacted_node_uri(self.node()), "broker connection attempt failed");
                     self.record_error(&e);
+                    self.next_node();
                     let delay = delays.next().unwrap_or(self.config.max_reconnect_delay);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -219,7 +235,7 @@ impl Supervisor {
             cert_chain: self.config.ca_pem.clone(),
         };
         let runtime = lapin::runtime::default_runtime().map_err(TransportError::amqp("connect"))?;
-        let connection = with_small_frames(&self.config.uri)
+        let connection = with_small_frames(self.config.node_uri(self.node()))
             .as_str()
             .connect_with_config(props, tls, runtime)
             .await

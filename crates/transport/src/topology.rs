@@ -61,12 +61,16 @@ pub(crate) async fn declare(
     what: &Declaration,
 ) -> Result<(), TransportError> {
     match what {
-        Declaration::Base => declare_base(channel, config).await,
+        Declaration::Base => declare_base(connection, channel, config).await,
         Declaration::AgentQueue(id) => declare_agent_queue(connection, channel, config, id).await,
     }
 }
 
-async fn declare_base(channel: &Channel, config: &TransportConfig) -> Result<(), TransportError> {
+async fn declare_base(
+    connection: &Connection,
+    channel: &Channel,
+    config: &TransportConfig,
+) -> Result<(), TransportError> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -92,7 +96,24 @@ async fn declare_base(channel: &Channel, config: &TransportConfig) -> Result<(),
         ShortString::from("x-message-ttl"),
         AMQPValue::LongUInt(config.dead_letter_ttl.as_millis().min(u32::MAX as u128) as u32),
     );
-    channel
+    if config.queue_type == QueueType::Quorum {
+        // On a cluster: replicated like the command queues, or it would live on one
+        // node, and every connection's declaration would fail while that node is down.
+        bounds.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString("quorum".into()),
+        );
+        bounds.insert(
+            ShortString::from("x-overflow"),
+            AMQPValue::LongString("drop-head".into()),
+        );
+    }
+    // On a channel of its own: a failed declaration closes its channel.
+    let trial = connection
+        .create_channel()
+        .await
+        .map_err(TransportError::amqp("channel.open"))?;
+    let declared = trial
         .queue_declare(
             DEAD_LETTER_QUEUE.into(),
             QueueDeclareOptions {
@@ -101,8 +122,30 @@ async fn declare_base(channel: &Channel, config: &TransportConfig) -> Result<(),
             },
             bounds,
         )
-        .await
-        .map_err(TransportError::amqp("queue.declare dead letters"))?;
+        .await;
+    match declared {
+        Ok(_) => {
+            let _ = trial.close(200, "declared".into()).await;
+        }
+        // Made by a peer configured otherwise (or by an earlier version): used as it is.
+        Err(e) if is_precondition_failed(&e) => tracing::warn!(
+            queue = DEAD_LETTER_QUEUE,
+            error = %e,
+            "the dead-letter queue exists with other arguments: used as it is"
+        ),
+        // A classic queue whose node is down (a cluster): commands flow without it, and
+        // what would be dead-lettered meanwhile is dropped.
+        Err(e) if is_not_found(&e) => {
+            tracing::warn!(
+                queue = DEAD_LETTER_QUEUE,
+                error = %e,
+                "the dead-letter queue is unavailable: dead-lettered messages are dropped \
+                 until it is back"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(TransportError::amqp("queue.declare dead letters")(e)),
+    }
     channel
         .queue_bind(
             DEAD_LETTER_QUEUE.into(),
@@ -189,6 +232,18 @@ async fn declare_agent_queue(
         .await
         .map_err(TransportError::amqp("queue.bind agent queue"))?;
     Ok(())
+}
+
+/// Whether the broker refused a declaration because the queue's node is down (AMQP 404
+/// on a cluster: "home node … is down or inaccessible").
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if amqp.get_id() == lapin::protocol::AMQPErrorKind::Soft(
+                lapin::protocol::AMQPSoftError::NOTFOUND
+            ).get_id()
+    )
 }
 
 /// Whether the broker refused a declaration because the thing exists with other

@@ -24,21 +24,16 @@ pub(super) fn apply_in(
         .ok_or_else(|| StoreError::NotFound(format!("no replica set {set}")))?;
     let after = current.after(change)?;
     write_members(tx, &current, &after)?;
-    match change {
-        // A server in a set is no longer free.
-        TopologyChange::AddReplica { instance, .. } => {
+    match change.beside() {
+        Beside::LeavesPool(instance) => {
             tx.execute(
                 "DELETE FROM pool WHERE instance = $1",
                 &[&instance.as_str()],
             )?;
         }
-        TopologyChange::PairUp { pair } | TopologyChange::PairSwitch { pair, .. } => {
-            super::placement::write_pair(tx, set, pair)?;
-        }
-        TopologyChange::SiteSwitch { dr, .. } | TopologyChange::SiteFailover { dr, .. } => {
-            super::placement::write_dr(tx, set, dr)?;
-        }
-        _ => {}
+        Beside::Pair(pair) => super::placement::write_pair(tx, set, pair)?,
+        Beside::Dr(dr) => super::placement::write_dr(tx, set, dr)?,
+        Beside::Nothing => {}
     }
     let epoch = next_epoch(tx)?;
     tx.execute(

@@ -27,18 +27,13 @@ pub(super) fn apply_in(
         .ok_or_else(|| StoreError::NotFound(format!("no replica set {set}")))?;
     let after = current.after(change)?;
     write_members(conn, &current, &after)?;
-    match change {
-        // A server in a set is no longer free.
-        TopologyChange::AddReplica { instance, .. } => {
+    match change.beside() {
+        Beside::LeavesPool(instance) => {
             conn.execute("DELETE FROM pool WHERE instance = ?1", [instance.as_str()])?;
         }
-        TopologyChange::PairUp { pair } | TopologyChange::PairSwitch { pair, .. } => {
-            super::pair::write_pair(conn, set, pair)?;
-        }
-        TopologyChange::SiteSwitch { dr, .. } | TopologyChange::SiteFailover { dr, .. } => {
-            super::placement::write_dr(conn, set, dr)?;
-        }
-        _ => {}
+        Beside::Pair(pair) => super::pair::write_pair(conn, set, pair)?,
+        Beside::Dr(dr) => super::placement::write_dr(conn, set, dr)?,
+        Beside::Nothing => {}
     }
     let epoch = next_epoch(conn)?;
     conn.execute(
