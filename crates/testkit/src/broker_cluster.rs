@@ -194,5 +194,4 @@ impl BrokerCluster {
         self.spawn(i)?;
         self.wait_started(i)
     }
-
 }

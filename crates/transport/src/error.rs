@@ -5,6 +5,12 @@ use tandem_proto::{CodecError, InstanceId};
 /// Failures of the transport itself.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    #[error("broker URI {uri} ({which}) is not an AMQP URI: {reason}")]
+    BadUri {
+        uri: String,
+        which: String,
+        reason: String,
+    },
     #[error(
         "could not connect to the broker at {uri} within {waited:?}{}",
         last(last_error)

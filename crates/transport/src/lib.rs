@@ -73,6 +73,20 @@ impl Transport {
         config: TransportConfig,
         shutdown: CancellationToken,
     ) -> Result<Transport, TransportError> {
+        // Every node's URI is checked now: a bad one among a cluster's other nodes would
+        // otherwise surface only when the first node is lost.
+        for i in 0..=config.other_uris.len() {
+            if let Err(reason) = config.node_uri(i).parse::<lapin::uri::AMQPUri>() {
+                return Err(TransportError::BadUri {
+                    uri: config.redacted_node_uri(i),
+                    which: match i {
+                        0 => "the broker's URI".into(),
+                        k => format!("other URI {k}"),
+                    },
+                    reason,
+                });
+            }
+        }
         let rpc = rpc::Pending::default();
         let (supervisor, sessions) =
             Supervisor::start(config.clone(), rpc.clone(), shutdown.clone());

@@ -152,3 +152,19 @@ async fn commands_through_node_kills(mut cluster: BrokerCluster) {
     assert!(most <= 3, "a command handled {most} times");
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_cluster_node_uri_that_is_not_amqp_is_refused_at_once_naming_it() {
+    let mut config = TransportConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f", "test");
+    config.other_uris = vec![
+        "amqp://guest:guest@127.0.0.1:5673/%2f".into(),
+        "http://guest:s3cret@elsewhere/".into(),
+    ];
+    let err = Transport::connect(config, CancellationToken::new())
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("other URI 2"), "{err}");
+    assert!(!err.contains("s3cret"), "the password shown: {err}");
+}
