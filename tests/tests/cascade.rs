@@ -169,11 +169,26 @@ fn the_replicas_of_a_lost_intermediate_source_move_up_with_nothing_missing() {
     // member above that is well.
     c.node_mut("db-3").agent.pause().unwrap();
     c.db("db-3").pause().unwrap();
-    let reparent = eventually(Duration::from_secs(30), "db-4 moved up", || {
-        workflows_of_kind(&c, WorkflowKind::Reparent)
+    // Waited for by hand: when it does not come, what the conductor did is the story.
+    let frozen = std::time::Instant::now();
+    let reparent = loop {
+        if let Some(w) = workflows_of_kind(&c, WorkflowKind::Reparent)
             .into_iter()
             .find(|w| w.state == WorkflowState::Done)
-    });
+        {
+            break w;
+        }
+        assert!(
+            frozen.elapsed() < Duration::from_secs(30),
+            "db-4 was not moved up within 30 s; workflows: {:?}\n{}",
+            c.api().workflows().map(|ws| ws
+                .iter()
+                .map(|w| format!("{} {:?} {:?} {:?}", w.id, w.kind, w.state, w.error))
+                .collect::<Vec<_>>()),
+            tandem_e2e::tail(&c.conductor.log(), 60)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     eprintln!("{reparent:?}");
     eventually(Duration::from_secs(10), "db-4 on db-2", || {
         let v = c.set("s1");
