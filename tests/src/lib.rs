@@ -316,6 +316,26 @@ impl Cluster {
             .count()
     }
 
+    /// Starts a second conductor on the acting one's store and checks that it stands
+    /// by: it says so, and long enough for a conductor to connect, serve and resume
+    /// workflows later it serves no API and holds no broker connection.
+    pub fn standby(&self) -> ConductorProcess {
+        let second = self.conductor.second_on_same_store().unwrap();
+        eventually(Duration::from_secs(20), "the second to stand by", || {
+            second.log().contains("standby").then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(!second.serving(), "a standby serves the API");
+        assert_eq!(
+            self.conductors_connected(),
+            1,
+            "a standby connected to the broker: {:?}\n{}",
+            self.broker.connection_names(),
+            second.log()
+        );
+        second
+    }
+
     /// The instances the conductor's fence command has fenced, in order.
     pub fn fenced(&self) -> Vec<String> {
         let Some(dir) = &self.fence else {

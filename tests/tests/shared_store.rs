@@ -48,20 +48,7 @@ fn shared(failpoint: &str) -> (Postgres, Cluster, ConductorProcess) {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let second = c.conductor.second_on_same_store().unwrap();
-    eventually(Duration::from_secs(20), "the second to stand by", || {
-        second.log().contains("standby").then_some(())
-    });
-    // Long enough for a conductor to connect, serve and resume workflows.
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(!second.serving(), "a standby serves the API");
-    assert_eq!(
-        c.conductors_connected(),
-        1,
-        "a standby connected to the broker: {:?}\n{}",
-        c.broker.connection_names(),
-        second.log()
-    );
+    let second = c.standby();
     (pg, c, second)
 }
 

@@ -460,3 +460,31 @@ pub struct Enrolment {
     /// Rises with every re-key; the enrolment token is derived from it.
     pub generation: u64,
 }
+
+impl Enrolment {
+    /// With `key` pinned: a conflict when another key is pinned (re-keying is
+    /// [`Enrolment::rekeyed`] first, on purpose).
+    pub fn pinned(&self, key: &PublicKey) -> Result<Enrolment> {
+        match self.key {
+            Some(pinned) if pinned != *key => Err(StoreError::Conflict(format!(
+                "instance {} is enrolled with another key ({pinned}); re-key it first \
+                 (`tandem instance rekey {}`) if the new key is truly its own",
+                self.instance, self.instance
+            ))),
+            _ => Ok(Enrolment {
+                key: Some(*key),
+                ..self.clone()
+            }),
+        }
+    }
+
+    /// With no key pinned and the next key generation: its earlier enrolment token no
+    /// longer enrols anything.
+    pub fn rekeyed(&self) -> Enrolment {
+        Enrolment {
+            key: None,
+            generation: self.generation + 1,
+            ..self.clone()
+        }
+    }
+}

@@ -803,26 +803,11 @@ impl Store for PgStore {
     }
 
     fn pin_key(&self, instance: &InstanceId, key: &PublicKey) -> Result<Enrolment> {
-        self.enrolment_write(instance, |now| match now.key {
-            Some(pinned) if pinned != *key => Err(StoreError::Conflict(format!(
-                "instance {instance} is enrolled with another key ({pinned}); re-key it \
-                 first (`tandem instance rekey {instance}`) if the new key is truly its own"
-            ))),
-            _ => Ok(Enrolment {
-                key: Some(*key),
-                ..now.clone()
-            }),
-        })
+        self.enrolment_write(instance, |now| now.pinned(key))
     }
 
     fn unpin_key(&self, instance: &InstanceId) -> Result<Enrolment> {
-        self.enrolment_write(instance, |now| {
-            Ok(Enrolment {
-                key: None,
-                generation: now.generation + 1,
-                ..now.clone()
-            })
-        })
+        self.enrolment_write(instance, |now| Ok(now.rekeyed()))
     }
 
     fn add_token(&self, name: &str, role: crate::access::Role, hash: &str) -> Result<()> {
