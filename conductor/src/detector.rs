@@ -70,18 +70,31 @@ impl Watch {
     /// reason carries ages that change at every look).
     fn record(&self, set: &ReplicaSetId, v: &Verdict) -> bool {
         let mut m = self.verdicts.lock().expect("poisoned");
-        let changed = match m.get(set) {
-            None => !matches!(v, Verdict::Healthy),
-            Some(held) => std::mem::discriminant(held) != std::mem::discriminant(v),
-        };
-        m.insert(set.clone(), v.clone());
-        changed
+        // Replaced in place: every set is looked at ten times a second.
+        match m.get_mut(set) {
+            Some(held) => {
+                let changed = std::mem::discriminant(held) != std::mem::discriminant(v);
+                *held = v.clone();
+                changed
+            }
+            None => {
+                m.insert(set.clone(), v.clone());
+                !matches!(v, Verdict::Healthy)
+            }
+        }
     }
 }
 
 /// Runs the detector until `stop`.
+///
+/// A healthy set is not looked at again while nothing can have changed for it (see
+/// [`Look::Quiet`]): at ten looks a second, a fleet's sets cost the detector more than
+/// all of the fleet's reports, and most looks found nothing new.
 pub async fn watch(c: Arc<Conductor>, stop: CancellationToken) {
     let started = c.started;
+    // The registry's clock (tokio's), as the members' ages are.
+    let mut quiet: HashMap<ReplicaSetId, tokio::time::Instant> = HashMap::new();
+    let mut seen_generation: Option<u64> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -100,12 +113,35 @@ pub async fn watch(c: Arc<Conductor>, stop: CancellationToken) {
             Ok(w) => w.into_iter().map(|w| w.set_id).collect(),
             Err(_) => continue,
         };
+        // Any change of any set, and every quiet set is looked at again.
+        let generation = c.store.sets_generation();
+        if generation.is_none() || generation != seen_generation {
+            quiet.clear();
+            seen_generation = generation;
+        }
+        let reported = c.registry.take_reported();
+        let now = tokio::time::Instant::now();
         for set in sets {
             if busy.contains(&set.id) {
                 c.failover_watch.busy(&set.id);
+                quiet.remove(&set.id);
                 continue;
             }
-            examine(&c, &set, started);
+            let heard = || set.members.iter().any(|m| reported.contains(&m.instance));
+            if quiet.get(&set.id).is_some_and(|until| now < *until) && !heard() {
+                continue;
+            }
+            match examine(&c, &set, started) {
+                Look::Quiet { until } => match quiet.get_mut(&set.id) {
+                    Some(held) => *held = until,
+                    None => {
+                        quiet.insert(set.id.clone(), until);
+                    }
+                },
+                Look::Again => {
+                    quiet.remove(&set.id);
+                }
+            }
         }
     }
 }
@@ -123,15 +159,79 @@ fn seen(c: &Conductor, id: &InstanceId, started: tokio::time::Instant) -> Seen {
     }
 }
 
-fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) {
+/// What the registry holds of a set's members, looked up once per look at the set:
+/// the decisions below ask about the same members several times.
+struct Sight<'a> {
+    c: &'a Conductor,
+    started: tokio::time::Instant,
+    members: Vec<(&'a InstanceId, Seen)>,
+}
+
+impl<'a> Sight<'a> {
+    fn of_set(c: &'a Conductor, set: &'a ReplicaSet, started: tokio::time::Instant) -> Sight<'a> {
+        let mut members: Vec<(&InstanceId, Seen)> = set
+            .members
+            .iter()
+            .map(|m| (&m.instance, seen(c, &m.instance, started)))
+            .collect();
+        if !set.members.iter().any(|m| m.instance == set.master) {
+            members.push((&set.master, seen(c, &set.master, started)));
+        }
+        Sight {
+            c,
+            started,
+            members,
+        }
+    }
+
+    /// A healthy look's end: quiet until the first member heard from within
+    /// `detect_after` could have been silent that long. A member not heard from within
+    /// it (or never) changes only by reporting.
+    fn quiet(&self, detect_after: Duration) -> Look {
+        let left = self
+            .members
+            .iter()
+            .filter(|(_, s)| s.report.is_some() && s.age < detect_after)
+            .map(|(_, s)| detect_after - s.age)
+            .min()
+            .unwrap_or(detect_after);
+        Look::Quiet {
+            until: tokio::time::Instant::now() + left,
+        }
+    }
+
+    fn of(&self, id: &InstanceId) -> Seen {
+        self.members
+            .iter()
+            .find(|(m, _)| *m == id)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| seen(self.c, id, self.started))
+    }
+}
+
+/// What a look at a set came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// Healthy, and nothing started or held back: the same look gives the same answer
+    /// until a member reports, the set changes, or `until`, when the first member still
+    /// heard from could have been silent for the detection time (the one threshold of
+    /// time the decisions above use).
+    Quiet { until: tokio::time::Instant },
+    /// Anything else: looked at again at the next tick.
+    Again,
+}
+
+fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) -> Look {
     let f = &c.settings.failover;
     let master = &set.master;
-    let seen_master = seen(c, master, started);
+    let sight = Sight::of_set(c, set, started);
+    let seen = |id: &InstanceId| sight.of(id);
+    let seen_master = seen(master);
     // Only the master's direct replicas can say whether they still receive from it; a
     // cascaded one hears its own source.
     let replicas: Vec<(InstanceId, Seen)> = set
         .replicas_of(master)
-        .map(|r| (r.clone(), seen(c, r, started)))
+        .map(|r| (r.clone(), seen(r)))
         .collect();
     // Safe either way (nobody is promoted before the lease runs out), but slow: say so.
     if let Some(lease) = seen_master.report.as_ref().and_then(|r| r.lease_ms) {
@@ -176,9 +276,12 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
         // the replicas confirm the loss; it waits for the lease itself before anyone
         // is promoted, and stands down if the master comes back meanwhile.
         Verdict::Lost { reason } | Verdict::WaitingForLease { reason, .. } => {
-            start_failover(c, set, reason)
+            start_failover(c, set, reason);
+            Look::Again
         }
         Verdict::Healthy => {
+            // A re-point held back for now: looked at again at every tick.
+            let mut held_back = false;
             // A failed member that is back: fenced by the epoch and compared with the
             // master, then rejoined or quarantined. First, so an old master that came
             // back writable is made read-only before anything else.
@@ -186,7 +289,7 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                 if m.role != IntendedRole::Failed {
                     continue;
                 }
-                let s = seen(c, &m.instance, started);
+                let s = seen(&m.instance);
                 let back = s.age < f.detect_after
                     && c.failover_watch.after_last_workflow(&set.id, s.age)
                     && s.report.as_ref().is_some_and(|r| {
@@ -201,13 +304,13 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                         },
                         "a failed master is back",
                     );
-                    return;
+                    return Look::Again;
                 }
             }
             // A replica that others replicate from is lost: they go to the nearest
             // member above it that is well.
             let lost = |i: &InstanceId| {
-                let s = seen(c, i, started);
+                let s = seen(i);
                 s.age >= f.detect_after
                     || s.report
                         .as_ref()
@@ -220,7 +323,7 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                 let mut tries = c.failover_watch.repoints.lock().expect("poisoned");
                 let held = tries.entry(o.lost.clone()).or_default();
                 if !held.hold(now).is_zero() {
-                    return;
+                    return Look::Again;
                 }
                 held.record(now);
                 drop(tries);
@@ -232,7 +335,7 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                     },
                     "a replica that others replicate from is lost",
                 );
-                return;
+                return Look::Again;
             }
             // A replica whose agent says its history split from the master's (a write
             // of its own, or one it cannot apply): quarantined, never left as a
@@ -241,7 +344,7 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                 if m.role != IntendedRole::Replica {
                     continue;
                 }
-                let s = seen(c, &m.instance, started);
+                let s = seen(&m.instance);
                 let diverged = s
                     .report
                     .as_ref()
@@ -258,14 +361,14 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                         },
                         "a replica diverged from its master",
                     );
-                    return;
+                    return Look::Again;
                 }
             }
             // A replica on the wrong source (left behind by a failover, re-pointed or
             // delayed by hand) is brought back to the intent, one at a time, with a
             // growing hold between tries of the same one.
             for m in &set.members {
-                let s = seen(c, &m.instance, started);
+                let s = seen(&m.instance);
                 let Some(r) = s
                     .report
                     .as_ref()
@@ -281,6 +384,7 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                 let mut repoints = c.failover_watch.repoints.lock().expect("poisoned");
                 let tries = repoints.entry(m.instance.clone()).or_default();
                 if !tries.hold(now).is_zero() {
+                    held_back = true;
                     continue;
                 }
                 tries.record(now);
@@ -293,7 +397,7 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                     },
                     "a replica is not where the intent puts it",
                 );
-                return;
+                return Look::Again;
             }
             // A healthy master that is read-only outside any workflow: its lease fenced
             // it, or its engine restarted read-only. Writes are given back at the
@@ -309,7 +413,7 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                         .after_last_workflow(&set.id, seen_master.age)
                 {
                     restore_writes(c, set, r.fenced);
-                    return;
+                    return Look::Again;
                 }
             }
             // The failsafe follows the membership: after any change, the master is told
@@ -321,14 +425,13 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                         .filter(|_| s.age < f.detect_after)
                         .filter(|_| c.failover_watch.after_last_workflow(&set.id, s.age))
                 };
-                let Some(master_report) = fresh(seen(c, master, started)) else {
-                    return;
+                let Some(master_report) = fresh(seen(master)) else {
+                    return Look::Again;
                 };
-                let replica_reports: Vec<(InstanceId, Option<std::sync::Arc<StatusReport>>)> = set
-                    .replicas()
-                    .map(|r| (r.clone(), fresh(seen(c, r, started))))
-                    .collect();
-                if crate::failsafe::out_of_date(set, Some(&master_report), &replica_reports) {
+                let replica_reports: Vec<Option<std::sync::Arc<StatusReport>>> =
+                    set.replicas().map(|r| fresh(seen(r))).collect();
+                let replica_reports = replica_reports.iter().map(Option::as_deref);
+                if crate::failsafe::out_of_date(set, Some(&master_report), replica_reports) {
                     let now = Instant::now();
                     let mut sent = c.failover_watch.failsafes.lock().expect("poisoned");
                     let mut members: Vec<InstanceId> = set.replicas().cloned().collect();
@@ -350,10 +453,15 @@ fn examine(c: &Arc<Conductor>, set: &ReplicaSet, started: tokio::time::Instant) 
                             "the failsafe assignment is out of date",
                         );
                     }
+                    return Look::Again;
                 }
             }
+            if held_back {
+                return Look::Again;
+            }
+            sight.quiet(f.detect_after)
         }
-        _ => {}
+        _ => Look::Again,
     }
 }
 

@@ -25,23 +25,23 @@ pub fn key_for(secret: &[u8], set: &ReplicaSetId, instance: &InstanceId) -> Secr
 /// Whether the set's failsafe assignment differs from what its agents report: the
 /// master must hold the list of the set's current epoch (its replicas, in any order),
 /// and every replica heard must answer the master.
-pub fn out_of_date(
+pub fn out_of_date<'r>(
     set: &ReplicaSet,
     master: Option<&StatusReport>,
-    replicas: &[(InstanceId, Option<std::sync::Arc<StatusReport>>)],
+    mut replicas: impl Iterator<Item = Option<&'r StatusReport>>,
 ) -> bool {
-    let mut wanted: Vec<&InstanceId> = set.replicas().collect();
-    wanted.sort();
+    // Asked for every set ten times a second: compared in place, nothing sorted. A set's
+    // replicas are distinct, so the same count with each of them held is the same list.
     let master_ok = match master.and_then(|r| r.failsafe.as_ref()) {
         Some(FailsafeState::Master { epoch, peers, .. }) => {
-            let mut held: Vec<&InstanceId> = peers.iter().collect();
-            held.sort();
-            *epoch == set.epoch && held == wanted
+            *epoch == set.epoch
+                && peers.len() == set.replicas().count()
+                && set.replicas().all(|r| peers.contains(r))
         }
         // A master with no replica needs no list.
-        _ => wanted.is_empty(),
+        _ => set.replicas().next().is_none(),
     };
-    let replicas_ok = replicas.iter().all(|(_, report)| match report {
+    let replicas_ok = replicas.all(|report| match report {
         None => true,
         Some(r) => matches!(
             &r.failsafe,
@@ -123,6 +123,83 @@ mod tests {
         );
         assert_ne!(a, key_for(b"other", &set, &i("db-2")));
         assert_eq!(a.expose().len(), 64);
+    }
+
+    /// db-1 with the replicas db-2 and db-3, at epoch 5.
+    fn set() -> ReplicaSet {
+        use crate::store::{IntendedRole, Member};
+        let member = |name: &str, from: Option<&str>| Member {
+            instance: i(name),
+            role: if from.is_some() {
+                IntendedRole::Replica
+            } else {
+                IntendedRole::Master
+            },
+            replicates_from: from.map(i),
+            writable: from.is_none(),
+            options: Default::default(),
+        };
+        ReplicaSet {
+            id: ReplicaSetId::new("s1").unwrap(),
+            epoch: Epoch::new(5),
+            master: i("db-1"),
+            members: vec![
+                member("db-1", None),
+                member("db-2", Some("db-1")),
+                member("db-3", Some("db-1")),
+            ],
+            created_at: tandem_proto::Timestamp(0),
+        }
+    }
+
+    fn holding(failsafe: FailsafeState) -> StatusReport {
+        let mut r = crate::registry::sample_report("x");
+        r.failsafe = Some(failsafe);
+        r
+    }
+
+    #[test]
+    fn the_assignment_is_out_of_date_unless_the_master_holds_exactly_the_replicas_at_the_epoch() {
+        let set = set();
+        let master = |epoch: u64, peers: &[&str]| {
+            holding(FailsafeState::Master {
+                epoch: Epoch::new(epoch),
+                peers: ids(peers),
+                held: 0,
+            })
+        };
+        let answers = holding(FailsafeState::Replica { master: i("db-1") });
+        let elsewhere = holding(FailsafeState::Replica { master: i("db-9") });
+        let fine = [Some(&answers), None];
+        // Any order of the same replicas, at the set's epoch.
+        for peers in [&["db-2", "db-3"], &["db-3", "db-2"]] {
+            let m = master(5, peers);
+            assert!(
+                !out_of_date(&set, Some(&m), fine.iter().copied()),
+                "{peers:?}"
+            );
+        }
+        // Another epoch, one missing, one extra, one twice in place of another.
+        for (epoch, peers) in [
+            (4, &["db-2", "db-3"][..]),
+            (5, &["db-2"]),
+            (5, &["db-2", "db-3", "db-4"]),
+            (5, &["db-2", "db-2"]),
+        ] {
+            let m = master(epoch, peers);
+            assert!(
+                out_of_date(&set, Some(&m), fine.iter().copied()),
+                "{epoch} {peers:?}"
+            );
+        }
+        // No list reported, or a replica answering another master.
+        assert!(out_of_date(&set, None, fine.iter().copied()));
+        let m = master(5, &["db-2", "db-3"]);
+        assert!(out_of_date(&set, Some(&m), [Some(&elsewhere)].into_iter()));
+        // A master without replicas needs no list.
+        let mut alone = set.clone();
+        alone.members.truncate(1);
+        assert!(!out_of_date(&alone, None, std::iter::empty()));
     }
 
     #[test]

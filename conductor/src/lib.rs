@@ -478,21 +478,15 @@ async fn serve(
                 if let Some(standing) = standing {
                     c.announce_intake(standing);
                 }
-                let record = InstanceRecord {
-                    id: r.instance.clone(),
-                    zone: r.zone.clone(),
-                    engine: r.engine.to_string(),
-                    host: r.endpoint.as_ref().map(|e| e.host.clone()),
-                    port: r.endpoint.as_ref().map(|e| e.port),
-                    host_id: r.host_id.clone(),
-                };
                 let changed = c.registry.significant_change(&r);
                 if let Some(event) = changed {
                     c.events.publish(event);
                 }
                 let instance = r.instance.clone();
                 if c.registry.record(r) == Some(true) {
-                    let _ = recorded.send(record);
+                    if let Some(r) = c.registry.shared(&instance) {
+                        let _ = recorded.send(InstanceRecord::of(&r));
+                    }
                 }
                 c.check_drift(&instance);
             }

@@ -3,7 +3,7 @@
 //! Reports are ordered by their sequence number: one older than the report held (a
 //! redelivery, or a report overtaken on the wire) is ignored.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 // tokio's clock (the monotonic clock, mockable in tests with paused time).
 use tokio::time::Instant;
@@ -21,6 +21,9 @@ pub struct Registry {
 struct Instances {
     by_id: HashMap<InstanceId, Entry>,
     order: BTreeSet<InstanceId>,
+    /// Instances with a report recorded since the failure detector last asked
+    /// ([`Registry::take_reported`]).
+    reported: HashSet<InstanceId>,
 }
 
 impl Instances {
@@ -41,8 +44,19 @@ struct Entry {
     /// Shared, so the detector's ten looks a second at every member cost no copy.
     report: Arc<StatusReport>,
     received: Instant,
-    /// The newest position any report gave (a report from a dead engine has none).
+    /// The newest position an earlier report gave, while the report held has none (a
+    /// dead engine's); `None` when the report's own is the newest.
     last_position: Option<tandem_proto::Position>,
+}
+
+impl Entry {
+    /// The newest position any report gave.
+    fn position(&self) -> Option<&tandem_proto::Position> {
+        self.report
+            .position
+            .as_ref()
+            .or(self.last_position.as_ref())
+    }
 }
 
 pub use tandem_api::{Contract, InstanceView};
@@ -52,34 +66,44 @@ impl Registry {
     /// whether the instance is new or moved (zone, host, engine or address changed), which is
     /// when the store must hear of it.
     pub fn record(&self, report: StatusReport) -> Option<bool> {
-        let mut map = self.instances.write().expect("poisoned");
-        let mut changed = true;
-        let mut last_position = report.position.clone();
-        if let Some(held) = map.get(&report.instance) {
-            if last_position.is_none() {
-                last_position = held.last_position.clone();
-            }
+        let mut guard = self.instances.write().expect("poisoned");
+        let map = &mut *guard;
+        let now = Instant::now();
+        // Updated in place: a fleet's every report lands here, and the common case (an
+        // instance already held) needs no copy of its id or position.
+        if let Some(held) = map.by_id.get_mut(&report.instance) {
             if report.sequence <= held.report.sequence {
                 return None;
             }
             let h = &held.report;
-            changed = h.zone != report.zone
+            let moved = h.zone != report.zone
                 || h.host_id != report.host_id
                 || h.engine != report.engine
                 || h.endpoint != report.endpoint;
+            // The report held goes: its position is kept when the new one has none.
+            if report.position.is_none() && h.position.is_some() {
+                held.last_position = h.position.clone();
+            } else if report.position.is_some() {
+                held.last_position = None;
+            }
+            held.report = Arc::new(report);
+            held.received = now;
+            if !map.reported.contains(&held.report.instance) {
+                map.reported.insert(held.report.instance.clone());
+            }
+            return Some(moved);
         }
-        if !map.by_id.contains_key(&report.instance) {
-            map.order.insert(report.instance.clone());
-        }
+        map.reported.insert(report.instance.clone());
+        map.order.insert(report.instance.clone());
         map.by_id.insert(
             report.instance.clone(),
             Entry {
                 report: Arc::new(report),
-                received: Instant::now(),
-                last_position,
+                received: now,
+                last_position: None,
             },
         );
-        Some(changed)
+        Some(true)
     }
 
     /// The event to publish when `report` changes what matters of its instance (role,
@@ -131,7 +155,7 @@ impl Registry {
             .read()
             .expect("poisoned")
             .get(id)
-            .and_then(|e| e.last_position.clone())
+            .and_then(|e| e.position().cloned())
     }
 
     /// The last report of `id`.
@@ -141,6 +165,11 @@ impl Registry {
             .expect("poisoned")
             .get(id)
             .map(|e| StatusReport::clone(&e.report))
+    }
+
+    /// The instances with a report recorded since the last call.
+    pub fn take_reported(&self) -> HashSet<InstanceId> {
+        std::mem::take(&mut self.instances.write().expect("poisoned").reported)
     }
 
     /// How many instances have reported (without making their views).
@@ -285,5 +314,32 @@ mod tests {
             r.significant_change(&report(3, false)).is_none(),
             "older than held"
         );
+    }
+
+    #[test]
+    fn the_last_position_outlives_reports_without_one() {
+        let r = Registry::default();
+        let id = InstanceId::new("db-1").unwrap();
+        let at = |seq: u64, gtid: Option<&str>| StatusReport {
+            position: gtid.map(|g| Position::Gtid(g.parse().unwrap())),
+            ..report(seq, true)
+        };
+        let gtid = |g: &str| Some(Position::Gtid(g.parse().unwrap()));
+        assert_eq!(r.last_position(&id), None, "never reported");
+        r.record(at(1, None));
+        assert_eq!(r.last_position(&id), None, "no position yet");
+        r.record(at(2, Some("0-1-5")));
+        assert_eq!(r.last_position(&id), gtid("0-1-5"));
+        // The engine died: its reports carry no position, the last one is kept.
+        r.record(at(3, None));
+        r.record(at(4, None));
+        assert_eq!(r.last_position(&id), gtid("0-1-5"));
+        // Back: the newest position counts again, and an older report changes nothing.
+        r.record(at(5, Some("0-1-9")));
+        assert_eq!(r.last_position(&id), gtid("0-1-9"));
+        r.record(at(4, Some("0-1-7")));
+        assert_eq!(r.last_position(&id), gtid("0-1-9"));
+        r.record(at(6, None));
+        assert_eq!(r.last_position(&id), gtid("0-1-9"));
     }
 }

@@ -23,6 +23,7 @@ pub use tandem_api::Verdict;
 
 /// What is known of one instance: its last report and the time since it arrived
 /// (`None`: no report since this conductor started, `since_start` old).
+#[derive(Clone)]
 pub struct Seen {
     pub report: Option<std::sync::Arc<StatusReport>>,
     pub age: Duration,

@@ -19,6 +19,8 @@ use super::{ReplicaSet, WorkflowRow, WorkflowState};
 
 #[derive(Default)]
 pub(super) struct Cache {
+    /// Changes with every change of a set (see [`Cache::generation`]).
+    generation: u64,
     sets: BTreeMap<ReplicaSetId, ReplicaSet>,
     set_of: HashMap<InstanceId, ReplicaSetId>,
     /// Running or rolling back, oldest first.
@@ -34,7 +36,14 @@ impl Cache {
         }
         active.sort_by_key(|w| w.created_at);
         cache.active = active;
+        cache.generation = next_generation();
         cache
+    }
+
+    /// A number that differs after any change of a set, also across a reload (it is
+    /// drawn from one counter for the whole process).
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub(super) fn set(&self, set: &ReplicaSetId) -> Option<ReplicaSet> {
@@ -58,6 +67,7 @@ impl Cache {
     /// transaction, so nothing can fail between its commit and this).
     pub(super) fn put(&mut self, set: ReplicaSet) {
         self.remove(&set.id);
+        self.generation = next_generation();
         for m in &set.members {
             self.set_of.insert(m.instance.clone(), set.id.clone());
         }
@@ -66,6 +76,7 @@ impl Cache {
 
     /// Forgets `set`, deleted.
     pub(super) fn remove(&mut self, set: &ReplicaSetId) {
+        self.generation = next_generation();
         if let Some(old) = self.sets.remove(set) {
             for m in &old.members {
                 if self.set_of.get(&m.instance) == Some(set) {
@@ -104,6 +115,11 @@ impl Cache {
             w.updated_at = at;
         }
     }
+}
+
+fn next_generation() -> u64 {
+    static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn is_active(state: WorkflowState) -> bool {

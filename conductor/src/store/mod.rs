@@ -243,6 +243,20 @@ pub struct InstanceRecord {
     pub host_id: Option<tandem_proto::HostId>,
 }
 
+impl InstanceRecord {
+    /// What the store keeps of an instance, from its report.
+    pub fn of(r: &tandem_proto::StatusReport) -> InstanceRecord {
+        InstanceRecord {
+            id: r.instance.clone(),
+            zone: r.zone.clone(),
+            engine: r.engine.to_string(),
+            host: r.endpoint.as_ref().map(|e| e.host.clone()),
+            port: r.endpoint.as_ref().map(|e| e.port),
+            host_id: r.host_id.clone(),
+        }
+    }
+}
+
 /// Which workflows a list holds: newest first (by creation, then id), at most `limit`,
 /// starting after `after` (the last one of the page before).
 #[derive(Debug, Clone, Default)]
@@ -356,6 +370,12 @@ pub trait Store: PlacementStore + PairStore + Send + Sync + 'static {
     fn sets(&self) -> Result<Vec<ReplicaSet>>;
     /// The set `instance` belongs to, if any.
     fn set_of(&self, instance: &InstanceId) -> Result<Option<ReplicaSetId>>;
+    /// A number that differs after any change of any set, for a reader that keeps what
+    /// it made of them (the failure detector); `None` when this store cannot tell, and
+    /// every read must be taken as changed.
+    fn sets_generation(&self) -> Option<u64> {
+        None
+    }
     /// Applies `change` and bumps the epoch, atomically; returns the set after it.
     fn apply(&self, id: &ReplicaSetId, change: &TopologyChange) -> Result<ReplicaSet>;
     /// As [`Store::apply`], and journals it as step `seq` of a workflow in the same

@@ -153,9 +153,18 @@ pub(crate) fn the_sets_held_in_memory_are_what_the_database_holds_after_every_ch
             }
         }
     };
+    // Every change of a set shows in the generation (the detector's cue to look again).
+    let generation = std::cell::Cell::new(s.sets_generation());
+    assert!(generation.get().is_some(), "a cached store can tell");
+    let moved = |why: &str| {
+        let now = s.sets_generation();
+        assert_ne!(now, generation.get(), "the generation after {why}");
+        generation.set(now);
+    };
     s.create_set(&set("s2"), &i("db-5")).unwrap();
     s.create_set(&set("s1"), &i("db-1")).unwrap();
     same(s, "create");
+    moved("create");
     let add = |r: &str| TopologyChange::AddReplica {
         instance: i(r),
         options: ReplicaOptions::default(),
@@ -165,6 +174,7 @@ pub(crate) fn the_sets_held_in_memory_are_what_the_database_holds_after_every_ch
     s.apply_step("w", 0, "add", &set("s1"), &add("db-3"))
         .unwrap();
     same(s, "adding replicas");
+    moved("adding replicas");
     s.apply(
         &set("s1"),
         &TopologyChange::NewMaster {
@@ -173,8 +183,10 @@ pub(crate) fn the_sets_held_in_memory_are_what_the_database_holds_after_every_ch
     )
     .unwrap();
     same(s, "a promotion");
+    moved("a promotion");
     s.bump_epoch(&set("s2")).unwrap();
     same(s, "an epoch bump");
+    moved("an epoch bump");
     // A refused change leaves both as they were.
     s.apply(&set("s2"), &add("db-2")).unwrap_err();
     same(s, "a refused change");
@@ -187,10 +199,12 @@ pub(crate) fn the_sets_held_in_memory_are_what_the_database_holds_after_every_ch
     .unwrap();
     assert_eq!(s.set_of(&i("db-3")).unwrap(), None);
     same(s, "a removal");
+    moved("a removal");
     s.delete_set(&set("s2")).unwrap();
     assert_eq!(s.set(&set("s2")).unwrap(), None);
     assert_eq!(s.set_of(&i("db-5")).unwrap(), None);
     same(s, "a deletion");
+    moved("a deletion");
     s.start_workflow(&wf("a", "s1")).unwrap();
     same(s, "a workflow started");
     s.update_workflow("a", WorkflowState::RollingBack, Some("why"))

@@ -103,10 +103,10 @@ impl Sender {
         me: Option<&SigningKey>,
     ) -> Sender {
         let key = me.and_then(|me| {
-            let tags = header(properties, MAC_HEADER)?;
-            let tag = crate::mac::tag_for(&tags, me.id())?;
-            header(properties, PUBLIC_KEY_HEADER)
-                .and_then(|k| PublicKey::from_hex(&k).ok())
+            let tags = header_str(properties, MAC_HEADER)?;
+            let tag = crate::mac::tag_for(tags, me.id())?;
+            header_str(properties, PUBLIC_KEY_HEADER)
+                .and_then(|k| PublicKey::from_hex(k).ok())
                 .filter(|k| me.tag_checks(k, bytes, tag))
         });
         Sender {
@@ -118,14 +118,16 @@ impl Sender {
 
 /// A string header of a message.
 pub(crate) fn header(properties: &BasicProperties, name: &str) -> Option<String> {
-    properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(name).cloned())
-        .and_then(|v| match v {
-            AMQPValue::LongString(s) => Some(s.to_string()),
-            _ => None,
-        })
+    header_str(properties, name).map(str::to_owned)
+}
+
+/// A string header of a message, in place (read for every report a fleet sends); one
+/// that is not UTF-8 is none.
+fn header_str<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a str> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        _ => None,
+    }
 }
 
 /// Whether a message names its sender's whole public key, or only the key's id.

@@ -35,7 +35,6 @@ pub(crate) struct PairKeys {
 }
 
 /// What is kept per peer: the pair key, and the peer key's id (named in headers).
-#[derive(Clone)]
 struct Pair {
     key: hmac::Key,
     id: String,
@@ -52,9 +51,10 @@ impl PairKeys {
 
     /// The key this side shares with `peer`; `None` for a key that is not a point of
     /// the curve, or one of small order (the agreement would be predictable).
-    fn with(&self, peer: &PublicKey) -> Option<Pair> {
+    fn with<R>(&self, peer: &PublicKey, f: impl FnOnce(&Pair) -> R) -> Option<R> {
+        // Used in place while held (every report a fleet sends is checked here).
         if let Some(p) = self.agreed.lock().expect("poisoned").get(peer.as_bytes()) {
-            return Some(p.clone());
+            return Some(f(p));
         }
         let edwards = ed25519_dalek::VerifyingKey::from_bytes(peer.as_bytes()).ok()?;
         let shared = edwards.to_montgomery().mul_clamped(self.scalar).to_bytes();
@@ -77,23 +77,26 @@ impl PairKeys {
         if agreed.len() >= MAX_PEERS {
             agreed.clear();
         }
-        agreed.insert(*peer.as_bytes(), pair.clone());
-        Some(pair)
+        let made = f(&pair);
+        agreed.insert(*peer.as_bytes(), pair);
+        Some(made)
     }
 
     /// The tag of `bytes` for `peer`, in hex, with `peer`'s key id.
     pub(crate) fn tag(&self, peer: &PublicKey, bytes: &[u8]) -> Option<(String, String)> {
-        let pair = self.with(peer)?;
-        let tag = hex::encode(hmac::sign(&pair.key, bytes).as_ref());
-        Some((pair.id, tag))
+        self.with(peer, |pair| {
+            let tag = hex::encode(hmac::sign(&pair.key, bytes).as_ref());
+            (pair.id.clone(), tag)
+        })
     }
 
     /// Whether `tag` (hex) is `peer`'s tag of `bytes` for this side (constant time).
     pub(crate) fn checks(&self, peer: &PublicKey, bytes: &[u8], tag: &str) -> bool {
-        let (Some(pair), Ok(tag)) = (self.with(peer), hex::decode(tag)) else {
+        let Ok(tag) = hex::decode(tag) else {
             return false;
         };
-        hmac::verify(&pair.key, bytes, &tag).is_ok()
+        self.with(peer, |pair| hmac::verify(&pair.key, bytes, &tag).is_ok())
+            .unwrap_or(false)
     }
 }
 

@@ -315,6 +315,10 @@ impl Store for PgStore {
         Ok(self.cache().set_of(instance))
     }
 
+    fn sets_generation(&self) -> Option<u64> {
+        Some(self.cache().generation())
+    }
+
     fn apply(&self, set: &ReplicaSetId, change: &TopologyChange) -> Result<ReplicaSet> {
         // The copy is changed under the connection's lock, as SQLite's is: `with`
         // holds it for the whole closure.

@@ -247,6 +247,10 @@ impl Store for SqliteStore {
         Ok(self.cache().set_of(instance))
     }
 
+    fn sets_generation(&self) -> Option<u64> {
+        Some(self.cache().generation())
+    }
+
     fn apply(&self, set: &ReplicaSetId, change: &TopologyChange) -> Result<ReplicaSet> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -6,6 +6,7 @@
 //! real engines.
 
 mod cascade;
+mod detector;
 mod failover;
 mod fake;
 mod pair;
