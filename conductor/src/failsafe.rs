@@ -127,29 +127,14 @@ mod tests {
 
     /// db-1 with the replicas db-2 and db-3, at epoch 5.
     fn set() -> ReplicaSet {
-        use crate::store::{IntendedRole, Member};
-        let member = |name: &str, from: Option<&str>| Member {
-            instance: i(name),
-            role: if from.is_some() {
-                IntendedRole::Replica
-            } else {
-                IntendedRole::Master
-            },
-            replicates_from: from.map(i),
-            writable: from.is_none(),
-            options: Default::default(),
-        };
-        ReplicaSet {
-            id: ReplicaSetId::new("s1").unwrap(),
-            epoch: Epoch::new(5),
-            master: i("db-1"),
-            members: vec![
-                member("db-1", None),
-                member("db-2", Some("db-1")),
-                member("db-3", Some("db-1")),
+        crate::store::sample_set(
+            5,
+            &[
+                ("db-1", None),
+                ("db-2", Some("db-1")),
+                ("db-3", Some("db-1")),
             ],
-            created_at: tandem_proto::Timestamp(0),
-        }
+        )
     }
 
     fn holding(failsafe: FailsafeState) -> StatusReport {

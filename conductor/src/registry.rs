@@ -225,6 +225,21 @@ fn view(e: &Entry) -> InstanceView {
     }
 }
 
+/// A replica's replication threads, both running, nothing wrong, for tests to adjust.
+#[cfg(test)]
+pub(crate) fn sample_replication(receiving: bool) -> tandem_proto::ReplicationState {
+    tandem_proto::ReplicationState {
+        receiving,
+        applying: true,
+        last_receive_error: None,
+        last_apply_error: None,
+        received: None,
+        diverged: None,
+        delay_s: 0,
+        filter: None,
+    }
+}
+
 /// A healthy standalone instance's report, for tests to adjust.
 #[cfg(test)]
 pub(crate) fn sample_report(instance: &str) -> StatusReport {

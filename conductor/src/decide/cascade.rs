@@ -44,7 +44,6 @@ pub fn orphaned(set: &ReplicaSet, lost: impl Fn(&InstanceId) -> bool) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{IntendedRole, Member};
 
     fn i(s: &str) -> InstanceId {
         s.parse().unwrap()
@@ -52,30 +51,16 @@ mod tests {
 
     /// db-1 → db-2 → db-3 → db-4, and db-5 under db-1.
     fn chain() -> ReplicaSet {
-        let member = |name: &str, from: Option<&str>| Member {
-            instance: i(name),
-            role: if from.is_some() {
-                IntendedRole::Replica
-            } else {
-                IntendedRole::Master
-            },
-            replicates_from: from.map(i),
-            writable: from.is_none(),
-            options: Default::default(),
-        };
-        ReplicaSet {
-            id: "s1".parse().unwrap(),
-            epoch: tandem_proto::Epoch::new(3),
-            master: i("db-1"),
-            members: vec![
-                member("db-1", None),
-                member("db-2", Some("db-1")),
-                member("db-3", Some("db-2")),
-                member("db-4", Some("db-3")),
-                member("db-5", Some("db-1")),
+        crate::store::sample_set(
+            3,
+            &[
+                ("db-1", None),
+                ("db-2", Some("db-1")),
+                ("db-3", Some("db-2")),
+                ("db-4", Some("db-3")),
+                ("db-5", Some("db-1")),
             ],
-            created_at: tandem_proto::Timestamp(0),
-        }
+        )
     }
 
     #[test]

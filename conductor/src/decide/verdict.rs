@@ -147,16 +147,7 @@ mod tests {
             role: Role::Replica,
             writable: Some(false),
             replicates_from: from.map(i),
-            replication: from.map(|_| ReplicationState {
-                receiving,
-                applying: true,
-                last_receive_error: None,
-                last_apply_error: None,
-                received: None,
-                diverged: None,
-                delay_s: 0,
-                filter: None,
-            }),
+            replication: from.map(|_| crate::registry::sample_replication(receiving)),
             health,
             lease_ms: Some(1500),
             ..crate::registry::sample_report("x")

@@ -67,6 +67,38 @@ pub struct ReplicaSet {
     pub created_at: Timestamp,
 }
 
+/// A set for tests: `members` as (instance, source), the one without a source its
+/// master.
+#[cfg(test)]
+pub(crate) fn sample_set(epoch: u64, members: &[(&str, Option<&str>)]) -> ReplicaSet {
+    let id = |s: &str| InstanceId::new(s).unwrap();
+    let members: Vec<Member> = members
+        .iter()
+        .map(|(name, from)| Member {
+            instance: id(name),
+            role: if from.is_some() {
+                IntendedRole::Replica
+            } else {
+                IntendedRole::Master
+            },
+            replicates_from: from.map(id),
+            writable: from.is_none(),
+            options: Default::default(),
+        })
+        .collect();
+    ReplicaSet {
+        id: ReplicaSetId::new("s1").unwrap(),
+        epoch: Epoch::new(epoch),
+        master: members
+            .iter()
+            .find(|m| m.role == IntendedRole::Master)
+            .map(|m| m.instance.clone())
+            .expect("a member without a source"),
+        members,
+        created_at: Timestamp(0),
+    }
+}
+
 impl ReplicaSet {
     pub fn replicas(&self) -> impl Iterator<Item = &InstanceId> {
         self.members

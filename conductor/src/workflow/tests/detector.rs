@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tandem_api::{Verdict, WorkflowKind};
-use tandem_proto::{FailsafeState, Health, ReplicationState, Role};
+use tandem_proto::{FailsafeState, Health, Role};
 use tokio_util::sync::CancellationToken;
 
 use super::fake::{i, s1, World};
@@ -28,16 +28,7 @@ fn steady(w: &World) {
             r.role = Role::Replica;
             r.writable = Some(false);
             r.replicates_from = Some(i("db-1"));
-            r.replication = Some(ReplicationState {
-                receiving: true,
-                applying: true,
-                last_receive_error: None,
-                last_apply_error: None,
-                received: None,
-                diverged: None,
-                delay_s: 0,
-                filter: None,
-            });
+            r.replication = Some(crate::registry::sample_replication(true));
             r.failsafe = Some(FailsafeState::Replica { master: i("db-1") });
         });
     }
