@@ -112,14 +112,16 @@ async fn finish(c: &Arc<Conductor>, backup_id: &BackupId, result: Reply) {
     if let Err(e) = c.store.record_backup(&info) {
         return fail(c, backup_id, format!("could not record it: {e}"));
     }
+    tracing::info!(backup = %backup_id, instance = %info.instance, bytes = info.size_bytes, "backup recorded");
+    // Retention first: a backup is done (and `backup create --wait` returns) once the
+    // chains it makes too old are gone, so the list read next is the one that stays.
+    if info.kind == BackupKind::Full {
+        retain(c, &info.instance).await;
+    }
     c.backups_running
         .lock()
         .expect("poisoned")
         .remove(backup_id);
-    tracing::info!(backup = %backup_id, instance = %info.instance, bytes = info.size_bytes, "backup recorded");
-    if info.kind == BackupKind::Full {
-        retain(c, &info.instance).await;
-    }
 }
 
 fn fail(c: &Conductor, backup_id: &BackupId, error: String) {

@@ -118,6 +118,25 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<BackupStatus>, ApiError> {
     let id = parse_backup(&id)?;
+    let run = c
+        .backups_running
+        .lock()
+        .expect("poisoned")
+        .get(&id)
+        .map(|run| match run.state {
+            BackupRunState::Running => BackupStatus::Running {
+                instance: run.instance.clone(),
+            },
+            BackupRunState::Failed => BackupStatus::Failed {
+                instance: run.instance.clone(),
+                error: run.error.clone(),
+            },
+        });
+    // Running until the run ends, also once recorded: a full backup's run ends after
+    // the retention it calls for, so what is listed after it is done is what stays.
+    if let Some(running @ BackupStatus::Running { .. }) = run {
+        return Ok(Json(running));
+    }
     if let Some(b) = c
         .store
         .backups(None)?
@@ -128,18 +147,8 @@ pub async fn get_one(
             backup: Box::new(b),
         }));
     }
-    match c.backups_running.lock().expect("poisoned").get(&id) {
-        Some(run) => Ok(Json(match run.state {
-            BackupRunState::Running => BackupStatus::Running {
-                instance: run.instance.clone(),
-            },
-            BackupRunState::Failed => BackupStatus::Failed {
-                instance: run.instance.clone(),
-                error: run.error.clone(),
-            },
-        })),
-        None => Err(not_found(format!("no backup {id}"))),
-    }
+    run.map(Json)
+        .ok_or_else(|| not_found(format!("no backup {id}")))
 }
 
 /// Stops a running backup: the agent ends it as cancelled and removes what it wrote.
